@@ -1,0 +1,442 @@
+//! A private PostgreSQL cluster started on demand: the zero-setup default.
+//!
+//! When `DATABASE_URL` is not set, [`crate::Db::connect`] and the xtask commands
+//! use a cluster under `.mandrake/` at the workspace root. It is created with
+//! `initdb`, started with `pg_ctl`, and listens only on a Unix socket, so it
+//! never collides with another checkout or a system server on port 5432.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::error::{Error, Result};
+
+/// The database the embedded cluster serves by default.
+pub const DEFAULT_DATABASE: &str = "mandrake";
+/// Names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
+const PORT: u16 = 5432;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+const SOCKET_FILE: &str = ".s.PGSQL.5432";
+
+/// A PostgreSQL cluster owned by this project: its data, socket and log live
+/// under one directory.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    root: PathBuf,
+    bin_dir: PathBuf,
+    /// Set when we run as root: initdb and the server then run as this user.
+    owner: Option<SystemUser>,
+    /// Speed over durability, for throwaway test clusters.
+    ephemeral: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SystemUser {
+    uid: u32,
+    gid: u32,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Whether a server answers on the cluster's socket.
+    pub running: bool,
+    /// The postmaster's process id while running.
+    pub pid: Option<u32>,
+    /// The directory holding data, socket and log.
+    pub root: PathBuf,
+}
+
+impl Cluster {
+    /// The persistent cluster of this checkout: `MANDRAKE_DATA_DIR`, else
+    /// `.mandrake/` at the workspace root (falling back to a folder under
+    /// `/var/tmp/mandrake/` when running as root from a checkout the
+    /// `postgres` user cannot reach).
+    pub fn default_for_workspace() -> Result<Cluster> {
+        let root = match std::env::var_os("MANDRAKE_DATA_DIR") {
+            Some(dir) => absolute(Path::new(&dir))?,
+            None => workspace_root()?.join(".mandrake"),
+        };
+        Cluster::new(root, false)
+    }
+
+    /// A cluster rooted at `root`. `ephemeral` turns off fsync and friends:
+    /// only for clusters that are thrown away.
+    pub fn new(root: impl Into<PathBuf>, ephemeral: bool) -> Result<Cluster> {
+        let bin_dir = find_bin_dir()?;
+        let owner = if is_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
+        let mut root = absolute(&root.into())?;
+        if let Some(user) = owner
+            && !reachable_by(&root, user)
+        {
+            root = PathBuf::from("/var/tmp/mandrake").join(format!("{:016x}", fnv1a(&root)));
+        }
+        Ok(Cluster {
+            root,
+            bin_dir,
+            owner,
+            ephemeral,
+        })
+    }
+
+    /// The directory holding data, socket and log.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
+    /// Where the server puts its socket: inside the root when the path fits in
+    /// `sun_path`, else a short folder in `/tmp` named after the root.
+    pub fn socket_dir(&self) -> PathBuf {
+        let local = self.root.join("run");
+        if local.join(SOCKET_FILE).as_os_str().len() <= MAX_SOCKET_PATH {
+            local
+        } else {
+            PathBuf::from(format!("/tmp/mandrake-{:016x}", fnv1a(&self.root)))
+        }
+    }
+
+    /// A connection string that both sqlx and `psql` accept.
+    pub fn url(&self, database: &str) -> String {
+        let host = percent_encode(&self.socket_dir().to_string_lossy());
+        format!("postgres://postgres@localhost:{PORT}/{database}?host={host}")
+    }
+
+    /// Creates (first time) and starts the cluster; a no-op while it runs.
+    /// Safe to call from several processes at once: they serialize on a file lock.
+    pub fn start(&self) -> Result<()> {
+        self.prepare_dir(&self.root)?;
+        let lock = File::create(self.root.join(".lock"))
+            .map_err(|e| config(format!("cannot create lock in {}", self.root.display()), e))?;
+        lock.lock()
+            .map_err(|e| config("cannot lock the cluster directory".into(), e))?;
+        if !self.data_dir().join("PG_VERSION").exists() {
+            self.init()?;
+        }
+        if self.status()?.running {
+            return Ok(());
+        }
+        self.remove_stale_pid_file()?;
+        self.prepare_dir(&self.socket_dir())?;
+        let out = self.run(
+            self.pg_ctl()
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.log_file())
+                .args(["-w", "-t", "60", "start"]),
+        )?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "pg_ctl start failed: {}\n{}\nserver log: {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                self.log_tail(),
+                self.log_file().display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown); a no-op when it is not running.
+    pub fn stop(&self) -> Result<()> {
+        if !self.status()?.running {
+            return Ok(());
+        }
+        let out = self.run(
+            self.pg_ctl()
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "fast", "-w", "stop"]),
+        )?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the server runs, and its pid.
+    pub fn status(&self) -> Result<ClusterStatus> {
+        let pid = self.live_postmaster_pid();
+        let running = pid.is_some() && self.socket_dir().join(SOCKET_FILE).exists();
+        Ok(ClusterStatus {
+            running,
+            pid: pid.filter(|_| running),
+            root: self.root.clone(),
+        })
+    }
+
+    /// Runs `initdb` into `data/` and writes the settings this project relies on.
+    fn init(&self) -> Result<()> {
+        let data = self.data_dir();
+        if data.exists() {
+            // A half-finished earlier initdb: start over.
+            fs::remove_dir_all(&data).map_err(|e| config("cannot clear data dir".into(), e))?;
+        }
+        let out = self.run(
+            Command::new(self.bin_dir.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
+                .args(["--locale=C", "--no-sync"]),
+        )?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let mut conf = format!(
+            "\n# mandrake-storage: socket only, private to this cluster\n\
+             listen_addresses = ''\nport = {PORT}\nunix_socket_directories = '{}'\n\
+             max_connections = 200\n",
+            self.socket_dir().display()
+        );
+        if self.ephemeral {
+            conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        }
+        let path = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&path).map_err(|e| config("read conf".into(), e))?;
+        text.push_str(&conf);
+        fs::write(&path, text).map_err(|e| config("write conf".into(), e))
+    }
+
+    /// A `postmaster.pid` whose process is gone (crash, reboot, pid reused by
+    /// something else) would stop the server from starting.
+    fn remove_stale_pid_file(&self) -> Result<()> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        if pid_file.exists() && self.live_postmaster_pid().is_none() {
+            fs::remove_file(&pid_file).map_err(|e| config("remove stale pid file".into(), e))?;
+            let _ = fs::remove_file(self.socket_dir().join(format!("{SOCKET_FILE}.lock")));
+        }
+        Ok(())
+    }
+
+    /// The pid in `postmaster.pid`, if that process is alive and is a postgres.
+    fn live_postmaster_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        comm.trim().starts_with("postgres").then_some(pid)
+    }
+
+    /// Creates `dir` and, when running as root, hands it to the server's user.
+    fn prepare_dir(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir)
+            .map_err(|e| config(format!("cannot create {}", dir.display()), e))?;
+        if let Some(user) = self.owner {
+            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+                .map_err(|e| config(format!("cannot chown {}", dir.display()), e))?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| config(format!("cannot chmod {}", dir.display()), e))
+    }
+
+    fn pg_ctl(&self) -> Command {
+        Command::new(self.bin_dir.join("pg_ctl"))
+    }
+
+    /// Runs a server tool, as the `postgres` user when we are root.
+    fn run(&self, cmd: &mut Command) -> Result<Output> {
+        cmd.current_dir(&self.root).stdin(Stdio::null());
+        for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE"] {
+            cmd.env_remove(var);
+        }
+        if let Some(user) = self.owner {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd.output()
+            .map_err(|e| config(format!("cannot run {:?}", cmd.get_program()), e))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+fn config(context: String, err: std::io::Error) -> Error {
+    Error::Config(format!("{context}: {err}"))
+}
+
+/// Server binaries from PATH, `pg_config --bindir`, or the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_bin_dir() -> Result<PathBuf> {
+    find_bin_dir_in(
+        std::env::var_os("PATH").as_deref(),
+        Some(Path::new("pg_config")),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+/// [`find_bin_dir`] with its three places given explicitly.
+pub fn find_bin_dir_in(
+    path_var: Option<&std::ffi::OsStr>,
+    pg_config: Option<&Path>,
+    versions_dir: &Path,
+) -> Result<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = path_var.and_then(|p| std::env::split_paths(p).find(|d| has_tools(d))) {
+        return Ok(dir);
+    }
+    if let Some(Ok(out)) = pg_config.map(|p| Command::new(p).arg("--bindir").output()) {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_tools(&dir) {
+            return Ok(dir);
+        }
+    }
+    let newest = fs::read_dir(versions_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_tools(dir))
+        .max_by_key(|(v, _)| *v);
+    newest.map(|(_, dir)| dir).ok_or_else(|| {
+        Error::Config(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH, via pg_config, or in \
+             /usr/lib/postgresql/*/bin: install the PostgreSQL server package (e.g. Debian's \
+             `postgresql`) or set DATABASE_URL to a running server"
+                .into(),
+        )
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// initdb refuses to run as root, so root runs the server as `postgres`.
+fn postgres_user() -> Result<SystemUser> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == "postgres")
+        .and_then(|f| {
+            Some(SystemUser {
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+            })
+        })
+        .ok_or_else(|| {
+            Error::Config(
+                "running as root, but there is no `postgres` system user to run the server as \
+                 (PostgreSQL refuses to run as root): create it (`useradd --system postgres`) \
+                 or run as an ordinary user"
+                    .into(),
+            )
+        })
+}
+
+/// Whether `user` can reach `path`: every existing ancestor must be
+/// searchable by it.
+fn reachable_by(path: &Path, user: SystemUser) -> bool {
+    path.ancestors().filter(|p| p.exists()).all(|dir| {
+        let Ok(meta) = fs::metadata(dir) else {
+            return false;
+        };
+        let mode = meta.mode();
+        if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| config(format!("bad path {}", path.display()), e))
+}
+
+/// The workspace root: the nearest ancestor of the current directory with a
+/// `Cargo.lock` (a workspace has exactly one), else the current directory.
+pub fn workspace_root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir().map_err(|e| config("no current directory".into(), e))?;
+    Ok(cwd
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").exists())
+        .unwrap_or(&cwd)
+        .to_path_buf())
+}
+
+/// A stable short hash for folder names (std's hasher may change between releases).
+fn fnv1a(path: &Path) -> u64 {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        })
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_roots_get_a_short_socket_dir() {
+        let deep = PathBuf::from(format!("/tmp/{}", "x".repeat(150)));
+        let cluster = Cluster {
+            root: deep.clone(),
+            bin_dir: PathBuf::new(),
+            owner: None,
+            ephemeral: false,
+        };
+        let socket = cluster.socket_dir().join(SOCKET_FILE);
+        assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH);
+        assert!(!socket.starts_with(&deep));
+    }
+
+    #[test]
+    fn missing_binaries_say_what_to_install() {
+        let empty = std::env::temp_dir().join("mandrake-no-such-dir");
+        let err = find_bin_dir_in(Some(std::ffi::OsStr::new("/nonexistent")), None, &empty)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("install the PostgreSQL server package"),
+            "{err}"
+        );
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn url_escapes_the_socket_path() {
+        assert_eq!(percent_encode("/a b/c"), "%2Fa%20b%2Fc");
+    }
+}

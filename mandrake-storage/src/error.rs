@@ -1,0 +1,155 @@
+//! The one error type of the library.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// Everything that can go wrong when storing or migrating records.
+///
+/// Database failures that a caller can act on get their own variant, so a
+/// duplicate key is matched as `Error::UniqueViolation { .. }` rather than by
+/// reading SQLSTATE codes:
+///
+/// ```
+/// use mandrake_storage::Error;
+///
+/// fn describe(err: &Error) -> String {
+///     match err {
+///         Error::NotFound { table, id } => format!("no row {id} in {table}"),
+///         Error::UniqueViolation { constraint } => format!("already taken ({constraint})"),
+///         other => other.to_string(),
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// `get`, `update` or another call that needs an existing row found none.
+    NotFound { table: &'static str, id: Uuid },
+    /// A unique constraint or unique index rejected the row.
+    UniqueViolation { constraint: String },
+    /// A foreign key rejected the row (missing parent, or a restricting child).
+    ForeignKeyViolation { constraint: String },
+    /// A CHECK constraint (for instance an enum column's) rejected the row.
+    CheckViolation { constraint: String },
+    /// A NOT NULL column received NULL.
+    NotNullViolation { column: String },
+    /// An optimistic-lock update found a different version than the caller expected.
+    Conflict { table: &'static str, id: Uuid },
+    /// Applying, reverting or planning migrations failed.
+    Migration(String),
+    /// A schema, filter or cursor did not fit the table it was used with.
+    Schema(String),
+    /// A setting (environment variable, server binaries, data directory) is unusable.
+    Config(String),
+    /// Any other failure reported by the driver or the server.
+    Database(sqlx::Error),
+}
+
+/// Shorthand for `Result<T, mandrake_storage::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True for failures that succeed when the whole transaction is tried again:
+    /// serialization failures (`40001`) and deadlocks (`40P01`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE code of a database error, if this is one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotFound { table, id } => write!(f, "no row in {table} with id {id}"),
+            Error::UniqueViolation { constraint } => {
+                write!(f, "unique constraint {constraint} violated")
+            }
+            Error::ForeignKeyViolation { constraint } => {
+                write!(f, "foreign key {constraint} violated")
+            }
+            Error::CheckViolation { constraint } => write!(f, "check {constraint} violated"),
+            Error::NotNullViolation { column } => write!(f, "column {column} must not be NULL"),
+            Error::Conflict { table, id } => write!(
+                f,
+                "row {id} in {table} was changed by someone else (version mismatch)"
+            ),
+            Error::Migration(msg) => write!(f, "migration error: {msg}"),
+            Error::Schema(msg) => write!(f, "schema error: {msg}"),
+            Error::Config(msg) => write!(f, "configuration error: {msg}"),
+            Error::Database(err) => write!(f, "database error: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// Sorts constraint failures into their own variants by SQLSTATE.
+    fn from(err: sqlx::Error) -> Self {
+        let sqlx::Error::Database(db) = &err else {
+            return Error::Database(err);
+        };
+        let constraint = || db.constraint().unwrap_or_default().to_owned();
+        match db.code().as_deref() {
+            Some("23505") => Error::UniqueViolation {
+                constraint: constraint(),
+            },
+            Some("23503") => Error::ForeignKeyViolation {
+                constraint: constraint(),
+            },
+            Some("23514") => Error::CheckViolation {
+                constraint: constraint(),
+            },
+            Some("23502") => Error::NotNullViolation {
+                column: not_null_column(db.message()),
+            },
+            _ => Error::Database(err),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        match err {
+            sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+            other => Error::Migration(other.to_string()),
+        }
+    }
+}
+
+/// PostgreSQL names the column only in the message text:
+/// `null value in column "title" of relation "x" violates not-null constraint`.
+fn not_null_column(message: &str) -> String {
+    message.split('"').nth(1).unwrap_or(message).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_null_column_is_read_from_the_message() {
+        let msg = r#"null value in column "title" of relation "x" violates not-null constraint"#;
+        assert_eq!(not_null_column(msg), "title");
+    }
+}

@@ -1,0 +1,213 @@
+//! The schema model at the centre: the derive fills it, catalog introspection
+//! fills it, the diff compares two of them, and [`crate::ddl`] renders SQL from it.
+
+use serde::Serialize;
+
+/// One table: what a `#[derive(Record)]` struct describes, or what the
+/// catalog holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableSchema {
+    pub name: String,
+    /// The table's earlier name, so the diff renames instead of drop + create.
+    pub renamed_from: Option<String>,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub uniques: Vec<Unique>,
+    pub indexes: Vec<Index>,
+    pub foreign_keys: Vec<ForeignKey>,
+    pub checks: Vec<Check>,
+    /// Whether the `set_timestamp` trigger keeps `updated_at` current.
+    pub timestamp_trigger: bool,
+}
+
+/// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Column {
+    pub name: String,
+    pub sql_type: String,
+    pub nullable: bool,
+    /// A SQL expression, e.g. `now()`.
+    pub default: Option<String>,
+    pub renamed_from: Option<String>,
+}
+
+/// A unique constraint over one or more columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unique {
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+/// A plain (non-unique) index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Index {
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+/// A single-column foreign key to another table's `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForeignKey {
+    pub name: String,
+    pub column: String,
+    pub references: String,
+    pub on_delete: OnDelete,
+}
+
+/// What happens to a row when the row it references is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OnDelete {
+    NoAction,
+    Cascade,
+    SetNull,
+    Restrict,
+}
+
+impl OnDelete {
+    /// The SQL spelling, as `pg_get_constraintdef` prints it.
+    pub fn sql(self) -> &'static str {
+        match self {
+            OnDelete::NoAction => "NO ACTION",
+            OnDelete::Cascade => "CASCADE",
+            OnDelete::SetNull => "SET NULL",
+            OnDelete::Restrict => "RESTRICT",
+        }
+    }
+}
+
+/// A CHECK constraint; `expression` is the part inside `CHECK ( … )`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub expression: String,
+}
+
+/// PostgreSQL cuts identifiers at 63 bytes; names we make are cut the same way
+/// so they match what the catalog reports.
+fn identifier(name: String) -> String {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+impl TableSchema {
+    /// An empty table; [`TableSchema::standard`] is the usual start.
+    pub fn new(name: &str) -> TableSchema {
+        TableSchema {
+            name: name.to_owned(),
+            renamed_from: None,
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            uniques: Vec::new(),
+            indexes: Vec::new(),
+            foreign_keys: Vec::new(),
+            checks: Vec::new(),
+            timestamp_trigger: false,
+        }
+    }
+
+    /// Looks a column up by name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Adds a column (builder style, used by the derive).
+    pub fn with_column(mut self, column: Column) -> Self {
+        self.columns.push(column);
+        self
+    }
+
+    /// Declares the primary key.
+    pub fn with_primary_key(mut self, columns: &[&str]) -> Self {
+        self.primary_key = columns.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    /// Adds a unique constraint named the way PostgreSQL would name it
+    /// (`<table>_<cols>_key`).
+    pub fn with_unique(mut self, columns: &[&str]) -> Self {
+        let name = identifier(format!("{}_{}_key", self.name, columns.join("_")));
+        self.uniques.push(Unique {
+            name,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Adds an index named `<table>_<cols>_idx`.
+    pub fn with_index(mut self, columns: &[&str]) -> Self {
+        let name = identifier(format!("{}_{}_idx", self.name, columns.join("_")));
+        self.indexes.push(Index {
+            name,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Adds a foreign key `<column> → <references>(id)`.
+    pub fn with_foreign_key(mut self, column: &str, references: &str, on_delete: OnDelete) -> Self {
+        self.foreign_keys.push(ForeignKey {
+            name: identifier(format!("{}_{}_fkey", self.name, column)),
+            column: column.to_owned(),
+            references: references.to_owned(),
+            on_delete,
+        });
+        self
+    }
+
+    /// Restricts a text column to `values` (how enums are stored).
+    pub fn with_allowed_values(mut self, column: &str, values: &[&str]) -> Self {
+        let list = values
+            .iter()
+            .map(|v| crate::ddl::quote_literal(v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.checks.push(Check {
+            name: identifier(format!("{}_{}_check", self.name, column)),
+            expression: format!("{} IN ({list})", crate::ddl::quote_ident(column)),
+        });
+        self
+    }
+
+    /// Records the table's earlier name.
+    pub fn with_renamed_from(mut self, old: &str) -> Self {
+        self.renamed_from = Some(old.to_owned());
+        self
+    }
+
+    /// Turns on the `set_timestamp` trigger.
+    pub fn with_timestamp_trigger(mut self) -> Self {
+        self.timestamp_trigger = true;
+        self
+    }
+}
+
+impl Column {
+    /// A NOT NULL column without default.
+    pub fn new(name: &str, sql_type: &str) -> Column {
+        Column {
+            name: name.to_owned(),
+            sql_type: sql_type.to_owned(),
+            nullable: false,
+            default: None,
+            renamed_from: None,
+        }
+    }
+
+    pub fn nullable(mut self, nullable: bool) -> Self {
+        self.nullable = nullable;
+        self
+    }
+
+    pub fn default(mut self, expression: &str) -> Self {
+        self.default = Some(expression.to_owned());
+        self
+    }
+
+    pub fn renamed_from(mut self, old: &str) -> Self {
+        self.renamed_from = Some(old.to_owned());
+        self
+    }
+}

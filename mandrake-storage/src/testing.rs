@@ -1,0 +1,232 @@
+//! Test harness: a throwaway PostgreSQL per test process and a fresh database
+//! per test, so tests run in parallel and leave nothing behind.
+//!
+//! ```no_run
+//! # async fn demo() -> mandrake_storage::Result<()> {
+//! let test_db = mandrake_storage::testing::TestDb::empty().await?;
+//! sqlx::query("CREATE TABLE t (x int)").execute(test_db.db()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! With `DATABASE_URL` set, the databases are made on that server instead and
+//! dropped when the [`TestDb`] is dropped. Otherwise a cluster is initialized in
+//! a temporary folder on first use; a small guardian process waits for the test
+//! process to exit (however it exits) and then stops the server and deletes the
+//! folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Executor;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::cluster::Cluster;
+use crate::db::{Db, Settings, create_database};
+use crate::error::{Error, Result};
+use crate::schema::TableSchema;
+
+/// Where test databases are made.
+#[derive(Debug)]
+struct Server {
+    /// Options for the maintenance database; `.database(..)` picks another.
+    admin: PgConnectOptions,
+    /// Databases on a shared server must be dropped; a throwaway cluster goes whole.
+    shared: bool,
+    /// The throwaway cluster, when there is one.
+    cluster: Option<Cluster>,
+}
+
+static SERVER: OnceLock<std::result::Result<Server, String>> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn server() -> Result<&'static Server> {
+    SERVER
+        .get_or_init(|| start_server().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Config(e.clone()))
+}
+
+fn start_server() -> Result<Server> {
+    if let Some(url) = Settings::from_env()?.database_url {
+        let admin = PgConnectOptions::from_str(&url)
+            .map_err(|e| Error::Config(format!("bad DATABASE_URL: {e}")))?;
+        return Ok(Server {
+            admin,
+            shared: true,
+            cluster: None,
+        });
+    }
+    let cluster = throwaway_cluster()?;
+    cluster.start()?;
+    let admin = PgConnectOptions::from_str(&cluster.url("postgres"))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Server {
+        admin,
+        shared: false,
+        cluster: Some(cluster),
+    })
+}
+
+/// A cluster (not yet started) in a fresh temporary folder, guarded so that
+/// it is stopped and removed when this process ends.
+pub fn throwaway_cluster() -> Result<Cluster> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("mandrake-test-{}-{n}", std::process::id()));
+    let cluster = Cluster::new(&root, true)?;
+    spawn_guardian(cluster.root(), &cluster.socket_dir())?;
+    Ok(cluster)
+}
+
+/// A detached shell that outlives this process: once the process is gone it
+/// shuts the server down (SIGQUIT: immediate) and deletes its folders.
+fn spawn_guardian(root: &Path, socket_dir: &Path) -> Result<()> {
+    const SCRIPT: &str = r#"
+while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ]; then
+  kill -QUIT "$pid" 2>/dev/null
+  i=0
+  while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "$pid" 2>/dev/null
+fi
+rm -rf "$2" "$3"
+"#;
+    use std::os::unix::process::CommandExt;
+    let socket: PathBuf = if socket_dir.starts_with(root) {
+        root.to_path_buf()
+    } else {
+        socket_dir.to_path_buf()
+    };
+    Command::new("sh")
+        .args(["-c", SCRIPT, "mandrake-guardian"])
+        .arg(std::process::id().to_string())
+        .arg(root)
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot start the cleanup guardian: {e}")))?;
+    Ok(())
+}
+
+/// A database of its own for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    db: Db,
+    name: String,
+    options: PgConnectOptions,
+}
+
+impl TestDb {
+    /// A new, empty database.
+    pub async fn empty() -> Result<TestDb> {
+        TestDb::create(None).await
+    }
+
+    /// A new database with `tables` (and the trigger function) created.
+    pub async fn with_tables(tables: &[&TableSchema]) -> Result<TestDb> {
+        let test_db = TestDb::empty().await?;
+        let sql = crate::ddl::create_schema(tables);
+        test_db.db.pool().execute(sqlx::AssertSqlSafe(sql)).await?;
+        Ok(test_db)
+    }
+
+    /// A new database cloned from `template` (a database name on the same server).
+    pub async fn from_template(template: &str) -> Result<TestDb> {
+        TestDb::create(Some(template)).await
+    }
+
+    async fn create(template: Option<&str>) -> Result<TestDb> {
+        let server = server()?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mandrake_test_{}_{n}", std::process::id());
+        let mut admin = server.admin_connection().await?;
+        let sql = match template {
+            Some(t) => format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                crate::ddl::quote_ident(&name),
+                crate::ddl::quote_ident(t)
+            ),
+            None => format!("CREATE DATABASE {}", crate::ddl::quote_ident(&name)),
+        };
+        admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+        let options = server.admin.clone().database(&name);
+        let settings = Settings {
+            pool_size: 5,
+            ..Settings::default()
+        };
+        let db = Db::connect_options(options.clone(), &settings).await?;
+        Ok(TestDb { db, name, options })
+    }
+
+    /// The pool of this test's database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connection options for this database (for extra pools or connections).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.options.clone()
+    }
+}
+
+impl Server {
+    async fn admin_connection(&self) -> Result<sqlx::PgConnection> {
+        use sqlx::Connection;
+        Ok(sqlx::PgConnection::connect_with(&self.admin).await?)
+    }
+}
+
+/// Creates database `name` on the test server if missing and returns its
+/// connection options (for building a template that tests clone).
+pub async fn ensure_template(name: &str) -> Result<PgConnectOptions> {
+    let server = server()?;
+    let mut admin = server.admin_connection().await?;
+    create_database(&mut admin, name).await?;
+    Ok(server.admin.clone().database(name))
+}
+
+/// The throwaway cluster of this process, if tests use one (none with `DATABASE_URL`).
+pub fn cluster() -> Result<Option<&'static Cluster>> {
+    Ok(server()?.cluster.as_ref())
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Ok(server) = server() else { return };
+        if !server.shared {
+            return; // the whole cluster goes when the process ends
+        }
+        // Drop is synchronous and may run outside any runtime: use a thread.
+        let name = self.name.clone();
+        let admin = server.admin.clone();
+        let pool = self.db.pool().clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                pool.close().await;
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+                let sql = format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    crate::ddl::quote_ident(&name)
+                );
+                conn.execute(sqlx::AssertSqlSafe(sql)).await.map(|_| ())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}

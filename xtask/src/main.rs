@@ -1,0 +1,5 @@
+//! `cargo xtask …`: hands Mandrake's tables to mandrake-storage's command line.
+
+fn main() -> std::process::ExitCode {
+    mandrake_storage::cli::main()
+}

@@ -1,1 +1,38 @@
+//! `#[derive(Record)]` and `#[derive(RecordEnum)]` for mandrake-storage.
+//!
+//! Use them through `mandrake_storage`, which re-exports both and documents
+//! the attributes. The derive is split like serde_derive's: [`ast`] parses the
+//! struct into plain data with typed attributes ([`attr`]), [`check`] validates
+//! it (every misuse is reported, each at its own span, through [`ctxt`]), and
+//! [`record`] / [`enums`] emit code that only calls generic code in
+//! mandrake-storage.
 
+mod ast;
+mod attr;
+mod check;
+mod ctxt;
+mod enums;
+mod record;
+mod symbol;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Stores a struct as a PostgreSQL table; see `mandrake_storage::Record`.
+#[proc_macro_derive(Record, attributes(record))]
+pub fn derive_record(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    record::expand(&input)
+        .unwrap_or_else(ctxt::to_compile_errors)
+        .into()
+}
+
+/// Stores a fieldless enum as TEXT limited by a CHECK; see
+/// `mandrake_storage::RecordEnum`.
+#[proc_macro_derive(RecordEnum, attributes(record))]
+pub fn derive_record_enum(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    enums::expand(&input)
+        .unwrap_or_else(ctxt::to_compile_errors)
+        .into()
+}

@@ -1,19 +1,49 @@
 //! mandrake-storage: plain Rust structs in, a typed PostgreSQL storage layer out.
 //!
 //! `#[derive(Record)]` on a struct gives its table description ([`TableSchema`]),
-//! the `CREATE TABLE` and `updated_at` trigger SQL, and a typed repository.
-//! Migrations are generated from the difference between the types and the
-//! migrations folder and proven on scratch databases before they are written.
+//! the `CREATE TABLE` and `updated_at` trigger SQL, and a typed repository
+//! ([`Repo`]). Migrations are generated from the difference between the types
+//! and the migrations folder and proven on scratch databases before they are
+//! written.
+//!
+//! # Attributes of `#[derive(Record)]`
+//!
+//! | where | attribute | meaning |
+//! |---|---|---|
+//! | struct | `table = "name"` | table name (default: snake_case plural of the struct) |
+//! | struct | `index(a, b)` / `unique(a, b)` | composite index / unique constraint |
+//! | struct | `renamed_from = "old"` | the table's previous name (the diff renames it) |
+//! | field | `rename = "col"` | column name |
+//! | field | `unique`, `index` | single-column unique constraint / index |
+//! | field | `references = "table"`, `on_delete = "cascade" \| "set null" \| "restrict"` | foreign key to `table(id)` |
+//! | field | `default = "<sql>"` | column default |
+//! | field | `sql_type = "<sql>"` | column type for a type with no built-in mapping |
+//! | field | `renamed_from = "old"` | the column's previous name |
+//! | field | `skip` | not stored (filled with `Default::default()`) |
+//! | field | `secret` | shown as `"<redacted>"` in `Debug` |
+//! | field | `version` | integer column for optimistic locking |
+//!
+//! The derive also implements `Debug` (so do not derive it too) and generates
+//! `New<Name>` (create input: no id, timestamps or version) and `<Name>Patch`
+//! (update input: an `Option` per column; `Some(None)` sets a nullable column
+//! to NULL; the version field holds the version the caller expects).
 
 pub mod cli;
 pub mod cluster;
+mod column;
 mod db;
 pub mod ddl;
 mod error;
+mod record;
+mod repo;
 pub mod schema;
 pub mod testing;
 
+pub use column::{ColumnType, RecordEnum, bind_column, decode_column, enum_support};
 pub use db::{Db, Settings, connect_one};
 pub use error::{Error, Result};
+pub use mandrake_derive::{Record, RecordEnum};
+pub use record::{Layout, Record, Statements};
+pub use repo::{Cursor, Filter, ListOptions, Page, Repo};
 pub use schema::{Column, OnDelete, TableSchema};
-pub use sqlx;
+pub use {chrono, sqlx, uuid};

@@ -157,8 +157,12 @@ impl TableSchema {
         self
     }
 
-    /// Restricts a text column to `values` (how enums are stored).
+    /// Restricts a text column to `values` (how enums are stored); no
+    /// constraint when `values` is empty.
     pub fn with_allowed_values(mut self, column: &str, values: &[&str]) -> Self {
+        if values.is_empty() {
+            return self;
+        }
         let list = values
             .iter()
             .map(|v| crate::ddl::quote_literal(v))

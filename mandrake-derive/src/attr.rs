@@ -1,0 +1,176 @@
+//! Typed `#[record(...)]` attributes.
+
+use syn::meta::ParseNestedMeta;
+use syn::{Attribute, Ident, LitStr, Token};
+
+use crate::ctxt::Ctxt;
+use crate::symbol::*;
+
+/// `on_delete` values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    Cascade,
+    SetNull,
+    Restrict,
+}
+
+/// Struct-level attributes.
+#[derive(Default)]
+pub struct ContainerAttrs {
+    pub table: Option<LitStr>,
+    pub renamed_from: Option<LitStr>,
+    pub indexes: Vec<Vec<Ident>>,
+    pub uniques: Vec<Vec<Ident>>,
+}
+
+/// Field-level attributes.
+#[derive(Default)]
+pub struct FieldAttrs {
+    pub rename: Option<LitStr>,
+    pub unique: bool,
+    pub index: bool,
+    pub references: Option<LitStr>,
+    pub on_delete: Option<(LitStr, Option<OnDelete>)>,
+    pub default: Option<LitStr>,
+    pub sql_type: Option<LitStr>,
+    pub renamed_from: Option<LitStr>,
+    pub skip: Option<Ident>,
+    pub secret: bool,
+    pub version: Option<Ident>,
+}
+
+fn record_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident(RECORD))
+}
+
+fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
+    meta.value()?.parse()
+}
+
+/// `(a, b, c)` after `index` / `unique`.
+fn column_list(meta: &ParseNestedMeta) -> syn::Result<Vec<Ident>> {
+    let content;
+    syn::parenthesized!(content in meta.input);
+    let idents = content.parse_terminated(Ident::parse_any_ident, Token![,])?;
+    Ok(idents.into_iter().collect())
+}
+
+trait ParseAnyIdent {
+    fn parse_any_ident(input: syn::parse::ParseStream) -> syn::Result<Ident>;
+}
+
+impl ParseAnyIdent for Ident {
+    // Column names may be keywords (`type`, `order`).
+    fn parse_any_ident(input: syn::parse::ParseStream) -> syn::Result<Ident> {
+        use syn::ext::IdentExt;
+        Ident::parse_any(input)
+    }
+}
+
+fn unknown(meta: &ParseNestedMeta, known: &str) -> syn::Error {
+    let name = meta
+        .path
+        .get_ident()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "this".into());
+    meta.error(format!(
+        "unknown record attribute `{name}`; expected one of: {known}"
+    ))
+}
+
+impl ContainerAttrs {
+    pub fn parse(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
+        let mut out = ContainerAttrs::default();
+        for attr in record_attrs(attrs) {
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident(TABLE) {
+                    out.table = Some(string(&meta)?);
+                } else if meta.path.is_ident(RENAMED_FROM) {
+                    out.renamed_from = Some(string(&meta)?);
+                } else if meta.path.is_ident(INDEX) {
+                    out.indexes.push(column_list(&meta)?);
+                } else if meta.path.is_ident(UNIQUE) {
+                    out.uniques.push(column_list(&meta)?);
+                } else {
+                    return Err(unknown(&meta, "table, index(..), unique(..), renamed_from"));
+                }
+                Ok(())
+            });
+            if let Err(err) = result {
+                cx.syn_error(err);
+            }
+        }
+        out
+    }
+}
+
+impl FieldAttrs {
+    pub fn parse(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
+        let mut out = FieldAttrs::default();
+        for attr in record_attrs(attrs) {
+            let result = attr.parse_nested_meta(|meta| {
+                let path = &meta.path;
+                if path.is_ident(RENAME) {
+                    out.rename = Some(string(&meta)?);
+                } else if path.is_ident(UNIQUE) {
+                    out.unique = true;
+                } else if path.is_ident(INDEX) {
+                    out.index = true;
+                } else if path.is_ident(REFERENCES) {
+                    out.references = Some(string(&meta)?);
+                } else if path.is_ident(ON_DELETE) {
+                    let lit = string(&meta)?;
+                    let value = match lit.value().to_lowercase().as_str() {
+                        "cascade" => Some(OnDelete::Cascade),
+                        "set null" => Some(OnDelete::SetNull),
+                        "restrict" => Some(OnDelete::Restrict),
+                        _ => None,
+                    };
+                    out.on_delete = Some((lit, value));
+                } else if path.is_ident(DEFAULT) {
+                    out.default = Some(string(&meta)?);
+                } else if path.is_ident(SQL_TYPE) {
+                    out.sql_type = Some(string(&meta)?);
+                } else if path.is_ident(RENAMED_FROM) {
+                    out.renamed_from = Some(string(&meta)?);
+                } else if path.is_ident(SKIP) {
+                    out.skip = path.get_ident().cloned();
+                } else if path.is_ident(SECRET) {
+                    out.secret = true;
+                } else if path.is_ident(VERSION) {
+                    out.version = path.get_ident().cloned();
+                } else {
+                    return Err(unknown(
+                        &meta,
+                        "rename, unique, index, references, on_delete, default, sql_type, \
+                         renamed_from, skip, secret, version",
+                    ));
+                }
+                Ok(())
+            });
+            if let Err(err) = result {
+                cx.syn_error(err);
+            }
+        }
+        out
+    }
+}
+
+/// `#[record(rename = "...")]` on an enum variant.
+pub fn variant_rename(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
+    let mut rename = None;
+    for attr in record_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident(RENAME) {
+                rename = Some(string(&meta)?);
+                Ok(())
+            } else {
+                Err(unknown(&meta, "rename"))
+            }
+        });
+        if let Err(err) = result {
+            cx.syn_error(err);
+        }
+    }
+    rename
+}

@@ -1,0 +1,175 @@
+//! Validation of the parsed struct, separate from parsing. Each misuse is
+//! reported at the span that has to change, with what to do about it.
+
+use std::collections::HashMap;
+
+use syn::DeriveInput;
+
+use crate::ast::{Container, Role, option_inner, type_name};
+use crate::ctxt::Ctxt;
+use crate::symbol::*;
+
+pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
+    check_generics(cx, input);
+    check_required_fields(cx, cont);
+    check_field_attrs(cx, cont);
+    check_duplicate_columns(cx, cont);
+    check_column_lists(cx, cont);
+}
+
+fn check_generics(cx: &Ctxt, input: &DeriveInput) {
+    if !input.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &input.generics,
+            "#[derive(Record)] does not support generic structs: a table has one fixed set of \
+             column types",
+        );
+    }
+}
+
+fn check_required_fields(cx: &Ctxt, cont: &Container) {
+    match cont.field(Role::Id) {
+        None => cx.error_spanned_by(
+            cont.ident,
+            "#[derive(Record)] needs an `id: Uuid` field (the primary key)",
+        ),
+        Some(id) => {
+            if type_name(id.ty).as_deref() != Some("Uuid") {
+                cx.error_spanned_by(id.ty, "the `id` field must be a `Uuid`");
+            }
+            if id.attrs.rename.is_some() {
+                cx.error_spanned_by(id.ident, "the `id` column cannot be renamed");
+            }
+        }
+    }
+    for (role, name) in [(Role::CreatedAt, CREATED_AT), (Role::UpdatedAt, UPDATED_AT)] {
+        match cont.field(role) {
+            None => cx.error_spanned_by(
+                cont.ident,
+                format!(
+                    "#[derive(Record)] needs a `{name}: DateTime<Utc>` field (maintained by the \
+                     database)"
+                ),
+            ),
+            Some(f) if type_name(f.ty).as_deref() != Some("DateTime") => cx.error_spanned_by(
+                f.ty,
+                format!("the `{name}` field must be a `DateTime<Utc>`"),
+            ),
+            Some(f) if f.attrs.rename.is_some() => {
+                cx.error_spanned_by(f.ident, format!("the `{name}` column cannot be renamed"))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn check_field_attrs(cx: &Ctxt, cont: &Container) {
+    let mut versions = 0;
+    for field in &cont.fields {
+        let attrs = &field.attrs;
+        let base_type = option_inner(field.ty).unwrap_or(field.ty);
+        if let Some(references) = &attrs.references {
+            if type_name(base_type).as_deref() != Some("Uuid") {
+                cx.error_spanned_by(
+                    field.ty,
+                    "`references` needs a `Uuid` or `Option<Uuid>` field: it points at the \
+                     referenced table's `id`",
+                );
+            }
+            if references.value().trim().is_empty() {
+                cx.error_spanned_by(references, "`references` needs a table name");
+            }
+        }
+        if let Some((lit, value)) = &attrs.on_delete {
+            if attrs.references.is_none() {
+                cx.error_spanned_by(
+                    lit,
+                    "`on_delete` needs `references = \"<table>\"` on the same field",
+                );
+            }
+            if value.is_none() {
+                cx.error_spanned_by(
+                    lit,
+                    "`on_delete` must be \"cascade\", \"set null\" or \"restrict\"",
+                );
+            }
+        }
+        if let Some(version) = &attrs.version {
+            versions += 1;
+            if versions > 1 {
+                cx.error_spanned_by(version, "only one field can be the `version`");
+            }
+            let name = type_name(field.ty);
+            if !matches!(name.as_deref(), Some("i16" | "i32" | "i64")) {
+                cx.error_spanned_by(
+                    field.ty,
+                    "a `version` field must be an integer (`i16`, `i32` or `i64`)",
+                );
+            }
+        }
+        if let Some(skip) = &attrs.skip {
+            let other = attrs.rename.is_some()
+                || attrs.unique
+                || attrs.index
+                || attrs.references.is_some()
+                || attrs.default.is_some()
+                || attrs.sql_type.is_some()
+                || attrs.version.is_some();
+            if other {
+                cx.error_spanned_by(
+                    skip,
+                    "a `skip` field is not a column: drop the other attributes",
+                );
+            }
+            if matches!(field.role, Role::Id)
+                || [ID, CREATED_AT, UPDATED_AT].contains(&field.column.as_str())
+            {
+                cx.error_spanned_by(
+                    skip,
+                    "`id`, `created_at` and `updated_at` cannot be skipped",
+                );
+            }
+        }
+    }
+}
+
+fn check_duplicate_columns(cx: &Ctxt, cont: &Container) {
+    let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
+    for field in cont.columns() {
+        if let Some(first) = seen.insert(field.column.as_str(), field.ident) {
+            cx.error_spanned_by(
+                field.ident,
+                format!(
+                    "column `{}` is already used by field `{first}`: give one of them \
+                     `#[record(rename = \"...\")]`",
+                    field.column
+                ),
+            );
+        }
+    }
+}
+
+/// `index(a, b)` / `unique(a, b)` name fields or columns of this struct.
+fn check_column_lists(cx: &Ctxt, cont: &Container) {
+    for list in cont.attrs.indexes.iter().chain(&cont.attrs.uniques) {
+        if list.is_empty() {
+            continue;
+        }
+        for ident in list {
+            if resolve_column(cont, &ident.to_string()).is_none() {
+                cx.error_spanned_by(
+                    ident,
+                    format!("no column `{ident}` in this struct to index"),
+                );
+            }
+        }
+    }
+}
+
+/// A field name or column name → the column name.
+pub fn resolve_column(cont: &Container, name: &str) -> Option<String> {
+    let name = name.strip_prefix("r#").unwrap_or(name);
+    cont.columns()
+        .find(|f| f.column == name || *f.ident == name)
+        .map(|f| f.column.clone())
+}

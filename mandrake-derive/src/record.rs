@@ -1,0 +1,366 @@
+//! Emits the `Record` impl, the `New…` and `…Patch` types, a redacting
+//! `Debug` and `list_by_<fk>` methods. Everything substantial is generic code
+//! in mandrake-storage; this only wires fields to it.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, LitStr};
+
+use crate::ast::{Container, Field, Role};
+use crate::attr::OnDelete;
+use crate::check::{self, resolve_column};
+use crate::ctxt::Ctxt;
+
+pub fn expand(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
+    let cx = Ctxt::new();
+    let cont = Container::from_ast(&cx, input);
+    if let Some(cont) = &cont {
+        check::check(&cx, input, cont);
+    }
+    cx.check()?;
+    Ok(emit(&cont.expect("reported when missing")))
+}
+
+fn emit(cont: &Container) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let ident = cont.ident;
+    let vis = cont.vis;
+    let new_ident = format_ident!("New{}", ident);
+    let patch_ident = format_ident!("{}Patch", ident);
+    let data: Vec<&Field> = cont
+        .fields
+        .iter()
+        .filter(|f| f.role == Role::Data)
+        .collect();
+    let version = cont.field(Role::Version);
+
+    let schema = schema_expr(cont);
+    let insert_cols = data.iter().map(|f| &f.column);
+    let patch_cols = data.iter().map(|f| &f.column);
+    let version_col = match version {
+        Some(v) => {
+            let c = &v.column;
+            quote!(::core::option::Option::Some(#c))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+
+    let mut column_index = 0usize;
+    let decode_fields = cont.fields.iter().map(|f| {
+        let (name, ty) = (f.ident, f.ty);
+        if f.role == Role::Skipped {
+            return quote!(#name: ::core::default::Default::default());
+        }
+        let i = column_index;
+        column_index += 1;
+        match &f.attrs.sql_type {
+            Some(_) => quote!(#name: #ms::sqlx::Row::try_get(row, #i)?),
+            None => quote_spanned!(ty.span()=> #name: #ms::decode_column::<#ty>(row, #i)?),
+        }
+    });
+    let bind_new = data.iter().map(|f| {
+        let (name, ty) = (f.ident, f.ty);
+        match &f.attrs.sql_type {
+            Some(_) => quote!(__args.add(new.#name)?;),
+            None => quote_spanned!(ty.span()=> #ms::bind_column::<#ty>(__args, new.#name)?;),
+        }
+    });
+    let bind_patch = data.iter().map(|f| {
+        let (name, ty) = (f.ident, f.ty);
+        let value = match &f.attrs.sql_type {
+            Some(_) => quote!(__args.add(patch.#name)?;),
+            None => quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#ty>>(__args, patch.#name)?;),
+        };
+        quote! {
+            __args.add(patch.#name.is_some())?;
+            #value
+        }
+    });
+
+    let data_idents: Vec<_> = data.iter().map(|f| f.ident).collect();
+    let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
+    let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
+    let batch_vars: Vec<_> = (0..data.len()).map(|i| format_ident!("__c{}", i)).collect();
+    let batch_types = data.iter().map(|f| {
+        let ty = f.ty;
+        match &f.attrs.sql_type {
+            Some(_) => quote!(#ty),
+            None => {
+                quote_spanned!(ty.span()=> ::core::option::Option<<#ty as #ms::ColumnType>::Cell>)
+            }
+        }
+    });
+    let batch_push = data.iter().map(|f| {
+        let (ty, name) = (f.ty, f.ident);
+        match &f.attrs.sql_type {
+            Some(_) => quote!(__row.#name),
+            None => quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::into_cell(__row.#name)),
+        }
+    });
+    let (version_patch_field, bind_version) = match version {
+        Some(v) => {
+            let (name, ty, fvis) = (v.ident, v.ty, v.vis);
+            (
+                quote! {
+                    /// The version the caller last read: the update fails with
+                    /// `Error::Conflict` when the row has moved on.
+                    #fvis #name: ::core::option::Option<#ty>,
+                },
+                quote!(__args.add(patch.#name.map(i64::from))?;),
+            )
+        }
+        None => (quote!(), quote!()),
+    };
+
+    let debug = debug_impls(cont, &new_ident, &patch_ident, &data, version);
+    let list_by = list_by_methods(cont);
+    let new_doc = format!(
+        "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
+    );
+    let patch_doc = format!(
+        "Input of `{ident}::repo().update`: `Some` for each column to change (`Some(None)` sets a nullable column to NULL)."
+    );
+
+    quote! {
+        #[doc = #new_doc]
+        #[derive(Clone)]
+        #vis struct #new_ident {
+            #( #data_vis #data_idents: #data_types, )*
+        }
+
+        #[doc = #patch_doc]
+        #[derive(Clone, Default)]
+        #vis struct #patch_ident {
+            #( #data_vis #data_idents: ::core::option::Option<#data_types>, )*
+            #version_patch_field
+        }
+
+        const _: () = {
+            use #ms::sqlx::Arguments as _;
+
+            impl #ms::Record for #ident {
+                type New = #new_ident;
+                type Patch = #patch_ident;
+
+                fn schema() -> &'static #ms::TableSchema {
+                    static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
+                    SCHEMA.get_or_init(|| #schema)
+                }
+
+                fn id(&self) -> #ms::uuid::Uuid {
+                    self.id
+                }
+
+                fn statements() -> &'static #ms::Statements {
+                    static STATEMENTS: ::std::sync::OnceLock<#ms::Statements> = ::std::sync::OnceLock::new();
+                    STATEMENTS.get_or_init(|| #ms::Statements::new(
+                        <Self as #ms::Record>::schema(),
+                        #ms::Layout {
+                            insert: &[#(#insert_cols),*],
+                            patch: &[#(#patch_cols),*],
+                            version: #version_col,
+                        },
+                    ))
+                }
+
+                fn decode(row: &#ms::sqlx::postgres::PgRow) -> ::core::result::Result<Self, #ms::sqlx::Error> {
+                    ::core::result::Result::Ok(Self { #(#decode_fields,)* })
+                }
+
+                fn bind_new(
+                    new: #new_ident,
+                    id: #ms::uuid::Uuid,
+                    __args: &mut #ms::sqlx::postgres::PgArguments,
+                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+                    __args.add(id)?;
+                    #( #bind_new )*
+                    ::core::result::Result::Ok(())
+                }
+
+                fn bind_new_batch(
+                    rows: ::std::vec::Vec<#new_ident>,
+                    ids: ::std::vec::Vec<#ms::uuid::Uuid>,
+                    __args: &mut #ms::sqlx::postgres::PgArguments,
+                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+                    #( let mut #batch_vars: ::std::vec::Vec<#batch_types> = ::std::vec::Vec::with_capacity(rows.len()); )*
+                    for __row in rows {
+                        #( #batch_vars.push(#batch_push); )*
+                    }
+                    __args.add(ids)?;
+                    #( __args.add(#batch_vars)?; )*
+                    ::core::result::Result::Ok(())
+                }
+
+                fn bind_patch(
+                    patch: #patch_ident,
+                    __args: &mut #ms::sqlx::postgres::PgArguments,
+                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+                    #( #bind_patch )*
+                    #bind_version
+                    ::core::result::Result::Ok(())
+                }
+            }
+
+            #debug
+            #list_by
+        };
+    }
+}
+
+/// The `TableSchema` builder chain.
+fn schema_expr(cont: &Container) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let table = &cont.table;
+    let mut chain = quote!(#ms::TableSchema::new(#table));
+    for f in cont.columns() {
+        let col = &f.column;
+        let ty = f.ty;
+        let (sql_type, nullable) = match &f.attrs.sql_type {
+            Some(lit) => {
+                let nullable = f.option_inner().is_some();
+                (quote!(#lit), quote!(#nullable))
+            }
+            None => (
+                quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::SQL_TYPE),
+                quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::NULLABLE),
+            ),
+        };
+        let implied_default = match f.role {
+            Role::Id => Some("gen_random_uuid()"),
+            Role::CreatedAt | Role::UpdatedAt => Some("now()"),
+            Role::Version => Some("1"),
+            _ => None,
+        };
+        let default = f
+            .attrs
+            .default
+            .as_ref()
+            .map(LitStr::value)
+            .or(implied_default.map(str::to_owned))
+            .map(|d| quote!(.default(#d)));
+        let renamed = f
+            .attrs
+            .renamed_from
+            .as_ref()
+            .map(|r| quote!(.renamed_from(#r)));
+        chain = quote! {
+            #chain.with_column(#ms::Column::new(#col, #sql_type).nullable(#nullable) #default #renamed)
+        };
+        if f.attrs.sql_type.is_none() {
+            chain = quote_spanned! {ty.span()=>
+                #chain.with_allowed_values(#col, <#ty as #ms::ColumnType>::VALUES)
+            };
+        }
+    }
+    chain = quote!(#chain.with_primary_key(&["id"]));
+    for f in cont.columns() {
+        let col = &f.column;
+        if f.attrs.unique {
+            chain = quote!(#chain.with_unique(&[#col]));
+        }
+        if f.attrs.index {
+            chain = quote!(#chain.with_index(&[#col]));
+        }
+        if let Some(references) = &f.attrs.references {
+            let on_delete = match f.attrs.on_delete.as_ref().and_then(|(_, v)| *v) {
+                None => quote!(NoAction),
+                Some(OnDelete::Cascade) => quote!(Cascade),
+                Some(OnDelete::SetNull) => quote!(SetNull),
+                Some(OnDelete::Restrict) => quote!(Restrict),
+            };
+            chain = quote!(#chain.with_foreign_key(#col, #references, #ms::OnDelete::#on_delete));
+        }
+    }
+    let lists = |lists: &[Vec<syn::Ident>]| -> Vec<Vec<String>> {
+        lists
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|i| resolve_column(cont, &i.to_string()))
+                    .collect()
+            })
+            .collect()
+    };
+    for cols in lists(&cont.attrs.uniques) {
+        chain = quote!(#chain.with_unique(&[#(#cols),*]));
+    }
+    for cols in lists(&cont.attrs.indexes) {
+        chain = quote!(#chain.with_index(&[#(#cols),*]));
+    }
+    if let Some(old) = &cont.attrs.renamed_from {
+        chain = quote!(#chain.with_renamed_from(#old));
+    }
+    quote!(#chain.with_timestamp_trigger())
+}
+
+/// `Debug` for the record and its input types, with `secret` fields redacted.
+fn debug_impls(
+    cont: &Container,
+    new_ident: &syn::Ident,
+    patch_ident: &syn::Ident,
+    data: &[&Field],
+    version: Option<&Field>,
+) -> TokenStream {
+    let one = |name: &syn::Ident, fields: &[&Field]| {
+        let shown = fields.iter().map(|f| {
+            let (field, label) = (f.ident, f.ident.to_string());
+            if f.attrs.secret {
+                quote!(.field(#label, &"<redacted>"))
+            } else {
+                quote!(.field(#label, &self.#field))
+            }
+        });
+        let label = name.to_string();
+        quote! {
+            impl ::core::fmt::Debug for #name {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(#label) #(#shown)* .finish()
+                }
+            }
+        }
+    };
+    let all: Vec<&Field> = cont.fields.iter().collect();
+    let mut patch_fields = data.to_vec();
+    patch_fields.extend(version);
+    let record = one(cont.ident, &all);
+    let new = one(new_ident, data);
+    let patch = one(patch_ident, &patch_fields);
+    quote!(#record #new #patch)
+}
+
+/// `list_by_<field>` for every foreign key.
+fn list_by_methods(cont: &Container) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let ident = cont.ident;
+    let vis = cont.vis;
+    let methods = cont
+        .columns()
+        .filter(|f| f.attrs.references.is_some())
+        .map(|f| {
+            let method = format_ident!("list_by_{}", f.ident);
+            let (param, col) = (f.ident, &f.column);
+            let doc = format!("The rows whose `{col}` is `{param}`, a page at a time.");
+            quote! {
+                #[doc = #doc]
+                #vis async fn #method<'e, E: #ms::sqlx::PgExecutor<'e>>(
+                    executor: E,
+                    #param: #ms::uuid::Uuid,
+                    options: #ms::ListOptions,
+                ) -> #ms::Result<#ms::Page<Self>> {
+                    <Self as #ms::Record>::repo()
+                        .list(executor, #ms::Filter::new().eq(#col, #param), options)
+                        .await
+                }
+            }
+        })
+        .collect::<Vec<_>>();
+    if methods.is_empty() {
+        return quote!();
+    }
+    quote! {
+        impl #ident {
+            #(#methods)*
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Which Rust types map to which SQL column types.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgHasArrayType, PgRow};
+use sqlx::types::Json;
+use sqlx::{Arguments, Decode, Encode, Postgres, Row, Type};
+use uuid::Uuid;
+
+/// A Rust type that can be a column of a `#[derive(Record)]` struct.
+///
+/// Implemented for the supported field types and, through
+/// `#[derive(RecordEnum)]`, for enums. Any other type needs
+/// `#[record(sql_type = "…")]` on the field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no SQL column type",
+    label = "unsupported field type",
+    note = "add `#[record(sql_type = \"<SQL type>\")]` to the field, or `#[derive(RecordEnum)]` to an enum"
+)]
+pub trait ColumnType:
+    for<'q> Encode<'q, Postgres>
+    + for<'r> Decode<'r, Postgres>
+    + Type<Postgres>
+    + Send
+    + Sized
+    + 'static
+{
+    /// The column type in DDL.
+    const SQL_TYPE: &'static str;
+    /// `Option<T>` columns are nullable; everything else is NOT NULL.
+    const NULLABLE: bool = false;
+    /// For enums: the values a CHECK constraint allows.
+    const VALUES: &'static [&'static str] = &[];
+    /// How one value travels inside the array that `create_many` binds
+    /// (`UNNEST($1::<type>[], …)`): the value itself for most types.
+    type Cell: for<'q> Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType + Send;
+    /// Converts a value for the `create_many` array; `None` is SQL NULL.
+    fn into_cell(self) -> Option<Self::Cell>;
+}
+
+macro_rules! scalar_columns {
+    ($($ty:ty => $sql:literal),* $(,)?) => {$(
+        impl ColumnType for $ty {
+            const SQL_TYPE: &'static str = $sql;
+            type Cell = Self;
+            fn into_cell(self) -> Option<Self> {
+                Some(self)
+            }
+        }
+    )*};
+}
+
+scalar_columns! {
+    Uuid => "UUID",
+    String => "TEXT",
+    bool => "BOOLEAN",
+    i16 => "SMALLINT",
+    i32 => "INTEGER",
+    i64 => "BIGINT",
+    f32 => "REAL",
+    f64 => "DOUBLE PRECISION",
+    DateTime<Utc> => "TIMESTAMPTZ",
+    NaiveDate => "DATE",
+    serde_json::Value => "JSONB",
+    Vec<u8> => "BYTEA",
+}
+
+impl<T> ColumnType for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    const SQL_TYPE: &'static str = "JSONB";
+    type Cell = Self;
+    fn into_cell(self) -> Option<Self> {
+        Some(self)
+    }
+}
+
+/// `Vec<String>` is `TEXT[]`. PostgreSQL has no arrays of arrays with
+/// different lengths, so in `create_many` each array travels as its text
+/// literal (`{"a","b"}`) and is cast back.
+impl ColumnType for Vec<String> {
+    const SQL_TYPE: &'static str = "TEXT[]";
+    type Cell = String;
+    fn into_cell(self) -> Option<String> {
+        let items: Vec<String> = self
+            .iter()
+            .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        Some(format!("{{{}}}", items.join(",")))
+    }
+}
+
+impl<T: ColumnType> ColumnType for Option<T> {
+    const SQL_TYPE: &'static str = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+    const VALUES: &'static [&'static str] = T::VALUES;
+    type Cell = T::Cell;
+    fn into_cell(self) -> Option<T::Cell> {
+        self.and_then(T::into_cell)
+    }
+}
+
+/// Reads column `index` of `row`; what the derive calls, so that an
+/// unsupported field type fails with `ColumnType`'s message alone.
+#[doc(hidden)]
+pub fn decode_column<T: ColumnType>(row: &PgRow, index: usize) -> Result<T, sqlx::Error> {
+    row.try_get(index)
+}
+
+/// Binds `value` as the next parameter (see [`decode_column`]).
+#[doc(hidden)]
+pub fn bind_column<T: ColumnType>(args: &mut PgArguments, value: T) -> Result<(), BoxDynError> {
+    args.add(value)
+}
+
+/// A Rust enum stored as TEXT limited by a CHECK; implemented by
+/// `#[derive(RecordEnum)]`.
+///
+/// ```
+/// use mandrake_storage::RecordEnum;
+///
+/// #[derive(RecordEnum, Debug, Clone, Copy, PartialEq, Eq)]
+/// enum Role {
+///     User,
+///     Assistant,
+///     #[record(rename = "sys")]
+///     System,
+/// }
+///
+/// assert_eq!(Role::VALUES, &["user", "assistant", "sys"]);
+/// assert_eq!(Role::System.as_str(), "sys");
+/// assert_eq!(Role::parse("assistant"), Some(Role::Assistant));
+/// ```
+pub trait RecordEnum: Sized + 'static {
+    /// The stored spelling of every variant, in declaration order.
+    const VALUES: &'static [&'static str];
+    /// The stored spelling of this variant.
+    fn as_str(&self) -> &'static str;
+    /// The variant stored as `value`.
+    fn parse(value: &str) -> Option<Self>;
+}
+
+/// Support for the code `#[derive(RecordEnum)]` emits.
+#[doc(hidden)]
+pub mod enum_support {
+    use sqlx::error::BoxDynError;
+    use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+    use sqlx::{Decode, Encode, Postgres, Type, encode::IsNull};
+
+    use super::RecordEnum;
+
+    pub fn type_info() -> PgTypeInfo {
+        <String as Type<Postgres>>::type_info()
+    }
+
+    pub fn compatible(ty: &PgTypeInfo) -> bool {
+        <String as Type<Postgres>>::compatible(ty)
+    }
+
+    pub fn array_type_info() -> PgTypeInfo {
+        <Vec<String> as Type<Postgres>>::type_info()
+    }
+
+    pub fn encode<E: RecordEnum>(
+        value: &E,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <&str as Encode<Postgres>>::encode(value.as_str(), buf)
+    }
+
+    pub fn decode<E: RecordEnum>(value: PgValueRef<'_>) -> Result<E, BoxDynError> {
+        let text = <&str as Decode<Postgres>>::decode(value)?;
+        E::parse(text).ok_or_else(|| {
+            format!(
+                "{text:?} is not one of {:?} ({})",
+                E::VALUES,
+                std::any::type_name::<E>()
+            )
+            .into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_arrays_become_literals() {
+        let v = vec![
+            "a b".to_owned(),
+            "q\"uote".to_owned(),
+            "back\\slash".to_owned(),
+        ];
+        assert_eq!(v.into_cell().unwrap(), r#"{"a b","q\"uote","back\\slash"}"#);
+    }
+}

@@ -1,0 +1,234 @@
+//! The `Record` trait that `#[derive(Record)]` implements, and the SQL text
+//! built once per record type from its schema.
+
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use uuid::Uuid;
+
+use crate::ddl::{ident_list, quote_ident};
+use crate::repo::Repo;
+use crate::schema::TableSchema;
+
+/// A struct stored as one table row. Implemented by `#[derive(Record)]`;
+/// the repository ([`Record::repo`]) is generic code over this trait.
+///
+/// ```
+/// use mandrake_storage::{Record, RecordEnum};
+/// use chrono::{DateTime, Utc};
+/// use uuid::Uuid;
+///
+/// #[derive(Record, Clone)]
+/// #[record(index(name))]
+/// pub struct Planet {
+///     pub id: Uuid,
+///     pub name: String,
+///     #[record(rename = "mass_kg")]
+///     pub mass: Option<f64>,
+///     pub created_at: DateTime<Utc>,
+///     pub updated_at: DateTime<Utc>,
+/// }
+///
+/// assert_eq!(Planet::schema().name, "planets");
+/// let sql = mandrake_storage::ddl::create_table(Planet::schema());
+/// assert!(sql.contains(r#""mass_kg" DOUBLE PRECISION,"#));
+/// // NewPlanet has no id or timestamps; PlanetPatch has an Option per column.
+/// let new = NewPlanet { name: "Ceres".into(), mass: None };
+/// let patch = PlanetPatch { mass: Some(Some(9.4e20)), ..Default::default() };
+/// ```
+pub trait Record: Sized + Send + Unpin + 'static {
+    /// The input of `create`: every stored column but `id`, the timestamps
+    /// and the version.
+    type New: Send;
+    /// The input of `update`: `Some` for each column to change.
+    type Patch: Send + Default;
+
+    /// The table this type is stored in.
+    fn schema() -> &'static TableSchema;
+
+    /// This row's primary key.
+    fn id(&self) -> Uuid;
+
+    /// The repository of this type.
+    fn repo() -> Repo<Self> {
+        Repo::new()
+    }
+
+    #[doc(hidden)]
+    fn statements() -> &'static Statements;
+    /// Decodes a row selected with [`Statements::columns`], by position.
+    #[doc(hidden)]
+    fn decode(row: &PgRow) -> Result<Self, sqlx::Error>;
+    /// Binds `id` and then the insert columns of `new`.
+    #[doc(hidden)]
+    fn bind_new(new: Self::New, id: Uuid, args: &mut PgArguments) -> Result<(), BoxDynError>;
+    /// Binds one array per insert column (ids first) for `create_many`.
+    #[doc(hidden)]
+    fn bind_new_batch(
+        rows: Vec<Self::New>,
+        ids: Vec<Uuid>,
+        args: &mut PgArguments,
+    ) -> Result<(), BoxDynError>;
+    /// Binds a `(set?, value)` pair per patch column, then the expected version
+    /// when the table has one.
+    #[doc(hidden)]
+    fn bind_patch(patch: Self::Patch, args: &mut PgArguments) -> Result<(), BoxDynError>;
+}
+
+/// How the derive classifies columns; the SQL is built from it and the schema.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Columns bound by `create`, after `id`.
+    pub insert: &'static [&'static str],
+    /// Columns a patch can change.
+    pub patch: &'static [&'static str],
+    /// The optimistic-locking column, if any.
+    pub version: Option<&'static str>,
+}
+
+/// The fixed SQL of one record type, built once (the derive keeps it in a
+/// `OnceLock`), never per call.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Statements {
+    pub table: &'static str,
+    /// The quoted select list, in field order.
+    pub columns: String,
+    pub insert: String,
+    pub insert_many: String,
+    pub select_by_id: String,
+    pub update: String,
+    pub delete: String,
+    /// `(conflict columns, statement)` for each unique constraint.
+    pub upserts: Vec<(Vec<String>, String)>,
+    pub has_version: bool,
+}
+
+impl Statements {
+    pub fn new(schema: &'static TableSchema, layout: Layout) -> Statements {
+        let table = quote_ident(&schema.name);
+        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let columns = ident_list(&names);
+        let sql_type = |name: &str| {
+            schema
+                .column(name)
+                .map(|c| c.sql_type.as_str())
+                .unwrap_or("TEXT")
+        };
+        let mut insert_cols = vec!["id".to_owned()];
+        insert_cols.extend(layout.insert.iter().map(|c| c.to_string()));
+        let placeholders: Vec<String> = (1..=insert_cols.len()).map(|i| format!("${i}")).collect();
+        let insert_head = format!("INSERT INTO {table} ({})", ident_list(&insert_cols));
+        let insert = format!(
+            "{insert_head} VALUES ({}) RETURNING {columns}",
+            placeholders.join(", ")
+        );
+        // One array parameter per column: any number of rows, one statement.
+        let unnest_args: Vec<String> = insert_cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}[]", i + 1, array_element_type(sql_type(c))))
+            .collect();
+        let casts: Vec<String> = insert_cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i}::{}", sql_type(c)))
+            .collect();
+        let aliases: Vec<String> = (0..insert_cols.len()).map(|i| format!("c{i}")).collect();
+        let insert_many = format!(
+            "{insert_head} SELECT {} FROM UNNEST({}) AS u({}) RETURNING {columns}",
+            casts.join(", "),
+            unnest_args.join(", "),
+            aliases.join(", ")
+        );
+        let select_by_id = format!("SELECT {columns} FROM {table} WHERE \"id\" = $1");
+        let update = update_statement(schema, &table, &columns, layout);
+        let delete = format!("DELETE FROM {table} WHERE \"id\" = $1");
+        let upserts = schema
+            .uniques
+            .iter()
+            .map(|u| {
+                let updates: Vec<String> = layout
+                    .insert
+                    .iter()
+                    .filter(|c| !u.columns.iter().any(|k| k == *c))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                let action = if updates.is_empty() {
+                    // DO NOTHING would return no row; a no-op update returns it.
+                    format!("DO UPDATE SET \"id\" = {table}.\"id\"")
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                };
+                let sql = format!(
+                    "{insert_head} VALUES ({}) ON CONFLICT ({}) {action} RETURNING {columns}",
+                    placeholders.join(", "),
+                    ident_list(&u.columns)
+                );
+                (u.columns.clone(), sql)
+            })
+            .collect();
+        Statements {
+            table: &schema.name,
+            columns,
+            insert,
+            insert_many,
+            select_by_id,
+            update,
+            delete,
+            upserts,
+            has_version: layout.version.is_some(),
+        }
+    }
+}
+
+/// `TEXT[]` columns travel as text literals in `create_many` (see
+/// `ColumnType for Vec<String>`); every other type as an array of itself.
+fn array_element_type(sql_type: &str) -> &str {
+    if sql_type.ends_with("[]") {
+        "TEXT"
+    } else {
+        sql_type
+    }
+}
+
+/// `SET col = CASE WHEN $set THEN $value ELSE col END` per patch column: one
+/// fixed statement serves every combination of changed columns. With a version
+/// column, a miss is told apart from a stale version in the same statement.
+fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: Layout) -> String {
+    let mut sets: Vec<String> = layout
+        .patch
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = schema
+                .column(c)
+                .map(|col| col.sql_type.as_str())
+                .unwrap_or("TEXT");
+            format!(
+                "{0} = CASE WHEN ${1}::BOOLEAN THEN ${2}::{ty} ELSE {0} END",
+                quote_ident(c),
+                2 * i + 2,
+                2 * i + 3
+            )
+        })
+        .collect();
+    let Some(version) = layout.version else {
+        if sets.is_empty() {
+            sets.push("\"id\" = \"id\"".into());
+        }
+        return format!(
+            "UPDATE {table} SET {} WHERE \"id\" = $1 RETURNING {columns}",
+            sets.join(", ")
+        );
+    };
+    let v = quote_ident(version);
+    let expected = 2 * layout.patch.len() + 2;
+    sets.push(format!("{v} = {v} + 1"));
+    format!(
+        "WITH updated AS (UPDATE {table} SET {} WHERE \"id\" = $1 AND (${expected}::BIGINT IS NULL OR {v} = ${expected}) RETURNING {columns}) \
+         SELECT {columns}, TRUE FROM updated \
+         UNION ALL SELECT {columns}, FALSE FROM {table} WHERE \"id\" = $1 AND NOT EXISTS (SELECT 1 FROM updated)",
+        sets.join(", ")
+    )
+}

@@ -1,0 +1,518 @@
+//! The repository: typed CRUD for any [`Record`], on a pool, a connection or
+//! a transaction.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, Encode, PgExecutor, Postgres, Row, Type};
+use uuid::Uuid;
+
+use crate::ddl::quote_ident;
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::schema::TableSchema;
+
+/// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
+///
+/// Every method takes any sqlx executor, so the same call works on `&Db`, a
+/// `&PgPool`, `&mut PgConnection`, or inside a transaction (`&mut *tx`).
+///
+/// ```no_run
+/// # use mandrake_storage::{Record, Db, Filter, ListOptions};
+/// # #[derive(Record, Clone)]
+/// # pub struct Note { pub id: uuid::Uuid, pub body: String,
+/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+/// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
+/// let note = Note::repo().create(db, NewNote { body: "hi".into() }).await?;
+/// let mut tx = db.begin().await?;
+/// Note::repo()
+///     .update(&mut *tx, note.id, NotePatch { body: Some("edited".into()) })
+///     .await?;
+/// tx.commit().await?;
+/// let page = Note::repo()
+///     .list(db, Filter::new().eq("body", "edited"), ListOptions::new().limit(10))
+///     .await?;
+/// assert_eq!(page.items[0].body, "edited");
+/// # Ok(()) }
+/// ```
+pub struct Repo<T>(PhantomData<fn() -> T>);
+
+impl<T> Clone for Repo<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Repo<T> {}
+
+impl<T> std::fmt::Debug for Repo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repo<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T: Record> Default for Repo<T> {
+    fn default() -> Self {
+        Repo::new()
+    }
+}
+
+fn bind_error(err: sqlx::error::BoxDynError) -> Error {
+    Error::Database(sqlx::Error::Encode(err))
+}
+
+impl<T: Record> Repo<T> {
+    pub fn new() -> Self {
+        Repo(PhantomData)
+    }
+
+    /// Inserts one row (with a new UUIDv7 id) and returns it as stored.
+    pub async fn create<'e, E: PgExecutor<'e>>(&self, executor: E, new: T::New) -> Result<T> {
+        let mut args = PgArguments::default();
+        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+        let row = sqlx::query_with(T::statements().insert.as_str(), args)
+            .fetch_one(executor)
+            .await?;
+        Ok(T::decode(&row)?)
+    }
+
+    /// Inserts any number of rows in one statement (`INSERT … SELECT … FROM
+    /// UNNEST(…)`, one array parameter per column) and returns them in input order.
+    pub async fn create_many<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        rows: Vec<T::New>,
+    ) -> Result<Vec<T>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = (0..rows.len()).map(|_| Uuid::now_v7()).collect();
+        let position: HashMap<Uuid, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut args = PgArguments::default();
+        T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+        let stored = sqlx::query_with(T::statements().insert_many.as_str(), args)
+            .fetch_all(executor)
+            .await?;
+        // RETURNING order is not promised by PostgreSQL: put rows back in input order.
+        let mut ordered: Vec<Option<T>> = (0..stored.len()).map(|_| None).collect();
+        for row in &stored {
+            let record = T::decode(row)?;
+            let slot = position[&record.id()];
+            ordered[slot] = Some(record);
+        }
+        Ok(ordered.into_iter().flatten().collect())
+    }
+
+    /// The row with `id`, or `Error::NotFound`.
+    pub async fn get<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<T> {
+        self.find(executor, id).await?.ok_or(Error::NotFound {
+            table: T::statements().table,
+            id,
+        })
+    }
+
+    /// The row with `id`, if there is one.
+    pub async fn find<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<Option<T>> {
+        let row = sqlx::query(T::statements().select_by_id.as_str())
+            .bind(id)
+            .fetch_optional(executor)
+            .await?;
+        Ok(row.as_ref().map(T::decode).transpose()?)
+    }
+
+    /// Changes the columns set in `patch`; `updated_at` moves through the
+    /// trigger. With a version column, a patch carrying a stale version fails
+    /// with `Error::Conflict` and changes nothing; the version then goes up by one.
+    pub async fn update<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        id: Uuid,
+        patch: T::Patch,
+    ) -> Result<T> {
+        let statements = T::statements();
+        let mut args = PgArguments::default();
+        args.add(id).map_err(bind_error)?;
+        T::bind_patch(patch, &mut args).map_err(bind_error)?;
+        let row = sqlx::query_with(statements.update.as_str(), args)
+            .fetch_optional(executor)
+            .await?;
+        let table = statements.table;
+        let Some(row) = row else {
+            return Err(Error::NotFound { table, id });
+        };
+        if statements.has_version {
+            let updated: bool = row.try_get(row.len() - 1)?;
+            if !updated {
+                return Err(Error::Conflict { table, id });
+            }
+        }
+        Ok(T::decode(&row)?)
+    }
+
+    /// Deletes the row; says whether there was one.
+    pub async fn delete<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<bool> {
+        let done = sqlx::query(T::statements().delete.as_str())
+            .bind(id)
+            .execute(executor)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Inserts `new`, or when a row with the same values in `conflict` (the
+    /// columns of a unique constraint) exists, updates that row's other
+    /// columns. Returns the stored row; an existing row keeps its id.
+    pub async fn upsert<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        new: T::New,
+        conflict: &[&str],
+    ) -> Result<T> {
+        let statements = T::statements();
+        let sql = statements
+            .upserts
+            .iter()
+            .find(|(cols, _)| {
+                cols.len() == conflict.len() && cols.iter().zip(conflict).all(|(a, b)| a == b)
+            })
+            .map(|(_, sql)| sql.as_str())
+            .ok_or_else(|| {
+                Error::Schema(format!(
+                    "{} has no unique constraint on ({})",
+                    statements.table,
+                    conflict.join(", ")
+                ))
+            })?;
+        let mut args = PgArguments::default();
+        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_one(executor)
+            .await?;
+        Ok(T::decode(&row)?)
+    }
+
+    /// How many rows match `filter`.
+    pub async fn count<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<i64> {
+        let (conditions, args) = filter.render(T::schema())?;
+        let sql = format!(
+            "SELECT count(*) FROM {}{conditions}",
+            quote_ident(&T::schema().name)
+        );
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_one(executor)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Whether any row matches `filter`.
+    pub async fn exists<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<bool> {
+        let (conditions, args) = filter.render(T::schema())?;
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}{conditions})",
+            quote_ident(&T::schema().name)
+        );
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_one(executor)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// One page of the rows matching `filter`, in the order of `options`;
+    /// `Page::next` continues after the last row (keyset pagination, so rows
+    /// inserted meanwhile never shift the pages).
+    pub async fn list<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter,
+        options: ListOptions,
+    ) -> Result<Page<T>> {
+        let schema = T::schema();
+        let statements = T::statements();
+        let order = options.order_column(schema)?;
+        let (mut conditions, mut args) = filter.render(schema)?;
+        let dir = if options.descending { "DESC" } else { "ASC" };
+        let cmp = if options.descending { "<" } else { ">" };
+        let order_ident = quote_ident(&order.name);
+        if let Some(cursor) = &options.after {
+            let (value, id) = cursor.decode(&order.name, options.descending)?;
+            conditions.push_str(if conditions.is_empty() {
+                " WHERE "
+            } else {
+                " AND "
+            });
+            if order.name == "id" {
+                conditions.push_str(&format!("\"id\" {cmp} ${}", args.len() + 1));
+            } else {
+                conditions.push_str(&format!(
+                    "({order_ident}, \"id\") {cmp} (${}::{}, ${})",
+                    args.len() + 1,
+                    order.sql_type,
+                    args.len() + 2
+                ));
+                args.add(value).map_err(bind_error)?;
+            }
+            args.add(id).map_err(bind_error)?;
+        }
+        let tiebreak = if order.name == "id" {
+            String::new()
+        } else {
+            format!(", \"id\" {dir}")
+        };
+        let limit = options.limit.map(i64::from);
+        let sql = format!(
+            "SELECT {}, {order_ident}::TEXT AS __cursor FROM {}{conditions} ORDER BY {order_ident} {dir}{tiebreak}{}",
+            statements.columns,
+            quote_ident(&schema.name),
+            match limit {
+                Some(_) => format!(" LIMIT ${}", args.len() + 1),
+                None => String::new(),
+            }
+        );
+        if let Some(limit) = limit {
+            // One row more than asked tells whether another page follows.
+            args.add(limit + 1).map_err(bind_error)?;
+        }
+        let mut rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(executor)
+            .await?;
+        let more = limit.is_some_and(|l| rows.len() as i64 > l);
+        if more {
+            rows.pop();
+        }
+        let next = match rows.last() {
+            Some(last) if more => {
+                let value: String = last.try_get(last.len() - 1)?;
+                let record = T::decode(last)?;
+                Some(Cursor::new(
+                    &order.name,
+                    options.descending,
+                    &value,
+                    record.id(),
+                ))
+            }
+            _ => None,
+        };
+        let items = rows.iter().map(T::decode).collect::<Result<Vec<T>, _>>()?;
+        Ok(Page { items, next })
+    }
+}
+
+/// Equality conditions on columns, ANDed together; values are always bound.
+///
+/// ```
+/// use mandrake_storage::Filter;
+/// let f = Filter::new().eq("role", "user").is_null("deleted_at");
+/// ```
+#[derive(Default)]
+pub struct Filter {
+    conditions: Vec<(String, Condition)>,
+    args: PgArguments,
+    error: Option<String>,
+}
+
+enum Condition {
+    Equals,
+    IsNull,
+    IsNotNull,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let columns: Vec<&str> = self.conditions.iter().map(|(c, _)| c.as_str()).collect();
+        f.debug_struct("Filter").field("columns", &columns).finish()
+    }
+}
+
+impl Filter {
+    /// No condition: every row.
+    pub fn new() -> Filter {
+        Filter::default()
+    }
+
+    /// `column = value`.
+    pub fn eq<V>(mut self, column: &str, value: V) -> Filter
+    where
+        V: for<'q> Encode<'q, Postgres> + Type<Postgres>,
+    {
+        if let Err(e) = self.args.add(value) {
+            self.error
+                .get_or_insert(format!("cannot bind value for {column}: {e}"));
+        }
+        self.conditions.push((column.to_owned(), Condition::Equals));
+        self
+    }
+
+    /// `column IS NULL`.
+    pub fn is_null(mut self, column: &str) -> Filter {
+        self.conditions.push((column.to_owned(), Condition::IsNull));
+        self
+    }
+
+    /// `column IS NOT NULL`.
+    pub fn is_not_null(mut self, column: &str) -> Filter {
+        self.conditions
+            .push((column.to_owned(), Condition::IsNotNull));
+        self
+    }
+
+    /// ` WHERE …` (or nothing) with only the schema's own column names in it.
+    fn render(self, schema: &TableSchema) -> Result<(String, PgArguments)> {
+        if let Some(error) = self.error {
+            return Err(Error::Schema(error));
+        }
+        let mut parts = Vec::with_capacity(self.conditions.len());
+        let mut param = 0;
+        for (name, condition) in &self.conditions {
+            let column = schema
+                .column(name)
+                .ok_or_else(|| Error::Schema(format!("{} has no column {name:?}", schema.name)))?;
+            let ident = quote_ident(&column.name);
+            parts.push(match condition {
+                Condition::Equals => {
+                    param += 1;
+                    format!("{ident} = ${param}")
+                }
+                Condition::IsNull => format!("{ident} IS NULL"),
+                Condition::IsNotNull => format!("{ident} IS NOT NULL"),
+            });
+        }
+        let sql = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", parts.join(" AND "))
+        };
+        Ok((sql, self.args))
+    }
+}
+
+/// Order, page size and position of a `list` call.
+///
+/// ```
+/// use mandrake_storage::ListOptions;
+/// let newest_first = ListOptions::new().order_by("created_at").descending().limit(50);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    order_by: Option<String>,
+    descending: bool,
+    limit: Option<u32>,
+    after: Option<Cursor>,
+}
+
+impl ListOptions {
+    /// Oldest first by `created_at`, no limit.
+    pub fn new() -> ListOptions {
+        ListOptions::default()
+    }
+
+    /// Order by `id`, `created_at`, `updated_at` or an indexed NOT NULL column
+    /// (ties broken by `id`).
+    pub fn order_by(mut self, column: &str) -> Self {
+        self.order_by = Some(column.to_owned());
+        self
+    }
+
+    pub fn descending(mut self) -> Self {
+        self.descending = true;
+        self
+    }
+
+    pub fn ascending(mut self) -> Self {
+        self.descending = false;
+        self
+    }
+
+    /// At most `limit` rows per page.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Continue after the page that returned `cursor`.
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Continue after `cursor` when there is one (`page.next`).
+    pub fn after_opt(mut self, cursor: Option<Cursor>) -> Self {
+        self.after = cursor;
+        self
+    }
+
+    fn order_column<'s>(&self, schema: &'s TableSchema) -> Result<&'s crate::schema::Column> {
+        let name = self.order_by.as_deref().unwrap_or("created_at");
+        let column = schema
+            .column(name)
+            .ok_or_else(|| Error::Schema(format!("{} has no column {name:?}", schema.name)))?;
+        let indexed = ["id", "created_at", "updated_at"].contains(&name)
+            || schema.indexes.iter().any(|i| i.columns[0] == name)
+            || schema.uniques.iter().any(|u| u.columns[0] == name);
+        if !indexed || column.nullable {
+            return Err(Error::Schema(format!(
+                "cannot order {} by {name}: keyset pages need id, created_at, updated_at \
+                 or an indexed NOT NULL column",
+                schema.name
+            )));
+        }
+        Ok(column)
+    }
+}
+
+/// One page of a `list`; `next` is the cursor for the page after it, `None`
+/// on the last page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// An opaque position in a listing: pass it to [`ListOptions::after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
+
+impl Cursor {
+    fn new(column: &str, descending: bool, value: &str, id: Uuid) -> Cursor {
+        let dir = if descending { "d" } else { "a" };
+        let raw = format!("{column}\u{0}{dir}\u{0}{id}\u{0}{value}");
+        Cursor(URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// Rebuilds a cursor from [`Cursor::as_str`] (e.g. from an HTTP query).
+    pub fn from_string(text: impl Into<String>) -> Cursor {
+        Cursor(text.into())
+    }
+
+    /// The cursor as URL-safe text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn decode(&self, column: &str, descending: bool) -> Result<(String, Uuid)> {
+        let invalid = || Error::Schema("invalid cursor".into());
+        let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = text.splitn(4, '\u{0}');
+        let (Some(col), Some(dir), Some(id), Some(value)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let dir_matches = (dir == "d") == descending;
+        if col != column || !dir_matches {
+            return Err(Error::Schema(format!(
+                "this cursor belongs to a listing ordered by {col}, not {column}"
+            )));
+        }
+        let id = id.parse().map_err(|_| invalid())?;
+        Ok((value.to_owned(), id))
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -1,0 +1,484 @@
+//! The derived repository against real PostgreSQL: every method, every error kind.
+
+use chrono::{DateTime, Utc};
+use mandrake_storage::sqlx::types::Json;
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Error, Filter, ListOptions, Record, RecordEnum};
+use uuid::Uuid;
+
+#[derive(RecordEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Shelf {
+    Fiction,
+    NonFiction,
+    #[record(rename = "kids")]
+    Children,
+}
+
+#[derive(Record, Clone)]
+pub struct Library {
+    pub id: Uuid,
+    #[record(unique)]
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Record, Clone)]
+#[record(
+    table = "books",
+    unique(library_id, isbn),
+    index(library_id, created_at)
+)]
+pub struct Book {
+    pub id: Uuid,
+    #[record(references = "libraries", on_delete = "cascade")]
+    pub library_id: Uuid,
+    pub isbn: String,
+    pub title: String,
+    /// A reserved word as a column name.
+    #[record(rename = "order", index)]
+    pub position: i32,
+    pub shelf: Shelf,
+    pub subtitle: Option<String>,
+    pub tags: Vec<String>,
+    pub notes: Json<serde_json::Value>,
+    #[record(sql_type = "VARCHAR(20)", default = "'free'")]
+    pub price_text: Option<String>,
+    #[record(secret)]
+    pub loan_code: Option<String>,
+    #[record(version)]
+    pub version: i32,
+    #[record(skip)]
+    pub cached: Option<u8>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+async fn setup() -> (TestDb, Library) {
+    let db = TestDb::with_tables(&[Library::schema(), Book::schema()])
+        .await
+        .unwrap();
+    let lib = Library::repo()
+        .create(
+            db.db(),
+            NewLibrary {
+                name: "Central".into(),
+            },
+        )
+        .await
+        .unwrap();
+    (db, lib)
+}
+
+fn book(library_id: Uuid, n: usize) -> NewBook {
+    NewBook {
+        library_id,
+        isbn: format!("isbn-{n}"),
+        title: format!("Book {n}"),
+        position: n as i32,
+        shelf: Shelf::Children,
+        subtitle: None,
+        tags: vec!["a".into(), "b c".into()],
+        notes: Json(serde_json::json!({ "n": n })),
+        price_text: None,
+        loan_code: None,
+    }
+}
+
+#[tokio::test]
+async fn create_get_find_delete() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let repo = Book::repo();
+    let created = repo.create(db, book(lib.id, 1)).await.unwrap();
+    assert_eq!(created.id.get_version_num(), 7, "ids are UUIDv7");
+    assert_eq!(created.version, 1);
+    assert_eq!(created.shelf, Shelf::Children);
+    assert_eq!(created.tags, vec!["a".to_owned(), "b c".to_owned()]);
+    assert_eq!(created.price_text, None);
+    let got = repo.get(db, created.id).await.unwrap();
+    assert_eq!(got.title, "Book 1");
+    assert_eq!(got.position, 1);
+    assert_eq!(got.notes.0["n"], 1);
+    assert!(repo.find(db, created.id).await.unwrap().is_some());
+    assert!(repo.delete(db, created.id).await.unwrap());
+    assert!(!repo.delete(db, created.id).await.unwrap());
+    assert!(repo.find(db, created.id).await.unwrap().is_none());
+    match repo.get(db, created.id).await {
+        Err(Error::NotFound { table, id }) => {
+            assert_eq!(table, "books");
+            assert_eq!(id, created.id);
+        }
+        other => panic!("expected NotFound, got {:?}", other.map(|b| b.id)),
+    }
+}
+
+#[tokio::test]
+async fn patch_sets_null_on_purpose_and_bumps_updated_at() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let mut new = book(lib.id, 1);
+    new.subtitle = Some("first".into());
+    let created = Book::repo().create(db, new).await.unwrap();
+    assert_eq!(created.subtitle.as_deref(), Some("first"));
+    let updated = Book::repo()
+        .update(
+            db,
+            created.id,
+            BookPatch {
+                subtitle: Some(None),
+                title: Some("Renamed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.subtitle, None);
+    assert_eq!(updated.title, "Renamed");
+    assert_eq!(updated.isbn, created.isbn, "unset fields keep their value");
+    assert_eq!(updated.version, 2);
+    assert!(updated.updated_at > created.updated_at);
+    assert_eq!(updated.created_at, created.created_at);
+    let missing = Book::repo()
+        .update(db, Uuid::now_v7(), BookPatch::default())
+        .await;
+    assert!(matches!(missing, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn stale_version_is_a_conflict_and_changes_nothing() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let created = Book::repo().create(db, book(lib.id, 1)).await.unwrap();
+    let first = BookPatch {
+        title: Some("mine".into()),
+        version: Some(created.version),
+        ..Default::default()
+    };
+    let updated = Book::repo().update(db, created.id, first).await.unwrap();
+    assert_eq!(updated.version, 2);
+    let stale = BookPatch {
+        title: Some("theirs".into()),
+        version: Some(created.version),
+        ..Default::default()
+    };
+    let err = Book::repo()
+        .update(db, created.id, stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { table: "books", .. }),
+        "{err}"
+    );
+    let now = Book::repo().get(db, created.id).await.unwrap();
+    assert_eq!(now.title, "mine");
+    assert_eq!(now.version, 2);
+    let missing = BookPatch {
+        version: Some(1),
+        ..Default::default()
+    };
+    let err = Book::repo()
+        .update(db, Uuid::now_v7(), missing)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn create_many_stores_100_000_rows_in_one_call_in_order() {
+    let (t, lib) = setup().await;
+    let rows: Vec<NewBook> = (0..100_000).map(|n| book(lib.id, n)).collect();
+    let stored = Book::repo().create_many(t.db(), rows).await.unwrap();
+    assert_eq!(stored.len(), 100_000);
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.position == i as i32)
+    );
+    assert_eq!(stored[99_999].tags, vec!["a".to_owned(), "b c".to_owned()]);
+    let count = Book::repo().count(t.db(), Filter::new()).await.unwrap();
+    assert_eq!(count, 100_000);
+    assert!(
+        Book::repo()
+            .create_many(t.db(), Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn hostile_strings_are_stored_verbatim() {
+    let (t, lib) = setup().await;
+    let evil = "'); DROP TABLE books; --";
+    let mut new = book(lib.id, 1);
+    new.title = evil.into();
+    new.tags = vec![evil.into(), "\"{}\\".into()];
+    let created = Book::repo().create(t.db(), new.clone()).await.unwrap();
+    let got = Book::repo().get(t.db(), created.id).await.unwrap();
+    assert_eq!(got.title, evil);
+    assert_eq!(got.tags, new.tags);
+    let many = Book::repo()
+        .create_many(
+            t.db(),
+            vec![NewBook {
+                isbn: "x".into(),
+                ..new.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        many[0].tags, new.tags,
+        "create_many keeps array elements verbatim"
+    );
+    let found = Book::repo()
+        .count(t.db(), Filter::new().eq("title", evil))
+        .await
+        .unwrap();
+    assert_eq!(found, 2);
+}
+
+#[tokio::test]
+async fn rolled_back_transaction_leaves_nothing() {
+    let (t, lib) = setup().await;
+    let mut tx = t.db().begin().await.unwrap();
+    let created = Book::repo()
+        .create(&mut *tx, book(lib.id, 1))
+        .await
+        .unwrap();
+    assert!(
+        Book::repo()
+            .find(&mut *tx, created.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    tx.rollback().await.unwrap();
+    assert!(
+        Book::repo()
+            .find(t.db(), created.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(Book::repo().count(t.db(), Filter::new()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn constraint_failures_have_their_own_errors() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let dup = Library::repo()
+        .create(
+            db,
+            NewLibrary {
+                name: "Central".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    match dup {
+        Error::UniqueViolation { constraint } => assert_eq!(constraint, "libraries_name_key"),
+        other => panic!("{other}"),
+    }
+    Book::repo().create(db, book(lib.id, 1)).await.unwrap();
+    let dup = Book::repo().create(db, book(lib.id, 1)).await.unwrap_err();
+    assert!(
+        matches!(&dup, Error::UniqueViolation { constraint } if constraint == "books_library_id_isbn_key"),
+        "{dup}"
+    );
+    let orphan = Book::repo()
+        .create(db, book(Uuid::now_v7(), 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&orphan, Error::ForeignKeyViolation { constraint } if constraint == "books_library_id_fkey"),
+        "{orphan}"
+    );
+    let bad_shelf = sqlx::query("UPDATE books SET shelf = 'attic'")
+        .execute(db)
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert!(
+        matches!(&bad_shelf, Error::CheckViolation { constraint } if constraint == "books_shelf_check"),
+        "{bad_shelf}"
+    );
+    let null = sqlx::query("UPDATE books SET title = NULL")
+        .execute(db)
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert!(
+        matches!(&null, Error::NotNullViolation { column } if column == "title"),
+        "{null}"
+    );
+    assert!(!null.is_retryable());
+}
+
+#[tokio::test]
+async fn count_exists_and_filters_including_null() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let mut with_subtitle = book(lib.id, 1);
+    with_subtitle.subtitle = Some("s".into());
+    Book::repo()
+        .create_many(db, vec![with_subtitle, book(lib.id, 2), book(lib.id, 3)])
+        .await
+        .unwrap();
+    let repo = Book::repo();
+    assert_eq!(
+        repo.count(db, Filter::new().is_null("subtitle"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        repo.count(db, Filter::new().is_not_null("subtitle"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        repo.count(
+            db,
+            Filter::new().eq("order", 2).eq("shelf", Shelf::Children)
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert!(
+        repo.exists(db, Filter::new().eq("isbn", "isbn-3"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !repo
+            .exists(db, Filter::new().eq("isbn", "nope"))
+            .await
+            .unwrap()
+    );
+    let err = repo
+        .count(db, Filter::new().eq("nope; DROP", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Schema(_)), "{err}");
+}
+
+#[tokio::test]
+async fn upsert_updates_the_existing_row() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let first = Book::repo()
+        .upsert(db, book(lib.id, 1), &["library_id", "isbn"])
+        .await
+        .unwrap();
+    let mut again = book(lib.id, 1);
+    again.title = "Second edition".into();
+    let second = Book::repo()
+        .upsert(db, again, &["library_id", "isbn"])
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id, "the existing row keeps its id");
+    assert_eq!(second.title, "Second edition");
+    assert_eq!(Book::repo().count(db, Filter::new()).await.unwrap(), 1);
+    let err = Book::repo()
+        .upsert(db, book(lib.id, 2), &["title"])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Schema(_)));
+    // A table whose only unique column is the conflict target still returns the row.
+    let lib_again = Library::repo()
+        .upsert(
+            db,
+            NewLibrary {
+                name: "Central".into(),
+            },
+            &["name"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lib_again.id, lib.id);
+}
+
+#[tokio::test]
+async fn list_by_foreign_key_and_secret_redaction() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let other = Library::repo()
+        .create(
+            db,
+            NewLibrary {
+                name: "Branch".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut secret = book(lib.id, 1);
+    secret.loan_code = Some("hunter2".into());
+    let b = Book::repo().create(db, secret.clone()).await.unwrap();
+    Book::repo().create(db, book(other.id, 2)).await.unwrap();
+    let page = Book::list_by_library_id(db, lib.id, ListOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].id, b.id);
+    assert!(page.next.is_none());
+    for shown in [format!("{b:?}"), format!("{secret:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+    // Deleting the library cascades to its books.
+    Library::repo().delete(db, lib.id).await.unwrap();
+    assert!(Book::repo().find(db, b.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn keyset_pages_see_every_existing_row_once_while_rows_are_added() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let existing = Book::repo()
+        .create_many(db, (0..250).map(|n| book(lib.id, n)).collect())
+        .await
+        .unwrap();
+    let mut extra = 10_000;
+    for (order, descending) in [("created_at", false), ("id", true), ("order", false)] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut options = ListOptions::new()
+                .order_by(order)
+                .limit(40)
+                .after_opt(cursor);
+            if descending {
+                options = options.descending();
+            }
+            let page = Book::repo()
+                .list(db, Filter::new().eq("library_id", lib.id), options)
+                .await
+                .unwrap();
+            seen.extend(page.items.iter().map(|b| b.id));
+            // Writers keep inserting between pages.
+            extra += 1;
+            Book::repo().create(db, book(lib.id, extra)).await.unwrap();
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        for b in &existing {
+            let times = seen.iter().filter(|id| **id == b.id).count();
+            assert_eq!(times, 1, "ordered by {order}: row seen {times} times");
+        }
+        let unique: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "no row twice");
+    }
+    let err = Book::repo()
+        .list(db, Filter::new(), ListOptions::new().order_by("subtitle"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Schema(_)));
+}

@@ -1,0 +1,15 @@
+use chrono::{DateTime, Utc};
+use mandrake_storage::Record;
+use uuid::Uuid;
+
+#[derive(Record)]
+pub struct Note {
+    pub id: Uuid,
+    pub title: String,
+    #[record(rename = "title")]
+    pub heading: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn main() {}

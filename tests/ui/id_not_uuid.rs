@@ -1,0 +1,12 @@
+use chrono::{DateTime, Utc};
+use mandrake_storage::Record;
+use uuid::Uuid;
+
+#[derive(Record)]
+pub struct Note {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use chrono::{DateTime, Utc};
+use mandrake_storage::Record;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Money(i64);
+
+#[derive(Record)]
+pub struct Note {
+    pub id: Uuid,
+    pub price: Money,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn main() {}

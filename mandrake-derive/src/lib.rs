@@ -11,6 +11,7 @@ mod ast;
 mod attr;
 mod check;
 mod ctxt;
+mod embed;
 mod enums;
 mod record;
 mod symbol;
@@ -34,5 +35,19 @@ pub fn derive_record_enum(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     enums::expand(&input)
         .unwrap_or_else(ctxt::to_compile_errors)
+        .into()
+}
+
+/// Embeds a migrations folder (relative to the crate's `Cargo.toml`) at
+/// compile time; expands to a `mandrake_storage::Result<Migrations>`.
+///
+/// Cargo rebuilds when an embedded file changes, not when a new file is
+/// added: touch the crate (or add a `build.rs` with
+/// `cargo:rerun-if-changed=migrations`) after adding one.
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    let dir = parse_macro_input!(input as syn::LitStr);
+    embed::expand(&dir)
+        .unwrap_or_else(|e| e.to_compile_error())
         .into()
 }

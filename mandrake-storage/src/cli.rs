@@ -1,10 +1,15 @@
 //! The `cargo xtask` commands as library functions, so any application can
 //! have the same tool by writing a thin `main` with its own record types.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::cluster::{Cluster, DEFAULT_DATABASE};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::{Cluster, DEFAULT_DATABASE, workspace_root};
+use crate::db::Settings;
 use crate::error::{Error, Result};
+use crate::migrate::{self, MigrateOptions, Migrations, RollbackTarget};
 
 /// Command-line interface of `cargo xtask`.
 #[derive(Debug, Parser)]
@@ -13,6 +18,9 @@ use crate::error::{Error, Result};
     about = "Database tasks for a mandrake-storage workspace"
 )]
 pub struct Cli {
+    /// The migrations folder (default: `migrations/` at the workspace root).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub migrations: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,6 +30,46 @@ pub enum Command {
     /// Manage the embedded PostgreSQL cluster (used when DATABASE_URL is not set).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Apply pending migrations in version order, each in a transaction.
+    Migrate(MigrateArgs),
+    /// Revert applied migrations with their down files (default: the newest one).
+    Rollback(RollbackArgs),
+    /// Show every migration: name, applied at, duration and state.
+    Status,
+    /// Forget a failed `-- no-transaction` migration so `migrate` applies it again.
+    Resolve {
+        /// The failed migration's version.
+        version: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Apply pending migrations up to and including this version.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<i64>,
+    /// Print what would be applied; apply nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply pending migrations older than the newest applied one.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+    /// Seconds to wait for another migrator to finish.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub lock_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Revert the newest N applied migrations.
+    #[arg(long, conflicts_with = "to", value_name = "N")]
+    pub steps: Option<usize>,
+    /// Revert every applied migration newer than this version.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<i64>,
+    /// Seconds to wait for another migrator to finish.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,10 +102,91 @@ pub fn main() -> std::process::ExitCode {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let dir = match &cli.migrations {
+        Some(dir) => dir.clone(),
+        None => workspace_root()?.join("migrations"),
+    };
     match cli.command {
         Command::Db(cmd) => db_command(cmd).await?,
+        Command::Migrate(args) => {
+            let migrations = Migrations::from_dir(&dir)?;
+            let options = MigrateOptions {
+                to: args.to,
+                dry_run: args.dry_run,
+                allow_out_of_order: args.allow_out_of_order,
+                lock_timeout: Duration::from_secs(args.lock_timeout),
+            };
+            let report = migrate::migrate(&database_url().await?, &migrations, &options).await?;
+            let verb = if args.dry_run {
+                "would apply"
+            } else {
+                "applied"
+            };
+            for (_, name) in &report.applied {
+                println!("{verb} {name}");
+            }
+            if report.applied.is_empty() {
+                println!("nothing to apply: the database is up to date");
+            }
+        }
+        Command::Rollback(args) => {
+            let migrations = Migrations::from_dir(&dir)?;
+            let target = match (args.steps, args.to) {
+                (_, Some(v)) => RollbackTarget::To(v),
+                (steps, None) => RollbackTarget::Steps(steps.unwrap_or(1)),
+            };
+            let timeout = Duration::from_secs(args.lock_timeout);
+            let report =
+                migrate::rollback(&database_url().await?, &migrations, target, timeout).await?;
+            for (_, name) in &report.reverted {
+                println!("reverted {name}");
+            }
+            if report.reverted.is_empty() {
+                println!("nothing to roll back");
+            }
+        }
+        Command::Status => {
+            let migrations = Migrations::from_dir(&dir)?;
+            let rows = migrate::status(&database_url().await?, &migrations).await?;
+            if rows.is_empty() {
+                println!("no migrations in {}", dir.display());
+            }
+            for row in rows {
+                let at = row
+                    .applied_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|| "-".into());
+                let took = row
+                    .duration
+                    .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<13} {:<23} {:>10}  {}",
+                    row.state.to_string(),
+                    at,
+                    took,
+                    row.name
+                );
+            }
+        }
+        Command::Resolve { version } => {
+            if migrate::resolve(&database_url().await?, version).await? {
+                println!(
+                    "forgot failed migration {version}; `cargo xtask migrate` applies it again"
+                );
+            } else {
+                return Err(Error::Migration(format!(
+                    "no failed migration {version} is recorded"
+                )));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// DATABASE_URL, else the embedded cluster (started if needed).
+async fn database_url() -> Result<String> {
+    Settings::from_env()?.resolve_url().await
 }
 
 async fn db_command(cmd: DbCommand) -> Result<()> {

@@ -174,6 +174,12 @@ impl TestDb {
         &self.name
     }
 
+    /// A connection string for this database.
+    pub fn url(&self) -> String {
+        use sqlx::ConnectOptions;
+        self.options.to_url_lossy().to_string()
+    }
+
     /// Connection options for this database (for extra pools or connections).
     pub fn connect_options(&self) -> PgConnectOptions {
         self.options.clone()

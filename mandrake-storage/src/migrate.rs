@@ -1,0 +1,545 @@
+//! Applying and reverting migrations, on top of sqlx's migrator.
+//!
+//! The files and the `_sqlx_migrations` table are sqlx's own, so the folder
+//! also works with `sqlx migrate run`. What sqlx leaves open is closed here:
+//! a lock with a timeout that is always released, refusal of out-of-order
+//! pending files, a record of a failed `-- no-transaction` file, tamper checks
+//! before anything runs, and refusal to roll back past a missing down file.
+//!
+//! ```no_run
+//! # async fn demo() -> mandrake_storage::Result<()> {
+//! use mandrake_storage::migrate::{Migrations, MigrateOptions, migrate};
+//!
+//! let migrations = Migrations::from_dir("migrations")?;
+//! let db = mandrake_storage::Db::connect().await?;
+//! let url = mandrake_storage::Settings::from_env()?.resolve_url().await?;
+//! let report = migrate(&url, &migrations, &MigrateOptions::default()).await?;
+//! println!("applied {} migrations", report.applied.len());
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migrate, Migration, MigrationType};
+use sqlx::postgres::PgDatabaseError;
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::error::{Error, Result};
+
+/// sqlx's bookkeeping table.
+pub const TABLE: &str = "_sqlx_migrations";
+
+/// The migrations of an application: `<version>_<name>.up.sql` files with
+/// their `.down.sql` partners.
+#[derive(Debug, Clone, Default)]
+pub struct Migrations {
+    ups: BTreeMap<i64, Migration>,
+    downs: BTreeMap<i64, Migration>,
+    /// `<version>_<name>` of each up file, for messages.
+    names: BTreeMap<i64, String>,
+}
+
+impl Migrations {
+    /// Reads a migrations folder the way sqlx does (same versions,
+    /// descriptions and checksums). A missing folder is an empty set.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Migrations> {
+        let dir = dir.as_ref();
+        if !dir.exists() {
+            return Ok(Migrations::default());
+        }
+        let resolved = sqlx::migrate::resolve_blocking(dir)
+            .map_err(|e| Error::Migration(format!("cannot read {}: {e}", dir.display())))?;
+        let mut out = Migrations::default();
+        for (migration, path) in resolved {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.insert(migration, &name);
+        }
+        Ok(out)
+    }
+
+    /// Builds the set from `(file name, contents)` pairs, e.g. files embedded
+    /// with `include_str!` by [`crate::embed_migrations!`].
+    pub fn from_sources(files: &[(&str, &'static str)]) -> Result<Migrations> {
+        let mut out = Migrations::default();
+        for (name, sql) in files {
+            let (version, rest) = name
+                .split_once('_')
+                .ok_or_else(|| Error::Migration(format!("bad migration file name {name:?}")))?;
+            let version: i64 = version
+                .parse()
+                .map_err(|_| Error::Migration(format!("bad migration version in {name:?}")))?;
+            let kind = MigrationType::from_filename(rest);
+            let description = rest.trim_end_matches(kind.suffix()).replace('_', " ");
+            let migration = Migration::new(
+                version,
+                Cow::Owned(description),
+                kind,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                sql.starts_with("-- no-transaction"),
+            );
+            out.insert(migration, name);
+        }
+        Ok(out)
+    }
+
+    fn insert(&mut self, migration: Migration, file_name: &str) {
+        let version = migration.version;
+        if migration.migration_type == MigrationType::ReversibleDown {
+            self.downs.insert(version, migration);
+        } else {
+            let stem = file_name
+                .trim_end_matches(".sql")
+                .trim_end_matches(".up")
+                .to_owned();
+            self.names.insert(version, stem);
+            self.ups.insert(version, migration);
+        }
+    }
+
+    /// Versions of the up files, oldest first.
+    pub fn versions(&self) -> impl Iterator<Item = i64> + '_ {
+        self.ups.keys().copied()
+    }
+
+    /// `<version>_<name>` of a version.
+    pub fn name(&self, version: i64) -> String {
+        self.names
+            .get(&version)
+            .cloned()
+            .unwrap_or_else(|| version.to_string())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ups.is_empty()
+    }
+}
+
+/// Options of [`migrate`].
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Apply pending migrations up to and including this version.
+    pub to: Option<i64>,
+    /// Say what would be applied, apply nothing.
+    pub dry_run: bool,
+    /// Apply pending migrations older than the newest applied one.
+    pub allow_out_of_order: bool,
+    /// How long to wait for another migrator to finish.
+    pub lock_timeout: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            to: None,
+            dry_run: false,
+            allow_out_of_order: false,
+            lock_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a run did (or, with `dry_run`, would do): `(version, name)` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub applied: Vec<(i64, String)>,
+    pub reverted: Vec<(i64, String)>,
+}
+
+/// Which migrations to revert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackTarget {
+    /// The newest N applied migrations.
+    Steps(usize),
+    /// Every applied migration newer than this version.
+    To(i64),
+}
+
+/// The state of one version in [`status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Applied,
+    Pending,
+    /// Applied, but the file changed since.
+    Changed,
+    /// Applied, but its file is gone.
+    MissingFile,
+    /// A `-- no-transaction` file that failed partway.
+    Failed,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Applied => "applied",
+            State::Pending => "pending",
+            State::Changed => "changed",
+            State::MissingFile => "missing file",
+            State::Failed => "failed",
+        })
+    }
+}
+
+/// One line of [`status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRow {
+    pub version: i64,
+    pub name: String,
+    pub state: State,
+    pub applied_at: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+}
+
+/// A row of `_sqlx_migrations`.
+struct AppliedRow {
+    version: i64,
+    description: String,
+    installed_on: DateTime<Utc>,
+    success: bool,
+    checksum: Vec<u8>,
+    execution_time: i64,
+}
+
+/// A dedicated connection holding the migration lock. The lock is a session
+/// lock: it goes when the connection closes, so every path releases it —
+/// an error, a panic, or a cancelled future that drops this value.
+struct Locked {
+    conn: PgConnection,
+    key: i64,
+}
+
+impl Locked {
+    async fn acquire(url: &str, timeout: Duration) -> Result<Locked> {
+        let mut conn = crate::db::connect_one(url).await?;
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await?;
+        let key = lock_key(&database);
+        let ms = timeout.as_millis().max(1).to_string();
+        sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+            .bind(&ms)
+            .execute(&mut conn)
+            .await?;
+        let taken = sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await;
+        if let Err(err) = taken {
+            if sqlstate(&err).as_deref() == Some("55P03") {
+                let holder = lock_holder(url, key).await;
+                return Err(Error::Migration(format!(
+                    "another migration holds the lock on database {database} \
+                     (backend pid {}); gave up after {:?}",
+                    holder.map_or("unknown".into(), |p| p.to_string()),
+                    timeout
+                )));
+            }
+            return Err(err.into());
+        }
+        sqlx::query("RESET lock_timeout").execute(&mut conn).await?;
+        // PostgreSQL 14+: notice within a second when a cancelled migrator
+        // drops this connection mid-statement, and free the lock then.
+        let _ = sqlx::query("SET client_connection_check_interval = 1000")
+            .execute(&mut conn)
+            .await;
+        conn.ensure_migrations_table(TABLE).await?;
+        Ok(Locked { conn, key })
+    }
+
+    async fn release(mut self) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.conn)
+            .await?;
+        self.conn.close().await?;
+        Ok(())
+    }
+
+    async fn applied(&mut self) -> Result<Vec<AppliedRow>> {
+        applied_rows(&mut self.conn).await
+    }
+}
+
+/// The advisory lock key of migrations on `database`: the key sqlx uses, so
+/// this runner and `sqlx migrate run` exclude each other.
+pub fn lock_key(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
+async fn lock_holder(url: &str, key: i64) -> Option<i32> {
+    let mut conn = crate::db::connect_one(url).await.ok()?;
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(&mut conn)
+    .await
+    .ok()
+    .flatten()
+}
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+async fn applied_rows(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(TABLE)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT version, description, installed_on, success, checksum, execution_time \
+         FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AppliedRow {
+                version: r.try_get(0)?,
+                description: r.try_get(1)?,
+                installed_on: r.try_get(2)?,
+                success: r.try_get(3)?,
+                checksum: r.try_get(4)?,
+                execution_time: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// Refuses to go on when an applied migration's file changed or is gone,
+/// or when a no-transaction migration failed partway.
+fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> {
+    if let Some(failed) = applied.iter().find(|a| !a.success) {
+        return Err(Error::Migration(format!(
+            "migration {} failed partway (it runs outside a transaction); repair the database \
+             by hand, then run `cargo xtask resolve {}` so it can be applied again",
+            migrations.name(failed.version),
+            failed.version
+        )));
+    }
+    let mut problems = Vec::new();
+    for a in applied {
+        match migrations.ups.get(&a.version) {
+            None => problems.push(format!(
+                "{}_{} was applied but its file is missing",
+                a.version,
+                a.description.replace(' ', "_")
+            )),
+            Some(m) if *m.checksum != *a.checksum => problems.push(format!(
+                "{} was applied but its file has changed since",
+                migrations.name(a.version)
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Migration(format!(
+            "refusing to run: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// Applies pending migrations in version order, each in its own transaction
+/// (unless marked `-- no-transaction`), holding the migration lock.
+pub async fn migrate(
+    url: &str,
+    migrations: &Migrations,
+    options: &MigrateOptions,
+) -> Result<Report> {
+    let mut locked = Locked::acquire(url, options.lock_timeout).await?;
+    let applied = locked.applied().await?;
+    check_applied(migrations, &applied)?;
+    let done: BTreeSet<i64> = applied.iter().map(|a| a.version).collect();
+    let newest = done.iter().next_back().copied();
+    let pending: Vec<&Migration> = migrations
+        .ups
+        .values()
+        .filter(|m| !done.contains(&m.version))
+        .filter(|m| options.to.is_none_or(|to| m.version <= to))
+        .collect();
+    if let Some(newest) = newest {
+        let old: Vec<String> = pending
+            .iter()
+            .filter(|m| m.version < newest)
+            .map(|m| migrations.name(m.version))
+            .collect();
+        if !old.is_empty() && !options.allow_out_of_order {
+            return Err(Error::Migration(format!(
+                "pending migrations older than the newest applied one ({newest}): {}; \
+                 this usually comes from merging branches. Give them newer versions, or pass \
+                 --allow-out-of-order",
+                old.join(", ")
+            )));
+        }
+    }
+    let mut report = Report::default();
+    for migration in pending {
+        let name = migrations.name(migration.version);
+        if !options.dry_run {
+            apply_one(&mut locked.conn, migration, &name).await?;
+        }
+        report.applied.push((migration.version, name));
+    }
+    locked.release().await?;
+    Ok(report)
+}
+
+async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -> Result<()> {
+    match conn.apply(TABLE, migration).await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            if migration.no_tx {
+                // sqlx records only successes on PostgreSQL: remember the
+                // half-applied file so nothing runs on top of it.
+                sqlx::query(
+                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                     VALUES ($1, $2, FALSE, $3, -1) ON CONFLICT (version) DO NOTHING",
+                )
+                .bind(migration.version)
+                .bind(&*migration.description)
+                .bind(&*migration.checksum)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Err(Error::Migration(describe_failure(
+                name,
+                migration.sql.as_str(),
+                err,
+            )))
+        }
+    }
+}
+
+/// `20250101000000_x.up.sql failed at line 3: relation "y" does not exist`
+fn describe_failure(name: &str, sql: &str, err: sqlx::migrate::MigrateError) -> String {
+    let inner = match &err {
+        sqlx::migrate::MigrateError::Execute(e)
+        | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => Some(e),
+        _ => None,
+    };
+    let pg = inner
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>());
+    match pg {
+        Some(pg) => {
+            let position = match pg.position() {
+                Some(sqlx::postgres::PgErrorPosition::Original(p)) => {
+                    let line = sql.chars().take(p).filter(|c| *c == '\n').count() + 1;
+                    format!(" at line {line} (character {p})")
+                }
+                _ => String::new(),
+            };
+            format!("{name} failed{position}: {}", pg.message())
+        }
+        None => format!("{name} failed: {err}"),
+    }
+}
+
+/// Reverts applied migrations, newest first, with their down files. Refuses
+/// before doing anything when one of them has no down file.
+pub async fn rollback(
+    url: &str,
+    migrations: &Migrations,
+    target: RollbackTarget,
+    lock_timeout: Duration,
+) -> Result<Report> {
+    let mut locked = Locked::acquire(url, lock_timeout).await?;
+    let applied = locked.applied().await?;
+    check_applied(migrations, &applied)?;
+    let newest_first = applied.iter().rev().map(|a| a.version);
+    let versions: Vec<i64> = match target {
+        RollbackTarget::Steps(n) => newest_first.take(n).collect(),
+        RollbackTarget::To(v) => newest_first.filter(|a| *a > v).collect(),
+    };
+    let missing: Vec<String> = versions
+        .iter()
+        .filter(|v| !migrations.downs.contains_key(v))
+        .map(|v| migrations.name(*v))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Migration(format!(
+            "cannot roll back: no down file for {}",
+            missing.join(", ")
+        )));
+    }
+    let mut report = Report::default();
+    for version in versions {
+        let down = &migrations.downs[&version];
+        let name = migrations.name(version);
+        locked.conn.revert(TABLE, down).await.map_err(|e| {
+            Error::Migration(describe_failure(
+                &format!("{name} (down)"),
+                down.sql.as_str(),
+                e,
+            ))
+        })?;
+        report.reverted.push((version, name));
+    }
+    locked.release().await?;
+    Ok(report)
+}
+
+/// Every version, from the files and the database, with its state.
+pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>> {
+    let mut conn = crate::db::connect_one(url).await?;
+    let applied = applied_rows(&mut conn).await?;
+    let by_version: BTreeMap<i64, &AppliedRow> = applied.iter().map(|a| (a.version, a)).collect();
+    let versions: BTreeSet<i64> = migrations
+        .versions()
+        .chain(by_version.keys().copied())
+        .collect();
+    Ok(versions
+        .into_iter()
+        .map(|version| {
+            let file = migrations.ups.get(&version);
+            let row = by_version.get(&version);
+            let state = match (file, row) {
+                (_, Some(r)) if !r.success => State::Failed,
+                (None, Some(_)) => State::MissingFile,
+                (Some(f), Some(r)) if *f.checksum != *r.checksum => State::Changed,
+                (Some(_), Some(_)) => State::Applied,
+                _ => State::Pending,
+            };
+            let name = match (file, row) {
+                (None, Some(r)) => format!("{version}_{}", r.description.replace(' ', "_")),
+                _ => migrations.name(version),
+            };
+            StatusRow {
+                version,
+                name,
+                state,
+                applied_at: row.filter(|r| r.success).map(|r| r.installed_on),
+                duration: row
+                    .filter(|r| r.execution_time >= 0)
+                    .map(|r| Duration::from_nanos(r.execution_time as u64)),
+            }
+        })
+        .collect())
+}
+
+/// Forgets a failed no-transaction migration, so the next `migrate` applies it again.
+pub async fn resolve(url: &str, version: i64) -> Result<bool> {
+    let mut conn = crate::db::connect_one(url).await?;
+    let done = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1 AND NOT success")
+        .bind(version)
+        .execute(&mut conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,412 @@
+//! The migration runner against real PostgreSQL.
+
+use std::time::Duration;
+
+use mandrake_storage::migrate::{
+    MigrateOptions, Migrations, RollbackTarget, State, lock_key, migrate, rollback, status,
+};
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Error, connect_one};
+use mandrake_tests::{MigrationDir, catalog};
+
+const V1_UP: &str = "CREATE TABLE authors (id UUID PRIMARY KEY, name TEXT NOT NULL);\n";
+const V1_DOWN: &str = "DROP TABLE authors;\n";
+const V2_UP: &str = "CREATE TABLE posts (id UUID PRIMARY KEY, author_id UUID REFERENCES authors(id) ON DELETE CASCADE, body TEXT);\nCREATE INDEX posts_author_idx ON posts (author_id);\n";
+const V2_DOWN: &str = "DROP TABLE posts;\n";
+const V3_UP: &str = "ALTER TABLE authors ADD COLUMN email TEXT UNIQUE;\n";
+const V3_DOWN: &str = "ALTER TABLE authors DROP COLUMN email;\n";
+
+fn three() -> MigrationDir {
+    MigrationDir::new(&[
+        ("1_authors.up.sql", V1_UP),
+        ("1_authors.down.sql", V1_DOWN),
+        ("2_posts.up.sql", V2_UP),
+        ("2_posts.down.sql", V2_DOWN),
+        ("3_email.up.sql", V3_UP),
+        ("3_email.down.sql", V3_DOWN),
+    ])
+}
+
+fn opts() -> MigrateOptions {
+    MigrateOptions::default()
+}
+
+fn load(dir: &MigrationDir) -> Migrations {
+    Migrations::from_dir(dir.path()).unwrap()
+}
+
+fn expect_migration_error<T: std::fmt::Debug>(result: mandrake_storage::Result<T>, needle: &str) {
+    match result {
+        Err(Error::Migration(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        other => panic!("expected a migration error with {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn migrate_rollback_migrate_gives_the_same_catalog() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    let m = load(&dir);
+    let report = migrate(&t.url(), &m, &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 3);
+    assert_eq!(report.applied[0].1, "1_authors");
+    let first = catalog(t.db()).await;
+    assert!(
+        first.iter().any(|l| l.contains("authors_email_key")),
+        "{first:#?}"
+    );
+    let again = migrate(&t.url(), &m, &opts()).await.unwrap();
+    assert!(again.applied.is_empty(), "nothing applies twice");
+
+    let back = rollback(&t.url(), &m, RollbackTarget::To(0), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let reverted: Vec<i64> = back.reverted.iter().map(|(v, _)| *v).collect();
+    assert_eq!(reverted, vec![3, 2, 1], "newest first");
+    assert!(catalog(t.db()).await.is_empty());
+    migrate(&t.url(), &m, &opts()).await.unwrap();
+    assert_eq!(catalog(t.db()).await, first);
+
+    let one = rollback(
+        &t.url(),
+        &m,
+        RollbackTarget::Steps(1),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(one.reverted[0].0, 3);
+    let rows = status(&t.url(), &m).await.unwrap();
+    let states: Vec<State> = rows.iter().map(|r| r.state).collect();
+    assert_eq!(states, vec![State::Applied, State::Applied, State::Pending]);
+    assert!(rows[0].applied_at.is_some() && rows[0].duration.is_some());
+}
+
+#[tokio::test]
+async fn to_and_dry_run() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    let m = load(&dir);
+    let dry = MigrateOptions {
+        dry_run: true,
+        ..opts()
+    };
+    assert_eq!(migrate(&t.url(), &m, &dry).await.unwrap().applied.len(), 3);
+    assert!(
+        catalog(t.db()).await.is_empty(),
+        "a dry run changes nothing"
+    );
+    let to_two = MigrateOptions {
+        to: Some(2),
+        ..opts()
+    };
+    assert_eq!(
+        migrate(&t.url(), &m, &to_two).await.unwrap().applied.len(),
+        2
+    );
+    let states: Vec<State> = status(&t.url(), &m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, vec![State::Applied, State::Applied, State::Pending]);
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_no_trace_and_stops_the_run() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        ("1_authors.up.sql", V1_UP),
+        (
+            "2_broken.up.sql",
+            "CREATE TABLE half (id INT);\nINSERT INTO nowhere VALUES (1);\n",
+        ),
+        ("3_email.up.sql", V3_UP),
+    ]);
+    let m = load(&dir);
+    let err = migrate(&t.url(), &m, &opts()).await;
+    expect_migration_error(err, "2_broken failed at line 2");
+    let err = migrate(&t.url(), &m, &opts())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("relation \"nowhere\" does not exist"), "{err}");
+    let tables: Vec<String> = catalog(t.db()).await;
+    assert!(
+        !tables.iter().any(|l| l.contains("half")),
+        "the failed file left {tables:#?}"
+    );
+    assert!(
+        !tables.iter().any(|l| l.contains("email")),
+        "nothing after the failure ran"
+    );
+    let states: Vec<State> = status(&t.url(), &m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, vec![State::Applied, State::Pending, State::Pending]);
+
+    // The lock is free again: another session takes it at once, and a fixed
+    // file applies.
+    let mut other = connect_one(&t.url()).await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(lock_key(t.name()))
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(free, "no session still holds the migration lock");
+    drop(other);
+    dir.write("2_broken.up.sql", "CREATE TABLE half (id INT);\n");
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_no_transaction_file_is_recorded_and_blocks_until_resolved() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        ("1_authors.up.sql", V1_UP),
+        (
+            "2_index.up.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY authors_name_idx ON authors (nme);\n",
+        ),
+    ]);
+    let m = load(&dir);
+    expect_migration_error(migrate(&t.url(), &m, &opts()).await, "2_index failed");
+    let rows = status(&t.url(), &m).await.unwrap();
+    assert_eq!(rows[1].state, State::Failed);
+    expect_migration_error(
+        migrate(&t.url(), &m, &opts()).await,
+        "cargo xtask resolve 2",
+    );
+    dir.write(
+        "2_index.up.sql",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY authors_name_idx ON authors (name);\n",
+    );
+    assert!(
+        mandrake_storage::migrate::resolve(&t.url(), 2)
+            .await
+            .unwrap()
+    );
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 1);
+    assert!(
+        catalog(t.db())
+            .await
+            .iter()
+            .any(|l| l.contains("authors_name_idx"))
+    );
+}
+
+#[tokio::test]
+async fn eight_concurrent_runs_apply_each_migration_once() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        (
+            "1_log.up.sql",
+            "CREATE TABLE log (version INT);\nINSERT INTO log VALUES (1);\n",
+        ),
+        (
+            "2_slow.up.sql",
+            "SELECT pg_sleep(0.3);\nINSERT INTO log VALUES (2);\n",
+        ),
+        ("3_more.up.sql", "INSERT INTO log VALUES (3);\n"),
+    ]);
+    let m = load(&dir);
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, m) = (t.url(), m.clone());
+            tokio::spawn(async move { migrate(&url, &m, &opts()).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for run in runs {
+        let report = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("no run hangs")
+            .unwrap()
+            .unwrap();
+        applied += report.applied.len();
+    }
+    assert_eq!(applied, 3, "each migration applied by exactly one run");
+    let log: Vec<i32> = sqlx::query_scalar("SELECT version FROM log ORDER BY version")
+        .fetch_all(t.db())
+        .await
+        .unwrap();
+    assert_eq!(log, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_waiter_times_out_and_names_the_holder() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    let mut holder = connect_one(&t.url()).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key(t.name()))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let short = MigrateOptions {
+        lock_timeout: Duration::from_millis(500),
+        ..opts()
+    };
+    let started = std::time::Instant::now();
+    let err = migrate(&t.url(), &load(&dir), &short).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up in time"
+    );
+    expect_migration_error(err, &format!("backend pid {pid}"));
+    assert!(catalog(t.db()).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_cancelled_run_releases_the_lock_and_leaves_nothing() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[(
+        "1_slow.up.sql",
+        "CREATE TABLE slow (id INT);\nSELECT pg_sleep(3);\n",
+    )]);
+    let (url, m) = (t.url(), load(&dir));
+    let run = tokio::spawn(async move { migrate(&url, &m, &MigrateOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.abort();
+    let patient = MigrateOptions {
+        lock_timeout: Duration::from_secs(20),
+        ..opts()
+    };
+    let report = migrate(&t.url(), &load(&dir), &patient).await.unwrap();
+    assert_eq!(report.applied.len(), 1, "the cancelled run applied nothing");
+}
+
+#[tokio::test]
+async fn tampering_and_gaps_are_refused_by_name() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    migrate(
+        &t.url(),
+        &load(&dir),
+        &MigrateOptions {
+            to: Some(2),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+
+    dir.write(
+        "1_authors.up.sql",
+        "CREATE TABLE authors (id UUID PRIMARY KEY);\n",
+    );
+    expect_migration_error(
+        migrate(&t.url(), &load(&dir), &opts()).await,
+        "1_authors was applied but its file has changed",
+    );
+    assert_eq!(
+        status(&t.url(), &load(&dir)).await.unwrap()[0].state,
+        State::Changed
+    );
+    dir.write("1_authors.up.sql", V1_UP);
+
+    dir.remove("2_posts.up.sql");
+    expect_migration_error(
+        migrate(&t.url(), &load(&dir), &opts()).await,
+        "2_posts was applied but its file is missing",
+    );
+    assert_eq!(
+        status(&t.url(), &load(&dir)).await.unwrap()[1].state,
+        State::MissingFile
+    );
+    dir.write("2_posts.up.sql", V2_UP);
+
+    migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    dir.write("0_early.up.sql", "SELECT 1;\n");
+    expect_migration_error(migrate(&t.url(), &load(&dir), &opts()).await, "0_early");
+    let late = MigrateOptions {
+        allow_out_of_order: true,
+        ..opts()
+    };
+    assert_eq!(
+        migrate(&t.url(), &load(&dir), &late)
+            .await
+            .unwrap()
+            .applied
+            .len(),
+        1
+    );
+
+    dir.remove("2_posts.down.sql");
+    let before = catalog(t.db()).await;
+    expect_migration_error(
+        rollback(
+            &t.url(),
+            &load(&dir),
+            RollbackTarget::To(1),
+            Duration::from_secs(5),
+        )
+        .await,
+        "no down file for 2_posts",
+    );
+    assert_eq!(
+        catalog(t.db()).await,
+        before,
+        "refused before doing anything"
+    );
+}
+
+#[tokio::test]
+async fn plain_sqlx_and_this_runner_agree() {
+    let dir = three();
+    // Applied by sqlx's own Migrator: our status sees it all applied.
+    let t = TestDb::empty().await.unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    migrator.run(t.db().pool()).await.unwrap();
+    let rows = status(&t.url(), &load(&dir)).await.unwrap();
+    assert!(rows.iter().all(|r| r.state == State::Applied), "{rows:?}");
+    assert!(
+        migrate(&t.url(), &load(&dir), &opts())
+            .await
+            .unwrap()
+            .applied
+            .is_empty()
+    );
+    // Applied by us: sqlx's Migrator finds nothing to do and no mismatch.
+    let u = TestDb::empty().await.unwrap();
+    migrate(&u.url(), &load(&dir), &opts()).await.unwrap();
+    migrator.run(u.db().pool()).await.unwrap();
+    assert_eq!(catalog(u.db()).await, catalog(t.db()).await);
+}
+
+#[tokio::test]
+async fn embedded_migrations_match_the_folder() {
+    let t = TestDb::empty().await.unwrap();
+    let embedded = mandrake_storage::embed_migrations!("fixtures/migrations").unwrap();
+    assert_eq!(
+        migrate(&t.url(), &embedded, &opts())
+            .await
+            .unwrap()
+            .applied
+            .len(),
+        1
+    );
+    let from_dir =
+        Migrations::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/migrations")).unwrap();
+    let rows = status(&t.url(), &from_dir).await.unwrap();
+    assert_eq!(rows[0].state, State::Applied, "same checksums as the files");
+    rollback(
+        &t.url(),
+        &embedded,
+        RollbackTarget::Steps(1),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(catalog(t.db()).await.is_empty());
+}

@@ -55,8 +55,8 @@ fn emit(cont: &Container) -> TokenStream {
         let i = column_index;
         column_index += 1;
         match &f.attrs.sql_type {
-            Some(_) => quote!(#name: #ms::sqlx::Row::try_get(row, #i)?),
-            None => quote_spanned!(ty.span()=> #name: #ms::decode_column::<#ty>(row, #i)?),
+            Some(_) => quote!(#name: #ms::sqlx::Row::try_get(row, offset + #i)?),
+            None => quote_spanned!(ty.span()=> #name: #ms::decode_column::<#ty>(row, offset + #i)?),
         }
     });
     let bind_new = data.iter().map(|f| {
@@ -164,7 +164,7 @@ fn emit(cont: &Container) -> TokenStream {
                     ))
                 }
 
-                fn decode(row: &#ms::sqlx::postgres::PgRow) -> ::core::result::Result<Self, #ms::sqlx::Error> {
+                fn decode(row: &#ms::sqlx::postgres::PgRow, offset: usize) -> ::core::result::Result<Self, #ms::sqlx::Error> {
                     ::core::result::Result::Ok(Self { #(#decode_fields,)* })
                 }
 

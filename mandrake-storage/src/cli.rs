@@ -8,13 +8,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::{Cluster, DEFAULT_DATABASE, workspace_root};
 use crate::db::Settings;
+use crate::ddl::create_schema;
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrateOptions, Migrations, RollbackTarget};
+use crate::scaffold;
+use crate::schema::TableSchema;
 
 /// Command-line interface of `cargo xtask`.
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Database tasks for a mandrake-storage workspace"
 )]
 pub struct Cli {
@@ -41,6 +45,19 @@ pub enum Command {
         /// The failed migration's version.
         version: i64,
     },
+    /// Write an up/down migration for the difference between the types and
+    /// the migrations, proven on scratch databases first.
+    NewMigration {
+        /// A short snake_case name, e.g. `add_message_tags`.
+        name: String,
+        /// Allow dropping tables or columns and type changes that can lose data.
+        #[arg(long)]
+        allow_destructive: bool,
+    },
+    /// Exit 1, listing the differences, when the migrations do not build exactly the types' schema.
+    Check,
+    /// Print the full DDL of the registered types, in dependency order.
+    Schema,
 }
 
 #[derive(Debug, Args)]
@@ -84,14 +101,21 @@ pub enum DbCommand {
     Url,
 }
 
-/// Parses the process arguments and runs the command; the `main` of an xtask.
-pub fn main() -> std::process::ExitCode {
+/// Parses the process arguments and runs the command for `tables`: the whole
+/// `main` of an application's xtask.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     mandrake_storage::cli::main(&[/* Conversation::schema(), Message::schema(), … */])
+/// }
+/// ```
+pub fn main(tables: &[&TableSchema]) -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, tables)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
@@ -101,7 +125,7 @@ pub fn main() -> std::process::ExitCode {
 }
 
 /// Runs one parsed command.
-pub async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::ExitCode> {
     let dir = match &cli.migrations {
         Some(dir) => dir.clone(),
         None => workspace_root()?.join("migrations"),
@@ -178,6 +202,49 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 return Err(Error::Migration(format!(
                     "no failed migration {version} is recorded"
                 )));
+            }
+        }
+        Command::Schema => print!("{}", create_schema(tables)),
+        Command::Check => {
+            let migrations = Migrations::from_dir(&dir)?;
+            let plan = scaffold::check(&database_url().await?, &migrations, tables).await?;
+            if !plan.is_empty() {
+                println!(
+                    "the migrations in {} do not build the types' schema:",
+                    dir.display()
+                );
+                for step in &plan.steps {
+                    println!("  - {}", step.description);
+                }
+                println!("run `cargo xtask new-migration <name>` to write the missing migration");
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            println!("ok: the migrations build exactly the types' schema");
+        }
+        Command::NewMigration {
+            name,
+            allow_destructive,
+        } => {
+            let url = database_url().await?;
+            let made =
+                scaffold::new_migration(&url, &dir, tables, &name, allow_destructive).await?;
+            match made.files {
+                None => println!("the schema is up to date: no migration written"),
+                Some((up, down)) => {
+                    for step in &made.plan.steps {
+                        let mark = if step.destructive {
+                            " (DESTRUCTIVE)"
+                        } else {
+                            ""
+                        };
+                        println!("  {}{mark}", step.description);
+                    }
+                    println!(
+                        "verified and wrote\n  {}\n  {}",
+                        up.display(),
+                        down.display()
+                    );
+                }
             }
         }
     }

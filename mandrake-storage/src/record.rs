@@ -55,9 +55,10 @@ pub trait Record: Sized + Send + Unpin + 'static {
 
     #[doc(hidden)]
     fn statements() -> &'static Statements;
-    /// Decodes a row selected with [`Statements::columns`], by position.
+    /// Decodes the columns of [`Statements::columns`] found at `offset..` of
+    /// `row`, by position (a join puts a second record after the first).
     #[doc(hidden)]
-    fn decode(row: &PgRow) -> Result<Self, sqlx::Error>;
+    fn decode(row: &PgRow, offset: usize) -> Result<Self, sqlx::Error>;
     /// Binds `id` and then the insert columns of `new`.
     #[doc(hidden)]
     fn bind_new(new: Self::New, id: Uuid, args: &mut PgArguments) -> Result<(), BoxDynError>;
@@ -94,6 +95,8 @@ pub struct Statements {
     pub table: &'static str,
     /// The quoted select list, in field order.
     pub columns: String,
+    /// The column names, in field order.
+    pub names: Vec<String>,
     pub insert: String,
     pub insert_many: String,
     pub select_by_id: String,
@@ -105,6 +108,15 @@ pub struct Statements {
 }
 
 impl Statements {
+    /// The select list with every column qualified by `alias`, for joins.
+    pub fn qualified_columns(&self, alias: &str) -> String {
+        self.names
+            .iter()
+            .map(|c| format!("{}.{}", quote_ident(alias), quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn new(schema: &'static TableSchema, layout: Layout) -> Statements {
         let table = quote_ident(&schema.name);
         let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
@@ -171,6 +183,7 @@ impl Statements {
         Statements {
             table: &schema.name,
             columns,
+            names,
             insert,
             insert_many,
             select_by_id,

@@ -75,7 +75,7 @@ impl<T: Record> Repo<T> {
         let row = sqlx::query_with(T::statements().insert.as_str(), args)
             .fetch_one(executor)
             .await?;
-        Ok(T::decode(&row)?)
+        Ok(T::decode(&row, 0)?)
     }
 
     /// Inserts any number of rows in one statement (`INSERT … SELECT … FROM
@@ -99,7 +99,7 @@ impl<T: Record> Repo<T> {
         // RETURNING order is not promised by PostgreSQL: put rows back in input order.
         let mut ordered: Vec<Option<T>> = (0..stored.len()).map(|_| None).collect();
         for row in &stored {
-            let record = T::decode(row)?;
+            let record = T::decode(row, 0)?;
             let slot = position[&record.id()];
             ordered[slot] = Some(record);
         }
@@ -120,7 +120,7 @@ impl<T: Record> Repo<T> {
             .bind(id)
             .fetch_optional(executor)
             .await?;
-        Ok(row.as_ref().map(T::decode).transpose()?)
+        Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
     }
 
     /// Changes the columns set in `patch`; `updated_at` moves through the
@@ -149,7 +149,7 @@ impl<T: Record> Repo<T> {
                 return Err(Error::Conflict { table, id });
             }
         }
-        Ok(T::decode(&row)?)
+        Ok(T::decode(&row, 0)?)
     }
 
     /// Deletes the row; says whether there was one.
@@ -190,7 +190,7 @@ impl<T: Record> Repo<T> {
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(executor)
             .await?;
-        Ok(T::decode(&row)?)
+        Ok(T::decode(&row, 0)?)
     }
 
     /// How many rows match `filter`.
@@ -284,7 +284,7 @@ impl<T: Record> Repo<T> {
         let next = match rows.last() {
             Some(last) if more => {
                 let value: String = last.try_get(last.len() - 1)?;
-                let record = T::decode(last)?;
+                let record = T::decode(last, 0)?;
                 Some(Cursor::new(
                     &order.name,
                     options.descending,
@@ -294,7 +294,10 @@ impl<T: Record> Repo<T> {
             }
             _ => None,
         };
-        let items = rows.iter().map(T::decode).collect::<Result<Vec<T>, _>>()?;
+        let items = rows
+            .iter()
+            .map(|r| T::decode(r, 0))
+            .collect::<Result<Vec<T>, _>>()?;
         Ok(Page { items, next })
     }
 }

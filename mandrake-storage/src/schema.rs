@@ -215,3 +215,54 @@ impl Column {
         self
     }
 }
+
+/// A whole schema: the tables plus the shared trigger function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct DatabaseSchema {
+    pub tables: Vec<TableSchema>,
+    /// Whether `trigger_set_timestamp()` exists.
+    pub timestamp_function: bool,
+}
+
+impl DatabaseSchema {
+    /// The schema that a set of record types describes.
+    pub fn from_tables(tables: &[&TableSchema]) -> DatabaseSchema {
+        DatabaseSchema {
+            tables: tables.iter().map(|t| (*t).clone()).collect(),
+            timestamp_function: !tables.is_empty(),
+        }
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableSchema> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// The same schema in a canonical form for comparison: tables, columns
+    /// and constraints sorted by name (PostgreSQL appends added columns at
+    /// the end, so physical order is not part of the comparison) and rename
+    /// hints dropped.
+    pub fn normalized(&self) -> DatabaseSchema {
+        let mut tables: Vec<TableSchema> = self
+            .tables
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t.renamed_from = None;
+                for c in &mut t.columns {
+                    c.renamed_from = None;
+                }
+                t.columns.sort_by(|a, b| a.name.cmp(&b.name));
+                t.uniques.sort_by(|a, b| a.name.cmp(&b.name));
+                t.indexes.sort_by(|a, b| a.name.cmp(&b.name));
+                t.foreign_keys.sort_by(|a, b| a.name.cmp(&b.name));
+                t.checks.sort_by(|a, b| a.name.cmp(&b.name));
+                t
+            })
+            .collect();
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        DatabaseSchema {
+            tables,
+            timestamp_function: self.timestamp_function,
+        }
+    }
+}

@@ -1,1 +1,31 @@
+//! Mandrake's tables: an LLM chat app that calls MCP tools.
+//!
+//! Each table is a `#[derive(Record)]` struct; the queries a chat app needs
+//! beyond plain CRUD are methods on them. [`tables`] lists them for the
+//! xtask (`cargo xtask schema | check | new-migration`).
 
+mod chat;
+mod llm;
+mod tools;
+
+pub use chat::{
+    Conversation, ConversationPatch, Message, MessagePatch, NewConversation, NewMessage, Role,
+};
+pub use llm::{Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKind, ProviderPatch};
+pub use tools::{
+    NewToolConfig, NewToolResult, ToolConfig, ToolConfigPatch, ToolResult, ToolResultPatch,
+};
+
+use mandrake_storage::{Record, TableSchema};
+
+/// Every table of Mandrake, for the migration tools.
+pub fn tables() -> Vec<&'static TableSchema> {
+    vec![
+        Conversation::schema(),
+        Message::schema(),
+        Provider::schema(),
+        Model::schema(),
+        ToolConfig::schema(),
+        ToolResult::schema(),
+    ]
+}

@@ -1,0 +1,614 @@
+//! The difference between two schemas as an ordered plan of reversible steps.
+
+use crate::ddl::{
+    DROP_TIMESTAMP_FUNCTION, TIMESTAMP_FUNCTION, column_definition, create_index, create_table,
+    create_trigger, dependency_order, drop_trigger, foreign_key_definition, ident_list,
+    quote_ident, unique_definition,
+};
+use crate::error::{Error, Result};
+use crate::schema::{Column, DatabaseSchema, TableSchema};
+
+/// One change, with the SQL that makes it and the SQL that undoes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// What the step does, in words (`add column messages.tags`).
+    pub description: String,
+    pub up: String,
+    pub down: String,
+    /// Loses data when applied (drop table or column, narrowing type change).
+    pub destructive: bool,
+    /// Said in a comment above the down SQL (e.g. data it cannot restore).
+    pub down_note: Option<String>,
+}
+
+/// The steps from one schema to another, in an order where dependencies
+/// hold; `down` runs them backwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn destructive(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| s.destructive)
+    }
+
+    /// The up script: every step in order, destructive ones marked.
+    pub fn up_sql(&self) -> String {
+        let mut sql = String::new();
+        for step in &self.steps {
+            if step.destructive {
+                sql.push_str(&format!(
+                    "-- DESTRUCTIVE: {} (data is lost)\n",
+                    step.description
+                ));
+            }
+            sql.push_str(&step.up);
+            sql.push_str("\n\n");
+        }
+        sql
+    }
+
+    /// The down script: the inverse steps, last first.
+    pub fn down_sql(&self) -> String {
+        let mut sql = String::new();
+        for step in self.steps.iter().rev() {
+            if let Some(note) = &step.down_note {
+                sql.push_str(&format!("-- NOTE: {note}\n"));
+            }
+            sql.push_str(&step.down);
+            sql.push_str("\n\n");
+        }
+        sql
+    }
+}
+
+/// Buckets in the order their steps run; see [`diff`].
+#[derive(Default)]
+struct Phases {
+    create_function: Vec<Step>,
+    renames: Vec<Step>,
+    drop_foreign_keys: Vec<Step>,
+    drop_constraints: Vec<Step>,
+    create_tables: Vec<Step>,
+    add_columns: Vec<Step>,
+    alter_columns: Vec<Step>,
+    drop_columns: Vec<Step>,
+    drop_tables: Vec<Step>,
+    add_constraints: Vec<Step>,
+    add_foreign_keys: Vec<Step>,
+    drop_function: Vec<Step>,
+}
+
+impl Phases {
+    fn into_plan(self) -> Plan {
+        let steps = [
+            self.create_function,
+            self.renames,
+            self.drop_foreign_keys,
+            self.drop_constraints,
+            self.create_tables,
+            self.add_columns,
+            self.alter_columns,
+            self.drop_columns,
+            self.drop_tables,
+            self.add_constraints,
+            self.add_foreign_keys,
+            self.drop_function,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Plan { steps }
+    }
+}
+
+fn step(description: String, up: String, down: String) -> Step {
+    Step {
+        description,
+        up,
+        down,
+        destructive: false,
+        down_note: None,
+    }
+}
+
+/// Plans the way from `from` (what the migrations build) to `to` (what the
+/// types describe). Renames come only from `renamed_from` hints in `to`.
+/// A NOT NULL column without a default cannot be added to an existing table
+/// (it may hold rows): that is an error with advice.
+pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
+    let mut phases = Phases::default();
+    let mut from = from.clone();
+
+    if to.timestamp_function && !from.timestamp_function {
+        phases.create_function.push(step(
+            "create function trigger_set_timestamp()".into(),
+            TIMESTAMP_FUNCTION.into(),
+            DROP_TIMESTAMP_FUNCTION.into(),
+        ));
+    }
+    if !to.timestamp_function && from.timestamp_function {
+        phases.drop_function.push(step(
+            "drop function trigger_set_timestamp()".into(),
+            DROP_TIMESTAMP_FUNCTION.into(),
+            TIMESTAMP_FUNCTION.into(),
+        ));
+    }
+
+    plan_renames(&mut from, to, &mut phases);
+
+    // Tables that appear and disappear.
+    let created: Vec<&TableSchema> = to
+        .tables
+        .iter()
+        .filter(|t| from.table(&t.name).is_none())
+        .collect();
+    for table in dependency_order(&created) {
+        phases.create_tables.push(step(
+            format!("create table {}", table.name),
+            create_table(table),
+            format!("DROP TABLE {};", quote_ident(&table.name)),
+        ));
+    }
+    let dropped: Vec<&TableSchema> = from
+        .tables
+        .iter()
+        .filter(|t| to.table(&t.name).is_none())
+        .collect();
+    for table in dependency_order(&dropped).into_iter().rev() {
+        phases.drop_tables.push(Step {
+            destructive: true,
+            down_note: Some(format!(
+                "re-creates table {}; its rows are not restored",
+                table.name
+            )),
+            ..step(
+                format!("drop table {}", table.name),
+                format!("DROP TABLE {};", quote_ident(&table.name)),
+                create_table(table),
+            )
+        });
+    }
+
+    for new in &to.tables {
+        if let Some(old) = from.table(&new.name) {
+            diff_columns(old, new, &mut phases)?;
+            diff_constraints(old, new, &mut phases);
+        }
+    }
+    Ok(phases.into_plan())
+}
+
+/// Renames from `renamed_from`, applied to `from` so the rest of the diff
+/// compares like with like.
+fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Phases) {
+    for table in &to.tables {
+        let Some(old) = &table.renamed_from else {
+            continue;
+        };
+        if from.table(&table.name).is_some() || from.table(old).is_none() {
+            continue;
+        }
+        phases.renames.push(step(
+            format!("rename table {old} to {}", table.name),
+            format!(
+                "ALTER TABLE {} RENAME TO {};",
+                quote_ident(old),
+                quote_ident(&table.name)
+            ),
+            format!(
+                "ALTER TABLE {} RENAME TO {};",
+                quote_ident(&table.name),
+                quote_ident(old)
+            ),
+        ));
+        for t in &mut from.tables {
+            if t.name == *old {
+                t.name = table.name.clone();
+            }
+            for fk in &mut t.foreign_keys {
+                if fk.references == *old {
+                    fk.references = table.name.clone();
+                }
+            }
+        }
+    }
+    for table in &to.tables {
+        let Some(current) = from.tables.iter_mut().find(|t| t.name == table.name) else {
+            continue;
+        };
+        for column in &table.columns {
+            let Some(old) = &column.renamed_from else {
+                continue;
+            };
+            if current.column(&column.name).is_some() || current.column(old).is_none() {
+                continue;
+            }
+            let t = quote_ident(&table.name);
+            phases.renames.push(step(
+                format!("rename column {}.{old} to {}", table.name, column.name),
+                format!(
+                    "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+                    quote_ident(old),
+                    quote_ident(&column.name)
+                ),
+                format!(
+                    "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+                    quote_ident(&column.name),
+                    quote_ident(old)
+                ),
+            ));
+            rename_column(current, old, &column.name);
+        }
+    }
+}
+
+fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
+    let rename = |c: &mut String| {
+        if c == old {
+            *c = new.to_owned();
+        }
+    };
+    for c in &mut table.columns {
+        rename(&mut c.name);
+    }
+    table.primary_key.iter_mut().for_each(rename);
+    for u in &mut table.uniques {
+        u.columns.iter_mut().for_each(rename);
+    }
+    for i in &mut table.indexes {
+        i.columns.iter_mut().for_each(rename);
+    }
+    for fk in &mut table.foreign_keys {
+        rename(&mut fk.column);
+    }
+}
+
+/// Type changes that keep every value: no `--allow-destructive` needed.
+fn widens(from: &str, to: &str) -> bool {
+    const ORDER: &[&[&str]] = &[
+        &["smallint", "integer", "bigint", "numeric"],
+        &["real", "double precision"],
+    ];
+    if to == "text" && !from.ends_with("[]") {
+        return true;
+    }
+    for chain in ORDER {
+        let pos = |t: &str| chain.iter().position(|c| *c == t);
+        if let (Some(a), Some(b)) = (pos(from), pos(to)) {
+            return a < b;
+        }
+    }
+    let varchar_len = |t: &str| {
+        t.strip_prefix("character varying(")
+            .and_then(|s| s.strip_suffix(')'))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    match (varchar_len(from), to) {
+        (Some(_), "character varying") => true,
+        (Some(a), t) => varchar_len(t).is_some_and(|b| b >= a),
+        _ => false,
+    }
+}
+
+fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Result<()> {
+    let t = quote_ident(&new.name);
+    for column in &new.columns {
+        let c = quote_ident(&column.name);
+        let Some(before) = old.column(&column.name) else {
+            if !column.nullable && column.default.is_none() {
+                return Err(Error::Schema(format!(
+                    "cannot add NOT NULL column {}.{} without a default: the table may hold rows. \
+                     Give it `#[record(default = \"<sql>\")]`, or add it as an `Option` first, \
+                     fill it, then make it required in a later migration",
+                    new.name, column.name
+                )));
+            }
+            phases.add_columns.push(step(
+                format!("add column {}.{}", new.name, column.name),
+                format!("ALTER TABLE {t} ADD COLUMN {};", column_definition(column)),
+                format!("ALTER TABLE {t} DROP COLUMN {c};"),
+            ));
+            continue;
+        };
+        alter_column(&new.name, before, column, phases);
+    }
+    for column in &old.columns {
+        if new.column(&column.name).is_none() {
+            let c = quote_ident(&column.name);
+            let mut note = format!(
+                "re-adds column {}.{}; its values are not restored",
+                old.name, column.name
+            );
+            if !column.nullable && column.default.is_none() {
+                note.push_str(" (NOT NULL without a default: fails on a table with rows)");
+            }
+            phases.drop_columns.push(Step {
+                destructive: true,
+                down_note: Some(note),
+                ..step(
+                    format!("drop column {}.{}", old.name, column.name),
+                    format!("ALTER TABLE {t} DROP COLUMN {c};"),
+                    format!("ALTER TABLE {t} ADD COLUMN {};", column_definition(column)),
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn alter_column(table: &str, before: &Column, after: &Column, phases: &mut Phases) {
+    let alter = format!(
+        "ALTER TABLE {} ALTER COLUMN {}",
+        quote_ident(table),
+        quote_ident(&after.name)
+    );
+    let path = format!("{table}.{}", after.name);
+    if before.sql_type != after.sql_type {
+        let to_new = format!(
+            "{alter} TYPE {0} USING {1}::{0};",
+            after.sql_type,
+            quote_ident(&after.name)
+        );
+        let to_old = format!(
+            "{alter} TYPE {0} USING {1}::{0};",
+            before.sql_type,
+            quote_ident(&after.name)
+        );
+        let narrowing = !widens(&before.sql_type, &after.sql_type);
+        phases.alter_columns.push(Step {
+            destructive: narrowing,
+            down_note: (!widens(&after.sql_type, &before.sql_type)).then(|| {
+                format!(
+                    "converting {path} back to {} may fail or lose precision",
+                    before.sql_type
+                )
+            }),
+            ..step(
+                format!(
+                    "change type of {path} from {} to {}",
+                    before.sql_type, after.sql_type
+                ),
+                to_new,
+                to_old,
+            )
+        });
+    }
+    if before.default != after.default {
+        let set = |d: &Option<String>| match d {
+            Some(expr) => format!("{alter} SET DEFAULT {expr};"),
+            None => format!("{alter} DROP DEFAULT;"),
+        };
+        phases.alter_columns.push(step(
+            format!("change default of {path}"),
+            set(&after.default),
+            set(&before.default),
+        ));
+    }
+    if before.nullable != after.nullable {
+        let set = |nullable: bool| {
+            if nullable {
+                format!("{alter} DROP NOT NULL;")
+            } else {
+                format!("{alter} SET NOT NULL;")
+            }
+        };
+        let what = if after.nullable {
+            "allow NULL in"
+        } else {
+            "require a value in"
+        };
+        phases.alter_columns.push(step(
+            format!("{what} {path}"),
+            set(after.nullable),
+            set(before.nullable),
+        ));
+    }
+}
+
+/// Unique constraints, indexes, foreign keys, checks and the trigger:
+/// matched by what they do; a match under another name is renamed.
+fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
+    let t = quote_ident(&new.name);
+    let table = &new.name;
+    let rename_constraint = |from: &str, to: &str| {
+        step(
+            format!("rename constraint {from} to {to} on {table}"),
+            format!(
+                "ALTER TABLE {t} RENAME CONSTRAINT {} TO {};",
+                quote_ident(from),
+                quote_ident(to)
+            ),
+            format!(
+                "ALTER TABLE {t} RENAME CONSTRAINT {} TO {};",
+                quote_ident(to),
+                quote_ident(from)
+            ),
+        )
+    };
+    let drop_constraint =
+        |name: &str| format!("ALTER TABLE {t} DROP CONSTRAINT {};", quote_ident(name));
+
+    for u in &new.uniques {
+        match old.uniques.iter().find(|o| o.columns == u.columns) {
+            Some(o) if o.name != u.name => phases.renames.push(rename_constraint(&o.name, &u.name)),
+            Some(_) => {}
+            None => phases.add_constraints.push(step(
+                format!("add unique ({}) on {table}", u.columns.join(", ")),
+                format!("ALTER TABLE {t} ADD {};", unique_definition(u)),
+                drop_constraint(&u.name),
+            )),
+        }
+    }
+    for u in &old.uniques {
+        if !new.uniques.iter().any(|n| n.columns == u.columns) {
+            phases.drop_constraints.push(step(
+                format!("drop unique ({}) on {table}", u.columns.join(", ")),
+                drop_constraint(&u.name),
+                format!("ALTER TABLE {t} ADD {};", unique_definition(u)),
+            ));
+        }
+    }
+
+    for i in &new.indexes {
+        match old.indexes.iter().find(|o| o.columns == i.columns) {
+            Some(o) if o.name != i.name => phases.renames.push(step(
+                format!("rename index {} to {}", o.name, i.name),
+                format!(
+                    "ALTER INDEX {} RENAME TO {};",
+                    quote_ident(&o.name),
+                    quote_ident(&i.name)
+                ),
+                format!(
+                    "ALTER INDEX {} RENAME TO {};",
+                    quote_ident(&i.name),
+                    quote_ident(&o.name)
+                ),
+            )),
+            Some(_) => {}
+            None => phases.add_constraints.push(step(
+                format!("add index ({}) on {table}", i.columns.join(", ")),
+                create_index(table, i),
+                format!("DROP INDEX {};", quote_ident(&i.name)),
+            )),
+        }
+    }
+    for i in &old.indexes {
+        if !new.indexes.iter().any(|n| n.columns == i.columns) {
+            phases.drop_constraints.push(step(
+                format!("drop index ({}) on {table}", i.columns.join(", ")),
+                format!("DROP INDEX {};", quote_ident(&i.name)),
+                create_index(table, i),
+            ));
+        }
+    }
+
+    let same_fk = |a: &crate::schema::ForeignKey, b: &crate::schema::ForeignKey| {
+        a.column == b.column && a.references == b.references && a.on_delete == b.on_delete
+    };
+    for fk in &new.foreign_keys {
+        match old.foreign_keys.iter().find(|o| same_fk(o, fk)) {
+            Some(o) if o.name != fk.name => {
+                phases.renames.push(rename_constraint(&o.name, &fk.name))
+            }
+            Some(_) => {}
+            None => phases.add_foreign_keys.push(step(
+                format!(
+                    "add foreign key {table}.{} → {} (on delete {})",
+                    fk.column,
+                    fk.references,
+                    fk.on_delete.sql().to_lowercase()
+                ),
+                format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
+                drop_constraint(&fk.name),
+            )),
+        }
+    }
+    for fk in &old.foreign_keys {
+        if !new.foreign_keys.iter().any(|n| same_fk(n, fk)) {
+            phases.drop_foreign_keys.push(step(
+                format!("drop foreign key {table}.{} → {}", fk.column, fk.references),
+                drop_constraint(&fk.name),
+                format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
+            ));
+        }
+    }
+
+    let check_sql = |c: &crate::schema::Check| {
+        format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({});",
+            quote_ident(&c.name),
+            c.expression
+        )
+    };
+    for c in &new.checks {
+        match old.checks.iter().find(|o| o.expression == c.expression) {
+            Some(o) if o.name != c.name => phases.renames.push(rename_constraint(&o.name, &c.name)),
+            Some(_) => {}
+            None => phases.add_constraints.push(step(
+                format!("add check {} on {table}", c.name),
+                check_sql(c),
+                drop_constraint(&c.name),
+            )),
+        }
+    }
+    for c in &old.checks {
+        if !new.checks.iter().any(|n| n.expression == c.expression) {
+            phases.drop_constraints.push(step(
+                format!("drop check {} on {table}", c.name),
+                drop_constraint(&c.name),
+                check_sql(c),
+            ));
+        }
+    }
+
+    if new.primary_key != old.primary_key {
+        let pk = quote_ident(&format!("{table}_pkey"));
+        phases.drop_constraints.push(step(
+            format!("drop primary key of {table}"),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {pk};"),
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {pk} PRIMARY KEY ({});",
+                ident_list(&old.primary_key)
+            ),
+        ));
+        phases.add_constraints.push(step(
+            format!("add primary key of {table}"),
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {pk} PRIMARY KEY ({});",
+                ident_list(&new.primary_key)
+            ),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {pk};"),
+        ));
+    }
+
+    if new.timestamp_trigger && !old.timestamp_trigger {
+        phases.add_constraints.push(step(
+            format!("create trigger set_timestamp on {table}"),
+            create_trigger(table),
+            drop_trigger(table),
+        ));
+    }
+    if !new.timestamp_trigger && old.timestamp_trigger {
+        phases.drop_constraints.push(step(
+            format!("drop trigger set_timestamp on {table}"),
+            drop_trigger(table),
+            create_trigger(table),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_needs_no_flag_narrowing_does() {
+        assert!(widens("integer", "bigint"));
+        assert!(widens("character varying(20)", "character varying(40)"));
+        assert!(widens("character varying(20)", "text"));
+        assert!(!widens("bigint", "integer"));
+        assert!(!widens("text", "character varying(10)"));
+        assert!(!widens("text", "integer"));
+    }
+
+    #[test]
+    fn not_null_without_default_is_refused_on_existing_tables() {
+        let table = TableSchema::new("t").with_column(Column::new("id", "uuid"));
+        let from = DatabaseSchema {
+            tables: vec![table.clone()],
+            timestamp_function: false,
+        };
+        let to = DatabaseSchema {
+            tables: vec![table.with_column(Column::new("x", "text"))],
+            timestamp_function: false,
+        };
+        let err = diff(&from, &to).unwrap_err().to_string();
+        assert!(err.contains("without a default"), "{err}");
+    }
+}

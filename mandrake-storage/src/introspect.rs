@@ -1,0 +1,174 @@
+//! Reads a database's schema back from pg_catalog into the schema model.
+//!
+//! Both sides of a diff are read with these same queries, so PostgreSQL
+//! itself normalizes what people write differently: `varchar` and
+//! `character varying`, casts in defaults, `IN (…)` and `= ANY (ARRAY[…])`.
+
+use std::collections::BTreeMap;
+
+use sqlx::{PgConnection, Row};
+
+use crate::error::Result;
+use crate::schema::{
+    Check, Column, DatabaseSchema, ForeignKey, Index, OnDelete, TableSchema, Unique,
+};
+
+/// The `public` schema of the connected database, without sqlx's bookkeeping table.
+pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
+    let mut tables: BTreeMap<String, TableSchema> = BTreeMap::new();
+
+    let columns = sqlx::query(
+        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                pg_get_expr(d.adbin, d.adrelid) \
+         FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> '_sqlx_migrations' \
+         ORDER BY c.relname, a.attnum",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in columns {
+        let table: String = row.try_get(0)?;
+        let entry = tables
+            .entry(table.clone())
+            .or_insert_with(|| TableSchema::new(&table));
+        entry.columns.push(Column {
+            name: row.try_get(1)?,
+            sql_type: row.try_get(2)?,
+            nullable: !row.try_get::<bool, _>(3)?,
+            default: row.try_get(4)?,
+            renamed_from: None,
+        });
+    }
+
+    let constraints = sqlx::query(
+        "SELECT c.relname, con.conname, con.contype::text, \
+                ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(num, ord) \
+                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num \
+                      ORDER BY k.ord), \
+                ref.relname, con.confdeltype::text, pg_get_constraintdef(con.oid) \
+         FROM pg_constraint con \
+         JOIN pg_class c ON c.oid = con.conrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_class ref ON ref.oid = con.confrelid \
+         WHERE n.nspname = 'public' AND c.relname <> '_sqlx_migrations' \
+         ORDER BY c.relname, con.conname",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in constraints {
+        let table: String = row.try_get(0)?;
+        let Some(t) = tables.get_mut(&table) else {
+            continue;
+        };
+        let name: String = row.try_get(1)?;
+        let kind: String = row.try_get(2)?;
+        let cols: Vec<String> = row.try_get(3)?;
+        match kind.as_str() {
+            "p" => t.primary_key = cols,
+            "u" => t.uniques.push(Unique {
+                name,
+                columns: cols,
+            }),
+            "f" => t.foreign_keys.push(ForeignKey {
+                name,
+                column: cols.into_iter().next().unwrap_or_default(),
+                references: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                on_delete: match row.try_get::<String, _>(5)?.as_str() {
+                    "c" => OnDelete::Cascade,
+                    "n" => OnDelete::SetNull,
+                    "r" => OnDelete::Restrict,
+                    _ => OnDelete::NoAction,
+                },
+            }),
+            "c" => {
+                let def: String = row.try_get(6)?;
+                t.checks.push(Check {
+                    name,
+                    expression: check_expression(&def),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    // Plain indexes: not the ones behind a primary key or unique constraint.
+    let indexes = sqlx::query(
+        "SELECT c.relname, ic.relname, \
+                ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(num, ord) \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num \
+                      ORDER BY k.ord) \
+         FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indrelid \
+         JOIN pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relname <> '_sqlx_migrations' \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid) \
+         ORDER BY c.relname, ic.relname",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in indexes {
+        let table: String = row.try_get(0)?;
+        if let Some(t) = tables.get_mut(&table) {
+            t.indexes.push(Index {
+                name: row.try_get(1)?,
+                columns: row.try_get(2)?,
+            });
+        }
+    }
+
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_trigger tg \
+         JOIN pg_class c ON c.oid = tg.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_proc p ON p.oid = tg.tgfoid \
+         WHERE n.nspname = 'public' AND NOT tg.tgisinternal \
+           AND tg.tgname = 'set_timestamp' AND p.proname = 'trigger_set_timestamp'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in triggers {
+        if let Some(t) = tables.get_mut(&table) {
+            t.timestamp_trigger = true;
+        }
+    }
+
+    let timestamp_function: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'public' AND p.proname = 'trigger_set_timestamp')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+
+    Ok(DatabaseSchema {
+        tables: tables.into_values().collect(),
+        timestamp_function,
+    })
+}
+
+/// `CHECK ((a > 0))` → `(a > 0)`: what goes inside `CHECK ( … )`.
+fn check_expression(def: &str) -> String {
+    let inner = def.strip_prefix("CHECK ").unwrap_or(def);
+    let inner = inner.strip_suffix(" NOT VALID").unwrap_or(inner);
+    inner
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or(inner)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_expression_drops_the_keyword_and_outer_parens() {
+        assert_eq!(
+            check_expression("CHECK ((role = ANY (ARRAY['a'::text])))"),
+            "(role = ANY (ARRAY['a'::text]))"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! MCP tool servers and the log of tool calls.
+
+use std::collections::BTreeMap;
+
+use mandrake_storage::chrono::{DateTime, Utc};
+use mandrake_storage::sqlx::PgExecutor;
+use mandrake_storage::sqlx::types::Json;
+use mandrake_storage::uuid::Uuid;
+use mandrake_storage::{Filter, ListOptions, Page, Record, Result};
+
+/// How to start an MCP server.
+#[derive(Record, Clone)]
+pub struct ToolConfig {
+    pub id: Uuid,
+    #[record(unique)]
+    pub server_name: String,
+    pub command: String,
+    #[record(default = "'[]'::jsonb")]
+    pub args: Json<Vec<String>>,
+    #[record(default = "'{}'::jsonb")]
+    pub env: Json<BTreeMap<String, String>>,
+    /// Tools that run without asking the user.
+    #[record(default = "'[]'::jsonb")]
+    pub auto_approve: Json<Vec<String>>,
+    #[record(default = "false")]
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ToolConfig {
+    /// The config of one server.
+    pub async fn by_server_name<'e, E: PgExecutor<'e>>(
+        executor: E,
+        server_name: &str,
+    ) -> Result<Option<ToolConfig>> {
+        let filter = Filter::new().eq("server_name", server_name);
+        let page = ToolConfig::repo()
+            .list(executor, filter, ListOptions::new().limit(1))
+            .await?;
+        Ok(page.items.into_iter().next())
+    }
+
+    /// The servers to start, by name.
+    pub async fn enabled<'e, E: PgExecutor<'e>>(executor: E) -> Result<Vec<ToolConfig>> {
+        let filter = Filter::new().eq("disabled", false);
+        let page = ToolConfig::repo()
+            .list(executor, filter, ListOptions::new().order_by("server_name"))
+            .await?;
+        Ok(page.items)
+    }
+}
+
+/// One tool invocation: what went in, what came out, how long it took.
+#[derive(Record, Clone)]
+#[record(index(conversation_id, created_at))]
+pub struct ToolResult {
+    pub id: Uuid,
+    #[record(references = "conversations", on_delete = "set null")]
+    pub conversation_id: Option<Uuid>,
+    #[record(references = "messages", on_delete = "set null")]
+    pub message_id: Option<Uuid>,
+    #[record(references = "tool_configs", on_delete = "set null")]
+    pub tool_config_id: Option<Uuid>,
+    pub server: String,
+    pub tool_name: String,
+    pub input: Json<serde_json::Value>,
+    pub output: Option<Json<serde_json::Value>>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ToolResult {
+    /// Records a tool call.
+    pub async fn log<'e, E: PgExecutor<'e>>(
+        executor: E,
+        call: NewToolResult,
+    ) -> Result<ToolResult> {
+        ToolResult::repo().create(executor, call).await
+    }
+
+    /// The tool results of a conversation, newest first.
+    pub async fn of_conversation<'e, E: PgExecutor<'e>>(
+        executor: E,
+        conversation_id: Uuid,
+        options: ListOptions,
+    ) -> Result<Page<ToolResult>> {
+        let newest_first = options.order_by("created_at").descending();
+        ToolResult::list_by_conversation_id(executor, conversation_id, newest_first).await
+    }
+}

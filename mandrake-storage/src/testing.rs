@@ -136,6 +136,33 @@ impl TestDb {
         Ok(test_db)
     }
 
+    /// A new database with the workspace's `migrations/` applied, cloned
+    /// from a template that is migrated once per test process.
+    pub async fn migrated() -> Result<TestDb> {
+        static TEMPLATE: tokio::sync::OnceCell<std::result::Result<String, String>> =
+            tokio::sync::OnceCell::const_new();
+        let template = TEMPLATE
+            .get_or_init(|| async {
+                let build = async {
+                    let dir = crate::cluster::workspace_root()?.join("migrations");
+                    let migrations = crate::migrate::Migrations::from_dir(dir)?;
+                    let name = format!("mandrake_template_{}", std::process::id());
+                    let options = ensure_template(&name).await?;
+                    let url = {
+                        use sqlx::ConnectOptions;
+                        options.to_url_lossy().to_string()
+                    };
+                    crate::migrate::migrate(&url, &migrations, &Default::default()).await?;
+                    Ok::<_, Error>(name)
+                };
+                build.await.map_err(|e| e.to_string())
+            })
+            .await
+            .as_ref()
+            .map_err(|e| Error::Config(format!("cannot build the migrated template: {e}")))?;
+        TestDb::from_template(template).await
+    }
+
     /// A new database cloned from `template` (a database name on the same server).
     pub async fn from_template(template: &str) -> Result<TestDb> {
         TestDb::create(Some(template)).await

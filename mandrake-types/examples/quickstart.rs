@@ -1,0 +1,130 @@
+//! A first tour of Mandrake's storage. Run `cargo xtask migrate` once, then
+//! `cargo run --example quickstart`: with no DATABASE_URL set it uses the
+//! embedded PostgreSQL under `.mandrake/`.
+
+use std::collections::BTreeMap;
+
+use mandrake_storage::sqlx::types::Json;
+use mandrake_storage::{Db, Record, RecordEnum};
+use mandrake_types::*;
+
+#[tokio::main]
+async fn main() -> mandrake_storage::Result<()> {
+    let db = Db::connect().await?;
+
+    // A provider and one of its models; the API key stays out of logs.
+    let provider = Provider::repo()
+        .upsert(
+            &db,
+            NewProvider {
+                name: "anthropic".into(),
+                kind: ProviderKind::Anthropic,
+                base_url: None,
+                api_key: Some("sk-example".into()),
+            },
+            &["name"],
+        )
+        .await?;
+    println!("provider: {provider:?}");
+    let model = Model::repo()
+        .upsert(
+            &db,
+            NewModel {
+                provider_id: provider.id,
+                model_id: "claude-sonnet-4".into(),
+                enabled: true,
+                context_window: 200_000,
+                max_tokens: 8192,
+                temperature: Some(0.7),
+            },
+            &["provider_id", "model_id"],
+        )
+        .await?;
+    println!(
+        "model: {} ({} tokens of context)",
+        model.model_id, model.context_window
+    );
+
+    // A conversation with a few messages, written in one transaction.
+    let mut tx = db.begin().await?;
+    let conversation = Conversation::repo()
+        .create(
+            &mut *tx,
+            NewConversation {
+                title: Some("Quickstart".into()),
+                metadata: Json(serde_json::json!({})),
+            },
+        )
+        .await?;
+    let messages = Message::repo()
+        .create_many(
+            &mut *tx,
+            vec![
+                NewMessage {
+                    conversation_id: conversation.id,
+                    role: Role::System,
+                    content: "You are helpful.".into(),
+                },
+                NewMessage {
+                    conversation_id: conversation.id,
+                    role: Role::User,
+                    content: "List my files.".into(),
+                },
+                NewMessage {
+                    conversation_id: conversation.id,
+                    role: Role::Assistant,
+                    content: "Calling the files tool.".into(),
+                },
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    println!(
+        "conversation {} with {} messages",
+        conversation.id,
+        messages.len()
+    );
+
+    // An MCP server and one logged tool call.
+    let files = ToolConfig::repo()
+        .upsert(
+            &db,
+            NewToolConfig {
+                server_name: "files".into(),
+                command: "mcp-server-files".into(),
+                args: Json(vec!["--root".into(), ".".into()]),
+                env: Json(BTreeMap::new()),
+                auto_approve: Json(vec!["list".into()]),
+                disabled: false,
+            },
+            &["server_name"],
+        )
+        .await?;
+    let call = ToolResult::log(
+        &db,
+        NewToolResult {
+            conversation_id: Some(conversation.id),
+            message_id: Some(messages[2].id),
+            tool_config_id: Some(files.id),
+            server: files.server_name.clone(),
+            tool_name: "list".into(),
+            input: Json(serde_json::json!({ "path": "." })),
+            output: Some(Json(serde_json::json!(["Cargo.toml", "README.md"]))),
+            error: None,
+            duration_ms: 4,
+        },
+    )
+    .await?;
+    println!(
+        "logged tool call {} to {} in {} ms",
+        call.tool_name, call.server, call.duration_ms
+    );
+
+    // What the model would see next.
+    for message in Message::context_window(&db, conversation.id, 10).await? {
+        println!("  {:<9} {}", message.role.as_str(), message.content);
+    }
+    let models = Model::enabled_with_provider(&db).await?;
+    println!("{} enabled model(s) ready", models.len());
+    Ok(())
+}

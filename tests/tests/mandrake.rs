@@ -53,7 +53,7 @@ async fn conversation(db: &Db) -> Conversation {
 fn message(conversation_id: Uuid, n: usize) -> NewMessage {
     NewMessage {
         conversation_id,
-        role: if n % 2 == 0 {
+        role: if n.is_multiple_of(2) {
             Role::User
         } else {
             Role::Assistant

@@ -94,7 +94,7 @@ pub fn create_table(table: &TableSchema) -> String {
     if !table.primary_key.is_empty() {
         parts.push(format!(
             "CONSTRAINT {} PRIMARY KEY ({})",
-            quote_ident(&format!("{}_pkey", table.name)),
+            quote_ident(&table.primary_key_name),
             ident_list(&table.primary_key)
         ));
     }

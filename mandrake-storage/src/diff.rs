@@ -548,22 +548,30 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
     }
 
     if new.primary_key != old.primary_key {
-        let pk = quote_ident(&format!("{table}_pkey"));
+        let (old_pk, new_pk) = (
+            quote_ident(&old.primary_key_name),
+            quote_ident(&new.primary_key_name),
+        );
         phases.drop_constraints.push(step(
             format!("drop primary key of {table}"),
-            format!("ALTER TABLE {t} DROP CONSTRAINT {pk};"),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {old_pk};"),
             format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {pk} PRIMARY KEY ({});",
+                "ALTER TABLE {t} ADD CONSTRAINT {old_pk} PRIMARY KEY ({});",
                 ident_list(&old.primary_key)
             ),
         ));
         phases.add_constraints.push(step(
             format!("add primary key of {table}"),
             format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {pk} PRIMARY KEY ({});",
+                "ALTER TABLE {t} ADD CONSTRAINT {new_pk} PRIMARY KEY ({});",
                 ident_list(&new.primary_key)
             ),
-            format!("ALTER TABLE {t} DROP CONSTRAINT {pk};"),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {new_pk};"),
+        ));
+    } else if new.primary_key_name != old.primary_key_name {
+        phases.renames.push(rename_constraint(
+            &old.primary_key_name,
+            &new.primary_key_name,
         ));
     }
 

@@ -67,7 +67,10 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         let kind: String = row.try_get(2)?;
         let cols: Vec<String> = row.try_get(3)?;
         match kind.as_str() {
-            "p" => t.primary_key = cols,
+            "p" => {
+                t.primary_key = cols;
+                t.primary_key_name = name;
+            }
             "u" => t.uniques.push(Unique {
                 name,
                 columns: cols,

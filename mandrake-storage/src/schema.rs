@@ -12,6 +12,8 @@ pub struct TableSchema {
     pub renamed_from: Option<String>,
     pub columns: Vec<Column>,
     pub primary_key: Vec<String>,
+    /// The primary key constraint's name (`<table>_pkey` when we make it).
+    pub primary_key_name: String,
     pub uniques: Vec<Unique>,
     pub indexes: Vec<Index>,
     pub foreign_keys: Vec<ForeignKey>,
@@ -100,6 +102,7 @@ impl TableSchema {
             renamed_from: None,
             columns: Vec::new(),
             primary_key: Vec::new(),
+            primary_key_name: String::new(),
             uniques: Vec::new(),
             indexes: Vec::new(),
             foreign_keys: Vec::new(),
@@ -122,6 +125,7 @@ impl TableSchema {
     /// Declares the primary key.
     pub fn with_primary_key(mut self, columns: &[&str]) -> Self {
         self.primary_key = columns.iter().map(|c| c.to_string()).collect();
+        self.primary_key_name = identifier(format!("{}_pkey", self.name));
         self
     }
 

@@ -1,0 +1,583 @@
+//! `new-migration` end to end on real PostgreSQL: for each kind of change,
+//! types v1 → migration, types v2 → `new-migration` → the files exist,
+//! `migrate` brings a v1 database to exactly the v2 catalog, `rollback`
+//! brings it back to exactly v1, and a second `new-migration` writes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
+use mandrake_storage::scaffold::{NewMigration, check, new_migration};
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{DatabaseSchema, Error, Record, RecordEnum, TableSchema, connect_one};
+use mandrake_tests::MigrationDir;
+use uuid::Uuid;
+
+/// A migrations folder and a database kept at its newest migration.
+struct Lab {
+    dir: MigrationDir,
+    db: TestDb,
+}
+
+async fn read_schema(db: &TestDb) -> DatabaseSchema {
+    let mut conn = connect_one(&db.url()).await.unwrap();
+    mandrake_storage::introspect::inspect(&mut conn)
+        .await
+        .unwrap()
+        .normalized()
+}
+
+/// The catalog that `tables` produce when created directly.
+async fn expected(tables: &[&TableSchema]) -> DatabaseSchema {
+    read_schema(&TestDb::with_tables(tables).await.unwrap()).await
+}
+
+impl Lab {
+    async fn new(v1: &[&TableSchema]) -> Lab {
+        let lab = Lab {
+            dir: MigrationDir::new(&[]),
+            db: TestDb::empty().await.unwrap(),
+        };
+        let first = lab.generate(v1, false).await.unwrap();
+        assert!(first.files.is_some());
+        lab.migrate().await;
+        lab
+    }
+
+    async fn generate(
+        &self,
+        tables: &[&TableSchema],
+        allow_destructive: bool,
+    ) -> mandrake_storage::Result<NewMigration> {
+        new_migration(
+            &self.db.url(),
+            self.dir.path(),
+            tables,
+            "change",
+            allow_destructive,
+        )
+        .await
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations::from_dir(self.dir.path()).unwrap()
+    }
+
+    async fn migrate(&self) {
+        migrate(
+            &self.db.url(),
+            &self.migrations(),
+            &MigrateOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn rollback(&self) {
+        rollback(
+            &self.db.url(),
+            &self.migrations(),
+            RollbackTarget::Steps(1),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// v1 → v2 → v1 → v2 with every check of the module docs; returns the
+    /// up and down SQL for further assertions.
+    async fn evolve(
+        &self,
+        v1: &[&TableSchema],
+        v2: &[&TableSchema],
+        allow_destructive: bool,
+    ) -> (String, String) {
+        let before = self.files().len();
+        let made = self.generate(v2, allow_destructive).await.unwrap();
+        let (up, down) = made.files.expect("a migration is written");
+        assert_eq!(self.files().len(), before + 2);
+        self.migrate().await;
+        assert_eq!(
+            read_schema(&self.db).await,
+            expected(v2).await,
+            "migrate builds exactly v2"
+        );
+        self.rollback().await;
+        assert_eq!(
+            read_schema(&self.db).await,
+            expected(v1).await,
+            "rollback restores exactly v1"
+        );
+        self.migrate().await;
+        let again = self.generate(v2, allow_destructive).await.unwrap();
+        assert!(again.files.is_none(), "a second run writes nothing");
+        assert_eq!(self.files().len(), before + 2);
+        let plan = check(&self.db.url(), &self.migrations(), v2).await.unwrap();
+        assert!(plan.is_empty(), "check passes: {plan:?}");
+        (
+            std::fs::read_to_string(up).unwrap(),
+            std::fs::read_to_string(down).unwrap(),
+        )
+    }
+
+    async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(self.db.db())
+            .await
+            .unwrap();
+    }
+
+    async fn text(&self, sql: &str) -> Vec<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(self.db.db())
+            .await
+            .unwrap()
+    }
+}
+
+fn expect_refused(result: mandrake_storage::Result<NewMigration>, needle: &str) {
+    match result {
+        Err(e @ (Error::Migration(_) | Error::Schema(_))) => {
+            assert!(e.to_string().contains(needle), "{e} lacks {needle:?}")
+        }
+        other => panic!("expected a refusal with {needle:?}, got {other:?}"),
+    }
+}
+
+mod v1 {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "folders")]
+    pub struct Folder {
+        pub id: Uuid,
+        pub name: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+fn v1() -> Vec<&'static TableSchema> {
+    vec![v1::Folder::schema(), v1::Note::schema()]
+}
+
+async fn seeded() -> Lab {
+    let lab = Lab::new(&v1()).await;
+    lab.exec(
+        "INSERT INTO folders (id, name) VALUES ('00000000-0000-7000-8000-000000000001', 'inbox');
+         INSERT INTO notes (id, folder_id, title, body, rank)
+         VALUES ('00000000-0000-7000-8000-000000000002', '00000000-0000-7000-8000-000000000001', 'hello', 'world', 7);",
+    )
+    .await;
+    lab
+}
+
+mod create_table {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "tags")]
+    pub struct Tag {
+        pub id: Uuid,
+        #[record(references = "notes", on_delete = "cascade")]
+        pub note_id: Uuid,
+        pub label: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn create_and_drop_table() {
+    let lab = seeded().await;
+    let v2 = [
+        v1::Folder::schema(),
+        v1::Note::schema(),
+        create_table::Tag::schema(),
+    ];
+    let (up, down) = lab.evolve(&v1(), &v2, false).await;
+    assert!(up.contains("CREATE TABLE \"tags\""), "{up}");
+    assert!(
+        up.contains("CREATE TRIGGER set_timestamp BEFORE UPDATE ON \"tags\""),
+        "{up}"
+    );
+    assert!(down.contains("DROP TABLE \"tags\""));
+    // Dropping it again is destructive.
+    expect_refused(lab.generate(&v1(), false).await, "--allow-destructive");
+    let (up, down) = lab.evolve(&v2, &v1(), true).await;
+    assert!(up.contains("-- DESTRUCTIVE: drop table tags"), "{up}");
+    assert!(
+        down.contains("-- NOTE: re-creates table tags; its rows are not restored"),
+        "{down}"
+    );
+    assert_eq!(
+        lab.text("SELECT title FROM notes").await,
+        ["hello"],
+        "untouched data survives"
+    );
+}
+
+mod add_columns {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub summary: Option<String>,
+        #[record(default = "'draft'")]
+        pub status: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Required {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub author: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn add_nullable_and_defaulted_columns_refuse_required_ones() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), add_columns::Note::schema()];
+    let (up, down) = lab.evolve(&v1(), &v2, false).await;
+    assert!(up.contains("ADD COLUMN \"summary\" text;"), "{up}");
+    assert!(
+        up.contains("ADD COLUMN \"status\" text NOT NULL DEFAULT 'draft'::text;"),
+        "{up}"
+    );
+    assert!(down.contains("DROP COLUMN \"status\""));
+    assert_eq!(lab.text("SELECT status FROM notes").await, ["draft"]);
+    assert_eq!(lab.text("SELECT body FROM notes").await, ["world"]);
+    let required = [v1::Folder::schema(), add_columns::Required::schema()];
+    expect_refused(lab.generate(&required, false).await, "without a default");
+    expect_refused(lab.generate(&required, true).await, "#[record(default");
+}
+
+#[tokio::test]
+async fn drop_column_is_destructive() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), add_columns::Note::schema()];
+    lab.evolve(&v1(), &v2, false).await;
+    expect_refused(
+        lab.generate(&v1(), false).await,
+        "drop column notes.summary",
+    );
+    let (up, down) = lab.evolve(&v2, &v1(), true).await;
+    assert!(
+        up.contains("-- DESTRUCTIVE: drop column notes.status"),
+        "{up}"
+    );
+    assert!(down.contains("its values are not restored"), "{down}");
+    assert_eq!(lab.text("SELECT title FROM notes").await, ["hello"]);
+}
+
+mod renames {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        #[record(renamed_from = "title")]
+        pub heading: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "directories", renamed_from = "folders")]
+    pub struct Directory {
+        pub id: Uuid,
+        #[record(unique)]
+        pub name: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn rename_column_keeps_its_data() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), renames::Note::schema()];
+    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains("RENAME COLUMN \"title\" TO \"heading\""),
+        "{up}"
+    );
+    assert!(!up.contains("DROP COLUMN"), "never drop + add: {up}");
+    assert_eq!(lab.text("SELECT heading FROM notes").await, ["hello"]);
+}
+
+#[tokio::test]
+async fn rename_table_keeps_its_data_and_renames_its_constraints() {
+    let lab = seeded().await;
+    let v2 = [renames::Directory::schema(), v1::Note::schema()];
+    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains("ALTER TABLE \"folders\" RENAME TO \"directories\""),
+        "{up}"
+    );
+    assert!(
+        up.contains("RENAME CONSTRAINT \"folders_pkey\" TO \"directories_pkey\""),
+        "{up}"
+    );
+    assert!(!up.contains("DROP TABLE"), "{up}");
+    assert_eq!(lab.text("SELECT name FROM directories").await, ["inbox"]);
+}
+
+mod types {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Wider {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        #[record(sql_type = "VARCHAR(200)")]
+        pub title: String,
+        #[record(default = "'(empty)'")]
+        pub body: String,
+        pub rank: i64,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn type_nullability_and_default_changes_use_alter() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), types::Wider::schema()];
+    // text → varchar(200) can cut values: destructive.
+    expect_refused(lab.generate(&v2, false).await, "change type of notes.title");
+    let (up, down) = lab.evolve(&v1(), &v2, true).await;
+    assert!(
+        up.contains("ALTER COLUMN \"rank\" TYPE bigint USING \"rank\"::bigint"),
+        "{up}"
+    );
+    assert!(up.contains("ALTER COLUMN \"body\" SET NOT NULL"), "{up}");
+    assert!(
+        up.contains("ALTER COLUMN \"body\" SET DEFAULT '(empty)'::text"),
+        "{up}"
+    );
+    assert!(
+        down.contains("ALTER COLUMN \"body\" DROP NOT NULL"),
+        "{down}"
+    );
+    assert!(!up.contains("DROP COLUMN"), "never drop + add: {up}");
+    assert_eq!(
+        lab.text("SELECT rank::text FROM notes").await,
+        ["7"],
+        "data survives the type change"
+    );
+}
+
+mod constraints {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes", unique(folder_id, title), index(folder_id, rank))]
+    pub struct Note {
+        pub id: Uuid,
+        #[record(references = "folders", on_delete = "cascade")]
+        pub folder_id: Uuid,
+        pub title: String,
+        #[record(index)]
+        pub body: Option<String>,
+        #[record(unique)]
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes", unique(folder_id, title), index(folder_id, rank))]
+    pub struct Restrict {
+        pub id: Uuid,
+        #[record(references = "folders", on_delete = "restrict")]
+        pub folder_id: Uuid,
+        pub title: String,
+        #[record(index)]
+        pub body: Option<String>,
+        #[record(unique)]
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn unique_index_and_foreign_key_changes() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), constraints::Note::schema()];
+    let (up, down) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains(
+            "ADD CONSTRAINT \"notes_folder_id_title_key\" UNIQUE (\"folder_id\", \"title\")"
+        ),
+        "{up}"
+    );
+    assert!(
+        up.contains("ADD CONSTRAINT \"notes_rank_key\" UNIQUE (\"rank\")"),
+        "{up}"
+    );
+    assert!(
+        up.contains("CREATE INDEX \"notes_folder_id_rank_idx\""),
+        "{up}"
+    );
+    assert!(up.contains("CREATE INDEX \"notes_body_idx\""), "{up}");
+    assert!(
+        up.contains("FOREIGN KEY (\"folder_id\") REFERENCES \"folders\"(\"id\") ON DELETE CASCADE"),
+        "{up}"
+    );
+    assert!(
+        down.contains("DROP CONSTRAINT \"notes_folder_id_fkey\""),
+        "{down}"
+    );
+    // on_delete changes: the key is replaced.
+    let v3 = [v1::Folder::schema(), constraints::Restrict::schema()];
+    let (up, _) = lab.evolve(&v2, &v3, false).await;
+    assert!(up.contains("ON DELETE RESTRICT"), "{up}");
+    // And everything added can go again.
+    lab.evolve(&v3, &v1(), false).await;
+}
+
+#[derive(RecordEnum, Clone, Copy, Debug, PartialEq)]
+pub enum ColorV1 {
+    Red,
+    Green,
+}
+
+#[derive(RecordEnum, Clone, Copy, Debug, PartialEq)]
+pub enum ColorV2 {
+    Red,
+    Blue,
+    Green,
+}
+
+mod enums {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "paints")]
+    pub struct PaintV1 {
+        pub id: Uuid,
+        pub color: ColorV1,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "paints")]
+    pub struct PaintV2 {
+        pub id: Uuid,
+        pub color: ColorV2,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn enum_variants_rewrite_the_check() {
+    let v1 = [enums::PaintV1::schema()];
+    let v2 = [enums::PaintV2::schema()];
+    let lab = Lab::new(&v1).await;
+    lab.exec("INSERT INTO paints (id, color) VALUES (gen_random_uuid(), 'red')")
+        .await;
+    let (up, _) = lab.evolve(&v1, &v2, false).await;
+    assert!(
+        up.contains("DROP CONSTRAINT \"paints_color_check\""),
+        "{up}"
+    );
+    assert!(up.contains("'blue'::text"), "{up}");
+    lab.exec("INSERT INTO paints (id, color) VALUES (gen_random_uuid(), 'blue')")
+        .await;
+    lab.exec("DELETE FROM paints WHERE color = 'blue'").await;
+    lab.evolve(&v2, &v1, false).await;
+}
+
+mod normalized {
+    use super::*;
+
+    /// Spellings PostgreSQL rewrites: they must not show up as changes.
+    #[derive(Record, Clone)]
+    #[record(table = "settings")]
+    pub struct Setting {
+        pub id: Uuid,
+        #[record(sql_type = "varchar(40)", default = "'x'")]
+        pub key: String,
+        #[record(default = "'{\"a\": [1, 2]}'")]
+        pub value: serde_json::Value,
+        #[record(default = "CURRENT_TIMESTAMP")]
+        pub seen_at: DateTime<Utc>,
+        #[record(default = "gen_random_uuid()")]
+        pub token: Uuid,
+        pub level: ColorV1,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn normalized_spellings_produce_no_diff() {
+    let tables = [normalized::Setting::schema()];
+    let lab = Lab::new(&tables).await;
+    let again = lab.generate(&tables, false).await.unwrap();
+    assert!(again.files.is_none(), "{:?}", again.plan);
+    assert!(
+        check(&lab.db.url(), &lab.migrations(), &tables)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(read_schema(&lab.db).await, expected(&tables).await);
+}
+
+#[tokio::test]
+async fn check_lists_what_is_missing() {
+    let lab = Lab::new(&v1()).await;
+    let v2 = [v1::Folder::schema(), add_columns::Note::schema()];
+    let plan = check(&lab.db.url(), &lab.migrations(), &v2).await.unwrap();
+    let steps: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["add column notes.summary", "add column notes.status"]
+    );
+}

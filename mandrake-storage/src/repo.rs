@@ -1,11 +1,11 @@
 //! The repository: typed CRUD for any [`Record`], on a pool, a connection or
 //! a transaction.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Encode, PgExecutor, Postgres, Row, Type};
 use uuid::Uuid;
@@ -79,7 +79,8 @@ impl<T: Record> Repo<T> {
     }
 
     /// Inserts any number of rows in one statement (`INSERT … SELECT … FROM
-    /// UNNEST(…)`, one array parameter per column) and returns them in input order.
+    /// UNNEST(…)`, one array parameter per column, so there is no 65,535
+    /// parameter limit) and returns them in input order.
     pub async fn create_many<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
@@ -88,22 +89,22 @@ impl<T: Record> Repo<T> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = (0..rows.len()).map(|_| Uuid::now_v7()).collect();
-        let position: HashMap<Uuid, usize> =
-            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let count = rows.len();
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
         let mut args = PgArguments::default();
         T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-        let stored = sqlx::query_with(T::statements().insert_many.as_str(), args)
-            .fetch_all(executor)
-            .await?;
-        // RETURNING order is not promised by PostgreSQL: put rows back in input order.
-        let mut ordered: Vec<Option<T>> = (0..stored.len()).map(|_| None).collect();
-        for row in &stored {
-            let record = T::decode(row, 0)?;
-            let slot = position[&record.id()];
-            ordered[slot] = Some(record);
+        // Decode rows as they arrive rather than holding them all twice.
+        let mut stored = Vec::with_capacity(count);
+        let mut stream =
+            sqlx::query_with(T::statements().insert_many.as_str(), args).fetch(executor);
+        while let Some(row) = stream.try_next().await? {
+            stored.push(T::decode(&row, 0)?);
         }
-        Ok(ordered.into_iter().flatten().collect())
+        // RETURNING order is not promised by PostgreSQL, but UUIDv7 ids made
+        // in one process are ordered by creation: sorting by id restores the
+        // input order (and costs one pass when it is already in order).
+        stored.sort_unstable_by_key(|r| r.id());
+        Ok(stored)
     }
 
     /// The row with `id`, or `Error::NotFound`.

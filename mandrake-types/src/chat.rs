@@ -28,7 +28,8 @@ pub enum Role {
 
 /// One message of a conversation.
 #[derive(Record, Clone)]
-#[record(index(conversation_id, created_at))]
+/// Indexed for keyset pages in `(created_at, id)` order within a conversation.
+#[record(index(conversation_id, created_at, id))]
 pub struct Message {
     pub id: Uuid,
     #[record(references = "conversations", on_delete = "cascade")]

@@ -53,7 +53,8 @@ impl ToolConfig {
 
 /// One tool invocation: what went in, what came out, how long it took.
 #[derive(Record, Clone)]
-#[record(index(conversation_id, created_at))]
+/// Indexed for "results of this conversation, newest first" (`created_at`, then `id`).
+#[record(index(conversation_id, created_at, id))]
 pub struct ToolResult {
     pub id: Uuid,
     #[record(references = "conversations", on_delete = "set null")]

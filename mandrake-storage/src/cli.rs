@@ -110,7 +110,12 @@ pub enum DbCommand {
 /// }
 /// ```
 pub fn main(tables: &[&TableSchema]) -> std::process::ExitCode {
-    let cli = Cli::parse();
+    run_blocking(Cli::parse(), tables)
+}
+
+/// Runs `cli` on a fresh runtime and reports an error the way a command
+/// line should: one line on stderr and a failing exit code.
+pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,72 @@
-//! `cargo xtask …`: hands Mandrake's tables to mandrake-storage's command line.
+//! `cargo xtask …`: Mandrake's tables handed to mandrake-storage's command
+//! line, plus `bench`, which runs the benchmark crate.
 
-fn main() -> std::process::ExitCode {
-    mandrake_storage::cli::main(&mandrake_types::tables())
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Database tasks for Mandrake"
+)]
+struct Xtask {
+    /// The migrations folder (default: `migrations/` at the workspace root).
+    #[arg(long, global = true, value_name = "DIR")]
+    migrations: Option<PathBuf>,
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Compare our repository with hand-written sqlx, tokio-postgres, SeaORM
+    /// and COPY, side by side (builds the bench crate in release mode).
+    Bench {
+        /// A shorter run (under two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
+    #[command(flatten)]
+    Storage(mandrake_storage::cli::Command),
+}
+
+fn main() -> ExitCode {
+    let args = Xtask::parse();
+    match args.task {
+        Task::Bench { quick } => bench(quick),
+        Task::Storage(command) => {
+            let cli = mandrake_storage::cli::Cli {
+                migrations: args.migrations,
+                command,
+            };
+            mandrake_storage::cli::run_blocking(cli, &mandrake_types::tables())
+        }
+    }
+}
+
+fn bench(quick: bool) -> ExitCode {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "mandrake-bench",
+        "--",
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.status() {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: cannot run cargo: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

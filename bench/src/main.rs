@@ -1,0 +1,325 @@
+//! `cargo xtask bench`: our repository side by side with hand-written sqlx
+//! (the same SQL: the zero-overhead line), tokio-postgres with prepared
+//! statements (the driver limit), SeaORM 2 (what users pick instead), and
+//! `COPY FROM STDIN` for bulk loads. Every contender does the same work on
+//! the same server in the same run, interleaved in rounds, so machine noise
+//! hits them all alike; compare the ratios, not the absolute numbers.
+
+mod contenders;
+mod report;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mandrake_storage::migrate::{MigrateOptions, Migrations, migrate};
+use mandrake_storage::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use mandrake_storage::sqlx::{self, ConnectOptions, Connection, Executor, PgPool};
+use mandrake_storage::{Db, Record, Settings};
+use mandrake_types::{Conversation, Message, NewConversation, NewMessage, Role};
+use uuid::Uuid;
+
+use contenders::{Lib, Op};
+use report::{Sample, Table};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark mandrake-storage against its peers")]
+struct Args {
+    /// A shorter run (under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Internal: measure one contender's peak memory in this process.
+    #[arg(long, hide = true, value_name = "URL")]
+    memory_of: Option<String>,
+    #[arg(long, hide = true, requires = "memory_of")]
+    lib: Option<String>,
+    #[arg(long, hide = true, default_value_t = 100_000)]
+    rows: usize,
+}
+
+/// How much work each measurement does.
+struct Scale {
+    rounds: usize,
+    /// Calls of a single-row operation per contender per round (split over the tasks).
+    single: usize,
+    /// Calls of `create_many` of 1,000 rows per contender per round.
+    batches: usize,
+    /// Rows of the large bulk insert.
+    bulk_rows: usize,
+    /// Rows written one `create` at a time for the loop baseline.
+    loop_rows: usize,
+}
+
+/// Everything one mode (one connection, or 8 tasks on a pool of 8) uses.
+pub struct Env {
+    pub pool: PgPool,
+    pub db: Db,
+    pub sea: sea_orm::DatabaseConnection,
+    pub pg: Vec<tokio_postgres::Client>,
+    pub pg_statements: Vec<contenders::PgStatements>,
+    /// Messages that get and update pick from.
+    pub ids: Vec<Uuid>,
+    /// The conversation whose messages are paged.
+    pub paged: Uuid,
+    pub tasks: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(err) = run(args).await {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let (Some(url), Some(lib)) = (&args.memory_of, &args.lib) {
+        let bytes = contenders::peak_memory_here(url, lib, args.rows).await?;
+        println!("{bytes}");
+        return Ok(());
+    }
+    let scale = if args.quick {
+        Scale {
+            rounds: 3,
+            single: 400,
+            batches: 3,
+            bulk_rows: 100_000,
+            loop_rows: 1_000,
+        }
+    } else {
+        Scale {
+            rounds: 7,
+            single: 2_000,
+            batches: 10,
+            bulk_rows: 100_000,
+            loop_rows: 3_000,
+        }
+    };
+    let started = Instant::now();
+    let server = Settings::from_env()?.resolve_url().await?;
+    let name = format!("mandrake_bench_{}", std::process::id());
+    let admin = PgConnectOptions::from_str(&server)?;
+    let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
+    let url = admin.clone().database(&name).to_url_lossy().to_string();
+    let result = bench(&url, &scale).await;
+    drop(conn);
+    let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .await?;
+    let mut table = result?;
+    table
+        .timings
+        .push(("whole benchmark".into(), started.elapsed()));
+    println!("{}", table.render(args.quick));
+    Ok(())
+}
+
+async fn bench(url: &str, scale: &Scale) -> Result<Table, Box<dyn std::error::Error>> {
+    let root = mandrake_storage::cluster::workspace_root()?;
+    let migrations = Migrations::from_dir(root.join("migrations"))?;
+    migrate(url, &migrations, &MigrateOptions::default()).await?;
+    let mut table = Table::default();
+
+    for tasks in [1usize, 8] {
+        let env = setup(url, tasks).await?;
+        let mut ops = vec![
+            Op::CreateOne,
+            Op::Get,
+            Op::Page,
+            Op::Update,
+            Op::Delete,
+            Op::CreateMany1k,
+        ];
+        if tasks == 1 {
+            ops.push(Op::CreateMany100k);
+        }
+        for round in 0..scale.rounds {
+            for op in &ops {
+                let libs = op.contenders();
+                // Rotate who goes first, so warm caches favour no one.
+                for k in 0..libs.len() {
+                    let lib = libs[(k + round) % libs.len()];
+                    let iterations = match op {
+                        Op::CreateMany100k => 1,
+                        Op::CreateMany1k => scale.batches,
+                        _ => scale.single / tasks,
+                    };
+                    let rows = match op {
+                        Op::CreateMany100k => scale.bulk_rows,
+                        Op::CreateMany1k => 1_000,
+                        _ => 1,
+                    };
+                    let sample = measure(&env, lib, *op, iterations, rows).await?;
+                    table.add(*op, tasks, lib, sample);
+                }
+            }
+        }
+        if tasks == 1 {
+            table.loop_rows_per_sec = Some(loop_baseline(&env, scale.loop_rows).await?);
+            table.memory = peak_memory(url, scale.bulk_rows)?;
+        }
+        env.pool.close().await;
+    }
+    table.timings.extend(migration_timings(url).await?);
+    Ok(table)
+}
+
+/// A pool of `tasks` connections for every library, and the rows to read.
+async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error>> {
+    let options = PgConnectOptions::from_str(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(tasks as u32)
+        .min_connections(tasks as u32)
+        .connect_with(options.clone())
+        .await?;
+    let db = Db::from_pool(pool.clone());
+    let sea = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone());
+    let mut pg = Vec::new();
+    let mut pg_statements = Vec::new();
+    for _ in 0..tasks {
+        let client = contenders::connect_tokio_postgres(&options).await?;
+        pg_statements.push(contenders::PgStatements::prepare(&client).await?);
+        pg.push(client);
+    }
+    let paged = Conversation::repo()
+        .create(
+            &db,
+            NewConversation {
+                title: Some("paged".into()),
+                metadata: sqlx::types::Json(serde_json::json!({})),
+            },
+        )
+        .await?
+        .id;
+    let rows: Vec<NewMessage> = (0..10_000)
+        .map(|n| NewMessage {
+            conversation_id: paged,
+            role: Role::User,
+            content: format!("message {n}"),
+        })
+        .collect();
+    let ids = Message::repo()
+        .create_many(&db, rows)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    sqlx::query("ANALYZE").execute(&pool).await?;
+    Ok(Env {
+        pool,
+        db,
+        sea,
+        pg,
+        pg_statements,
+        ids,
+        paged,
+        tasks,
+    })
+}
+
+/// Runs `iterations` of `op` with `lib`, split over the mode's tasks.
+async fn measure(
+    env: &Env,
+    lib: Lib,
+    op: Op,
+    iterations: usize,
+    rows: usize,
+) -> Result<Sample, Box<dyn std::error::Error>> {
+    let prepared = contenders::prepare(env, lib, op, iterations * env.tasks.max(1), rows).await?;
+    let started = Instant::now();
+    let latencies = contenders::run(env, lib, op, prepared, iterations, rows).await?;
+    let wall = started.elapsed();
+    contenders::clean_up(env, op).await?;
+    Ok(Sample {
+        ops: latencies.len(),
+        rows_per_op: rows,
+        wall,
+        latencies,
+    })
+}
+
+/// Peak memory of each contender's bulk insert, each in a fresh process of
+/// its own so that no allocator state carries over.
+fn peak_memory(url: &str, rows: usize) -> Result<Vec<(String, u64)>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for lib in ["ours", "sqlx", "tokio-postgres", "sea-orm", "copy"] {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--memory-of",
+                url,
+                "--lib",
+                lib,
+                "--rows",
+                &rows.to_string(),
+            ])
+            .output()?;
+        if !child.status.success() {
+            return Err(format!(
+                "memory run of {lib} failed: {}",
+                String::from_utf8_lossy(&child.stderr)
+            )
+            .into());
+        }
+        out.push((
+            lib.to_owned(),
+            String::from_utf8_lossy(&child.stdout).trim().parse()?,
+        ));
+    }
+    Ok(out)
+}
+
+/// `create` in a loop, one row at a time: what `create_many` replaces.
+async fn loop_baseline(env: &Env, rows: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let conversation = contenders::fresh_conversation(env).await?;
+    let started = Instant::now();
+    for n in 0..rows {
+        Message::repo()
+            .create(
+                &env.db,
+                NewMessage {
+                    conversation_id: conversation,
+                    role: Role::User,
+                    content: format!("row {n}"),
+                },
+            )
+            .await?;
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    Conversation::repo().delete(&env.db, conversation).await?;
+    Ok(rate)
+}
+
+/// `check` and `new-migration` on the six tables, as the xtask runs them
+/// (in process: without cargo's own start-up).
+async fn migration_timings(
+    url: &str,
+) -> Result<Vec<(String, Duration)>, Box<dyn std::error::Error>> {
+    use mandrake_storage::scaffold::{check, new_migration};
+    let tables = mandrake_types::tables();
+    let root = mandrake_storage::cluster::workspace_root()?;
+    let migrations = Migrations::from_dir(root.join("migrations"))?;
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let plan = check(url, &migrations, &tables).await?;
+    out.push((
+        "check (six tables, 2 scratch databases)".into(),
+        started.elapsed(),
+    ));
+    assert!(plan.is_empty(), "migrations and types disagree");
+    let dir =
+        std::env::temp_dir().join(format!("mandrake-bench-migrations-{}", std::process::id()));
+    let started = Instant::now();
+    let made = new_migration(url, &dir, &tables, "initial", false).await?;
+    out.push((
+        "new-migration (six tables from nothing, 3 scratch databases, verified)".into(),
+        started.elapsed(),
+    ));
+    assert!(made.files.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}

@@ -1,0 +1,155 @@
+//! Collecting samples and printing the results table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::contenders::{Lib, Op};
+
+/// One measurement: `ops` calls of `rows_per_op` rows each.
+pub struct Sample {
+    pub ops: usize,
+    pub rows_per_op: usize,
+    pub wall: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+#[derive(Default)]
+struct Totals {
+    ops: usize,
+    rows: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Totals {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+
+    fn rows_per_sec(&self) -> f64 {
+        self.rows as f64 / self.wall.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// All results of a run.
+#[derive(Default)]
+pub struct Table {
+    cells: BTreeMap<(Op, usize, Lib), Totals>,
+    pub loop_rows_per_sec: Option<f64>,
+    /// `(contender, peak bytes)` of a 100,000-row bulk insert.
+    pub memory: Vec<(String, u64)>,
+    pub timings: Vec<(String, Duration)>,
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+impl Table {
+    pub fn add(&mut self, op: Op, tasks: usize, lib: Lib, sample: Sample) {
+        let t = self.cells.entry((op, tasks, lib)).or_default();
+        t.ops += sample.ops;
+        t.rows += sample.ops * sample.rows_per_op;
+        t.wall += sample.wall;
+        t.latencies.extend(sample.latencies);
+    }
+
+    pub fn render(&self, quick: bool) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "mandrake-storage benchmark ({})\n",
+            if quick { "--quick" } else { "full" }
+        );
+        let _ = writeln!(
+            out,
+            "| operation | tasks | ours ops/s | ours p50 / p99 ms | sqlx ops/s | vs sqlx | tokio-postgres ops/s | vs tokio-pg | SeaORM ops/s | vs SeaORM | COPY rows/s | vs COPY |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut keys: Vec<(Op, usize)> = self
+            .cells
+            .keys()
+            .map(|(op, tasks, _)| (*op, *tasks))
+            .collect();
+        keys.dedup();
+        for (op, tasks) in keys {
+            let get = |lib| self.cells.get(&(op, tasks, lib));
+            let Some(ours) = get(Lib::Ours) else { continue };
+            let rate = |t: &Totals| {
+                if op.is_bulk() {
+                    t.rows_per_sec()
+                } else {
+                    t.ops_per_sec()
+                }
+            };
+            let cell = |lib| match get(lib) {
+                Some(t) => (
+                    format!("{:.0}", rate(t)),
+                    format!("{:.2}×", rate(ours) / rate(t)),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let (sqlx, vs_sqlx) = cell(Lib::Sqlx);
+            let (pg, vs_pg) = cell(Lib::TokioPostgres);
+            let (sea, vs_sea) = cell(Lib::SeaOrm);
+            let (copy, vs_copy) = cell(Lib::Copy);
+            let _ = writeln!(
+                out,
+                "| {} | {tasks} | {:.0} | {} / {} | {sqlx} | {vs_sqlx} | {pg} | {vs_pg} | {sea} | {vs_sea} | {copy} | {vs_copy} |",
+                op.label(),
+                rate(ours),
+                ms(ours.percentile(0.5)),
+                ms(ours.percentile(0.99)),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nBulk rows are rows/s; everything else is calls/s. \"vs X\" is ours ÷ X: above 1 is faster."
+        );
+        if let (Some(loop_rate), Some(bulk)) = (
+            self.loop_rows_per_sec,
+            self.cells.get(&(Op::CreateMany100k, 1, Lib::Ours)),
+        ) {
+            let _ = writeln!(
+                out,
+                "\ncreate_many of 100,000 rows: {:.0} rows/s; a loop of create: {:.0} rows/s; ratio {:.1}×",
+                bulk.rows_per_sec(),
+                loop_rate,
+                bulk.rows_per_sec() / loop_rate
+            );
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nPeak memory (RSS growth) of a 100,000-row bulk insert, inputs excluded:"
+            );
+            for (lib, bytes) in &self.memory {
+                let _ = writeln!(
+                    out,
+                    "  {lib:<16} {:.1} MiB",
+                    *bytes as f64 / (1024.0 * 1024.0)
+                );
+            }
+        }
+        if !self.timings.is_empty() {
+            let _ = writeln!(out, "\nTimings:");
+            for (what, took) in &self.timings {
+                let _ = writeln!(out, "  {what}: {:.2} s", took.as_secs_f64());
+            }
+        }
+        out
+    }
+}

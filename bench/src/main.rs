@@ -28,6 +28,12 @@ struct Args {
     /// A shorter run (under two minutes).
     #[arg(long)]
     quick: bool,
+    /// Run only operations whose label contains this text (e.g. "get").
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
+    /// Rounds to run (default: 3 with --quick, else 12).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Internal: measure one contender's peak memory in this process.
     #[arg(long, hide = true, value_name = "URL")]
     memory_of: Option<String>,
@@ -96,6 +102,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             loop_rows: 3_000,
         }
     };
+    let scale = Scale {
+        rounds: args.rounds.unwrap_or(scale.rounds),
+        ..scale
+    };
     let started = Instant::now();
     let server = Settings::from_env()?.resolve_url().await?;
     let name = format!("mandrake_bench_{}", std::process::id());
@@ -104,7 +114,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await?;
     let url = admin.clone().database(&name).to_url_lossy().to_string();
-    let result = bench(&url, &scale).await;
+    let result = bench(&url, &scale, args.only.as_deref()).await;
     drop(conn);
     let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
     conn.execute(sqlx::AssertSqlSafe(format!(
@@ -119,7 +129,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn bench(url: &str, scale: &Scale) -> Result<Table, Box<dyn std::error::Error>> {
+async fn bench(
+    url: &str,
+    scale: &Scale,
+    only: Option<&str>,
+) -> Result<Table, Box<dyn std::error::Error>> {
     let root = mandrake_storage::cluster::workspace_root()?;
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     migrate(url, &migrations, &MigrateOptions::default()).await?;
@@ -138,6 +152,7 @@ async fn bench(url: &str, scale: &Scale) -> Result<Table, Box<dyn std::error::Er
         if tasks == 1 {
             ops.push(Op::CreateMany100k);
         }
+        ops.retain(|op| only.is_none_or(|text| op.label().contains(text)));
         for round in 0..scale.rounds {
             for op in &ops {
                 let libs = op.contenders();
@@ -159,13 +174,15 @@ async fn bench(url: &str, scale: &Scale) -> Result<Table, Box<dyn std::error::Er
                 }
             }
         }
-        if tasks == 1 {
+        if tasks == 1 && only.is_none() {
             table.loop_rows_per_sec = Some(loop_baseline(&env, scale.loop_rows).await?);
             table.memory = peak_memory(url, scale.bulk_rows)?;
         }
         env.pool.close().await;
     }
-    table.timings.extend(migration_timings(url).await?);
+    if only.is_none() {
+        table.timings.extend(migration_timings(url).await?);
+    }
     Ok(table)
 }
 

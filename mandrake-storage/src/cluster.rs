@@ -151,6 +151,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates `database` if missing and returns its URL.
+    pub async fn ensure_database(&self, database: &str) -> Result<String> {
+        let mut admin = crate::db::connect_one(&self.url("postgres")).await?;
+        crate::db::create_database(&mut admin, database).await?;
+        Ok(self.url(database))
+    }
+
     /// Stops the server (fast shutdown); a no-op when it is not running.
     pub fn stop(&self) -> Result<()> {
         if !self.status()?.running {

@@ -121,15 +121,6 @@ impl Settings {
     }
 }
 
-impl Cluster {
-    /// Creates `database` if missing and returns its URL.
-    pub async fn ensure_database(&self, database: &str) -> Result<String> {
-        let mut admin = connect_one(&self.url("postgres")).await?;
-        create_database(&mut admin, database).await?;
-        Ok(self.url(database))
-    }
-}
-
 /// One unpooled connection (for admin work and migration locks).
 pub async fn connect_one(url: &str) -> Result<sqlx::PgConnection> {
     use sqlx::Connection;

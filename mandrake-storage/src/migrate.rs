@@ -10,8 +10,8 @@
 //! # async fn demo() -> mandrake_storage::Result<()> {
 //! use mandrake_storage::migrate::{Migrations, MigrateOptions, migrate};
 //!
+//! // Or embedded at compile time: mandrake_storage::embed_migrations!("migrations")?
 //! let migrations = Migrations::from_dir("migrations")?;
-//! let db = mandrake_storage::Db::connect().await?;
 //! let url = mandrake_storage::Settings::from_env()?.resolve_url().await?;
 //! let report = migrate(&url, &migrations, &MigrateOptions::default()).await?;
 //! println!("applied {} migrations", report.applied.len());

@@ -188,9 +188,7 @@ impl<T: Record> Repo<T> {
             })?;
         let mut args = PgArguments::default();
         T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
-        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_one(executor)
-            .await?;
+        let row = sqlx::query_with(sql, args).fetch_one(executor).await?;
         Ok(T::decode(&row, 0)?)
     }
 

@@ -31,7 +31,7 @@ struct Args {
     /// Run only operations whose label contains this text (e.g. "get").
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Rounds to run (default: 3 with --quick, else 12).
+    /// Rounds to run (default: 12 with --quick, else 48).
     #[arg(long)]
     rounds: Option<usize>,
     /// Internal: measure one contender's peak memory in this process.
@@ -45,13 +45,17 @@ struct Args {
 
 /// How much work each measurement does.
 struct Scale {
+    /// Each round gives every contender a short turn at every operation, so
+    /// the turns interleave finely and drift in machine load hits all alike.
     rounds: usize,
-    /// Calls of a single-row operation per contender per round (split over the tasks).
+    /// Calls of a single-row operation per task in one turn.
     single: usize,
-    /// Calls of `create_many` of 1,000 rows per contender per round.
+    /// Calls of `create_many` of 1,000 rows per task in one turn.
     batches: usize,
-    /// Rows of the large bulk insert.
+    /// Rows of the large bulk insert (one call per turn).
     bulk_rows: usize,
+    /// The large bulk insert takes a turn every this many rounds.
+    bulk_every: usize,
     /// Rows written one `create` at a time for the loop baseline.
     loop_rows: usize,
 }
@@ -87,18 +91,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let scale = if args.quick {
         Scale {
-            rounds: 3,
-            single: 400,
-            batches: 3,
+            rounds: 12,
+            single: 50,
+            batches: 1,
             bulk_rows: 100_000,
+            bulk_every: 6,
             loop_rows: 1_000,
         }
     } else {
         Scale {
-            rounds: 7,
-            single: 2_000,
-            batches: 10,
+            rounds: 48,
+            single: 50,
+            batches: 1,
             bulk_rows: 100_000,
+            bulk_every: 8,
             loop_rows: 3_000,
         }
     };
@@ -155,6 +161,9 @@ async fn bench(
         ops.retain(|op| only.is_none_or(|text| op.label().contains(text)));
         for round in 0..scale.rounds {
             for op in &ops {
+                if *op == Op::CreateMany100k && round % scale.bulk_every != 0 {
+                    continue;
+                }
                 let libs = op.contenders();
                 // Rotate who goes first, so warm caches favour no one.
                 for k in 0..libs.len() {
@@ -162,7 +171,7 @@ async fn bench(
                     let iterations = match op {
                         Op::CreateMany100k => 1,
                         Op::CreateMany1k => scale.batches,
-                        _ => scale.single / tasks,
+                        _ => scale.single,
                     };
                     let rows = match op {
                         Op::CreateMany100k => scale.bulk_rows,

@@ -1,12 +1,15 @@
 //! The `Record` trait that `#[derive(Record)]` implements, and the SQL text
 //! built once per record type from its schema.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
 use uuid::Uuid;
 
 use crate::ddl::{ident_list, quote_ident};
-use crate::repo::Repo;
+use crate::repo::{Repo, Shape};
 use crate::schema::TableSchema;
 
 /// A struct stored as one table row. Implemented by `#[derive(Record)]`;
@@ -105,9 +108,30 @@ pub struct Statements {
     /// `(conflict columns, statement)` for each unique constraint.
     pub upserts: Vec<(Vec<String>, String)>,
     pub has_version: bool,
+    /// SQL of `count`, `exists` and `list`, built once per shape.
+    shapes: RwLock<HashMap<Shape, Arc<str>>>,
 }
 
 impl Statements {
+    /// The SQL of `shape`, built by `build` on its first use.
+    pub fn sql_for(&self, shape: Shape, build: impl FnOnce() -> String) -> Arc<str> {
+        if let Some(sql) = self
+            .shapes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&shape)
+        {
+            return sql.clone();
+        }
+        let sql: Arc<str> = build().into();
+        self.shapes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(shape)
+            .or_insert(sql)
+            .clone()
+    }
+
     /// The select list with every column qualified by `alias`, for joins.
     pub fn qualified_columns(&self, alias: &str) -> String {
         self.names
@@ -191,6 +215,7 @@ impl Statements {
             delete,
             upserts,
             has_version: layout.version.is_some(),
+            shapes: RwLock::default(),
         }
     }
 }

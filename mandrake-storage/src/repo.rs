@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::record::{Record, Statements};
 use crate::schema::TableSchema;
 
 /// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
@@ -194,11 +194,15 @@ impl<T: Record> Repo<T> {
 
     /// How many rows match `filter`.
     pub async fn count<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<i64> {
-        let (conditions, args) = filter.render(T::schema())?;
-        let sql = format!(
-            "SELECT count(*) FROM {}{conditions}",
-            quote_ident(&T::schema().name)
-        );
+        let schema = T::schema();
+        let (conditions, args) = filter.resolve(schema)?;
+        let sql = T::statements().sql_for(Shape::Count(conditions.clone()), || {
+            format!(
+                "SELECT count(*) FROM {}{}",
+                quote_ident(&schema.name),
+                where_clause(schema, &conditions)
+            )
+        });
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(executor)
             .await?;
@@ -207,11 +211,15 @@ impl<T: Record> Repo<T> {
 
     /// Whether any row matches `filter`.
     pub async fn exists<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<bool> {
-        let (conditions, args) = filter.render(T::schema())?;
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {}{conditions})",
-            quote_ident(&T::schema().name)
-        );
+        let schema = T::schema();
+        let (conditions, args) = filter.resolve(schema)?;
+        let sql = T::statements().sql_for(Shape::Exists(conditions.clone()), || {
+            format!(
+                "SELECT EXISTS (SELECT 1 FROM {}{})",
+                quote_ident(&schema.name),
+                where_clause(schema, &conditions)
+            )
+        });
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(executor)
             .await?;
@@ -221,6 +229,10 @@ impl<T: Record> Repo<T> {
     /// One page of the rows matching `filter`, in the order of `options`;
     /// `Page::next` continues after the last row (keyset pagination, so rows
     /// inserted meanwhile never shift the pages).
+    ///
+    /// The SQL depends on which columns are filtered and how the page is
+    /// ordered, so it is built on the first call of each such shape and then
+    /// reused; values are always bound.
     pub async fn list<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
@@ -230,75 +242,151 @@ impl<T: Record> Repo<T> {
         let schema = T::schema();
         let statements = T::statements();
         let order = options.order_column(schema)?;
-        let (mut conditions, mut args) = filter.render(schema)?;
-        let dir = if options.descending { "DESC" } else { "ASC" };
-        let cmp = if options.descending { "<" } else { ">" };
-        let order_ident = quote_ident(&order.name);
+        let (conditions, mut args) = filter.resolve(schema)?;
+        let shape = ListShape {
+            conditions,
+            order,
+            descending: options.descending,
+            after: options.after.is_some(),
+            limit: options.limit.is_some(),
+        };
+        let order = &schema.columns[order];
         if let Some(cursor) = &options.after {
             let (value, id) = cursor.decode(&order.name, options.descending)?;
-            conditions.push_str(if conditions.is_empty() {
-                " WHERE "
-            } else {
-                " AND "
-            });
-            if order.name == "id" {
-                conditions.push_str(&format!("\"id\" {cmp} ${}", args.len() + 1));
-            } else {
-                conditions.push_str(&format!(
-                    "({order_ident}, \"id\") {cmp} (${}::{}, ${})",
-                    args.len() + 1,
-                    order.sql_type,
-                    args.len() + 2
-                ));
+            if order.name != "id" {
                 args.add(value).map_err(bind_error)?;
             }
             args.add(id).map_err(bind_error)?;
         }
-        let tiebreak = if order.name == "id" {
-            String::new()
-        } else {
-            format!(", \"id\" {dir}")
-        };
         let limit = options.limit.map(i64::from);
-        let sql = format!(
-            "SELECT {}, {order_ident}::TEXT AS __cursor FROM {}{conditions} ORDER BY {order_ident} {dir}{tiebreak}{}",
-            statements.columns,
-            quote_ident(&schema.name),
-            match limit {
-                Some(_) => format!(" LIMIT ${}", args.len() + 1),
-                None => String::new(),
-            }
-        );
         if let Some(limit) = limit {
             // One row more than asked tells whether another page follows.
             args.add(limit + 1).map_err(bind_error)?;
         }
-        let mut rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+        let sql = statements.sql_for(Shape::List(shape.clone()), || {
+            list_sql(schema, statements, &shape)
+        });
+        let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(executor)
             .await?;
         let more = limit.is_some_and(|l| rows.len() as i64 > l);
-        if more {
-            rows.pop();
-        }
-        let next = match rows.last() {
-            Some(last) if more => {
-                let value: String = last.try_get(last.len() - 1)?;
-                let record = T::decode(last, 0)?;
+        let shown = if more { rows.len() - 1 } else { rows.len() };
+        let items = rows[..shown]
+            .iter()
+            .map(|r| T::decode(r, 0))
+            .collect::<Result<Vec<T>, _>>()?;
+        let next = match (more, items.last()) {
+            (true, Some(last)) => {
+                let row = &rows[shown - 1];
+                let value: String = row.try_get(row.len() - 1)?;
                 Some(Cursor::new(
                     &order.name,
                     options.descending,
                     &value,
-                    record.id(),
+                    last.id(),
                 ))
             }
             _ => None,
         };
-        let items = rows
-            .iter()
-            .map(|r| T::decode(r, 0))
-            .collect::<Result<Vec<T>, _>>()?;
         Ok(Page { items, next })
     }
+}
+
+/// What varies between calls of `count`, `exists` and `list`: everything but
+/// the values. Each shape's SQL is built once and kept in [`Statements`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Shape {
+    Count(Vec<(usize, Condition)>),
+    Exists(Vec<(usize, Condition)>),
+    List(ListShape),
+}
+
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListShape {
+    /// `(column index, condition)` pairs.
+    conditions: Vec<(usize, Condition)>,
+    /// The ordering column's index.
+    order: usize,
+    descending: bool,
+    after: bool,
+    limit: bool,
+}
+
+/// ` WHERE …` (or nothing) naming only the schema's own columns; `$1…` in
+/// the order of the `Equals` conditions.
+fn where_clause(schema: &TableSchema, conditions: &[(usize, Condition)]) -> String {
+    let mut param = 0;
+    let parts: Vec<String> = conditions
+        .iter()
+        .map(|(column, condition)| {
+            let ident = quote_ident(&schema.columns[*column].name);
+            match condition {
+                Condition::Equals => {
+                    param += 1;
+                    format!("{ident} = ${param}")
+                }
+                Condition::IsNull => format!("{ident} IS NULL"),
+                Condition::IsNotNull => format!("{ident} IS NOT NULL"),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", parts.join(" AND "))
+    }
+}
+
+/// `SELECT <columns>, <order column>::TEXT … ORDER BY <order>, id LIMIT …`;
+/// the extra text column becomes the next page's cursor.
+fn list_sql(schema: &TableSchema, statements: &Statements, shape: &ListShape) -> String {
+    let order = &schema.columns[shape.order];
+    let order_ident = quote_ident(&order.name);
+    let (dir, cmp) = if shape.descending {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
+    let mut sql = format!(
+        "SELECT {}, {order_ident}::TEXT AS __cursor FROM {}{}",
+        statements.columns,
+        quote_ident(&schema.name),
+        where_clause(schema, &shape.conditions)
+    );
+    let mut param = shape
+        .conditions
+        .iter()
+        .filter(|(_, c)| *c == Condition::Equals)
+        .count();
+    if shape.after {
+        sql.push_str(if shape.conditions.is_empty() {
+            " WHERE "
+        } else {
+            " AND "
+        });
+        if order.name == "id" {
+            sql.push_str(&format!("\"id\" {cmp} ${}", param + 1));
+            param += 1;
+        } else {
+            sql.push_str(&format!(
+                "({order_ident}, \"id\") {cmp} (${}::{}, ${})",
+                param + 1,
+                order.sql_type,
+                param + 2
+            ));
+            param += 2;
+        }
+    }
+    sql.push_str(&format!(" ORDER BY {order_ident} {dir}"));
+    if order.name != "id" {
+        sql.push_str(&format!(", \"id\" {dir}"));
+    }
+    if shape.limit {
+        sql.push_str(&format!(" LIMIT ${}", param + 1));
+    }
+    sql
 }
 
 /// Equality conditions on columns, ANDed together; values are always bound.
@@ -314,7 +402,9 @@ pub struct Filter {
     error: Option<String>,
 }
 
-enum Condition {
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Condition {
     Equals,
     IsNull,
     IsNotNull,
@@ -359,33 +449,27 @@ impl Filter {
         self
     }
 
-    /// ` WHERE …` (or nothing) with only the schema's own column names in it.
-    fn render(self, schema: &TableSchema) -> Result<(String, PgArguments)> {
+    /// The conditions as `(column index, condition)`, every column checked
+    /// against the schema, and the bound values.
+    fn resolve(self, schema: &TableSchema) -> Result<(Vec<(usize, Condition)>, PgArguments)> {
         if let Some(error) = self.error {
             return Err(Error::Schema(error));
         }
-        let mut parts = Vec::with_capacity(self.conditions.len());
-        let mut param = 0;
-        for (name, condition) in &self.conditions {
-            let column = schema
-                .column(name)
-                .ok_or_else(|| Error::Schema(format!("{} has no column {name:?}", schema.name)))?;
-            let ident = quote_ident(&column.name);
-            parts.push(match condition {
-                Condition::Equals => {
-                    param += 1;
-                    format!("{ident} = ${param}")
-                }
-                Condition::IsNull => format!("{ident} IS NULL"),
-                Condition::IsNotNull => format!("{ident} IS NOT NULL"),
-            });
-        }
-        let sql = if parts.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", parts.join(" AND "))
-        };
-        Ok((sql, self.args))
+        let conditions = self
+            .conditions
+            .into_iter()
+            .map(|(name, condition)| {
+                let column = schema
+                    .columns
+                    .iter()
+                    .position(|c| c.name == name)
+                    .ok_or_else(|| {
+                        Error::Schema(format!("{} has no column {name:?}", schema.name))
+                    })?;
+                Ok((column, condition))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((conditions, self.args))
     }
 }
 
@@ -444,22 +528,25 @@ impl ListOptions {
         self
     }
 
-    fn order_column<'s>(&self, schema: &'s TableSchema) -> Result<&'s crate::schema::Column> {
+    /// The index of the ordering column, which must suit keyset pages.
+    fn order_column(&self, schema: &TableSchema) -> Result<usize> {
         let name = self.order_by.as_deref().unwrap_or("created_at");
-        let column = schema
-            .column(name)
+        let index = schema
+            .columns
+            .iter()
+            .position(|c| c.name == name)
             .ok_or_else(|| Error::Schema(format!("{} has no column {name:?}", schema.name)))?;
         let indexed = ["id", "created_at", "updated_at"].contains(&name)
             || schema.indexes.iter().any(|i| i.columns[0] == name)
             || schema.uniques.iter().any(|u| u.columns[0] == name);
-        if !indexed || column.nullable {
+        if !indexed || schema.columns[index].nullable {
             return Err(Error::Schema(format!(
                 "cannot order {} by {name}: keyset pages need id, created_at, updated_at \
                  or an indexed NOT NULL column",
                 schema.name
             )));
         }
-        Ok(column)
+        Ok(index)
     }
 }
 

@@ -1,10 +1,10 @@
 //! `#[derive(Record)]` and `#[derive(RecordEnum)]` for mandrake-storage.
 //!
 //! Use them through `mandrake_storage`, which re-exports both and documents
-//! the attributes. The derive is split like serde_derive's: [`ast`] parses the
-//! struct into plain data with typed attributes ([`attr`]), [`check`] validates
-//! it (every misuse is reported, each at its own span, through [`ctxt`]), and
-//! [`record`] / [`enums`] emit code that only calls generic code in
+//! the attributes. The derive is split like serde_derive's: `ast` parses the
+//! struct into plain data with typed attributes (`attr`), `check` validates
+//! it (every misuse is reported, each at its own span, through `ctxt`), and
+//! `record` / `enums` emit code that only calls generic code in
 //! mandrake-storage.
 
 mod ast;

@@ -194,31 +194,31 @@ impl<T: Record> Repo<T> {
 
     /// How many rows match `filter`.
     pub async fn count<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<i64> {
-        let schema = T::schema();
-        let (conditions, args) = filter.resolve(schema)?;
-        let sql = T::statements().sql_for(Shape::Count(conditions.clone()), || {
-            format!(
-                "SELECT count(*) FROM {}{}",
-                quote_ident(&schema.name),
-                where_clause(schema, &conditions)
-            )
-        });
-        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_one(executor)
-            .await?;
-        Ok(row.try_get(0)?)
+        self.aggregate(executor, filter, Aggregate::Count).await
     }
 
     /// Whether any row matches `filter`.
     pub async fn exists<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<bool> {
+        self.aggregate(executor, filter, Aggregate::Exists).await
+    }
+
+    async fn aggregate<'e, E, V>(&self, executor: E, filter: Filter, kind: Aggregate) -> Result<V>
+    where
+        E: PgExecutor<'e>,
+        V: for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
+    {
         let schema = T::schema();
         let (conditions, args) = filter.resolve(schema)?;
-        let sql = T::statements().sql_for(Shape::Exists(conditions.clone()), || {
-            format!(
-                "SELECT EXISTS (SELECT 1 FROM {}{})",
+        let sql = T::statements().sql_for(Shape::Aggregate(kind, conditions.clone()), || {
+            let rows = format!(
+                "{}{}",
                 quote_ident(&schema.name),
                 where_clause(schema, &conditions)
-            )
+            );
+            match kind {
+                Aggregate::Count => format!("SELECT count(*) FROM {rows}"),
+                Aggregate::Exists => format!("SELECT EXISTS (SELECT 1 FROM {rows})"),
+            }
         });
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(executor)
@@ -297,9 +297,15 @@ impl<T: Record> Repo<T> {
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Shape {
-    Count(Vec<(usize, Condition)>),
-    Exists(Vec<(usize, Condition)>),
+    Aggregate(Aggregate, Vec<(usize, Condition)>),
     List(ListShape),
+}
+
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aggregate {
+    Count,
+    Exists,
 }
 
 #[doc(hidden)]

@@ -95,7 +95,7 @@ fn identifier(name: String) -> String {
 }
 
 impl TableSchema {
-    /// An empty table; [`TableSchema::standard`] is the usual start.
+    /// An empty table, to fill with the `with_…` builders (as the derive does).
     pub fn new(name: &str) -> TableSchema {
         TableSchema {
             name: name.to_owned(),

@@ -33,9 +33,8 @@ use crate::schema::TableSchema;
 struct Server {
     /// Options for the maintenance database; `.database(..)` picks another.
     admin: PgConnectOptions,
-    /// Databases on a shared server must be dropped; a throwaway cluster goes whole.
-    shared: bool,
-    /// The throwaway cluster, when there is one.
+    /// The throwaway cluster; `None` on the shared `DATABASE_URL` server,
+    /// where each test database must be dropped by itself.
     cluster: Option<Cluster>,
 }
 
@@ -55,7 +54,6 @@ fn start_server() -> Result<Server> {
             .map_err(|e| Error::Config(format!("bad DATABASE_URL: {e}")))?;
         return Ok(Server {
             admin,
-            shared: true,
             cluster: None,
         });
     }
@@ -65,7 +63,6 @@ fn start_server() -> Result<Server> {
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(Server {
         admin,
-        shared: false,
         cluster: Some(cluster),
     })
 }
@@ -136,23 +133,28 @@ impl TestDb {
         Ok(test_db)
     }
 
-    /// A new database with the workspace's `migrations/` applied, cloned
-    /// from a template that is migrated once per test process.
+    /// A new database with the workspace's `migrations/` applied. On the
+    /// throwaway cluster it is cloned from a template migrated once per test
+    /// process; on a shared `DATABASE_URL` server, where a template would be
+    /// left behind, each database is migrated by itself.
     pub async fn migrated() -> Result<TestDb> {
+        if server()?.cluster.is_none() {
+            let test_db = TestDb::empty().await?;
+            migrate_workspace(&test_db.url()).await?;
+            return Ok(test_db);
+        }
         static TEMPLATE: tokio::sync::OnceCell<std::result::Result<String, String>> =
             tokio::sync::OnceCell::const_new();
         let template = TEMPLATE
             .get_or_init(|| async {
                 let build = async {
-                    let dir = crate::cluster::workspace_root()?.join("migrations");
-                    let migrations = crate::migrate::Migrations::from_dir(dir)?;
                     let name = format!("mandrake_template_{}", std::process::id());
                     let options = ensure_template(&name).await?;
                     let url = {
                         use sqlx::ConnectOptions;
                         options.to_url_lossy().to_string()
                     };
-                    crate::migrate::migrate(&url, &migrations, &Default::default()).await?;
+                    migrate_workspace(&url).await?;
                     Ok::<_, Error>(name)
                 };
                 build.await.map_err(|e| e.to_string())
@@ -234,22 +236,30 @@ pub fn cluster() -> Result<Option<&'static Cluster>> {
     Ok(server()?.cluster.as_ref())
 }
 
+/// Applies the workspace's `migrations/` to the database at `url`.
+async fn migrate_workspace(url: &str) -> Result<()> {
+    let dir = crate::cluster::workspace_root()?.join("migrations");
+    let migrations = crate::migrate::Migrations::from_dir(dir)?;
+    crate::migrate::migrate(url, &migrations, &Default::default()).await?;
+    Ok(())
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Ok(server) = server() else { return };
-        if !server.shared {
+        if server.cluster.is_some() {
             return; // the whole cluster goes when the process ends
         }
-        // Drop is synchronous and may run outside any runtime: use a thread.
+        // Drop is synchronous and may run inside the test's runtime, whose
+        // connections cannot be driven from here: a thread with a runtime of
+        // its own drops the database, and FORCE ends the pool's sessions.
         let name = self.name.clone();
         let admin = server.admin.clone();
-        let pool = self.db.pool().clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                pool.close().await;
                 use sqlx::Connection;
                 let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
                 let sql = format!(

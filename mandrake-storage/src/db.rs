@@ -328,4 +328,14 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         (&self.pool).prepare_with(sql, parameters)
     }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, std::result::Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        (&self.pool).describe(sql)
+    }
 }

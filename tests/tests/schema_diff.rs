@@ -581,3 +581,28 @@ async fn check_lists_what_is_missing() {
         ["add column notes.summary", "add column notes.status"]
     );
 }
+
+mod dangling {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "orphans")]
+    pub struct Orphan {
+        pub id: Uuid,
+        #[record(references = "nowhere")]
+        pub parent_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn references_to_an_unregistered_table_are_refused() {
+    let lab = Lab::new(&v1()).await;
+    let tables = [dangling::Orphan::schema()];
+    expect_refused(
+        lab.generate(&tables, false).await,
+        "references table \"nowhere\"",
+    );
+    assert_eq!(lab.files().len(), 2, "nothing was written");
+}

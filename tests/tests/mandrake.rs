@@ -417,3 +417,28 @@ async fn the_chat_app_queries() {
     ids.reverse();
     assert_eq!(got, ids);
 }
+
+#[tokio::test]
+async fn a_panicking_transaction_rolls_back() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db().clone();
+    let conv = conversation(&db).await;
+    let task = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.transaction(Isolation::ReadCommitted, |tx| {
+                Box::pin(async move {
+                    Message::repo()
+                        .create(&mut *tx, message(conv.id, 0))
+                        .await?;
+                    panic!("the work panics halfway");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                })
+            })
+            .await
+        }
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(Message::repo().count(&db, Filter::new()).await.unwrap(), 0);
+}

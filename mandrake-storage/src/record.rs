@@ -145,12 +145,7 @@ impl Statements {
         let table = quote_ident(&schema.name);
         let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
         let columns = ident_list(&names);
-        let sql_type = |name: &str| {
-            schema
-                .column(name)
-                .map(|c| c.sql_type.as_str())
-                .unwrap_or("TEXT")
-        };
+        let sql_type = |name: &str| column_type(schema, name);
         let mut insert_cols = vec!["id".to_owned()];
         insert_cols.extend(layout.insert.iter().map(|c| c.to_string()));
         let placeholders: Vec<String> = (1..=insert_cols.len()).map(|i| format!("${i}")).collect();
@@ -220,6 +215,15 @@ impl Statements {
     }
 }
 
+/// The SQL type of a layout column. The derive fills the layout and the
+/// schema from the same fields, so every layout column is in the schema.
+fn column_type<'s>(schema: &'s TableSchema, column: &str) -> &'s str {
+    schema
+        .column(column)
+        .map(|c| c.sql_type.as_str())
+        .unwrap_or_else(|| panic!("{} has no column {column}", schema.name))
+}
+
 /// `TEXT[]` columns travel as text literals in `create_many` (see
 /// `ColumnType for Vec<String>`); every other type as an array of itself.
 fn array_element_type(sql_type: &str) -> &str {
@@ -239,10 +243,7 @@ fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: La
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let ty = schema
-                .column(c)
-                .map(|col| col.sql_type.as_str())
-                .unwrap_or("TEXT");
+            let ty = column_type(schema, c);
             format!(
                 "{0} = CASE WHEN ${1}::BOOLEAN THEN ${2}::{ty} ELSE {0} END",
                 quote_ident(c),

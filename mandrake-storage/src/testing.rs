@@ -224,7 +224,7 @@ impl Server {
 
 /// Creates database `name` on the test server if missing and returns its
 /// connection options (for building a template that tests clone).
-pub async fn ensure_template(name: &str) -> Result<PgConnectOptions> {
+async fn ensure_template(name: &str) -> Result<PgConnectOptions> {
     let server = server()?;
     let mut admin = server.admin_connection().await?;
     create_database(&mut admin, name).await?;

@@ -27,15 +27,15 @@ pub struct ContainerAttrs {
 #[derive(Default)]
 pub struct FieldAttrs {
     pub rename: Option<LitStr>,
-    pub unique: bool,
-    pub index: bool,
+    pub unique: Option<Ident>,
+    pub index: Option<Ident>,
     pub references: Option<LitStr>,
     pub on_delete: Option<(LitStr, Option<OnDelete>)>,
     pub default: Option<LitStr>,
     pub sql_type: Option<LitStr>,
     pub renamed_from: Option<LitStr>,
     pub skip: Option<Ident>,
-    pub secret: bool,
+    pub secret: Option<Ident>,
     pub version: Option<Ident>,
 }
 
@@ -47,12 +47,33 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
     meta.value()?.parse()
 }
 
-/// `(a, b, c)` after `index` / `unique`.
+/// `(a, b, c)` after `index` / `unique`; an empty list is an error.
 fn column_list(meta: &ParseNestedMeta) -> syn::Result<Vec<Ident>> {
     let content;
     syn::parenthesized!(content in meta.input);
     let idents = content.parse_terminated(Ident::parse_any_ident, Token![,])?;
+    if idents.is_empty() {
+        let attr = path_ident(meta);
+        return Err(meta.error(format!("`{attr}(..)` needs at least one column")));
+    }
     Ok(idents.into_iter().collect())
+}
+
+fn path_ident(meta: &ParseNestedMeta) -> Ident {
+    meta.path
+        .get_ident()
+        .cloned()
+        .unwrap_or_else(|| Ident::new("record", proc_macro2::Span::call_site()))
+}
+
+/// Stores an attribute's value, refusing a second one: with two, which one
+/// wins would be a silent guess.
+fn set_once<T>(slot: &mut Option<T>, meta: &ParseNestedMeta, value: T) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error(format!("duplicate record attribute `{}`", path_ident(meta))));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 trait ParseAnyIdent {
@@ -84,9 +105,9 @@ impl ContainerAttrs {
         for attr in record_attrs(attrs) {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident(TABLE) {
-                    out.table = Some(string(&meta)?);
+                    set_once(&mut out.table, &meta, string(&meta)?)?;
                 } else if meta.path.is_ident(RENAMED_FROM) {
-                    out.renamed_from = Some(string(&meta)?);
+                    set_once(&mut out.renamed_from, &meta, string(&meta)?)?;
                 } else if meta.path.is_ident(INDEX) {
                     out.indexes.push(column_list(&meta)?);
                 } else if meta.path.is_ident(UNIQUE) {
@@ -111,13 +132,13 @@ impl FieldAttrs {
             let result = attr.parse_nested_meta(|meta| {
                 let path = &meta.path;
                 if path.is_ident(RENAME) {
-                    out.rename = Some(string(&meta)?);
+                    set_once(&mut out.rename, &meta, string(&meta)?)?;
                 } else if path.is_ident(UNIQUE) {
-                    out.unique = true;
+                    set_once(&mut out.unique, &meta, path_ident(&meta))?;
                 } else if path.is_ident(INDEX) {
-                    out.index = true;
+                    set_once(&mut out.index, &meta, path_ident(&meta))?;
                 } else if path.is_ident(REFERENCES) {
-                    out.references = Some(string(&meta)?);
+                    set_once(&mut out.references, &meta, string(&meta)?)?;
                 } else if path.is_ident(ON_DELETE) {
                     let lit = string(&meta)?;
                     let value = match lit.value().to_lowercase().as_str() {
@@ -126,19 +147,19 @@ impl FieldAttrs {
                         "restrict" => Some(OnDelete::Restrict),
                         _ => None,
                     };
-                    out.on_delete = Some((lit, value));
+                    set_once(&mut out.on_delete, &meta, (lit, value))?;
                 } else if path.is_ident(DEFAULT) {
-                    out.default = Some(string(&meta)?);
+                    set_once(&mut out.default, &meta, string(&meta)?)?;
                 } else if path.is_ident(SQL_TYPE) {
-                    out.sql_type = Some(string(&meta)?);
+                    set_once(&mut out.sql_type, &meta, string(&meta)?)?;
                 } else if path.is_ident(RENAMED_FROM) {
-                    out.renamed_from = Some(string(&meta)?);
+                    set_once(&mut out.renamed_from, &meta, string(&meta)?)?;
                 } else if path.is_ident(SKIP) {
-                    out.skip = path.get_ident().cloned();
+                    set_once(&mut out.skip, &meta, path_ident(&meta))?;
                 } else if path.is_ident(SECRET) {
-                    out.secret = true;
+                    set_once(&mut out.secret, &meta, path_ident(&meta))?;
                 } else if path.is_ident(VERSION) {
-                    out.version = path.get_ident().cloned();
+                    set_once(&mut out.version, &meta, path_ident(&meta))?;
                 } else {
                     return Err(unknown(
                         &meta,
@@ -162,8 +183,7 @@ pub fn variant_rename(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
     for attr in record_attrs(attrs) {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident(RENAME) {
-                rename = Some(string(&meta)?);
-                Ok(())
+                set_once(&mut rename, &meta, string(&meta)?)
             } else {
                 Err(unknown(&meta, "rename"))
             }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use syn::DeriveInput;
 
 use crate::ast::{Container, Role, option_inner, type_name};
+use crate::attr::OnDelete;
 use crate::ctxt::Ctxt;
 use crate::symbol::*;
 
@@ -68,6 +69,13 @@ fn check_field_attrs(cx: &Ctxt, cont: &Container) {
     for field in &cont.fields {
         let attrs = &field.attrs;
         let base_type = option_inner(field.ty).unwrap_or(field.ty);
+        if option_inner(base_type).is_some() && field.role != Role::Skipped {
+            cx.error_spanned_by(
+                field.ty,
+                "`Option<Option<T>>` cannot be a column: a column is NULL or it is not, so use \
+                 `Option<T>`",
+            );
+        }
         if let Some(references) = &attrs.references {
             if type_name(base_type).as_deref() != Some("Uuid") {
                 cx.error_spanned_by(
@@ -93,6 +101,13 @@ fn check_field_attrs(cx: &Ctxt, cont: &Container) {
                     "`on_delete` must be \"cascade\", \"set null\" or \"restrict\"",
                 );
             }
+            if *value == Some(OnDelete::SetNull) && option_inner(field.ty).is_none() {
+                cx.error_spanned_by(
+                    lit,
+                    "`on_delete = \"set null\"` needs a nullable column: make the field \
+                     `Option<Uuid>`",
+                );
+            }
         }
         if let Some(version) = &attrs.version {
             versions += 1;
@@ -109,8 +124,8 @@ fn check_field_attrs(cx: &Ctxt, cont: &Container) {
         }
         if let Some(skip) = &attrs.skip {
             let other = attrs.rename.is_some()
-                || attrs.unique
-                || attrs.index
+                || attrs.unique.is_some()
+                || attrs.index.is_some()
                 || attrs.references.is_some()
                 || attrs.default.is_some()
                 || attrs.sql_type.is_some()
@@ -152,9 +167,6 @@ fn check_duplicate_columns(cx: &Ctxt, cont: &Container) {
 /// `index(a, b)` / `unique(a, b)` name fields or columns of this struct.
 fn check_column_lists(cx: &Ctxt, cont: &Container) {
     for list in cont.attrs.indexes.iter().chain(&cont.attrs.uniques) {
-        if list.is_empty() {
-            continue;
-        }
         for ident in list {
             if resolve_column(cont, &ident.to_string()).is_none() {
                 cx.error_spanned_by(

@@ -46,6 +46,15 @@ fn emit(cont: &Container) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    // Every use of a field's type goes through one alias per field, bound by
+    // `ColumnType`: an unsupported type is then reported once, at the field,
+    // and its other uses are an error type the compiler does not repeat.
+    let alias = column_alias;
+    let aliases = cont.columns().filter(|f| f.attrs.sql_type.is_none()).map(|f| {
+        let (name, ty) = (alias(f), f.ty);
+        quote_spanned!(ty.span()=> #[allow(non_camel_case_types)] type #name = <#ty as #ms::ColumnTypeOf>::Type;)
+    });
+    let aliases = quote!(#(#aliases)*);
     let mut column_index = 0usize;
     let decode_fields = cont.fields.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
@@ -56,23 +65,33 @@ fn emit(cont: &Container) -> TokenStream {
         column_index += 1;
         match &f.attrs.sql_type {
             Some(_) => quote!(#name: #ms::sqlx::Row::try_get(row, offset + #i)?),
-            None => quote_spanned!(ty.span()=> #name: #ms::decode_column::<#ty>(row, offset + #i)?),
+            None => {
+                let alias = alias(f);
+                quote_spanned!(ty.span()=> #name: #ms::decode_column::<#alias>(row, offset + #i)?)
+            }
         }
     });
     let bind_new = data.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
         match &f.attrs.sql_type {
             Some(_) => quote!(__args.add(new.#name)?;),
-            None => quote_spanned!(ty.span()=> #ms::bind_column::<#ty>(__args, new.#name)?;),
+            None => {
+                let alias = alias(f);
+                quote_spanned!(ty.span()=> #ms::bind_column::<#alias>(__args, new.#name)?;)
+            }
         }
     });
     let bind_patch = data.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
         let value = match &f.attrs.sql_type {
             Some(_) => quote!(__args.add(patch.#name)?;),
-            None => quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#ty>>(__args, patch.#name)?;),
+            None => {
+                let alias = alias(f);
+                quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#alias>>(__args, patch.#name)?;)
+            }
         };
         quote! {
+            __set += usize::from(patch.#name.is_some());
             __args.add(patch.#name.is_some())?;
             #value
         }
@@ -81,45 +100,66 @@ fn emit(cont: &Container) -> TokenStream {
     let data_idents: Vec<_> = data.iter().map(|f| f.ident).collect();
     let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
     let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
-    let batch_vars: Vec<_> = (0..data.len()).map(|i| format_ident!("__c{}", i)).collect();
-    let batch_types = data.iter().map(|f| {
+    let batch_vars: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format_ident!("__c{}", i, span = f.ty.span()))
+        .collect();
+    // Spanned at the field type, like every use of it (see `aliases`).
+    let batch_decl = data.iter().zip(&batch_vars).map(|(f, v)| {
         let ty = f.ty;
+        quote_spanned!(ty.span()=> let mut #v = ::std::vec::Vec::with_capacity(rows.len());)
+    });
+    let batch_bind = data.iter().zip(&batch_vars).map(|(f, v)| {
+        let ty = f.ty;
+        quote_spanned!(ty.span()=> __args.add(#v)?;)
+    });
+    let batch_push = data.iter().zip(&batch_vars).map(|(f, v)| {
+        let (name, ty) = (f.ident, f.ty);
         match &f.attrs.sql_type {
-            Some(_) => quote!(#ty),
+            Some(_) => quote!(#v.push(__row.#name);),
             None => {
-                quote_spanned!(ty.span()=> ::core::option::Option<<#ty as #ms::ColumnType>::Cell>)
+                let alias = alias(f);
+                quote_spanned!(ty.span()=> #v.push(#ms::column_cell::<#alias>(__row.#name));)
             }
         }
     });
-    let batch_push = data.iter().map(|f| {
-        let (ty, name) = (f.ty, f.ident);
-        match &f.attrs.sql_type {
-            Some(_) => quote!(__row.#name),
-            None => quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::into_cell(__row.#name)),
-        }
-    });
-    let (version_patch_field, bind_version) = match version {
+    // A versioned table's `update` takes the patch with the version the
+    // caller read, so the check cannot be forgotten.
+    let (update_type, split_update, expect_version) = match version {
         Some(v) => {
-            let (name, ty, fvis) = (v.ident, v.ty, v.vis);
+            let vty = v.ty;
+            let doc = format!(
+                "This patch, applied only while the row is still at `version` (else \
+                 `Error::Conflict`): the input of `{ident}::repo().update`."
+            );
             (
+                quote!(#ms::Versioned<#patch_ident>),
+                quote!((update.patch, ::core::option::Option::Some(update.version))),
                 quote! {
-                    /// The version the caller last read: the update fails with
-                    /// `Error::Conflict` when the row has moved on.
-                    #fvis #name: ::core::option::Option<#ty>,
+                    impl #patch_ident {
+                        #[doc = #doc]
+                        #vis fn expect_version(self, version: #vty) -> #ms::Versioned<#patch_ident> {
+                            #ms::Versioned { patch: self, version: ::core::convert::From::from(version) }
+                        }
+                    }
                 },
-                quote!(__args.add(patch.#name.map(i64::from))?;),
             )
         }
-        None => (quote!(), quote!()),
+        None => (
+            quote!(#patch_ident),
+            quote!((update, ::core::option::Option::None)),
+            quote!(),
+        ),
     };
 
-    let debug = debug_impls(cont, &new_ident, &patch_ident, &data, version);
+    let debug = debug_impls(cont, &new_ident, &patch_ident, &data);
     let list_by = list_by_methods(cont);
     let new_doc = format!(
         "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
     );
     let patch_doc = format!(
-        "Input of `{ident}::repo().update`: `Some` for each column to change (`Some(None)` sets a nullable column to NULL)."
+        "The columns to change in a `{ident}`: `Some` for each column to change (`Some(None)` sets a nullable column to NULL)."
     );
 
     quote! {
@@ -133,15 +173,16 @@ fn emit(cont: &Container) -> TokenStream {
         #[derive(Clone, Default)]
         #vis struct #patch_ident {
             #( #data_vis #data_idents: ::core::option::Option<#data_types>, )*
-            #version_patch_field
         }
 
         const _: () = {
             use #ms::sqlx::Arguments as _;
+            #aliases
 
             impl #ms::Record for #ident {
                 type New = #new_ident;
                 type Patch = #patch_ident;
+                type Update = #update_type;
 
                 fn schema() -> &'static #ms::TableSchema {
                     static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
@@ -183,29 +224,39 @@ fn emit(cont: &Container) -> TokenStream {
                     ids: ::std::vec::Vec<#ms::uuid::Uuid>,
                     __args: &mut #ms::sqlx::postgres::PgArguments,
                 ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
-                    #( let mut #batch_vars: ::std::vec::Vec<#batch_types> = ::std::vec::Vec::with_capacity(rows.len()); )*
+                    #( #batch_decl )*
                     for __row in rows {
-                        #( #batch_vars.push(#batch_push); )*
+                        #( #batch_push )*
                     }
                     __args.add(ids)?;
-                    #( __args.add(#batch_vars)?; )*
+                    #( #batch_bind )*
                     ::core::result::Result::Ok(())
+                }
+
+                fn split_update(update: #update_type) -> (#patch_ident, ::core::option::Option<i64>) {
+                    #split_update
                 }
 
                 fn bind_patch(
                     patch: #patch_ident,
                     __args: &mut #ms::sqlx::postgres::PgArguments,
-                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+                ) -> ::core::result::Result<usize, #ms::sqlx::error::BoxDynError> {
+                    let mut __set = 0usize;
                     #( #bind_patch )*
-                    #bind_version
-                    ::core::result::Result::Ok(())
+                    ::core::result::Result::Ok(__set)
                 }
             }
 
             #debug
             #list_by
+            #expect_version
         };
     }
+}
+
+/// The name of the alias of a field's type (see `aliases` in `emit`).
+fn column_alias(f: &Field) -> syn::Ident {
+    format_ident!("__Column_{}", f.ident, span = f.ty.span())
 }
 
 /// The `TableSchema` builder chain.
@@ -221,10 +272,13 @@ fn schema_expr(cont: &Container) -> TokenStream {
                 let nullable = f.option_inner().is_some();
                 (quote!(#lit), quote!(#nullable))
             }
-            None => (
-                quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::SQL_TYPE),
-                quote_spanned!(ty.span()=> <#ty as #ms::ColumnType>::NULLABLE),
-            ),
+            None => {
+                let alias = column_alias(f);
+                (
+                    quote_spanned!(ty.span()=> #ms::column_sql_type::<#alias>()),
+                    quote_spanned!(ty.span()=> #ms::column_nullable::<#alias>()),
+                )
+            }
         };
         let implied_default = match f.role {
             Role::Id => Some("gen_random_uuid()"),
@@ -248,18 +302,18 @@ fn schema_expr(cont: &Container) -> TokenStream {
             #chain.with_column(#ms::Column::new(#col, #sql_type).nullable(#nullable) #default #renamed)
         };
         if f.attrs.sql_type.is_none() {
-            chain = quote_spanned! {ty.span()=>
-                #chain.with_allowed_values(#col, <#ty as #ms::ColumnType>::VALUES)
-            };
+            let alias = column_alias(f);
+            let values = quote_spanned!(ty.span()=> #ms::column_values::<#alias>());
+            chain = quote!(#chain.with_allowed_values(#col, #values));
         }
     }
     chain = quote!(#chain.with_primary_key(&["id"]));
     for f in cont.columns() {
         let col = &f.column;
-        if f.attrs.unique {
+        if f.attrs.unique.is_some() {
             chain = quote!(#chain.with_unique(&[#col]));
         }
-        if f.attrs.index {
+        if f.attrs.index.is_some() {
             chain = quote!(#chain.with_index(&[#col]));
         }
         if let Some(references) = &f.attrs.references {
@@ -300,12 +354,11 @@ fn debug_impls(
     new_ident: &syn::Ident,
     patch_ident: &syn::Ident,
     data: &[&Field],
-    version: Option<&Field>,
 ) -> TokenStream {
     let one = |name: &syn::Ident, fields: &[&Field]| {
         let shown = fields.iter().map(|f| {
             let (field, label) = (f.ident, f.ident.to_string());
-            if f.attrs.secret {
+            if f.attrs.secret.is_some() {
                 quote!(.field(#label, &"<redacted>"))
             } else {
                 quote!(.field(#label, &self.#field))
@@ -321,11 +374,9 @@ fn debug_impls(
         }
     };
     let all: Vec<&Field> = cont.fields.iter().collect();
-    let mut patch_fields = data.to_vec();
-    patch_fields.extend(version);
     let record = one(cont.ident, &all);
     let new = one(new_ident, data);
-    let patch = one(patch_ident, &patch_fields);
+    let patch = one(patch_ident, data);
     quote!(#record #new #patch)
 }
 

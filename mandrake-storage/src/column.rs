@@ -38,6 +38,17 @@ pub trait ColumnType:
     fn into_cell(self) -> Option<Self::Cell>;
 }
 
+/// `T` itself, when `T` is a [`ColumnType`]. The derive names every field
+/// type through this, so an unsupported type is reported once, at its field.
+#[doc(hidden)]
+pub trait ColumnTypeOf {
+    type Type: ColumnType;
+}
+
+impl<T: ColumnType> ColumnTypeOf for T {
+    type Type = T;
+}
+
 macro_rules! scalar_columns {
     ($($ty:ty => $sql:literal),* $(,)?) => {$(
         impl ColumnType for $ty {
@@ -99,6 +110,29 @@ impl<T: ColumnType> ColumnType for Option<T> {
     fn into_cell(self) -> Option<T::Cell> {
         self.and_then(T::into_cell)
     }
+}
+
+/// `T::SQL_TYPE`, `T::NULLABLE` and `T::VALUES` as functions: what the
+/// derive calls (see [`ColumnTypeOf`]).
+#[doc(hidden)]
+pub fn column_sql_type<T: ColumnType>() -> &'static str {
+    T::SQL_TYPE
+}
+
+#[doc(hidden)]
+pub fn column_nullable<T: ColumnType>() -> bool {
+    T::NULLABLE
+}
+
+#[doc(hidden)]
+pub fn column_values<T: ColumnType>() -> &'static [&'static str] {
+    T::VALUES
+}
+
+/// `value.into_cell()`, for the derive's `create_many` arrays.
+#[doc(hidden)]
+pub fn column_cell<T: ColumnType>(value: T) -> Option<T::Cell> {
+    value.into_cell()
 }
 
 /// Reads column `index` of `row`; what the derive calls, so that an

@@ -25,8 +25,10 @@
 //!
 //! The derive also implements `Debug` (so do not derive it too) and generates
 //! `New<Name>` (create input: no id, timestamps or version) and `<Name>Patch`
-//! (update input: an `Option` per column; `Some(None)` sets a nullable column
-//! to NULL; the version field holds the version the caller expects).
+//! (an `Option` per column; `Some(None)` sets a nullable column to NULL). On a
+//! table with a `version` column, `update` takes `patch.expect_version(v)`
+//! ([`Versioned`]), so the optimistic-lock check cannot be forgotten;
+//! `update_unchecked` is the explicit way around it.
 
 pub mod cli;
 pub mod cluster;
@@ -43,11 +45,14 @@ pub mod scaffold;
 pub mod schema;
 pub mod testing;
 
-pub use column::{ColumnType, RecordEnum, bind_column, decode_column, enum_support};
+pub use column::{
+    ColumnType, ColumnTypeOf, RecordEnum, bind_column, column_cell, column_nullable,
+    column_sql_type, column_values, decode_column, enum_support,
+};
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, connect_one};
 pub use error::{Error, Result};
 pub use mandrake_derive::{Record, RecordEnum, embed_migrations};
-pub use record::{Layout, Record, Statements};
+pub use record::{Layout, Record, Statements, Versioned};
 pub use repo::{Cursor, Filter, ListOptions, Page, Repo};
 pub use schema::{Column, DatabaseSchema, OnDelete, TableSchema};
 pub use {chrono, sqlx, uuid};

@@ -42,8 +42,12 @@ pub trait Record: Sized + Send + Unpin + 'static {
     /// The input of `create`: every stored column but `id`, the timestamps
     /// and the version.
     type New: Send;
-    /// The input of `update`: `Some` for each column to change.
+    /// The columns to change: `Some` for each column to change.
     type Patch: Send + Default;
+    /// The input of [`Repo::update`]: the patch, and on a table with a
+    /// `version` column the version the caller last read
+    /// ([`Versioned`], made by the patch's `expect_version`).
+    type Update: Send;
 
     /// The table this type is stored in.
     fn schema() -> &'static TableSchema;
@@ -72,10 +76,42 @@ pub trait Record: Sized + Send + Unpin + 'static {
         ids: Vec<Uuid>,
         args: &mut PgArguments,
     ) -> Result<(), BoxDynError>;
-    /// Binds a `(set?, value)` pair per patch column, then the expected version
-    /// when the table has one.
+    /// The patch of an update and the version it expects, if any.
     #[doc(hidden)]
-    fn bind_patch(patch: Self::Patch, args: &mut PgArguments) -> Result<(), BoxDynError>;
+    fn split_update(update: Self::Update) -> (Self::Patch, Option<i64>);
+    /// Binds a `(set?, value)` pair per patch column; returns how many are set.
+    #[doc(hidden)]
+    fn bind_patch(patch: Self::Patch, args: &mut PgArguments) -> Result<usize, BoxDynError>;
+}
+
+/// A patch that applies only while the row is still at `version`: the input
+/// of `update` on a table with a `#[record(version)]` column. A stale version
+/// fails with [`crate::Error::Conflict`] and changes nothing.
+///
+/// ```
+/// use mandrake_storage::{Record, Versioned};
+/// # use chrono::{DateTime, Utc};
+/// # use uuid::Uuid;
+/// #[derive(Record, Clone)]
+/// pub struct Counter {
+///     pub id: Uuid,
+///     pub value: i64,
+///     #[record(version)]
+///     pub version: i32,
+///     pub created_at: DateTime<Utc>,
+///     pub updated_at: DateTime<Utc>,
+/// }
+///
+/// let update: Versioned<CounterPatch> =
+///     CounterPatch { value: Some(2), ..Default::default() }.expect_version(1);
+/// assert_eq!(update.version, 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Versioned<P> {
+    /// The columns to change.
+    pub patch: P,
+    /// The version the caller last read.
+    pub version: i64,
 }
 
 /// How the derive classifies columns; the SQL is built from it and the schema.
@@ -103,6 +139,9 @@ pub struct Statements {
     pub insert: String,
     pub insert_many: String,
     pub select_by_id: String,
+    /// What an empty patch runs: the row, and whether its version is the
+    /// expected one (`$2`, NULL for any) on a versioned table.
+    pub select_unchanged: String,
     pub update: String,
     pub delete: String,
     /// `(conflict columns, statement)` for each unique constraint.
@@ -174,17 +213,30 @@ impl Statements {
         );
         let select_by_id = format!("SELECT {columns} FROM {table} WHERE \"id\" = $1");
         let update = update_statement(schema, &table, &columns, layout);
+        let select_unchanged = match layout.version {
+            Some(v) => format!(
+                "SELECT {columns}, ($2::BIGINT IS NULL OR {} = $2) FROM {table} WHERE \"id\" = $1",
+                quote_ident(v)
+            ),
+            None => select_by_id.clone(),
+        };
         let delete = format!("DELETE FROM {table} WHERE \"id\" = $1");
         let upserts = schema
             .uniques
             .iter()
             .map(|u| {
-                let updates: Vec<String> = layout
+                let mut updates: Vec<String> = layout
                     .insert
                     .iter()
                     .filter(|c| !u.columns.iter().any(|k| k == *c))
                     .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
                     .collect();
+                // The update branch is a write like any other: it moves the
+                // version, so a stale `update` after it is a conflict.
+                if let Some(v) = layout.version {
+                    let v = quote_ident(v);
+                    updates.push(format!("{v} = {table}.{v} + 1"));
+                }
                 let action = if updates.is_empty() {
                     // DO NOTHING would return no row; a no-op update returns it.
                     format!("DO UPDATE SET \"id\" = {table}.\"id\"")
@@ -206,6 +258,7 @@ impl Statements {
             insert,
             insert_many,
             select_by_id,
+            select_unchanged,
             update,
             delete,
             upserts,

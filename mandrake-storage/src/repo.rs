@@ -124,20 +124,56 @@ impl<T: Record> Repo<T> {
         Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
     }
 
-    /// Changes the columns set in `patch`; `updated_at` moves through the
-    /// trigger. With a version column, a patch carrying a stale version fails
-    /// with `Error::Conflict` and changes nothing; the version then goes up by one.
+    /// Changes the columns set in the patch; `updated_at` moves through the
+    /// trigger. On a table with a `version` column the input is
+    /// [`Versioned`](crate::Versioned) (`patch.expect_version(v)`): when the
+    /// row has moved past `v` the call fails with `Error::Conflict` and
+    /// changes nothing, else the version goes up by one. A patch that sets
+    /// nothing changes nothing (not even `updated_at`) and returns the row.
     pub async fn update<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        id: Uuid,
+        update: T::Update,
+    ) -> Result<T> {
+        let (patch, version) = T::split_update(update);
+        self.write_patch(executor, id, patch, version).await
+    }
+
+    /// Like [`Repo::update`] but without the version check: the write wins
+    /// whatever the row's version (which still goes up by one). The same as
+    /// `update` on a table without a version column.
+    pub async fn update_unchecked<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
         id: Uuid,
         patch: T::Patch,
     ) -> Result<T> {
+        self.write_patch(executor, id, patch, None).await
+    }
+
+    async fn write_patch<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        id: Uuid,
+        patch: T::Patch,
+        version: Option<i64>,
+    ) -> Result<T> {
         let statements = T::statements();
         let mut args = PgArguments::default();
         args.add(id).map_err(bind_error)?;
-        T::bind_patch(patch, &mut args).map_err(bind_error)?;
-        let row = sqlx::query_with(statements.update.as_str(), args)
+        let set = T::bind_patch(patch, &mut args).map_err(bind_error)?;
+        let sql = if set == 0 {
+            args = PgArguments::default();
+            args.add(id).map_err(bind_error)?;
+            &statements.select_unchanged
+        } else {
+            &statements.update
+        };
+        if statements.has_version {
+            args.add(version).map_err(bind_error)?;
+        }
+        let row = sqlx::query_with(sql.as_str(), args)
             .fetch_optional(executor)
             .await?;
         let table = statements.table;
@@ -145,8 +181,8 @@ impl<T: Record> Repo<T> {
             return Err(Error::NotFound { table, id });
         };
         if statements.has_version {
-            let updated: bool = row.try_get(row.len() - 1)?;
-            if !updated {
+            let current: bool = row.try_get(row.len() - 1)?;
+            if !current {
                 return Err(Error::Conflict { table, id });
             }
         }

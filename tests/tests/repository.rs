@@ -129,7 +129,8 @@ async fn patch_sets_null_on_purpose_and_bumps_updated_at() {
                 subtitle: Some(None),
                 title: Some("Renamed".into()),
                 ..Default::default()
-            },
+            }
+            .expect_version(created.version),
         )
         .await
         .unwrap();
@@ -140,7 +141,7 @@ async fn patch_sets_null_on_purpose_and_bumps_updated_at() {
     assert!(updated.updated_at > created.updated_at);
     assert_eq!(updated.created_at, created.created_at);
     let missing = Book::repo()
-        .update(db, Uuid::now_v7(), BookPatch::default())
+        .update_unchecked(db, Uuid::now_v7(), BookPatch::default())
         .await;
     assert!(matches!(missing, Err(Error::NotFound { .. })));
 }
@@ -152,16 +153,16 @@ async fn stale_version_is_a_conflict_and_changes_nothing() {
     let created = Book::repo().create(db, book(lib.id, 1)).await.unwrap();
     let first = BookPatch {
         title: Some("mine".into()),
-        version: Some(created.version),
         ..Default::default()
-    };
+    }
+    .expect_version(created.version);
     let updated = Book::repo().update(db, created.id, first).await.unwrap();
     assert_eq!(updated.version, 2);
     let stale = BookPatch {
         title: Some("theirs".into()),
-        version: Some(created.version),
         ..Default::default()
-    };
+    }
+    .expect_version(created.version);
     let err = Book::repo()
         .update(db, created.id, stale)
         .await
@@ -174,9 +175,10 @@ async fn stale_version_is_a_conflict_and_changes_nothing() {
     assert_eq!(now.title, "mine");
     assert_eq!(now.version, 2);
     let missing = BookPatch {
-        version: Some(1),
+        title: Some("nobody".into()),
         ..Default::default()
-    };
+    }
+    .expect_version(1);
     let err = Book::repo()
         .update(db, Uuid::now_v7(), missing)
         .await

@@ -81,7 +81,8 @@ pub struct RollbackArgs {
     /// Revert the newest N applied migrations.
     #[arg(long, conflicts_with = "to", value_name = "N")]
     pub steps: Option<usize>,
-    /// Revert every applied migration newer than this version.
+    /// Revert every applied migration newer than this version: an applied
+    /// version, or 0 to revert them all.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<i64>,
     /// Seconds to wait for another migrator to finish.
@@ -180,6 +181,11 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             if rows.is_empty() {
                 println!("no migrations in {}", dir.display());
             }
+            let stuck: Vec<i64> = rows
+                .iter()
+                .filter(|r| matches!(r.state, migrate::State::Failed | migrate::State::Unknown))
+                .map(|r| r.version)
+                .collect();
             for row in rows {
                 let at = row
                     .applied_at
@@ -195,6 +201,12 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                     at,
                     took,
                     row.name
+                );
+            }
+            for version in stuck {
+                println!(
+                    "\n{version} ran outside a transaction and did not finish: check what it \
+                     changed, repair by hand, then `cargo xtask resolve {version}`"
                 );
             }
         }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migrate, Migration, MigrationType};
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, Executor, PgConnection, Row};
 
 use crate::error::{Error, Result};
 
@@ -46,11 +46,21 @@ pub struct Migrations {
 impl Migrations {
     /// Reads a migrations folder the way sqlx does (same versions,
     /// descriptions and checksums). A missing folder is an empty set.
+    ///
+    /// Refuses a folder with two files of one version, a `.down.sql` with no
+    /// `.up.sql`, or a file that is not a migration: sqlx would silently skip
+    /// or drop such files.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Migrations> {
         let dir = dir.as_ref();
         if !dir.exists() {
             return Ok(Migrations::default());
         }
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::Migration(format!("cannot read {}: {e}", dir.display())))?
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        check_file_names(&dir.display().to_string(), &names)?;
         let resolved = sqlx::migrate::resolve_blocking(dir)
             .map_err(|e| Error::Migration(format!("cannot read {}: {e}", dir.display())))?;
         let mut out = Migrations::default();
@@ -67,6 +77,8 @@ impl Migrations {
     /// Builds the set from `(file name, contents)` pairs, e.g. files embedded
     /// with `include_str!` by [`crate::embed_migrations!`].
     pub fn from_sources(files: &[(&str, &'static str)]) -> Result<Migrations> {
+        let names: Vec<String> = files.iter().map(|(name, _)| name.to_string()).collect();
+        check_file_names("the embedded migrations", &names)?;
         let mut out = Migrations::default();
         for (name, sql) in files {
             let (version, rest) = name
@@ -121,6 +133,82 @@ impl Migrations {
     }
 }
 
+/// What a file in a migrations folder is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// `<version>_<name>.up.sql` or `<version>_<name>.sql`.
+    Up(i64),
+    /// `<version>_<name>.down.sql`.
+    Down(i64),
+    /// A hidden file (`.gitkeep`): not ours to judge.
+    Hidden,
+    NotMigration,
+}
+
+fn file_kind(name: &str) -> FileKind {
+    if name.starts_with('.') {
+        return FileKind::Hidden;
+    }
+    let Some((version, rest)) = name.split_once('_') else {
+        return FileKind::NotMigration;
+    };
+    let Ok(version) = version.parse::<i64>() else {
+        return FileKind::NotMigration;
+    };
+    let Some(stem) = rest.strip_suffix(".sql") else {
+        return FileKind::NotMigration;
+    };
+    if stem.strip_suffix(".down").is_some_and(|d| !d.is_empty()) {
+        FileKind::Down(version)
+    } else if stem.trim_end_matches(".up").is_empty() {
+        FileKind::NotMigration
+    } else {
+        FileKind::Up(version)
+    }
+}
+
+/// Every problem with the file names of a migrations folder, reported at once.
+fn check_file_names(place: &str, names: &[String]) -> Result<()> {
+    let mut ups: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for name in names {
+        match file_kind(name) {
+            FileKind::Up(v) => ups.entry(v).or_default().push(name),
+            FileKind::Down(v) => downs.entry(v).or_default().push(name),
+            FileKind::Hidden => {}
+            FileKind::NotMigration => problems.push(format!(
+                "{name} is not a migration (expected <version>_<name>.up.sql or .down.sql)"
+            )),
+        }
+    }
+    for (kind, files) in [("up", &ups), ("down", &downs)] {
+        for (version, names) in files.iter().filter(|(_, n)| n.len() > 1) {
+            let mut names = names.clone();
+            names.sort();
+            problems.push(format!(
+                "version {version} has {} {kind} files ({}): give each migration its own version",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+    }
+    for (version, names) in &downs {
+        if !ups.contains_key(version) {
+            problems.push(format!("{} has no up file", names[0]));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems.sort();
+    Err(Error::Migration(format!(
+        "refusing to run: {place} has {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    )))
+}
+
 /// Options of [`migrate`].
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
@@ -157,7 +245,8 @@ pub struct Report {
 pub enum RollbackTarget {
     /// The newest N applied migrations.
     Steps(usize),
-    /// Every applied migration newer than this version.
+    /// Every applied migration newer than this version, which must be an
+    /// applied one (or 0: every migration).
     To(i64),
 }
 
@@ -172,6 +261,9 @@ pub enum State {
     MissingFile,
     /// A `-- no-transaction` file that failed partway.
     Failed,
+    /// A `-- no-transaction` file whose run was interrupted (or is still
+    /// running): how much of it took effect is unknown.
+    Unknown,
 }
 
 impl std::fmt::Display for State {
@@ -182,6 +274,7 @@ impl std::fmt::Display for State {
             State::Changed => "changed",
             State::MissingFile => "missing file",
             State::Failed => "failed",
+            State::Unknown => "unknown",
         })
     }
 }
@@ -324,9 +417,14 @@ async fn applied_rows(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {
 /// or when a no-transaction migration failed partway.
 fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> {
     if let Some(failed) = applied.iter().find(|a| !a.success) {
+        let what = if failed.execution_time == STARTED {
+            "was interrupted (or is running elsewhere), so its state is unknown"
+        } else {
+            "failed partway"
+        };
         return Err(Error::Migration(format!(
-            "migration {} failed partway (it runs outside a transaction); repair the database \
-             by hand, then run `cargo xtask resolve {}` so it can be applied again",
+            "migration {} {what} (it runs outside a transaction); check what it did and repair \
+             the database by hand, then run `cargo xtask resolve {}` so it can be applied again",
             migrations.name(failed.version),
             failed.version
         )));
@@ -363,6 +461,14 @@ pub async fn migrate(
     migrations: &Migrations,
     options: &MigrateOptions,
 ) -> Result<Report> {
+    if let Some(to) = options.to
+        && !migrations.ups.contains_key(&to)
+    {
+        return Err(Error::Migration(format!(
+            "--to {to} names no migration; the versions are: {}",
+            version_list(migrations.versions())
+        )));
+    }
     let mut locked = Locked::acquire(url, options.lock_timeout).await?;
     let applied = locked.applied().await?;
     check_applied(migrations, &applied)?;
@@ -401,30 +507,49 @@ pub async fn migrate(
     Ok(report)
 }
 
+/// `execution_time` of a `-- no-transaction` file recorded before it runs:
+/// if it is still there, the run was interrupted and the state is unknown.
+const STARTED: i64 = -1;
+/// `execution_time` of a `-- no-transaction` file that failed with an error.
+const FAILED: i64 = -2;
+
 async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -> Result<()> {
-    match conn.apply(TABLE, migration).await {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            if migration.no_tx {
-                // sqlx records only successes on PostgreSQL: remember the
-                // half-applied file so nothing runs on top of it.
-                sqlx::query(
-                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                     VALUES ($1, $2, FALSE, $3, -1) ON CONFLICT (version) DO NOTHING",
-                )
-                .bind(migration.version)
-                .bind(&*migration.description)
-                .bind(&*migration.checksum)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Err(Error::Migration(describe_failure(
-                name,
-                migration.sql.as_str(),
-                err,
-            )))
-        }
+    if !migration.no_tx {
+        return conn
+            .apply(TABLE, migration)
+            .await
+            .map(|_| ())
+            .map_err(|err| Error::Migration(describe_failure(name, migration.sql.as_str(), err)));
     }
+    // Outside a transaction a file can stop half-way (an error, or a killed
+    // process): record the attempt first, so nothing runs on top of it until
+    // someone has looked (`resolve`).
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, $2, FALSE, $3, $4)",
+    )
+    .bind(migration.version)
+    .bind(&*migration.description)
+    .bind(&*migration.checksum)
+    .bind(STARTED)
+    .execute(&mut *conn)
+    .await?;
+    let start = std::time::Instant::now();
+    let outcome = conn.execute(migration.sql.clone()).await;
+    let (success, time) = match &outcome {
+        Ok(_) => (true, start.elapsed().as_nanos() as i64),
+        Err(_) => (false, FAILED),
+    };
+    sqlx::query("UPDATE _sqlx_migrations SET success = $2, execution_time = $3 WHERE version = $1")
+        .bind(migration.version)
+        .bind(success)
+        .bind(time)
+        .execute(&mut *conn)
+        .await?;
+    outcome.map(|_| ()).map_err(|err| {
+        let err = sqlx::migrate::MigrateError::ExecuteMigration(err, migration.version);
+        Error::Migration(describe_failure(name, migration.sql.as_str(), err))
+    })
 }
 
 /// `20250101000000_x.up.sql failed at line 3: relation "y" does not exist`
@@ -466,7 +591,17 @@ pub async fn rollback(
     let newest_first = applied.iter().rev().map(|a| a.version);
     let versions: Vec<i64> = match target {
         RollbackTarget::Steps(n) => newest_first.take(n).collect(),
-        RollbackTarget::To(v) => newest_first.filter(|a| *a > v).collect(),
+        RollbackTarget::To(v) if v == 0 || applied.iter().any(|a| a.version == v) => {
+            newest_first.filter(|a| *a > v).collect()
+        }
+        // A mistyped target would otherwise revert everything.
+        RollbackTarget::To(v) => {
+            return Err(Error::Migration(format!(
+                "--to {v} names no applied migration, so nothing was rolled back; the applied \
+                 versions are: {}",
+                version_list(applied.iter().map(|a| a.version))
+            )));
+        }
     };
     let missing: Vec<String> = versions
         .iter()
@@ -496,6 +631,16 @@ pub async fn rollback(
     Ok(report)
 }
 
+/// `1, 2, 3`, or `(none)`.
+fn version_list(versions: impl Iterator<Item = i64>) -> String {
+    let list: Vec<String> = versions.map(|v| v.to_string()).collect();
+    if list.is_empty() {
+        "(none)".into()
+    } else {
+        list.join(", ")
+    }
+}
+
 /// Every version, from the files and the database, with its state.
 pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>> {
     let mut conn = crate::db::connect_one(url).await?;
@@ -511,6 +656,7 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
             let file = migrations.ups.get(&version);
             let row = by_version.get(&version);
             let state = match (file, row) {
+                (_, Some(r)) if !r.success && r.execution_time == STARTED => State::Unknown,
                 (_, Some(r)) if !r.success => State::Failed,
                 (None, Some(_)) => State::MissingFile,
                 (Some(f), Some(r)) if *f.checksum != *r.checksum => State::Changed,

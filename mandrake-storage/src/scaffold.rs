@@ -200,21 +200,19 @@ pub async fn new_migration(
         .map_err(|e| Error::Migration(format!("cannot create {}: {e}", dir.display())))?;
     let up = dir.join(format!("{version}_{name}.up.sql"));
     let down = dir.join(format!("{version}_{name}.down.sql"));
-    let write = |path: &Path, text: String| {
-        std::fs::write(path, text)
-            .map_err(|e| Error::Migration(format!("cannot write {}: {e}", path.display())))
-    };
-    write(
-        &up,
-        format!("{header}\n{}", plan.up_sql().trim_end()) + "\n",
-    )?;
-    write(
-        &down,
-        format!(
-            "{}\n{}",
-            header.replace("-- Changes", "-- Reverts"),
-            plan.down_sql().trim_end()
-        ) + "\n",
+    write_pair(
+        (
+            &up,
+            format!("{header}\n{}", plan.up_sql().trim_end()) + "\n",
+        ),
+        (
+            &down,
+            format!(
+                "{}\n{}",
+                header.replace("-- Changes", "-- Reverts"),
+                plan.down_sql().trim_end()
+            ) + "\n",
+        ),
     )?;
     Ok(NewMigration {
         plan,
@@ -302,6 +300,32 @@ fn header(plan: &Plan, name: &str) -> String {
 }
 
 /// snake_case letters, digits and underscores only.
+/// Writes both files or neither: an up file without its down would be applied
+/// by `migrate` and could never be rolled back.
+fn write_pair(up: (&Path, String), down: (&Path, String)) -> Result<()> {
+    let temp = |path: &Path| path.with_extension("sql.partial");
+    let failed = |path: &Path, e: std::io::Error| {
+        Error::Migration(format!("cannot write {}: {e}", path.display()))
+    };
+    let result = (|| {
+        std::fs::write(temp(up.0), &up.1).map_err(|e| failed(up.0, e))?;
+        std::fs::write(temp(down.0), &down.1).map_err(|e| failed(down.0, e))?;
+        std::fs::rename(temp(down.0), down.0).map_err(|e| failed(down.0, e))?;
+        std::fs::rename(temp(up.0), up.0).map_err(|e| failed(up.0, e))
+    })();
+    if result.is_err() {
+        for path in [up.0, down.0] {
+            let _ = std::fs::remove_file(temp(path));
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+/// The longest migration name: `<14 digits>_<name>.down.sql` must fit in the
+/// 255 bytes a file name may have on common file systems.
+const MAX_NAME: usize = 200;
+
 fn migration_name(name: &str) -> Result<String> {
     let clean: String = name
         .trim()
@@ -318,6 +342,12 @@ fn migration_name(name: &str) -> Result<String> {
     if clean.is_empty() {
         return Err(Error::Migration(format!(
             "{name:?} is not a usable migration name"
+        )));
+    }
+    if clean.len() > MAX_NAME {
+        return Err(Error::Migration(format!(
+            "the migration name is {} characters long; at most {MAX_NAME} fit in a file name",
+            clean.len()
         )));
     }
     Ok(clean)

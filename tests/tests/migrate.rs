@@ -317,6 +317,11 @@ async fn tampering_and_gaps_are_refused_by_name() {
 
     dir.remove("2_posts.up.sql");
     expect_migration_error(
+        Migrations::from_dir(dir.path()),
+        "2_posts.down.sql has no up file",
+    );
+    dir.remove("2_posts.down.sql");
+    expect_migration_error(
         migrate(&t.url(), &load(&dir), &opts()).await,
         "2_posts was applied but its file is missing",
     );
@@ -325,6 +330,7 @@ async fn tampering_and_gaps_are_refused_by_name() {
         State::MissingFile
     );
     dir.write("2_posts.up.sql", V2_UP);
+    dir.write("2_posts.down.sql", V2_DOWN);
 
     migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
     dir.write("0_early.up.sql", "SELECT 1;\n");
@@ -409,4 +415,139 @@ async fn embedded_migrations_match_the_folder() {
     .await
     .unwrap();
     assert!(catalog(t.db()).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_target_is_refused_and_changes_nothing() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    let m = load(&dir);
+    migrate(&t.url(), &m, &opts()).await.unwrap();
+    let before = catalog(t.db()).await;
+    // A mistyped version must not mean "everything newer than 2026".
+    let err = rollback(
+        &t.url(),
+        &m,
+        RollbackTarget::To(2026),
+        Duration::from_secs(5),
+    )
+    .await;
+    expect_migration_error(err, "applied versions are: 1, 2, 3");
+    assert_eq!(catalog(t.db()).await, before, "nothing was rolled back");
+    let rows = status(&t.url(), &m).await.unwrap();
+    assert!(rows.iter().all(|r| r.state == State::Applied));
+
+    let fresh = TestDb::empty().await.unwrap();
+    let to_unknown = MigrateOptions {
+        to: Some(4),
+        ..opts()
+    };
+    let err = migrate(&fresh.url(), &m, &to_unknown).await;
+    expect_migration_error(err, "--to 4 names no migration; the versions are: 1, 2, 3");
+    assert!(catalog(fresh.db()).await.is_empty(), "nothing was applied");
+}
+
+#[tokio::test]
+async fn a_folder_with_ambiguous_files_is_refused_before_anything_runs() {
+    let dir = MigrationDir::new(&[
+        ("20270106000000_a.up.sql", "CREATE TABLE a (id INT);\n"),
+        ("20270106000000_b.up.sql", "CREATE TABLE b (id INT);\n"),
+        ("20270107000000_c.down.sql", "DROP TABLE c;\n"),
+        ("README.md", "notes\n"),
+        (".gitkeep", ""),
+    ]);
+    let err = || Migrations::from_dir(dir.path()).map(|_| ());
+    expect_migration_error(err(), "3 problem(s)");
+    expect_migration_error(
+        err(),
+        "version 20270106000000 has 2 up files (20270106000000_a.up.sql, 20270106000000_b.up.sql)",
+    );
+    expect_migration_error(err(), "20270107000000_c.down.sql has no up file");
+    expect_migration_error(err(), "README.md is not a migration");
+    // The embedded form is held to the same rules.
+    let err = Migrations::from_sources(&[("1_a.up.sql", "SELECT 1;"), ("1_a.sql", "SELECT 2;")]);
+    expect_migration_error(err.map(|_| ()), "version 1 has 2 up files");
+}
+
+#[tokio::test]
+async fn an_interrupted_no_transaction_file_is_unknown_until_resolved() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[(
+        "1_half.up.sql",
+        "-- no-transaction\nCREATE TABLE half (id INT);\nCOMMIT;\nSELECT pg_sleep(30);\n",
+    )]);
+    let (url, m) = (t.url(), load(&dir));
+    let run = tokio::spawn(async move { migrate(&url, &m, &MigrateOptions::default()).await });
+    // Wait until the first statement has taken effect, then kill the
+    // migrator's session the way a `kill -9` of the process would end it.
+    let mut admin = connect_one(&t.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE '%pg_sleep(30)%' \
+             AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if killed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(run.await.unwrap().is_err());
+    let m = load(&dir);
+    let rows = status(&t.url(), &m).await.unwrap();
+    assert_eq!(rows[0].state, State::Unknown, "{rows:?}");
+    expect_migration_error(migrate(&t.url(), &m, &opts()).await, "state is unknown");
+    expect_migration_error(
+        migrate(&t.url(), &m, &opts()).await,
+        "cargo xtask resolve 1",
+    );
+    assert!(
+        catalog(t.db()).await.iter().any(|l| l.contains("half")),
+        "the half-run file did create its table"
+    );
+    assert!(
+        mandrake_storage::migrate::resolve(&t.url(), 1)
+            .await
+            .unwrap()
+    );
+    sqlx::query("DROP TABLE half")
+        .execute(t.db())
+        .await
+        .unwrap();
+    dir.write(
+        "1_half.up.sql",
+        "-- no-transaction\nCREATE TABLE half (id INT);\n",
+    );
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 1);
+    let rows = status(&t.url(), &load(&dir)).await.unwrap();
+    assert_eq!(rows[0].state, State::Applied);
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_a_file_name_writes_nothing() {
+    let dir = MigrationDir::new(&[]);
+    let long = "x".repeat(250);
+    let made = mandrake_storage::scaffold::new_migration(
+        "postgres://unused",
+        dir.path(),
+        &[],
+        &long,
+        false,
+    )
+    .await;
+    expect_migration_error(made.map(|_| ()), "at most 200 fit in a file name");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no half pair"
+    );
 }

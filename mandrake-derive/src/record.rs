@@ -77,7 +77,10 @@ fn emit(cont: &Container) -> TokenStream {
             Some(_) => quote!(__args.add(new.#name)?;),
             None => {
                 let alias = alias(f);
-                quote_spanned!(ty.span()=> #ms::bind_column::<#alias>(__args, new.#name)?;)
+                {
+                    let col = &f.column;
+                    quote_spanned!(ty.span()=> #ms::bind_column::<#alias>(__args, new.#name, #col)?;)
+                }
             }
         }
     });
@@ -87,7 +90,10 @@ fn emit(cont: &Container) -> TokenStream {
             Some(_) => quote!(__args.add(patch.#name)?;),
             None => {
                 let alias = alias(f);
-                quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#alias>>(__args, patch.#name)?;)
+                {
+                    let col = &f.column;
+                    quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#alias>>(__args, patch.#name, #col)?;)
+                }
             }
         };
         quote! {
@@ -120,7 +126,10 @@ fn emit(cont: &Container) -> TokenStream {
             Some(_) => quote!(#v.push(__row.#name);),
             None => {
                 let alias = alias(f);
-                quote_spanned!(ty.span()=> #v.push(#ms::column_cell::<#alias>(__row.#name));)
+                {
+                    let col = &f.column;
+                    quote_spanned!(ty.span()=> #v.push(#ms::column_cell::<#alias>(__row.#name, #col)?);)
+                }
             }
         }
     });

@@ -36,6 +36,40 @@ pub trait ColumnType:
     type Cell: for<'q> Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType + Send;
     /// Converts a value for the `create_many` array; `None` is SQL NULL.
     fn into_cell(self) -> Option<Self::Cell>;
+    /// Why the database would refuse this value, checked before it is sent
+    /// so that the error can name the column.
+    fn invalid(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+const NUL_IN_TEXT: &str = "text cannot contain the NUL character (\\0)";
+
+/// Binding found a value the column cannot store; the repository turns it
+/// into [`crate::Error::InvalidValue`].
+#[derive(Debug)]
+pub(crate) struct InvalidValue {
+    pub column: &'static str,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid value for column {}: {}",
+            self.column, self.reason
+        )
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
+fn check<T: ColumnType>(value: &T, column: &'static str) -> Result<(), BoxDynError> {
+    match value.invalid() {
+        Some(reason) => Err(Box::new(InvalidValue { column, reason })),
+        None => Ok(()),
+    }
 }
 
 /// `T` itself, when `T` is a [`ColumnType`]. The derive names every field
@@ -63,7 +97,6 @@ macro_rules! scalar_columns {
 
 scalar_columns! {
     Uuid => "UUID",
-    String => "TEXT",
     bool => "BOOLEAN",
     i16 => "SMALLINT",
     i32 => "INTEGER",
@@ -74,6 +107,17 @@ scalar_columns! {
     NaiveDate => "DATE",
     serde_json::Value => "JSONB",
     Vec<u8> => "BYTEA",
+}
+
+impl ColumnType for String {
+    const SQL_TYPE: &'static str = "TEXT";
+    type Cell = Self;
+    fn into_cell(self) -> Option<Self> {
+        Some(self)
+    }
+    fn invalid(&self) -> Option<&'static str> {
+        self.contains('\0').then_some(NUL_IN_TEXT)
+    }
 }
 
 impl<T> ColumnType for Json<T>
@@ -100,6 +144,9 @@ impl ColumnType for Vec<String> {
             .collect();
         Some(format!("{{{}}}", items.join(",")))
     }
+    fn invalid(&self) -> Option<&'static str> {
+        self.iter().find_map(|s| s.invalid())
+    }
 }
 
 impl<T: ColumnType> ColumnType for Option<T> {
@@ -109,6 +156,9 @@ impl<T: ColumnType> ColumnType for Option<T> {
     type Cell = T::Cell;
     fn into_cell(self) -> Option<T::Cell> {
         self.and_then(T::into_cell)
+    }
+    fn invalid(&self) -> Option<&'static str> {
+        self.as_ref().and_then(T::invalid)
     }
 }
 
@@ -129,10 +179,15 @@ pub fn column_values<T: ColumnType>() -> &'static [&'static str] {
     T::VALUES
 }
 
-/// `value.into_cell()`, for the derive's `create_many` arrays.
+/// `value.into_cell()`, for the derive's `create_many` arrays, once `value`
+/// is checked for `column`.
 #[doc(hidden)]
-pub fn column_cell<T: ColumnType>(value: T) -> Option<T::Cell> {
-    value.into_cell()
+pub fn column_cell<T: ColumnType>(
+    value: T,
+    column: &'static str,
+) -> Result<Option<T::Cell>, BoxDynError> {
+    check(&value, column)?;
+    Ok(value.into_cell())
 }
 
 /// Reads column `index` of `row`; what the derive calls, so that an
@@ -142,9 +197,14 @@ pub fn decode_column<T: ColumnType>(row: &PgRow, index: usize) -> Result<T, sqlx
     row.try_get(index)
 }
 
-/// Binds `value` as the next parameter (see [`decode_column`]).
+/// Binds `value` for `column` as the next parameter (see [`decode_column`]).
 #[doc(hidden)]
-pub fn bind_column<T: ColumnType>(args: &mut PgArguments, value: T) -> Result<(), BoxDynError> {
+pub fn bind_column<T: ColumnType>(
+    args: &mut PgArguments,
+    value: T,
+    column: &'static str,
+) -> Result<(), BoxDynError> {
+    check(&value, column)?;
     args.add(value)
 }
 

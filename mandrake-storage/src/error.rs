@@ -34,6 +34,12 @@ pub enum Error {
     CheckViolation { constraint: String },
     /// A NOT NULL column received NULL.
     NotNullViolation { column: String },
+    /// A value the database cannot store, caught before it was sent (for
+    /// example text with a NUL character).
+    InvalidValue {
+        column: &'static str,
+        reason: &'static str,
+    },
     /// An optimistic-lock update found a different version than the caller expected.
     Conflict { table: &'static str, id: Uuid },
     /// Applying, reverting or planning migrations failed.
@@ -82,6 +88,9 @@ impl fmt::Display for Error {
             }
             Error::CheckViolation { constraint } => write!(f, "check {constraint} violated"),
             Error::NotNullViolation { column } => write!(f, "column {column} must not be NULL"),
+            Error::InvalidValue { column, reason } => {
+                write!(f, "invalid value for column {column}: {reason}")
+            }
             Error::Conflict { table, id } => write!(
                 f,
                 "row {id} in {table} was changed by someone else (version mismatch)"
@@ -120,8 +129,13 @@ impl From<sqlx::Error> for Error {
             Some("23514") => Error::CheckViolation {
                 constraint: constraint(),
             },
+            // The error's own field, not its (translatable) message text.
             Some("23502") => Error::NotNullViolation {
-                column: not_null_column(db.message()),
+                column: db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.column())
+                    .unwrap_or_default()
+                    .to_owned(),
             },
             _ => Error::Database(err),
         }
@@ -134,22 +148,5 @@ impl From<sqlx::migrate::MigrateError> for Error {
             sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
             other => Error::Migration(other.to_string()),
         }
-    }
-}
-
-/// PostgreSQL names the column only in the message text:
-/// `null value in column "title" of relation "x" violates not-null constraint`.
-fn not_null_column(message: &str) -> String {
-    message.split('"').nth(1).unwrap_or(message).to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn not_null_column_is_read_from_the_message() {
-        let msg = r#"null value in column "title" of relation "x" violates not-null constraint"#;
-        assert_eq!(not_null_column(msg), "title");
     }
 }

@@ -60,7 +60,13 @@ impl<T: Record> Default for Repo<T> {
 }
 
 fn bind_error(err: sqlx::error::BoxDynError) -> Error {
-    Error::Database(sqlx::Error::Encode(err))
+    match err.downcast::<crate::column::InvalidValue>() {
+        Ok(invalid) => Error::InvalidValue {
+            column: invalid.column,
+            reason: invalid.reason,
+        },
+        Err(err) => Error::Database(sqlx::Error::Encode(err)),
+    }
 }
 
 impl<T: Record> Repo<T> {

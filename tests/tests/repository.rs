@@ -484,3 +484,57 @@ async fn keyset_pages_see_every_existing_row_once_while_rows_are_added() {
         .unwrap_err();
     assert!(matches!(err, Error::Schema(_)));
 }
+
+#[tokio::test]
+async fn nul_in_text_is_refused_before_sending_and_names_the_column() {
+    let (t, lib) = setup().await;
+    let db = t.db();
+    let mut new = book(lib.id, 1);
+    new.title = "a\0b".into();
+    let err = Book::repo().create(db, new).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidValue {
+                column: "title",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut in_array = book(lib.id, 2);
+    in_array.tags = vec!["ok".into(), "x\0".into()];
+    let err = Book::repo()
+        .create_many(db, vec![book(lib.id, 3), in_array])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidValue { column: "tags", .. }),
+        "{err}"
+    );
+    let stored = Book::repo().create(db, book(lib.id, 4)).await.unwrap();
+    let patch = BookPatch {
+        subtitle: Some(Some("\0".into())),
+        ..Default::default()
+    };
+    let err = Book::repo()
+        .update(db, stored.id, patch.expect_version(stored.version))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidValue {
+                column: "subtitle",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("NUL"), "{err}");
+    assert_eq!(
+        Book::repo().count(db, Filter::new()).await.unwrap(),
+        1,
+        "nothing else stored"
+    );
+}

@@ -203,7 +203,11 @@ async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error
         .min_connections(tasks as u32)
         .connect_with(options.clone())
         .await?;
-    let db = Db::from_pool(pool.clone());
+    let settings = Settings {
+        pool_size: tasks as u32,
+        ..Default::default()
+    };
+    let db = Db::connect_url(url, &settings).await?;
     let sea = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone());
     let mut pg = Vec::new();
     let mut pg_statements = Vec::new();

@@ -1,4 +1,5 @@
-//! The `Db` handle: a sqlx pool configured from the environment.
+//! The `Db` handle: a lean pool of sqlx connections configured from the
+//! environment.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -6,8 +7,13 @@ use std::time::Duration;
 use either::Either;
 pub use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{Execute, Executor, Postgres, Transaction};
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgTransactionManager};
+use sqlx::{Execute, Executor, PgConnection, Postgres};
+use sqlx_core::ext::async_stream::TryAsyncStream;
+use sqlx_core::transaction::TransactionManager;
+
+use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, pool_error};
 
 use crate::cluster::{Cluster, DEFAULT_DATABASE};
 use crate::error::{Error, Result};
@@ -20,13 +26,25 @@ use crate::error::{Error, Result};
 /// | `MANDRAKE_POOL_SIZE` | most pooled connections | 10 |
 /// | `MANDRAKE_ACQUIRE_TIMEOUT_SECS` | wait for a free connection | 30 |
 /// | `MANDRAKE_STATEMENT_TIMEOUT_MS` | server-side statement timeout, 0 = none | 0 |
+/// | `MANDRAKE_POOL_VALIDATE_AFTER_MS` | ping a connection at checkout only after this idle time | 500 |
+/// | `MANDRAKE_POOL_MAX_LIFETIME_SECS` | replace a connection this old, 0 = never | 1800 |
+/// | `MANDRAKE_POOL_IDLE_TIMEOUT_SECS` | replace a connection idle this long, 0 = never | 600 |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `None` means: start and use the embedded cluster.
     pub database_url: Option<String>,
+    /// The most connections the pool opens.
     pub pool_size: u32,
+    /// How long a caller waits for a free connection (and for a new one to connect).
     pub acquire_timeout: Duration,
+    /// A server-side limit on every statement.
     pub statement_timeout: Option<Duration>,
+    /// A connection idle longer than this is pinged before it is handed out.
+    pub validate_after: Duration,
+    /// A connection older than this is replaced.
+    pub max_lifetime: Option<Duration>,
+    /// A connection idle longer than this is replaced.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -36,6 +54,9 @@ impl Default for Settings {
             pool_size: 10,
             acquire_timeout: Duration::from_secs(30),
             statement_timeout: None,
+            validate_after: Duration::from_millis(500),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
         }
     }
 }
@@ -93,11 +114,26 @@ impl Settings {
         )?
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
+        let validate_after = number(
+            "MANDRAKE_POOL_VALIDATE_AFTER_MS",
+            lookup("MANDRAKE_POOL_VALIDATE_AFTER_MS"),
+        )?
+        .map_or(defaults.validate_after, Duration::from_millis);
+        let optional_secs = |key: &str, default: Option<Duration>| -> Result<Option<Duration>> {
+            Ok(match number(key, lookup(key))? {
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => default,
+            })
+        };
         Ok(Settings {
             database_url,
             pool_size,
             acquire_timeout,
             statement_timeout,
+            validate_after,
+            max_lifetime: optional_secs("MANDRAKE_POOL_MAX_LIFETIME_SECS", defaults.max_lifetime)?,
+            idle_timeout: optional_secs("MANDRAKE_POOL_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
         })
     }
 
@@ -183,10 +219,11 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-/// The application's handle on the database: a connection pool.
+/// The application's handle on the database: a lean connection pool.
 ///
 /// `&Db` is a sqlx executor, so it goes wherever a `&PgPool` goes; every
-/// repository method takes it, a connection, or a transaction.
+/// repository method takes it, a checked-out connection ([`Db::acquire`]), or
+/// a transaction ([`Db::begin`]).
 ///
 /// ```no_run
 /// # async fn demo() -> mandrake_storage::Result<()> {
@@ -194,9 +231,18 @@ fn backoff(attempt: u32) -> Duration {
 /// let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Db {
-    pool: PgPool,
+    pool: Pool,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("pool", &self.pool_status())
+            .finish()
+    }
 }
 
 impl Db {
@@ -217,32 +263,58 @@ impl Db {
     }
 
     /// Connects with parsed options and the pool settings of `settings`.
+    /// One connection is opened at once, so a wrong URL or a server that is
+    /// down fails here, with its cause, instead of at the first query.
     pub async fn connect_options(mut options: PgConnectOptions, settings: &Settings) -> Result<Db> {
         if let Some(timeout) = settings.statement_timeout {
             let ms = timeout.as_millis().to_string();
             options = options.options([("statement_timeout", ms.as_str())]);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.pool_size)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        Ok(Db { pool })
+        let manager = Manager::new(
+            options,
+            settings.validate_after,
+            settings.max_lifetime,
+            settings.idle_timeout,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size as usize)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.acquire_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the pool: {e}")))?;
+        let db = Db {
+            pool,
+            wait: settings.acquire_timeout,
+        };
+        drop(db.acquire().await?);
+        Ok(db)
     }
 
-    /// Wraps an existing pool.
-    pub fn from_pool(pool: PgPool) -> Db {
-        Db { pool }
+    /// A connection of the pool for several statements in a row; it goes
+    /// back when dropped.
+    pub async fn acquire(&self) -> Result<PoolConnection> {
+        Ok(self.checkout().await?)
     }
 
-    /// The underlying sqlx pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
+        self.pool
+            .get()
+            .await
+            .map(PoolConnection)
+            .map_err(|e| pool_error(e, self.pool.status().max_size, self.wait))
+    }
+
+    /// Size, idle and busy connections, and waiting callers.
+    pub fn pool_status(&self) -> PoolStatus {
+        crate::pool::status(&self.pool)
     }
 
     /// Starts a transaction; it rolls back when dropped without `commit`.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+    pub async fn begin(&self) -> Result<Transaction> {
+        let mut conn = self.acquire().await?;
+        PgTransactionManager::begin(&mut conn, None).await?;
+        Ok(Transaction { conn: Some(conn) })
     }
 
     /// Runs `work` in a transaction at `isolation`: commits on `Ok`, rolls
@@ -269,7 +341,7 @@ impl Db {
         let mut attempt = 1;
         loop {
             let outcome = async {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin().await?;
                 sqlx::query(isolation.sql()).execute(&mut *tx).await?;
                 let value = work(&mut tx).await?;
                 tx.commit().await?;
@@ -286,13 +358,63 @@ impl Db {
         }
     }
 
-    /// Closes every connection of the pool.
+    /// Closes the pool: no new checkouts; connections close as they return.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool.close();
     }
 }
 
-// Delegates to the pool, so `&db` works as an executor.
+/// A transaction on a connection of the pool: `&mut *tx` is an executor.
+/// Dropped without [`Transaction::commit`], it rolls back (the rollback is
+/// sent before the connection is used again).
+pub struct Transaction {
+    conn: Option<PoolConnection>,
+}
+
+impl Transaction {
+    /// Commits the transaction.
+    pub async fn commit(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("open until commit or rollback");
+        Ok(PgTransactionManager::commit(&mut conn).await?)
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("open until commit or rollback");
+        Ok(PgTransactionManager::rollback(&mut conn).await?)
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Transaction {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("open until commit or rollback")
+    }
+}
+
+impl std::ops::DerefMut for Transaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("open until commit or rollback")
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.conn {
+            // Queued here, flushed by the pool before the connection is reused.
+            PgTransactionManager::start_rollback(conn);
+        }
+    }
+}
+
+// Checks a connection out for each call, so `&db` works as an executor. A
+// connection that fails at the transport level is not put back.
 impl<'p> Executor<'p> for &'_ Db {
     type Database = Postgres;
 
@@ -304,7 +426,22 @@ impl<'p> Executor<'p> for &'_ Db {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        (&self.pool).fetch_many(query)
+        let db = self.clone();
+        Box::pin(TryAsyncStream::new(move |yielder| async move {
+            let mut conn = db.checkout().await?;
+            let outcome = async {
+                let mut rows = conn.fetch_many(query);
+                while let Some(item) = rows.try_next().await? {
+                    yielder.r#yield(item).await;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(err) = &outcome {
+                conn.discard_if_broken(err);
+            }
+            outcome
+        }))
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -315,7 +452,15 @@ impl<'p> Executor<'p> for &'_ Db {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        (&self.pool).fetch_optional(query)
+        let db = self.clone();
+        Box::pin(async move {
+            let mut conn = db.checkout().await?;
+            let outcome = conn.fetch_optional(query).await;
+            if let Err(err) = &outcome {
+                conn.discard_if_broken(err);
+            }
+            outcome
+        })
     }
 
     fn prepare_with<'e>(
@@ -326,7 +471,8 @@ impl<'p> Executor<'p> for &'_ Db {
     where
         'p: 'e,
     {
-        (&self.pool).prepare_with(sql, parameters)
+        let db = self.clone();
+        Box::pin(async move { db.checkout().await?.prepare_with(sql, parameters).await })
     }
 
     fn describe<'e>(
@@ -336,6 +482,7 @@ impl<'p> Executor<'p> for &'_ Db {
     where
         'p: 'e,
     {
-        (&self.pool).describe(sql)
+        let db = self.clone();
+        Box::pin(async move { db.checkout().await?.describe(sql).await })
     }
 }

@@ -42,6 +42,11 @@ pub enum Error {
     },
     /// An optimistic-lock update found a different version than the caller expected.
     Conflict { table: &'static str, id: Uuid },
+    /// No pooled connection became free in time.
+    PoolTimeout {
+        size: usize,
+        waited: std::time::Duration,
+    },
     /// Applying, reverting or planning migrations failed.
     Migration(String),
     /// A schema, filter or cursor did not fit the table it was used with.
@@ -95,6 +100,11 @@ impl fmt::Display for Error {
                 f,
                 "row {id} in {table} was changed by someone else (version mismatch)"
             ),
+            Error::PoolTimeout { size, waited } => write!(
+                f,
+                "no connection free in a pool of {size} after waiting {waited:?} \
+                 (MANDRAKE_POOL_SIZE, MANDRAKE_ACQUIRE_TIMEOUT_SECS)"
+            ),
             Error::Migration(msg) => write!(f, "migration error: {msg}"),
             Error::Schema(msg) => write!(f, "schema error: {msg}"),
             Error::Config(msg) => write!(f, "configuration error: {msg}"),
@@ -115,6 +125,16 @@ impl std::error::Error for Error {
 impl From<sqlx::Error> for Error {
     /// Sorts constraint failures into their own variants by SQLSTATE.
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Io(io) = &err
+            && let Some(timeout) = io
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<crate::pool::PoolTimeout>())
+        {
+            return Error::PoolTimeout {
+                size: timeout.size,
+                waited: timeout.waited,
+            };
+        }
         let sqlx::Error::Database(db) = &err else {
             return Error::Database(err);
         };

@@ -39,6 +39,7 @@ pub mod diff;
 mod error;
 pub mod introspect;
 pub mod migrate;
+mod pool;
 mod record;
 mod repo;
 pub mod scaffold;
@@ -49,9 +50,10 @@ pub use column::{
     ColumnType, ColumnTypeOf, RecordEnum, bind_column, column_cell, column_nullable,
     column_sql_type, column_values, decode_column, enum_support,
 };
-pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, connect_one};
+pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one};
 pub use error::{Error, Result};
 pub use mandrake_derive::{Record, RecordEnum, embed_migrations};
+pub use pool::{PoolConnection, PoolStatus};
 pub use record::{Layout, Record, Statements, Versioned};
 pub use repo::{Cursor, Filter, ListOptions, Page, Repo};
 pub use schema::{Column, DatabaseSchema, OnDelete, TableSchema};

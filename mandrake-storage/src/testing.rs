@@ -129,7 +129,7 @@ impl TestDb {
     pub async fn with_tables(tables: &[&TableSchema]) -> Result<TestDb> {
         let test_db = TestDb::empty().await?;
         let sql = crate::ddl::create_schema(tables);
-        test_db.db.pool().execute(sqlx::AssertSqlSafe(sql)).await?;
+        (&test_db.db).execute(sqlx::AssertSqlSafe(sql)).await?;
         Ok(test_db)
     }
 

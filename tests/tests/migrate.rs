@@ -373,7 +373,10 @@ async fn plain_sqlx_and_this_runner_agree() {
     // Applied by sqlx's own Migrator: our status sees it all applied.
     let t = TestDb::empty().await.unwrap();
     let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
-    migrator.run(t.db().pool()).await.unwrap();
+    migrator
+        .run(&mut *t.db().acquire().await.unwrap())
+        .await
+        .unwrap();
     let rows = status(&t.url(), &load(&dir)).await.unwrap();
     assert!(rows.iter().all(|r| r.state == State::Applied), "{rows:?}");
     assert!(
@@ -386,7 +389,10 @@ async fn plain_sqlx_and_this_runner_agree() {
     // Applied by us: sqlx's Migrator finds nothing to do and no mismatch.
     let u = TestDb::empty().await.unwrap();
     migrate(&u.url(), &load(&dir), &opts()).await.unwrap();
-    migrator.run(u.db().pool()).await.unwrap();
+    migrator
+        .run(&mut *u.db().acquire().await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(catalog(u.db()).await, catalog(t.db()).await);
 }
 

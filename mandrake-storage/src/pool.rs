@@ -1,0 +1,198 @@
+//! A lean pool of sqlx `PgConnection`s on deadpool.
+//!
+//! sqlx's own pool pings every connection on checkout and again on release;
+//! that round trip halves point-operation throughput. Here a connection is
+//! validated only after it sat idle past a window (HikariCP's
+//! `aliveBypassWindowMs`), and one that a cancelled future left dirty is
+//! restored (its queued rollback flushed) or discarded before reuse.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+
+use crate::error::Error;
+
+/// How connections are made and kept.
+#[derive(Debug)]
+pub struct Manager {
+    options: PgConnectOptions,
+    validate_after: Duration,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Manager {
+    pub(crate) fn new(
+        options: PgConnectOptions,
+        validate_after: Duration,
+        max_lifetime: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Manager {
+        Manager {
+            options,
+            validate_after,
+            max_lifetime,
+            idle_timeout,
+        }
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.options).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        let expired = |limit: Option<Duration>, age: Duration| limit.is_some_and(|l| age > l);
+        if expired(self.max_lifetime, metrics.age()) {
+            return Err(RecycleError::message("past its maximum lifetime"));
+        }
+        if expired(self.idle_timeout, metrics.last_used()) {
+            return Err(RecycleError::message("idle too long"));
+        }
+        // A dropped transaction queued its ROLLBACK; a future dropped
+        // mid-transaction left one open. Flush, then make sure it is clean.
+        let dirty = conn.should_flush() || conn.is_in_transaction();
+        if dirty || metrics.last_used() > self.validate_after {
+            conn.ping().await.map_err(RecycleError::Backend)?;
+            if conn.is_in_transaction() {
+                return Err(RecycleError::message("left inside a transaction"));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type Pool = managed::Pool<Manager>;
+
+/// A connection checked out of [`crate::Db`]'s pool; it goes back when
+/// dropped. Derefs to sqlx's `PgConnection`, so `&mut *conn` is an executor.
+pub struct PoolConnection(pub(crate) Object<Manager>);
+
+impl PoolConnection {
+    /// Takes a connection that failed at the transport level out of the
+    /// pool, so nobody else gets it.
+    pub(crate) fn discard_if_broken(self, err: &sqlx::Error) {
+        if is_broken(err) {
+            drop(Object::take(self.0));
+        }
+    }
+}
+
+impl std::fmt::Debug for PoolConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConnection").finish_non_exhaustive()
+    }
+}
+
+impl Deref for PoolConnection {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for PoolConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// Errors after which a connection cannot be trusted again.
+pub(crate) fn is_broken(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// How busy the pool is: see [`crate::Db::pool_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiters: usize,
+}
+
+pub(crate) fn status(pool: &Pool) -> PoolStatus {
+    let s = pool.status();
+    PoolStatus {
+        max_size: s.max_size,
+        size: s.size,
+        idle: s.available,
+        in_use: s.size - s.available,
+        waiters: s.waiting,
+    }
+}
+
+/// The payload of the I/O error that carries a pool timeout through sqlx's
+/// executor trait, so that [`Error`] can rebuild [`Error::PoolTimeout`].
+#[derive(Debug)]
+pub(crate) struct PoolTimeout {
+    pub size: usize,
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for PoolTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no connection free in a pool of {} after waiting {:?}",
+            self.size, self.waited
+        )
+    }
+}
+
+impl std::error::Error for PoolTimeout {}
+
+/// A deadpool failure as the sqlx error the executor trait must return.
+pub(crate) fn pool_error(
+    err: managed::PoolError<sqlx::Error>,
+    size: usize,
+    waited: Duration,
+) -> sqlx::Error {
+    match err {
+        managed::PoolError::Backend(e) => e,
+        managed::PoolError::Timeout(managed::TimeoutType::Create) => {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting took longer than {waited:?}"),
+            ))
+        }
+        managed::PoolError::Timeout(_) => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            PoolTimeout { size, waited },
+        )),
+        managed::PoolError::Closed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Configuration(other.to_string().into()),
+    }
+}
+
+impl From<PoolTimeout> for Error {
+    fn from(t: PoolTimeout) -> Error {
+        Error::PoolTimeout {
+            size: t.size,
+            waited: t.waited,
+        }
+    }
+}

@@ -236,11 +236,17 @@ impl Cluster {
     }
 
     /// The pid in `postmaster.pid`, if that process is alive and is a postgres.
+    /// A killed server whose parent has not reaped it yet is a zombie with
+    /// its name still in `/proc`: that counts as dead.
     fn live_postmaster_pid(&self) -> Option<u32> {
         let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        comm.trim().starts_with("postgres").then_some(pid)
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state …`; comm may hold spaces, so split at the last ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let state = rest.trim_start().chars().next()?;
+        (comm.starts_with("postgres") && state != 'Z').then_some(pid)
     }
 
     /// Creates `dir` and, when running as root, hands it to the server's user.

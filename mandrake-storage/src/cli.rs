@@ -100,6 +100,8 @@ pub enum DbCommand {
     Status,
     /// Print a connection string that psql and sqlx accept.
     Url,
+    /// Stop the cluster and delete it with all its data.
+    Destroy,
 }
 
 /// Parses the process arguments and runs the command for `tables`: the whole
@@ -306,6 +308,14 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
             println!("url:    {}", cluster.url(DEFAULT_DATABASE));
         }
         DbCommand::Url => println!("{}", start(&cluster).await?),
+        DbCommand::Destroy => {
+            blocking({
+                let c = cluster.clone();
+                move || c.destroy()
+            })
+            .await?;
+            println!("cluster destroyed ({})", cluster.root().display());
+        }
     }
     Ok(())
 }

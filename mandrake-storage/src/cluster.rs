@@ -6,6 +6,7 @@
 //! never collides with another checkout or a system server on port 5432.
 
 use std::fs::{self, File};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,11 @@ const PORT: u16 = 5432;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 const SOCKET_FILE: &str = ".s.PGSQL.5432";
+/// Where clusters live whose checkout the `postgres` user cannot reach.
+const FALLBACK_BASE: &str = "/var/tmp/mandrake";
+/// In a fallback cluster's folder: the path it stands in for, so that it can
+/// be pruned once that checkout is gone.
+const ORIGIN_FILE: &str = "origin";
 
 /// A PostgreSQL cluster owned by this project: its data, socket and log live
 /// under one directory.
@@ -31,6 +37,8 @@ pub struct Cluster {
     owner: Option<SystemUser>,
     /// Speed over durability, for throwaway test clusters.
     ephemeral: bool,
+    /// For a cluster under [`FALLBACK_BASE`]: the folder it stands in for.
+    origin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,16 +81,19 @@ impl Cluster {
             None
         };
         let mut root = absolute(&root.into())?;
+        let mut origin = None;
         if let Some(user) = owner
             && !reachable_by(&root, user)
         {
-            root = PathBuf::from("/var/tmp/mandrake").join(format!("{:016x}", fnv1a(&root)));
+            let fallback = Path::new(FALLBACK_BASE).join(format!("{:016x}", fnv1a(&root)));
+            origin = Some(std::mem::replace(&mut root, fallback));
         }
         Ok(Cluster {
             root,
             bin_dir,
             owner,
             ephemeral,
+            origin,
         })
     }
 
@@ -124,6 +135,16 @@ impl Cluster {
             .map_err(|e| config(format!("cannot create lock in {}", self.root.display()), e))?;
         lock.lock()
             .map_err(|e| config("cannot lock the cluster directory".into(), e))?;
+        if let Some(origin) = &self.origin {
+            fs::write(
+                self.root.join(ORIGIN_FILE),
+                origin.as_os_str().as_encoded_bytes(),
+            )
+            .map_err(|e| config("cannot record the cluster's checkout".into(), e))?;
+        }
+        // Clusters of deleted checkouts would otherwise pile up. Best effort:
+        // a folder we may not remove must not stop this cluster.
+        let _ = prune_orphans(Path::new(FALLBACK_BASE));
         if !self.data_dir().join("PG_VERSION").exists() {
             self.init()?;
         }
@@ -174,6 +195,23 @@ impl Cluster {
                 "pg_ctl stop failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
+        }
+        Ok(())
+    }
+
+    /// Stops the server and deletes the cluster: its data, log and socket folder.
+    pub fn destroy(&self) -> Result<()> {
+        if self.root.exists() {
+            self.stop()?;
+        }
+        let socket = self.socket_dir();
+        if !socket.starts_with(&self.root) && socket.exists() {
+            fs::remove_dir_all(&socket)
+                .map_err(|e| config(format!("cannot remove {}", socket.display()), e))?;
+        }
+        if self.root.exists() {
+            fs::remove_dir_all(&self.root)
+                .map_err(|e| config(format!("cannot remove {}", self.root.display()), e))?;
         }
         Ok(())
     }
@@ -285,6 +323,45 @@ impl Cluster {
     }
 }
 
+/// Destroys every cluster under `base` whose recorded checkout no longer
+/// exists (its server stopped first), skipping clusters in use (locked) and
+/// folders without a record. Returns the folders removed.
+pub fn prune_orphans(base: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(base).into_iter().flatten().flatten() {
+        let root = entry.path();
+        let Ok(origin) = fs::read(root.join(ORIGIN_FILE)) else {
+            continue;
+        };
+        let origin = PathBuf::from(std::ffi::OsString::from_vec(origin));
+        let checkout = origin.parent().unwrap_or(&origin);
+        if checkout.exists() {
+            continue;
+        }
+        let Ok(lock) = File::open(root.join(".lock")) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // starting or in use right now
+        }
+        let orphan = Cluster {
+            root: root.clone(),
+            bin_dir: find_bin_dir()?,
+            owner: if is_root() {
+                Some(postgres_user()?)
+            } else {
+                None
+            },
+            ephemeral: false,
+            origin: None,
+        };
+        drop(lock);
+        orphan.destroy()?;
+        removed.push(root);
+    }
+    Ok(removed)
+}
+
 fn config(context: String, err: std::io::Error) -> Error {
     Error::Config(format!("{context}: {err}"))
 }
@@ -386,14 +463,20 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// The workspace root: the nearest ancestor of the current directory with a
-/// `Cargo.lock` (a workspace has exactly one), else the current directory.
+/// `Cargo.lock` (a workspace has exactly one). Outside a workspace it is an
+/// error, never a database quietly made in whatever folder the process runs.
 pub fn workspace_root() -> Result<PathBuf> {
     let cwd = std::env::current_dir().map_err(|e| config("no current directory".into(), e))?;
-    Ok(cwd
-        .ancestors()
+    cwd.ancestors()
         .find(|dir| dir.join("Cargo.lock").exists())
-        .unwrap_or(&cwd)
-        .to_path_buf())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{} is not inside a Cargo workspace, so there is no place for the embedded \
+                 cluster: set DATABASE_URL (or MANDRAKE_DATA_DIR to choose a folder for it)",
+                cwd.display()
+            ))
+        })
 }
 
 /// A stable short hash for folder names (std's hasher may change between releases).
@@ -429,6 +512,7 @@ mod tests {
             bin_dir: PathBuf::new(),
             owner: None,
             ephemeral: false,
+            origin: None,
         };
         let socket = cluster.socket_dir().join(SOCKET_FILE);
         assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH);

@@ -145,6 +145,11 @@ impl Settings {
             None => {
                 tokio::task::spawn_blocking(|| {
                     let cluster = Cluster::default_for_workspace()?;
+                    tracing::info!(
+                        data = %cluster.root().display(),
+                        "DATABASE_URL is not set: using the embedded PostgreSQL cluster \
+                         (it keeps running; `cargo xtask db stop` stops it)"
+                    );
                     cluster.start()?;
                     Ok::<_, Error>(cluster)
                 })

@@ -155,3 +155,100 @@ fn no_server_outlives_the_test_process() {
     assert!(!alive(backend), "backend {backend} still runs");
     assert!(!root.exists(), "{} was left behind", root.display());
 }
+
+#[tokio::test]
+async fn clusters_of_deleted_checkouts_are_pruned_and_destroy_removes_all() {
+    use mandrake_storage::cluster::{Cluster, prune_orphans};
+    let base = std::env::temp_dir().join(format!("mandrake-orphans-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    // A fallback cluster records the folder it stands in for; this one's
+    // checkout has been deleted, and its server still runs.
+    let orphan = Cluster::new(base.join("orphan"), true).unwrap();
+    orphan.start().unwrap();
+    let pid = orphan.status().unwrap().pid.expect("running");
+    let deleted = base.join("deleted-checkout").join(".mandrake");
+    std::fs::write(
+        orphan.root().join("origin"),
+        deleted.as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    // This one's checkout still exists.
+    let kept = base.join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::write(kept.join(".lock"), "").unwrap();
+    std::fs::write(
+        kept.join("origin"),
+        base.join(".mandrake").as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+
+    let removed = prune_orphans(&base).unwrap();
+    assert_eq!(removed, vec![orphan.root().to_path_buf()]);
+    assert!(!orphan.root().exists());
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "server {pid} stopped: {state}"
+    );
+    assert!(kept.exists(), "a cluster whose checkout exists stays");
+
+    let other = Cluster::new(base.join("other"), true).unwrap();
+    other.start().unwrap();
+    other.destroy().unwrap();
+    assert!(!other.root().exists());
+    assert!(!other.status().unwrap().running);
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// Run by `outside_a_workspace_connect_refuses_instead_of_running_initdb`.
+#[tokio::test]
+#[ignore = "run as a child process in a folder outside any workspace"]
+async fn child_connects_without_database_url() {
+    let Some(report) = std::env::var_os("MANDRAKE_CHILD_REPORT") else {
+        return;
+    };
+    let outcome = match Db::connect().await {
+        Ok(_) => "connected".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    std::fs::write(report, outcome).unwrap();
+}
+
+#[test]
+fn outside_a_workspace_connect_refuses_instead_of_running_initdb() {
+    let dir = std::env::temp_dir().join(format!("mandrake-nowhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_connects_without_database_url",
+            "--ignored",
+            "--quiet",
+        ])
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("MANDRAKE_DATA_DIR")
+        .env("MANDRAKE_CHILD_REPORT", &report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let outcome = std::fs::read_to_string(&report).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        outcome.contains("not inside a Cargo workspace"),
+        "{outcome}"
+    );
+    assert!(outcome.contains("DATABASE_URL"), "{outcome}");
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from("report")],
+        "no cluster was made"
+    );
+}

@@ -49,8 +49,10 @@ pub enum Error {
     },
     /// Applying, reverting or planning migrations failed.
     Migration(String),
-    /// A schema, filter or cursor did not fit the table it was used with.
+    /// A schema or filter did not fit the table it was used with.
     Schema(String),
+    /// A page cursor that is damaged, tampered with, or from another listing.
+    InvalidCursor(String),
     /// A setting (environment variable, server binaries, data directory) is unusable.
     Config(String),
     /// Any other failure reported by the driver or the server.
@@ -107,6 +109,7 @@ impl fmt::Display for Error {
             ),
             Error::Migration(msg) => write!(f, "migration error: {msg}"),
             Error::Schema(msg) => write!(f, "schema error: {msg}"),
+            Error::InvalidCursor(msg) => write!(f, "invalid cursor: {msg}"),
             Error::Config(msg) => write!(f, "configuration error: {msg}"),
             Error::Database(err) => write!(f, "database error: {err}"),
         }

@@ -310,7 +310,17 @@ impl<T: Record> Repo<T> {
         });
         let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(executor)
-            .await?;
+            .await
+            .map_err(|err| match Error::from(err) {
+                // The cursor's value is the only text cast to a column type:
+                // a data exception here means the cursor is bad, not the table.
+                e if options.after.is_some()
+                    && e.sqlstate().is_some_and(|c| c.starts_with("22")) =>
+                {
+                    Error::InvalidCursor(format!("its position does not fit the column ({e})"))
+                }
+                e => e,
+            })?;
         let more = limit.is_some_and(|l| rows.len() as i64 > l);
         let shown = if more { rows.len() - 1 } else { rows.len() };
         let items = rows[..shown]
@@ -610,11 +620,18 @@ pub struct Page<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor(String);
 
+/// The checksum that makes an edited cursor an error rather than a query.
+fn checksum(text: &str) -> u32 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    CRC.checksum(text.as_bytes())
+}
+
 impl Cursor {
     fn new(column: &str, descending: bool, value: &str, id: Uuid) -> Cursor {
         let dir = if descending { "d" } else { "a" };
         let raw = format!("{column}\u{0}{dir}\u{0}{id}\u{0}{value}");
-        Cursor(URL_SAFE_NO_PAD.encode(raw))
+        let sum = checksum(&raw);
+        Cursor(URL_SAFE_NO_PAD.encode(format!("{raw}\u{0}{sum:08x}")))
     }
 
     /// Rebuilds a cursor from [`Cursor::as_str`] (e.g. from an HTTP query).
@@ -627,23 +644,38 @@ impl Cursor {
         &self.0
     }
 
+    /// The order column's value and the id, once the whole cursor checks out.
     fn decode(&self, column: &str, descending: bool) -> Result<(String, Uuid)> {
-        let invalid = || Error::Schema("invalid cursor".into());
-        let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let mut parts = text.splitn(4, '\u{0}');
+        let invalid = |why: &str| Error::InvalidCursor(why.to_owned());
+        let bytes = URL_SAFE_NO_PAD
+            .decode(&self.0)
+            .map_err(|_| invalid("not a cursor of this library"))?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not a cursor of this library"))?;
+        let (raw, sum) = text
+            .rsplit_once('\u{0}')
+            .ok_or_else(|| invalid("not a cursor of this library"))?;
+        if u32::from_str_radix(sum, 16).ok() != Some(checksum(raw)) {
+            return Err(invalid("its checksum does not match: it was changed"));
+        }
+        let mut parts = raw.splitn(4, '\u{0}');
         let (Some(col), Some(dir), Some(id), Some(value)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(invalid());
+            return Err(invalid("not a cursor of this library"));
         };
-        let dir_matches = (dir == "d") == descending;
-        if col != column || !dir_matches {
-            return Err(Error::Schema(format!(
-                "this cursor belongs to a listing ordered by {col}, not {column}"
+        let cursor_descending = match dir {
+            "a" => false,
+            "d" => true,
+            _ => return Err(invalid("unknown direction")),
+        };
+        if col != column || cursor_descending != descending {
+            return Err(Error::InvalidCursor(format!(
+                "it belongs to a listing ordered by {col} {}, not {column} {}",
+                if cursor_descending { "desc" } else { "asc" },
+                if descending { "desc" } else { "asc" },
             )));
         }
-        let id = id.parse().map_err(|_| invalid())?;
+        let id = id.parse().map_err(|_| invalid("its id is not a UUID"))?;
         Ok((value.to_owned(), id))
     }
 }

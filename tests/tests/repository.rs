@@ -538,3 +538,65 @@ async fn nul_in_text_is_refused_before_sending_and_names_the_column() {
         "nothing else stored"
     );
 }
+
+#[tokio::test]
+async fn cursors_are_checked_whole() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use mandrake_storage::Cursor;
+    let (t, lib) = setup().await;
+    let db = t.db();
+    Book::repo()
+        .create_many(db, (0..3).map(|n| book(lib.id, n)).collect())
+        .await
+        .unwrap();
+    let repo = Book::repo();
+    let page = |options: ListOptions| repo.list(db, Filter::new(), options);
+    let next = page(ListOptions::new().limit(1))
+        .await
+        .unwrap()
+        .next
+        .unwrap();
+    assert_eq!(
+        page(ListOptions::new().limit(1).after(next.clone()))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let expect_invalid = |result: mandrake_storage::Result<_>, needle: &str| match result {
+        Err(Error::InvalidCursor(msg)) => assert!(msg.contains(needle), "{msg}"),
+        Err(other) => panic!("expected InvalidCursor, got {other}"),
+        Ok(_) => panic!("expected InvalidCursor"),
+    };
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(next.as_str()).unwrap()).unwrap();
+    let (body, _) = raw.rsplit_once('\0').unwrap();
+    let forge = |body: &str| {
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(body.as_bytes());
+        Cursor::from_string(URL_SAFE_NO_PAD.encode(format!("{body}\0{crc:08x}")))
+    };
+    // An edited cursor whose checksum was not recomputed.
+    let edited =
+        Cursor::from_string(URL_SAFE_NO_PAD.encode(raw.replacen("created_at", "created_ax", 1)));
+    expect_invalid(page(ListOptions::new().after(edited)).await, "checksum");
+    // A crafted one with a valid checksum: an unknown direction, a bad value.
+    let parts: Vec<&str> = body.splitn(4, '\0').collect();
+    let zzz = forge(&format!("{}\0zzz\0{}\0{}", parts[0], parts[2], parts[3]));
+    expect_invalid(page(ListOptions::new().after(zzz)).await, "direction");
+    let bad_value = forge(&format!("{}\0a\0{}\0not a time", parts[0], parts[2]));
+    expect_invalid(
+        page(ListOptions::new().after(bad_value)).await,
+        "does not fit",
+    );
+    // A cursor of one order used with another.
+    expect_invalid(
+        page(ListOptions::new().descending().after(next.clone())).await,
+        "ordered by created_at asc",
+    );
+    expect_invalid(
+        page(ListOptions::new().after(Cursor::from_string("%%%"))).await,
+        "not a cursor",
+    );
+}

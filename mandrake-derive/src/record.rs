@@ -79,7 +79,8 @@ fn emit(cont: &Container) -> TokenStream {
                 let alias = alias(f);
                 {
                     let col = &f.column;
-                    quote_spanned!(ty.span()=> #ms::bind_column::<#alias>(__args, new.#name, #col)?;)
+                    let value = value_ident(f);
+                    quote_spanned!(ty.span()=> let #value = new.#name; #ms::bind_column::<#alias>(__args, #value, #col)?;)
                 }
             }
         }
@@ -92,7 +93,8 @@ fn emit(cont: &Container) -> TokenStream {
                 let alias = alias(f);
                 {
                     let col = &f.column;
-                    quote_spanned!(ty.span()=> #ms::bind_column::<::core::option::Option<#alias>>(__args, patch.#name, #col)?;)
+                    let value = value_ident(f);
+                    quote_spanned!(ty.span()=> let #value = patch.#name; #ms::bind_column::<::core::option::Option<#alias>>(__args, #value, #col)?;)
                 }
             }
         };
@@ -114,7 +116,13 @@ fn emit(cont: &Container) -> TokenStream {
     // Spanned at the field type, like every use of it (see `aliases`).
     let batch_decl = data.iter().zip(&batch_vars).map(|(f, v)| {
         let ty = f.ty;
-        quote_spanned!(ty.span()=> let mut #v = ::std::vec::Vec::with_capacity(rows.len());)
+        match &f.attrs.sql_type {
+            Some(_) => quote!(let mut #v = ::std::vec::Vec::with_capacity(rows.len());),
+            None => {
+                let alias = alias(f);
+                quote_spanned!(ty.span()=> let mut #v = #ms::cells::<#alias>(rows.len());)
+            }
+        }
     });
     let batch_bind = data.iter().zip(&batch_vars).map(|(f, v)| {
         let ty = f.ty;
@@ -128,7 +136,8 @@ fn emit(cont: &Container) -> TokenStream {
                 let alias = alias(f);
                 {
                     let col = &f.column;
-                    quote_spanned!(ty.span()=> #v.push(#ms::column_cell::<#alias>(__row.#name, #col)?);)
+                    let value = value_ident(f);
+                    quote_spanned!(ty.span()=> let #value = __row.#name; #ms::push_cell::<#alias>(&mut #v, #value, #col)?;)
                 }
             }
         }
@@ -261,6 +270,12 @@ fn emit(cont: &Container) -> TokenStream {
             #expect_version
         };
     }
+}
+
+/// A local holding a field's value, named at the field type's span so that a
+/// type error in its use is reported there, like every other (see `aliases`).
+fn value_ident(f: &Field) -> syn::Ident {
+    format_ident!("__value_{}", f.ident, span = f.ty.span())
 }
 
 /// The name of the alias of a field's type (see `aliases` in `emit`).

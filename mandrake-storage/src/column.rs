@@ -179,15 +179,23 @@ pub fn column_values<T: ColumnType>() -> &'static [&'static str] {
     T::VALUES
 }
 
-/// `value.into_cell()`, for the derive's `create_many` arrays, once `value`
-/// is checked for `column`.
+/// An empty `create_many` array for a column of type `T`.
 #[doc(hidden)]
-pub fn column_cell<T: ColumnType>(
+pub fn cells<T: ColumnType>(rows: usize) -> Vec<Option<T::Cell>> {
+    Vec::with_capacity(rows)
+}
+
+/// Appends `value.into_cell()` to a `create_many` array, once `value` is
+/// checked for `column`.
+#[doc(hidden)]
+pub fn push_cell<T: ColumnType>(
+    cells: &mut Vec<Option<T::Cell>>,
     value: T,
     column: &'static str,
-) -> Result<Option<T::Cell>, BoxDynError> {
+) -> Result<(), BoxDynError> {
     check(&value, column)?;
-    Ok(value.into_cell())
+    cells.push(value.into_cell());
+    Ok(())
 }
 
 /// Reads column `index` of `row`; what the derive calls, so that an

@@ -47,8 +47,8 @@ pub mod schema;
 pub mod testing;
 
 pub use column::{
-    ColumnType, ColumnTypeOf, RecordEnum, bind_column, column_cell, column_nullable,
-    column_sql_type, column_values, decode_column, enum_support,
+    ColumnType, ColumnTypeOf, RecordEnum, bind_column, cells, column_nullable, column_sql_type,
+    column_values, decode_column, enum_support, push_cell,
 };
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one};
 pub use error::{Error, Result};

@@ -9,6 +9,8 @@ pub struct Money(i64);
 pub struct Note {
     pub id: Uuid,
     pub price: Money,
+    /// A second unsupported field gets an error of its own.
+    pub refund: Option<Money>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -69,6 +69,7 @@ pub fn expand(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
                 const SQL_TYPE: &'static str = "TEXT";
                 const VALUES: &'static [&'static str] = <Self as #ms::RecordEnum>::VALUES;
                 type Cell = Self;
+                type Scalar = Self;
                 fn into_cell(self) -> ::core::option::Option<Self> {
                     ::core::option::Option::Some(self)
                 }

@@ -172,6 +172,7 @@ fn emit(cont: &Container) -> TokenStream {
     };
 
     let debug = debug_impls(cont, &new_ident, &patch_ident, &data);
+    let constants = constants(cont);
     let list_by = list_by_methods(cont);
     let new_doc = format!(
         "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
@@ -265,6 +266,13 @@ fn emit(cont: &Container) -> TokenStream {
                 }
             }
 
+            impl<'r> #ms::sqlx::FromRow<'r, #ms::sqlx::postgres::PgRow> for #ident {
+                fn from_row(row: &'r #ms::sqlx::postgres::PgRow) -> ::core::result::Result<Self, #ms::sqlx::Error> {
+                    <Self as #ms::Record>::decode(row, 0)
+                }
+            }
+
+            #constants
             #debug
             #list_by
             #expect_version
@@ -323,7 +331,7 @@ fn schema_expr(cont: &Container) -> TokenStream {
             .as_ref()
             .map(|r| quote!(.renamed_from(#r)));
         chain = quote! {
-            #chain.with_column(#ms::Column::new(#col, #sql_type).nullable(#nullable) #default #renamed)
+            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default #renamed)
         };
         if f.attrs.sql_type.is_none() {
             let alias = column_alias(f);
@@ -404,6 +412,62 @@ fn debug_impls(
     quote!(#record #new #patch)
 }
 
+/// `FIELD: Column<Self, Type>` for every stored field, and
+/// `ON_<FIELDS>: UniqueKey<Self>` for every unique constraint, in the order
+/// `schema_expr` adds them.
+fn constants(cont: &Container) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let (ident, vis) = (cont.ident, cont.vis);
+    let upper = |i: &syn::Ident| {
+        let name = i.to_string();
+        name.strip_prefix("r#").unwrap_or(&name).to_uppercase()
+    };
+    let columns = cont.columns().enumerate().map(|(i, f)| {
+        let (col, ty) = (&f.column, f.ty);
+        let name = format_ident!("{}", upper(f.ident), span = f.ident.span());
+        let doc = format!("The `{col}` column: filters and orders on it.");
+        quote! {
+            #[doc = #doc]
+            #vis const #name: #ms::Column<#ident, #ty> = #ms::Column::new(#col, #i);
+        }
+    });
+    let field_of = |name: &syn::Ident| {
+        let column = resolve_column(cont, &name.to_string());
+        cont.columns()
+            .find(|f| Some(&f.column) == column.as_ref())
+            .map(|f| f.ident)
+    };
+    let mut keys: Vec<Vec<&syn::Ident>> = cont
+        .columns()
+        .filter(|f| f.attrs.unique.is_some())
+        .map(|f| vec![f.ident])
+        .collect();
+    keys.extend(
+        cont.attrs
+            .uniques
+            .iter()
+            .map(|list| list.iter().filter_map(field_of).collect()),
+    );
+    let uniques = keys.iter().enumerate().map(|(i, fields)| {
+        let names: Vec<String> = fields.iter().map(|f| upper(f)).collect();
+        let name = format_ident!("ON_{}", names.join("_"));
+        let doc = format!(
+            "The unique key on `{}`: an upsert's conflict target.",
+            names.join(", ").to_lowercase()
+        );
+        quote! {
+            #[doc = #doc]
+            #vis const #name: #ms::UniqueKey<#ident> = #ms::UniqueKey::new(#i);
+        }
+    });
+    quote! {
+        impl #ident {
+            #(#columns)*
+            #(#uniques)*
+        }
+    }
+}
+
 /// `list_by_<field>` for every foreign key.
 fn list_by_methods(cont: &Container) -> TokenStream {
     let ms = quote!(::mandrake_storage);
@@ -415,16 +479,21 @@ fn list_by_methods(cont: &Container) -> TokenStream {
         .map(|f| {
             let method = format_ident!("list_by_{}", f.ident);
             let (param, col) = (f.ident, &f.column);
+            let name = f.ident.to_string();
+            let constant = format_ident!(
+                "{}",
+                name.strip_prefix("r#").unwrap_or(&name).to_uppercase()
+            );
             let doc = format!("The rows whose `{col}` is `{param}`, a page at a time.");
             quote! {
                 #[doc = #doc]
                 #vis async fn #method<'e, E: #ms::sqlx::PgExecutor<'e>>(
                     executor: E,
                     #param: #ms::uuid::Uuid,
-                    options: #ms::ListOptions,
+                    options: #ms::ListOptions<Self>,
                 ) -> #ms::Result<#ms::Page<Self>> {
                     <Self as #ms::Record>::repo()
-                        .list(executor, #ms::Filter::new().eq(#col, #param), options)
+                        .list(executor, Self::#constant.eq(#param), options)
                         .await
                 }
             }

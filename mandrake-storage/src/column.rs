@@ -36,6 +36,9 @@ pub trait ColumnType:
     type Cell: for<'q> Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType + Send;
     /// Converts a value for the `create_many` array; `None` is SQL NULL.
     fn into_cell(self) -> Option<Self::Cell>;
+    /// What a filter compares this column with: the type itself, and for an
+    /// `Option<X>` column, `X` (`Message::TITLE.eq("x")`).
+    type Scalar: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static;
     /// Why the database would refuse this value, checked before it is sent
     /// so that the error can name the column.
     fn invalid(&self) -> Option<&'static str> {
@@ -88,6 +91,7 @@ macro_rules! scalar_columns {
         impl ColumnType for $ty {
             const SQL_TYPE: &'static str = $sql;
             type Cell = Self;
+            type Scalar = Self;
             fn into_cell(self) -> Option<Self> {
                 Some(self)
             }
@@ -112,6 +116,7 @@ scalar_columns! {
 impl ColumnType for String {
     const SQL_TYPE: &'static str = "TEXT";
     type Cell = Self;
+    type Scalar = Self;
     fn into_cell(self) -> Option<Self> {
         Some(self)
     }
@@ -126,6 +131,7 @@ where
 {
     const SQL_TYPE: &'static str = "JSONB";
     type Cell = Self;
+    type Scalar = Self;
     fn into_cell(self) -> Option<Self> {
         Some(self)
     }
@@ -137,6 +143,7 @@ where
 impl ColumnType for Vec<String> {
     const SQL_TYPE: &'static str = "TEXT[]";
     type Cell = String;
+    type Scalar = Self;
     fn into_cell(self) -> Option<String> {
         let items: Vec<String> = self
             .iter()
@@ -154,6 +161,7 @@ impl<T: ColumnType> ColumnType for Option<T> {
     const NULLABLE: bool = true;
     const VALUES: &'static [&'static str] = T::VALUES;
     type Cell = T::Cell;
+    type Scalar = T;
     fn into_cell(self) -> Option<T::Cell> {
         self.and_then(T::into_cell)
     }

@@ -1,6 +1,6 @@
 //! Renders SQL from the schema model: the one place DDL text is made.
 
-use crate::schema::{Column, ForeignKey, Index, TableSchema, Unique};
+use crate::schema::{ColumnDef, ForeignKey, Index, TableSchema, Unique};
 
 /// The shared trigger function that every table's `set_timestamp` trigger calls.
 pub const TIMESTAMP_FUNCTION: &str = "CREATE OR REPLACE FUNCTION trigger_set_timestamp()
@@ -34,7 +34,7 @@ pub fn ident_list(names: &[String]) -> String {
 }
 
 /// The column as it stands in `CREATE TABLE` or `ADD COLUMN`.
-pub fn column_definition(column: &Column) -> String {
+pub fn column_definition(column: &ColumnDef) -> String {
     let mut sql = format!("{} {}", quote_ident(&column.name), column.sql_type);
     if !column.nullable {
         sql.push_str(" NOT NULL");
@@ -162,8 +162,8 @@ mod tests {
 
     fn sample() -> TableSchema {
         TableSchema::new("messages")
-            .with_column(Column::new("id", "UUID").default("gen_random_uuid()"))
-            .with_column(Column::new("order", "TEXT").nullable(true))
+            .with_column(ColumnDef::new("id", "UUID").default("gen_random_uuid()"))
+            .with_column(ColumnDef::new("order", "TEXT").nullable(true))
             .with_primary_key(&["id"])
             .with_foreign_key("conversation_id", "conversations", OnDelete::Cascade)
             .with_index(&["order"])

@@ -6,7 +6,7 @@ use crate::ddl::{
     quote_ident, unique_definition,
 };
 use crate::error::{Error, Result};
-use crate::schema::{Column, DatabaseSchema, TableSchema};
+use crate::schema::{ColumnDef, DatabaseSchema, TableSchema};
 
 /// One change, with the SQL that makes it and the SQL that undoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,7 +342,7 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
     Ok(())
 }
 
-fn alter_column(table: &str, before: &Column, after: &Column, phases: &mut Phases) {
+fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut Phases) {
     let alter = format!(
         "ALTER TABLE {} ALTER COLUMN {}",
         quote_ident(table),
@@ -607,13 +607,13 @@ mod tests {
 
     #[test]
     fn not_null_without_default_is_refused_on_existing_tables() {
-        let table = TableSchema::new("t").with_column(Column::new("id", "uuid"));
+        let table = TableSchema::new("t").with_column(ColumnDef::new("id", "uuid"));
         let from = DatabaseSchema {
             tables: vec![table.clone()],
             timestamp_function: false,
         };
         let to = DatabaseSchema {
-            tables: vec![table.with_column(Column::new("x", "text"))],
+            tables: vec![table.with_column(ColumnDef::new("x", "text"))],
             timestamp_function: false,
         };
         let err = diff(&from, &to).unwrap_err().to_string();

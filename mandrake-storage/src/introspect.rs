@@ -10,7 +10,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::error::Result;
 use crate::schema::{
-    Check, Column, DatabaseSchema, ForeignKey, Index, OnDelete, TableSchema, Unique,
+    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, OnDelete, TableSchema, Unique,
 };
 
 /// The `public` schema of the connected database, without sqlx's bookkeeping table.
@@ -34,7 +34,7 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         let entry = tables
             .entry(table.clone())
             .or_insert_with(|| TableSchema::new(&table));
-        entry.columns.push(Column {
+        entry.columns.push(ColumnDef {
             name: row.try_get(1)?,
             sql_type: row.try_get(2)?,
             nullable: !row.try_get::<bool, _>(3)?,

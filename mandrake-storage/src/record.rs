@@ -62,10 +62,32 @@ pub trait Record: Sized + Send + Unpin + 'static {
 
     #[doc(hidden)]
     fn statements() -> &'static Statements;
-    /// Decodes the columns of [`Statements::columns`] found at `offset..` of
-    /// `row`, by position (a join puts a second record after the first).
-    #[doc(hidden)]
+
+    /// Reads a record from `row`, its columns in [`Record::columns`] order
+    /// starting at column `offset`: a join selects one record's columns after
+    /// another's.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Note { pub id: uuid::Uuid, pub body: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// let sql = format!("SELECT {}, {} FROM notes a JOIN notes b ON b.id <> a.id",
+    ///     Note::columns("a"), Note::columns("b"));
+    /// let width = Note::schema().columns.len();
+    /// for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await? {
+    ///     let (a, b) = (Note::decode(&row, 0)?, Note::decode(&row, width)?);
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn decode(row: &PgRow, offset: usize) -> Result<Self, sqlx::Error>;
+
+    /// The record's columns qualified by `alias` (`"m"."id", "m"."title", …`),
+    /// in the order [`Record::decode`] reads them: for hand-written joins.
+    fn columns(alias: &str) -> String {
+        Self::statements().qualified_columns(alias)
+    }
     /// Binds `id` and then the insert columns of `new`.
     #[doc(hidden)]
     fn bind_new(new: Self::New, id: Uuid, args: &mut PgArguments) -> Result<(), BoxDynError>;
@@ -114,6 +136,54 @@ pub struct Versioned<P> {
     pub version: i64,
 }
 
+/// A unique constraint of `T`, the conflict target of an upsert. The derive
+/// emits one per constraint, named after its fields: `Provider::ON_NAME`,
+/// `Model::ON_PROVIDER_ID_MODEL_ID`.
+pub struct UniqueKey<T> {
+    index: usize,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> UniqueKey<T> {
+    /// The `index`th unique constraint of the table's schema.
+    #[doc(hidden)]
+    pub const fn new(index: usize) -> Self {
+        UniqueKey {
+            index,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl<T> Clone for UniqueKey<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for UniqueKey<T> {}
+
+impl<T> std::fmt::Debug for UniqueKey<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UniqueKey({})", self.index)
+    }
+}
+
+/// The statements of an upsert on one unique constraint.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct UpsertStatements {
+    /// One row, `DO UPDATE`.
+    pub one: String,
+    /// Any number of rows, returned in input order.
+    pub many: String,
+    /// One row, `DO NOTHING`.
+    pub ignore: String,
+}
+
 /// How the derive classifies columns; the SQL is built from it and the schema.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
@@ -144,16 +214,17 @@ pub struct Statements {
     pub select_unchanged: String,
     pub update: String,
     pub delete: String,
-    /// `(conflict columns, statement)` for each unique constraint.
-    pub upserts: Vec<(Vec<String>, String)>,
+    /// Per unique constraint, in schema order (see [`UniqueKey`]).
+    pub upserts: Vec<UpsertStatements>,
     pub has_version: bool,
-    /// SQL of `count`, `exists` and `list`, built once per shape.
+    /// The SQL of the calls that take a filter, built once per shape.
     shapes: RwLock<HashMap<Shape, Arc<str>>>,
+    layout: Layout,
 }
 
 impl Statements {
     /// The SQL of `shape`, built by `build` on its first use.
-    pub fn sql_for(&self, shape: Shape, build: impl FnOnce() -> String) -> Arc<str> {
+    pub(crate) fn sql_for(&self, shape: Shape, build: impl FnOnce() -> String) -> Arc<str> {
         if let Some(sql) = self
             .shapes
             .read()
@@ -243,12 +314,50 @@ impl Statements {
                 } else {
                     format!("DO UPDATE SET {}", updates.join(", "))
                 };
-                let sql = format!(
-                    "{insert_head} VALUES ({}) ON CONFLICT ({}) {action} RETURNING {columns}",
-                    placeholders.join(", "),
-                    ident_list(&u.columns)
+                let target = format!("ON CONFLICT ({})", ident_list(&u.columns));
+                let values = format!("VALUES ({})", placeholders.join(", "));
+                // Rows come back joined to their input row by the key (or,
+                // where a key column is NULL and so cannot conflict, by the
+                // id given), then sorted by input position.
+                let input_col = |k: &str| {
+                    let i = insert_cols.iter().position(|c| c == k).expect("key columns are inserted");
+                    (format!("input.c{i}::{}", sql_type(k)), format!("input.c{i}"))
+                };
+                let key_join: Vec<String> = u
+                    .columns
+                    .iter()
+                    .map(|k| format!("stored.{} = {}", quote_ident(k), input_col(k).0))
+                    .collect();
+                let nullable_keys: Vec<String> = u
+                    .columns
+                    .iter()
+                    .filter(|k| schema.column(k).is_some_and(|c| c.nullable))
+                    .map(|k| format!("{} IS NULL", input_col(k).1))
+                    .collect();
+                let by_id = if nullable_keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " UNION ALL SELECT stored.*, input.__ord FROM stored JOIN input \
+                         ON stored.\"id\" = input.c0 WHERE {}",
+                        nullable_keys.join(" OR ")
+                    )
+                };
+                let many = format!(
+                    "WITH input AS (SELECT * FROM UNNEST({}) WITH ORDINALITY AS u({}, __ord)), \
+                     stored AS ({insert_head} SELECT {} FROM input ORDER BY __ord {target} {action} \
+                     RETURNING {columns}) \
+                     SELECT stored.*, input.__ord FROM stored JOIN input ON {}{by_id} ORDER BY __ord",
+                    unnest_args.join(", "),
+                    aliases.join(", "),
+                    casts.join(", "),
+                    key_join.join(" AND ")
                 );
-                (u.columns.clone(), sql)
+                UpsertStatements {
+                    one: format!("{insert_head} {values} {target} {action} RETURNING {columns}"),
+                    many,
+                    ignore: format!("{insert_head} {values} {target} DO NOTHING RETURNING {columns}"),
+                }
             })
             .collect();
         Statements {
@@ -264,6 +373,7 @@ impl Statements {
             upserts,
             has_version: layout.version.is_some(),
             shapes: RwLock::default(),
+            layout,
         }
     }
 }
@@ -287,10 +397,10 @@ fn array_element_type(sql_type: &str) -> &str {
     }
 }
 
-/// `SET col = CASE WHEN $set THEN $value ELSE col END` per patch column: one
-/// fixed statement serves every combination of changed columns. With a version
-/// column, a miss is told apart from a stale version in the same statement.
-fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: Layout) -> String {
+/// `col = CASE WHEN $set THEN $value ELSE col END` per patch column, the
+/// pairs numbered from `$first` on (and the version bump): one fixed text
+/// serves every combination of changed columns.
+fn patch_sets(schema: &TableSchema, layout: Layout, first: usize) -> Vec<String> {
     let mut sets: Vec<String> = layout
         .patch
         .iter()
@@ -300,11 +410,38 @@ fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: La
             format!(
                 "{0} = CASE WHEN ${1}::BOOLEAN THEN ${2}::{ty} ELSE {0} END",
                 quote_ident(c),
-                2 * i + 2,
-                2 * i + 3
+                first + 2 * i,
+                first + 2 * i + 1
             )
         })
         .collect();
+    if let Some(v) = layout.version {
+        let v = quote_ident(v);
+        sets.push(format!("{v} = {v} + 1"));
+    }
+    sets
+}
+
+impl Statements {
+    /// `UPDATE … SET <patch> WHERE <filter>`: the patch's pairs are `$1…`,
+    /// the filter's values follow.
+    pub(crate) fn update_where(&self, schema: &TableSchema, node: &crate::filter::Node) -> String {
+        let sets = patch_sets(schema, self.layout, 1);
+        let mut param = 2 * self.layout.patch.len();
+        format!(
+            "UPDATE {} SET {}{}",
+            quote_ident(&schema.name),
+            sets.join(", "),
+            crate::filter::where_clause(schema, node, &mut param)
+        )
+    }
+}
+
+/// The update of one row by id (`$1`), the patch pairs from `$2`. With a
+/// version column, a miss is told apart from a stale version in the same
+/// statement.
+fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: Layout) -> String {
+    let mut sets = patch_sets(schema, layout, 2);
     let Some(version) = layout.version else {
         if sets.is_empty() {
             sets.push("\"id\" = \"id\"".into());
@@ -316,7 +453,6 @@ fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: La
     };
     let v = quote_ident(version);
     let expected = 2 * layout.patch.len() + 2;
-    sets.push(format!("{v} = {v} + 1"));
     format!(
         "WITH updated AS (UPDATE {table} SET {} WHERE \"id\" = $1 AND (${expected}::BIGINT IS NULL OR {v} = ${expected}) RETURNING {columns}) \
          SELECT {columns}, TRUE FROM updated \

@@ -3,17 +3,19 @@
 
 use std::marker::PhantomData;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::collections::HashMap;
+
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Arguments, Encode, PgExecutor, Postgres, Row, Type};
+use sqlx::{Arguments, PgExecutor, Postgres, Row, Type};
 use uuid::Uuid;
 
+use crate::column::{ColumnType, decode_column};
 use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
-use crate::record::{Record, Statements};
-use crate::schema::TableSchema;
+use crate::filter::{Column, Filter, Node, bind_all, condition, where_clause};
+use crate::list::{Cursor, ListOptions, Page, after_condition, key_columns, order_by};
+use crate::record::{Record, UniqueKey};
 
 /// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
 ///
@@ -21,7 +23,7 @@ use crate::schema::TableSchema;
 /// `&PgPool`, `&mut PgConnection`, or inside a transaction (`&mut *tx`).
 ///
 /// ```no_run
-/// # use mandrake_storage::{Record, Db, Filter, ListOptions};
+/// # use mandrake_storage::{Record, Db, ListOptions};
 /// # #[derive(Record, Clone)]
 /// # pub struct Note { pub id: uuid::Uuid, pub body: String,
 /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
@@ -33,7 +35,7 @@ use crate::schema::TableSchema;
 ///     .await?;
 /// tx.commit().await?;
 /// let page = Note::repo()
-///     .list(db, Filter::new().eq("body", "edited"), ListOptions::new().limit(10))
+///     .list(db, Note::BODY.eq("edited"), ListOptions::new().order_by(Note::CREATED_AT.desc()).limit(10))
 ///     .await?;
 /// assert_eq!(page.items[0].body, "edited");
 /// # Ok(()) }
@@ -70,6 +72,7 @@ fn bind_error(err: sqlx::error::BoxDynError) -> Error {
 }
 
 impl<T: Record> Repo<T> {
+    /// The repository of `T` (the same as `T::repo()`).
     pub fn new() -> Self {
         Repo(PhantomData)
     }
@@ -204,58 +207,269 @@ impl<T: Record> Repo<T> {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Inserts `new`, or when a row with the same values in `conflict` (the
-    /// columns of a unique constraint) exists, updates that row's other
-    /// columns. Returns the stored row; an existing row keeps its id.
+    /// Deletes every row matching `filter`; returns how many.
+    pub async fn delete_where<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+    ) -> Result<u64> {
+        let schema = T::schema();
+        let (node, values) = filter.into_parts();
+        let mut args = PgArguments::default();
+        bind_all(values, &mut args).map_err(bind_error)?;
+        let sql = T::statements().sql_for(Shape::DeleteWhere(node.clone()), || {
+            let mut param = 0;
+            format!(
+                "DELETE FROM {}{}",
+                quote_ident(&schema.name),
+                where_clause(schema, &node, &mut param)
+            )
+        });
+        let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .execute(executor)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Applies `patch` to every row matching `filter` in one statement and
+    /// returns how many rows it changed; on a versioned table each row's
+    /// version goes up by one. An empty patch changes nothing and returns 0.
+    pub async fn update_where<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+        patch: T::Patch,
+    ) -> Result<u64> {
+        let statements = T::statements();
+        let mut args = PgArguments::default();
+        if T::bind_patch(patch, &mut args).map_err(bind_error)? == 0 {
+            return Ok(0);
+        }
+        let (node, values) = filter.into_parts();
+        bind_all(values, &mut args).map_err(bind_error)?;
+        let sql = statements.sql_for(Shape::UpdateWhere(node.clone()), || {
+            statements.update_where(T::schema(), &node)
+        });
+        let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .execute(executor)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Inserts `new`, or, when a row with the same values in `key` exists,
+    /// updates that row's other columns (and its version). Returns the stored
+    /// row; an existing row keeps its id.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Tag { pub id: uuid::Uuid, #[record(unique)] pub name: String, pub uses: i64,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// let tag = Tag::repo().upsert(db, NewTag { name: "rust".into(), uses: 1 }, Tag::ON_NAME).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn upsert<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
         new: T::New,
-        conflict: &[&str],
+        key: UniqueKey<T>,
     ) -> Result<T> {
-        let statements = T::statements();
-        let sql = statements
-            .upserts
-            .iter()
-            .find(|(cols, _)| {
-                cols.len() == conflict.len() && cols.iter().zip(conflict).all(|(a, b)| a == b)
-            })
-            .map(|(_, sql)| sql.as_str())
-            .ok_or_else(|| {
-                Error::Schema(format!(
-                    "{} has no unique constraint on ({})",
-                    statements.table,
-                    conflict.join(", ")
-                ))
-            })?;
         let mut args = PgArguments::default();
         T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+        let sql = upserts::<T>(key).one.as_str();
         let row = sqlx::query_with(sql, args).fetch_one(executor).await?;
         Ok(T::decode(&row, 0)?)
     }
 
+    /// [`Repo::upsert`] for any number of rows in one statement (one array
+    /// parameter per column, so no 65,535-parameter limit), returned in input
+    /// order. Two rows with the same key in one call are refused by
+    /// PostgreSQL (a row cannot be updated twice by one statement).
+    pub async fn upsert_many<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        rows: Vec<T::New>,
+        key: UniqueKey<T>,
+    ) -> Result<Vec<T>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = rows.len();
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+        let mut args = PgArguments::default();
+        T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+        let mut stored = Vec::with_capacity(count);
+        let mut stream = sqlx::query_with(upserts::<T>(key).many.as_str(), args).fetch(executor);
+        while let Some(row) = stream.try_next().await? {
+            stored.push(T::decode(&row, 0)?);
+        }
+        Ok(stored)
+    }
+
+    /// Inserts `new` unless a row with the same values in `key` exists
+    /// (`ON CONFLICT DO NOTHING`): the new row, or `None`.
+    pub async fn insert_or_ignore<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        new: T::New,
+        key: UniqueKey<T>,
+    ) -> Result<Option<T>> {
+        let mut args = PgArguments::default();
+        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+        let sql = upserts::<T>(key).ignore.as_str();
+        let row = sqlx::query_with(sql, args).fetch_optional(executor).await?;
+        Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
+    }
+
+    /// The rows with these ids, in one query, in the order of `ids` (ids
+    /// with no row are left out).
+    pub async fn get_many<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        ids: &[Uuid],
+    ) -> Result<Vec<T>> {
+        let statements = T::statements();
+        let sql = statements.sql_for(Shape::GetMany, || {
+            format!(
+                "SELECT {} FROM {} WHERE \"id\" = ANY($1)",
+                statements.columns,
+                quote_ident(&T::schema().name)
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(executor)
+            .await?;
+        let mut by_id: HashMap<Uuid, T> = rows
+            .iter()
+            .map(|r| T::decode(r, 0).map(|t| (t.id(), t)))
+            .collect::<Result<_, _>>()?;
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    /// The children of many parents in one query, grouped by parent: the
+    /// rows whose `column` is one of `parents`, each group ordered by
+    /// `options` and limited **per parent** by its limit (the last message of
+    /// each of 50 conversations is one statement). Parents with no rows are
+    /// absent from the map.
+    pub async fn load_by<'e, E, V>(
+        &self,
+        executor: E,
+        column: Column<T, V>,
+        parents: &[Uuid],
+        options: ListOptions<T>,
+    ) -> Result<HashMap<Uuid, Vec<T>>>
+    where
+        E: PgExecutor<'e>,
+        V: ColumnType<Scalar = Uuid>,
+    {
+        let schema = T::schema();
+        let statements = T::statements();
+        let keys = options.keys(schema);
+        let limit = options.limit_value();
+        let shape = Shape::LoadBy {
+            column: column.index(),
+            keys: keys.clone(),
+            limit: limit.is_some(),
+        };
+        let sql = statements.sql_for(shape, || {
+            let limit = if limit.is_some() { " LIMIT $2" } else { "" };
+            format!(
+                "SELECT x.*, p.parent FROM UNNEST($1::UUID[]) AS p(parent) CROSS JOIN LATERAL \
+                 (SELECT {} FROM {} WHERE {} = p.parent{}{limit}) AS x",
+                statements.columns,
+                quote_ident(&schema.name),
+                quote_ident(column.name()),
+                order_by(schema, &keys)
+            )
+        });
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(parents);
+        if let Some(limit) = limit {
+            query = query.bind(i64::from(limit));
+        }
+        let rows = query.fetch_all(executor).await?;
+        let width = schema.columns.len();
+        let mut groups: HashMap<Uuid, Vec<T>> = HashMap::new();
+        for row in &rows {
+            let parent: Uuid = row.try_get(width)?;
+            groups.entry(parent).or_default().push(T::decode(row, 0)?);
+        }
+        Ok(groups)
+    }
+
+    /// How many rows matching `filter` have each value of `column`, most
+    /// frequent first (ties by value).
+    pub async fn count_by<'e, E, V>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+        column: Column<T, V>,
+    ) -> Result<Vec<(V, i64)>>
+    where
+        E: PgExecutor<'e>,
+        V: ColumnType,
+    {
+        let schema = T::schema();
+        let (node, values) = filter.into_parts();
+        let mut args = PgArguments::default();
+        bind_all(values, &mut args).map_err(bind_error)?;
+        let shape = Shape::CountBy(column.index(), node.clone());
+        let sql = T::statements().sql_for(shape, || {
+            let c = quote_ident(column.name());
+            let mut param = 0;
+            format!(
+                "SELECT {c}, count(*) FROM {}{} GROUP BY {c} ORDER BY count(*) DESC, {c}",
+                quote_ident(&schema.name),
+                where_clause(schema, &node, &mut param)
+            )
+        });
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(executor)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((decode_column::<V>(r, 0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// How many rows match `filter`.
-    pub async fn count<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<i64> {
+    pub async fn count<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+    ) -> Result<i64> {
         self.aggregate(executor, filter, Aggregate::Count).await
     }
 
     /// Whether any row matches `filter`.
-    pub async fn exists<'e, E: PgExecutor<'e>>(&self, executor: E, filter: Filter) -> Result<bool> {
+    pub async fn exists<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+    ) -> Result<bool> {
         self.aggregate(executor, filter, Aggregate::Exists).await
     }
 
-    async fn aggregate<'e, E, V>(&self, executor: E, filter: Filter, kind: Aggregate) -> Result<V>
+    async fn aggregate<'e, E, V>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+        kind: Aggregate,
+    ) -> Result<V>
     where
         E: PgExecutor<'e>,
         V: for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
     {
         let schema = T::schema();
-        let (conditions, args) = filter.resolve(schema)?;
-        let sql = T::statements().sql_for(Shape::Aggregate(kind, conditions.clone()), || {
+        let (node, values) = filter.into_parts();
+        let mut args = PgArguments::default();
+        bind_all(values, &mut args).map_err(bind_error)?;
+        let sql = T::statements().sql_for(Shape::Aggregate(kind, node.clone()), || {
+            let mut param = 0;
             let rows = format!(
                 "{}{}",
                 quote_ident(&schema.name),
-                where_clause(schema, &conditions)
+                where_clause(schema, &node, &mut param)
             );
             match kind {
                 Aggregate::Count => format!("SELECT count(*) FROM {rows}"),
@@ -268,56 +482,56 @@ impl<T: Record> Repo<T> {
         Ok(row.try_get(0)?)
     }
 
-    /// One page of the rows matching `filter`, in the order of `options`;
-    /// `Page::next` continues after the last row (keyset pagination, so rows
-    /// inserted meanwhile never shift the pages).
+    /// One page of the rows matching `filter`, in the order of `options`
+    /// (any columns, each ascending or descending, then `id`); `Page::next`
+    /// continues after the last row. Keyset pages: rows inserted meanwhile
+    /// never shift them.
     ///
-    /// The SQL depends on which columns are filtered and how the page is
-    /// ordered, so it is built on the first call of each such shape and then
-    /// reused; values are always bound.
+    /// The SQL depends only on the filter's shape and the options' form, so
+    /// it is built on the first call of each and then reused.
     pub async fn list<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
-        filter: Filter,
-        options: ListOptions,
+        filter: Filter<T>,
+        options: ListOptions<T>,
     ) -> Result<Page<T>> {
         let schema = T::schema();
         let statements = T::statements();
-        let order = options.order_column(schema)?;
-        let (conditions, mut args) = filter.resolve(schema)?;
-        let shape = ListShape {
-            conditions,
-            order,
-            descending: options.descending,
-            after: options.after.is_some(),
-            limit: options.limit.is_some(),
-        };
-        let order = &schema.columns[order];
-        if let Some(cursor) = &options.after {
-            let (value, id) = cursor.decode(&order.name, options.descending)?;
-            if order.name != "id" {
+        let keys = options.keys(schema);
+        let (node, values) = filter.into_parts();
+        let mut args = PgArguments::default();
+        bind_all(values, &mut args).map_err(bind_error)?;
+        if let Some(cursor) = options.cursor() {
+            for value in cursor.values(schema, &keys)? {
                 args.add(value).map_err(bind_error)?;
             }
-            args.add(id).map_err(bind_error)?;
         }
-        let limit = options.limit.map(i64::from);
+        let limit = options.limit_value().map(i64::from);
         if let Some(limit) = limit {
             // One row more than asked tells whether another page follows.
             args.add(limit + 1).map_err(bind_error)?;
         }
-        let sql = statements.sql_for(Shape::List(shape.clone()), || {
-            list_sql(schema, statements, &shape)
-        });
+        if let Some(offset) = options.offset_value() {
+            let offset =
+                i64::try_from(offset).map_err(|_| Error::Schema("offset too large".into()))?;
+            args.add(offset).map_err(bind_error)?;
+        }
+        let shape = ListShape {
+            filter: node,
+            keys,
+            after: options.cursor().is_some(),
+            limit: limit.is_some(),
+            offset: options.offset_value().is_some(),
+        };
+        let sql = statements.sql_for(Shape::List(shape.clone()), || list_sql::<T>(&shape));
         let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(executor)
             .await
             .map_err(|err| match Error::from(err) {
-                // The cursor's value is the only text cast to a column type:
+                // The cursor's values are the only text cast to column types:
                 // a data exception here means the cursor is bad, not the table.
-                e if options.after.is_some()
-                    && e.sqlstate().is_some_and(|c| c.starts_with("22")) =>
-                {
-                    Error::InvalidCursor(format!("its position does not fit the column ({e})"))
+                e if shape.after && e.sqlstate().is_some_and(|c| c.starts_with("22")) => {
+                    Error::InvalidCursor(format!("its position does not fit the columns ({e})"))
                 }
                 e => e,
             })?;
@@ -327,16 +541,14 @@ impl<T: Record> Repo<T> {
             .iter()
             .map(|r| T::decode(r, 0))
             .collect::<Result<Vec<T>, _>>()?;
-        let next = match (more, items.last()) {
+        let next = match (more, shown.checked_sub(1)) {
             (true, Some(last)) => {
-                let row = &rows[shown - 1];
-                let value: String = row.try_get(row.len() - 1)?;
-                Some(Cursor::new(
-                    &order.name,
-                    options.descending,
-                    &value,
-                    last.id(),
-                ))
+                let row = &rows[last];
+                let width = schema.columns.len();
+                let values = (width..width + shape.keys.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Cursor::new(schema, &shape.keys, values))
             }
             _ => None,
         };
@@ -344,13 +556,27 @@ impl<T: Record> Repo<T> {
     }
 }
 
-/// What varies between calls of `count`, `exists` and `list`: everything but
-/// the values. Each shape's SQL is built once and kept in [`Statements`].
+/// The upsert statements of `key`.
+fn upserts<T: Record>(key: UniqueKey<T>) -> &'static crate::record::UpsertStatements {
+    &T::statements().upserts[key.index()]
+}
+
+/// What varies between calls that take a filter: everything but the values.
+/// Each shape's SQL is built once and kept in the record's statements.
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Shape {
-    Aggregate(Aggregate, Vec<(usize, Condition)>),
+    Aggregate(Aggregate, Node),
     List(ListShape),
+    UpdateWhere(Node),
+    DeleteWhere(Node),
+    CountBy(usize, Node),
+    LoadBy {
+        column: usize,
+        keys: Vec<(usize, bool)>,
+        limit: bool,
+    },
+    GetMany,
 }
 
 #[doc(hidden)]
@@ -363,325 +589,44 @@ pub enum Aggregate {
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListShape {
-    /// `(column index, condition)` pairs.
-    conditions: Vec<(usize, Condition)>,
-    /// The ordering column's index.
-    order: usize,
-    descending: bool,
+    filter: Node,
+    /// `(column index, descending)`, ending with `id`.
+    keys: Vec<(usize, bool)>,
     after: bool,
     limit: bool,
+    offset: bool,
 }
 
-/// ` WHERE …` (or nothing) naming only the schema's own columns; `$1…` in
-/// the order of the `Equals` conditions.
-fn where_clause(schema: &TableSchema, conditions: &[(usize, Condition)]) -> String {
+/// `SELECT <columns>, <keys as text> … WHERE <filter> AND <after cursor>
+/// ORDER BY <keys> LIMIT … OFFSET …`; parameters in that order.
+fn list_sql<T: Record>(shape: &ListShape) -> String {
+    let schema = T::schema();
     let mut param = 0;
-    let parts: Vec<String> = conditions
-        .iter()
-        .map(|(column, condition)| {
-            let ident = quote_ident(&schema.columns[*column].name);
-            match condition {
-                Condition::Equals => {
-                    param += 1;
-                    format!("{ident} = ${param}")
-                }
-                Condition::IsNull => format!("{ident} IS NULL"),
-                Condition::IsNotNull => format!("{ident} IS NOT NULL"),
-            }
-        })
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", parts.join(" AND "))
+    let mut conditions = Vec::new();
+    if shape.filter != Node::All {
+        conditions.push(condition(schema, &shape.filter, &mut param));
     }
-}
-
-/// `SELECT <columns>, <order column>::TEXT … ORDER BY <order>, id LIMIT …`;
-/// the extra text column becomes the next page's cursor.
-fn list_sql(schema: &TableSchema, statements: &Statements, shape: &ListShape) -> String {
-    let order = &schema.columns[shape.order];
-    let order_ident = quote_ident(&order.name);
-    let (dir, cmp) = if shape.descending {
-        ("DESC", "<")
-    } else {
-        ("ASC", ">")
-    };
-    let mut sql = format!(
-        "SELECT {}, {order_ident}::TEXT AS __cursor FROM {}{}",
-        statements.columns,
-        quote_ident(&schema.name),
-        where_clause(schema, &shape.conditions)
-    );
-    let mut param = shape
-        .conditions
-        .iter()
-        .filter(|(_, c)| *c == Condition::Equals)
-        .count();
     if shape.after {
-        sql.push_str(if shape.conditions.is_empty() {
-            " WHERE "
-        } else {
-            " AND "
-        });
-        if order.name == "id" {
-            sql.push_str(&format!("\"id\" {cmp} ${}", param + 1));
-            param += 1;
-        } else {
-            sql.push_str(&format!(
-                "({order_ident}, \"id\") {cmp} (${}::{}, ${})",
-                param + 1,
-                order.sql_type,
-                param + 2
-            ));
-            param += 2;
-        }
+        conditions.push(after_condition(schema, &shape.keys, &mut param));
     }
-    sql.push_str(&format!(" ORDER BY {order_ident} {dir}"));
-    if order.name != "id" {
-        sql.push_str(&format!(", \"id\" {dir}"));
+    let mut sql = format!(
+        "SELECT {}{} FROM {}",
+        T::statements().columns,
+        key_columns(schema, &shape.keys),
+        quote_ident(&schema.name)
+    );
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
     }
+    sql.push_str(&order_by(schema, &shape.keys));
     if shape.limit {
-        sql.push_str(&format!(" LIMIT ${}", param + 1));
+        param += 1;
+        sql.push_str(&format!(" LIMIT ${param}"));
+    }
+    if shape.offset {
+        param += 1;
+        sql.push_str(&format!(" OFFSET ${param}"));
     }
     sql
-}
-
-/// Equality conditions on columns, ANDed together; values are always bound.
-///
-/// ```
-/// use mandrake_storage::Filter;
-/// let f = Filter::new().eq("role", "user").is_null("deleted_at");
-/// ```
-#[derive(Default)]
-pub struct Filter {
-    conditions: Vec<(String, Condition)>,
-    args: PgArguments,
-    error: Option<String>,
-}
-
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Condition {
-    Equals,
-    IsNull,
-    IsNotNull,
-}
-
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let columns: Vec<&str> = self.conditions.iter().map(|(c, _)| c.as_str()).collect();
-        f.debug_struct("Filter").field("columns", &columns).finish()
-    }
-}
-
-impl Filter {
-    /// No condition: every row.
-    pub fn new() -> Filter {
-        Filter::default()
-    }
-
-    /// `column = value`.
-    pub fn eq<V>(mut self, column: &str, value: V) -> Filter
-    where
-        V: for<'q> Encode<'q, Postgres> + Type<Postgres>,
-    {
-        if let Err(e) = self.args.add(value) {
-            self.error
-                .get_or_insert(format!("cannot bind value for {column}: {e}"));
-        }
-        self.conditions.push((column.to_owned(), Condition::Equals));
-        self
-    }
-
-    /// `column IS NULL`.
-    pub fn is_null(mut self, column: &str) -> Filter {
-        self.conditions.push((column.to_owned(), Condition::IsNull));
-        self
-    }
-
-    /// `column IS NOT NULL`.
-    pub fn is_not_null(mut self, column: &str) -> Filter {
-        self.conditions
-            .push((column.to_owned(), Condition::IsNotNull));
-        self
-    }
-
-    /// The conditions as `(column index, condition)`, every column checked
-    /// against the schema, and the bound values.
-    fn resolve(self, schema: &TableSchema) -> Result<(Vec<(usize, Condition)>, PgArguments)> {
-        if let Some(error) = self.error {
-            return Err(Error::Schema(error));
-        }
-        let conditions = self
-            .conditions
-            .into_iter()
-            .map(|(name, condition)| {
-                let column = schema
-                    .columns
-                    .iter()
-                    .position(|c| c.name == name)
-                    .ok_or_else(|| {
-                        Error::Schema(format!("{} has no column {name:?}", schema.name))
-                    })?;
-                Ok((column, condition))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((conditions, self.args))
-    }
-}
-
-/// Order, page size and position of a `list` call.
-///
-/// ```
-/// use mandrake_storage::ListOptions;
-/// let newest_first = ListOptions::new().order_by("created_at").descending().limit(50);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct ListOptions {
-    order_by: Option<String>,
-    descending: bool,
-    limit: Option<u32>,
-    after: Option<Cursor>,
-}
-
-impl ListOptions {
-    /// Oldest first by `created_at`, no limit.
-    pub fn new() -> ListOptions {
-        ListOptions::default()
-    }
-
-    /// Order by `id`, `created_at`, `updated_at` or an indexed NOT NULL column
-    /// (ties broken by `id`).
-    pub fn order_by(mut self, column: &str) -> Self {
-        self.order_by = Some(column.to_owned());
-        self
-    }
-
-    pub fn descending(mut self) -> Self {
-        self.descending = true;
-        self
-    }
-
-    pub fn ascending(mut self) -> Self {
-        self.descending = false;
-        self
-    }
-
-    /// At most `limit` rows per page.
-    pub fn limit(mut self, limit: u32) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Continue after the page that returned `cursor`.
-    pub fn after(mut self, cursor: Cursor) -> Self {
-        self.after = Some(cursor);
-        self
-    }
-
-    /// Continue after `cursor` when there is one (`page.next`).
-    pub fn after_opt(mut self, cursor: Option<Cursor>) -> Self {
-        self.after = cursor;
-        self
-    }
-
-    /// The index of the ordering column, which must suit keyset pages.
-    fn order_column(&self, schema: &TableSchema) -> Result<usize> {
-        let name = self.order_by.as_deref().unwrap_or("created_at");
-        let index = schema
-            .columns
-            .iter()
-            .position(|c| c.name == name)
-            .ok_or_else(|| Error::Schema(format!("{} has no column {name:?}", schema.name)))?;
-        let indexed = ["id", "created_at", "updated_at"].contains(&name)
-            || schema.indexes.iter().any(|i| i.columns[0] == name)
-            || schema.uniques.iter().any(|u| u.columns[0] == name);
-        if !indexed || schema.columns[index].nullable {
-            return Err(Error::Schema(format!(
-                "cannot order {} by {name}: keyset pages need id, created_at, updated_at \
-                 or an indexed NOT NULL column",
-                schema.name
-            )));
-        }
-        Ok(index)
-    }
-}
-
-/// One page of a `list`; `next` is the cursor for the page after it, `None`
-/// on the last page.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next: Option<Cursor>,
-}
-
-/// An opaque position in a listing: pass it to [`ListOptions::after`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor(String);
-
-/// The checksum that makes an edited cursor an error rather than a query.
-fn checksum(text: &str) -> u32 {
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    CRC.checksum(text.as_bytes())
-}
-
-impl Cursor {
-    fn new(column: &str, descending: bool, value: &str, id: Uuid) -> Cursor {
-        let dir = if descending { "d" } else { "a" };
-        let raw = format!("{column}\u{0}{dir}\u{0}{id}\u{0}{value}");
-        let sum = checksum(&raw);
-        Cursor(URL_SAFE_NO_PAD.encode(format!("{raw}\u{0}{sum:08x}")))
-    }
-
-    /// Rebuilds a cursor from [`Cursor::as_str`] (e.g. from an HTTP query).
-    pub fn from_string(text: impl Into<String>) -> Cursor {
-        Cursor(text.into())
-    }
-
-    /// The cursor as URL-safe text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The order column's value and the id, once the whole cursor checks out.
-    fn decode(&self, column: &str, descending: bool) -> Result<(String, Uuid)> {
-        let invalid = |why: &str| Error::InvalidCursor(why.to_owned());
-        let bytes = URL_SAFE_NO_PAD
-            .decode(&self.0)
-            .map_err(|_| invalid("not a cursor of this library"))?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid("not a cursor of this library"))?;
-        let (raw, sum) = text
-            .rsplit_once('\u{0}')
-            .ok_or_else(|| invalid("not a cursor of this library"))?;
-        if u32::from_str_radix(sum, 16).ok() != Some(checksum(raw)) {
-            return Err(invalid("its checksum does not match: it was changed"));
-        }
-        let mut parts = raw.splitn(4, '\u{0}');
-        let (Some(col), Some(dir), Some(id), Some(value)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid("not a cursor of this library"));
-        };
-        let cursor_descending = match dir {
-            "a" => false,
-            "d" => true,
-            _ => return Err(invalid("unknown direction")),
-        };
-        if col != column || cursor_descending != descending {
-            return Err(Error::InvalidCursor(format!(
-                "it belongs to a listing ordered by {col} {}, not {column} {}",
-                if cursor_descending { "desc" } else { "asc" },
-                if descending { "desc" } else { "asc" },
-            )));
-        }
-        let id = id.parse().map_err(|_| invalid("its id is not a UUID"))?;
-        Ok((value.to_owned(), id))
-    }
-}
-
-impl std::fmt::Display for Cursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }

@@ -10,7 +10,7 @@ pub struct TableSchema {
     pub name: String,
     /// The table's earlier name, so the diff renames instead of drop + create.
     pub renamed_from: Option<String>,
-    pub columns: Vec<Column>,
+    pub columns: Vec<ColumnDef>,
     pub primary_key: Vec<String>,
     /// The primary key constraint's name (`<table>_pkey` when we make it).
     pub primary_key_name: String,
@@ -24,7 +24,7 @@ pub struct TableSchema {
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Column {
+pub struct ColumnDef {
     pub name: String,
     pub sql_type: String,
     pub nullable: bool,
@@ -112,12 +112,12 @@ impl TableSchema {
     }
 
     /// Looks a column up by name.
-    pub fn column(&self, name: &str) -> Option<&Column> {
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
         self.columns.iter().find(|c| c.name == name)
     }
 
     /// Adds a column (builder style, used by the derive).
-    pub fn with_column(mut self, column: Column) -> Self {
+    pub fn with_column(mut self, column: ColumnDef) -> Self {
         self.columns.push(column);
         self
     }
@@ -192,10 +192,10 @@ impl TableSchema {
     }
 }
 
-impl Column {
+impl ColumnDef {
     /// A NOT NULL column without default.
-    pub fn new(name: &str, sql_type: &str) -> Column {
-        Column {
+    pub fn new(name: &str, sql_type: &str) -> ColumnDef {
+        ColumnDef {
             name: name.to_owned(),
             sql_type: sql_type.to_owned(),
             nullable: false,

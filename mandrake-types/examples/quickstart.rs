@@ -22,7 +22,7 @@ async fn main() -> mandrake_storage::Result<()> {
                 base_url: None,
                 api_key: Some("sk-example".into()),
             },
-            &["name"],
+            Provider::ON_NAME,
         )
         .await?;
     println!("provider: {provider:?}");
@@ -37,7 +37,7 @@ async fn main() -> mandrake_storage::Result<()> {
                 max_tokens: 8192,
                 temperature: Some(0.7),
             },
-            &["provider_id", "model_id"],
+            Model::ON_PROVIDER_ID_MODEL_ID,
         )
         .await?;
     println!(
@@ -97,7 +97,7 @@ async fn main() -> mandrake_storage::Result<()> {
                 auto_approve: Json(vec!["list".into()]),
                 disabled: false,
             },
-            &["server_name"],
+            ToolConfig::ON_SERVER_NAME,
         )
         .await?;
     let call = ToolResult::log(

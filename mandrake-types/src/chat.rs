@@ -1,5 +1,7 @@
 //! Conversations and their messages.
 
+use std::collections::HashMap;
+
 use mandrake_storage::chrono::{DateTime, Utc};
 use mandrake_storage::sqlx::PgExecutor;
 use mandrake_storage::sqlx::types::Json;
@@ -40,6 +42,42 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Conversation {
+    /// The most recently active conversations (newest `updated_at` first),
+    /// `limit` at a time; pass the previous page's `next` to continue.
+    pub async fn recent<'e, E: PgExecutor<'e>>(
+        executor: E,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<Page<Conversation>> {
+        let options = ListOptions::new()
+            .order_by(Conversation::UPDATED_AT.desc())
+            .limit(limit)
+            .after_opt(after);
+        Conversation::repo()
+            .list(executor, Filter::all(), options)
+            .await
+    }
+
+    /// The newest message of each of these conversations, in one statement
+    /// (a sidebar's previews). Conversations without messages are absent.
+    pub async fn last_messages<'e, E: PgExecutor<'e>>(
+        executor: E,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Message>> {
+        let newest = ListOptions::new()
+            .order_by(Message::CREATED_AT.desc())
+            .limit(1);
+        let groups = Message::repo()
+            .load_by(executor, Message::CONVERSATION_ID, ids, newest)
+            .await?;
+        Ok(groups
+            .into_iter()
+            .filter_map(|(id, mut messages)| messages.pop().map(|m| (id, m)))
+            .collect())
+    }
+}
+
 impl Message {
     /// The messages of a conversation, oldest first, `limit` at a time; pass
     /// the previous page's `next` to continue.
@@ -50,7 +88,7 @@ impl Message {
         after: Option<Cursor>,
     ) -> Result<Page<Message>> {
         let options = ListOptions::new()
-            .order_by("created_at")
+            .order_by(Message::CREATED_AT.asc())
             .limit(limit)
             .after_opt(after);
         Message::list_by_conversation_id(executor, conversation_id, options).await
@@ -64,12 +102,33 @@ impl Message {
         n: u32,
     ) -> Result<Vec<Message>> {
         let newest_first = ListOptions::new()
-            .order_by("created_at")
-            .descending()
+            .order_by(Message::CREATED_AT.desc())
             .limit(n);
-        let filter = Filter::new().eq("conversation_id", conversation_id);
+        let filter = Message::CONVERSATION_ID.eq(conversation_id);
         let mut page = Message::repo().list(executor, filter, newest_first).await?;
         page.items.reverse();
         Ok(page.items)
+    }
+
+    /// Messages containing `text` (case-insensitive, matched literally:
+    /// `%` and `_` are plain characters), newest first, in one conversation
+    /// or in all of them.
+    pub async fn search<'e, E: PgExecutor<'e>>(
+        executor: E,
+        conversation: Option<Uuid>,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let mut filter = Message::CONTENT.contains_text(text);
+        if let Some(id) = conversation {
+            filter = filter.and(Message::CONVERSATION_ID.eq(id));
+        }
+        let newest_first = ListOptions::new()
+            .order_by(Message::CREATED_AT.desc())
+            .limit(limit);
+        Ok(Message::repo()
+            .list(executor, filter, newest_first)
+            .await?
+            .items)
     }
 }

@@ -61,8 +61,8 @@ impl Model {
             format!(
                 "SELECT {}, {} FROM models m JOIN providers p ON p.id = m.provider_id \
                  WHERE m.enabled ORDER BY p.name, m.model_id",
-                Model::statements().qualified_columns("m"),
-                Provider::statements().qualified_columns("p"),
+                Model::columns("m"),
+                Provider::columns("p"),
             )
         });
         let width = Model::schema().columns.len();

@@ -6,7 +6,7 @@ use mandrake_storage::chrono::{DateTime, Utc};
 use mandrake_storage::sqlx::PgExecutor;
 use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::uuid::Uuid;
-use mandrake_storage::{Filter, ListOptions, Page, Record, Result};
+use mandrake_storage::{ListOptions, Page, Record, Result};
 
 /// How to start an MCP server.
 #[derive(Record, Clone)]
@@ -34,7 +34,7 @@ impl ToolConfig {
         executor: E,
         server_name: &str,
     ) -> Result<Option<ToolConfig>> {
-        let filter = Filter::new().eq("server_name", server_name);
+        let filter = ToolConfig::SERVER_NAME.eq(server_name);
         let page = ToolConfig::repo()
             .list(executor, filter, ListOptions::new().limit(1))
             .await?;
@@ -43,10 +43,9 @@ impl ToolConfig {
 
     /// The servers to start, by name.
     pub async fn enabled<'e, E: PgExecutor<'e>>(executor: E) -> Result<Vec<ToolConfig>> {
-        let filter = Filter::new().eq("disabled", false);
-        let page = ToolConfig::repo()
-            .list(executor, filter, ListOptions::new().order_by("server_name"))
-            .await?;
+        let filter = ToolConfig::DISABLED.eq(false);
+        let by_name = ListOptions::new().order_by(ToolConfig::SERVER_NAME.asc());
+        let page = ToolConfig::repo().list(executor, filter, by_name).await?;
         Ok(page.items)
     }
 }
@@ -86,9 +85,20 @@ impl ToolResult {
     pub async fn of_conversation<'e, E: PgExecutor<'e>>(
         executor: E,
         conversation_id: Uuid,
-        options: ListOptions,
+        options: ListOptions<ToolResult>,
     ) -> Result<Page<ToolResult>> {
-        let newest_first = options.order_by("created_at").descending();
+        let newest_first = options.order_by(ToolResult::CREATED_AT.desc());
         ToolResult::list_by_conversation_id(executor, conversation_id, newest_first).await
+    }
+
+    /// How often each tool was called since `since`, most used first.
+    pub async fn usage_by_tool<'e, E: PgExecutor<'e>>(
+        executor: E,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>> {
+        let filter = ToolResult::CREATED_AT.ge(since);
+        ToolResult::repo()
+            .count_by(executor, filter, ToolResult::TOOL_NAME)
+            .await
     }
 }

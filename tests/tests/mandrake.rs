@@ -233,7 +233,7 @@ async fn conflicting_serializable_transactions_both_commit_through_retry() {
                 Box::pin(async move {
                     let first = attempts.fetch_add(1, Ordering::SeqCst) < 2;
                     let seen = Message::repo()
-                        .count(&mut *tx, Filter::new().eq("conversation_id", conv.id))
+                        .count(&mut *tx, Message::CONVERSATION_ID.eq(conv.id))
                         .await?;
                     if first {
                         barrier.wait().await;
@@ -264,7 +264,7 @@ async fn conflicting_serializable_transactions_both_commit_through_retry() {
         attempts.load(Ordering::SeqCst) >= 3,
         "one transaction was retried"
     );
-    assert_eq!(Message::repo().count(&db, Filter::new()).await.unwrap(), 2);
+    assert_eq!(Message::repo().count(&db, Filter::all()).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -286,7 +286,7 @@ async fn a_failed_transaction_rolls_back_and_is_not_retried() {
         .await;
     assert!(matches!(result, Err(Error::Schema(_))));
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
-    assert_eq!(Message::repo().count(db, Filter::new()).await.unwrap(), 0);
+    assert_eq!(Message::repo().count(db, Filter::all()).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -440,5 +440,5 @@ async fn a_panicking_transaction_rolls_back() {
         }
     });
     assert!(task.await.unwrap_err().is_panic());
-    assert_eq!(Message::repo().count(&db, Filter::new()).await.unwrap(), 0);
+    assert_eq!(Message::repo().count(&db, Filter::all()).await.unwrap(), 0);
 }

@@ -55,7 +55,7 @@ async fn upsert_moves_the_version_so_a_stale_update_is_a_conflict() {
                 value: 42,
                 note: None,
             },
-            &["name"],
+            Counter::ON_NAME,
         )
         .await
         .unwrap();

@@ -1,0 +1,510 @@
+//! Typed columns and the filters built from them.
+//!
+//! `#[derive(Record)]` gives every stored field `foo` of `T` a constant
+//! `T::FOO: Column<T, V>`. Its operators build a [`Filter<T>`]: a tree whose
+//! *shape* (structure and operators) decides the SQL text, built once per
+//! shape, while the values travel as bound parameters.
+
+use std::marker::PhantomData;
+
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgHasArrayType};
+use sqlx::types::Json;
+use sqlx::{Arguments, Encode, Postgres, Type};
+
+use crate::column::ColumnType;
+use crate::ddl::quote_ident;
+use crate::list::Order;
+use crate::schema::TableSchema;
+
+/// A column of record `T` holding values of type `V` (`Option<X>` for a
+/// nullable column). Emitted by the derive as `T::FIELD`; `Copy`.
+///
+/// ```
+/// use mandrake_storage::{Column, Filter, Record};
+/// # use chrono::{DateTime, Utc};
+/// # use uuid::Uuid;
+/// #[derive(Record, Clone)]
+/// pub struct Note {
+///     pub id: Uuid,
+///     pub title: Option<String>,
+///     pub stars: i32,
+///     pub created_at: DateTime<Utc>,
+///     pub updated_at: DateTime<Utc>,
+/// }
+///
+/// let column: Column<Note, i32> = Note::STARS;
+/// let filter: Filter<Note> = Note::STARS.ge(3).and(Note::TITLE.is_not_null());
+/// ```
+pub struct Column<T, V> {
+    name: &'static str,
+    index: usize,
+    _marker: PhantomData<fn() -> (T, V)>,
+}
+
+impl<T, V> Clone for Column<T, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T, V> Copy for Column<T, V> {}
+
+impl<T, V> std::fmt::Debug for Column<T, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Column({})", self.name)
+    }
+}
+
+impl<T, V> Column<T, V> {
+    /// The column named `name`, at position `index` of the table's columns.
+    #[doc(hidden)]
+    pub const fn new(name: &'static str, index: usize) -> Self {
+        Column {
+            name,
+            index,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The column's name in the table.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Ascending order on this column (NULLs last).
+    pub fn asc(self) -> Order<T> {
+        Order::new(self.index, false)
+    }
+
+    /// Descending order on this column (NULLs last).
+    pub fn desc(self) -> Order<T> {
+        Order::new(self.index, true)
+    }
+
+    fn compare(self, op: Op, values: Vec<Box<dyn Value>>) -> Filter<T> {
+        Filter {
+            node: Node::Compare {
+                column: self.index,
+                op,
+            },
+            values,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T, V: ColumnType> Column<T, V> {
+    /// `column = value`. On an `Option<X>` column `value` is an `X`.
+    pub fn eq(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Eq, vec![boxed(value.into())])
+    }
+
+    /// `column <> value`. On a nullable column this is `IS DISTINCT FROM`:
+    /// rows where the column is NULL are kept (NULL is not `value`).
+    pub fn ne(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Ne, vec![boxed(value.into())])
+    }
+
+    /// `column < value`.
+    pub fn lt(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Lt, vec![boxed(value.into())])
+    }
+
+    /// `column <= value`.
+    pub fn le(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Le, vec![boxed(value.into())])
+    }
+
+    /// `column > value`.
+    pub fn gt(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Gt, vec![boxed(value.into())])
+    }
+
+    /// `column >= value`.
+    pub fn ge(self, value: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Ge, vec![boxed(value.into())])
+    }
+
+    /// `column BETWEEN lo AND hi` (both ends included).
+    pub fn between(self, lo: impl Into<V::Scalar>, hi: impl Into<V::Scalar>) -> Filter<T> {
+        self.compare(Op::Between, vec![boxed(lo.into()), boxed(hi.into())])
+    }
+
+    /// `column = ANY($1)`: one array parameter, so the SQL text is the same
+    /// for any number of values. An empty list matches no row.
+    pub fn is_in<I>(self, values: I) -> Filter<T>
+    where
+        I: IntoIterator,
+        I::Item: Into<V::Scalar>,
+        V::Scalar: PgHasArrayType,
+    {
+        let values: Vec<V::Scalar> = values.into_iter().map(Into::into).collect();
+        self.compare(Op::In, vec![boxed(values)])
+    }
+
+    /// The opposite of [`Column::is_in`]; like [`Column::ne`], it keeps the
+    /// rows where a nullable column is NULL. An empty list matches every row.
+    pub fn not_in<I>(self, values: I) -> Filter<T>
+    where
+        I: IntoIterator,
+        I::Item: Into<V::Scalar>,
+        V::Scalar: PgHasArrayType,
+    {
+        let values: Vec<V::Scalar> = values.into_iter().map(Into::into).collect();
+        self.compare(Op::NotIn, vec![boxed(values)])
+    }
+}
+
+impl<T, X> Column<T, Option<X>> {
+    /// `column IS NULL`; only on nullable (`Option`) columns.
+    pub fn is_null(self) -> Filter<T> {
+        self.compare(Op::IsNull, Vec::new())
+    }
+
+    /// `column IS NOT NULL`; only on nullable (`Option`) columns.
+    pub fn is_not_null(self) -> Filter<T> {
+        self.compare(Op::IsNotNull, Vec::new())
+    }
+}
+
+/// Text columns: `String` and `Option<String>`.
+pub trait TextColumn {}
+impl TextColumn for String {}
+impl TextColumn for Option<String> {}
+
+/// JSON columns: `Json<_>`, `serde_json::Value`, and their `Option`s.
+pub trait JsonColumn {}
+impl<J> JsonColumn for Json<J> {}
+impl JsonColumn for serde_json::Value {}
+impl<J: JsonColumn> JsonColumn for Option<J> {}
+
+impl<T, V: TextColumn> Column<T, V> {
+    /// `column LIKE pattern` (case-sensitive; `%` and `_` are wildcards).
+    pub fn like(self, pattern: impl Into<String>) -> Filter<T> {
+        self.compare(Op::Like, vec![boxed(pattern.into())])
+    }
+
+    /// `column ILIKE pattern` (case-insensitive; `%` and `_` are wildcards).
+    pub fn ilike(self, pattern: impl Into<String>) -> Filter<T> {
+        self.compare(Op::ILike, vec![boxed(pattern.into())])
+    }
+
+    /// The column starts with `prefix`, ignoring case. `prefix` matches
+    /// literally: `%`, `_` and `\` in it are not wildcards.
+    pub fn starts_with(self, prefix: &str) -> Filter<T> {
+        self.ilike(format!("{}%", escape_like(prefix)))
+    }
+
+    /// The column contains `text`, ignoring case. `text` matches literally:
+    /// `%`, `_` and `\` in it are not wildcards.
+    pub fn contains_text(self, text: &str) -> Filter<T> {
+        self.ilike(format!("%{}%", escape_like(text)))
+    }
+}
+
+impl<T, V: JsonColumn> Column<T, V> {
+    /// `column @> value`: the JSON column contains `value` (JSONB containment).
+    pub fn json_contains(self, value: impl serde::Serialize + Send + Sync + 'static) -> Filter<T> {
+        self.compare(Op::JsonContains, vec![boxed(Json(value))])
+    }
+}
+
+/// `%`, `_` and the escape character `\` made literal for LIKE.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A condition on the rows of record `T`: built from its columns, combined
+/// with [`Filter::and`], [`Filter::or`] and [`Filter::not`] to any depth.
+///
+/// ```
+/// # use mandrake_storage::{Filter, Record};
+/// # use chrono::{DateTime, Utc};
+/// # use uuid::Uuid;
+/// # #[derive(Record, Clone)]
+/// # pub struct Note { pub id: Uuid, pub title: Option<String>, pub stars: i32,
+/// #   pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+/// let good_or_untitled = Note::STARS.ge(4).or(Note::TITLE.is_null());
+/// let everything = Filter::<Note>::all();
+/// let not_spam = Note::TITLE.contains_text("100% free").not();
+/// ```
+pub struct Filter<T> {
+    node: Node,
+    /// Bound values, in the order the rendered SQL numbers them.
+    values: Vec<Box<dyn Value>>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Filter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("shape", &self.node)
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl<T> Default for Filter<T> {
+    fn default() -> Self {
+        Filter::all()
+    }
+}
+
+impl<T> Filter<T> {
+    /// Every row.
+    pub fn all() -> Filter<T> {
+        Filter {
+            node: Node::All,
+            values: Vec::new(),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Rows matching both.
+    pub fn and(self, other: Filter<T>) -> Filter<T> {
+        self.join(other, true)
+    }
+
+    /// Rows matching either.
+    pub fn or(self, other: Filter<T>) -> Filter<T> {
+        self.join(other, false)
+    }
+
+    /// Rows not matching (also `!filter`).
+    // An inherent method, so `a.not()` works without importing `std::ops::Not`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn not(self) -> Filter<T> {
+        Filter {
+            node: Node::Not(Box::new(self.node)),
+            values: self.values,
+            _marker: PhantomData,
+        }
+    }
+
+    fn join(mut self, other: Filter<T>, and: bool) -> Filter<T> {
+        // `a.and(b).and(c)` is one AND of three, not a nest of two, and
+        // `all()` drops out of an AND (it binds no value, so numbering holds).
+        let mut parts = Vec::new();
+        for node in [self.node, other.node] {
+            match node {
+                Node::All if and => {}
+                Node::And(inner) if and => parts.extend(inner),
+                Node::Or(inner) if !and => parts.extend(inner),
+                other => parts.push(other),
+            }
+        }
+        self.values.extend(other.values);
+        let node = match parts.len() {
+            0 => Node::All,
+            1 => parts.pop().expect("one part"),
+            _ if and => Node::And(parts),
+            _ => Node::Or(parts),
+        };
+        Filter {
+            node,
+            values: self.values,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The shape (what the SQL text depends on) and the values to bind.
+    pub(crate) fn into_parts(self) -> (Node, Vec<Box<dyn Value>>) {
+        (self.node, self.values)
+    }
+}
+
+impl<T> std::ops::Not for Filter<T> {
+    type Output = Filter<T>;
+    fn not(self) -> Filter<T> {
+        Filter::not(self)
+    }
+}
+
+/// The shape of a filter: everything but its values.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Node {
+    All,
+    Compare { column: usize, op: Op },
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+}
+
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Between,
+    In,
+    NotIn,
+    IsNull,
+    IsNotNull,
+    Like,
+    ILike,
+    JsonContains,
+}
+
+/// A value waiting to be bound.
+pub(crate) trait Value: Send {
+    fn bind(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError>;
+}
+
+impl<V> Value for V
+where
+    V: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
+{
+    fn bind(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(*self)
+    }
+}
+
+fn boxed<V>(value: V) -> Box<dyn Value>
+where
+    V: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
+{
+    Box::new(value)
+}
+
+/// Binds `values` in order.
+pub(crate) fn bind_all(
+    values: Vec<Box<dyn Value>>,
+    args: &mut PgArguments,
+) -> Result<(), BoxDynError> {
+    values.into_iter().try_for_each(|v| v.bind(args))
+}
+
+/// ` WHERE …` for `node` (nothing for [`Node::All`]); parameters are numbered
+/// from `*param + 1` on, and `*param` is left at the last one used.
+pub(crate) fn where_clause(schema: &TableSchema, node: &Node, param: &mut usize) -> String {
+    match node {
+        Node::All => String::new(),
+        node => format!(" WHERE {}", condition(schema, node, param)),
+    }
+}
+
+/// The SQL of one condition, identifiers from the schema, values as `$n`.
+pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) -> String {
+    let mut next = || {
+        *param += 1;
+        format!("${param}")
+    };
+    match node {
+        Node::All => "TRUE".into(),
+        Node::Compare { column, op } => {
+            let def = &schema.columns[*column];
+            let c = quote_ident(&def.name);
+            match op {
+                Op::Eq => format!("{c} = {}", next()),
+                Op::Ne if def.nullable => format!("{c} IS DISTINCT FROM {}", next()),
+                Op::Ne => format!("{c} <> {}", next()),
+                Op::Lt => format!("{c} < {}", next()),
+                Op::Le => format!("{c} <= {}", next()),
+                Op::Gt => format!("{c} > {}", next()),
+                Op::Ge => format!("{c} >= {}", next()),
+                Op::Between => {
+                    let lo = next();
+                    format!("{c} BETWEEN {lo} AND {}", next())
+                }
+                Op::In => format!("{c} = ANY({})", next()),
+                Op::NotIn if def.nullable => format!("({c} IS NULL OR {c} <> ALL({}))", next()),
+                Op::NotIn => format!("{c} <> ALL({})", next()),
+                Op::IsNull => format!("{c} IS NULL"),
+                Op::IsNotNull => format!("{c} IS NOT NULL"),
+                Op::Like => format!("{c} LIKE {}", next()),
+                Op::ILike => format!("{c} ILIKE {}", next()),
+                Op::JsonContains => format!("{c} @> {}", next()),
+            }
+        }
+        Node::And(parts) | Node::Or(parts) => {
+            let joiner = if matches!(node, Node::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            let parts: Vec<String> = parts.iter().map(|p| condition(schema, p, param)).collect();
+            format!("({})", parts.join(joiner))
+        }
+        Node::Not(inner) => format!("NOT {}", wrapped(condition(schema, inner, param))),
+    }
+}
+
+fn wrapped(sql: String) -> String {
+    if sql.starts_with('(') && sql.ends_with(')') {
+        sql
+    } else {
+        format!("({sql})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ColumnDef;
+
+    struct T;
+
+    fn schema() -> TableSchema {
+        TableSchema::new("t")
+            .with_column(ColumnDef::new("a", "INTEGER"))
+            .with_column(ColumnDef::new("b", "TEXT").nullable(true))
+    }
+
+    const A: Column<T, i32> = Column::new("a", 0);
+    const B: Column<T, Option<String>> = Column::new("b", 1);
+
+    fn sql(filter: Filter<T>) -> (String, usize) {
+        let (node, values) = filter.into_parts();
+        let mut param = 0;
+        let text = where_clause(&schema(), &node, &mut param);
+        assert_eq!(param, values.len(), "one parameter per value");
+        (text, values.len())
+    }
+
+    #[test]
+    fn nesting_gets_its_parentheses_and_numbers_in_order() {
+        let f = A
+            .eq(1)
+            .and(B.is_null().or(B.ne("x")))
+            .and(A.between(2, 3).not());
+        assert_eq!(
+            sql(f).0,
+            r#" WHERE ("a" = $1 AND ("b" IS NULL OR "b" IS DISTINCT FROM $2) AND NOT ("a" BETWEEN $3 AND $4))"#
+        );
+        assert_eq!(sql(Filter::all()).0, "");
+        assert_eq!(sql(A.is_in([1, 2, 3])).0, r#" WHERE "a" = ANY($1)"#);
+        assert_eq!(
+            sql(B.not_in(Vec::<String>::new())).0,
+            r#" WHERE ("b" IS NULL OR "b" <> ALL($1))"#
+        );
+    }
+
+    #[test]
+    fn the_shape_ignores_values_and_list_lengths() {
+        let shape = |f: Filter<T>| f.into_parts().0;
+        assert_eq!(shape(A.is_in([1])), shape(A.is_in(0..10_000)));
+        assert_eq!(shape(A.eq(1).and(B.eq("x"))), shape(A.eq(2).and(B.eq("y"))));
+        assert_ne!(shape(A.eq(1).and(B.eq("x"))), shape(A.eq(1).or(B.eq("x"))));
+    }
+
+    #[test]
+    fn like_input_is_escaped_to_match_literally() {
+        assert_eq!(escape_like(r"100%_\x"), r"100\%\_\\x");
+    }
+}

@@ -1,0 +1,417 @@
+//! Orders, pages and keyset cursors for `list`.
+//!
+//! Every listing is ordered by its columns and then by `id`, so each row has
+//! a unique position and a cursor (the position of a page's last row) resumes
+//! exactly, in any mix of directions and with nullable columns (NULLs sort
+//! last, ascending or descending).
+
+use std::marker::PhantomData;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::ddl::quote_ident;
+use crate::error::{Error, Result};
+use crate::schema::TableSchema;
+
+/// One column of an ordering, from [`crate::Column::asc`] or
+/// [`crate::Column::desc`].
+pub struct Order<T> {
+    column: usize,
+    descending: bool,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> Order<T> {
+    pub(crate) fn new(column: usize, descending: bool) -> Order<T> {
+        Order {
+            column,
+            descending,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Order<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Order<T> {}
+
+impl<T> std::fmt::Debug for Order<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = if self.descending { "desc" } else { "asc" };
+        write!(f, "Order(column {} {dir})", self.column)
+    }
+}
+
+/// Order, size and position of a `list` call.
+///
+/// ```
+/// # use mandrake_storage::{ListOptions, Record};
+/// # use chrono::{DateTime, Utc};
+/// # use uuid::Uuid;
+/// # #[derive(Record, Clone)]
+/// # pub struct Note { pub id: Uuid, pub title: Option<String>, pub stars: i32,
+/// #   pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+/// let best_first = ListOptions::new()
+///     .order_by(Note::STARS.desc())
+///     .then_by(Note::TITLE.asc())
+///     .limit(50);
+/// ```
+pub struct ListOptions<T> {
+    order: Vec<(usize, bool)>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+    after: Option<Cursor>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ListOptions<T> {
+    fn clone(&self) -> Self {
+        ListOptions {
+            order: self.order.clone(),
+            limit: self.limit,
+            offset: self.offset,
+            after: self.after.clone(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ListOptions<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListOptions")
+            .field("order", &self.order)
+            .field("limit", &self.limit)
+            .field("offset", &self.offset)
+            .field("after", &self.after)
+            .finish()
+    }
+}
+
+impl<T> Default for ListOptions<T> {
+    fn default() -> Self {
+        ListOptions {
+            order: Vec::new(),
+            limit: None,
+            offset: None,
+            after: None,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> ListOptions<T> {
+    /// Oldest first (`created_at`, then `id`), no limit.
+    pub fn new() -> ListOptions<T> {
+        ListOptions::default()
+    }
+
+    /// Order by this column first (replacing any order set before).
+    pub fn order_by(mut self, order: Order<T>) -> Self {
+        self.order = vec![(order.column, order.descending)];
+        self
+    }
+
+    /// Then by this column, for rows equal in the columns before it.
+    pub fn then_by(mut self, order: Order<T>) -> Self {
+        self.order.push((order.column, order.descending));
+        self
+    }
+
+    /// At most `limit` rows per page (for `load_by`: per parent).
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Skip the first `offset` rows (offset pages; cursors are cheaper on
+    /// deep pages and stable while rows are added).
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Continue after the page that returned `cursor` (`page.next`).
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Continue after `cursor` when there is one.
+    pub fn after_opt(mut self, cursor: Option<Cursor>) -> Self {
+        self.after = cursor;
+        self
+    }
+
+    pub(crate) fn limit_value(&self) -> Option<u32> {
+        self.limit
+    }
+
+    pub(crate) fn offset_value(&self) -> Option<u64> {
+        self.offset
+    }
+
+    pub(crate) fn cursor(&self) -> Option<&Cursor> {
+        self.after.as_ref()
+    }
+
+    /// The full ordering: the columns asked for (`created_at` when none),
+    /// then `id` in the direction of the last one, unless `id` is there.
+    pub(crate) fn keys(&self, schema: &TableSchema) -> Vec<(usize, bool)> {
+        let position = |name: &str| {
+            schema
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .expect("every record has id and created_at")
+        };
+        let mut keys = self.order.clone();
+        if keys.is_empty() {
+            keys.push((position("created_at"), false));
+        }
+        let id = position("id");
+        if !keys.iter().any(|(c, _)| *c == id) {
+            let last_descending = keys.last().is_some_and(|(_, d)| *d);
+            keys.push((id, last_descending));
+        }
+        keys
+    }
+}
+
+/// One page of a `list`; `next` continues after it, `None` on the last page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The rows of this page, in order.
+    pub items: Vec<T>,
+    /// The cursor for the page after this one.
+    pub next: Option<Cursor>,
+}
+
+/// ` ORDER BY …` for `keys`.
+pub(crate) fn order_by(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|(c, descending)| {
+            let def = &schema.columns[*c];
+            let dir = if *descending { "DESC" } else { "ASC" };
+            // NOT NULL columns keep the plain form, which an index serves.
+            let nulls = if def.nullable { " NULLS LAST" } else { "" };
+            format!("{} {dir}{nulls}", quote_ident(&def.name))
+        })
+        .collect();
+    format!(" ORDER BY {}", parts.join(", "))
+}
+
+/// `, "a"::TEXT AS __k0, …`: the keys of each row, read back for its cursor
+/// (renamed, so that ORDER BY still means the columns).
+pub(crate) fn key_columns(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
+    keys.iter()
+        .enumerate()
+        .map(|(i, (c, _))| {
+            format!(
+                ", {}::TEXT AS __k{i}",
+                quote_ident(&schema.columns[*c].name)
+            )
+        })
+        .collect()
+}
+
+/// The rows after a cursor's position, its values bound as `$n::type` text
+/// from `*param + 1` on.
+pub(crate) fn after_condition(
+    schema: &TableSchema,
+    keys: &[(usize, bool)],
+    param: &mut usize,
+) -> String {
+    let bound: Vec<String> = keys
+        .iter()
+        .map(|(c, _)| {
+            *param += 1;
+            format!("${param}::{}", schema.columns[*c].sql_type)
+        })
+        .collect();
+    let column = |c: usize| quote_ident(&schema.columns[c].name);
+    let uniform = keys
+        .iter()
+        .all(|(c, d)| !schema.columns[*c].nullable && *d == keys[0].1);
+    if uniform {
+        // One row comparison, which an index on these columns serves.
+        let cmp = if keys[0].1 { "<" } else { ">" };
+        let cols: Vec<String> = keys.iter().map(|(c, _)| column(*c)).collect();
+        return format!("({}) {cmp} ({})", cols.join(", "), bound.join(", "));
+    }
+    // Mixed directions or nullable columns: after in the first key, or equal
+    // in it and after in the next, and so on.
+    let terms: Vec<String> = (0..keys.len())
+        .map(|j| {
+            let mut parts: Vec<String> = (0..j)
+                .map(|i| {
+                    let (c, _) = keys[i];
+                    if schema.columns[c].nullable {
+                        format!("{} IS NOT DISTINCT FROM {}", column(c), bound[i])
+                    } else {
+                        format!("{} = {}", column(c), bound[i])
+                    }
+                })
+                .collect();
+            let (c, descending) = keys[j];
+            let cmp = if descending { "<" } else { ">" };
+            let (col, value) = (column(c), &bound[j]);
+            parts.push(if schema.columns[c].nullable {
+                format!("({value} IS NOT NULL AND ({col} {cmp} {value} OR {col} IS NULL))")
+            } else {
+                format!("{col} {cmp} {value}")
+            });
+            format!("({})", parts.join(" AND "))
+        })
+        .collect();
+    format!("({})", terms.join(" OR "))
+}
+
+/// An opaque position in a listing: pass it to [`ListOptions::after`]. It
+/// names the order it belongs to and carries a checksum, so a cursor that was
+/// edited or comes from another order is an [`Error::InvalidCursor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Position {
+    /// `name` or `-name` (descending) per key.
+    order: Vec<String>,
+    /// Each key's value as text.
+    values: Vec<Option<String>>,
+}
+
+/// The checksum that makes an edited cursor an error rather than a query.
+fn checksum(text: &str) -> u32 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    CRC.checksum(text.as_bytes())
+}
+
+fn order_names(schema: &TableSchema, keys: &[(usize, bool)]) -> Vec<String> {
+    keys.iter()
+        .map(|(c, d)| format!("{}{}", if *d { "-" } else { "" }, schema.columns[*c].name))
+        .collect()
+}
+
+impl Cursor {
+    pub(crate) fn new(
+        schema: &TableSchema,
+        keys: &[(usize, bool)],
+        values: Vec<Option<String>>,
+    ) -> Cursor {
+        let position = Position {
+            order: order_names(schema, keys),
+            values,
+        };
+        let json = serde_json::to_string(&position).expect("strings serialize");
+        Cursor(URL_SAFE_NO_PAD.encode(format!("{:08x}{json}", checksum(&json))))
+    }
+
+    /// Rebuilds a cursor from [`Cursor::as_str`] (e.g. from an HTTP query).
+    pub fn from_string(text: impl Into<String>) -> Cursor {
+        Cursor(text.into())
+    }
+
+    /// The cursor as URL-safe text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key values of the position, once the whole cursor checks out
+    /// against the listing's order.
+    pub(crate) fn values(
+        &self,
+        schema: &TableSchema,
+        keys: &[(usize, bool)],
+    ) -> Result<Vec<Option<String>>> {
+        let foreign = || Error::InvalidCursor("not a cursor of this library".into());
+        let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| foreign())?;
+        let text = String::from_utf8(bytes).map_err(|_| foreign())?;
+        let (sum, json) = text.split_at_checked(8).ok_or_else(foreign)?;
+        if u32::from_str_radix(sum, 16).ok() != Some(checksum(json)) {
+            return Err(Error::InvalidCursor(
+                "its checksum does not match: it was changed".into(),
+            ));
+        }
+        let position: Position = serde_json::from_str(json).map_err(|_| foreign())?;
+        let expected = order_names(schema, keys);
+        if position.order != expected || position.values.len() != keys.len() {
+            return Err(Error::InvalidCursor(format!(
+                "it belongs to a listing ordered by ({}), not ({})",
+                position.order.join(", "),
+                expected.join(", ")
+            )));
+        }
+        Ok(position.values)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ColumnDef;
+
+    fn schema() -> TableSchema {
+        TableSchema::new("t")
+            .with_column(ColumnDef::new("id", "UUID"))
+            .with_column(ColumnDef::new("a", "INTEGER"))
+            .with_column(ColumnDef::new("b", "TEXT").nullable(true))
+            .with_column(ColumnDef::new("created_at", "TIMESTAMPTZ"))
+    }
+
+    #[test]
+    fn id_breaks_ties_and_uniform_orders_use_a_row_comparison() {
+        let s = schema();
+        let keys = ListOptions::<()>::new().keys(&s);
+        assert_eq!(keys, vec![(3, false), (0, false)]);
+        let mut p = 0;
+        assert_eq!(
+            after_condition(&s, &keys, &mut p),
+            r#"("created_at", "id") > ($1::TIMESTAMPTZ, $2::UUID)"#
+        );
+        assert_eq!(
+            order_by(&s, &keys),
+            r#" ORDER BY "created_at" ASC, "id" ASC"#
+        );
+    }
+
+    #[test]
+    fn mixed_and_nullable_orders_expand_with_nulls_last() {
+        let s = schema();
+        let keys = vec![(1, true), (2, false), (0, false)];
+        let mut p = 0;
+        assert_eq!(
+            after_condition(&s, &keys, &mut p),
+            "((\"a\" < $1::INTEGER) OR (\"a\" = $1::INTEGER AND ($2::TEXT IS NOT NULL AND (\"b\" > $2::TEXT OR \"b\" IS NULL))) \
+             OR (\"a\" = $1::INTEGER AND \"b\" IS NOT DISTINCT FROM $2::TEXT AND \"id\" > $3::UUID))"
+        );
+        assert_eq!(
+            order_by(&s, &keys),
+            r#" ORDER BY "a" DESC, "b" ASC NULLS LAST, "id" ASC"#
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_other_orders() {
+        let s = schema();
+        let keys = vec![(1, true), (0, true)];
+        let values = vec![Some("3".to_owned()), None];
+        let cursor = Cursor::new(&s, &keys, values.clone());
+        assert_eq!(cursor.values(&s, &keys).unwrap(), values);
+        let other = vec![(1, false), (0, false)];
+        assert!(matches!(
+            cursor.values(&s, &other),
+            Err(Error::InvalidCursor(_))
+        ));
+    }
+}

@@ -172,11 +172,19 @@ impl<T, X> Column<T, Option<X>> {
 }
 
 /// Text columns: `String` and `Option<String>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a text column",
+    note = "like, ilike, starts_with and contains_text work on String and Option<String> columns"
+)]
 pub trait TextColumn {}
 impl TextColumn for String {}
 impl TextColumn for Option<String> {}
 
 /// JSON columns: `Json<_>`, `serde_json::Value`, and their `Option`s.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a JSON column",
+    note = "json_contains works on Json<_> and serde_json::Value columns"
+)]
 pub trait JsonColumn {}
 impl<J> JsonColumn for Json<J> {}
 impl JsonColumn for serde_json::Value {}

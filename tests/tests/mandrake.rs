@@ -442,3 +442,121 @@ async fn a_panicking_transaction_rolls_back() {
     assert!(task.await.unwrap_err().is_panic());
     assert_eq!(Message::repo().count(&db, Filter::all()).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn sidebar_search_and_usage_queries() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    let quiet = conversation(db).await;
+    let chatty = conversation(db).await;
+    let empty = conversation(db).await;
+    for n in 0..5 {
+        Message::repo()
+            .create(db, message(quiet.id, n))
+            .await
+            .unwrap();
+    }
+    let texts = [
+        "Use 100% of the budget",
+        "use 100 percent",
+        "snake_case names",
+        "SnakeXcase",
+    ];
+    let mut last = None;
+    for text in texts {
+        let m = Message::repo()
+            .create(
+                db,
+                NewMessage {
+                    content: text.into(),
+                    ..message(chatty.id, 0)
+                },
+            )
+            .await
+            .unwrap();
+        last = Some(m);
+    }
+
+    // The sidebar: newest activity first, then each one's last message.
+    Conversation::repo()
+        .update(
+            db,
+            quiet.id,
+            ConversationPatch {
+                title: Some(Some("renamed".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let recent = Conversation::recent(db, 2, None).await.unwrap();
+    assert_eq!(
+        recent.items[0].id, quiet.id,
+        "the one just updated is first"
+    );
+    let rest = Conversation::recent(db, 2, recent.next).await.unwrap();
+    assert_eq!(recent.items.len() + rest.items.len(), 3);
+    assert!(rest.next.is_none());
+    let previews = Conversation::last_messages(db, &[quiet.id, chatty.id, empty.id])
+        .await
+        .unwrap();
+    assert_eq!(
+        previews.len(),
+        2,
+        "no preview for a conversation without messages"
+    );
+    assert_eq!(previews[&chatty.id].id, last.unwrap().id);
+    assert_eq!(previews[&quiet.id].content, "message 4");
+
+    // Search: case-insensitive, literal, in one conversation or all.
+    let found = |m: Vec<Message>| m.into_iter().map(|m| m.content).collect::<Vec<_>>();
+    let hits = Message::search(db, None, "100%", 10).await.unwrap();
+    assert_eq!(found(hits), ["Use 100% of the budget"]);
+    let hits = Message::search(db, Some(chatty.id), "snake_", 10)
+        .await
+        .unwrap();
+    assert_eq!(found(hits), ["snake_case names"], "_ matches only itself");
+    let hits = Message::search(db, Some(chatty.id), "USE 100", 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        found(hits),
+        ["use 100 percent", "Use 100% of the budget"],
+        "newest first"
+    );
+    assert!(
+        Message::search(db, Some(quiet.id), "budget", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        Message::search(db, None, "message", 3).await.unwrap().len(),
+        3
+    );
+
+    // Tool usage since a moment: most used first.
+    let before = chrono::Utc::now();
+    for (tool, times) in [("read", 3), ("write", 1), ("grep", 2)] {
+        for _ in 0..times {
+            let call = NewToolResult {
+                tool_name: tool.into(),
+                ..tool_call(Some(chatty.id), None, None)
+            };
+            ToolResult::log(db, call).await.unwrap();
+        }
+    }
+    let usage = ToolResult::usage_by_tool(db, before).await.unwrap();
+    assert_eq!(
+        usage,
+        [
+            ("read".to_owned(), 3),
+            ("grep".to_owned(), 2),
+            ("write".to_owned(), 1)
+        ]
+    );
+    let later = ToolResult::usage_by_tool(db, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+}

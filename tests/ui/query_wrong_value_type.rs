@@ -1,0 +1,28 @@
+use chrono::{DateTime, Utc};
+use mandrake_storage::{Db, Record};
+use uuid::Uuid;
+
+#[derive(Record, Clone)]
+pub struct Note {
+    pub id: Uuid,
+    pub title: String,
+    pub stars: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Record, Clone)]
+pub struct Tag {
+    pub id: Uuid,
+    #[record(unique)]
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// A value of the wrong type for the column.
+async fn count(db: &Db) -> mandrake_storage::Result<i64> {
+    Note::repo().count(db, Note::STARS.eq("five")).await
+}
+
+fn main() {}

@@ -6,7 +6,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::future::join_all;
 use mandrake_storage::sqlx::postgres::{PgConnectOptions, PgPoolCopyExt, PgRow};
 use mandrake_storage::sqlx::{self, Row};
-use mandrake_storage::{Cursor, Record};
+use mandrake_storage::{Cursor, ListOptions, Record};
 use mandrake_types::{Conversation, Message, MessagePatch, NewConversation, NewMessage, Role};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, Unchanged};
 use uuid::Uuid;
@@ -20,6 +20,7 @@ pub enum Op {
     CreateOne,
     Get,
     Page,
+    FilteredPage,
     Update,
     Delete,
     CreateMany1k,
@@ -41,6 +42,7 @@ impl Op {
             Op::CreateOne => "create one row",
             Op::Get => "get by id",
             Op::Page => "page of 50 messages (keyset)",
+            Op::FilteredPage => "filtered page (eq, is_in, gt; newest 50)",
             Op::Update => "partial update",
             Op::Delete => "delete",
             Op::CreateMany1k => "create_many 1,000 rows",
@@ -53,6 +55,10 @@ impl Op {
     }
 
     pub fn contenders(self) -> Vec<Lib> {
+        if self == Op::FilteredPage {
+            // The typed-query target: ours against the same SQL by hand.
+            return vec![Lib::Ours, Lib::Sqlx];
+        }
         let mut libs = vec![Lib::Ours, Lib::Sqlx, Lib::TokioPostgres, Lib::SeaOrm];
         if self.is_bulk() {
             libs.push(Lib::Copy);
@@ -230,7 +236,7 @@ pub async fn prepare(
                     .collect(),
             )
         }
-        Op::Get | Op::Page | Op::Update => Prepared::Nothing,
+        Op::Get | Op::Page | Op::FilteredPage | Op::Update => Prepared::Nothing,
     })
 }
 
@@ -280,6 +286,7 @@ pub async fn run(
                     }
                     Op::Get => get(env, lib, task, pick).await?,
                     Op::Page => page.next(env, lib, task).await?,
+                    Op::FilteredPage => filtered_page(env, lib).await?,
                     Op::Update => update(env, lib, task, pick, i).await?,
                     Op::Delete => {
                         delete(
@@ -325,7 +332,7 @@ async fn create_one(
                 .await?;
         }
         Lib::Sqlx => {
-            let row = sqlx::query(Message::statements().insert.as_str())
+            let row = sqlx::query(SQLX_INSERT)
                 .bind(Uuid::now_v7())
                 .bind(conversation)
                 .bind("user")
@@ -382,7 +389,7 @@ async fn create_many(
         }
         Lib::Sqlx => {
             let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
-            let stored = sqlx::query(Message::statements().insert_many.as_str())
+            let stored = sqlx::query(SQLX_INSERT_MANY)
                 .bind(ids)
                 .bind(vec![conversation; rows])
                 .bind(vec!["user"; rows])
@@ -449,10 +456,7 @@ async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError>
             Message::repo().get(&env.db, id).await?;
         }
         Lib::Sqlx => {
-            let row = sqlx::query(Message::statements().select_by_id.as_str())
-                .bind(id)
-                .fetch_one(&env.pool)
-                .await?;
+            let row = sqlx::query(SQLX_GET).bind(id).fetch_one(&env.pool).await?;
             Plain::from_sqlx(&row)?;
         }
         Lib::TokioPostgres => {
@@ -472,19 +476,73 @@ async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError>
     Ok(())
 }
 
+/// The statements our repository runs for these calls, written out the way
+/// a sqlx user would (they are the text `Repo` builds, byte for byte).
+const SQLX_INSERT: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content") VALUES ($1, $2, $3, $4) RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
+const SQLX_INSERT_MANY: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[]) AS u(c0, c1, c2, c3) RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
+const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "id" = $1"#;
+const SQLX_UPDATE: &str = r#"UPDATE "messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
+const SQLX_DELETE: &str = r#"DELETE FROM "messages" WHERE "id" = $1"#;
+const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
+
+/// Conversation `eq` AND role `is_in` AND `created_at` `gt`, newest 50.
+async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
+    let since = env.paged_since;
+    let items = match lib {
+        Lib::Ours => {
+            let filter = Message::CONVERSATION_ID
+                .eq(env.paged)
+                .and(Message::ROLE.is_in([Role::User, Role::Assistant]))
+                .and(Message::CREATED_AT.gt(since));
+            let newest = ListOptions::new()
+                .order_by(Message::CREATED_AT.desc())
+                .limit(50);
+            Message::repo()
+                .list(&env.db, filter, newest)
+                .await?
+                .items
+                .len()
+        }
+        Lib::Sqlx => {
+            let rows = sqlx::query(SQLX_FILTERED_PAGE)
+                .bind(env.paged)
+                .bind(vec!["user", "assistant"])
+                .bind(since)
+                .bind(51i64)
+                .fetch_all(&env.pool)
+                .await?;
+            let items: Vec<Plain> = rows
+                .iter()
+                .take(50)
+                .map(Plain::from_sqlx)
+                .collect::<Result<_, _>>()?;
+            if rows.len() > 50 {
+                // What a cursor for the next page needs.
+                let _: (String, String) = (rows[49].try_get(6)?, rows[49].try_get(7)?);
+            }
+            items.len()
+        }
+        _ => unreachable!("only ours and sqlx run the filtered page"),
+    };
+    if items != 50 {
+        return Err(format!("the filtered page has {items} rows, not 50").into());
+    }
+    Ok(())
+}
+
 /// The position of one task walking the paged conversation; it starts over
 /// at the end.
 #[derive(Default)]
 struct PageState {
     ours: Option<Cursor>,
-    text: Option<(String, Uuid)>,
+    text: Option<(String, String)>,
     typed: Option<(DateTime<Utc>, Uuid)>,
     sea: Option<(DateTime<FixedOffset>, Uuid)>,
 }
 
 /// The statements our repository runs for a page (see `Repo::list`), written out.
-const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __cursor FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
-const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __cursor FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::timestamp with time zone, $3) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
+const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
+const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
 
 impl PageState {
     async fn next(&mut self, env: &Env, lib: Lib, task: usize) -> Result<(), BoxError> {
@@ -513,14 +571,14 @@ impl PageState {
                             .await?
                     }
                 };
-                let items: Vec<Plain> = rows
+                let _items: Vec<Plain> = rows
                     .iter()
                     .take(50)
                     .map(Plain::from_sqlx)
                     .collect::<Result<_, _>>()?;
                 if rows.len() > 50 {
                     let last = &rows[49];
-                    self.text = Some((last.try_get(6)?, items[49].id));
+                    self.text = Some((last.try_get(6)?, last.try_get(7)?));
                 }
             }
             Lib::TokioPostgres => {
@@ -574,7 +632,7 @@ async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<
         }
         Lib::Sqlx => {
             // The generated statement: a (set?, value) pair per column.
-            let row = sqlx::query(Message::statements().update.as_str())
+            let row = sqlx::query(SQLX_UPDATE)
                 .bind(id)
                 .bind(false)
                 .bind(None::<Uuid>)
@@ -612,10 +670,7 @@ async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxErr
             Message::repo().delete(&env.db, id).await?;
         }
         Lib::Sqlx => {
-            sqlx::query(Message::statements().delete.as_str())
-                .bind(id)
-                .execute(&env.pool)
-                .await?;
+            sqlx::query(SQLX_DELETE).bind(id).execute(&env.pool).await?;
         }
         Lib::TokioPostgres => {
             env.pg[task]

@@ -71,6 +71,8 @@ pub struct Env {
     pub ids: Vec<Uuid>,
     /// The conversation whose messages are paged.
     pub paged: Uuid,
+    /// Before its messages: the filtered page's `created_at > since`.
+    pub paged_since: chrono::DateTime<chrono::Utc>,
     pub tasks: usize,
 }
 
@@ -151,6 +153,7 @@ async fn bench(
             Op::CreateOne,
             Op::Get,
             Op::Page,
+            Op::FilteredPage,
             Op::Update,
             Op::Delete,
             Op::CreateMany1k,
@@ -216,6 +219,7 @@ async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error
         pg_statements.push(contenders::PgStatements::prepare(&client).await?);
         pg.push(client);
     }
+    let paged_since = chrono::Utc::now() - chrono::Duration::seconds(1);
     let paged = Conversation::repo()
         .create(
             &db,
@@ -248,6 +252,7 @@ async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error
         pg_statements,
         ids,
         paged,
+        paged_since,
         tasks,
     })
 }

@@ -25,9 +25,10 @@ enum Task {
     /// Compare our repository with hand-written sqlx, tokio-postgres, SeaORM
     /// and COPY, side by side (builds the bench crate in release mode).
     Bench {
-        /// A shorter run (under two minutes).
-        #[arg(long)]
-        quick: bool,
+        /// Passed to the benchmark: `--quick`, `--only TEXT`, `--rounds N`
+        /// (`cargo xtask bench -- --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     #[command(flatten)]
     Storage(mandrake_storage::cli::Command),
@@ -36,7 +37,7 @@ enum Task {
 fn main() -> ExitCode {
     let args = Xtask::parse();
     match args.task {
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { args } => bench(&args),
         Task::Storage(command) => {
             let cli = mandrake_storage::cli::Cli {
                 migrations: args.migrations,
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(quick: bool) -> ExitCode {
+fn bench(args: &[String]) -> ExitCode {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.args([
@@ -58,9 +59,7 @@ fn bench(quick: bool) -> ExitCode {
         "mandrake-bench",
         "--",
     ]);
-    if quick {
-        cmd.arg("--quick");
-    }
+    cmd.args(args);
     match cmd.status() {
         Ok(status) if status.success() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

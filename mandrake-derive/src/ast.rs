@@ -19,6 +19,8 @@ pub struct Field<'a> {
     pub vis: &'a Visibility,
     pub ty: &'a Type,
     pub attrs: FieldAttrs,
+    /// The field's own `///` docs, repeated on the generated input types.
+    pub docs: Vec<&'a syn::Attribute>,
     /// The column name (`rename`, else the field name).
     pub column: String,
     pub role: Role,
@@ -95,6 +97,11 @@ impl<'a> Container<'a> {
                     vis: &f.vis,
                     ty: &f.ty,
                     attrs,
+                    docs: f
+                        .attrs
+                        .iter()
+                        .filter(|a| a.path().is_ident("doc"))
+                        .collect(),
                     column,
                     role,
                 })

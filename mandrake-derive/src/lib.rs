@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! `#[derive(Record)]` and `#[derive(RecordEnum)]` for mandrake-storage.
 //!
 //! Use them through `mandrake_storage`, which re-exports both and documents

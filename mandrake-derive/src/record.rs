@@ -106,6 +106,19 @@ fn emit(cont: &Container) -> TokenStream {
     });
 
     let data_idents: Vec<_> = data.iter().map(|f| f.ident).collect();
+    // Generated fields carry the field's docs, or say which column they set.
+    let data_docs: Vec<TokenStream> = data
+        .iter()
+        .map(|f| {
+            if f.docs.is_empty() {
+                let doc = format!("The `{}` column.", f.column);
+                quote!(#[doc = #doc])
+            } else {
+                let docs = &f.docs;
+                quote!(#(#docs)*)
+            }
+        })
+        .collect();
     let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
     let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
     let batch_vars: Vec<_> = data
@@ -185,13 +198,13 @@ fn emit(cont: &Container) -> TokenStream {
         #[doc = #new_doc]
         #[derive(Clone)]
         #vis struct #new_ident {
-            #( #data_vis #data_idents: #data_types, )*
+            #( #data_docs #data_vis #data_idents: #data_types, )*
         }
 
         #[doc = #patch_doc]
         #[derive(Clone, Default)]
         #vis struct #patch_ident {
-            #( #data_vis #data_idents: ::core::option::Option<#data_types>, )*
+            #( #data_docs #data_vis #data_idents: ::core::option::Option<#data_types>, )*
         }
 
         const _: () = {

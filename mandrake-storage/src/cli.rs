@@ -26,10 +26,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub migrations: Option<PathBuf>,
     #[command(subcommand)]
+    /// The command to run.
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
+/// The commands of `cargo xtask`.
 pub enum Command {
     /// Manage the embedded PostgreSQL cluster (used when DATABASE_URL is not set).
     #[command(subcommand)]
@@ -61,6 +63,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+/// Arguments of `migrate`.
 pub struct MigrateArgs {
     /// Apply pending migrations up to and including this version.
     #[arg(long, value_name = "VERSION")]
@@ -77,6 +80,7 @@ pub struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
+/// Arguments of `rollback`.
 pub struct RollbackArgs {
     /// Revert the newest N applied migrations.
     #[arg(long, conflicts_with = "to", value_name = "N")]
@@ -91,6 +95,7 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Subcommand)]
+/// The commands of `cargo xtask db`.
 pub enum DbCommand {
     /// Create (first time) and start the cluster; a no-op while it runs.
     Start,

@@ -201,8 +201,11 @@ pub const MAX_ATTEMPTS: u32 = 8;
 /// Transaction isolation levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
+    /// PostgreSQL's default: each statement sees what was committed before it began.
     ReadCommitted,
+    /// The whole transaction sees one snapshot.
     RepeatableRead,
+    /// As if the transactions ran one at a time; may fail with a retryable error.
     Serializable,
 }
 

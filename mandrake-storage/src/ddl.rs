@@ -46,6 +46,7 @@ pub fn column_definition(column: &ColumnDef) -> String {
     sql
 }
 
+/// The `CONSTRAINT … UNIQUE (…)` clause of a table definition.
 pub fn unique_definition(unique: &Unique) -> String {
     format!(
         "CONSTRAINT {} UNIQUE ({})",
@@ -54,6 +55,7 @@ pub fn unique_definition(unique: &Unique) -> String {
     )
 }
 
+/// The `CONSTRAINT … FOREIGN KEY … REFERENCES …` clause of a table definition.
 pub fn foreign_key_definition(fk: &ForeignKey) -> String {
     format!(
         "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}(\"id\") ON DELETE {}",
@@ -64,6 +66,7 @@ pub fn foreign_key_definition(fk: &ForeignKey) -> String {
     )
 }
 
+/// `CREATE INDEX` for `index` on `table`.
 pub fn create_index(table: &str, index: &Index) -> String {
     format!(
         "CREATE INDEX {} ON {} ({});",
@@ -73,6 +76,7 @@ pub fn create_index(table: &str, index: &Index) -> String {
     )
 }
 
+/// The `set_timestamp` trigger that keeps `updated_at` current on `table`.
 pub fn create_trigger(table: &str) -> String {
     format!(
         "CREATE TRIGGER set_timestamp BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION trigger_set_timestamp();",
@@ -80,6 +84,7 @@ pub fn create_trigger(table: &str) -> String {
     )
 }
 
+/// Drops the `set_timestamp` trigger of `table`.
 pub fn drop_trigger(table: &str) -> String {
     format!(
         "DROP TRIGGER IF EXISTS set_timestamp ON {};",

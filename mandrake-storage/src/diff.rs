@@ -13,7 +13,9 @@ use crate::schema::{ColumnDef, DatabaseSchema, TableSchema};
 pub struct Step {
     /// What the step does, in words (`add column messages.tags`).
     pub description: String,
+    /// The SQL that makes the change.
     pub up: String,
+    /// The SQL that undoes it.
     pub down: String,
     /// Loses data when applied (drop table or column, narrowing type change).
     pub destructive: bool,
@@ -25,14 +27,17 @@ pub struct Step {
 /// hold; `down` runs them backwards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The changes, in the order they run.
     pub steps: Vec<Step>,
 }
 
 impl Plan {
+    /// True when the schemas already agree.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
+    /// The steps that can lose data (refused without `--allow-destructive`).
     pub fn destructive(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| s.destructive)
     }

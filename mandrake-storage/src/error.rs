@@ -25,26 +25,52 @@ use uuid::Uuid;
 #[non_exhaustive]
 pub enum Error {
     /// `get`, `update` or another call that needs an existing row found none.
-    NotFound { table: &'static str, id: Uuid },
+    NotFound {
+        /// The table searched.
+        table: &'static str,
+        /// The id looked for.
+        id: Uuid,
+    },
     /// A unique constraint or unique index rejected the row.
-    UniqueViolation { constraint: String },
+    UniqueViolation {
+        /// The constraint's (or unique index's) name.
+        constraint: String,
+    },
     /// A foreign key rejected the row (missing parent, or a restricting child).
-    ForeignKeyViolation { constraint: String },
+    ForeignKeyViolation {
+        /// The constraint's name.
+        constraint: String,
+    },
     /// A CHECK constraint (for instance an enum column's) rejected the row.
-    CheckViolation { constraint: String },
+    CheckViolation {
+        /// The constraint's name.
+        constraint: String,
+    },
     /// A NOT NULL column received NULL.
-    NotNullViolation { column: String },
+    NotNullViolation {
+        /// The column's name.
+        column: String,
+    },
     /// A value the database cannot store, caught before it was sent (for
     /// example text with a NUL character).
     InvalidValue {
+        /// The column the value was for.
         column: &'static str,
+        /// Why it cannot be stored.
         reason: &'static str,
     },
     /// An optimistic-lock update found a different version than the caller expected.
-    Conflict { table: &'static str, id: Uuid },
+    Conflict {
+        /// The table.
+        table: &'static str,
+        /// The row.
+        id: Uuid,
+    },
     /// No pooled connection became free in time.
     PoolTimeout {
+        /// The pool's size.
         size: usize,
+        /// How long the caller waited.
         waited: std::time::Duration,
     },
     /// Applying, reverting or planning migrations failed.

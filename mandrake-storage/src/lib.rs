@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! mandrake-storage: plain Rust structs in, a typed PostgreSQL storage layer out.
 //!
 //! `#[derive(Record)]` on a struct gives its table description ([`TableSchema`]),
@@ -29,6 +30,49 @@
 //! table with a `version` column, `update` takes `patch.expect_version(v)`
 //! ([`Versioned`]), so the optimistic-lock check cannot be forgotten;
 //! `update_unchecked` is the explicit way around it.
+//!
+//! # Typed queries
+//!
+//! Every stored field `foo` of a record `T` is a constant `T::FOO` of type
+//! [`Column<T, V>`]; every unique constraint is a [`UniqueKey<T>`] named
+//! `T::ON_<FIELDS>`. Filters, orders and upsert keys are built from them, so
+//! a misspelled column, a value of the wrong type, `is_null` on a NOT NULL
+//! column or another record's column fails to compile.
+//!
+//! ```no_run
+//! use mandrake_storage::{Db, Filter, ListOptions, Record, RecordEnum};
+//! # use chrono::{DateTime, Utc};
+//! # use uuid::Uuid;
+//! # #[derive(RecordEnum, Clone, Copy, Debug, PartialEq)]
+//! # pub enum Role { User, Assistant }
+//! #[derive(Record, Clone)]
+//! pub struct Message {
+//!     pub id: Uuid,
+//!     pub conversation_id: Uuid,
+//!     pub role: Role,
+//!     pub content: String,
+//!     pub created_at: DateTime<Utc>,
+//!     pub updated_at: DateTime<Utc>,
+//! }
+//!
+//! # async fn demo(db: &Db, conversation: Uuid, since: DateTime<Utc>) -> mandrake_storage::Result<()> {
+//! let filter = Message::CONVERSATION_ID.eq(conversation)
+//!     .and(Message::ROLE.is_in([Role::User, Role::Assistant]))
+//!     .and(Message::CONTENT.contains_text("50%").or(Message::CREATED_AT.gt(since)));
+//! let newest = ListOptions::new().order_by(Message::CREATED_AT.desc()).limit(50);
+//! let page = Message::repo().list(db, filter, newest).await?;
+//! let more = Message::repo()
+//!     .list(db, Filter::all(), ListOptions::new().order_by(Message::CREATED_AT.desc()).after_opt(page.next))
+//!     .await?;
+//! let archived = Message::repo().delete_where(db, Message::CREATED_AT.lt(since)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The SQL text of a call depends only on the filter's *shape* (its structure
+//! and operators) and the options' form; it is built on first use and cached,
+//! and every value is bound (`is_in` binds one array, whatever its length).
+//! Raw SQL stays first-class: records implement `sqlx::FromRow`, and
+//! [`Record::columns`] / [`Record::decode`] serve hand-written joins.
 
 pub mod cli;
 pub mod cluster;

@@ -128,6 +128,7 @@ impl Migrations {
             .unwrap_or_else(|| version.to_string())
     }
 
+    /// True when there is no migration.
     pub fn is_empty(&self) -> bool {
         self.ups.is_empty()
     }
@@ -236,7 +237,9 @@ impl Default for MigrateOptions {
 /// What a run did (or, with `dry_run`, would do): `(version, name)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Migrations applied (or that would be, with `dry_run`).
     pub applied: Vec<(i64, String)>,
+    /// Migrations reverted.
     pub reverted: Vec<(i64, String)>,
 }
 
@@ -253,7 +256,9 @@ pub enum RollbackTarget {
 /// The state of one version in [`status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Applied, and its file is unchanged.
     Applied,
+    /// Not applied yet.
     Pending,
     /// Applied, but the file changed since.
     Changed,
@@ -282,10 +287,15 @@ impl std::fmt::Display for State {
 /// One line of [`status`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusRow {
+    /// The migration's version (its timestamp).
     pub version: i64,
+    /// `<version>_<name>`.
     pub name: String,
+    /// Where it stands.
     pub state: State,
+    /// When it was applied.
     pub applied_at: Option<DateTime<Utc>>,
+    /// How long it took to apply.
     pub duration: Option<Duration>,
 }
 

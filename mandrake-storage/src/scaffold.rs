@@ -168,6 +168,7 @@ pub async fn check(
 /// What `new_migration` did.
 #[derive(Debug, Clone)]
 pub struct NewMigration {
+    /// The changes found, each with its up and down SQL.
     pub plan: Plan,
     /// The up and down files written; `None` when there was nothing to do.
     pub files: Option<(PathBuf, PathBuf)>,

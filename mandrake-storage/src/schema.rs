@@ -7,16 +7,23 @@ use serde::Serialize;
 /// catalog holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TableSchema {
+    /// The table name.
     pub name: String,
     /// The table's earlier name, so the diff renames instead of drop + create.
     pub renamed_from: Option<String>,
+    /// The columns, in order.
     pub columns: Vec<ColumnDef>,
+    /// The primary key's columns (`id`).
     pub primary_key: Vec<String>,
     /// The primary key constraint's name (`<table>_pkey` when we make it).
     pub primary_key_name: String,
+    /// Unique constraints.
     pub uniques: Vec<Unique>,
+    /// Indexes (besides those of constraints).
     pub indexes: Vec<Index>,
+    /// Foreign keys.
     pub foreign_keys: Vec<ForeignKey>,
+    /// CHECK constraints.
     pub checks: Vec<Check>,
     /// Whether the `set_timestamp` trigger keeps `updated_at` current.
     pub timestamp_trigger: bool,
@@ -25,43 +32,59 @@ pub struct TableSchema {
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ColumnDef {
+    /// The column name.
     pub name: String,
+    /// The SQL type.
     pub sql_type: String,
+    /// Whether NULL is allowed.
     pub nullable: bool,
     /// A SQL expression, e.g. `now()`.
     pub default: Option<String>,
+    /// The column's previous name, for a rename.
     pub renamed_from: Option<String>,
 }
 
 /// A unique constraint over one or more columns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unique {
+    /// The constraint name.
     pub name: String,
+    /// Its columns.
     pub columns: Vec<String>,
 }
 
 /// A plain (non-unique) index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Index {
+    /// The index name.
     pub name: String,
+    /// Its columns, in order.
     pub columns: Vec<String>,
 }
 
 /// A single-column foreign key to another table's `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForeignKey {
+    /// The constraint name.
     pub name: String,
+    /// The referencing column.
     pub column: String,
+    /// The referenced table (its `id`).
     pub references: String,
+    /// What deleting the referenced row does.
     pub on_delete: OnDelete,
 }
 
 /// What happens to a row when the row it references is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum OnDelete {
+    /// Refuse the delete while rows reference it (checked at the end of the statement).
     NoAction,
+    /// Delete the referencing rows too.
     Cascade,
+    /// Set the referencing column to NULL.
     SetNull,
+    /// Refuse the delete at once.
     Restrict,
 }
 
@@ -80,7 +103,9 @@ impl OnDelete {
 /// A CHECK constraint; `expression` is the part inside `CHECK ( … )`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
+    /// The constraint name.
     pub name: String,
+    /// The condition, as PostgreSQL prints it.
     pub expression: String,
 }
 
@@ -204,16 +229,19 @@ impl ColumnDef {
         }
     }
 
+    /// Whether the column accepts NULL.
     pub fn nullable(mut self, nullable: bool) -> Self {
         self.nullable = nullable;
         self
     }
 
+    /// The column default, a SQL expression.
     pub fn default(mut self, expression: &str) -> Self {
         self.default = Some(expression.to_owned());
         self
     }
 
+    /// The column's previous name: the diff renames it instead of dropping it.
     pub fn renamed_from(mut self, old: &str) -> Self {
         self.renamed_from = Some(old.to_owned());
         self
@@ -223,6 +251,7 @@ impl ColumnDef {
 /// A whole schema: the tables plus the shared trigger function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct DatabaseSchema {
+    /// The tables.
     pub tables: Vec<TableSchema>,
     /// Whether `trigger_set_timestamp()` exists.
     pub timestamp_function: bool,
@@ -237,6 +266,7 @@ impl DatabaseSchema {
         }
     }
 
+    /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&TableSchema> {
         self.tables.iter().find(|t| t.name == name)
     }

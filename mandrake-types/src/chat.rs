@@ -11,20 +11,29 @@ use mandrake_storage::{Cursor, Filter, ListOptions, Page, Record, RecordEnum, Re
 /// A chat with a model.
 #[derive(Record, Clone)]
 pub struct Conversation {
+    /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,
+    /// The title shown in the sidebar, if any.
     pub title: Option<String>,
     #[record(default = "'{}'::jsonb")]
+    /// Free-form settings of the conversation (JSONB).
     pub metadata: Json<serde_json::Value>,
+    /// When the row was stored.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed (kept by the database).
     pub updated_at: DateTime<Utc>,
 }
 
 /// Who wrote a message.
 #[derive(RecordEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The person using the app.
     User,
+    /// The model.
     Assistant,
+    /// Instructions to the model.
     System,
+    /// The result of a tool call.
     Tool,
 }
 
@@ -33,12 +42,18 @@ pub enum Role {
 /// Indexed for keyset pages in `(created_at, id)` order within a conversation.
 #[record(index(conversation_id, created_at, id))]
 pub struct Message {
+    /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,
     #[record(references = "conversations", on_delete = "cascade")]
+    /// The conversation it belongs to.
     pub conversation_id: Uuid,
+    /// Who wrote it.
     pub role: Role,
+    /// The text.
     pub content: String,
+    /// When the row was stored.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed (kept by the database).
     pub updated_at: DateTime<Utc>,
 }
 

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! Mandrake's tables: an LLM chat app that calls MCP tools.
 //!
 //! Each table is a `#[derive(Record)]` struct; the queries a chat app needs

@@ -11,20 +11,28 @@ use mandrake_storage::{ListOptions, Page, Record, Result};
 /// How to start an MCP server.
 #[derive(Record, Clone)]
 pub struct ToolConfig {
+    /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,
     #[record(unique)]
+    /// A unique name for the server.
     pub server_name: String,
+    /// The program that starts it.
     pub command: String,
     #[record(default = "'[]'::jsonb")]
+    /// Its arguments.
     pub args: Json<Vec<String>>,
     #[record(default = "'{}'::jsonb")]
+    /// Environment variables it gets.
     pub env: Json<BTreeMap<String, String>>,
     /// Tools that run without asking the user.
     #[record(default = "'[]'::jsonb")]
     pub auto_approve: Json<Vec<String>>,
     #[record(default = "false")]
+    /// Whether it is left out.
     pub disabled: bool,
+    /// When the row was stored.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed (kept by the database).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -55,20 +63,32 @@ impl ToolConfig {
 /// Indexed for "results of this conversation, newest first" (`created_at`, then `id`).
 #[record(index(conversation_id, created_at, id))]
 pub struct ToolResult {
+    /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,
     #[record(references = "conversations", on_delete = "set null")]
+    /// The conversation it belongs to.
     pub conversation_id: Option<Uuid>,
     #[record(references = "messages", on_delete = "set null")]
+    /// The message that asked for it.
     pub message_id: Option<Uuid>,
     #[record(references = "tool_configs", on_delete = "set null")]
+    /// The server configuration used.
     pub tool_config_id: Option<Uuid>,
+    /// The server that ran it.
     pub server: String,
+    /// The tool called.
     pub tool_name: String,
+    /// The arguments it got.
     pub input: Json<serde_json::Value>,
+    /// What it returned.
     pub output: Option<Json<serde_json::Value>>,
+    /// What went wrong, if anything.
     pub error: Option<String>,
+    /// How long it ran.
     pub duration_ms: i64,
+    /// When the row was stored.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed (kept by the database).
     pub updated_at: DateTime<Utc>,
 }
 

@@ -8,12 +8,12 @@ use either::Either;
 pub use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgTransactionManager};
-use sqlx::{Execute, Executor, PgConnection, Postgres};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, PgRow, PgTransactionManager};
+use sqlx::{Execute, Executor, PgConnection, Postgres, SqlStr};
 use sqlx_core::ext::async_stream::TryAsyncStream;
 use sqlx_core::transaction::TransactionManager;
 
-use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, pool_error};
+use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, is_broken, pool_error};
 
 use crate::cluster::{Cluster, DEFAULT_DATABASE};
 use crate::error::{Error, Result};
@@ -309,7 +309,7 @@ impl Db {
         self.pool
             .get()
             .await
-            .map(PoolConnection)
+            .map(PoolConnection::new)
             .map_err(|e| pool_error(e, self.pool.status().max_size, self.wait))
     }
 
@@ -321,7 +321,14 @@ impl Db {
     /// Starts a transaction; it rolls back when dropped without `commit`.
     pub async fn begin(&self) -> Result<Transaction> {
         let mut conn = self.acquire().await?;
+        // sqlx counts the transaction only once BEGIN has answered: a begin
+        // dropped before that would leave an open transaction it cannot see.
+        // sqlx counts the transaction only once BEGIN has answered: a begin
+        // cut off before that would leave an open transaction it cannot see,
+        // so a connection dropped in that window is rolled back before reuse.
+        conn.set_in_flight(true);
         PgTransactionManager::begin(&mut conn, None).await?;
+        conn.set_in_flight(false);
         Ok(Transaction { conn: Some(conn) })
     }
 
@@ -350,10 +357,19 @@ impl Db {
         loop {
             let outcome = async {
                 let mut tx = self.begin().await?;
-                sqlx::query(isolation.sql()).execute(&mut *tx).await?;
-                let value = work(&mut tx).await?;
-                tx.commit().await?;
-                Ok::<T, Error>(value)
+                let done = async {
+                    sqlx::query(isolation.sql()).execute(&mut *tx).await?;
+                    work(&mut tx).await
+                }
+                .await;
+                match done {
+                    Ok(value) => tx.commit().await.map(|()| value),
+                    // Rolled back in the open, the connection stays pooled.
+                    Err(err) => {
+                        let _ = tx.rollback().await;
+                        Err(err)
+                    }
+                }
             }
             .await;
             match outcome {
@@ -373,8 +389,10 @@ impl Db {
 }
 
 /// A transaction on a connection of the pool: `&mut *tx` is an executor.
-/// Dropped without [`Transaction::commit`], it rolls back (the rollback is
-/// sent before the connection is used again).
+/// Dropped without [`Transaction::commit`] (an early return, a cancelled
+/// future, a panic), it rolls back: the rollback is sent before the
+/// connection is used again, and a connection still inside a transaction
+/// after that is closed rather than reused.
 pub struct Transaction {
     conn: Option<PoolConnection>,
 }
@@ -412,6 +430,63 @@ impl std::ops::DerefMut for Transaction {
     }
 }
 
+/// A statement taken apart, so that a read can run a second time.
+struct Replay {
+    sql: SqlStr,
+    args: Option<PgArguments>,
+    persistent: bool,
+}
+
+impl Replay {
+    fn new<'q, E: Execute<'q, Postgres>>(mut query: E) -> std::result::Result<Replay, sqlx::Error> {
+        let persistent = query.persistent();
+        let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        Ok(Replay {
+            sql: query.sql(),
+            args,
+            persistent,
+        })
+    }
+
+    /// A copy to run again, when running it again is safe: a `SELECT` reads.
+    fn spare(&self) -> Option<Replay> {
+        let text = self.sql.as_str().trim_start();
+        let read = text
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"));
+        read.then(|| Replay {
+            sql: self.sql.clone(),
+            args: self.args.clone(),
+            persistent: self.persistent,
+        })
+    }
+}
+
+impl<'q> Execute<'q, Postgres> for Replay {
+    fn sql(self) -> SqlStr {
+        self.sql
+    }
+    fn statement(&self) -> Option<&sqlx::postgres::PgStatement> {
+        None
+    }
+    fn take_arguments(
+        &mut self,
+    ) -> std::result::Result<Option<PgArguments>, sqlx::error::BoxDynError> {
+        Ok(self.args.take())
+    }
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
+impl Db {
+    /// A connection of its own, outside the pool: for a read whose pooled
+    /// connection turned out to be dead (other pooled ones may be too).
+    async fn fresh_connection(&self) -> std::result::Result<PgConnection, sqlx::Error> {
+        self.pool.manager().connect().await
+    }
+}
+
 impl Drop for Transaction {
     fn drop(&mut self) {
         if let Some(conn) = &mut self.conn {
@@ -422,7 +497,9 @@ impl Drop for Transaction {
 }
 
 // Checks a connection out for each call, so `&db` works as an executor. A
-// connection that fails at the transport level is not put back.
+// connection that fails at the transport level is not put back, and a read
+// that failed that way runs once more on a new connection: a server restart
+// leaves every idle connection dead, and a read is safe to repeat.
 impl<'p> Executor<'p> for &'_ Db {
     type Database = Postgres;
 
@@ -436,19 +513,35 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(TryAsyncStream::new(move |yielder| async move {
+            let query = Replay::new(query)?;
+            let spare = query.spare();
             let mut conn = db.checkout().await?;
+            conn.set_in_flight(true);
+            let mut yielded = false;
             let outcome = async {
                 let mut rows = conn.fetch_many(query);
                 while let Some(item) = rows.try_next().await? {
+                    yielded = true;
                     yielder.r#yield(item).await;
                 }
                 Ok(())
             }
             .await;
-            if let Err(err) = &outcome {
-                conn.discard_if_broken(err);
+            conn.set_in_flight(false);
+            let Err(err) = outcome else { return Ok(()) };
+            let broken = is_broken(&err);
+            conn.discard_if_broken(&err);
+            match spare {
+                Some(again) if broken && !yielded => {
+                    let mut fresh = db.fresh_connection().await?;
+                    let mut rows = fresh.fetch_many(again);
+                    while let Some(item) = rows.try_next().await? {
+                        yielder.r#yield(item).await;
+                    }
+                    Ok(())
+                }
+                _ => Err(err),
             }
-            outcome
         }))
     }
 
@@ -462,12 +555,22 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move {
+            let query = Replay::new(query)?;
+            let spare = query.spare();
             let mut conn = db.checkout().await?;
+            conn.set_in_flight(true);
             let outcome = conn.fetch_optional(query).await;
-            if let Err(err) = &outcome {
-                conn.discard_if_broken(err);
+            conn.set_in_flight(false);
+            let err = match outcome {
+                Err(err) => err,
+                done => return done,
+            };
+            let broken = is_broken(&err);
+            conn.discard_if_broken(&err);
+            match spare {
+                Some(again) if broken => db.fresh_connection().await?.fetch_optional(again).await,
+                _ => Err(err),
             }
-            outcome
         })
     }
 

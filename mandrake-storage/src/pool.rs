@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use crate::error::Error;
 
@@ -40,19 +40,28 @@ impl Manager {
     }
 }
 
+/// A pooled connection, and whether an operation on it was cut off.
+#[derive(Debug)]
+pub struct Pooled {
+    conn: PgConnection,
+    /// Set when its future was dropped mid-operation: the server may be in a
+    /// transaction sqlx does not know of (a BEGIN cut off before its answer),
+    /// and replies may still be on their way.
+    dirty: bool,
+}
+
 impl managed::Manager for Manager {
-    type Type = PgConnection;
+    type Type = Pooled;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.options).await
+    async fn create(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(Pooled {
+            conn: self.connect().await?,
+            dirty: false,
+        })
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut PgConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, pooled: &mut Pooled, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
         let expired = |limit: Option<Duration>, age: Duration| limit.is_some_and(|l| age > l);
         if expired(self.max_lifetime, metrics.age()) {
             return Err(RecycleError::message("past its maximum lifetime"));
@@ -60,10 +69,17 @@ impl managed::Manager for Manager {
         if expired(self.idle_timeout, metrics.last_used()) {
             return Err(RecycleError::message("idle too long"));
         }
-        // A dropped transaction queued its ROLLBACK; a future dropped
-        // mid-transaction left one open. Flush, then make sure it is clean.
-        let dirty = conn.should_flush() || conn.is_in_transaction();
-        if dirty || metrics.last_used() > self.validate_after {
+        let conn = &mut pooled.conn;
+        if std::mem::take(&mut pooled.dirty) {
+            // Harmless outside a transaction, it ends any left open; the
+            // replies still due are read before it runs.
+            conn.execute("ROLLBACK")
+                .await
+                .map_err(RecycleError::Backend)?;
+        }
+        // A dropped transaction queued its ROLLBACK: flush it.
+        let queued = conn.should_flush() || conn.is_in_transaction();
+        if queued || metrics.last_used() > self.validate_after {
             conn.ping().await.map_err(RecycleError::Backend)?;
             if conn.is_in_transaction() {
                 return Err(RecycleError::message("left inside a transaction"));
@@ -73,18 +89,70 @@ impl managed::Manager for Manager {
     }
 }
 
+impl Manager {
+    /// A new connection. EAGAIN from a Unix socket means the server's accept
+    /// backlog is full (a burst of connects): worth a few short retries.
+    /// Anything else, "connection refused" included, fails at once.
+    pub(crate) async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match PgConnection::connect_with(&self.options).await {
+                Err(sqlx::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && pause < Duration::from_millis(300) =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 pub(crate) type Pool = managed::Pool<Manager>;
 
 /// A connection checked out of [`crate::Db`]'s pool; it goes back when
 /// dropped. Derefs to sqlx's `PgConnection`, so `&mut *conn` is an executor.
-pub struct PoolConnection(pub(crate) Object<Manager>);
+pub struct PoolConnection {
+    object: Option<Object<Manager>>,
+    /// Set while `Db` runs something on it: dropped then (its future was
+    /// cancelled), the connection is restored before its next use.
+    in_flight: bool,
+}
 
 impl PoolConnection {
+    pub(crate) fn new(object: Object<Manager>) -> PoolConnection {
+        PoolConnection {
+            object: Some(object),
+            in_flight: false,
+        }
+    }
+
+    /// Marks the start (`true`) or the end of an operation whose
+    /// cancellation must cost the connection (see `in_flight`).
+    pub(crate) fn set_in_flight(&mut self, in_flight: bool) {
+        self.in_flight = in_flight;
+    }
+
     /// Takes a connection that failed at the transport level out of the
     /// pool, so nobody else gets it.
-    pub(crate) fn discard_if_broken(self, err: &sqlx::Error) {
-        if is_broken(err) {
-            drop(Object::take(self.0));
+    pub(crate) fn discard_if_broken(mut self, err: &sqlx::Error) {
+        self.in_flight = false;
+        if is_broken(err)
+            && let Some(object) = self.object.take()
+        {
+            drop(Object::take(object));
+        }
+    }
+}
+
+impl Drop for PoolConnection {
+    fn drop(&mut self) {
+        if self.in_flight
+            && let Some(object) = &mut self.object
+        {
+            object.dirty = true;
         }
     }
 }
@@ -98,13 +166,13 @@ impl std::fmt::Debug for PoolConnection {
 impl Deref for PoolConnection {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        &self.0
+        &self.object.as_ref().expect("held until dropped").conn
     }
 }
 
 impl DerefMut for PoolConnection {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.0
+        &mut self.object.as_mut().expect("held until dropped").conn
     }
 }
 

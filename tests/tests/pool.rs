@@ -1,0 +1,226 @@
+//! The pool under `Db`: a dead connection costs a read nothing, futures
+//! dropped at any point leave no dirty connection behind, and the pool says
+//! how busy it is.
+
+use std::time::Duration;
+
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Db, Error, Settings};
+
+async fn db_with(t: &TestDb, settings: Settings) -> Db {
+    Db::connect_options(t.connect_options(), &settings)
+        .await
+        .unwrap()
+}
+
+async fn backend_pid(db: &Db) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_read_on_a_connection_the_server_ended_runs_again_on_a_new_one() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::query("CREATE TABLE notes (n INT)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    // One connection, never pinged at checkout: the read meets the dead
+    // connection itself.
+    let settings = Settings {
+        pool_size: 1,
+        validate_after: Duration::from_secs(3600),
+        ..Settings::default()
+    };
+    let db = db_with(&t, settings).await;
+    let admin = t.db().clone();
+    let end = |pid: i32| {
+        let admin = admin.clone();
+        async move {
+            let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            assert!(ended);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let first = backend_pid(&db).await;
+    end(first).await;
+    let second = backend_pid(&db).await;
+    assert_ne!(first, second, "the read ran on a new connection");
+    // A write is not repeated: its failure is the caller's to see.
+    let pid = backend_pid(&db).await;
+    end(pid).await;
+    let write = sqlx::query("INSERT INTO notes VALUES (1)")
+        .execute(&db)
+        .await;
+    assert!(write.is_err(), "a write on a dead connection fails");
+    // The dead connection left the pool: the next call works.
+    sqlx::query("INSERT INTO notes VALUES (2)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_thousand_dropped_futures_leave_no_dirty_connection() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::query("CREATE TABLE log (n INT)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE checks (n INT)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    let db = db_with(
+        &t,
+        Settings {
+            pool_size: 4,
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Each future is dropped at a different point: while checking out, in
+    // BEGIN, mid-insert, mid-sleep inside its transaction, or just before
+    // its commit. None ever commits.
+    for i in 0..1000u64 {
+        let db = db.clone();
+        let work = async move {
+            let mut tx = db.begin().await?;
+            sqlx::query("INSERT INTO log VALUES ($1)")
+                .bind(i as i32)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT pg_sleep(0.001)")
+                .execute(&mut *tx)
+                .await?;
+            std::future::pending::<()>().await;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        // Cut off after a number of scheduler turns (the timer is too coarse
+        // for the sub-millisecond steps): 0..40 turns reach every await.
+        let turns = (i * 7919) % 40;
+        tokio::select! {
+            biased;
+            _ = work => {}
+            _ = async { for _ in 0..turns { tokio::task::yield_now().await } } => {}
+        }
+    }
+    // 1,000 autocommit writes: one that ran inside a leftover transaction
+    // would never commit, so a fresh session would count fewer.
+    let mut checks = Vec::new();
+    for n in 0..1000 {
+        let db = db.clone();
+        checks.push(tokio::spawn(async move {
+            sqlx::query("INSERT INTO checks VALUES ($1)")
+                .bind(n)
+                .execute(&db)
+                .await
+        }));
+    }
+    eprintln!("after drops: {:?}", db.pool_status());
+    let mut errors = std::collections::BTreeMap::new();
+    for check in checks {
+        if let Err(e) = check.await.unwrap() {
+            *errors.entry(format!("{e:?}")).or_insert(0) += 1;
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut fresh = mandrake_storage::connect_one(&t.url()).await.unwrap();
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM checks")
+        .fetch_one(&mut fresh)
+        .await
+        .unwrap();
+    assert_eq!(committed, 1000, "every query committed on its own");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM log")
+        .fetch_one(&mut fresh)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "no dropped transaction committed anything");
+    let stuck: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&mut fresh)
+    .await
+    .unwrap();
+    assert_eq!(stuck, 0, "no pooled session sits in a transaction");
+    let status = db.pool_status();
+    assert_eq!(status.in_use, 0);
+    assert!(status.size <= 4);
+}
+
+#[tokio::test]
+async fn a_pool_timeout_says_how_big_the_pool_is_and_how_long_it_waited() {
+    let t = TestDb::empty().await.unwrap();
+    let settings = Settings {
+        pool_size: 2,
+        acquire_timeout: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let db = db_with(&t, settings).await;
+    let held = (db.acquire().await.unwrap(), db.acquire().await.unwrap());
+    let status = db.pool_status();
+    assert_eq!((status.size, status.in_use, status.idle), (2, 2, 0));
+    let err = db.acquire().await.unwrap_err();
+    assert!(matches!(err, Error::PoolTimeout { size: 2, .. }), "{err}");
+    assert!(err.to_string().contains("pool of 2"), "{err}");
+    let through_executor = sqlx::query("SELECT 1")
+        .execute(&db)
+        .await
+        .map_err(Error::from);
+    assert!(matches!(through_executor, Err(Error::PoolTimeout { .. })));
+    drop(held);
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_begin_cut_off_at_any_point_leaves_no_transaction_open() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::query("CREATE TABLE marks (k INT)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    // One connection, so the next statement runs where the begin was cut off.
+    let db = db_with(
+        &t,
+        Settings {
+            pool_size: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let mut fresh = mandrake_storage::connect_one(&t.url()).await.unwrap();
+    for k in 0..30 {
+        tokio::select! {
+            biased;
+            _ = db.begin() => {}
+            _ = async { for _ in 0..k { tokio::task::yield_now().await } } => {}
+        }
+        sqlx::query("INSERT INTO marks VALUES ($1)")
+            .bind(k)
+            .execute(&db)
+            .await
+            .unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM marks WHERE k = $1")
+            .bind(k)
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen, 1,
+            "cut off after {k} turns: the next write ran inside a leftover transaction"
+        );
+    }
+}

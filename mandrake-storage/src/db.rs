@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 /// | `MANDRAKE_POOL_VALIDATE_AFTER_MS` | ping a connection at checkout only after this idle time | 500 |
 /// | `MANDRAKE_POOL_MAX_LIFETIME_SECS` | replace a connection this old, 0 = never | 1800 |
 /// | `MANDRAKE_POOL_IDLE_TIMEOUT_SECS` | replace a connection idle this long, 0 = never | 600 |
+/// | `MANDRAKE_POOL_MIN_IDLE` | connections kept open and idle | 0 |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `None` means: start and use the embedded cluster.
@@ -45,6 +46,8 @@ pub struct Settings {
     pub max_lifetime: Option<Duration>,
     /// A connection idle longer than this is replaced.
     pub idle_timeout: Option<Duration>,
+    /// Connections kept open even when idle, ready for a burst.
+    pub min_idle: u32,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             validate_after: Duration::from_millis(500),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             idle_timeout: Some(Duration::from_secs(10 * 60)),
+            min_idle: 0,
         }
     }
 }
@@ -134,6 +138,13 @@ impl Settings {
             validate_after,
             max_lifetime: optional_secs("MANDRAKE_POOL_MAX_LIFETIME_SECS", defaults.max_lifetime)?,
             idle_timeout: optional_secs("MANDRAKE_POOL_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
+            min_idle: number("MANDRAKE_POOL_MIN_IDLE", lookup("MANDRAKE_POOL_MIN_IDLE"))?.map_or(
+                Ok(defaults.min_idle),
+                |n| {
+                    u32::try_from(n)
+                        .map_err(|_| Error::Config("MANDRAKE_POOL_MIN_IDLE is too large".into()))
+                },
+            )?,
         })
     }
 
@@ -296,6 +307,9 @@ impl Db {
             wait: settings.acquire_timeout,
         };
         drop(db.acquire().await?);
+        let min_idle = settings.min_idle.min(settings.pool_size) as usize;
+        crate::pool::top_up(&db.pool, min_idle).await;
+        crate::pool::maintain(&db.pool, settings, min_idle);
         Ok(db)
     }
 

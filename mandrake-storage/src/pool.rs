@@ -112,6 +112,47 @@ impl Manager {
 
 pub(crate) type Pool = managed::Pool<Manager>;
 
+/// Opens connections until `min_idle` are idle (or the pool is full).
+pub(crate) async fn top_up(pool: &Pool, min_idle: usize) {
+    let status = pool.status();
+    let missing = min_idle
+        .saturating_sub(status.available)
+        .min(status.max_size - status.size);
+    if missing == 0 {
+        return;
+    }
+    // Idle ones are handed out first: hold them all, so that the pool has
+    // to open the missing ones, then give every one back.
+    let mut held = Vec::new();
+    for _ in 0..status.available + missing {
+        match pool.get().await {
+            Ok(conn) => held.push(conn),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Once a second, while the pool lives: drops idle connections past their
+/// lifetime or idle timeout (checkout would, but only when asked), and tops
+/// the idle ones back up to `min_idle`.
+pub(crate) fn maintain(pool: &Pool, settings: &crate::Settings, min_idle: usize) {
+    let weak = pool.weak();
+    let (max_lifetime, idle_timeout) = (settings.max_lifetime, settings.idle_timeout);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            pool.retain(|_, metrics| {
+                max_lifetime.is_none_or(|l| metrics.age() <= l)
+                    && idle_timeout.is_none_or(|t| metrics.last_used() <= t)
+            });
+            top_up(&pool, min_idle).await;
+        }
+    });
+}
+
 /// A connection checked out of [`crate::Db`]'s pool; it goes back when
 /// dropped. Derefs to sqlx's `PgConnection`, so `&mut *conn` is an executor.
 pub struct PoolConnection {

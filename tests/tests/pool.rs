@@ -224,3 +224,46 @@ async fn a_begin_cut_off_at_any_point_leaves_no_transaction_open() {
         );
     }
 }
+
+#[tokio::test]
+async fn min_idle_connections_are_kept_and_idle_ones_past_their_timeout_go() {
+    let t = TestDb::empty().await.unwrap();
+    let warm = db_with(
+        &t,
+        Settings {
+            pool_size: 6,
+            min_idle: 3,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let status = warm.pool_status();
+    assert_eq!((status.size, status.idle), (3, 3), "opened at connect");
+    let held = (warm.acquire().await.unwrap(), warm.acquire().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = warm.pool_status();
+    assert_eq!(
+        (status.in_use, status.idle),
+        (2, 3),
+        "topped up while two are busy"
+    );
+    drop(held);
+
+    let short = db_with(
+        &t,
+        Settings {
+            pool_size: 4,
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let _ = (
+        short.acquire().await.unwrap(),
+        short.acquire().await.unwrap(),
+    );
+    assert_eq!(short.pool_status().size, 2);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(short.pool_status().size, 0, "idle past the timeout, closed");
+    sqlx::query("SELECT 1").execute(&short).await.unwrap();
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::future::join_all;
 use mandrake_storage::sqlx::postgres::{PgConnectOptions, PgPoolCopyExt, PgRow};
-use mandrake_storage::sqlx::{self, Row};
+use mandrake_storage::sqlx::{self, PgExecutor, Row};
 use mandrake_storage::{Cursor, ListOptions, Record};
 use mandrake_types::{Conversation, Message, MessagePatch, NewConversation, NewMessage, Role};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, Unchanged};
@@ -30,10 +30,32 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lib {
     Ours,
+    /// Hand-written sqlx with our SQL on our pool's connections: the line
+    /// that isolates the repository's own cost.
+    SqlxSame,
+    /// Hand-written sqlx with our SQL on a default `PgPool`: what a sqlx
+    /// user gets.
     Sqlx,
+    /// tokio-postgres through deadpool-postgres: the pooled driver.
+    TokioPgPool,
+    /// One tokio-postgres client per task, no pool: the limit.
     TokioPostgres,
     SeaOrm,
     Copy,
+}
+
+impl Lib {
+    pub fn label(self) -> &'static str {
+        match self {
+            Lib::Ours => "ours",
+            Lib::SqlxSame => "sqlx, our pool",
+            Lib::Sqlx => "sqlx PgPool",
+            Lib::TokioPgPool => "tokio-pg pooled",
+            Lib::TokioPostgres => "tokio-pg raw",
+            Lib::SeaOrm => "SeaORM",
+            Lib::Copy => "COPY",
+        }
+    }
 }
 
 impl Op {
@@ -55,15 +77,13 @@ impl Op {
     }
 
     pub fn contenders(self) -> Vec<Lib> {
-        if self == Op::FilteredPage {
+        use Lib::*;
+        match self {
             // The typed-query target: ours against the same SQL by hand.
-            return vec![Lib::Ours, Lib::Sqlx];
+            Op::FilteredPage => vec![Ours, SqlxSame, Sqlx],
+            op if op.is_bulk() => vec![Ours, SqlxSame, Sqlx, TokioPostgres, SeaOrm, Copy],
+            _ => vec![Ours, SqlxSame, Sqlx, TokioPgPool, TokioPostgres, SeaOrm],
         }
-        let mut libs = vec![Lib::Ours, Lib::Sqlx, Lib::TokioPostgres, Lib::SeaOrm];
-        if self.is_bulk() {
-            libs.push(Lib::Copy);
-        }
-        libs
     }
 }
 
@@ -78,38 +98,31 @@ pub struct PgStatements {
     delete: tokio_postgres::Statement,
 }
 
-const COLUMNS: &str = "id, conversation_id, role, content, created_at, updated_at";
+const PG_INSERT: &str = "INSERT INTO messages (id, conversation_id, role, content) VALUES ($1, $2, $3, $4) \
+     RETURNING id, conversation_id, role, content, created_at, updated_at";
+const PG_INSERT_MANY: &str = "INSERT INTO messages (id, conversation_id, role, content) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
+     RETURNING id, conversation_id, role, content, created_at, updated_at";
+const PG_GET: &str =
+    "SELECT id, conversation_id, role, content, created_at, updated_at FROM messages WHERE id = $1";
+const PG_FIRST_PAGE: &str = "SELECT id, conversation_id, role, content, created_at, updated_at \
+     FROM messages WHERE conversation_id = $1 ORDER BY created_at, id LIMIT 51";
+const PG_NEXT_PAGE: &str = "SELECT id, conversation_id, role, content, created_at, updated_at \
+     FROM messages WHERE conversation_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT 51";
+const PG_UPDATE: &str = "UPDATE messages SET content = $2 WHERE id = $1 \
+     RETURNING id, conversation_id, role, content, created_at, updated_at";
+const PG_DELETE: &str = "DELETE FROM messages WHERE id = $1";
 
 impl PgStatements {
     pub async fn prepare(client: &tokio_postgres::Client) -> Result<PgStatements, BoxError> {
         Ok(PgStatements {
-            insert: client
-                .prepare(&format!(
-                    "INSERT INTO messages (id, conversation_id, role, content) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
-                ))
-                .await?,
-            insert_many: client
-                .prepare(&format!(
-                    "INSERT INTO messages (id, conversation_id, role, content) \
-                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) RETURNING {COLUMNS}"
-                ))
-                .await?,
-            get: client.prepare(&format!("SELECT {COLUMNS} FROM messages WHERE id = $1")).await?,
-            first_page: client
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY created_at, id LIMIT 51"
-                ))
-                .await?,
-            next_page: client
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM messages WHERE conversation_id = $1 AND (created_at, id) > ($2, $3) \
-                     ORDER BY created_at, id LIMIT 51"
-                ))
-                .await?,
-            update: client
-                .prepare(&format!("UPDATE messages SET content = $2 WHERE id = $1 RETURNING {COLUMNS}"))
-                .await?,
-            delete: client.prepare("DELETE FROM messages WHERE id = $1").await?,
+            insert: client.prepare(PG_INSERT).await?,
+            insert_many: client.prepare(PG_INSERT_MANY).await?,
+            get: client.prepare(PG_GET).await?,
+            first_page: client.prepare(PG_FIRST_PAGE).await?,
+            next_page: client.prepare(PG_NEXT_PAGE).await?,
+            update: client.prepare(PG_UPDATE).await?,
+            delete: client.prepare(PG_DELETE).await?,
         })
     }
 }
@@ -186,6 +199,33 @@ pub async fn connect_tokio_postgres(
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// deadpool-postgres with `size` connections, statements cached per
+/// connection, recycled without a round trip (its fast mode).
+pub fn tokio_postgres_pool(
+    options: &PgConnectOptions,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, BoxError> {
+    let mut config = tokio_postgres::Config::new();
+    config.user(options.get_username()).port(options.get_port());
+    if let Some(db) = options.get_database() {
+        config.dbname(db);
+    }
+    match options.get_socket() {
+        Some(dir) => config.host_path(dir),
+        None => config.host(options.get_host()),
+    };
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .build()?)
 }
 
 pub async fn fresh_conversation(env: &Env) -> Result<Uuid, BoxError> {
@@ -331,25 +371,16 @@ async fn create_one(
                 )
                 .await?;
         }
-        Lib::Sqlx => {
-            let row = sqlx::query(SQLX_INSERT)
-                .bind(Uuid::now_v7())
-                .bind(conversation)
-                .bind("user")
-                .bind(content)
-                .fetch_one(&env.pool)
-                .await?;
-            Plain::from_sqlx(&row)?;
-        }
+        Lib::SqlxSame => sqlx_create_one(&env.db, conversation, content).await?,
+        Lib::Sqlx => sqlx_create_one(&env.pool, conversation, content).await?,
         Lib::TokioPostgres => {
-            let id = Uuid::now_v7();
-            let row = env.pg[task]
-                .query_one(
-                    &env.pg_statements[task].insert,
-                    &[&id, &conversation, &"user", &content],
-                )
-                .await?;
-            Plain::from_pg(&row)?;
+            let st = &env.pg_statements[task].insert;
+            pg_create_one(&env.pg[task], st, conversation, content).await?
+        }
+        Lib::TokioPgPool => {
+            let client = env.pg_pool.get().await?;
+            let st = client.prepare_cached(PG_INSERT).await?;
+            pg_create_one(&client, &st, conversation, content).await?
         }
         Lib::SeaOrm => {
             entity::ActiveModel {
@@ -364,6 +395,36 @@ async fn create_one(
         }
         Lib::Copy => unreachable!("COPY only loads in bulk"),
     }
+    Ok(())
+}
+
+async fn sqlx_create_one<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: Uuid,
+    content: String,
+) -> Result<(), BoxError> {
+    let row = sqlx::query(SQLX_INSERT)
+        .bind(Uuid::now_v7())
+        .bind(conversation)
+        .bind("user")
+        .bind(content)
+        .fetch_one(executor)
+        .await?;
+    Plain::from_sqlx(&row)?;
+    Ok(())
+}
+
+async fn pg_create_one(
+    client: &tokio_postgres::Client,
+    st: &tokio_postgres::Statement,
+    conversation: Uuid,
+    content: String,
+) -> Result<(), BoxError> {
+    let id = Uuid::now_v7();
+    let row = client
+        .query_one(st, &[&id, &conversation, &"user", &content])
+        .await?;
+    Plain::from_pg(&row)?;
     Ok(())
 }
 
@@ -387,18 +448,11 @@ async fn create_many(
                 .collect();
             Message::repo().create_many(&env.db, new).await?;
         }
+        Lib::SqlxSame => {
+            sqlx_create_many(&env.db, conversation, (0..rows).map(content).collect()).await?
+        }
         Lib::Sqlx => {
-            let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
-            let stored = sqlx::query(SQLX_INSERT_MANY)
-                .bind(ids)
-                .bind(vec![conversation; rows])
-                .bind(vec!["user"; rows])
-                .bind((0..rows).map(content).collect::<Vec<_>>())
-                .fetch_all(&env.pool)
-                .await?;
-            for row in &stored {
-                Plain::from_sqlx(row)?;
-            }
+            sqlx_create_many(&env.pool, conversation, (0..rows).map(content).collect()).await?
         }
         Lib::TokioPostgres => {
             let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
@@ -415,6 +469,7 @@ async fn create_many(
                 Plain::from_pg(row)?;
             }
         }
+        Lib::TokioPgPool => unreachable!("bulk loads compare the raw client"),
         Lib::SeaOrm => {
             // One statement takes at most 65,535 parameters: 10,000 rows of six.
             for chunk in (0..rows).collect::<Vec<_>>().chunks(10_000) {
@@ -450,20 +505,38 @@ async fn create_many(
     Ok(())
 }
 
+async fn sqlx_create_many<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: Uuid,
+    contents: Vec<String>,
+) -> Result<(), BoxError> {
+    let rows = contents.len();
+    let ids: Vec<Uuid> = (0..rows).map(|_| Uuid::now_v7()).collect();
+    let stored = sqlx::query(SQLX_INSERT_MANY)
+        .bind(ids)
+        .bind(vec![conversation; rows])
+        .bind(vec!["user"; rows])
+        .bind(contents)
+        .fetch_all(executor)
+        .await?;
+    for row in &stored {
+        Plain::from_sqlx(row)?;
+    }
+    Ok(())
+}
+
 async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError> {
     match lib {
         Lib::Ours => {
             Message::repo().get(&env.db, id).await?;
         }
-        Lib::Sqlx => {
-            let row = sqlx::query(SQLX_GET).bind(id).fetch_one(&env.pool).await?;
-            Plain::from_sqlx(&row)?;
-        }
-        Lib::TokioPostgres => {
-            let row = env.pg[task]
-                .query_one(&env.pg_statements[task].get, &[&id])
-                .await?;
-            Plain::from_pg(&row)?;
+        Lib::SqlxSame => sqlx_get(&env.db, id).await?,
+        Lib::Sqlx => sqlx_get(&env.pool, id).await?,
+        Lib::TokioPostgres => pg_get(&env.pg[task], &env.pg_statements[task].get, id).await?,
+        Lib::TokioPgPool => {
+            let client = env.pg_pool.get().await?;
+            let st = client.prepare_cached(PG_GET).await?;
+            pg_get(&client, &st, id).await?
         }
         Lib::SeaOrm => {
             entity::Entity::find_by_id(id)
@@ -476,6 +549,22 @@ async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError>
     Ok(())
 }
 
+async fn sqlx_get<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<(), BoxError> {
+    let row = sqlx::query(SQLX_GET).bind(id).fetch_one(executor).await?;
+    Plain::from_sqlx(&row)?;
+    Ok(())
+}
+
+async fn pg_get(
+    client: &tokio_postgres::Client,
+    st: &tokio_postgres::Statement,
+    id: Uuid,
+) -> Result<(), BoxError> {
+    let row = client.query_one(st, &[&id]).await?;
+    Plain::from_pg(&row)?;
+    Ok(())
+}
+
 /// The statements our repository runs for these calls, written out the way
 /// a sqlx user would (they are the text `Repo` builds, byte for byte).
 const SQLX_INSERT: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content") VALUES ($1, $2, $3, $4) RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
@@ -483,7 +572,9 @@ const SQLX_INSERT_MANY: &str = r#"INSERT INTO "messages" ("id", "conversation_id
 const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "id" = $1"#;
 const SQLX_UPDATE: &str = r#"UPDATE "messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
 const SQLX_DELETE: &str = r#"DELETE FROM "messages" WHERE "id" = $1"#;
-const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
+const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
+const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
+const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
 
 /// Conversation `eq` AND role `is_in` AND `created_at` `gt`, newest 50.
 async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
@@ -503,25 +594,8 @@ async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
                 .items
                 .len()
         }
-        Lib::Sqlx => {
-            let rows = sqlx::query(SQLX_FILTERED_PAGE)
-                .bind(env.paged)
-                .bind(vec!["user", "assistant"])
-                .bind(since)
-                .bind(51i64)
-                .fetch_all(&env.pool)
-                .await?;
-            let items: Vec<Plain> = rows
-                .iter()
-                .take(50)
-                .map(Plain::from_sqlx)
-                .collect::<Result<_, _>>()?;
-            if rows.len() > 50 {
-                // What a cursor for the next page needs.
-                let _: (String, String) = (rows[49].try_get(6)?, rows[49].try_get(7)?);
-            }
-            items.len()
-        }
+        Lib::SqlxSame => sqlx_filtered_page(&env.db, env.paged, since).await?,
+        Lib::Sqlx => sqlx_filtered_page(&env.pool, env.paged, since).await?,
         _ => unreachable!("only ours and sqlx run the filtered page"),
     };
     if items != 50 {
@@ -530,19 +604,41 @@ async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
     Ok(())
 }
 
+async fn sqlx_filtered_page<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: Uuid,
+    since: DateTime<Utc>,
+) -> Result<usize, BoxError> {
+    let rows = sqlx::query(SQLX_FILTERED_PAGE)
+        .bind(conversation)
+        .bind(vec!["user", "assistant"])
+        .bind(since)
+        .bind(51i64)
+        .fetch_all(executor)
+        .await?;
+    let items: Vec<Plain> = rows
+        .iter()
+        .take(50)
+        .map(Plain::from_sqlx)
+        .collect::<Result<_, _>>()?;
+    if rows.len() > 50 {
+        // What a cursor for the next page needs.
+        let _: (DateTime<Utc>, Uuid) = (rows[49].try_get(4)?, rows[49].try_get(0)?);
+    }
+    Ok(items.len())
+}
+
 /// The position of one task walking the paged conversation; it starts over
 /// at the end.
 #[derive(Default)]
 struct PageState {
     ours: Option<Cursor>,
-    text: Option<(String, String)>,
-    typed: Option<(DateTime<Utc>, Uuid)>,
+    sqlx_same: Option<(DateTime<Utc>, Uuid)>,
+    sqlx: Option<(DateTime<Utc>, Uuid)>,
+    pg_pooled: Option<(DateTime<Utc>, Uuid)>,
+    pg: Option<(DateTime<Utc>, Uuid)>,
     sea: Option<(DateTime<FixedOffset>, Uuid)>,
 }
-
-/// The statements our repository runs for a page (see `Repo::list`), written out.
-const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
-const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at", "created_at"::TEXT AS __k0, "id"::TEXT AS __k1 FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
 
 impl PageState {
     async fn next(&mut self, env: &Env, lib: Lib, task: usize) -> Result<(), BoxError> {
@@ -552,49 +648,26 @@ impl PageState {
                     Message::page_of_conversation(&env.db, env.paged, 50, self.ours.take()).await?;
                 self.ours = page.next;
             }
-            Lib::Sqlx => {
-                let rows = match self.text.take() {
-                    None => {
-                        sqlx::query(SQLX_FIRST_PAGE)
-                            .bind(env.paged)
-                            .bind(51i64)
-                            .fetch_all(&env.pool)
-                            .await?
-                    }
-                    Some((at, id)) => {
-                        sqlx::query(SQLX_NEXT_PAGE)
-                            .bind(env.paged)
-                            .bind(at)
-                            .bind(id)
-                            .bind(51i64)
-                            .fetch_all(&env.pool)
-                            .await?
-                    }
-                };
-                let _items: Vec<Plain> = rows
-                    .iter()
-                    .take(50)
-                    .map(Plain::from_sqlx)
-                    .collect::<Result<_, _>>()?;
-                if rows.len() > 50 {
-                    let last = &rows[49];
-                    self.text = Some((last.try_get(6)?, last.try_get(7)?));
-                }
+            Lib::SqlxSame => {
+                self.sqlx_same = sqlx_page(&env.db, env.paged, self.sqlx_same.take()).await?
             }
+            Lib::Sqlx => self.sqlx = sqlx_page(&env.pool, env.paged, self.sqlx.take()).await?,
             Lib::TokioPostgres => {
                 let (client, st) = (&env.pg[task], &env.pg_statements[task]);
-                let rows = match self.typed.take() {
-                    None => client.query(&st.first_page, &[&env.paged]).await?,
-                    Some((at, id)) => client.query(&st.next_page, &[&env.paged, &at, &id]).await?,
-                };
-                let items: Vec<Plain> = rows
-                    .iter()
-                    .take(50)
-                    .map(Plain::from_pg)
-                    .collect::<Result<_, _>>()?;
-                if rows.len() > 50 {
-                    self.typed = Some((items[49].created_at, items[49].id));
-                }
+                self.pg = pg_page(
+                    client,
+                    (&st.first_page, &st.next_page),
+                    env.paged,
+                    self.pg.take(),
+                )
+                .await?;
+            }
+            Lib::TokioPgPool => {
+                let client = env.pg_pool.get().await?;
+                let first = client.prepare_cached(PG_FIRST_PAGE).await?;
+                let next = client.prepare_cached(PG_NEXT_PAGE).await?;
+                self.pg_pooled =
+                    pg_page(&client, (&first, &next), env.paged, self.pg_pooled.take()).await?;
             }
             Lib::SeaOrm => {
                 use entity::Column;
@@ -615,6 +688,61 @@ impl PageState {
     }
 }
 
+/// One page by hand with sqlx; returns the position after it, if any.
+async fn sqlx_page<'e>(
+    executor: impl PgExecutor<'e>,
+    conversation: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Option<(DateTime<Utc>, Uuid)>, BoxError> {
+    let rows = match after {
+        None => {
+            sqlx::query(SQLX_FIRST_PAGE)
+                .bind(conversation)
+                .bind(51i64)
+                .fetch_all(executor)
+                .await?
+        }
+        Some((at, id)) => {
+            sqlx::query(SQLX_NEXT_PAGE)
+                .bind(conversation)
+                .bind(at)
+                .bind(id)
+                .bind(51i64)
+                .fetch_all(executor)
+                .await?
+        }
+    };
+    let _items: Vec<Plain> = rows
+        .iter()
+        .take(50)
+        .map(Plain::from_sqlx)
+        .collect::<Result<_, _>>()?;
+    if rows.len() > 50 {
+        let last = &rows[49];
+        return Ok(Some((last.try_get(4)?, last.try_get(0)?)));
+    }
+    Ok(None)
+}
+
+/// One page with tokio-postgres; returns the position after it, if any.
+async fn pg_page(
+    client: &tokio_postgres::Client,
+    (first, next): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    conversation: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Option<(DateTime<Utc>, Uuid)>, BoxError> {
+    let rows = match after {
+        None => client.query(first, &[&conversation]).await?,
+        Some((at, id)) => client.query(next, &[&conversation, &at, &id]).await?,
+    };
+    let items: Vec<Plain> = rows
+        .iter()
+        .take(50)
+        .map(Plain::from_pg)
+        .collect::<Result<_, _>>()?;
+    Ok((rows.len() > 50).then(|| (items[49].created_at, items[49].id)))
+}
+
 async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<(), BoxError> {
     let content = format!("edited by {task} at {i}");
     match lib {
@@ -630,25 +758,15 @@ async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<
                 )
                 .await?;
         }
-        Lib::Sqlx => {
-            // The generated statement: a (set?, value) pair per column.
-            let row = sqlx::query(SQLX_UPDATE)
-                .bind(id)
-                .bind(false)
-                .bind(None::<Uuid>)
-                .bind(false)
-                .bind(None::<String>)
-                .bind(true)
-                .bind(Some(content))
-                .fetch_one(&env.pool)
-                .await?;
-            Plain::from_sqlx(&row)?;
-        }
+        Lib::SqlxSame => sqlx_update(&env.db, id, content).await?,
+        Lib::Sqlx => sqlx_update(&env.pool, id, content).await?,
         Lib::TokioPostgres => {
-            let row = env.pg[task]
-                .query_one(&env.pg_statements[task].update, &[&id, &content])
-                .await?;
-            Plain::from_pg(&row)?;
+            pg_update(&env.pg[task], &env.pg_statements[task].update, id, content).await?
+        }
+        Lib::TokioPgPool => {
+            let client = env.pg_pool.get().await?;
+            let st = client.prepare_cached(PG_UPDATE).await?;
+            pg_update(&client, &st, id, content).await?
         }
         Lib::SeaOrm => {
             entity::ActiveModel {
@@ -664,10 +782,44 @@ async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<
     Ok(())
 }
 
+async fn sqlx_update<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    content: String,
+) -> Result<(), BoxError> {
+    // The generated statement: a (set?, value) pair per column.
+    let row = sqlx::query(SQLX_UPDATE)
+        .bind(id)
+        .bind(false)
+        .bind(None::<Uuid>)
+        .bind(false)
+        .bind(None::<String>)
+        .bind(true)
+        .bind(Some(content))
+        .fetch_one(executor)
+        .await?;
+    Plain::from_sqlx(&row)?;
+    Ok(())
+}
+
+async fn pg_update(
+    client: &tokio_postgres::Client,
+    st: &tokio_postgres::Statement,
+    id: Uuid,
+    content: String,
+) -> Result<(), BoxError> {
+    let row = client.query_one(st, &[&id, &content]).await?;
+    Plain::from_pg(&row)?;
+    Ok(())
+}
+
 async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError> {
     match lib {
         Lib::Ours => {
             Message::repo().delete(&env.db, id).await?;
+        }
+        Lib::SqlxSame => {
+            sqlx::query(SQLX_DELETE).bind(id).execute(&env.db).await?;
         }
         Lib::Sqlx => {
             sqlx::query(SQLX_DELETE).bind(id).execute(&env.pool).await?;
@@ -676,6 +828,11 @@ async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxErr
             env.pg[task]
                 .execute(&env.pg_statements[task].delete, &[&id])
                 .await?;
+        }
+        Lib::TokioPgPool => {
+            let client = env.pg_pool.get().await?;
+            let st = client.prepare_cached(PG_DELETE).await?;
+            client.execute(&st, &[&id]).await?;
         }
         Lib::SeaOrm => {
             entity::Entity::delete_by_id(id).exec(&env.sea).await?;
@@ -706,6 +863,7 @@ pub async fn peak_memory_here(url: &str, lib: &str, rows: usize) -> Result<u64, 
     let lib = match lib {
         "ours" => Lib::Ours,
         "sqlx" => Lib::Sqlx,
+        "sqlx-our-pool" => Lib::SqlxSame,
         "tokio-postgres" => Lib::TokioPostgres,
         "sea-orm" => Lib::SeaOrm,
         "copy" => Lib::Copy,

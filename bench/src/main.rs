@@ -34,6 +34,10 @@ struct Args {
     /// Rounds to run (default: 12 with --quick, else 48).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Also write every cell (operation, tasks, contender, ops/s, p50, p99)
+    /// to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
     /// Internal: measure one contender's peak memory in this process.
     #[arg(long, hide = true, value_name = "URL")]
     memory_of: Option<String>,
@@ -60,9 +64,14 @@ struct Scale {
     loop_rows: usize,
 }
 
-/// Everything one mode (one connection, or 8 tasks on a pool of 8) uses.
+/// The pool size every pooled contender gets: sqlx's, SeaORM's and our
+/// default, given to deadpool-postgres too.
+const POOL_SIZE: usize = 10;
+
+/// Everything one mode (1 task or 8, on each library's default pool) uses.
 pub struct Env {
     pub pool: PgPool,
+    pub pg_pool: deadpool_postgres::Pool,
     pub db: Db,
     pub sea: sea_orm::DatabaseConnection,
     pub pg: Vec<tokio_postgres::Client>,
@@ -134,6 +143,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .timings
         .push(("whole benchmark".into(), started.elapsed()));
     println!("{}", table.render(args.quick));
+    if let Some(path) = &args.json {
+        std::fs::write(path, table.json())?;
+        println!("every cell written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -198,20 +211,14 @@ async fn bench(
     Ok(table)
 }
 
-/// A pool of `tasks` connections for every library, and the rows to read.
+/// Every library with the pool it gives a user by default (10 connections
+/// for each), one raw tokio-postgres client per task, and the rows to read.
 async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error>> {
     let options = PgConnectOptions::from_str(url)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(tasks as u32)
-        .min_connections(tasks as u32)
-        .connect_with(options.clone())
-        .await?;
-    let settings = Settings {
-        pool_size: tasks as u32,
-        ..Default::default()
-    };
-    let db = Db::connect_url(url, &settings).await?;
-    let sea = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone());
+    let pool = PgPoolOptions::new().connect_with(options.clone()).await?;
+    let db = Db::connect_url(url, &Settings::default()).await?;
+    let sea = sea_orm::Database::connect(url).await?;
+    let pg_pool = contenders::tokio_postgres_pool(&options, POOL_SIZE)?;
     let mut pg = Vec::new();
     let mut pg_statements = Vec::new();
     for _ in 0..tasks {
@@ -246,6 +253,7 @@ async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error
     sqlx::query("ANALYZE").execute(&pool).await?;
     Ok(Env {
         pool,
+        pg_pool,
         db,
         sea,
         pg,

@@ -58,7 +58,37 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// One cell of `--json`.
+#[derive(serde::Serialize)]
+struct JsonCell {
+    operation: &'static str,
+    tasks: usize,
+    contender: &'static str,
+    ops_per_sec: f64,
+    rows_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
 impl Table {
+    /// Every cell as a JSON array.
+    pub fn json(&self) -> String {
+        let cells: Vec<JsonCell> = self
+            .cells
+            .iter()
+            .map(|((op, tasks, lib), t)| JsonCell {
+                operation: op.label(),
+                tasks: *tasks,
+                contender: lib.label(),
+                ops_per_sec: t.ops_per_sec(),
+                rows_per_sec: t.rows_per_sec(),
+                p50_ms: t.percentile(0.5).as_secs_f64() * 1000.0,
+                p99_ms: t.percentile(0.99).as_secs_f64() * 1000.0,
+            })
+            .collect();
+        serde_json::to_string_pretty(&cells).expect("plain data serializes")
+    }
+
     pub fn add(&mut self, op: Op, tasks: usize, lib: Lib, sample: Sample) {
         let t = self.cells.entry((op, tasks, lib)).or_default();
         t.ops += sample.ops;
@@ -74,11 +104,21 @@ impl Table {
             "mandrake-storage benchmark ({})\n",
             if quick { "--quick" } else { "full" }
         );
-        let _ = writeln!(
-            out,
-            "| operation | tasks | ours ops/s | ours p50 / p99 ms | sqlx ops/s | vs sqlx | tokio-postgres ops/s | vs tokio-pg | SeaORM ops/s | vs SeaORM | COPY rows/s | vs COPY |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let others = [
+            Lib::SqlxSame,
+            Lib::Sqlx,
+            Lib::TokioPgPool,
+            Lib::TokioPostgres,
+            Lib::SeaOrm,
+            Lib::Copy,
+        ];
+        let mut header = "| operation | tasks | ours | ours p50 / p99 ms |".to_owned();
+        let mut rule = "|---|---|---|---|".to_owned();
+        for lib in others {
+            header.push_str(&format!(" {} | vs |", lib.label()));
+            rule.push_str("---|---|");
+        }
+        let _ = writeln!(out, "{header}\n{rule}");
         let mut keys: Vec<(Op, usize)> = self
             .cells
             .keys()
@@ -95,25 +135,22 @@ impl Table {
                     t.ops_per_sec()
                 }
             };
-            let cell = |lib| match get(lib) {
-                Some(t) => (
-                    format!("{:.0}", rate(t)),
-                    format!("{:.2}×", rate(ours) / rate(t)),
-                ),
-                None => ("-".into(), "-".into()),
-            };
-            let (sqlx, vs_sqlx) = cell(Lib::Sqlx);
-            let (pg, vs_pg) = cell(Lib::TokioPostgres);
-            let (sea, vs_sea) = cell(Lib::SeaOrm);
-            let (copy, vs_copy) = cell(Lib::Copy);
-            let _ = writeln!(
-                out,
-                "| {} | {tasks} | {:.0} | {} / {} | {sqlx} | {vs_sqlx} | {pg} | {vs_pg} | {sea} | {vs_sea} | {copy} | {vs_copy} |",
+            let mut line = format!(
+                "| {} | {tasks} | {:.0} | {} / {} |",
                 op.label(),
                 rate(ours),
                 ms(ours.percentile(0.5)),
                 ms(ours.percentile(0.99)),
             );
+            for lib in others {
+                match get(lib) {
+                    Some(t) => {
+                        line.push_str(&format!(" {:.0} | {:.2}× |", rate(t), rate(ours) / rate(t)))
+                    }
+                    None => line.push_str(" - | - |"),
+                }
+            }
+            let _ = writeln!(out, "{line}");
         }
         let _ = writeln!(
             out,

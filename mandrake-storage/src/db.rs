@@ -493,11 +493,36 @@ impl<'q> Execute<'q, Postgres> for Replay {
     }
 }
 
+/// One call on a connection: what `run` does with a checked-out one.
+type Call<T> =
+    for<'c> fn(&'c mut PgConnection, Replay) -> BoxFuture<'c, std::result::Result<T, sqlx::Error>>;
+
 impl Db {
     /// A connection of its own, outside the pool: for a read whose pooled
     /// connection turned out to be dead (other pooled ones may be too).
     async fn fresh_connection(&self) -> std::result::Result<PgConnection, sqlx::Error> {
         self.pool.manager().connect().await
+    }
+
+    /// Runs `call` on a pooled connection, marked in flight so that a
+    /// cancelled call leaves it to be restored; a read that fails at the
+    /// transport level runs once more on a new connection.
+    async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
+        let spare = query.spare();
+        let mut conn = self.checkout().await?;
+        conn.set_in_flight(true);
+        let outcome = call(&mut conn, query).await;
+        conn.set_in_flight(false);
+        let err = match outcome {
+            Err(err) => err,
+            done => return done,
+        };
+        let broken = is_broken(&err);
+        conn.discard_if_broken(&err);
+        match spare {
+            Some(again) if broken => call(&mut self.fresh_connection().await?, again).await,
+            _ => Err(err),
+        }
     }
 }
 
@@ -569,23 +594,35 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move {
-            let query = Replay::new(query)?;
-            let spare = query.spare();
-            let mut conn = db.checkout().await?;
-            conn.set_in_flight(true);
-            let outcome = conn.fetch_optional(query).await;
-            conn.set_in_flight(false);
-            let err = match outcome {
-                Err(err) => err,
-                done => return done,
-            };
-            let broken = is_broken(&err);
-            conn.discard_if_broken(&err);
-            match spare {
-                Some(again) if broken => db.fresh_connection().await?.fetch_optional(again).await,
-                _ => Err(err),
-            }
+            db.run(Replay::new(query)?, |c, q| c.fetch_optional(q))
+                .await
         })
+    }
+
+    // `fetch_all` and `execute` straight on the connection: the default ones
+    // would pass every row through the stream of `fetch_many` above.
+    fn fetch_all<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<Vec<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.run(Replay::new(query)?, |c, q| c.fetch_all(q)).await })
+    }
+
+    fn execute<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<PgQueryResult, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.run(Replay::new(query)?, |c, q| c.execute(q)).await })
     }
 
     fn prepare_with<'e>(

@@ -10,6 +10,12 @@ use std::marker::PhantomData;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo};
+use sqlx::{Encode, Postgres, Row, Type, ValueRef as _};
+
 use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
@@ -205,22 +211,8 @@ pub(crate) fn order_by(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
     format!(" ORDER BY {}", parts.join(", "))
 }
 
-/// `, "a"::TEXT AS __k0, …`: the keys of each row, read back for its cursor
-/// (renamed, so that ORDER BY still means the columns).
-pub(crate) fn key_columns(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
-    keys.iter()
-        .enumerate()
-        .map(|(i, (c, _))| {
-            format!(
-                ", {}::TEXT AS __k{i}",
-                quote_ident(&schema.columns[*c].name)
-            )
-        })
-        .collect()
-}
-
-/// The rows after a cursor's position, its values bound as `$n::type` text
-/// from `*param + 1` on.
+/// The rows after a cursor's position, its values bound as `$n::type` from
+/// `*param + 1` on.
 pub(crate) fn after_condition(
     schema: &TableSchema,
     keys: &[(usize, bool)],
@@ -281,8 +273,9 @@ pub struct Cursor(String);
 struct Position {
     /// `name` or `-name` (descending) per key.
     order: Vec<String>,
-    /// Each key's value as text.
-    values: Vec<Option<String>>,
+    /// Each key's type (its OID) and value as PostgreSQL sent it (binary,
+    /// base64): no text conversion on either side.
+    values: Vec<(u32, Option<String>)>,
 }
 
 /// The checksum that makes an edited cursor an error rather than a query.
@@ -298,17 +291,32 @@ fn order_names(schema: &TableSchema, keys: &[(usize, bool)]) -> Vec<String> {
 }
 
 impl Cursor {
-    pub(crate) fn new(
+    /// The position of `row`, whose columns are the table's in order.
+    pub(crate) fn at_row(
         schema: &TableSchema,
         keys: &[(usize, bool)],
-        values: Vec<Option<String>>,
-    ) -> Cursor {
+        row: &PgRow,
+    ) -> Result<Cursor> {
+        let values = keys
+            .iter()
+            .map(|(c, _)| {
+                let value = row.try_get_raw(*c)?;
+                let oid = value.type_info().oid().map_or(0, |o| o.0);
+                let bytes = (!value.is_null())
+                    .then(|| value.as_bytes().map(|b| URL_SAFE_NO_PAD.encode(b)))
+                    .transpose()
+                    .map_err(sqlx::Error::Decode)?;
+                Ok((oid, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let position = Position {
             order: order_names(schema, keys),
             values,
         };
         let json = serde_json::to_string(&position).expect("strings serialize");
-        Cursor(URL_SAFE_NO_PAD.encode(format!("{:08x}{json}", checksum(&json))))
+        Ok(Cursor(
+            URL_SAFE_NO_PAD.encode(format!("{:08x}{json}", checksum(&json))),
+        ))
     }
 
     /// Rebuilds a cursor from [`Cursor::as_str`] (e.g. from an HTTP query).
@@ -321,13 +329,13 @@ impl Cursor {
         &self.0
     }
 
-    /// The key values of the position, once the whole cursor checks out
-    /// against the listing's order.
+    /// The key values of the position, ready to bind, once the whole cursor
+    /// checks out against the listing's order.
     pub(crate) fn values(
         &self,
         schema: &TableSchema,
         keys: &[(usize, bool)],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<Vec<RawValue>> {
         let foreign = || Error::InvalidCursor("not a cursor of this library".into());
         let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| foreign())?;
         let text = String::from_utf8(bytes).map_err(|_| foreign())?;
@@ -346,7 +354,50 @@ impl Cursor {
                 expected.join(", ")
             )));
         }
-        Ok(position.values)
+        position
+            .values
+            .into_iter()
+            .map(|(oid, value)| {
+                let bytes = value
+                    .map(|v| URL_SAFE_NO_PAD.decode(v).map_err(|_| foreign()))
+                    .transpose()?;
+                Ok(RawValue { oid, bytes })
+            })
+            .collect()
+    }
+}
+
+/// A value bound exactly as PostgreSQL sent it, with its type.
+#[derive(Debug)]
+pub(crate) struct RawValue {
+    oid: u32,
+    bytes: Option<Vec<u8>>,
+}
+
+impl Type<Postgres> for RawValue {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(0))
+    }
+    fn compatible(_: &PgTypeInfo) -> bool {
+        true
+    }
+}
+
+impl Encode<'_, Postgres> for RawValue {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, BoxDynError> {
+        match &self.bytes {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+    fn produces(&self) -> Option<PgTypeInfo> {
+        Some(PgTypeInfo::with_oid(Oid(self.oid)))
     }
 }
 
@@ -402,16 +453,28 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip_and_refuse_other_orders() {
+    fn cursors_refuse_other_orders_and_foreign_text() {
         let s = schema();
         let keys = vec![(1, true), (0, true)];
-        let values = vec![Some("3".to_owned()), None];
-        let cursor = Cursor::new(&s, &keys, values.clone());
-        assert_eq!(cursor.values(&s, &keys).unwrap(), values);
+        let position = Position {
+            order: order_names(&s, &keys),
+            values: vec![
+                (23, Some(URL_SAFE_NO_PAD.encode([0, 0, 0, 3]))),
+                (2950, None),
+            ],
+        };
+        let json = serde_json::to_string(&position).unwrap();
+        let cursor = Cursor(URL_SAFE_NO_PAD.encode(format!("{:08x}{json}", checksum(&json))));
+        let values = cursor.values(&s, &keys).unwrap();
+        assert_eq!(values[0].oid, 23);
+        assert_eq!(values[0].bytes.as_deref(), Some(&[0u8, 0, 0, 3][..]));
+        assert!(values[1].bytes.is_none());
         let other = vec![(1, false), (0, false)];
         assert!(matches!(
             cursor.values(&s, &other),
             Err(Error::InvalidCursor(_))
         ));
+        let foreign = Cursor::from_string("%%").values(&s, &keys);
+        assert!(matches!(foreign, Err(Error::InvalidCursor(_))));
     }
 }

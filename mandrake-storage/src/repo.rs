@@ -14,7 +14,7 @@ use crate::column::{ColumnType, decode_column};
 use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
 use crate::filter::{Column, Filter, Node, bind_all, condition, where_clause};
-use crate::list::{Cursor, ListOptions, Page, after_condition, key_columns, order_by};
+use crate::list::{Cursor, ListOptions, Page, after_condition, order_by};
 use crate::record::{Record, UniqueKey};
 
 /// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
@@ -528,9 +528,12 @@ impl<T: Record> Repo<T> {
             .fetch_all(executor)
             .await
             .map_err(|err| match Error::from(err) {
-                // The cursor's values are the only text cast to column types:
-                // a data exception here means the cursor is bad, not the table.
-                e if shape.after && e.sqlstate().is_some_and(|c| c.starts_with("22")) => {
+                // The cursor's values are the only ones not encoded by us: a
+                // data exception here means the cursor is bad, not the table.
+                e if shape.after
+                    && e.sqlstate()
+                        .is_some_and(|c| c.starts_with("22") || c == "08P01") =>
+                {
                     Error::InvalidCursor(format!("its position does not fit the columns ({e})"))
                 }
                 e => e,
@@ -542,14 +545,7 @@ impl<T: Record> Repo<T> {
             .map(|r| T::decode(r, 0))
             .collect::<Result<Vec<T>, _>>()?;
         let next = match (more, shown.checked_sub(1)) {
-            (true, Some(last)) => {
-                let row = &rows[last];
-                let width = schema.columns.len();
-                let values = (width..width + shape.keys.len())
-                    .map(|i| row.try_get::<Option<String>, _>(i))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Some(Cursor::new(schema, &shape.keys, values))
-            }
+            (true, Some(last)) => Some(Cursor::at_row(schema, &shape.keys, &rows[last])?),
             _ => None,
         };
         Ok(Page { items, next })
@@ -597,8 +593,8 @@ pub struct ListShape {
     offset: bool,
 }
 
-/// `SELECT <columns>, <keys as text> … WHERE <filter> AND <after cursor>
-/// ORDER BY <keys> LIMIT … OFFSET …`; parameters in that order.
+/// `SELECT <columns> … WHERE <filter> AND <after cursor> ORDER BY <keys>
+/// LIMIT … OFFSET …`; parameters in that order.
 fn list_sql<T: Record>(shape: &ListShape) -> String {
     let schema = T::schema();
     let mut param = 0;
@@ -610,9 +606,8 @@ fn list_sql<T: Record>(shape: &ListShape) -> String {
         conditions.push(after_condition(schema, &shape.keys, &mut param));
     }
     let mut sql = format!(
-        "SELECT {}{} FROM {}",
+        "SELECT {} FROM {}",
         T::statements().columns,
-        key_columns(schema, &shape.keys),
         quote_ident(&schema.name)
     );
     if !conditions.is_empty() {

@@ -253,7 +253,7 @@ fn backoff(attempt: u32) -> Duration {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
-    wait: Duration,
+    acquire_timeout: Duration,
 }
 
 impl std::fmt::Debug for Db {
@@ -304,7 +304,7 @@ impl Db {
             .map_err(|e| Error::Config(format!("cannot build the pool: {e}")))?;
         let db = Db {
             pool,
-            wait: settings.acquire_timeout,
+            acquire_timeout: settings.acquire_timeout,
         };
         drop(db.acquire().await?);
         let min_idle = settings.min_idle.min(settings.pool_size) as usize;
@@ -324,7 +324,7 @@ impl Db {
             .get()
             .await
             .map(PoolConnection::new)
-            .map_err(|e| pool_error(e, self.pool.status().max_size, self.wait))
+            .map_err(|e| pool_error(e, self.pool.status().max_size, self.acquire_timeout))
     }
 
     /// Size, idle and busy connections, and waiting callers.
@@ -335,8 +335,6 @@ impl Db {
     /// Starts a transaction; it rolls back when dropped without `commit`.
     pub async fn begin(&self) -> Result<Transaction> {
         let mut conn = self.acquire().await?;
-        // sqlx counts the transaction only once BEGIN has answered: a begin
-        // dropped before that would leave an open transaction it cannot see.
         // sqlx counts the transaction only once BEGIN has answered: a begin
         // cut off before that would leave an open transaction it cannot see,
         // so a connection dropped in that window is rolled back before reuse.

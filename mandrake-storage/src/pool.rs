@@ -3,8 +3,9 @@
 //! sqlx's own pool pings every connection on checkout and again on release;
 //! that round trip halves point-operation throughput. Here a connection is
 //! validated only after it sat idle past a window (HikariCP's
-//! `aliveBypassWindowMs`), and one that a cancelled future left dirty is
-//! restored (its queued rollback flushed) or discarded before reuse.
+//! `aliveBypassWindowMs`). One that a cancelled future left dirty is
+//! restored before anyone else gets it (rolled back, the replies still due
+//! read), and one that failed at the transport level is discarded.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;

@@ -15,7 +15,6 @@ use sqlx_core::transaction::TransactionManager;
 
 use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, is_broken, pool_error};
 
-use crate::cluster::{Cluster, DEFAULT_DATABASE};
 use crate::error::{Error, Result};
 
 /// Connection settings, read from the environment by [`Settings::from_env`].
@@ -148,29 +147,44 @@ impl Settings {
         })
     }
 
-    /// The URL to connect to, starting the embedded cluster when no
-    /// `DATABASE_URL` is set.
+    /// The URL to connect to: `DATABASE_URL`; without it, the embedded
+    /// cluster (started if needed) when the `embedded` feature is on, else
+    /// a `Config` error naming the variable. A production binary that lost
+    /// its variable stops instead of running on an empty database.
     pub async fn resolve_url(&self) -> Result<String> {
         match &self.database_url {
             Some(url) => Ok(url.clone()),
-            None => {
-                tokio::task::spawn_blocking(|| {
-                    let cluster = Cluster::default_for_workspace()?;
-                    tracing::info!(
-                        data = %cluster.root().display(),
-                        "DATABASE_URL is not set: using the embedded PostgreSQL cluster \
-                         (it keeps running; `cargo xtask db stop` stops it)"
-                    );
-                    cluster.start()?;
-                    Ok::<_, Error>(cluster)
-                })
-                .await
-                .map_err(|e| Error::Config(format!("cluster start panicked: {e}")))??
-                .ensure_database(DEFAULT_DATABASE)
-                .await
-            }
+            None => embedded_url().await,
         }
     }
+}
+
+#[cfg(all(feature = "embedded", unix))]
+async fn embedded_url() -> Result<String> {
+    use crate::cluster::{Cluster, DEFAULT_DATABASE};
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::default_for_workspace()?;
+        tracing::info!(
+            data = %cluster.root().display(),
+            "DATABASE_URL is not set: using the embedded PostgreSQL cluster \
+             (it keeps running; `cargo xtask db stop` stops it)"
+        );
+        cluster.start()?;
+        Ok::<_, Error>(cluster)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("cluster start panicked: {e}")))??
+    .ensure_database(DEFAULT_DATABASE)
+    .await
+}
+
+#[cfg(not(all(feature = "embedded", unix)))]
+async fn embedded_url() -> Result<String> {
+    Err(Error::Config(
+        "DATABASE_URL is not set: set it to the server to use (the embedded development \
+         cluster needs mandrake-storage's `embedded` feature)"
+            .into(),
+    ))
 }
 
 /// One unpooled connection (for admin work and migration locks).
@@ -184,6 +198,7 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 /// `CREATE DATABASE` that tolerates a concurrent creator.
+#[cfg(all(feature = "embedded", unix))]
 pub(crate) async fn create_database(conn: &mut sqlx::PgConnection, name: &str) -> Result<()> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -644,5 +659,19 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move { db.checkout().await?.describe(sql).await })
+    }
+}
+
+#[cfg(all(test, not(all(feature = "embedded", unix))))]
+mod without_embedded {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_database_url_is_a_config_error_naming_it() {
+        let err = Db::connect_with(&Settings::default()).await.unwrap_err();
+        match err {
+            Error::Config(message) => assert!(message.contains("DATABASE_URL"), "{message}"),
+            other => panic!("expected a Config error, got {other}"),
+        }
     }
 }

@@ -191,6 +191,7 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+#[cfg(feature = "migrate")]
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         match err {

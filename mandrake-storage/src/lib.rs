@@ -74,22 +74,29 @@
 //! Raw SQL stays first-class: records implement `sqlx::FromRow`, and
 //! [`Record::columns`] / [`Record::decode`] serve hand-written joins.
 
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(all(feature = "embedded", unix))]
 pub mod cluster;
 mod column;
 mod db;
 pub mod ddl;
+#[cfg(feature = "cli")]
 pub mod diff;
 mod error;
 mod filter;
+#[cfg(feature = "cli")]
 pub mod introspect;
 mod list;
+#[cfg(feature = "migrate")]
 pub mod migrate;
 mod pool;
 mod record;
 mod repo;
+#[cfg(feature = "cli")]
 pub mod scaffold;
 pub mod schema;
+#[cfg(all(feature = "testing", unix))]
 pub mod testing;
 
 pub use column::{
@@ -100,7 +107,9 @@ pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, conn
 pub use error::{Error, Result};
 pub use filter::{Column, Filter, JsonColumn, TextColumn};
 pub use list::{Cursor, ListOptions, Order, Page};
-pub use mandrake_derive::{Record, RecordEnum, embed_migrations};
+#[cfg(feature = "migrate")]
+pub use mandrake_derive::embed_migrations;
+pub use mandrake_derive::{Record, RecordEnum};
 pub use pool::{PoolConnection, PoolStatus};
 pub use record::{Layout, Record, Statements, UniqueKey, UpsertStatements, Versioned};
 pub use repo::Repo;

@@ -100,10 +100,15 @@ impl Error {
         }
     }
 
-    /// The SQLSTATE code of a database error, if this is one.
+    /// The SQLSTATE code of a database error, if this is one (the
+    /// constraint variants included).
     pub fn sqlstate(&self) -> Option<String> {
         match self {
             Error::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            Error::UniqueViolation { .. } => Some("23505".into()),
+            Error::ForeignKeyViolation { .. } => Some("23503".into()),
+            Error::CheckViolation { .. } => Some("23514".into()),
+            Error::NotNullViolation { .. } => Some("23502".into()),
             _ => None,
         }
     }

@@ -79,12 +79,19 @@ impl<T: Record> Repo<T> {
 
     /// Inserts one row (with a new UUIDv7 id) and returns it as stored.
     pub async fn create<'e, E: PgExecutor<'e>>(&self, executor: E, new: T::New) -> Result<T> {
-        let mut args = PgArguments::default();
-        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
-        let row = sqlx::query_with(T::statements().insert.as_str(), args)
-            .fetch_one(executor)
-            .await?;
-        Ok(T::decode(&row, 0)?)
+        traced(
+            call_span!("create", T),
+            async move {
+                let mut args = PgArguments::default();
+                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+                let row = sqlx::query_with(T::statements().insert.as_str(), args)
+                    .fetch_one(executor)
+                    .await?;
+                Ok(T::decode(&row, 0)?)
+            },
+            |_| 1,
+        )
+        .await
     }
 
     /// Inserts any number of rows in one statement (`INSERT … SELECT … FROM
@@ -95,25 +102,32 @@ impl<T: Record> Repo<T> {
         executor: E,
         rows: Vec<T::New>,
     ) -> Result<Vec<T>> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let count = rows.len();
-        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-        let mut args = PgArguments::default();
-        T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-        // Decode rows as they arrive rather than holding them all twice.
-        let mut stored = Vec::with_capacity(count);
-        let mut stream =
-            sqlx::query_with(T::statements().insert_many.as_str(), args).fetch(executor);
-        while let Some(row) = stream.try_next().await? {
-            stored.push(T::decode(&row, 0)?);
-        }
-        // RETURNING order is not promised by PostgreSQL, but UUIDv7 ids made
-        // in one process are ordered by creation: sorting by id restores the
-        // input order (and costs one pass when it is already in order).
-        stored.sort_unstable_by_key(|r| r.id());
-        Ok(stored)
+        traced(
+            call_span!("create_many", T),
+            async move {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let count = rows.len();
+                let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+                let mut args = PgArguments::default();
+                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+                // Decode rows as they arrive rather than holding them all twice.
+                let mut stored = Vec::with_capacity(count);
+                let mut stream =
+                    sqlx::query_with(T::statements().insert_many.as_str(), args).fetch(executor);
+                while let Some(row) = stream.try_next().await? {
+                    stored.push(T::decode(&row, 0)?);
+                }
+                // RETURNING order is not promised by PostgreSQL, but UUIDv7 ids made
+                // in one process are ordered by creation: sorting by id restores the
+                // input order (and costs one pass when it is already in order).
+                stored.sort_unstable_by_key(|r| r.id());
+                Ok(stored)
+            },
+            |rows| rows.len() as u64,
+        )
+        .await
     }
 
     /// The row with `id`, or `Error::NotFound`.
@@ -126,11 +140,18 @@ impl<T: Record> Repo<T> {
 
     /// The row with `id`, if there is one.
     pub async fn find<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<Option<T>> {
-        let row = sqlx::query(T::statements().select_by_id.as_str())
-            .bind(id)
-            .fetch_optional(executor)
-            .await?;
-        Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
+        traced(
+            call_span!("find", T),
+            async move {
+                let row = sqlx::query(T::statements().select_by_id.as_str())
+                    .bind(id)
+                    .fetch_optional(executor)
+                    .await?;
+                Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
+            },
+            |row| u64::from(row.is_some()),
+        )
+        .await
     }
 
     /// Changes the columns set in the patch; `updated_at` moves through the
@@ -168,43 +189,57 @@ impl<T: Record> Repo<T> {
         patch: T::Patch,
         version: Option<i64>,
     ) -> Result<T> {
-        let statements = T::statements();
-        let mut args = PgArguments::default();
-        args.add(id).map_err(bind_error)?;
-        let set = T::bind_patch(patch, &mut args).map_err(bind_error)?;
-        let sql = if set == 0 {
-            args = PgArguments::default();
-            args.add(id).map_err(bind_error)?;
-            &statements.select_unchanged
-        } else {
-            &statements.update
-        };
-        if statements.has_version {
-            args.add(version).map_err(bind_error)?;
-        }
-        let row = sqlx::query_with(sql.as_str(), args)
-            .fetch_optional(executor)
-            .await?;
-        let table = statements.table;
-        let Some(row) = row else {
-            return Err(Error::NotFound { table, id });
-        };
-        if statements.has_version {
-            let current: bool = row.try_get(row.len() - 1)?;
-            if !current {
-                return Err(Error::Conflict { table, id });
-            }
-        }
-        Ok(T::decode(&row, 0)?)
+        traced(
+            call_span!("update", T),
+            async move {
+                let statements = T::statements();
+                let mut args = PgArguments::default();
+                args.add(id).map_err(bind_error)?;
+                let set = T::bind_patch(patch, &mut args).map_err(bind_error)?;
+                let sql = if set == 0 {
+                    args = PgArguments::default();
+                    args.add(id).map_err(bind_error)?;
+                    &statements.select_unchanged
+                } else {
+                    &statements.update
+                };
+                if statements.has_version {
+                    args.add(version).map_err(bind_error)?;
+                }
+                let row = sqlx::query_with(sql.as_str(), args)
+                    .fetch_optional(executor)
+                    .await?;
+                let table = statements.table;
+                let Some(row) = row else {
+                    return Err(Error::NotFound { table, id });
+                };
+                if statements.has_version {
+                    let current: bool = row.try_get(row.len() - 1)?;
+                    if !current {
+                        return Err(Error::Conflict { table, id });
+                    }
+                }
+                Ok(T::decode(&row, 0)?)
+            },
+            |_| 1,
+        )
+        .await
     }
 
     /// Deletes the row; says whether there was one.
     pub async fn delete<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<bool> {
-        let done = sqlx::query(T::statements().delete.as_str())
-            .bind(id)
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        traced(
+            call_span!("delete", T),
+            async move {
+                let done = sqlx::query(T::statements().delete.as_str())
+                    .bind(id)
+                    .execute(executor)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            },
+            |done| u64::from(*done),
+        )
+        .await
     }
 
     /// Deletes every row matching `filter`; returns how many.
@@ -213,22 +248,29 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<u64> {
-        let schema = T::schema();
-        let (node, values) = filter.into_parts();
-        let mut args = PgArguments::default();
-        bind_all(values, &mut args).map_err(bind_error)?;
-        let sql = T::statements().sql_for(Shape::DeleteWhere(node.clone()), || {
-            let mut param = 0;
-            format!(
-                "DELETE FROM {}{}",
-                quote_ident(&schema.name),
-                where_clause(schema, &node, &mut param)
-            )
-        });
-        let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected())
+        traced(
+            call_span!("delete_where", T),
+            async move {
+                let schema = T::schema();
+                let (node, values) = filter.into_parts();
+                let mut args = PgArguments::default();
+                bind_all(values, &mut args).map_err(bind_error)?;
+                let sql = T::statements().sql_for(Shape::DeleteWhere(node.clone()), || {
+                    let mut param = 0;
+                    format!(
+                        "DELETE FROM {}{}",
+                        quote_ident(&schema.name),
+                        where_clause(schema, &node, &mut param)
+                    )
+                });
+                let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .execute(executor)
+                    .await?;
+                Ok(done.rows_affected())
+            },
+            |n| *n,
+        )
+        .await
     }
 
     /// Applies `patch` to every row matching `filter` in one statement and
@@ -240,20 +282,27 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
         patch: T::Patch,
     ) -> Result<u64> {
-        let statements = T::statements();
-        let mut args = PgArguments::default();
-        if T::bind_patch(patch, &mut args).map_err(bind_error)? == 0 {
-            return Ok(0);
-        }
-        let (node, values) = filter.into_parts();
-        bind_all(values, &mut args).map_err(bind_error)?;
-        let sql = statements.sql_for(Shape::UpdateWhere(node.clone()), || {
-            statements.update_where(T::schema(), &node)
-        });
-        let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected())
+        traced(
+            call_span!("update_where", T),
+            async move {
+                let statements = T::statements();
+                let mut args = PgArguments::default();
+                if T::bind_patch(patch, &mut args).map_err(bind_error)? == 0 {
+                    return Ok(0);
+                }
+                let (node, values) = filter.into_parts();
+                bind_all(values, &mut args).map_err(bind_error)?;
+                let sql = statements.sql_for(Shape::UpdateWhere(node.clone()), || {
+                    statements.update_where(T::schema(), &node)
+                });
+                let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .execute(executor)
+                    .await?;
+                Ok(done.rows_affected())
+            },
+            |n| *n,
+        )
+        .await
     }
 
     /// Inserts `new`, or, when a row with the same values in `key` exists,
@@ -275,11 +324,18 @@ impl<T: Record> Repo<T> {
         new: T::New,
         key: UniqueKey<T>,
     ) -> Result<T> {
-        let mut args = PgArguments::default();
-        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
-        let sql = upserts::<T>(key).one.as_str();
-        let row = sqlx::query_with(sql, args).fetch_one(executor).await?;
-        Ok(T::decode(&row, 0)?)
+        traced(
+            call_span!("upsert", T),
+            async move {
+                let mut args = PgArguments::default();
+                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+                let sql = upserts::<T>(key).one.as_str();
+                let row = sqlx::query_with(sql, args).fetch_one(executor).await?;
+                Ok(T::decode(&row, 0)?)
+            },
+            |_| 1,
+        )
+        .await
     }
 
     /// [`Repo::upsert`] for any number of rows in one statement (one array
@@ -292,19 +348,27 @@ impl<T: Record> Repo<T> {
         rows: Vec<T::New>,
         key: UniqueKey<T>,
     ) -> Result<Vec<T>> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let count = rows.len();
-        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-        let mut args = PgArguments::default();
-        T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-        let mut stored = Vec::with_capacity(count);
-        let mut stream = sqlx::query_with(upserts::<T>(key).many.as_str(), args).fetch(executor);
-        while let Some(row) = stream.try_next().await? {
-            stored.push(T::decode(&row, 0)?);
-        }
-        Ok(stored)
+        traced(
+            call_span!("upsert_many", T),
+            async move {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let count = rows.len();
+                let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+                let mut args = PgArguments::default();
+                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+                let mut stored = Vec::with_capacity(count);
+                let mut stream =
+                    sqlx::query_with(upserts::<T>(key).many.as_str(), args).fetch(executor);
+                while let Some(row) = stream.try_next().await? {
+                    stored.push(T::decode(&row, 0)?);
+                }
+                Ok(stored)
+            },
+            |rows| rows.len() as u64,
+        )
+        .await
     }
 
     /// Inserts `new` unless a row with the same values in `key` exists
@@ -315,11 +379,18 @@ impl<T: Record> Repo<T> {
         new: T::New,
         key: UniqueKey<T>,
     ) -> Result<Option<T>> {
-        let mut args = PgArguments::default();
-        T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
-        let sql = upserts::<T>(key).ignore.as_str();
-        let row = sqlx::query_with(sql, args).fetch_optional(executor).await?;
-        Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
+        traced(
+            call_span!("insert_or_ignore", T),
+            async move {
+                let mut args = PgArguments::default();
+                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+                let sql = upserts::<T>(key).ignore.as_str();
+                let row = sqlx::query_with(sql, args).fetch_optional(executor).await?;
+                Ok(row.as_ref().map(|r| T::decode(r, 0)).transpose()?)
+            },
+            |row| u64::from(row.is_some()),
+        )
+        .await
     }
 
     /// The rows with these ids, in one query, in the order of `ids` (ids
@@ -329,23 +400,30 @@ impl<T: Record> Repo<T> {
         executor: E,
         ids: &[Uuid],
     ) -> Result<Vec<T>> {
-        let statements = T::statements();
-        let sql = statements.sql_for(Shape::GetMany, || {
-            format!(
-                "SELECT {} FROM {} WHERE \"id\" = ANY($1)",
-                statements.columns,
-                quote_ident(&T::schema().name)
-            )
-        });
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(ids)
-            .fetch_all(executor)
-            .await?;
-        let mut by_id: HashMap<Uuid, T> = rows
-            .iter()
-            .map(|r| T::decode(r, 0).map(|t| (t.id(), t)))
-            .collect::<Result<_, _>>()?;
-        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+        traced(
+            call_span!("get_many", T),
+            async move {
+                let statements = T::statements();
+                let sql = statements.sql_for(Shape::GetMany, || {
+                    format!(
+                        "SELECT {} FROM {} WHERE \"id\" = ANY($1)",
+                        statements.columns,
+                        quote_ident(&T::schema().name)
+                    )
+                });
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(ids)
+                    .fetch_all(executor)
+                    .await?;
+                let mut by_id: HashMap<Uuid, T> = rows
+                    .iter()
+                    .map(|r| T::decode(r, 0).map(|t| (t.id(), t)))
+                    .collect::<Result<_, _>>()?;
+                Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+            },
+            |rows: &Vec<T>| rows.len() as u64,
+        )
+        .await
     }
 
     /// The children of many parents in one query, grouped by parent: the
@@ -364,16 +442,19 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         V: ColumnType<Scalar = Uuid>,
     {
-        let schema = T::schema();
-        let statements = T::statements();
-        let keys = options.keys(schema);
-        let limit = options.limit_value();
-        let shape = Shape::LoadBy {
-            column: column.index(),
-            keys: keys.clone(),
-            limit: limit.is_some(),
-        };
-        let sql = statements.sql_for(shape, || {
+        traced(
+            call_span!("load_by", T),
+            async move {
+                let schema = T::schema();
+                let statements = T::statements();
+                let keys = options.keys(schema);
+                let limit = options.limit_value();
+                let shape = Shape::LoadBy {
+                    column: column.index(),
+                    keys: keys.clone(),
+                    limit: limit.is_some(),
+                };
+                let sql = statements.sql_for(shape, || {
             let limit = if limit.is_some() { " LIMIT $2" } else { "" };
             format!(
                 "SELECT x.*, p.parent FROM UNNEST($1::UUID[]) AS p(parent) CROSS JOIN LATERAL \
@@ -384,18 +465,22 @@ impl<T: Record> Repo<T> {
                 order_by(schema, &keys)
             )
         });
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(parents);
-        if let Some(limit) = limit {
-            query = query.bind(i64::from(limit));
-        }
-        let rows = query.fetch_all(executor).await?;
-        let width = schema.columns.len();
-        let mut groups: HashMap<Uuid, Vec<T>> = HashMap::new();
-        for row in &rows {
-            let parent: Uuid = row.try_get(width)?;
-            groups.entry(parent).or_default().push(T::decode(row, 0)?);
-        }
-        Ok(groups)
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(parents);
+                if let Some(limit) = limit {
+                    query = query.bind(i64::from(limit));
+                }
+                let rows = query.fetch_all(executor).await?;
+                let width = schema.columns.len();
+                let mut groups: HashMap<Uuid, Vec<T>> = HashMap::new();
+                for row in &rows {
+                    let parent: Uuid = row.try_get(width)?;
+                    groups.entry(parent).or_default().push(T::decode(row, 0)?);
+                }
+                Ok(groups)
+            },
+            |groups| groups.values().map(|g| g.len() as u64).sum(),
+        )
+        .await
     }
 
     /// How many rows matching `filter` have each value of `column`, most
@@ -410,26 +495,33 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         V: ColumnType,
     {
-        let schema = T::schema();
-        let (node, values) = filter.into_parts();
-        let mut args = PgArguments::default();
-        bind_all(values, &mut args).map_err(bind_error)?;
-        let shape = Shape::CountBy(column.index(), node.clone());
-        let sql = T::statements().sql_for(shape, || {
-            let c = quote_ident(column.name());
-            let mut param = 0;
-            format!(
-                "SELECT {c}, count(*) FROM {}{} GROUP BY {c} ORDER BY count(*) DESC, {c}",
-                quote_ident(&schema.name),
-                where_clause(schema, &node, &mut param)
-            )
-        });
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(executor)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((decode_column::<V>(r, 0)?, r.try_get(1)?)))
-            .collect()
+        traced(
+            call_span!("count_by", T),
+            async move {
+                let schema = T::schema();
+                let (node, values) = filter.into_parts();
+                let mut args = PgArguments::default();
+                bind_all(values, &mut args).map_err(bind_error)?;
+                let shape = Shape::CountBy(column.index(), node.clone());
+                let sql = T::statements().sql_for(shape, || {
+                    let c = quote_ident(column.name());
+                    let mut param = 0;
+                    format!(
+                        "SELECT {c}, count(*) FROM {}{} GROUP BY {c} ORDER BY count(*) DESC, {c}",
+                        quote_ident(&schema.name),
+                        where_clause(schema, &node, &mut param)
+                    )
+                });
+                let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_all(executor)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((decode_column::<V>(r, 0)?, r.try_get(1)?)))
+                    .collect()
+            },
+            |groups: &Vec<(V, i64)>| groups.len() as u64,
+        )
+        .await
     }
 
     /// How many rows match `filter`.
@@ -438,7 +530,12 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<i64> {
-        self.aggregate(executor, filter, Aggregate::Count).await
+        traced(
+            call_span!("count", T),
+            async move { self.aggregate(executor, filter, Aggregate::Count).await },
+            |n| *n as u64,
+        )
+        .await
     }
 
     /// Whether any row matches `filter`.
@@ -447,7 +544,12 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<bool> {
-        self.aggregate(executor, filter, Aggregate::Exists).await
+        traced(
+            call_span!("exists", T),
+            async move { self.aggregate(executor, filter, Aggregate::Exists).await },
+            |_| 1,
+        )
+        .await
     }
 
     async fn aggregate<'e, E, V>(
@@ -495,61 +597,129 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
         options: ListOptions<T>,
     ) -> Result<Page<T>> {
-        let schema = T::schema();
-        let statements = T::statements();
-        let keys = options.keys(schema);
-        let (node, values) = filter.into_parts();
-        let mut args = PgArguments::default();
-        bind_all(values, &mut args).map_err(bind_error)?;
-        if let Some(cursor) = options.cursor() {
-            for value in cursor.values(schema, &keys)? {
-                args.add(value).map_err(bind_error)?;
+        traced(
+            call_span!("list", T),
+            async move {
+                let schema = T::schema();
+                let statements = T::statements();
+                let keys = options.keys(schema);
+                let (node, values) = filter.into_parts();
+                let mut args = PgArguments::default();
+                bind_all(values, &mut args).map_err(bind_error)?;
+                if let Some(cursor) = options.cursor() {
+                    for value in cursor.values(schema, &keys)? {
+                        args.add(value).map_err(bind_error)?;
+                    }
+                }
+                let limit = options.limit_value().map(i64::from);
+                if let Some(limit) = limit {
+                    // One row more than asked tells whether another page follows.
+                    args.add(limit + 1).map_err(bind_error)?;
+                }
+                if let Some(offset) = options.offset_value() {
+                    let offset = i64::try_from(offset)
+                        .map_err(|_| Error::Schema("offset too large".into()))?;
+                    args.add(offset).map_err(bind_error)?;
+                }
+                let shape = ListShape {
+                    filter: node,
+                    keys,
+                    after: options.cursor().is_some(),
+                    limit: limit.is_some(),
+                    offset: options.offset_value().is_some(),
+                };
+                let sql = statements.sql_for(Shape::List(shape.clone()), || list_sql::<T>(&shape));
+                let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_all(executor)
+                    .await
+                    .map_err(|err| match Error::from(err) {
+                        // The cursor's values are the only ones not encoded by us: a
+                        // data exception here means the cursor is bad, not the table.
+                        e if shape.after
+                            && e.sqlstate()
+                                .is_some_and(|c| c.starts_with("22") || c == "08P01") =>
+                        {
+                            Error::InvalidCursor(format!(
+                                "its position does not fit the columns ({e})"
+                            ))
+                        }
+                        e => e,
+                    })?;
+                let more = limit.is_some_and(|l| rows.len() as i64 > l);
+                let shown = if more { rows.len() - 1 } else { rows.len() };
+                let items = rows[..shown]
+                    .iter()
+                    .map(|r| T::decode(r, 0))
+                    .collect::<Result<Vec<T>, _>>()?;
+                let next = match (more, shown.checked_sub(1)) {
+                    (true, Some(last)) => Some(Cursor::at_row(schema, &shape.keys, &rows[last])?),
+                    _ => None,
+                };
+                Ok(Page { items, next })
+            },
+            |page| page.items.len() as u64,
+        )
+        .await
+    }
+}
+
+/// A span per repository call: target `mandrake_storage`, named after the
+/// operation, with the table; `traced` fills in rows, time and SQLSTATE.
+/// Bound values are never recorded, so secrets never reach a log.
+macro_rules! call_span {
+    ($op:literal, $t:ty) => {
+        tracing::debug_span!(
+            target: "mandrake_storage",
+            $op,
+            table = <$t as Record>::statements().table,
+            rows = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+            sqlstate = tracing::field::Empty,
+        )
+    };
+}
+use call_span;
+
+/// Runs `call` inside `span` and records on it how many rows it returned or
+/// changed, how long it took and, on a database error, its SQLSTATE. A call
+/// slower than `MANDRAKE_SLOW_QUERY_MS` (default 500) is logged at WARN.
+async fn traced<R>(
+    span: tracing::Span,
+    call: impl std::future::Future<Output = Result<R>>,
+    rows: impl FnOnce(&R) -> u64,
+) -> Result<R> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let outcome = call.instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    span.record("elapsed_ms", elapsed_ms);
+    match &outcome {
+        Ok(value) => {
+            span.record("rows", rows(value));
+        }
+        Err(err) => {
+            if let Some(code) = err.sqlstate() {
+                span.record("sqlstate", code.as_str());
             }
         }
-        let limit = options.limit_value().map(i64::from);
-        if let Some(limit) = limit {
-            // One row more than asked tells whether another page follows.
-            args.add(limit + 1).map_err(bind_error)?;
-        }
-        if let Some(offset) = options.offset_value() {
-            let offset =
-                i64::try_from(offset).map_err(|_| Error::Schema("offset too large".into()))?;
-            args.add(offset).map_err(bind_error)?;
-        }
-        let shape = ListShape {
-            filter: node,
-            keys,
-            after: options.cursor().is_some(),
-            limit: limit.is_some(),
-            offset: options.offset_value().is_some(),
-        };
-        let sql = statements.sql_for(Shape::List(shape.clone()), || list_sql::<T>(&shape));
-        let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(executor)
-            .await
-            .map_err(|err| match Error::from(err) {
-                // The cursor's values are the only ones not encoded by us: a
-                // data exception here means the cursor is bad, not the table.
-                e if shape.after
-                    && e.sqlstate()
-                        .is_some_and(|c| c.starts_with("22") || c == "08P01") =>
-                {
-                    Error::InvalidCursor(format!("its position does not fit the columns ({e})"))
-                }
-                e => e,
-            })?;
-        let more = limit.is_some_and(|l| rows.len() as i64 > l);
-        let shown = if more { rows.len() - 1 } else { rows.len() };
-        let items = rows[..shown]
-            .iter()
-            .map(|r| T::decode(r, 0))
-            .collect::<Result<Vec<T>, _>>()?;
-        let next = match (more, shown.checked_sub(1)) {
-            (true, Some(last)) => Some(Cursor::at_row(schema, &shape.keys, &rows[last])?),
-            _ => None,
-        };
-        Ok(Page { items, next })
     }
+    if elapsed > slow_query_threshold() {
+        tracing::warn!(target: "mandrake_storage", parent: &span, elapsed_ms, "slow statement");
+    }
+    outcome
+}
+
+/// `MANDRAKE_SLOW_QUERY_MS`, read once.
+fn slow_query_threshold() -> std::time::Duration {
+    static THRESHOLD: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| {
+        let ms = std::env::var("MANDRAKE_SLOW_QUERY_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(500);
+        std::time::Duration::from_millis(ms)
+    })
 }
 
 /// The upsert statements of `key`.

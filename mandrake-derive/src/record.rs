@@ -285,6 +285,10 @@ fn emit(cont: &Container) -> TokenStream {
                 }
             }
 
+            #ms::inventory::submit! {
+                #ms::Registration::new(<#ident as #ms::Record>::schema)
+            }
+
             #constants
             #debug
             #list_by

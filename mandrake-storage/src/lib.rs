@@ -106,12 +106,17 @@ pub use column::{
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one};
 pub use error::{Error, Result};
 pub use filter::{Column, Filter, JsonColumn, TextColumn};
+#[doc(hidden)]
+pub use inventory;
 pub use list::{Cursor, ListOptions, Order, Page};
 #[cfg(feature = "migrate")]
 pub use mandrake_derive::embed_migrations;
 pub use mandrake_derive::{Record, RecordEnum};
 pub use pool::{PoolConnection, PoolStatus};
-pub use record::{Layout, Record, Statements, UniqueKey, UpsertStatements, Versioned};
+pub use record::{
+    Layout, Record, Registration, Statements, UniqueKey, UpsertStatements, Versioned,
+    registered_tables,
+};
 pub use repo::Repo;
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
 pub use {chrono, sqlx, uuid};

@@ -106,6 +106,51 @@ pub trait Record: Sized + Send + Unpin + 'static {
     fn bind_patch(patch: Self::Patch, args: &mut PgArguments) -> Result<usize, BoxDynError>;
 }
 
+/// The entry `#[derive(Record)]` submits for each record type, so that the
+/// tools find every table of the linked crates without a hand-kept list.
+#[doc(hidden)]
+pub struct Registration {
+    schema: fn() -> &'static TableSchema,
+}
+
+impl Registration {
+    #[doc(hidden)]
+    pub const fn new(schema: fn() -> &'static TableSchema) -> Registration {
+        Registration { schema }
+    }
+}
+
+inventory::collect!(Registration);
+
+/// Every `#[derive(Record)]` type linked into this program, referenced
+/// tables before the tables that reference them (then by name): what
+/// `cargo xtask schema | check | new-migration` work on.
+///
+/// A crate whose records should count must be linked: referenced from the
+/// program, as the xtask does with `mandrake_types::tables()`.
+pub fn registered_tables() -> Vec<&'static TableSchema> {
+    let mut pending: Vec<&'static TableSchema> = inventory::iter::<Registration>
+        .into_iter()
+        .map(|r| (r.schema)())
+        .collect();
+    pending.sort_by(|a, b| a.name.cmp(&b.name));
+    pending.dedup_by(|a, b| a.name == b.name);
+    let mut ordered: Vec<&'static TableSchema> = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let ready = |t: &&TableSchema| {
+            t.foreign_keys.iter().all(|fk| {
+                fk.references == t.name
+                    || ordered.iter().any(|o| o.name == fk.references)
+                    || !pending.iter().any(|p| p.name == fk.references)
+            })
+        };
+        // A cycle of references: take the first by name and go on.
+        let next = pending.iter().position(ready).unwrap_or(0);
+        ordered.push(pending.remove(next));
+    }
+    ordered
+}
+
 /// A patch that applies only while the row is still at `version`: the input
 /// of `update` on a table with a `#[record(version)]` column. A stale version
 /// fails with [`crate::Error::Conflict`] and changes nothing.

@@ -17,16 +17,11 @@ pub use tools::{
     NewToolConfig, NewToolResult, ToolConfig, ToolConfigPatch, ToolResult, ToolResultPatch,
 };
 
-use mandrake_storage::{Record, TableSchema};
+use mandrake_storage::TableSchema;
 
-/// Every table of Mandrake, for the migration tools.
+/// Every registered table, for the migration tools: the derive registers
+/// each record, so there is no list to keep. Calling this also links this
+/// crate (and its registrations) into the program.
 pub fn tables() -> Vec<&'static TableSchema> {
-    vec![
-        Conversation::schema(),
-        Message::schema(),
-        Provider::schema(),
-        Model::schema(),
-        ToolConfig::schema(),
-        ToolResult::schema(),
-    ]
+    mandrake_storage::registered_tables()
 }

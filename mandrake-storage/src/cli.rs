@@ -25,6 +25,9 @@ pub struct Cli {
     /// The migrations folder (default: `migrations/` at the workspace root).
     #[arg(long, global = true, value_name = "DIR")]
     pub migrations: Option<PathBuf>,
+    /// The server to use (default: DATABASE_URL, else the embedded cluster).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     /// The command to run.
     pub command: Command,
@@ -41,7 +44,11 @@ pub enum Command {
     /// Revert applied migrations with their down files (default: the newest one).
     Rollback(RollbackArgs),
     /// Show every migration: name, applied at, duration and state.
-    Status,
+    Status {
+        /// Exit 1 when a migration is pending, failed or in an unknown state.
+        #[arg(long)]
+        exit_code: bool,
+    },
     /// Forget a failed `-- no-transaction` migration so `migrate` applies it again.
     Resolve {
         /// The failed migration's version.
@@ -103,7 +110,8 @@ pub enum DbCommand {
     Stop,
     /// Say whether the cluster runs, where it lives and its URL.
     Status,
-    /// Print a connection string that psql and sqlx accept.
+    /// Print a connection string that psql and sqlx accept (without
+    /// starting a stopped cluster).
     Url,
     /// Stop the cluster and delete it with all its data.
     Destroy,
@@ -122,7 +130,10 @@ pub fn main(tables: &[&TableSchema]) -> std::process::ExitCode {
 }
 
 /// Runs `cli` on a fresh runtime and reports an error the way a command
-/// line should: one line on stderr and a failing exit code.
+/// line should: one line on stderr. Exit codes: 0 when the command did its
+/// job, 1 when it found what it checks for (`check` finds drift, `status
+/// --exit-code` finds pending or failed migrations), 2 on an error (a bad
+/// URL, an unreachable server, a refused migration).
 pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,7 +143,7 @@ pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> std::process::ExitCode
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -143,6 +154,8 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
         Some(dir) => dir.clone(),
         None => workspace_root()?.join("migrations"),
     };
+    let url = cli.database_url.clone();
+    let database_url = || async { database_url(url.as_deref()).await };
     match cli.command {
         Command::Db(cmd) => db_command(cmd).await?,
         Command::Migrate(args) => {
@@ -182,9 +195,15 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                 println!("nothing to roll back");
             }
         }
-        Command::Status => {
+        Command::Status { exit_code } => {
             let migrations = Migrations::from_dir(&dir)?;
             let rows = migrate::status(&database_url().await?, &migrations).await?;
+            let unfinished = rows.iter().any(|r| {
+                matches!(
+                    r.state,
+                    migrate::State::Pending | migrate::State::Failed | migrate::State::Unknown
+                )
+            });
             if rows.is_empty() {
                 println!("no migrations in {}", dir.display());
             }
@@ -215,6 +234,9 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                     "\n{version} ran outside a transaction and did not finish: check what it \
                      changed, repair by hand, then `cargo xtask resolve {version}`"
                 );
+            }
+            if exit_code && unfinished {
+                return Ok(std::process::ExitCode::FAILURE);
             }
         }
         Command::Resolve { version } => {
@@ -275,9 +297,14 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// DATABASE_URL, else the embedded cluster (started if needed).
-async fn database_url() -> Result<String> {
-    Settings::from_env()?.resolve_url().await
+/// `--database-url`, else DATABASE_URL, else the embedded cluster (started
+/// if needed).
+async fn database_url(given: Option<&str>) -> Result<String> {
+    let mut settings = Settings::from_env()?;
+    if let Some(url) = given {
+        settings.database_url = Some(url.to_owned());
+    }
+    settings.resolve_url().await
 }
 
 async fn db_command(cmd: DbCommand) -> Result<()> {
@@ -312,7 +339,13 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
             println!("socket: {}", cluster.socket_dir().display());
             println!("url:    {}", cluster.url(DEFAULT_DATABASE));
         }
-        DbCommand::Url => println!("{}", start(&cluster).await?),
+        DbCommand::Url => {
+            // Only the URL goes to stdout, so `psql "$(cargo xtask db url)"` works.
+            println!("{}", cluster.url(DEFAULT_DATABASE));
+            if !cluster.status()?.running {
+                eprintln!("the cluster is stopped: `cargo xtask db start` starts it");
+            }
+        }
         DbCommand::Destroy => {
             blocking({
                 let c = cluster.clone();

@@ -16,6 +16,9 @@ struct Xtask {
     /// The migrations folder (default: `migrations/` at the workspace root).
     #[arg(long, global = true, value_name = "DIR")]
     migrations: Option<PathBuf>,
+    /// The server to use (default: DATABASE_URL, else the embedded cluster).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
     #[command(subcommand)]
     task: Task,
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Task::Storage(command) => {
             let cli = mandrake_storage::cli::Cli {
                 migrations: args.migrations,
+                database_url: args.database_url,
                 command,
             };
             mandrake_storage::cli::run_blocking(cli, &mandrake_types::tables())

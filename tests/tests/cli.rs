@@ -1,0 +1,75 @@
+//! The command line's conventions: exit 0 when the command did its job, 1
+//! when it found what it checks for, 2 on an error; a global
+//! `--database-url`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mandrake_storage::cli::{Cli, run_blocking};
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Record, TableSchema};
+use mandrake_tests::MigrationDir;
+
+#[derive(Record, Clone)]
+pub struct Widget {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn run(args: &[&str], tables: &[&TableSchema]) -> ExitCode {
+    let cli = Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+        .expect("valid arguments");
+    run_blocking(cli, tables)
+}
+
+#[test]
+fn exit_codes_and_a_global_database_url() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let t = runtime.block_on(TestDb::empty()).unwrap();
+    let url = t.url();
+    let dir = MigrationDir::new(&[("1_widgets.up.sql", "CREATE TABLE things (id INT);\n")]);
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let with = |rest: &[&str]| {
+        let mut args = vec!["--database-url", &url, "--migrations", &dir];
+        args.extend_from_slice(rest);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let call = |rest: &[&str], tables: &[&TableSchema]| {
+        let args = with(rest);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>(), tables)
+    };
+    assert_eq!(call(&["status"], &[]), ExitCode::SUCCESS, "status reports");
+    assert_eq!(
+        call(&["status", "--exit-code"], &[]),
+        ExitCode::from(1),
+        "pending"
+    );
+    assert_eq!(call(&["migrate"], &[]), ExitCode::SUCCESS);
+    assert_eq!(
+        call(&["status", "--exit-code"], &[]),
+        ExitCode::SUCCESS,
+        "all applied"
+    );
+    // `check` finds drift: the type's table is in no migration.
+    assert_eq!(call(&["check"], &[Widget::schema()]), ExitCode::from(1));
+    // An error is 2: an unreachable server, a folder sqlx would misread.
+    let refused = [
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/none",
+        "--migrations",
+        &dir,
+        "status",
+    ];
+    assert_eq!(run(&refused, &[]), ExitCode::from(2));
+    let bad = MigrationDir::new(&[("notes.txt", "not a migration")]);
+    let bad_dir = bad.path().to_str().unwrap();
+    assert_eq!(
+        run(
+            &["--database-url", &url, "--migrations", bad_dir, "migrate"],
+            &[]
+        ),
+        ExitCode::from(2)
+    );
+}

@@ -65,9 +65,26 @@ pub enum Command {
     },
     /// Exit 1, listing the differences, when the migrations do not build exactly the types' schema.
     Check,
-    /// Print the full DDL of the registered types, in dependency order.
-    Schema,
+    /// Print the full DDL of the registered types, in dependency order, or
+    /// an ER diagram of them.
+    Schema {
+        /// `sql` (the DDL) or `mermaid` (an `erDiagram`, for docs/SCHEMA.md).
+        #[arg(long, value_enum, default_value_t = SchemaFormat::Sql)]
+        format: SchemaFormat,
+    },
 }
+
+/// What `schema` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFormat {
+    /// The `CREATE TABLE` statements.
+    Sql,
+    /// A Mermaid `erDiagram`.
+    Mermaid,
+}
+
+/// The schema diagram `check` keeps current, when the workspace has it.
+const SCHEMA_DOC: &str = "docs/SCHEMA.md";
 
 #[derive(Debug, Args)]
 /// Arguments of `migrate`.
@@ -250,7 +267,10 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                 )));
             }
         }
-        Command::Schema => print!("{}", create_schema(tables)),
+        Command::Schema { format } => match format {
+            SchemaFormat::Sql => print!("{}", create_schema(tables)),
+            SchemaFormat::Mermaid => print!("{}", crate::diagram::mermaid(tables)),
+        },
         Command::Check => {
             let migrations = Migrations::from_dir(&dir)?;
             let plan = scaffold::check(&database_url().await?, &migrations, tables).await?;
@@ -266,6 +286,10 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                 return Ok(std::process::ExitCode::FAILURE);
             }
             println!("ok: the migrations build exactly the types' schema");
+            if let Some(stale) = stale_schema_doc(tables)? {
+                println!("{stale}");
+                return Ok(std::process::ExitCode::FAILURE);
+            }
         }
         Command::NewMigration {
             name,
@@ -295,6 +319,24 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Why `docs/SCHEMA.md` no longer shows the registered types, if it exists
+/// and does not.
+fn stale_schema_doc(tables: &[&TableSchema]) -> Result<Option<String>> {
+    let path = workspace_root()?.join(SCHEMA_DOC);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let current = crate::diagram::mermaid(tables);
+    if crate::diagram::embedded_in(&text) == Some(current.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} is stale: replace its ```mermaid block with the output of \
+         `cargo xtask schema --format mermaid`",
+        path.display()
+    )))
 }
 
 /// `--database-url`, else DATABASE_URL, else the embedded cluster (started

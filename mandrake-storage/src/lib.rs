@@ -82,6 +82,8 @@ mod column;
 mod db;
 pub mod ddl;
 #[cfg(feature = "cli")]
+pub mod diagram;
+#[cfg(feature = "cli")]
 pub mod diff;
 mod error;
 mod filter;

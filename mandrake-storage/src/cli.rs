@@ -139,7 +139,9 @@ pub enum DbCommand {
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
-///     mandrake_storage::cli::main(&[/* Conversation::schema(), Message::schema(), … */])
+///     // Every `#[derive(Record)]` of the linked crates (link yours by
+///     // calling something of it, as Mandrake's xtask does with `tables()`).
+///     mandrake_storage::cli::main(&mandrake_storage::registered_tables())
 /// }
 /// ```
 pub fn main(tables: &[&TableSchema]) -> std::process::ExitCode {

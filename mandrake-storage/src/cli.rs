@@ -132,6 +132,16 @@ pub enum DbCommand {
     Url,
     /// Stop the cluster and delete it with all its data.
     Destroy,
+    /// The statements that took the most time (pg_stat_statements), each
+    /// with the table and repository operation it belongs to.
+    Top {
+        /// How many statements to show.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        limit: i64,
+        /// Forget the statistics gathered so far.
+        #[arg(long)]
+        reset: bool,
+    },
 }
 
 /// Parses the process arguments and runs the command for `tables`: the whole
@@ -176,6 +186,33 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
     let url = cli.database_url.clone();
     let database_url = || async { database_url(url.as_deref()).await };
     match cli.command {
+        Command::Db(DbCommand::Top { limit, reset }) => {
+            let url = database_url().await?;
+            if reset {
+                crate::stats::reset(&url).await?;
+                println!("statement statistics reset");
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            let rows = crate::stats::top(&url, tables, limit).await?;
+            println!(
+                "{:>8} {:>11} {:>9} {:>9}  {:<28} statement",
+                "calls", "total ms", "mean ms", "rows", "table.operation"
+            );
+            for row in rows {
+                let origin = row
+                    .origin
+                    .map(|(table, op)| format!("{table}.{op}"))
+                    .unwrap_or_else(|| "-".into());
+                let mut query: String = row.query.split_whitespace().collect::<Vec<_>>().join(" ");
+                if query.chars().count() > 70 {
+                    query = query.chars().take(69).collect::<String>() + "…";
+                }
+                println!(
+                    "{:>8} {:>11.1} {:>9.3} {:>9}  {origin:<28} {query}",
+                    row.calls, row.total_ms, row.mean_ms, row.rows
+                );
+            }
+        }
         Command::Db(cmd) => db_command(cmd).await?,
         Command::Migrate(args) => {
             let migrations = Migrations::from_dir(&dir)?;
@@ -390,6 +427,7 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
                 eprintln!("the cluster is stopped: `cargo xtask db start` starts it");
             }
         }
+        DbCommand::Top { .. } => unreachable!("handled with the database commands"),
         DbCommand::Destroy => {
             blocking({
                 let c = cluster.clone();

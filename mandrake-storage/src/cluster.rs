@@ -148,6 +148,7 @@ impl Cluster {
         if !self.data_dir().join("PG_VERSION").exists() {
             self.init()?;
         }
+        self.ensure_statement_statistics()?;
         if self.status()?.running {
             return Ok(());
         }
@@ -260,6 +261,32 @@ impl Cluster {
         let mut text = fs::read_to_string(&path).map_err(|e| config("read conf".into(), e))?;
         text.push_str(&conf);
         fs::write(&path, text).map_err(|e| config("write conf".into(), e))
+    }
+
+    /// Loads `pg_stat_statements` (what `cargo xtask db top` reads), also in
+    /// clusters made before it was part of the settings.
+    fn ensure_statement_statistics(&self) -> Result<()> {
+        const LINE: &str = "shared_preload_libraries = 'pg_stat_statements'";
+        let path = self.data_dir().join("postgresql.conf");
+        let text = fs::read_to_string(&path).map_err(|e| config("read conf".into(), e))?;
+        if text.contains(LINE) {
+            return Ok(());
+        }
+        // The library sits beside the server's real binary directory (the
+        // one on PATH may hold links); without it the server would not
+        // start, so then it is left out.
+        let server = fs::canonicalize(self.bin_dir.join("postgres")).unwrap_or_default();
+        let library = server
+            .parent()
+            .map(|bin| bin.join("../lib/pg_stat_statements.so"));
+        if !library.is_some_and(|l| l.exists()) {
+            return Ok(());
+        }
+        fs::write(
+            &path,
+            format!("{text}\n# mandrake-storage: statement statistics\n{LINE}\n"),
+        )
+        .map_err(|e| config("write conf".into(), e))
     }
 
     /// A `postmaster.pid` whose process is gone (crash, reboot, pid reused by

@@ -98,6 +98,8 @@ mod repo;
 #[cfg(feature = "cli")]
 pub mod scaffold;
 pub mod schema;
+#[cfg(feature = "cli")]
+pub mod stats;
 #[cfg(all(feature = "testing", unix))]
 pub mod testing;
 

@@ -218,15 +218,33 @@ impl DerefMut for PoolConnection {
     }
 }
 
-/// Errors after which a connection cannot be trusted again.
+/// Errors after which a connection cannot be trusted again: transport
+/// failures, and a server that ended the session (a FATAL error such as
+/// `57P01`, sent by a terminated backend just before it closes the socket,
+/// or any connection exception, class `08`).
 pub(crate) fn is_broken(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
+    match err {
         sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed
-    )
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let fatal = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| {
+                    matches!(
+                        pg.severity(),
+                        sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                    )
+                });
+            let code = db.code();
+            fatal
+                || code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0"))
+        }
+        _ => false,
+    }
 }
 
 /// How busy the pool is: see [`crate::Db::pool_status`].

@@ -13,6 +13,17 @@ async fn db_with(t: &TestDb, settings: Settings) -> Db {
         .unwrap()
 }
 
+/// Whether `done` holds within 10 s (checked every 100 ms).
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done()
+}
+
 async fn backend_pid(db: &Db) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(db)
@@ -45,7 +56,20 @@ async fn a_read_on_a_connection_the_server_ended_runs_again_on_a_new_one() {
                 .await
                 .unwrap();
             assert!(ended);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The backend exits a moment after the signal: wait until it is gone.
+            for _ in 0..100 {
+                let alive: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+                if !alive {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     };
     let first = backend_pid(&db).await;
@@ -240,12 +264,16 @@ async fn min_idle_connections_are_kept_and_idle_ones_past_their_timeout_go() {
     let status = warm.pool_status();
     assert_eq!((status.size, status.idle), (3, 3), "opened at connect");
     let held = (warm.acquire().await.unwrap(), warm.acquire().await.unwrap());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let status = warm.pool_status();
-    assert_eq!(
-        (status.in_use, status.idle),
-        (2, 3),
-        "topped up while two are busy"
+    // The maintenance task runs once a second: wait for it (bounded).
+    let topped_up = eventually(|| {
+        let s = warm.pool_status();
+        (s.in_use, s.idle) == (2, 3)
+    })
+    .await;
+    assert!(
+        topped_up,
+        "topped up while two are busy: {:?}",
+        warm.pool_status()
     );
     drop(held);
 
@@ -263,7 +291,11 @@ async fn min_idle_connections_are_kept_and_idle_ones_past_their_timeout_go() {
         short.acquire().await.unwrap(),
     );
     assert_eq!(short.pool_status().size, 2);
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    assert_eq!(short.pool_status().size, 0, "idle past the timeout, closed");
+    let closed = eventually(|| short.pool_status().size == 0).await;
+    assert!(
+        closed,
+        "idle past the timeout, closed: {:?}",
+        short.pool_status()
+    );
     sqlx::query("SELECT 1").execute(&short).await.unwrap();
 }

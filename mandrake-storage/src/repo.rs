@@ -105,20 +105,8 @@ impl<T: Record> Repo<T> {
         traced(
             call_span!("create_many", T),
             async move {
-                if rows.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let count = rows.len();
-                let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-                let mut args = PgArguments::default();
-                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-                // Decode rows as they arrive rather than holding them all twice.
-                let mut stored = Vec::with_capacity(count);
-                let mut stream =
-                    sqlx::query_with(T::statements().insert_many.as_str(), args).fetch(executor);
-                while let Some(row) = stream.try_next().await? {
-                    stored.push(T::decode(&row, 0)?);
-                }
+                let sql = T::statements().insert_many.as_str();
+                let mut stored = insert_batch::<T, E>(executor, rows, sql).await?;
                 // RETURNING order is not promised by PostgreSQL, but UUIDv7 ids made
                 // in one process are ordered by creation: sorting by id restores the
                 // input order (and costs one pass when it is already in order).
@@ -351,20 +339,8 @@ impl<T: Record> Repo<T> {
         traced(
             call_span!("upsert_many", T),
             async move {
-                if rows.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let count = rows.len();
-                let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-                let mut args = PgArguments::default();
-                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-                let mut stored = Vec::with_capacity(count);
-                let mut stream =
-                    sqlx::query_with(upserts::<T>(key).many.as_str(), args).fetch(executor);
-                while let Some(row) = stream.try_next().await? {
-                    stored.push(T::decode(&row, 0)?);
-                }
-                Ok(stored)
+                // The statement returns rows in input order itself.
+                insert_batch::<T, E>(executor, rows, upserts::<T>(key).many.as_str()).await
             },
             |rows| rows.len() as u64,
         )
@@ -720,6 +696,29 @@ fn slow_query_threshold() -> std::time::Duration {
             .unwrap_or(500);
         std::time::Duration::from_millis(ms)
     })
+}
+
+/// Binds `rows` as one array per column (new UUIDv7 ids first) and runs the
+/// batch statement `sql` over them, decoding rows as they stream in rather
+/// than holding them all twice.
+async fn insert_batch<'e, T: Record, E: PgExecutor<'e>>(
+    executor: E,
+    rows: Vec<T::New>,
+    sql: &'static str,
+) -> Result<Vec<T>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = rows.len();
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    let mut args = PgArguments::default();
+    T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+    let mut stored = Vec::with_capacity(count);
+    let mut stream = sqlx::query_with(sql, args).fetch(executor);
+    while let Some(row) = stream.try_next().await? {
+        stored.push(T::decode(&row, 0)?);
+    }
+    Ok(stored)
 }
 
 /// The upsert statements of `key`.

@@ -124,6 +124,30 @@ impl<'a> Container<'a> {
     pub fn field(&self, role: Role) -> Option<&Field<'a>> {
         self.fields.iter().find(|f| f.role == role)
     }
+
+    /// The unique constraints, each as its fields: single-field `unique`s in
+    /// field order, then the `unique(..)` lists. The schema's `uniques` and
+    /// the `UniqueKey` indexes both follow this one order.
+    pub fn unique_keys(&self) -> Vec<Vec<&Field<'a>>> {
+        let field_of = |name: &Ident| {
+            let name = name.to_string();
+            let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+            self.columns()
+                .find(|f| f.column == name || *f.ident == name)
+        };
+        let mut keys: Vec<Vec<&Field<'a>>> = self
+            .columns()
+            .filter(|f| f.attrs.unique.is_some())
+            .map(|f| vec![f])
+            .collect();
+        keys.extend(
+            self.attrs
+                .uniques
+                .iter()
+                .map(|list| list.iter().filter_map(field_of).collect()),
+        );
+        keys
+    }
 }
 
 impl Field<'_> {

@@ -359,9 +359,6 @@ fn schema_expr(cont: &Container) -> TokenStream {
     chain = quote!(#chain.with_primary_key(&["id"]));
     for f in cont.columns() {
         let col = &f.column;
-        if f.attrs.unique.is_some() {
-            chain = quote!(#chain.with_unique(&[#col]));
-        }
         if f.attrs.index.is_some() {
             chain = quote!(#chain.with_index(&[#col]));
         }
@@ -385,7 +382,8 @@ fn schema_expr(cont: &Container) -> TokenStream {
             })
             .collect()
     };
-    for cols in lists(&cont.attrs.uniques) {
+    for key in cont.unique_keys() {
+        let cols = key.iter().map(|f| &f.column);
         chain = quote!(#chain.with_unique(&[#(#cols),*]));
     }
     for cols in lists(&cont.attrs.indexes) {
@@ -448,35 +446,22 @@ fn constants(cont: &Container) -> TokenStream {
             #vis const #name: #ms::Column<#ident, #ty> = #ms::Column::new(#col, #i);
         }
     });
-    let field_of = |name: &syn::Ident| {
-        let column = resolve_column(cont, &name.to_string());
-        cont.columns()
-            .find(|f| Some(&f.column) == column.as_ref())
-            .map(|f| f.ident)
-    };
-    let mut keys: Vec<Vec<&syn::Ident>> = cont
-        .columns()
-        .filter(|f| f.attrs.unique.is_some())
-        .map(|f| vec![f.ident])
-        .collect();
-    keys.extend(
-        cont.attrs
-            .uniques
-            .iter()
-            .map(|list| list.iter().filter_map(field_of).collect()),
-    );
-    let uniques = keys.iter().enumerate().map(|(i, fields)| {
-        let names: Vec<String> = fields.iter().map(|f| upper(f)).collect();
-        let name = format_ident!("ON_{}", names.join("_"));
-        let doc = format!(
-            "The unique key on `{}`: an upsert's conflict target.",
-            names.join(", ").to_lowercase()
-        );
-        quote! {
-            #[doc = #doc]
-            #vis const #name: #ms::UniqueKey<#ident> = #ms::UniqueKey::new(#i);
-        }
-    });
+    let uniques = cont
+        .unique_keys()
+        .into_iter()
+        .enumerate()
+        .map(|(i, fields)| {
+            let names: Vec<String> = fields.iter().map(|f| upper(f.ident)).collect();
+            let name = format_ident!("ON_{}", names.join("_"));
+            let doc = format!(
+                "The unique key on `{}`: an upsert's conflict target.",
+                names.join(", ").to_lowercase()
+            );
+            quote! {
+                #[doc = #doc]
+                #vis const #name: #ms::UniqueKey<#ident> = #ms::UniqueKey::new(#i);
+            }
+        });
     quote! {
         impl #ident {
             #(#columns)*

@@ -199,6 +199,9 @@ async fn bench(
                 }
             }
         }
+        if tasks == 1 && only.is_none_or(|text| "change feed".contains(text)) {
+            table.feed = feed_delays(&env, scale.loop_rows / 5).await?;
+        }
         if tasks == 1 && only.is_none() {
             table.loop_rows_per_sec = Some(loop_baseline(&env, scale.loop_rows).await?);
             table.memory = peak_memory(url, scale.bulk_rows)?;
@@ -335,6 +338,51 @@ async fn loop_baseline(env: &Env, rows: usize) -> Result<f64, Box<dyn std::error
     let rate = rows as f64 / started.elapsed().as_secs_f64();
     Conversation::repo().delete(&env.db, conversation).await?;
     Ok(rate)
+}
+
+/// The delay from a committed insert to its event in a subscriber: the
+/// subscriber stamps each arrival, the writer each acknowledged commit; an
+/// event that arrives before the acknowledgement counts as no delay.
+async fn feed_delays(env: &Env, rows: usize) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    use futures_util::StreamExt;
+    use mandrake_storage::Change;
+    let conversation = contenders::fresh_conversation(env).await?;
+    let mut changes =
+        Message::subscribe(&env.db, Message::CONVERSATION_ID.eq(conversation)).await?;
+    let subscriber = tokio::spawn(async move {
+        let mut arrivals = std::collections::HashMap::new();
+        while arrivals.len() < rows {
+            match changes.next().await {
+                Some(Ok(Change::Inserted(m))) => {
+                    arrivals.insert(m.id, Instant::now());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(arrivals)
+    });
+    let mut commits = Vec::with_capacity(rows);
+    for n in 0..rows {
+        let m = Message::repo()
+            .create(
+                &env.db,
+                NewMessage {
+                    conversation_id: conversation,
+                    role: Role::User,
+                    content: format!("live {n}"),
+                },
+            )
+            .await?;
+        commits.push((m.id, Instant::now()));
+    }
+    let arrivals = subscriber.await??;
+    Conversation::repo().delete(&env.db, conversation).await?;
+    Ok(commits
+        .into_iter()
+        .map(|(id, acked)| arrivals[&id].saturating_duration_since(acked))
+        .collect())
 }
 
 /// `check` and `new-migration` on the six tables, as the xtask runs them

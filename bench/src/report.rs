@@ -32,11 +32,15 @@ impl Totals {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).copied().unwrap_or_default()
+        percentile(&self.latencies, p)
     }
+}
+
+fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 /// All results of a run.
@@ -47,6 +51,8 @@ pub struct Table {
     /// `(contender, peak bytes)` of a 100,000-row bulk insert.
     pub memory: Vec<(String, u64)>,
     pub timings: Vec<(String, Duration)>,
+    /// Commit → change-feed event delays of single-row inserts.
+    pub feed: Vec<Duration>,
 }
 
 fn ms(d: Duration) -> String {
@@ -180,6 +186,16 @@ impl Table {
                     *bytes as f64 / (1024.0 * 1024.0)
                 );
             }
+        }
+        if !self.feed.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nChange feed (Message::subscribe), {} single-row commits, from the commit's \
+                 acknowledgement to the event: p50 {} ms, p99 {} ms",
+                self.feed.len(),
+                ms(percentile(&self.feed, 0.5)),
+                ms(percentile(&self.feed, 0.99)),
+            );
         }
         if !self.timings.is_empty() {
             let _ = writeln!(out, "\nTimings:");

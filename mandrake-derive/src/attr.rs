@@ -21,6 +21,7 @@ pub struct ContainerAttrs {
     pub renamed_from: Option<LitStr>,
     pub indexes: Vec<Vec<Ident>>,
     pub uniques: Vec<Vec<Ident>>,
+    pub notify: Option<Ident>,
 }
 
 /// Field-level attributes.
@@ -112,8 +113,13 @@ impl ContainerAttrs {
                     out.indexes.push(column_list(&meta)?);
                 } else if meta.path.is_ident(UNIQUE) {
                     out.uniques.push(column_list(&meta)?);
+                } else if meta.path.is_ident(NOTIFY) {
+                    set_once(&mut out.notify, &meta, path_ident(&meta))?;
                 } else {
-                    return Err(unknown(&meta, "table, index(..), unique(..), renamed_from"));
+                    return Err(unknown(
+                        &meta,
+                        "table, index(..), unique(..), renamed_from, notify",
+                    ));
                 }
                 Ok(())
             });

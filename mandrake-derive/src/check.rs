@@ -16,6 +16,26 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_field_attrs(cx, cont);
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
+    check_notify(cx, cont);
+}
+
+/// PostgreSQL refuses channel names over 63 bytes, and the channel is
+/// `mandrake_<table>`.
+fn check_notify(cx: &Ctxt, cont: &Container) {
+    const PREFIX: usize = "mandrake_".len();
+    if let Some(notify) = &cont.attrs.notify
+        && cont.table.len() + PREFIX > 63
+    {
+        cx.error_spanned_by(
+            notify,
+            format!(
+                "`notify` needs a table name of at most {} bytes (the channel `mandrake_{}` is \
+                 over PostgreSQL's 63); shorten it with #[record(table = \"..\")]",
+                63 - PREFIX,
+                cont.table
+            ),
+        );
+    }
 }
 
 fn check_generics(cx: &Ctxt, input: &DeriveInput) {

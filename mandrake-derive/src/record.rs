@@ -392,6 +392,9 @@ fn schema_expr(cont: &Container) -> TokenStream {
     if let Some(old) = &cont.attrs.renamed_from {
         chain = quote!(#chain.with_renamed_from(#old));
     }
+    if cont.attrs.notify.is_some() {
+        chain = quote!(#chain.with_notify());
+    }
     quote!(#chain.with_timestamp_trigger())
 }
 
@@ -462,10 +465,24 @@ fn constants(cont: &Container) -> TokenStream {
                 #vis const #name: #ms::UniqueKey<#ident> = #ms::UniqueKey::new(#i);
             }
         });
+    let subscribe = cont.attrs.notify.as_ref().map(|_| {
+        quote! {
+            /// The changes to this table as they commit, from the moment this
+            /// returns: see [`mandrake_storage::Subscription`]. `filter` may use
+            /// `id` and the foreign keys, the columns each notification carries.
+            #vis async fn subscribe(
+                db: &#ms::Db,
+                filter: #ms::Filter<#ident>,
+            ) -> #ms::Result<#ms::Subscription<#ident>> {
+                #ms::Subscription::start(db, filter).await
+            }
+        }
+    });
     quote! {
         impl #ident {
             #(#columns)*
             #(#uniques)*
+            #subscribe
         }
     }
 }

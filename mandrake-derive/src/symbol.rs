@@ -7,6 +7,7 @@ pub const TABLE: &str = "table";
 pub const INDEX: &str = "index";
 pub const UNIQUE: &str = "unique";
 pub const RENAMED_FROM: &str = "renamed_from";
+pub const NOTIFY: &str = "notify";
 
 // field level (also `index`, `unique`, `renamed_from`)
 pub const RENAME: &str = "rename";

@@ -328,6 +328,17 @@ impl Db {
         Ok(db)
     }
 
+    /// The options its connections are made with (for a dedicated
+    /// connection such as a change feed's).
+    pub(crate) fn options(&self) -> PgConnectOptions {
+        self.pool.manager().options().clone()
+    }
+
+    /// How long a caller waits for a connection.
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
     /// A connection of the pool for several statements in a row; it goes
     /// back when dropped.
     pub async fn acquire(&self) -> Result<PoolConnection> {

@@ -1,8 +1,9 @@
 //! The difference between two schemas as an ordered plan of reversible steps.
 
 use crate::ddl::{
-    DROP_TIMESTAMP_FUNCTION, TIMESTAMP_FUNCTION, column_definition, create_index, create_table,
-    create_trigger, dependency_order, drop_trigger, foreign_key_definition, ident_list,
+    DROP_NOTIFY_FUNCTION, DROP_TIMESTAMP_FUNCTION, NOTIFY_FUNCTION, TIMESTAMP_FUNCTION,
+    column_definition, create_index, create_notify_triggers, create_table, create_trigger,
+    dependency_order, drop_notify_triggers, drop_trigger, foreign_key_definition, ident_list,
     quote_ident, unique_definition,
 };
 use crate::error::{Error, Result};
@@ -142,6 +143,20 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
             "drop function trigger_set_timestamp()".into(),
             DROP_TIMESTAMP_FUNCTION.into(),
             TIMESTAMP_FUNCTION.into(),
+        ));
+    }
+    if to.notify_function && !from.notify_function {
+        phases.create_function.push(step(
+            "create function trigger_notify_change()".into(),
+            NOTIFY_FUNCTION.into(),
+            DROP_NOTIFY_FUNCTION.into(),
+        ));
+    }
+    if !to.notify_function && from.notify_function {
+        phases.drop_function.push(step(
+            "drop function trigger_notify_change()".into(),
+            DROP_NOTIFY_FUNCTION.into(),
+            NOTIFY_FUNCTION.into(),
         ));
     }
 
@@ -594,6 +609,25 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
             create_trigger(table),
         ));
     }
+
+    // A changed payload (a foreign key added, dropped or renamed) is a drop
+    // and a create.
+    if new.notify != old.notify {
+        if let Some(columns) = &old.notify {
+            phases.drop_constraints.push(step(
+                format!("drop notify triggers on {table}"),
+                drop_notify_triggers(table),
+                create_notify_triggers(table, columns),
+            ));
+        }
+        if let Some(columns) = &new.notify {
+            phases.add_constraints.push(step(
+                format!("create notify triggers on {table}"),
+                create_notify_triggers(table, columns),
+                drop_notify_triggers(table),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -616,10 +650,12 @@ mod tests {
         let from = DatabaseSchema {
             tables: vec![table.clone()],
             timestamp_function: false,
+            notify_function: false,
         };
         let to = DatabaseSchema {
             tables: vec![table.with_column(ColumnDef::new("x", "text"))],
             timestamp_function: false,
+            notify_function: false,
         };
         let err = diff(&from, &to).unwrap_err().to_string();
         assert!(err.contains("without a default"), "{err}");

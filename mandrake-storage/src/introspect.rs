@@ -139,16 +139,51 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         }
     }
 
-    let timestamp_function: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname = 'public' AND p.proname = 'trigger_set_timestamp')",
+    // A table notifies when it has all three triggers with one payload; the
+    // arguments are stored as NUL-terminated strings.
+    let notify_triggers = sqlx::query(
+        "SELECT c.relname::text, (array_agg(tg.tgargs))[1] FROM pg_trigger tg \
+         JOIN pg_class c ON c.oid = tg.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_proc p ON p.oid = tg.tgfoid \
+         WHERE n.nspname = 'public' AND NOT tg.tgisinternal \
+           AND tg.tgname IN ('notify_insert', 'notify_update', 'notify_delete') \
+           AND p.proname = 'trigger_notify_change' \
+         GROUP BY c.relname HAVING count(*) = 3 AND count(DISTINCT tg.tgargs) = 1",
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    for row in notify_triggers {
+        let table: String = row.try_get(0)?;
+        let args: Vec<u8> = row.try_get(1)?;
+        if let Some(t) = tables.get_mut(&table) {
+            t.notify = Some(
+                args.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            );
+        }
+    }
+
+    let function_exists = |name: &'static str| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'public' AND p.proname = $1)",
+        )
+        .bind(name)
+    };
+    let timestamp_function = function_exists("trigger_set_timestamp")
+        .fetch_one(&mut *conn)
+        .await?;
+    let notify_function = function_exists("trigger_notify_change")
+        .fetch_one(&mut *conn)
+        .await?;
 
     Ok(DatabaseSchema {
         tables: tables.into_values().collect(),
         timestamp_function,
+        notify_function,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | struct | `table = "name"` | table name (default: snake_case plural of the struct) |
 //! | struct | `index(a, b)` / `unique(a, b)` | composite index / unique constraint |
 //! | struct | `renamed_from = "old"` | the table's previous name (the diff renames it) |
+//! | struct | `notify` | announce every committed change; adds `T::subscribe` ([`Subscription`]) |
 //! | field | `rename = "col"` | column name |
 //! | field | `unique`, `index` | single-column unique constraint / index |
 //! | field | `references = "table"`, `on_delete = "cascade" \| "set null" \| "restrict"` | foreign key to `table(id)` |
@@ -74,6 +75,7 @@
 //! Raw SQL stays first-class: records implement `sqlx::FromRow`, and
 //! [`Record::columns`] / [`Record::decode`] serve hand-written joins.
 
+mod changes;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(all(feature = "embedded", unix))]
@@ -103,6 +105,7 @@ pub mod stats;
 #[cfg(all(feature = "testing", unix))]
 pub mod testing;
 
+pub use changes::{Change, Subscription};
 pub use column::{
     ColumnType, ColumnTypeOf, RecordEnum, bind_column, cells, column_nullable, column_sql_type,
     column_values, decode_column, enum_support, push_cell,

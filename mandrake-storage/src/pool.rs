@@ -39,6 +39,10 @@ impl Manager {
             idle_timeout,
         }
     }
+
+    pub(crate) fn options(&self) -> &PgConnectOptions {
+        &self.options
+    }
 }
 
 /// A pooled connection, and whether an operation on it was cut off.

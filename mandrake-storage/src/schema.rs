@@ -27,6 +27,11 @@ pub struct TableSchema {
     pub checks: Vec<Check>,
     /// Whether the `set_timestamp` trigger keeps `updated_at` current.
     pub timestamp_trigger: bool,
+    /// With `#[record(notify)]`: the `notify_change` trigger announces every
+    /// insert, update and delete on the channel `mandrake_<table>`, and these
+    /// are the columns its payload carries besides `op` and `id` (the
+    /// foreign keys, so that a subscriber can filter by parent).
+    pub notify: Option<Vec<String>>,
 }
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
@@ -133,6 +138,7 @@ impl TableSchema {
             foreign_keys: Vec::new(),
             checks: Vec::new(),
             timestamp_trigger: false,
+            notify: None,
         }
     }
 
@@ -215,6 +221,23 @@ impl TableSchema {
         self.timestamp_trigger = true;
         self
     }
+
+    /// Turns on change notifications; their payload carries the foreign keys
+    /// declared so far, so call this after [`TableSchema::with_foreign_key`].
+    pub fn with_notify(mut self) -> Self {
+        self.notify = Some(
+            self.foreign_keys
+                .iter()
+                .map(|fk| fk.column.clone())
+                .collect(),
+        );
+        self
+    }
+
+    /// The channel its change notifications go to: `mandrake_<table>`.
+    pub fn notify_channel(&self) -> String {
+        format!("mandrake_{}", self.name)
+    }
 }
 
 impl ColumnDef {
@@ -255,6 +278,8 @@ pub struct DatabaseSchema {
     pub tables: Vec<TableSchema>,
     /// Whether `trigger_set_timestamp()` exists.
     pub timestamp_function: bool,
+    /// Whether `trigger_notify_change()` exists.
+    pub notify_function: bool,
 }
 
 impl DatabaseSchema {
@@ -263,6 +288,7 @@ impl DatabaseSchema {
         DatabaseSchema {
             tables: tables.iter().map(|t| (*t).clone()).collect(),
             timestamp_function: !tables.is_empty(),
+            notify_function: tables.iter().any(|t| t.notify.is_some()),
         }
     }
 
@@ -297,6 +323,7 @@ impl DatabaseSchema {
         DatabaseSchema {
             tables,
             timestamp_function: self.timestamp_function,
+            notify_function: self.notify_function,
         }
     }
 }

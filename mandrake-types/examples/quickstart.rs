@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::StreamExt;
 use mandrake_storage::sqlx::types::Json;
-use mandrake_storage::{Db, Record, RecordEnum};
+use mandrake_storage::{Change, Db, Filter, Record, RecordEnum};
 use mandrake_types::*;
 
 #[tokio::main]
@@ -44,6 +45,10 @@ async fn main() -> mandrake_storage::Result<()> {
         "model: {} ({} tokens of context)",
         model.model_id, model.context_window
     );
+
+    // Every message as it commits (Message is `#[record(notify)]`); a UI
+    // would filter on its conversation with `Message::CONVERSATION_ID.eq(id)`.
+    let mut live = Message::subscribe(&db, Filter::all()).await?;
 
     // A conversation with a few messages, written in one transaction.
     let mut tx = db.begin().await?;
@@ -84,6 +89,11 @@ async fn main() -> mandrake_storage::Result<()> {
         conversation.id,
         messages.len()
     );
+    for _ in 0..messages.len() {
+        if let Some(Change::Inserted(m)) = live.next().await.transpose()? {
+            println!("live: {:?} wrote {:?}", m.role, m.content);
+        }
+    }
 
     // An MCP server and one logged tool call.
     let files = ToolConfig::repo()

@@ -39,8 +39,9 @@ pub enum Role {
 
 /// One message of a conversation.
 #[derive(Record, Clone)]
-/// Indexed for keyset pages in `(created_at, id)` order within a conversation.
-#[record(index(conversation_id, created_at, id))]
+/// Indexed for keyset pages in `(created_at, id)` order within a conversation;
+/// every change is announced, for `Message::subscribe`.
+#[record(index(conversation_id, created_at, id), notify)]
 pub struct Message {
     /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,

@@ -606,3 +606,62 @@ async fn references_to_an_unregistered_table_are_refused() {
     );
     assert_eq!(lab.files().len(), 2, "nothing was written");
 }
+
+mod notify {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes", notify)]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    /// Now with a foreign key, which the notifications carry.
+    #[derive(Record, Clone)]
+    #[record(table = "notes", notify)]
+    pub struct Keyed {
+        pub id: Uuid,
+        #[record(references = "folders")]
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn notify_adds_and_removes_the_trigger_and_its_function() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), notify::Note::schema()];
+    let (up, down) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains("CREATE OR REPLACE FUNCTION trigger_notify_change()"),
+        "{up}"
+    );
+    assert!(
+        up.contains(
+            "CREATE TRIGGER notify_delete AFTER DELETE ON \"notes\" REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION trigger_notify_change();"
+        ),
+        "{up}"
+    );
+    assert!(down.contains("DROP FUNCTION IF EXISTS trigger_notify_change();"));
+    // A new foreign key changes the payload: the trigger is made again.
+    let v3 = [v1::Folder::schema(), notify::Keyed::schema()];
+    let (up, _) = lab.evolve(&v2, &v3, false).await;
+    assert!(
+        up.contains("EXECUTE FUNCTION trigger_notify_change('folder_id');"),
+        "{up}"
+    );
+    // And off again: no trigger, no function.
+    let (up, _) = lab.evolve(&v3, &v1(), false).await;
+    assert!(up.contains("DROP TRIGGER IF EXISTS notify_update ON \"notes\";"));
+    assert!(up.contains("DROP FUNCTION IF EXISTS trigger_notify_change();"));
+}

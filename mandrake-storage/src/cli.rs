@@ -142,6 +142,72 @@ pub enum DbCommand {
         #[arg(long)]
         reset: bool,
     },
+    /// Back the database up with pg_dump (custom format), or with --base
+    /// take a base backup of the embedded cluster for point-in-time recovery.
+    Backup(BackupArgs),
+    /// Restore a backup into a new database (or with --force in place of the
+    /// live one), or with --base recover the embedded cluster to an instant.
+    Restore(RestoreArgs),
+    /// Restore a backup into a scratch database and check it: migration
+    /// history, schema, row counts. Exit 0 only when all hold.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// WAL archiving of the embedded cluster into .mandrake/wal, which
+    /// point-in-time recovery needs.
+    Archiving {
+        /// `on`, `off` or `status`.
+        #[arg(value_enum)]
+        action: ArchivingAction,
+    },
+}
+
+/// What `db archiving` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchivingAction {
+    /// Archive every WAL segment (restarts the server).
+    On,
+    /// Stop archiving (restarts the server).
+    Off,
+    /// Say whether WAL is archived, how much, and where.
+    Status,
+}
+
+#[derive(Debug, Args)]
+/// Arguments of `db backup`.
+pub struct BackupArgs {
+    /// The file to write (default: .mandrake/backups/<db>-<UTC timestamp>.dump).
+    #[arg(long, value_name = "FILE", conflicts_with = "base")]
+    pub out: Option<PathBuf>,
+    /// Afterwards delete the oldest backups of this database beyond the newest N.
+    #[arg(long, value_name = "N", conflicts_with = "base")]
+    pub keep: Option<usize>,
+    /// A base backup of the embedded cluster (pg_basebackup) into .mandrake/base/.
+    #[arg(long)]
+    pub base: bool,
+}
+
+#[derive(Debug, Args)]
+/// Arguments of `db restore`.
+pub struct RestoreArgs {
+    /// The backup file (a pg_dump archive).
+    #[arg(required_unless_present = "base", conflicts_with = "base")]
+    pub file: Option<PathBuf>,
+    /// The database to restore into (default: a new `<db>_restored_<timestamp>`).
+    #[arg(long, value_name = "NAME", conflicts_with = "base")]
+    pub into: Option<String>,
+    /// Replace the live database (or --into NAME), safely: restore into a new
+    /// database first, then swap names. With --base: make the recovered copy
+    /// the embedded cluster, keeping the old data directory aside.
+    #[arg(long)]
+    pub force: bool,
+    /// A base backup folder (from `db backup --base`) to recover from.
+    #[arg(long, value_name = "DIR", requires = "to_time")]
+    pub base: Option<PathBuf>,
+    /// The instant to recover to, e.g. "2026-11-27 12:00:00+00".
+    #[arg(long, value_name = "TIMESTAMP", requires = "base")]
+    pub to_time: Option<String>,
 }
 
 /// Parses the process arguments and runs the command for `tables`: the whole
@@ -212,6 +278,19 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                     row.calls, row.total_ms, row.mean_ms, row.rows
                 );
             }
+        }
+        Command::Db(DbCommand::Backup(args)) if !args.base => {
+            let url = database_url().await?;
+            return backup_command(&url, args).await;
+        }
+        Command::Db(DbCommand::Restore(args)) if args.base.is_none() => {
+            let url = database_url().await?;
+            return restore_command(&url, args).await;
+        }
+        Command::Db(DbCommand::Verify { file }) => {
+            let url = database_url().await?;
+            let migrations = Migrations::from_dir(&dir)?;
+            return verify_command(&url, &file, &migrations).await;
         }
         Command::Db(cmd) => db_command(cmd).await?,
         Command::Migrate(args) => {
@@ -427,7 +506,57 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
                 eprintln!("the cluster is stopped: `cargo xtask db start` starts it");
             }
         }
-        DbCommand::Top { .. } => unreachable!("handled with the database commands"),
+        DbCommand::Top { .. } | DbCommand::Verify { .. } => {
+            unreachable!("handled with the database commands")
+        }
+        DbCommand::Backup(_) => {
+            let dir = cluster.base_backup()?;
+            println!(
+                "base backup in {}\nrecover with `cargo xtask db restore --base {} --to-time \
+                 \"<timestamp>\"` (instants after it need `cargo xtask db archiving on`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        DbCommand::Restore(args) => {
+            let (Some(base), Some(to_time)) = (args.base, args.to_time) else {
+                unreachable!("clap requires both")
+            };
+            let copy = cluster.recover(&base, &to_time).await?;
+            if args.force {
+                let kept = cluster.replace_with(&copy)?;
+                println!(
+                    "the embedded cluster is now as it was at {to_time}; its old data is kept \
+                     in {}\nWAL archiving is off on it: `cargo xtask db archiving on` turns it on",
+                    kept.display()
+                );
+            } else {
+                println!(
+                    "recovered a copy as it was at {to_time}, running beside the embedded \
+                     cluster in {root}\n{}\nstop and delete it with `MANDRAKE_DATA_DIR={root} \
+                     cargo xtask db destroy`; --force makes the recovery the embedded cluster",
+                    copy.url(DEFAULT_DATABASE),
+                    root = copy.root().display(),
+                );
+            }
+        }
+        DbCommand::Archiving { action } => {
+            if action != ArchivingAction::Status {
+                cluster.set_archiving(action == ArchivingAction::On).await?;
+            }
+            let status = cluster.archiving().await?;
+            println!(
+                "archiving: {}\nfolder:    {}\narchived:  {} segment(s){}\nfailed:    {}",
+                if status.on { "on" } else { "off" },
+                status.dir.display(),
+                status.archived,
+                status
+                    .last_archived
+                    .map(|s| format!(", newest {s}"))
+                    .unwrap_or_default(),
+                status.failed
+            );
+        }
         DbCommand::Destroy => {
             blocking({
                 let c = cluster.clone();
@@ -438,6 +567,94 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::ExitCode> {
+    let database = database_name(url)?;
+    let dir = crate::backup::default_dir()?;
+    let out = args
+        .out
+        .unwrap_or_else(|| crate::backup::default_path(&dir, &database));
+    let made = crate::backup::backup(url, &out, |line| eprintln!("{line}")).await?;
+    println!(
+        "wrote {} ({:.1} MiB in {:.1} s)\ntables: {}",
+        made.path.display(),
+        made.bytes as f64 / (1024.0 * 1024.0),
+        made.duration.as_secs_f64(),
+        made.tables.join(", ")
+    );
+    if let Some(keep) = args.keep {
+        let folder = made.path.parent().unwrap_or(&dir);
+        for old in crate::backup::prune(folder, &database, keep)? {
+            println!("deleted {}", old.display());
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn restore_command(url: &str, args: RestoreArgs) -> Result<std::process::ExitCode> {
+    use crate::backup::RestoreTarget;
+    let file = args.file.expect("clap requires FILE without --base");
+    let target = match (args.into, args.force) {
+        (None, false) => RestoreTarget::New,
+        (Some(name), false) => RestoreTarget::Named(name),
+        (Some(name), true) => RestoreTarget::Replace(name),
+        (None, true) => RestoreTarget::Replace(database_name(url)?),
+    };
+    let restored = crate::backup::restore(url, &file, &target).await?;
+    match restored.replaced {
+        Some(kept) => println!(
+            "database {} now holds {}; its previous contents are kept as database {kept} \
+             (drop it when you no longer need it)",
+            restored.database,
+            file.display()
+        ),
+        None => println!(
+            "restored {} into database {}\npoint the app at it: DATABASE_URL='{}'",
+            file.display(),
+            restored.database,
+            restored.url
+        ),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn verify_command(
+    url: &str,
+    file: &std::path::Path,
+    migrations: &Migrations,
+) -> Result<std::process::ExitCode> {
+    let report = crate::backup::verify(url, file, migrations).await?;
+    for (table, rows) in &report.tables {
+        println!("{rows:>10}  {table}");
+    }
+    if let Some(version) = report.migrated_to {
+        println!("migrated to {version}");
+    }
+    if !report.pending.is_empty() {
+        println!(
+            "newer migrations, applied by `migrate` after a restore: {}",
+            report.pending.join(", ")
+        );
+    }
+    if report.ok() {
+        println!(
+            "ok: {} restores, with the schema its migrations build",
+            file.display()
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    Ok(std::process::ExitCode::FAILURE)
+}
+
+fn database_name(url: &str) -> Result<String> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| Error::Config(format!("bad database URL: {e}")))?;
+    Ok(options.get_database().unwrap_or("postgres").to_owned())
 }
 
 /// Starts the cluster if needed and makes sure the default database exists.

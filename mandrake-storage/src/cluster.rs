@@ -314,14 +314,33 @@ impl Cluster {
         (comm.starts_with("postgres") && state != 'Z').then_some(pid)
     }
 
+    /// A tool of the server's installation (`pg_basebackup`): beside
+    /// `pg_ctl`, also when the folder on PATH holds only links to a few.
+    pub(crate) fn server_tool(&self, name: &str) -> PathBuf {
+        let beside = self.bin_dir.join(name);
+        if beside.exists() {
+            return beside;
+        }
+        fs::canonicalize(self.bin_dir.join("pg_ctl"))
+            .ok()
+            .and_then(|real| real.parent().map(|dir| dir.join(name)))
+            .unwrap_or(beside)
+    }
+
+    /// Hands `path` to the server's user when we run as root.
+    pub(crate) fn hand_over(&self, path: &Path) -> Result<()> {
+        if let Some(user) = self.owner {
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .map_err(|e| config(format!("cannot chown {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
     /// Creates `dir` and, when running as root, hands it to the server's user.
-    fn prepare_dir(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn prepare_dir(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)
             .map_err(|e| config(format!("cannot create {}", dir.display()), e))?;
-        if let Some(user) = self.owner {
-            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
-                .map_err(|e| config(format!("cannot chown {}", dir.display()), e))?;
-        }
+        self.hand_over(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| config(format!("cannot chmod {}", dir.display()), e))
     }
@@ -331,7 +350,7 @@ impl Cluster {
     }
 
     /// Runs a server tool, as the `postgres` user when we are root.
-    fn run(&self, cmd: &mut Command) -> Result<Output> {
+    pub(crate) fn run(&self, cmd: &mut Command) -> Result<Output> {
         cmd.current_dir(&self.root).stdin(Stdio::null());
         for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE"] {
             cmd.env_remove(var);

@@ -189,8 +189,7 @@ async fn embedded_url() -> Result<String> {
 
 /// One unpooled connection (for admin work and migration locks).
 pub async fn connect_one(url: &str) -> Result<sqlx::PgConnection> {
-    use sqlx::Connection;
-    Ok(sqlx::PgConnection::connect_with(&connect_options(url)?).await?)
+    Ok(crate::pool::connect(&connect_options(url)?).await?)
 }
 
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions> {

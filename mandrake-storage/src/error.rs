@@ -81,6 +81,9 @@ pub enum Error {
     InvalidCursor(String),
     /// A setting (environment variable, server binaries, data directory) is unusable.
     Config(String),
+    /// A backup, restore or recovery failed: a missing client tool, a damaged
+    /// archive, a database that may not be replaced.
+    Backup(String),
     /// Any other failure reported by the driver or the server.
     Database(sqlx::Error),
 }
@@ -142,6 +145,7 @@ impl fmt::Display for Error {
             Error::Schema(msg) => write!(f, "schema error: {msg}"),
             Error::InvalidCursor(msg) => write!(f, "invalid cursor: {msg}"),
             Error::Config(msg) => write!(f, "configuration error: {msg}"),
+            Error::Backup(msg) => write!(f, "backup error: {msg}"),
             Error::Database(err) => write!(f, "database error: {err}"),
         }
     }

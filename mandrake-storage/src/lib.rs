@@ -75,6 +75,8 @@
 //! Raw SQL stays first-class: records implement `sqlx::FromRow`, and
 //! [`Record::columns`] / [`Record::decode`] serve hand-written joins.
 
+#[cfg(all(feature = "backup", unix))]
+pub mod backup;
 mod changes;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -89,11 +91,13 @@ pub mod diagram;
 pub mod diff;
 mod error;
 mod filter;
-#[cfg(feature = "cli")]
+#[cfg(any(feature = "cli", feature = "backup"))]
 pub mod introspect;
 mod list;
 #[cfg(feature = "migrate")]
 pub mod migrate;
+#[cfg(all(feature = "backup", unix))]
+pub mod pitr;
 mod pool;
 mod record;
 mod repo;

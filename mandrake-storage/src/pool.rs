@@ -95,22 +95,26 @@ impl managed::Manager for Manager {
 }
 
 impl Manager {
-    /// A new connection. EAGAIN from a Unix socket means the server's accept
-    /// backlog is full (a burst of connects): worth a few short retries.
-    /// Anything else, "connection refused" included, fails at once.
     pub(crate) async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
-        let mut pause = Duration::from_millis(2);
-        loop {
-            match PgConnection::connect_with(&self.options).await {
-                Err(sqlx::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && pause < Duration::from_millis(300) =>
-                {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                other => return other,
+        connect(&self.options).await
+    }
+}
+
+/// A new connection. EAGAIN from a Unix socket means the server's accept
+/// backlog is full (a burst of connects): worth a few short retries, about a
+/// second in all. Anything else, "connection refused" included, fails at once.
+pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match PgConnection::connect_with(options).await {
+            Err(sqlx::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && pause < Duration::from_millis(600) =>
+            {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
+            other => return other,
         }
     }
 }

@@ -217,8 +217,7 @@ impl TestDb {
 
 impl Server {
     async fn admin_connection(&self) -> Result<sqlx::PgConnection> {
-        use sqlx::Connection;
-        Ok(sqlx::PgConnection::connect_with(&self.admin).await?)
+        Ok(crate::pool::connect(&self.admin).await?)
     }
 }
 

@@ -54,6 +54,31 @@ fn exit_codes_and_a_global_database_url() {
     );
     // `check` finds drift: the type's table is in no migration.
     assert_eq!(call(&["check"], &[Widget::schema()]), ExitCode::from(1));
+    // Backups: verify exits 0 on a sound archive, 1 when its history does
+    // not match the migrations, 2 on a damaged file.
+    let file = std::env::temp_dir().join(format!("mandrake-cli-{}.dump", std::process::id()));
+    let file = file.to_str().unwrap();
+    assert_eq!(
+        call(&["db", "backup", "--out", file], &[]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(call(&["db", "verify", file], &[]), ExitCode::SUCCESS);
+    let other = MigrationDir::new(&[("2_other.up.sql", "CREATE TABLE other (id INT);\n")]);
+    let other_dir = other.path().to_str().unwrap();
+    let mismatched = [
+        "--database-url",
+        &url,
+        "--migrations",
+        other_dir,
+        "db",
+        "verify",
+        file,
+    ];
+    assert_eq!(run(&mismatched, &[]), ExitCode::from(1));
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(file, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(call(&["db", "verify", file], &[]), ExitCode::from(2));
+    std::fs::remove_file(file).unwrap();
     // An error is 2: an unreachable server, a folder sqlx would misread.
     let refused = [
         "--database-url",

@@ -206,10 +206,15 @@ async fn point_in_time_recovery_stops_at_the_instant_asked_for() {
             .await
             .unwrap()
     };
-    copy.stop().unwrap();
     assert_eq!(contents.len(), 50, "A is back, B is not");
     assert!(contents.iter().all(|c| c.starts_with("A ")));
     // The original still has both.
     assert_eq!(messages_of(&url).await.len(), 100);
+
+    // --force: the copy becomes the cluster, the old data is kept aside.
+    let kept = cluster.replace_with(&copy).unwrap();
+    assert!(kept.join("PG_VERSION").exists());
+    assert!(!copy.root().exists());
+    assert_eq!(messages_of(&url).await.len(), 50);
     cluster.stop().unwrap();
 }

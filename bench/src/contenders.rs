@@ -30,6 +30,9 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lib {
     Ours,
+    /// Ours through PgBouncer in transaction mode (`pgbouncer: true`): the
+    /// cost of the mode.
+    OursPgBouncer,
     /// Hand-written sqlx with our SQL on our pool's connections: the line
     /// that isolates the repository's own cost.
     SqlxSame,
@@ -48,6 +51,7 @@ impl Lib {
     pub fn label(self) -> &'static str {
         match self {
             Lib::Ours => "ours",
+            Lib::OursPgBouncer => "ours via PgBouncer",
             Lib::SqlxSame => "sqlx, our pool",
             Lib::Sqlx => "sqlx PgPool",
             Lib::TokioPgPool => "tokio-pg pooled",
@@ -82,7 +86,15 @@ impl Op {
             // The typed-query target: ours against the same SQL by hand.
             Op::FilteredPage => vec![Ours, SqlxSame, Sqlx],
             op if op.is_bulk() => vec![Ours, SqlxSame, Sqlx, TokioPostgres, SeaOrm, Copy],
-            _ => vec![Ours, SqlxSame, Sqlx, TokioPgPool, TokioPostgres, SeaOrm],
+            _ => vec![
+                Ours,
+                OursPgBouncer,
+                SqlxSame,
+                Sqlx,
+                TokioPgPool,
+                TokioPostgres,
+                SeaOrm,
+            ],
         }
     }
 }
@@ -359,10 +371,10 @@ async fn create_one(
 ) -> Result<(), BoxError> {
     let content = format!("task {task} message {i}");
     match lib {
-        Lib::Ours => {
+        Lib::Ours | Lib::OursPgBouncer => {
             Message::repo()
                 .create(
-                    &env.db,
+                    env.ours(lib),
                     NewMessage {
                         conversation_id: conversation,
                         role: Role::User,
@@ -438,7 +450,7 @@ async fn create_many(
 ) -> Result<(), BoxError> {
     let content = |n: usize| format!("task {task} call {call} row {n}");
     match lib {
-        Lib::Ours => {
+        Lib::Ours | Lib::OursPgBouncer => {
             let new = (0..rows)
                 .map(|n| NewMessage {
                     conversation_id: conversation,
@@ -446,7 +458,7 @@ async fn create_many(
                     content: content(n),
                 })
                 .collect();
-            Message::repo().create_many(&env.db, new).await?;
+            Message::repo().create_many(env.ours(lib), new).await?;
         }
         Lib::SqlxSame => {
             sqlx_create_many(&env.db, conversation, (0..rows).map(content).collect()).await?
@@ -527,8 +539,8 @@ async fn sqlx_create_many<'e>(
 
 async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError> {
     match lib {
-        Lib::Ours => {
-            Message::repo().get(&env.db, id).await?;
+        Lib::Ours | Lib::OursPgBouncer => {
+            Message::repo().get(env.ours(lib), id).await?;
         }
         Lib::SqlxSame => sqlx_get(&env.db, id).await?,
         Lib::Sqlx => sqlx_get(&env.pool, id).await?,
@@ -643,9 +655,10 @@ struct PageState {
 impl PageState {
     async fn next(&mut self, env: &Env, lib: Lib, task: usize) -> Result<(), BoxError> {
         match lib {
-            Lib::Ours => {
+            Lib::Ours | Lib::OursPgBouncer => {
                 let page =
-                    Message::page_of_conversation(&env.db, env.paged, 50, self.ours.take()).await?;
+                    Message::page_of_conversation(env.ours(lib), env.paged, 50, self.ours.take())
+                        .await?;
                 self.ours = page.next;
             }
             Lib::SqlxSame => {
@@ -746,10 +759,10 @@ async fn pg_page(
 async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<(), BoxError> {
     let content = format!("edited by {task} at {i}");
     match lib {
-        Lib::Ours => {
+        Lib::Ours | Lib::OursPgBouncer => {
             Message::repo()
                 .update(
-                    &env.db,
+                    env.ours(lib),
                     id,
                     MessagePatch {
                         content: Some(content),
@@ -815,8 +828,8 @@ async fn pg_update(
 
 async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError> {
     match lib {
-        Lib::Ours => {
-            Message::repo().delete(&env.db, id).await?;
+        Lib::Ours | Lib::OursPgBouncer => {
+            Message::repo().delete(env.ours(lib), id).await?;
         }
         Lib::SqlxSame => {
             sqlx::query(SQLX_DELETE).bind(id).execute(&env.db).await?;
@@ -869,7 +882,7 @@ pub async fn peak_memory_here(url: &str, lib: &str, rows: usize) -> Result<u64, 
         "copy" => Lib::Copy,
         other => return Err(format!("unknown contender {other}").into()),
     };
-    let env = crate::setup(url, 1).await?;
+    let env = crate::setup(url, 1, None).await?;
     let conversation = fresh_conversation(&env).await?;
     std::fs::write("/proc/self/clear_refs", "5")?;
     let (before, _) = rss();

@@ -83,6 +83,36 @@ pub struct Env {
     /// Before its messages: the filtered page's `created_at > since`.
     pub paged_since: chrono::DateTime<chrono::Utc>,
     pub tasks: usize,
+    /// Our repository through PgBouncer in transaction mode, when the
+    /// embedded cluster is used and pgbouncer is installed.
+    pub pgbouncer_db: Option<Db>,
+}
+
+impl Env {
+    /// The `Db` that `lib` (ours, directly or through PgBouncer) runs on.
+    pub fn ours(&self, lib: Lib) -> &Db {
+        match (lib, &self.pgbouncer_db) {
+            (Lib::OursPgBouncer, Some(db)) => db,
+            _ => &self.db,
+        }
+    }
+}
+
+/// A PgBouncer in front of the embedded cluster, for the cost of the mode;
+/// `None` (said on stderr) on `DATABASE_URL` or without pgbouncer.
+fn start_pgbouncer() -> Option<std::path::PathBuf> {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        eprintln!("note: DATABASE_URL is set: no PgBouncer column");
+        return None;
+    }
+    let cluster = mandrake_storage::cluster::Cluster::default_for_workspace().ok()?;
+    match mandrake_storage::testing::start_pgbouncer(&cluster) {
+        Ok(dir) => Some(dir),
+        Err(err) => {
+            eprintln!("note: no PgBouncer column: {err}");
+            None
+        }
+    }
 }
 
 #[tokio::main]
@@ -159,9 +189,10 @@ async fn bench(
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     migrate(url, &migrations, &MigrateOptions::default()).await?;
     let mut table = Table::default();
+    let pgbouncer = start_pgbouncer();
 
     for tasks in [1usize, 8] {
-        let env = setup(url, tasks).await?;
+        let env = setup(url, tasks, pgbouncer.as_deref()).await?;
         let mut ops = vec![
             Op::CreateOne,
             Op::Get,
@@ -180,7 +211,8 @@ async fn bench(
                 if *op == Op::CreateMany100k && round % scale.bulk_every != 0 {
                     continue;
                 }
-                let libs = op.contenders();
+                let mut libs = op.contenders();
+                libs.retain(|lib| *lib != Lib::OursPgBouncer || env.pgbouncer_db.is_some());
                 // Rotate who goes first, so warm caches favour no one.
                 for k in 0..libs.len() {
                     let lib = libs[(k + round) % libs.len()];
@@ -216,10 +248,28 @@ async fn bench(
 
 /// Every library with the pool it gives a user by default (10 connections
 /// for each), one raw tokio-postgres client per task, and the rows to read.
-async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error>> {
+async fn setup(
+    url: &str,
+    tasks: usize,
+    pgbouncer: Option<&std::path::Path>,
+) -> Result<Env, Box<dyn std::error::Error>> {
     let options = PgConnectOptions::from_str(url)?;
     let pool = PgPoolOptions::new().connect_with(options.clone()).await?;
     let db = Db::connect_url(url, &Settings::default()).await?;
+    let pgbouncer_db = match pgbouncer {
+        Some(dir) => {
+            let through = options
+                .clone()
+                .socket(dir)
+                .port(mandrake_storage::testing::PGBOUNCER_PORT);
+            let settings = Settings {
+                pgbouncer: true,
+                ..Settings::default()
+            };
+            Some(Db::connect_options(through, &settings).await?)
+        }
+        None => None,
+    };
     let sea = sea_orm::Database::connect(url).await?;
     let pg_pool = contenders::tokio_postgres_pool(&options, POOL_SIZE)?;
     let mut pg = Vec::new();
@@ -265,6 +315,7 @@ async fn setup(url: &str, tasks: usize) -> Result<Env, Box<dyn std::error::Error
         paged,
         paged_since,
         tasks,
+        pgbouncer_db,
     })
 }
 

@@ -111,6 +111,7 @@ impl Table {
             if quick { "--quick" } else { "full" }
         );
         let others = [
+            Lib::OursPgBouncer,
             Lib::SqlxSame,
             Lib::Sqlx,
             Lib::TokioPgPool,

@@ -102,6 +102,12 @@ impl Cluster {
         &self.root
     }
 
+    /// Whether durability is off (a throwaway cluster).
+    #[cfg(feature = "backup")]
+    pub(crate) fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.root.join("data")
     }
@@ -316,6 +322,7 @@ impl Cluster {
 
     /// A tool of the server's installation (`pg_basebackup`): beside
     /// `pg_ctl`, also when the folder on PATH holds only links to a few.
+    #[cfg(feature = "backup")]
     pub(crate) fn server_tool(&self, name: &str) -> PathBuf {
         let beside = self.bin_dir.join(name);
         if beside.exists() {

@@ -2,6 +2,7 @@
 //! environment.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use either::Either;
@@ -9,7 +10,7 @@ pub use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, PgRow, PgTransactionManager};
-use sqlx::{Execute, Executor, PgConnection, Postgres, SqlStr};
+use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlSafeStr, SqlStr};
 use sqlx_core::ext::async_stream::TryAsyncStream;
 use sqlx_core::transaction::TransactionManager;
 
@@ -47,6 +48,17 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// Connections kept open even when idle, ready for a burst.
     pub min_idle: u32,
+    /// Connecting through PgBouncer in transaction mode
+    /// (`MANDRAKE_PGBOUNCER=1`, or `pgbouncer=true` in the URL): every
+    /// statement is unnamed and runs inside a transaction, and the statement
+    /// timeout is set per transaction instead of per session.
+    pub pgbouncer: bool,
+    /// Streaming replicas that [`Db::read`] sends reads to
+    /// (`MANDRAKE_REPLICA_URLS`, comma-separated).
+    pub replica_urls: Vec<String>,
+    /// A replica further behind the primary than this is skipped until it
+    /// catches up (`MANDRAKE_REPLICA_MAX_LAG_MS`, default 1000).
+    pub replica_max_lag: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +72,9 @@ impl Default for Settings {
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             idle_timeout: Some(Duration::from_secs(10 * 60)),
             min_idle: 0,
+            pgbouncer: false,
+            replica_urls: Vec::new(),
+            replica_max_lag: Duration::from_secs(1),
         }
     }
 }
@@ -89,6 +104,15 @@ impl Settings {
                     })
                 })
                 .transpose()
+        }
+        fn flag(key: &str, value: Option<String>) -> Result<bool> {
+            match value.as_deref().map(str::trim) {
+                None | Some("" | "0" | "false") => Ok(false),
+                Some("1" | "true") => Ok(true),
+                Some(other) => Err(Error::Config(format!(
+                    "{key} must be 1 or 0, got {other:?}"
+                ))),
+            }
         }
         let defaults = Settings::default();
         let database_url = lookup("DATABASE_URL").filter(|u| !u.trim().is_empty());
@@ -144,6 +168,24 @@ impl Settings {
                         .map_err(|_| Error::Config("MANDRAKE_POOL_MIN_IDLE is too large".into()))
                 },
             )?,
+            pgbouncer: flag("MANDRAKE_PGBOUNCER", lookup("MANDRAKE_PGBOUNCER"))?,
+            replica_urls: lookup("MANDRAKE_REPLICA_URLS")
+                .iter()
+                .flat_map(|urls| urls.split(','))
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| {
+                    PgConnectOptions::from_str(u).map_err(|e| {
+                        Error::Config(format!("MANDRAKE_REPLICA_URLS has a bad URL: {e}"))
+                    })?;
+                    Ok(u.to_owned())
+                })
+                .collect::<Result<_>>()?,
+            replica_max_lag: number(
+                "MANDRAKE_REPLICA_MAX_LAG_MS",
+                lookup("MANDRAKE_REPLICA_MAX_LAG_MS"),
+            )?
+            .map_or(defaults.replica_max_lag, Duration::from_millis),
         })
     }
 
@@ -268,6 +310,35 @@ fn backoff(attempt: u32) -> Duration {
 pub struct Db {
     pool: Pool,
     acquire_timeout: Duration,
+    /// In PgBouncer mode: what opens the transaction each statement runs in
+    /// (`BEGIN`, with the statement timeout).
+    begin: Option<Arc<str>>,
+    /// The read replicas, when there are any ([`Db::read`]).
+    pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
+    /// On a replica's pool: the primary, for a read the replica cannot serve.
+    primary: Option<Arc<crate::replica::Fallback>>,
+}
+
+/// `url` without a `pgbouncer=true` parameter, and whether it had one.
+pub(crate) fn strip_pgbouncer(url: &str) -> (String, bool) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), false);
+    };
+    let mut found = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let hit = matches!(*pair, "pgbouncer=true" | "pgbouncer=1");
+            found |= hit;
+            !hit
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, found)
 }
 
 impl std::fmt::Debug for Db {
@@ -292,17 +363,49 @@ impl Db {
 
     /// Connects to `url` with the pool settings of `settings`.
     pub async fn connect_url(url: &str, settings: &Settings) -> Result<Db> {
-        Db::connect_options(connect_options(url)?, settings).await
+        let (url, pgbouncer) = strip_pgbouncer(url);
+        let settings = Settings {
+            pgbouncer: settings.pgbouncer || pgbouncer,
+            ..settings.clone()
+        };
+        Db::connect_options(connect_options(&url)?, &settings).await
     }
 
     /// Connects with parsed options and the pool settings of `settings`.
     /// One connection is opened at once, so a wrong URL or a server that is
     /// down fails here, with its cause, instead of at the first query.
-    pub async fn connect_options(mut options: PgConnectOptions, settings: &Settings) -> Result<Db> {
-        if let Some(timeout) = settings.statement_timeout {
-            let ms = timeout.as_millis().to_string();
-            options = options.options([("statement_timeout", ms.as_str())]);
+    pub async fn connect_options(options: PgConnectOptions, settings: &Settings) -> Result<Db> {
+        let mut db = Db::build(options, settings)?;
+        drop(db.acquire().await?);
+        let min_idle = settings.min_idle.min(settings.pool_size) as usize;
+        crate::pool::top_up(&db.pool, min_idle).await;
+        crate::pool::maintain(&db.pool, settings, min_idle);
+        if !settings.replica_urls.is_empty() {
+            db.replicas = Some(crate::replica::Replicas::start(&db, settings)?);
         }
+        Ok(db)
+    }
+
+    /// The pool, not yet connected.
+    pub(crate) fn build(mut options: PgConnectOptions, settings: &Settings) -> Result<Db> {
+        let timeout_ms = settings
+            .statement_timeout
+            .map(|t| t.as_millis().to_string());
+        let begin = if settings.pgbouncer {
+            // PgBouncer refuses startup options, and its server connections
+            // keep no prepared statement from one transaction to the next:
+            // none is cached (see `Transaction` for those made inside one).
+            options = options.statement_cache_capacity(0);
+            Some(Arc::from(match &timeout_ms {
+                Some(ms) => format!("BEGIN; SET LOCAL statement_timeout = {ms}"),
+                None => "BEGIN".to_owned(),
+            }))
+        } else {
+            if let Some(ms) = &timeout_ms {
+                options = options.options([("statement_timeout", ms.as_str())]);
+            }
+            None
+        };
         let manager = Manager::new(
             options,
             settings.validate_after,
@@ -316,15 +419,38 @@ impl Db {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the pool: {e}")))?;
-        let db = Db {
+        Ok(Db {
             pool,
             acquire_timeout: settings.acquire_timeout,
-        };
-        drop(db.acquire().await?);
-        let min_idle = settings.min_idle.min(settings.pool_size) as usize;
-        crate::pool::top_up(&db.pool, min_idle).await;
-        crate::pool::maintain(&db.pool, settings, min_idle);
-        Ok(db)
+            begin,
+            replicas: None,
+            primary: None,
+        })
+    }
+
+    /// A weak handle on the pool, for tasks that must not keep it alive.
+    pub(crate) fn downgrade(&self) -> (deadpool::managed::WeakPool<Manager>, Duration) {
+        (self.pool.weak(), self.acquire_timeout)
+    }
+
+    /// The `Db` of a pool from [`Db::downgrade`], if it still lives.
+    pub(crate) fn upgrade(
+        weak: &deadpool::managed::WeakPool<Manager>,
+        acquire_timeout: Duration,
+    ) -> Option<Db> {
+        Some(Db {
+            pool: weak.upgrade()?,
+            acquire_timeout,
+            begin: None,
+            replicas: None,
+            primary: None,
+        })
+    }
+
+    /// This replica's pool falls back to the primary's for reads it cannot serve.
+    pub(crate) fn with_primary(mut self, primary: Arc<crate::replica::Fallback>) -> Db {
+        self.primary = Some(primary);
+        self
     }
 
     /// The options its connections are made with (for a dedicated
@@ -364,9 +490,22 @@ impl Db {
         // cut off before that would leave an open transaction it cannot see,
         // so a connection dropped in that window is rolled back before reuse.
         conn.set_in_flight(true);
-        PgTransactionManager::begin(&mut conn, None).await?;
+        match &self.begin {
+            // `BEGIN; SET LOCAL statement_timeout = …` in one round trip.
+            Some(begin) => {
+                PgTransactionManager::begin(
+                    &mut conn,
+                    Some(AssertSqlSafe(begin.clone()).into_sql_str()),
+                )
+                .await?
+            }
+            None => PgTransactionManager::begin(&mut conn, None).await?,
+        }
         conn.set_in_flight(false);
-        Ok(Transaction { conn: Some(conn) })
+        Ok(Transaction {
+            conn: Some(conn),
+            pgbouncer: self.begin.is_some(),
+        })
     }
 
     /// Runs `work` in a transaction at `isolation`: commits on `Ok`, rolls
@@ -432,18 +571,32 @@ impl Db {
 /// after that is closed rather than reused.
 pub struct Transaction {
     conn: Option<PoolConnection>,
+    /// Through PgBouncer: the statements sqlx prepared by name inside the
+    /// transaction are on a server connection this client will not see
+    /// again, so they are deallocated before it ends.
+    pgbouncer: bool,
 }
 
 impl Transaction {
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self.conn.take().expect("open until commit or rollback");
+        if self.pgbouncer {
+            conn.execute("DEALLOCATE ALL").await?;
+        }
         Ok(PgTransactionManager::commit(&mut conn).await?)
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(mut self) -> Result<()> {
         let mut conn = self.conn.take().expect("open until commit or rollback");
+        if self.pgbouncer && conn.execute("DEALLOCATE ALL").await.is_err() {
+            // An aborted transaction refuses even that: closing the
+            // connection makes PgBouncer close its server connection, which
+            // ends the transaction and its statements.
+            conn.discard();
+            return Ok(());
+        }
         Ok(PgTransactionManager::rollback(&mut conn).await?)
     }
 }
@@ -475,8 +628,13 @@ struct Replay {
 }
 
 impl Replay {
-    fn new<'q, E: Execute<'q, Postgres>>(mut query: E) -> std::result::Result<Replay, sqlx::Error> {
-        let persistent = query.persistent();
+    /// `named`: whether the statement may be prepared by name and cached on
+    /// the connection (not through PgBouncer).
+    fn new<'q, E: Execute<'q, Postgres>>(
+        mut query: E,
+        named: bool,
+    ) -> std::result::Result<Replay, sqlx::Error> {
+        let persistent = query.persistent() && named;
         let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
         Ok(Replay {
             sql: query.sql(),
@@ -485,17 +643,21 @@ impl Replay {
         })
     }
 
+    fn clone_replay(&self) -> Replay {
+        Replay {
+            sql: self.sql.clone(),
+            args: self.args.clone(),
+            persistent: self.persistent,
+        }
+    }
+
     /// A copy to run again, when running it again is safe: a `SELECT` reads.
     fn spare(&self) -> Option<Replay> {
         let text = self.sql.as_str().trim_start();
         let read = text
             .get(..6)
             .is_some_and(|w| w.eq_ignore_ascii_case("select"));
-        read.then(|| Replay {
-            sql: self.sql.clone(),
-            args: self.args.clone(),
-            persistent: self.persistent,
-        })
+        read.then(|| self.clone_replay())
     }
 }
 
@@ -527,14 +689,51 @@ impl Db {
         self.pool.manager().connect().await
     }
 
+    /// Runs `call` on `conn`; through PgBouncer inside a transaction of its
+    /// own, because sqlx parses and executes a statement in two round trips,
+    /// which PgBouncer could otherwise send to two different servers.
+    async fn call<T>(
+        &self,
+        conn: &mut PgConnection,
+        query: Replay,
+        call: Call<T>,
+    ) -> std::result::Result<T, sqlx::Error> {
+        let Some(begin) = &self.begin else {
+            return call(conn, query).await;
+        };
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
+            .await?;
+        match call(conn, query).await {
+            Ok(done) => {
+                conn.execute("COMMIT").await?;
+                Ok(done)
+            }
+            Err(err) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(err)
+            }
+        }
+    }
+
     /// Runs `call` on a pooled connection, marked in flight so that a
     /// cancelled call leaves it to be restored; a read that fails at the
     /// transport level runs once more on a new connection.
     async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
         let spare = query.spare();
-        let mut conn = self.checkout().await?;
+        let mut conn = match self.checkout().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // A replica that cannot be reached: the primary serves the read.
+                if let (Some(primary), Some(again)) = (&self.primary, spare)
+                    && let Some(db) = primary.take_over(&err)
+                {
+                    return Box::pin(db.run(again, call)).await;
+                }
+                return Err(err);
+            }
+        };
         conn.set_in_flight(true);
-        let outcome = call(&mut conn, query).await;
+        let outcome = self.call(&mut conn, query, call).await;
         conn.set_in_flight(false);
         let err = match outcome {
             Err(err) => err,
@@ -542,8 +741,17 @@ impl Db {
         };
         let broken = is_broken(&err);
         conn.discard_if_broken(&err);
+        if let (Some(primary), Some(again)) = (&self.primary, &spare)
+            && broken
+            && let Some(db) = primary.take_over(&err)
+        {
+            return Box::pin(db.run(again.clone_replay(), call)).await;
+        }
         match spare {
-            Some(again) if broken => call(&mut self.fresh_connection().await?, again).await,
+            Some(again) if broken => {
+                self.call(&mut self.fresh_connection().await?, again, call)
+                    .await
+            }
             _ => Err(err),
         }
     }
@@ -551,9 +759,16 @@ impl Db {
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        if let Some(conn) = &mut self.conn {
-            // Queued here, flushed by the pool before the connection is reused.
-            PgTransactionManager::start_rollback(conn);
+        match self.conn.take() {
+            // Closed: PgBouncer then closes its server connection too, and
+            // with it the transaction and the statements made in it.
+            Some(conn) if self.pgbouncer => conn.discard(),
+            Some(mut conn) => {
+                // Queued here, flushed by the pool before the connection is reused.
+                PgTransactionManager::start_rollback(&mut conn);
+                self.conn = Some(conn);
+            }
+            None => {}
         }
     }
 }
@@ -575,18 +790,52 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(TryAsyncStream::new(move |yielder| async move {
-            let query = Replay::new(query)?;
+            let query = Replay::new(query, db.begin.is_none())?;
             let spare = query.spare();
-            let mut conn = db.checkout().await?;
+            let mut conn = match db.checkout().await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // A replica that cannot be reached: the primary serves the read.
+                    let primary = db.primary.as_ref().and_then(|p| p.take_over(&err));
+                    let (Some(primary), Some(again)) = (primary, spare) else {
+                        return Err(err);
+                    };
+                    let mut rows = (&primary).fetch_many(again);
+                    while let Some(item) = rows.try_next().await? {
+                        yielder.r#yield(item).await;
+                    }
+                    return Ok(());
+                }
+            };
             conn.set_in_flight(true);
             let mut yielded = false;
             let outcome = async {
-                let mut rows = conn.fetch_many(query);
-                while let Some(item) = rows.try_next().await? {
-                    yielded = true;
-                    yielder.r#yield(item).await;
+                // Through PgBouncer: in a transaction of its own, as in `call`.
+                if let Some(begin) = &db.begin {
+                    conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
+                        .await?;
                 }
-                Ok(())
+                let streamed = async {
+                    let mut rows = conn.fetch_many(query);
+                    while let Some(item) = rows.try_next().await? {
+                        yielded = true;
+                        yielder.r#yield(item).await;
+                    }
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                if db.begin.is_some() {
+                    let end = if streamed.is_ok() {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    let ended = conn.execute(end).await;
+                    streamed?;
+                    ended?;
+                    return Ok(());
+                }
+                streamed
             }
             .await;
             conn.set_in_flight(false);
@@ -595,6 +844,13 @@ impl<'p> Executor<'p> for &'_ Db {
             conn.discard_if_broken(&err);
             match spare {
                 Some(again) if broken && !yielded => {
+                    if let Some(primary) = db.primary.as_ref().and_then(|p| p.take_over(&err)) {
+                        let mut rows = (&primary).fetch_many(again);
+                        while let Some(item) = rows.try_next().await? {
+                            yielder.r#yield(item).await;
+                        }
+                        return Ok(());
+                    }
                     let mut fresh = db.fresh_connection().await?;
                     let mut rows = fresh.fetch_many(again);
                     while let Some(item) = rows.try_next().await? {
@@ -617,8 +873,10 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move {
-            db.run(Replay::new(query)?, |c, q| c.fetch_optional(q))
-                .await
+            db.run(Replay::new(query, db.begin.is_none())?, |c, q| {
+                c.fetch_optional(q)
+            })
+            .await
         })
     }
 
@@ -633,7 +891,12 @@ impl<'p> Executor<'p> for &'_ Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let db = self.clone();
-        Box::pin(async move { db.run(Replay::new(query)?, |c, q| c.fetch_all(q)).await })
+        Box::pin(async move {
+            db.run(Replay::new(query, db.begin.is_none())?, |c, q| {
+                c.fetch_all(q)
+            })
+            .await
+        })
     }
 
     fn execute<'e, 'q: 'e, E>(
@@ -645,7 +908,10 @@ impl<'p> Executor<'p> for &'_ Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let db = self.clone();
-        Box::pin(async move { db.run(Replay::new(query)?, |c, q| c.execute(q)).await })
+        Box::pin(async move {
+            db.run(Replay::new(query, db.begin.is_none())?, |c, q| c.execute(q))
+                .await
+        })
     }
 
     fn prepare_with<'e>(

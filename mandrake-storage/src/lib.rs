@@ -100,6 +100,7 @@ pub mod migrate;
 pub mod pitr;
 mod pool;
 mod record;
+mod replica;
 mod repo;
 #[cfg(feature = "cli")]
 pub mod scaffold;
@@ -128,6 +129,7 @@ pub use record::{
     Layout, Record, Registration, Statements, UniqueKey, UpsertStatements, Versioned,
     registered_tables,
 };
+pub use replica::WriteToken;
 pub use repo::Repo;
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
 pub use {chrono, sqlx, uuid};

@@ -464,6 +464,21 @@ fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> 
     }
 }
 
+/// The runner holds an advisory lock and runs `-- no-transaction` files:
+/// both need one session, which PgBouncer in transaction mode does not give.
+fn refuse_pgbouncer(url: &str) -> Result<()> {
+    let in_url = crate::db::strip_pgbouncer(url).1;
+    if in_url || crate::db::Settings::from_env()?.pgbouncer {
+        return Err(Error::Migration(
+            "migrations need a session of their own (an advisory lock, session settings), \
+             which PgBouncer in transaction mode does not give: run them with a direct URL to \
+             the server (without pgbouncer=true, MANDRAKE_PGBOUNCER unset)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Applies pending migrations in version order, each in its own transaction
 /// (unless marked `-- no-transaction`), holding the migration lock.
 pub async fn migrate(
@@ -471,6 +486,7 @@ pub async fn migrate(
     migrations: &Migrations,
     options: &MigrateOptions,
 ) -> Result<Report> {
+    refuse_pgbouncer(url)?;
     if let Some(to) = options.to
         && !migrations.ups.contains_key(&to)
     {
@@ -595,6 +611,7 @@ pub async fn rollback(
     target: RollbackTarget,
     lock_timeout: Duration,
 ) -> Result<Report> {
+    refuse_pgbouncer(url)?;
     let mut locked = Locked::acquire(url, lock_timeout).await?;
     let applied = locked.applied().await?;
     check_applied(migrations, &applied)?;

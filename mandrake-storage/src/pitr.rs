@@ -205,6 +205,40 @@ impl Cluster {
         Ok(kept)
     }
 
+    /// Builds a streaming replica of this (running) cluster in `root`
+    /// (`pg_basebackup -R`: it follows the primary over a replication
+    /// connection), starts it and returns it. Connect with its
+    /// [`Cluster::url`]; it serves reads only.
+    pub fn start_replica(&self, root: &Path) -> Result<Cluster> {
+        let replica = Cluster::new(root, self.is_ephemeral())?;
+        self.prepare_dir(replica.root())?;
+        let data = replica.root().join("data");
+        let out = self.run(
+            Command::new(self.server_tool("pg_basebackup"))
+                .arg("--pgdata")
+                .arg(&data)
+                .args(["--write-recovery-conf", "--wal-method=stream"])
+                .args(["--checkpoint=fast", "--no-password"])
+                .arg(format!("--dbname={}", self.url("postgres"))),
+        )?;
+        if !out.status.success() {
+            return Err(Error::Backup(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        self.append_owned(
+            &data.join("postgresql.auto.conf"),
+            &format!(
+                "\n# mandrake-storage: a streaming replica\nunix_socket_directories = {}\n\
+                 archive_mode = off\n",
+                quote_literal(&replica.socket_dir().to_string_lossy())
+            ),
+        )?;
+        replica.start()?;
+        Ok(replica)
+    }
+
     /// Switches to a new WAL segment and waits until the finished one is
     /// archived. Recovery stops at `to_time` only on seeing a commit after
     /// it, so one is written first (an empty transaction with an id);

@@ -187,11 +187,16 @@ impl PoolConnection {
 
     /// Takes a connection that failed at the transport level out of the
     /// pool, so nobody else gets it.
-    pub(crate) fn discard_if_broken(mut self, err: &sqlx::Error) {
+    pub(crate) fn discard_if_broken(self, err: &sqlx::Error) {
+        if is_broken(err) {
+            self.discard();
+        }
+    }
+
+    /// Closes the connection instead of giving it back.
+    pub(crate) fn discard(mut self) {
         self.in_flight = false;
-        if is_broken(err)
-            && let Some(object) = self.object.take()
-        {
+        if let Some(object) = self.object.take() {
             drop(Object::take(object));
         }
     }

@@ -13,6 +13,11 @@
 //! a temporary folder on first use; a small guardian process waits for the test
 //! process to exit (however it exits) and then stops the server and deletes the
 //! folder.
+//!
+//! With `MANDRAKE_TEST_PGBOUNCER=1`, a PgBouncer in transaction mode (from
+//! PATH or `/usr/sbin`) is started on a Unix socket in front of that cluster,
+//! and every [`TestDb::db`] connects through it in PgBouncer mode; setup and
+//! migrations still go straight to the server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +41,23 @@ struct Server {
     /// The throwaway cluster; `None` on the shared `DATABASE_URL` server,
     /// where each test database must be dropped by itself.
     cluster: Option<Cluster>,
+}
+
+/// The PgBouncer in front of the throwaway cluster, started on first use.
+static PGBOUNCER: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+
+fn pgbouncer() -> Result<&'static Path> {
+    PGBOUNCER
+        .get_or_init(|| {
+            let server = server().map_err(|e| e.to_string())?;
+            let cluster = server.cluster.as_ref().ok_or_else(|| {
+                "PgBouncer tests need the throwaway cluster: unset DATABASE_URL".to_owned()
+            })?;
+            start_pgbouncer(cluster).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map(PathBuf::as_path)
+        .map_err(|e| Error::Config(e.clone()))
 }
 
 static SERVER: OnceLock<std::result::Result<Server, String>> = OnceLock::new();
@@ -66,6 +88,94 @@ fn start_server() -> Result<Server> {
         cluster: Some(cluster),
     })
 }
+
+fn through_pgbouncer() -> bool {
+    std::env::var("MANDRAKE_TEST_PGBOUNCER").is_ok_and(|v| v == "1")
+}
+
+/// Starts a PgBouncer in transaction mode on a Unix socket in front of
+/// `cluster` (as the server's user when we are root, as PgBouncer refuses
+/// root), stopped by a guardian when this process ends; returns its socket
+/// folder (connect with `.socket(folder).port(PGBOUNCER_PORT)`). One per
+/// cluster at a time.
+pub fn start_pgbouncer(cluster: &Cluster) -> Result<PathBuf> {
+    let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|d| d.join("pgbouncer")),
+        )
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Config(
+                "MANDRAKE_TEST_PGBOUNCER=1 but there is no pgbouncer: install it (Debian: \
+                 pgbouncer)"
+                    .into(),
+            )
+        })?;
+    let dir = cluster.root().join("pgbouncer");
+    cluster.prepare_dir(&dir)?;
+    let file = |name: &str, text: String| -> Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+        cluster.hand_over(&path)?;
+        Ok(path)
+    };
+    let users = file("users.txt", "\"postgres\" \"\"\n".into())?;
+    let config = file(
+        "pgbouncer.ini",
+        format!(
+            "[databases]\n* = host={server} port=5432\n\n[pgbouncer]\n\
+             listen_addr =\nlisten_port = {PGBOUNCER_PORT}\nunix_socket_dir = {dir}\n\
+             auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+             default_pool_size = 20\nmax_client_conn = 1000\n\
+             ignore_startup_parameters = extra_float_digits\nadmin_users = postgres\n\
+             logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+            server = cluster.socket_dir().display(),
+            dir = dir.display(),
+            users = users.display(),
+        ),
+    )?;
+    let out = cluster.run(Command::new(&binary).arg("-d").arg(&config))?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "pgbouncer did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Stopped when this process ends, however it ends.
+    Command::new("sh")
+        .args([
+            "-c",
+            r#"while kill -0 "$1" 2>/dev/null; do sleep 0.2; done; kill "$(cat "$2")" 2>/dev/null"#,
+            "mandrake-pgbouncer-guardian",
+        ])
+        .arg(std::process::id().to_string())
+        .arg(dir.join("pgbouncer.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Config(format!("cannot start the pgbouncer guardian: {e}")))?;
+    let socket = dir.join(format!(".s.PGSQL.{PGBOUNCER_PORT}"));
+    for _ in 0..100 {
+        if socket.exists() {
+            return Ok(dir);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(Error::Config(format!(
+        "pgbouncer started but {} did not appear",
+        socket.display()
+    )))
+}
+
+/// The port in the name of [`start_pgbouncer`]'s socket.
+pub const PGBOUNCER_PORT: u16 = 6432;
 
 /// A cluster (not yet started) in a fresh temporary folder, guarded so that
 /// it is stopped and removed when this process ends.
@@ -185,11 +295,17 @@ impl TestDb {
         };
         admin.execute(sqlx::AssertSqlSafe(sql)).await?;
         let options = server.admin.clone().database(&name);
-        let settings = Settings {
+        let mut settings = Settings {
             pool_size: 5,
             ..Settings::default()
         };
-        let db = Db::connect_options(options.clone(), &settings).await?;
+        let pool_options = if through_pgbouncer() {
+            settings.pgbouncer = true;
+            options.clone().socket(pgbouncer()?).port(PGBOUNCER_PORT)
+        } else {
+            options.clone()
+        };
+        let db = Db::connect_options(pool_options, &settings).await?;
         Ok(TestDb { db, name, options })
     }
 
@@ -212,6 +328,23 @@ impl TestDb {
     /// Connection options for this database (for extra pools or connections).
     pub fn connect_options(&self) -> PgConnectOptions {
         self.options.clone()
+    }
+
+    /// Connection options for this database through a PgBouncer in
+    /// transaction mode, started in front of the throwaway cluster on first
+    /// use; connect with [`Settings::pgbouncer`] on.
+    pub fn through_pgbouncer(&self) -> Result<PgConnectOptions> {
+        Ok(self
+            .options
+            .clone()
+            .socket(pgbouncer()?)
+            .port(PGBOUNCER_PORT))
+    }
+
+    /// Connection options for the admin console of that PgBouncer
+    /// (`SHOW POOLS`, `SHOW STATS`: simple queries only).
+    pub fn pgbouncer_console(&self) -> Result<PgConnectOptions> {
+        Ok(self.through_pgbouncer()?.database("pgbouncer"))
     }
 }
 

@@ -1,0 +1,151 @@
+//! Through a real PgBouncer in transaction mode (Debian's 1.18, which keeps
+//! no prepared statement across server connections): the repository works
+//! from many tasks at once, transactions hold, the statement timeout still
+//! applies, and the migration runner refuses. The repository and Mandrake
+//! suites run through it too, with `MANDRAKE_TEST_PGBOUNCER=1` (`.ci/run`).
+
+use std::time::Duration;
+
+use mandrake_storage::migrate::{MigrateOptions, Migrations, migrate};
+use mandrake_storage::sqlx::types::Json;
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Db, Error, Record, Settings};
+use mandrake_types::*;
+use sqlx::{Connection, Row};
+
+async fn through_pgbouncer(t: &TestDb, statement_timeout: Option<Duration>) -> Db {
+    let settings = Settings {
+        pool_size: 4,
+        pgbouncer: true,
+        statement_timeout,
+        ..Settings::default()
+    };
+    Db::connect_options(t.through_pgbouncer().unwrap(), &settings)
+        .await
+        .unwrap()
+}
+
+/// Transactions PgBouncer has carried for database `name`.
+async fn transactions_carried(t: &TestDb) -> i64 {
+    let mut console = sqlx::PgConnection::connect_with(&t.pgbouncer_console().unwrap())
+        .await
+        .unwrap();
+    let rows = sqlx::raw_sql("SHOW STATS")
+        .fetch_all(&mut console)
+        .await
+        .unwrap();
+    rows.iter()
+        .filter(|r| r.get::<String, _>("database") == t.name())
+        // NUMERIC, in the text format of a simple query.
+        .map(|r| {
+            r.try_get_unchecked::<String, _>("total_xact_count")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn the_repository_works_through_pgbouncer_in_transaction_mode() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = through_pgbouncer(&t, Some(Duration::from_millis(300))).await;
+    let conversation = Conversation::repo()
+        .create(
+            &db,
+            NewConversation {
+                title: Some("pooled".into()),
+                metadata: Json(serde_json::json!({})),
+            },
+        )
+        .await
+        .unwrap();
+
+    // 8 tasks on 4 client connections, which PgBouncer spreads over its
+    // server connections transaction by transaction.
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let m = Message::repo()
+                        .create(
+                            &db,
+                            NewMessage {
+                                conversation_id: conversation.id,
+                                role: Role::User,
+                                content: format!("{task}.{i}"),
+                            },
+                        )
+                        .await?;
+                    let read = Message::repo().get(&db, m.id).await?;
+                    assert_eq!(read.content, m.content);
+                    let mut tx = db.begin().await?;
+                    let patch = MessagePatch {
+                        content: Some(format!("{task}.{i} edited")),
+                        ..Default::default()
+                    };
+                    Message::repo().update(&mut *tx, m.id, patch).await?;
+                    tx.commit().await?;
+                    // A transaction dropped half-way leaves nothing behind
+                    // that a later one could trip over.
+                    if i % 5 == 0 {
+                        let mut abandoned = db.begin().await?;
+                        Message::repo().get(&mut *abandoned, m.id).await?;
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let edited = Message::repo()
+        .count(&db, Message::CONTENT.like("% edited"))
+        .await
+        .unwrap();
+    assert_eq!(edited, 200);
+    assert!(
+        transactions_carried(&t).await >= 600,
+        "the calls went through PgBouncer"
+    );
+
+    // The statement timeout travels as SET LOCAL, in and out of transactions.
+    let slow = sqlx::query("SELECT pg_sleep(2)").execute(&db).await;
+    let code = |r: Result<_, sqlx::Error>| match r {
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(
+        code(slow).as_deref(),
+        Some("57014"),
+        "canceled by the timeout"
+    );
+    let mut tx = db.begin().await.unwrap();
+    let slow = sqlx::query("SELECT pg_sleep(2)").execute(&mut *tx).await;
+    assert_eq!(code(slow).as_deref(), Some("57014"));
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_migration_runner_refuses_a_pgbouncer_url() {
+    let t = TestDb::empty().await.unwrap();
+    let root = mandrake_storage::cluster::workspace_root().unwrap();
+    let migrations = Migrations::from_dir(root.join("migrations")).unwrap();
+    let url = format!("{}&pgbouncer=true", t.url());
+    let err = migrate(&url, &migrations, &MigrateOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Migration(m) if m.contains("direct URL")),
+        "{err}"
+    );
+    // Nothing ran.
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(t.db())
+            .await
+            .unwrap();
+    assert_eq!(tables, 0);
+}

@@ -584,7 +584,7 @@ fn with_database(url: &str, database: &str) -> String {
     format!(
         "{}/{}{}",
         &url[..path],
-        percent_encode(database),
+        crate::cluster::percent_encode(database),
         &url[end..]
     )
 }
@@ -604,17 +604,6 @@ fn libpq_url(url: &str) -> String {
     } else {
         format!("{base}?{}", kept.join("&"))
     }
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn connect(url: &str) -> Result<PgConnection> {

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mandrake_storage::Db;
+use mandrake_storage::sqlx::types::Json;
+use mandrake_storage::{Db, Record};
+use mandrake_types::{Conversation, NewConversation};
 
 /// A temporary folder of migration files, removed on drop.
 pub struct MigrationDir {
@@ -78,4 +80,18 @@ WHERE n.nspname = 'public'
     let mut lines: Vec<String> = sqlx::query_scalar(sql).fetch_all(db).await.unwrap();
     lines.sort();
     lines
+}
+
+/// A new conversation with this title and empty metadata.
+pub async fn conversation(db: &Db, title: &str) -> Conversation {
+    Conversation::repo()
+        .create(
+            db,
+            NewConversation {
+                title: Some(title.into()),
+                metadata: Json(serde_json::json!({})),
+            },
+        )
+        .await
+        .unwrap()
 }

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use mandrake_storage::backup::{self, RestoreTarget};
 use mandrake_storage::migrate::Migrations;
-use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::testing::{TestDb, throwaway_cluster};
 use mandrake_storage::{Db, Error, Record, Settings, connect_one};
+use mandrake_tests::conversation;
 use mandrake_types::*;
 use uuid::Uuid;
 
@@ -24,19 +24,6 @@ async fn messages_of(url: &str) -> Vec<Row> {
     .fetch_all(&mut conn)
     .await
     .unwrap()
-}
-
-async fn conversation(db: &Db, title: &str) -> Conversation {
-    Conversation::repo()
-        .create(
-            db,
-            NewConversation {
-                title: Some(title.into()),
-                metadata: Json(serde_json::json!({})),
-            },
-        )
-        .await
-        .unwrap()
 }
 
 async fn write_messages(db: &Db, conversation_id: Uuid, n: usize, label: &str) {

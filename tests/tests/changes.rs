@@ -5,24 +5,11 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Change, Db, Filter, Record, Subscription};
+use mandrake_tests::conversation;
 use mandrake_types::*;
 use uuid::Uuid;
-
-async fn conversation(db: &Db) -> Conversation {
-    Conversation::repo()
-        .create(
-            db,
-            NewConversation {
-                title: None,
-                metadata: Json(serde_json::json!({})),
-            },
-        )
-        .await
-        .unwrap()
-}
 
 fn message(conversation_id: Uuid, content: &str) -> NewMessage {
     NewMessage {
@@ -70,7 +57,7 @@ async fn listeners(db: &Db) -> i64 {
 async fn a_thousand_inserts_in_a_hundred_transactions_arrive_once_each_in_commit_order() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    let c = conversation(db).await;
+    let c = conversation(db, "live").await;
     let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
 
     let writer = {
@@ -110,7 +97,7 @@ async fn a_thousand_inserts_in_a_hundred_transactions_arrive_once_each_in_commit
 async fn a_rolled_back_transaction_sends_nothing() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    let c = conversation(db).await;
+    let c = conversation(db, "live").await;
     let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
 
     let mut tx = db.begin().await.unwrap();
@@ -132,7 +119,10 @@ async fn a_rolled_back_transaction_sends_nothing() {
 async fn a_filter_on_one_conversation_never_sees_another() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    let (a, b) = (conversation(db).await, conversation(db).await);
+    let (a, b) = (
+        conversation(db, "live").await,
+        conversation(db, "live").await,
+    );
     let mut changes = Message::subscribe(db, Message::CONVERSATION_ID.eq(a.id))
         .await
         .unwrap();
@@ -172,7 +162,7 @@ async fn a_filter_on_one_conversation_never_sees_another() {
 async fn updates_and_deletes_arrive_even_for_a_megabyte_row() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    let c = conversation(db).await;
+    let c = conversation(db, "live").await;
     let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
 
     let big = "x".repeat(1 << 20);
@@ -209,7 +199,7 @@ async fn updates_and_deletes_arrive_even_for_a_megabyte_row() {
 async fn a_terminated_listener_yields_a_gap_and_goes_on() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    let c = conversation(db).await;
+    let c = conversation(db, "live").await;
     let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
     assert_eq!(listeners(db).await, 1);
 

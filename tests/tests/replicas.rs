@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use mandrake_storage::cluster::Cluster;
 use mandrake_storage::migrate::{Migrations, migrate};
-use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::testing::throwaway_cluster;
 use mandrake_storage::{Db, Record, Settings, connect_one};
+use mandrake_tests::conversation;
 use mandrake_types::*;
 
 /// Stops the replica however the test ends.
@@ -40,19 +40,6 @@ async fn reads_go_to(db: &Db, replica: bool) {
     }
 }
 
-async fn new_conversation(db: &Db, title: &str) -> Conversation {
-    Conversation::repo()
-        .create(
-            db,
-            NewConversation {
-                title: Some(title.into()),
-                metadata: Json(serde_json::json!({})),
-            },
-        )
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn reads_go_to_a_live_replica_and_fall_back_to_the_primary() {
     let primary = throwaway_cluster().unwrap();
@@ -81,7 +68,7 @@ async fn reads_go_to_a_live_replica_and_fall_back_to_the_primary() {
 
     // Read your own write: never NotFound, from the replica once replayed.
     for n in 0..20 {
-        let c = new_conversation(&db, &format!("mine {n}")).await;
+        let c = conversation(&db, &format!("mine {n}")).await;
         let token = db.write_token().await.unwrap();
         let reader = db.read_after(token).await;
         let again = Conversation::repo().get(reader, c.id).await.unwrap();
@@ -96,7 +83,7 @@ async fn reads_go_to_a_live_replica_and_fall_back_to_the_primary() {
         .execute(&mut direct)
         .await
         .unwrap();
-    new_conversation(&db, "while paused").await;
+    conversation(&db, "while paused").await;
     reads_go_to(&db, false).await;
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&mut direct)

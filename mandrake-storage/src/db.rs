@@ -319,6 +319,26 @@ pub struct Db {
     primary: Option<Arc<crate::replica::Fallback>>,
 }
 
+/// A [`Db`] that does not keep its pool alive (without its replicas).
+pub(crate) struct WeakDb {
+    pool: deadpool::managed::WeakPool<Manager>,
+    acquire_timeout: Duration,
+    begin: Option<Arc<str>>,
+}
+
+impl WeakDb {
+    /// The `Db`, if its pool still lives.
+    pub(crate) fn upgrade(&self) -> Option<Db> {
+        Some(Db {
+            pool: self.pool.upgrade()?,
+            acquire_timeout: self.acquire_timeout,
+            begin: self.begin.clone(),
+            replicas: None,
+            primary: None,
+        })
+    }
+}
+
 /// `url` without a `pgbouncer=true` parameter, and whether it had one.
 pub(crate) fn strip_pgbouncer(url: &str) -> (String, bool) {
     let Some((base, query)) = url.split_once('?') else {
@@ -428,23 +448,14 @@ impl Db {
         })
     }
 
-    /// A weak handle on the pool, for tasks that must not keep it alive.
-    pub(crate) fn downgrade(&self) -> (deadpool::managed::WeakPool<Manager>, Duration) {
-        (self.pool.weak(), self.acquire_timeout)
-    }
-
-    /// The `Db` of a pool from [`Db::downgrade`], if it still lives.
-    pub(crate) fn upgrade(
-        weak: &deadpool::managed::WeakPool<Manager>,
-        acquire_timeout: Duration,
-    ) -> Option<Db> {
-        Some(Db {
-            pool: weak.upgrade()?,
-            acquire_timeout,
-            begin: None,
-            replicas: None,
-            primary: None,
-        })
+    /// A handle that does not keep the pool alive, for tasks and for the
+    /// replicas' way back to the primary.
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb {
+            pool: self.pool.weak(),
+            acquire_timeout: self.acquire_timeout,
+            begin: self.begin.clone(),
+        }
     }
 
     /// This replica's pool falls back to the primary's for reads it cannot serve.

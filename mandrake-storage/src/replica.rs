@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::WeakPool;
-
-use crate::db::{Db, Settings, connect_options};
+use crate::db::{Db, Settings, WeakDb, connect_options};
 use crate::error::Result;
-use crate::pool::{Manager, is_broken};
+use crate::pool::is_broken;
 
 /// How often the replicas are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -40,8 +38,7 @@ struct Member {
 /// What a replica's pool falls back to: the primary's, held weakly so that
 /// the replicas do not keep the primary's pool alive.
 pub(crate) struct Fallback {
-    primary: WeakPool<Manager>,
-    acquire_timeout: Duration,
+    primary: WeakDb,
     usable: Arc<AtomicBool>,
 }
 
@@ -54,7 +51,7 @@ impl Fallback {
             return None;
         }
         self.usable.store(false, Ordering::Relaxed);
-        Db::upgrade(&self.primary, self.acquire_timeout)
+        self.primary.upgrade()
     }
 }
 
@@ -65,7 +62,6 @@ pub struct WriteToken(i64);
 
 impl Replicas {
     pub(crate) fn start(primary: &Db, settings: &Settings) -> Result<Arc<Replicas>> {
-        let (weak, acquire_timeout) = primary.downgrade();
         let replica_settings = Settings {
             replica_urls: Vec::new(),
             min_idle: 0,
@@ -77,8 +73,7 @@ impl Replicas {
             .map(|url| {
                 let usable = Arc::new(AtomicBool::new(false));
                 let fallback = Arc::new(Fallback {
-                    primary: primary.downgrade().0,
-                    acquire_timeout,
+                    primary: primary.downgrade(),
                     usable: usable.clone(),
                 });
                 // Not connected yet: a replica that is down must not stop the app.
@@ -97,15 +92,14 @@ impl Replicas {
             max_lag: settings.replica_max_lag,
         });
         let watched = Arc::downgrade(&replicas);
+        let weak = primary.downgrade();
         tokio::spawn(async move {
             let mut primary_positions = VecDeque::new();
             let mut tick = tokio::time::interval(CHECK_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let (Some(replicas), Some(primary)) =
-                    (watched.upgrade(), Db::upgrade(&weak, acquire_timeout))
-                else {
+                let (Some(replicas), Some(primary)) = (watched.upgrade(), weak.upgrade()) else {
                     return;
                 };
                 replicas.check(&primary, &mut primary_positions).await;

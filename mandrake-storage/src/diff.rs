@@ -4,7 +4,7 @@ use crate::ddl::{
     DROP_NOTIFY_FUNCTION, DROP_TIMESTAMP_FUNCTION, NOTIFY_FUNCTION, TIMESTAMP_FUNCTION,
     column_definition, create_index, create_notify_triggers, create_table, create_trigger,
     dependency_order, drop_notify_triggers, drop_trigger, foreign_key_definition, ident_list,
-    quote_ident, unique_definition,
+    quote_ident, quote_literal, unique_definition,
 };
 use crate::error::{Error, Result};
 use crate::schema::{ColumnDef, DatabaseSchema, TableSchema};
@@ -304,6 +304,18 @@ fn widens(from: &str, to: &str) -> bool {
             return a < b;
         }
     }
+    // numeric(p, s) keeps every value in numeric(p2, s2) with as many
+    // digits before the point and as many after.
+    let numeric = |t: &str| -> Option<(u32, u32)> {
+        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
+        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    match (numeric(from), numeric(to), to) {
+        (Some(_), None, "numeric") => return true,
+        (Some((p1, s1)), Some((p2, s2)), _) => return s2 >= s1 && p2 - s2 >= p1 - s1,
+        _ => {}
+    }
     let varchar_len = |t: &str| {
         t.strip_prefix("character varying(")
             .and_then(|s| s.strip_suffix(')'))
@@ -369,7 +381,17 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         quote_ident(&after.name)
     );
     let path = format!("{table}.{}", after.name);
-    if before.sql_type != after.sql_type {
+    let retyped = before.sql_type != after.sql_type;
+    // The old default may not cast to the new type (`false` to an integer):
+    // it goes before the type changes, and the new one is set after.
+    if retyped && let Some(old_default) = &before.default {
+        phases.alter_columns.push(step(
+            format!("drop default of {path} before its type changes"),
+            format!("{alter} DROP DEFAULT;"),
+            format!("{alter} SET DEFAULT {old_default};"),
+        ));
+    }
+    if retyped {
         let to_new = format!(
             "{alter} TYPE {0} USING {1}::{0};",
             after.sql_type,
@@ -399,7 +421,8 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
             )
         });
     }
-    if before.default != after.default {
+    let before_default = if retyped { &None } else { &before.default };
+    if *before_default != after.default {
         let set = |d: &Option<String>| match d {
             Some(expr) => format!("{alter} SET DEFAULT {expr};"),
             None => format!("{alter} DROP DEFAULT;"),
@@ -407,15 +430,18 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         phases.alter_columns.push(step(
             format!("change default of {path}"),
             set(&after.default),
-            set(&before.default),
+            set(before_default),
         ));
     }
     if before.nullable != after.nullable {
-        let set = |nullable: bool| {
+        let set = |nullable: bool, default: &Option<String>| {
             if nullable {
                 format!("{alter} DROP NOT NULL;")
             } else {
-                format!("{alter} SET NOT NULL;")
+                format!(
+                    "{}\n{alter} SET NOT NULL;",
+                    fill_nulls(table, &after.name, default.as_deref())
+                )
             }
         };
         let what = if after.nullable {
@@ -425,10 +451,31 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         };
         phases.alter_columns.push(step(
             format!("{what} {path}"),
-            set(after.nullable),
-            set(before.nullable),
+            set(after.nullable, &after.default),
+            set(before.nullable, &before.default),
         ));
     }
+}
+
+/// What runs before `SET NOT NULL` on a table that may hold NULLs: with a
+/// default, the NULLs take it; without one, a check that stops the
+/// migration with the table, the column, how many rows and what to do,
+/// instead of PostgreSQL's bare "contains null values".
+fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
+    let (t, c) = (quote_ident(table), quote_ident(column));
+    if let Some(default) = default {
+        return format!("UPDATE {t} SET {c} = {default} WHERE {c} IS NULL;");
+    }
+    let message = quote_literal(&format!(
+        "cannot make {table}.{column} NOT NULL: % row(s) hold NULL"
+    ));
+    let hint = quote_literal(&format!(
+        "fill them first (UPDATE {t} SET {c} = ... WHERE {c} IS NULL), or give the field a \
+         default (#[record(default = \"...\")]), which fills them"
+    ));
+    format!(
+        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {t} WHERE {c} IS NULL;\n  IF offending > 0 THEN\n    RAISE EXCEPTION {message}, offending USING HINT = {hint};\n  END IF;\nEND $$;"
+    )
 }
 
 /// Unique constraints, indexes, foreign keys, checks and the trigger:
@@ -633,6 +680,29 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_widens_when_no_digit_is_lost() {
+        assert!(widens("numeric(10,2)", "numeric(12,2)"));
+        assert!(widens("numeric(10,2)", "numeric(12,4)"));
+        assert!(widens("numeric(10,2)", "numeric"));
+        assert!(!widens("numeric(12,2)", "numeric(10,2)"));
+        assert!(!widens("numeric(10,4)", "numeric(10,2)"));
+        assert!(!widens("numeric(10,2)", "numeric(11,4)"));
+    }
+
+    #[test]
+    fn not_null_fills_from_the_default_or_checks_first() {
+        let with = fill_nulls("t", "c", Some("'x'"));
+        assert_eq!(with, r#"UPDATE "t" SET "c" = 'x' WHERE "c" IS NULL;"#);
+        let without = fill_nulls("t", "c", None);
+        assert!(
+            without.contains(
+                "RAISE EXCEPTION 'cannot make t.c NOT NULL: % row(s) hold NULL', offending"
+            ),
+            "{without}"
+        );
+    }
 
     #[test]
     fn widening_needs_no_flag_narrowing_does() {

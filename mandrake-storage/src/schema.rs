@@ -114,14 +114,22 @@ pub struct Check {
     pub expression: String,
 }
 
-/// PostgreSQL cuts identifiers at 63 bytes; names we make are cut the same way
-/// so they match what the catalog reports.
+/// PostgreSQL cuts identifiers at 63 bytes. A name we make that is longer
+/// keeps its first 54 bytes and ends in a hash of the whole, so two long
+/// names that share their start (two composite indexes) stay distinct.
 fn identifier(name: String) -> String {
-    let mut end = name.len().min(63);
+    if name.len() <= 63 {
+        return name;
+    }
+    let mut end = 54;
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    name[..end].to_owned()
+    // FNV-1a: stable across Rust releases, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}_{:08x}", &name[..end], hash as u32)
 }
 
 impl TableSchema {
@@ -325,5 +333,29 @@ impl DatabaseSchema {
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_sharing_their_start_stay_distinct_and_fit() {
+        let cols = |last: &'static str| {
+            vec![
+                "conversation_identifier",
+                "participant_identifier",
+                "created_at_timestamp",
+                last,
+            ]
+        };
+        let t = TableSchema::new("messages_archive")
+            .with_index(&cols("a"))
+            .with_index(&cols("b"));
+        let (a, b) = (&t.indexes[0].name, &t.indexes[1].name);
+        assert_ne!(a, b);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_eq!(identifier("short_name".into()), "short_name");
     }
 }

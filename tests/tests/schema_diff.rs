@@ -665,3 +665,198 @@ async fn notify_adds_and_removes_the_trigger_and_its_function() {
     assert!(up.contains("DROP TRIGGER IF EXISTS notify_update ON \"notes\";"));
     assert!(up.contains("DROP FUNCTION IF EXISTS trigger_notify_change();"));
 }
+
+mod data_aware {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Filled {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        #[record(default = "'(empty)'")]
+        pub body: String,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Required {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: String,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Untitled {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub title: Option<String>,
+        pub body: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "flags")]
+    pub struct BoolFlag {
+        pub id: Uuid,
+        #[record(default = "false")]
+        pub pinned: bool,
+        #[record(sql_type = "NUMERIC(10,2)")]
+        pub price: f64,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "flags")]
+    pub struct IntFlag {
+        pub id: Uuid,
+        #[record(default = "0")]
+        pub pinned: i32,
+        #[record(sql_type = "NUMERIC(12,2)")]
+        pub price: f64,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    /// Two composite indexes whose generated names share their first 63 bytes.
+    // Clippy takes the two `index(..)` lists, which share columns, for a
+    // repeated attribute.
+    #[allow(clippy::duplicated_attributes)]
+    #[derive(Record, Clone)]
+    #[record(
+        table = "archived_conversation_messages",
+        index(conversation_identifier, participant_identifier, first_variant),
+        index(conversation_identifier, participant_identifier, second_variant)
+    )]
+    pub struct LongNames {
+        pub id: Uuid,
+        pub conversation_identifier: Uuid,
+        pub participant_identifier: Uuid,
+        pub first_variant: i32,
+        pub second_variant: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+const NULL_BODY: &str = "INSERT INTO notes (id, folder_id, title, body, rank) VALUES \
+    ('00000000-0000-7000-8000-000000000003', '00000000-0000-7000-8000-000000000001', 'empty', NULL, 1);";
+
+#[tokio::test]
+async fn a_required_column_takes_its_default_where_rows_hold_null() {
+    let lab = seeded().await;
+    lab.exec(NULL_BODY).await;
+    let v2 = [v1::Folder::schema(), data_aware::Filled::schema()];
+    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains(r#"UPDATE "notes" SET "body" = '(empty)'::text WHERE "body" IS NULL;"#),
+        "{up}"
+    );
+    assert_eq!(
+        lab.text("SELECT body FROM notes ORDER BY title").await,
+        ["(empty)", "world"]
+    );
+}
+
+#[tokio::test]
+async fn a_required_column_without_default_stops_with_the_rows_to_fix_and_changes_nothing() {
+    let lab = seeded().await;
+    lab.exec(NULL_BODY).await;
+    let v2 = [v1::Folder::schema(), data_aware::Required::schema()];
+    lab.generate(&v2, false).await.unwrap();
+    let err = migrate(&lab.db.url(), &lab.migrations(), &MigrateOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot make notes.body NOT NULL: 1 row(s) hold NULL"),
+        "{err}"
+    );
+    assert_eq!(
+        read_schema(&lab.db).await,
+        expected(&v1()).await,
+        "rolled back whole"
+    );
+
+    // The same check guards a down file: NULL titles block going back.
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), data_aware::Untitled::schema()];
+    lab.evolve(&v1(), &v2, false).await;
+    lab.exec("UPDATE notes SET title = NULL").await;
+    let err = rollback(
+        &lab.db.url(),
+        &lab.migrations(),
+        RollbackTarget::Steps(1),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot make notes.title NOT NULL: 1 row(s) hold NULL"),
+        "{err}"
+    );
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
+}
+
+#[tokio::test]
+async fn a_default_that_cannot_be_cast_is_dropped_around_the_type_change() {
+    let v1 = [data_aware::BoolFlag::schema()];
+    let lab = Lab::new(&v1).await;
+    lab.exec(
+        "INSERT INTO flags (id, pinned, price) VALUES ('00000000-0000-7000-8000-000000000009', true, 12.5)",
+    )
+    .await;
+    let v2 = [data_aware::IntFlag::schema()];
+    // boolean → integer loses nothing PostgreSQL can cast back, but is not
+    // a widening: it needs the flag; NUMERIC(10,2) → (12,2) alone would not.
+    let (up, down) = lab.evolve(&v1, &v2, true).await;
+    let drop = up
+        .find(r#"ALTER COLUMN "pinned" DROP DEFAULT;"#)
+        .expect(&up);
+    let retype = up.find(r#"ALTER COLUMN "pinned" TYPE integer"#).expect(&up);
+    let set = up
+        .find(r#"ALTER COLUMN "pinned" SET DEFAULT 0;"#)
+        .expect(&up);
+    assert!(drop < retype && retype < set, "{up}");
+    assert!(
+        !up.contains("DESTRUCTIVE: change type of flags.price"),
+        "{up}"
+    );
+    assert!(
+        down.contains(r#"ALTER COLUMN "pinned" SET DEFAULT false;"#),
+        "{down}"
+    );
+    assert_eq!(lab.text("SELECT pinned::text FROM flags").await, ["1"]);
+}
+
+#[tokio::test]
+async fn numeric_precision_can_grow_without_the_flag() {
+    let mut widened = data_aware::BoolFlag::schema().clone();
+    widened.columns[2].sql_type = "NUMERIC(12,2)".into();
+    let v1 = [data_aware::BoolFlag::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, _) = lab.evolve(&v1, &[&widened], false).await;
+    assert!(up.contains("TYPE numeric(12,2)"), "{up}");
+}
+
+#[tokio::test]
+async fn composite_indexes_with_long_names_do_not_collide() {
+    let v1 = [data_aware::LongNames::schema()];
+    let names: Vec<&str> = v1[0].indexes.iter().map(|i| i.name.as_str()).collect();
+    assert_ne!(names[0], names[1]);
+    let lab = Lab::new(&v1).await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v1).await);
+}

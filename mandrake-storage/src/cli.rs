@@ -62,6 +62,13 @@ pub enum Command {
         /// Allow dropping tables or columns and type changes that can lose data.
         #[arg(long)]
         allow_destructive: bool,
+        /// How long each statement of the files waits for a lock before the
+        /// migration fails (`SET LOCAL lock_timeout`).
+        #[arg(long, default_value = "5s", value_name = "DURATION")]
+        lock_timeout: String,
+        /// How long each statement of the files may run (`SET LOCAL statement_timeout`).
+        #[arg(long, default_value = "10min", value_name = "DURATION")]
+        statement_timeout: String,
     },
     /// Exit 1, listing the differences, when the migrations do not build exactly the types' schema.
     Check,
@@ -412,10 +419,23 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
         Command::NewMigration {
             name,
             allow_destructive,
+            lock_timeout,
+            statement_timeout,
         } => {
             let url = database_url().await?;
-            let made =
-                scaffold::new_migration(&url, &dir, tables, &name, allow_destructive).await?;
+            let timeouts = scaffold::Timeouts {
+                lock: lock_timeout,
+                statement: statement_timeout,
+            };
+            let made = scaffold::new_migration_with(
+                &url,
+                &dir,
+                tables,
+                &name,
+                allow_destructive,
+                &timeouts,
+            )
+            .await?;
             match made.files {
                 None => println!("the schema is up to date: no migration written"),
                 Some((up, down)) => {

@@ -174,10 +174,60 @@ pub struct NewMigration {
     pub files: Option<(PathBuf, PathBuf)>,
 }
 
+/// The limits every generated file sets for itself (`SET LOCAL`, so only
+/// for its own transaction), in PostgreSQL's units (`5s`, `500ms`, `10min`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a statement waits for a lock before the migration fails
+    /// (default `5s`): a migration queued behind a long transaction would
+    /// otherwise queue every later query of the app behind itself.
+    pub lock: String,
+    /// How long one statement may run (default `10min`).
+    pub statement: String,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            lock: "5s".into(),
+            statement: "10min".into(),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Refuses a value PostgreSQL would not read as a duration.
+    fn check(&self) -> Result<()> {
+        for (what, value) in [
+            ("--lock-timeout", &self.lock),
+            ("--statement-timeout", &self.statement),
+        ] {
+            let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let unit = &value[digits.len()..];
+            let known = ["", "ms", "s", "min", "h"].contains(&unit);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !known {
+                return Err(Error::Migration(format!(
+                    "{what} {value:?} is not a duration such as 5s, 500ms or 10min"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lines a generated file starts with.
+    fn sql(&self) -> String {
+        format!(
+            "SET LOCAL lock_timeout = '{}';\nSET LOCAL statement_timeout = '{}';\n\n",
+            self.lock, self.statement
+        )
+    }
+}
+
 /// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir` for the
 /// difference between the migrations there and `tables`, after proving on a
 /// scratch database that up builds exactly the types' schema, down restores
-/// exactly the previous one, and up applies again.
+/// exactly the previous one, and up applies again. Each file sets the
+/// default [`Timeouts`].
 pub async fn new_migration(
     server_url: &str,
     dir: &Path,
@@ -185,11 +235,32 @@ pub async fn new_migration(
     name: &str,
     allow_destructive: bool,
 ) -> Result<NewMigration> {
+    let timeouts = Timeouts::default();
+    new_migration_with(server_url, dir, tables, name, allow_destructive, &timeouts).await
+}
+
+/// [`new_migration`] with the files' own [`Timeouts`].
+pub async fn new_migration_with(
+    server_url: &str,
+    dir: &Path,
+    tables: &[&TableSchema],
+    name: &str,
+    allow_destructive: bool,
+    timeouts: &Timeouts,
+) -> Result<NewMigration> {
     let name = migration_name(name)?;
+    timeouts.check()?;
     check_references(tables)?;
     let migrations = Migrations::from_dir(dir)?;
     let mut scratch = Scratch::new(server_url)?;
-    let result = plan_and_verify(&mut scratch, &migrations, tables, allow_destructive).await;
+    let result = plan_and_verify(
+        &mut scratch,
+        &migrations,
+        tables,
+        allow_destructive,
+        timeouts,
+    )
+    .await;
     scratch.drop_all().await;
     let plan = result?;
     if plan.is_empty() {
@@ -201,17 +272,15 @@ pub async fn new_migration(
         .map_err(|e| Error::Migration(format!("cannot create {}: {e}", dir.display())))?;
     let up = dir.join(format!("{version}_{name}.up.sql"));
     let down = dir.join(format!("{version}_{name}.down.sql"));
+    let (up_sql, down_sql) = scripts(&plan, timeouts);
     write_pair(
-        (
-            &up,
-            format!("{header}\n{}", plan.up_sql().trim_end()) + "\n",
-        ),
+        (&up, format!("{header}\n{}", up_sql.trim_end()) + "\n"),
         (
             &down,
             format!(
                 "{}\n{}",
                 header.replace("-- Changes", "-- Reverts"),
-                plan.down_sql().trim_end()
+                down_sql.trim_end()
             ) + "\n",
         ),
     )?;
@@ -221,11 +290,22 @@ pub async fn new_migration(
     })
 }
 
+/// The bodies of the up and down files: their timeouts, then the plan.
+/// These exact texts are what the scratch database proves.
+fn scripts(plan: &Plan, timeouts: &Timeouts) -> (String, String) {
+    let limits = timeouts.sql();
+    (
+        format!("{limits}{}", plan.up_sql()),
+        format!("{limits}{}", plan.down_sql()),
+    )
+}
+
 async fn plan_and_verify(
     scratch: &mut Scratch,
     migrations: &Migrations,
     tables: &[&TableSchema],
     allow_destructive: bool,
+    timeouts: &Timeouts,
 ) -> Result<Plan> {
     let comparison = compare_on(scratch, migrations, tables).await?;
     let plan = comparison.plan()?;
@@ -241,7 +321,7 @@ async fn plan_and_verify(
     }
     let proving = scratch.create("verify").await?;
     migrate(&proving, migrations, &MigrateOptions::default()).await?;
-    let (up, down) = (plan.up_sql(), plan.down_sql());
+    let (up, down) = scripts(&plan, timeouts);
     let step = |what: &'static str, e: Error| {
         Error::Migration(format!("verification failed: {what}: {e}"))
     };

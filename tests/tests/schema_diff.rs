@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use mandrake_storage::scaffold::{NewMigration, check, new_migration};
+use mandrake_storage::scaffold::{
+    NewMigration, Timeouts, check, new_migration, new_migration_with,
+};
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{DatabaseSchema, Error, Record, RecordEnum, TableSchema, connect_one};
 use mandrake_tests::MigrationDir;
@@ -217,6 +219,11 @@ async fn create_and_drop_table() {
         create_table::Tag::schema(),
     ];
     let (up, down) = lab.evolve(&v1(), &v2, false).await;
+    assert!(
+        up.contains("SET LOCAL lock_timeout = '5s';\nSET LOCAL statement_timeout = '10min';"),
+        "{up}"
+    );
+    assert!(down.contains("SET LOCAL lock_timeout = '5s';"), "{down}");
     assert!(up.contains("CREATE TABLE \"tags\""), "{up}");
     assert!(
         up.contains("CREATE TRIGGER set_timestamp BEFORE UPDATE ON \"tags\""),
@@ -859,4 +866,60 @@ async fn composite_indexes_with_long_names_do_not_collide() {
     assert_ne!(names[0], names[1]);
     let lab = Lab::new(&v1).await;
     assert_eq!(read_schema(&lab.db).await, expected(&v1).await);
+}
+
+#[tokio::test]
+async fn a_migration_waiting_for_a_lock_gives_up_after_its_lock_timeout() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), data_aware::Untitled::schema()];
+    let timeouts = Timeouts {
+        lock: "300ms".into(),
+        ..Timeouts::default()
+    };
+    for bad in ["5 seconds", "s", "-1s"] {
+        let refused = Timeouts {
+            lock: bad.into(),
+            ..Timeouts::default()
+        };
+        let made =
+            new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "x", false, &refused).await;
+        expect_refused(made, "is not a duration");
+    }
+    new_migration_with(
+        &lab.db.url(),
+        lab.dir.path(),
+        &v2,
+        "untitled",
+        false,
+        &timeouts,
+    )
+    .await
+    .unwrap();
+
+    // A long transaction that read the table holds a lock the ALTER needs.
+    let mut reader = connect_one(&lab.db.url()).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM notes;")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = migrate(&lab.db.url(), &lab.migrations(), &MigrateOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lock timeout"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        read_schema(&lab.db).await,
+        expected(&v1()).await,
+        "nothing changed"
+    );
+
+    sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+    lab.migrate().await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
 }

@@ -70,8 +70,21 @@ pub enum Command {
         #[arg(long, default_value = "10min", value_name = "DURATION")]
         statement_timeout: String,
     },
-    /// Exit 1, listing the differences, when the migrations do not build exactly the types' schema.
+    /// Exit 1, listing the differences, when the migrations do not build
+    /// exactly the types' schema; pending migrations are linted too (their
+    /// findings are warnings here: `lint` is the gate).
     Check,
+    /// Check migration files against squawk's rules (blocking locks,
+    /// scans under lock, missing timeouts); exit 1 on a finding.
+    Lint {
+        /// Files or folders (default: the migrations folder).
+        files: Vec<PathBuf>,
+        /// Report, but do not fail on, migrations older than this version
+        /// (those that were applied before the linter existed and cannot
+        /// change without changing their checksums).
+        #[arg(long, value_name = "VERSION")]
+        accept_before: Option<i64>,
+    },
     /// Print the full DDL of the registered types, in dependency order, or
     /// an ER diagram of them.
     Schema {
@@ -396,9 +409,47 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             SchemaFormat::Sql => print!("{}", create_schema(tables)),
             SchemaFormat::Mermaid => print!("{}", crate::diagram::mermaid(tables)),
         },
+        Command::Lint {
+            files,
+            accept_before,
+        } => {
+            let files = if files.is_empty() { vec![dir] } else { files };
+            let findings = crate::lint::lint_paths(&files)?;
+            let accepted = |f: &crate::lint::Finding| {
+                accept_before
+                    .zip(crate::lint::version_of(&f.file))
+                    .is_some_and(|(before, version)| version < before)
+            };
+            let (old, new): (Vec<_>, Vec<_>) = findings.iter().partition(|f| accepted(f));
+            for finding in &new {
+                println!("{finding}");
+            }
+            if !old.is_empty() {
+                println!(
+                    "{} finding(s) in migrations before {} accepted",
+                    old.len(),
+                    accept_before.unwrap_or_default()
+                );
+            }
+            if !new.is_empty() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            println!("ok: no lint findings");
+        }
         Command::Check => {
             let migrations = Migrations::from_dir(&dir)?;
-            let plan = scaffold::check(&database_url().await?, &migrations, tables).await?;
+            let url = database_url().await?;
+            let pending: Vec<PathBuf> = migrate::status(&url, &migrations)
+                .await?
+                .into_iter()
+                .filter(|r| r.state == migrate::State::Pending)
+                .flat_map(|r| ["up", "down"].map(|kind| dir.join(format!("{}.{kind}.sql", r.name))))
+                .filter(|p| p.exists())
+                .collect();
+            for finding in crate::lint::lint_paths(&pending)? {
+                println!("warning: {finding}");
+            }
+            let plan = scaffold::check(&url, &migrations, tables).await?;
             if !plan.is_empty() {
                 println!(
                     "the migrations in {} do not build the types' schema:",

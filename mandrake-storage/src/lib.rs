@@ -93,6 +93,8 @@ mod error;
 mod filter;
 #[cfg(any(feature = "cli", feature = "backup"))]
 pub mod introspect;
+#[cfg(feature = "cli")]
+pub mod lint;
 mod list;
 #[cfg(feature = "migrate")]
 pub mod migrate;

@@ -52,6 +52,13 @@ fn exit_codes_and_a_global_database_url() {
         ExitCode::SUCCESS,
         "all applied"
     );
+    // `lint`: a hand-written ALTER without timeouts is a finding (1),
+    // unless its migration is accepted as older than the linter (0).
+    let risky = MigrationDir::new(&[("5_alter.up.sql", "ALTER TABLE things ADD COLUMN x text;\n")]);
+    let risky = risky.path().to_str().unwrap();
+    assert_eq!(run(&["lint", risky], &[]), ExitCode::from(1));
+    let accepted = ["lint", risky, "--accept-before", "6"];
+    assert_eq!(run(&accepted, &[]), ExitCode::SUCCESS);
     // `check` finds drift: the type's table is in no migration.
     assert_eq!(call(&["check"], &[Widget::schema()]), ExitCode::from(1));
     // Backups: verify exits 0 on a sound archive, 1 when its history does

@@ -3,6 +3,9 @@
 --   create function trigger_notify_change()
 --   create notify triggers on messages
 
+SET LOCAL lock_timeout = '5s';
+SET LOCAL statement_timeout = '10min';
+
 DROP TRIGGER IF EXISTS notify_insert ON "messages";
 DROP TRIGGER IF EXISTS notify_update ON "messages";
 DROP TRIGGER IF EXISTS notify_delete ON "messages";

@@ -3,6 +3,9 @@
 --   create function trigger_notify_change()
 --   create notify triggers on messages
 
+SET LOCAL lock_timeout = '5s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE OR REPLACE FUNCTION trigger_notify_change()
 RETURNS TRIGGER AS $$
 DECLARE

@@ -287,6 +287,74 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
     for fk in &mut table.foreign_keys {
         rename(&mut fk.column);
     }
+    // PostgreSQL renames the column inside CHECK expressions too (an enum
+    // column's check): so must the schema the rest of the diff compares.
+    for check in &mut table.checks {
+        check.expression = rename_in_expression(&check.expression, old, new);
+    }
+}
+
+/// `expression` (as PostgreSQL prints it) with the identifier `old` renamed
+/// to `new`; string literals are left alone.
+fn rename_in_expression(expression: &str, old: &str, new: &str) -> String {
+    let simple = |name: &str| {
+        name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let printed = |name: &str| {
+        if simple(name) {
+            name.to_owned()
+        } else {
+            quote_ident(name)
+        }
+    };
+    let (old_printed, new_printed) = (printed(old), printed(new));
+    let mut out = String::with_capacity(expression.len());
+    let mut rest = expression;
+    while !rest.is_empty() {
+        if let Some(literal) = rest.strip_prefix('\'') {
+            // A literal runs to the next lone quote ('' is a quote inside it).
+            let mut end = 0;
+            let bytes = literal.as_bytes();
+            while end < bytes.len() {
+                if bytes[end] == b'\'' {
+                    if bytes.get(end + 1) == Some(&b'\'') {
+                        end += 2;
+                        continue;
+                    }
+                    break;
+                }
+                end += 1;
+            }
+            let end = (end + 1).min(literal.len());
+            out.push('\'');
+            out.push_str(&literal[..end]);
+            rest = &literal[end..];
+            continue;
+        }
+        let word_len = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.find('"').map_or(rest.len(), |i| i + 2)
+        } else {
+            rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())
+        };
+        if word_len == 0 {
+            let c = rest.chars().next().expect("not empty");
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let word = &rest[..word_len];
+        out.push_str(if word == old_printed {
+            &new_printed
+        } else {
+            word
+        });
+        rest = &rest[word_len..];
+    }
+    out
 }
 
 /// Type changes that keep every value: no `--allow-destructive` needed.
@@ -457,6 +525,26 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
     }
 }
 
+/// A check that stops a migration, before `check` is added, when rows break it.
+fn check_rows(table: &str, check: &crate::schema::Check) -> String {
+    let message = quote_literal(&format!(
+        "cannot add check {} on {table}: % row(s) break {}",
+        check.name,
+        // RAISE reads `%` as a placeholder.
+        check.expression.replace('%', "%%")
+    ));
+    let hint = quote_literal(&format!(
+        "change or delete those rows first (SELECT * FROM {} WHERE NOT ({}))",
+        quote_ident(table),
+        check.expression
+    ));
+    format!(
+        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {} WHERE NOT ({});\n  IF offending > 0 THEN\n    RAISE EXCEPTION {message}, offending USING HINT = {hint};\n  END IF;\nEND $$;",
+        quote_ident(table),
+        check.expression
+    )
+}
+
 /// What runs before `SET NOT NULL` on a table that may hold NULLs: with a
 /// default, the NULLs take it; without one, a check that stops the
 /// migration with the table, the column, how many rows and what to do,
@@ -586,9 +674,12 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
         }
     }
 
+    // The table holds rows: a check they break (an enum variant still in
+    // use) stops the file first, saying which and how many.
     let check_sql = |c: &crate::schema::Check| {
         format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({});",
+            "{}\nALTER TABLE {t} ADD CONSTRAINT {} CHECK ({});",
+            check_rows(table, c),
             quote_ident(&c.name),
             c.expression
         )
@@ -680,6 +771,22 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renames_reach_check_expressions_but_not_literals() {
+        assert_eq!(
+            rename_in_expression(
+                "(color = ANY (ARRAY['color'::text, 'it''s'::text]))",
+                "color",
+                "shade"
+            ),
+            "(shade = ANY (ARRAY['color'::text, 'it''s'::text]))"
+        );
+        assert_eq!(
+            rename_in_expression("(\"Color\" > 0) AND (colors > 1)", "Color", "hue"),
+            "(hue > 0) AND (colors > 1)"
+        );
+    }
 
     #[test]
     fn numeric_widens_when_no_digit_is_lost() {

@@ -513,6 +513,16 @@ mod enums {
 
     #[derive(Record, Clone)]
     #[record(table = "paints")]
+    pub struct Renamed {
+        pub id: Uuid,
+        #[record(renamed_from = "color")]
+        pub shade: ColorV1,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "paints")]
     pub struct PaintV2 {
         pub id: Uuid,
         pub color: ColorV2,
@@ -536,8 +546,38 @@ async fn enum_variants_rewrite_the_check() {
     assert!(up.contains("'blue'::text"), "{up}");
     lab.exec("INSERT INTO paints (id, color) VALUES (gen_random_uuid(), 'blue')")
         .await;
+    // Removing a variant that rows still use stops the migration with
+    // their count, and changes nothing.
+    lab.generate(&v1, false).await.unwrap();
+    let err = migrate(&lab.db.url(), &lab.migrations(), &MigrateOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot add check paints_color_check on paints: 1 row(s) break"),
+        "{err}"
+    );
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
     lab.exec("DELETE FROM paints WHERE color = 'blue'").await;
-    lab.evolve(&v2, &v1, false).await;
+    lab.migrate().await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v1).await);
+}
+
+#[tokio::test]
+async fn renaming_an_enum_column_renames_its_check_both_ways() {
+    let v1 = [enums::PaintV1::schema()];
+    let v2 = [enums::Renamed::schema()];
+    let lab = Lab::new(&v1).await;
+    lab.exec("INSERT INTO paints (id, color) VALUES (gen_random_uuid(), 'red')")
+        .await;
+    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    assert!(up.contains(r#"RENAME COLUMN "color" TO "shade""#), "{up}");
+    assert!(
+        up.contains(r#"RENAME CONSTRAINT "paints_color_check" TO "paints_shade_check""#),
+        "{up}"
+    );
+    assert!(!down.contains("ADD CONSTRAINT"), "{down}");
+    assert_eq!(lab.text("SELECT shade FROM paints").await, ["red"]);
 }
 
 mod normalized {

@@ -160,7 +160,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
         ));
     }
 
-    plan_renames(&mut from, to, &mut phases);
+    plan_renames(&mut from, to, &mut phases)?;
 
     // Tables that appear and disappear.
     let created: Vec<&TableSchema> = to
@@ -198,7 +198,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
     for new in &to.tables {
         if let Some(old) = from.table(&new.name) {
             diff_columns(old, new, &mut phases)?;
-            diff_constraints(old, new, &mut phases);
+            diff_constraints(old, new, to, &mut phases);
         }
     }
     Ok(phases.into_plan())
@@ -206,7 +206,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
 
 /// Renames from `renamed_from`, applied to `from` so the rest of the diff
 /// compares like with like.
-fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Phases) {
+fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Phases) -> Result<()> {
     for table in &to.tables {
         let Some(old) = &table.renamed_from else {
             continue;
@@ -242,30 +242,84 @@ fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Pha
         let Some(current) = from.tables.iter_mut().find(|t| t.name == table.name) else {
             continue;
         };
+        let mut pending: Vec<(String, String)> = Vec::new();
         for column in &table.columns {
             let Some(old) = &column.renamed_from else {
                 continue;
             };
-            if current.column(&column.name).is_some() || current.column(old).is_none() {
-                continue;
+            match (
+                current.column(old).is_some(),
+                current.column(&column.name).is_some(),
+            ) {
+                // Renamed: either by this plan, or by an earlier migration.
+                (true, _) => pending.push((old.clone(), column.name.clone())),
+                (false, true) => {}
+                (false, false) => {
+                    return Err(Error::Schema(format!(
+                        "{}.{}: renamed_from = {old:?} names no column of {} (its columns: {})",
+                        table.name,
+                        column.name,
+                        table.name,
+                        current
+                            .columns
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
             }
-            let t = quote_ident(&table.name);
-            phases.renames.push(step(
-                format!("rename column {}.{old} to {}", table.name, column.name),
-                format!(
-                    "ALTER TABLE {t} RENAME COLUMN {} TO {};",
-                    quote_ident(old),
-                    quote_ident(&column.name)
-                ),
-                format!(
-                    "ALTER TABLE {t} RENAME COLUMN {} TO {};",
-                    quote_ident(&column.name),
-                    quote_ident(old)
-                ),
-            ));
-            rename_column(current, old, &column.name);
+        }
+        // A hint whose target exists and is not renamed away was carried
+        // out by an earlier migration (the old name has been reused since).
+        loop {
+            let sources: Vec<String> = pending.iter().map(|(old, _)| old.clone()).collect();
+            let before = pending.len();
+            pending.retain(|(_, new)| current.column(new).is_none() || sources.contains(new));
+            if pending.len() == before {
+                break;
+            }
+        }
+        // A rename into a name another rename frees (a → b while b → c)
+        // waits for that one, whatever the field order; a cycle (a ↔ b)
+        // goes through a temporary name.
+        while !pending.is_empty() {
+            let ready = pending
+                .iter()
+                .position(|(_, new)| current.column(new).is_none());
+            let (old, new) = match ready {
+                Some(i) => pending.remove(i),
+                None => {
+                    let (old, new) = pending.remove(0);
+                    let temporary = format!("{old}__renaming");
+                    push_column_rename(phases, &table.name, &old, &temporary);
+                    rename_column(current, &old, &temporary);
+                    pending.push((temporary, new));
+                    continue;
+                }
+            };
+            push_column_rename(phases, &table.name, &old, &new);
+            rename_column(current, &old, &new);
         }
     }
+    Ok(())
+}
+
+fn push_column_rename(phases: &mut Phases, table: &str, old: &str, new: &str) {
+    let t = quote_ident(table);
+    phases.renames.push(step(
+        format!("rename column {table}.{old} to {new}"),
+        format!(
+            "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+            quote_ident(old),
+            quote_ident(new)
+        ),
+        format!(
+            "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+            quote_ident(new),
+            quote_ident(old)
+        ),
+    ));
 }
 
 fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
@@ -568,7 +622,12 @@ fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
 
 /// Unique constraints, indexes, foreign keys, checks and the trigger:
 /// matched by what they do; a match under another name is renamed.
-fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
+fn diff_constraints(
+    old: &TableSchema,
+    new: &TableSchema,
+    to: &DatabaseSchema,
+    phases: &mut Phases,
+) {
     let t = quote_ident(&new.name);
     let table = &new.name;
     let rename_constraint = |from: &str, to: &str| {
@@ -666,11 +725,29 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
     }
     for fk in &old.foreign_keys {
         if !new.foreign_keys.iter().any(|n| same_fk(n, fk)) {
-            phases.drop_foreign_keys.push(step(
-                format!("drop foreign key {table}.{} → {}", fk.column, fk.references),
-                drop_constraint(&fk.name),
-                format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
-            ));
+            // When the referenced table goes too, the down file re-creates
+            // it empty: the rows here would break the key, so it comes back
+            // NOT VALID (checked for new rows only).
+            let gone = to.table(&fk.references).is_none();
+            let re_add = format!(
+                "ALTER TABLE {t} ADD {}{};",
+                foreign_key_definition(fk),
+                if gone { " NOT VALID" } else { "" }
+            );
+            phases.drop_foreign_keys.push(Step {
+                down_note: gone.then(|| {
+                    format!(
+                        "re-adds {} NOT VALID: {} comes back empty, so existing rows of {table} \
+                         may point at nothing",
+                        fk.name, fk.references
+                    )
+                }),
+                ..step(
+                    format!("drop foreign key {table}.{} → {}", fk.column, fk.references),
+                    drop_constraint(&fk.name),
+                    re_add,
+                )
+            });
         }
     }
 
@@ -771,6 +848,80 @@ fn diff_constraints(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schema(columns: &[(&str, Option<&str>)]) -> DatabaseSchema {
+        let mut table = TableSchema::new("providers").with_column(ColumnDef::new("id", "uuid"));
+        for (name, old) in columns {
+            let mut c = ColumnDef::new(name, "text").nullable(true);
+            if let Some(old) = old {
+                c = c.renamed_from(old);
+            }
+            table = table.with_column(c);
+        }
+        DatabaseSchema {
+            tables: vec![table],
+            timestamp_function: false,
+            notify_function: false,
+        }
+    }
+
+    fn renames(plan: &Plan) -> Vec<&str> {
+        plan.steps.iter().map(|s| s.description.as_str()).collect()
+    }
+
+    #[test]
+    fn chained_renames_do_not_depend_on_field_order() {
+        let from = schema(&[("api_key", None), ("base_url", None)]);
+        for to in [
+            schema(&[
+                ("base_url", Some("api_key")),
+                ("endpoint", Some("base_url")),
+            ]),
+            schema(&[
+                ("endpoint", Some("base_url")),
+                ("base_url", Some("api_key")),
+            ]),
+        ] {
+            let plan = diff(&from, &to).unwrap();
+            assert_eq!(
+                renames(&plan),
+                [
+                    "rename column providers.base_url to endpoint",
+                    "rename column providers.api_key to base_url"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_swap_goes_through_a_temporary_name() {
+        let from = schema(&[("a", None), ("b", None)]);
+        let to = schema(&[("b", Some("a")), ("a", Some("b"))]);
+        let plan = diff(&from, &to).unwrap();
+        assert_eq!(
+            renames(&plan),
+            [
+                "rename column providers.a to a__renaming",
+                "rename column providers.b to a",
+                "rename column providers.a__renaming to b"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hint_naming_no_column_is_an_error_and_a_done_one_is_quiet() {
+        let from = schema(&[("name", None)]);
+        let err = diff(&from, &schema(&[("title", Some("nmae"))])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("renamed_from = \"nmae\" names no column"),
+            "{err}"
+        );
+        // Renamed by an earlier migration: the hint stays in the code, harmless.
+        let done = schema(&[("title", Some("name"))]);
+        let plan = diff(&schema(&[("title", None)]), &done).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+    }
 
     #[test]
     fn renames_reach_check_expressions_but_not_literals() {

@@ -963,3 +963,54 @@ async fn a_migration_waiting_for_a_lock_gives_up_after_its_lock_timeout() {
     lab.migrate().await;
     assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
 }
+
+#[tokio::test]
+async fn dropping_a_referenced_table_writes_a_down_that_applies_with_rows_left() {
+    let v1 = [v1::Folder::schema(), constraints::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    lab.exec(
+        "INSERT INTO folders (id, name) VALUES ('00000000-0000-7000-8000-000000000001', 'inbox');
+         INSERT INTO notes (id, folder_id, title, body, rank)
+         VALUES ('00000000-0000-7000-8000-000000000002', '00000000-0000-7000-8000-000000000001', 'hello', 'world', 7);",
+    )
+    .await;
+    let v2 = [v1::Note::schema()];
+    let (_, down) = lab.evolve(&v1, &v2, true).await;
+    assert!(down.contains("ON DELETE CASCADE NOT VALID;"), "{down}");
+    assert!(
+        down.contains("-- NOTE: re-adds notes_folder_id_fkey NOT VALID"),
+        "{down}"
+    );
+    assert_eq!(lab.text("SELECT title FROM notes").await, ["hello"]);
+}
+
+mod chained {
+    use super::*;
+
+    /// title → body while body → summary, the first listed first.
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        #[record(renamed_from = "title")]
+        pub body: String,
+        #[record(renamed_from = "body")]
+        pub summary: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn chained_renames_keep_every_value_whatever_the_field_order() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), chained::Note::schema()];
+    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    assert!(!up.contains("DROP COLUMN"), "{up}");
+    assert_eq!(
+        lab.text("SELECT body || '/' || summary FROM notes").await,
+        ["hello/world"]
+    );
+}

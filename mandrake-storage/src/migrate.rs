@@ -561,7 +561,19 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
     .execute(&mut *conn)
     .await?;
     let start = std::time::Instant::now();
-    let outcome = conn.execute(migration.sql.clone()).await;
+    // One statement at a time: PostgreSQL runs the statements of one query
+    // string as one implicit transaction, where CREATE INDEX CONCURRENTLY
+    // and friends refuse to run.
+    let mut outcome = Ok(());
+    for statement in statements(migration.sql.as_str()) {
+        if let Err(err) = conn
+            .execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await
+        {
+            outcome = Err(err);
+            break;
+        }
+    }
     let (success, time) = match &outcome {
         Ok(_) => (true, start.elapsed().as_nanos() as i64),
         Err(_) => (false, FAILED),
@@ -572,10 +584,71 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
         .bind(time)
         .execute(&mut *conn)
         .await?;
-    outcome.map(|_| ()).map_err(|err| {
+    outcome.map_err(|err| {
         let err = sqlx::migrate::MigrateError::ExecuteMigration(err, migration.version);
         Error::Migration(describe_failure(name, migration.sql.as_str(), err))
     })
+}
+
+/// The statements of `sql`, split at the semicolons outside quotes,
+/// dollar-quoted bodies and comments; blank and comment-only pieces are left out.
+pub(crate) fn statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let mut meaningful = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+                meaningful = true;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |e| i + 2 + e + 1);
+            }
+            b'$' => {
+                // `$tag$ … $tag$`; a `$1` parameter is no quote.
+                let tag_end = sql[i + 1..]
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .map(|e| i + 1 + e);
+                match tag_end {
+                    Some(e) if bytes[e] == b'$' && !bytes[i + 1].is_ascii_digit() => {
+                        let tag = &sql[i..=e];
+                        i = sql[e + 1..]
+                            .find(tag)
+                            .map_or(bytes.len(), |f| e + 1 + f + tag.len() - 1);
+                    }
+                    _ => {}
+                }
+                meaningful = true;
+            }
+            b';' => {
+                if meaningful {
+                    out.push(sql[start..=i].trim());
+                }
+                start = i + 1;
+                meaningful = false;
+            }
+            c if !c.is_ascii_whitespace() => meaningful = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    if meaningful {
+        out.push(sql[start..].trim());
+    }
+    out
 }
 
 /// `20250101000000_x.up.sql failed at line 3: relation "y" does not exist`
@@ -715,4 +788,25 @@ pub async fn resolve(url: &str, version: i64) -> Result<bool> {
         .execute(&mut conn)
         .await?;
     Ok(done.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statements;
+
+    #[test]
+    fn statements_split_outside_quotes_comments_and_dollar_bodies() {
+        let sql = "-- no-transaction\nSET lock_timeout = '5s';\n\
+            DO $$ BEGIN PERFORM 1; END $$;\n\
+            /* a; comment */ SELECT 'a;b', \"c;d\", $1;\n-- trailing; comment\n";
+        assert_eq!(
+            statements(sql),
+            [
+                "-- no-transaction\nSET lock_timeout = '5s';",
+                "DO $$ BEGIN PERFORM 1; END $$;",
+                "/* a; comment */ SELECT 'a;b', \"c;d\", $1;"
+            ]
+        );
+        assert_eq!(statements("SELECT 1"), ["SELECT 1"]);
+    }
 }

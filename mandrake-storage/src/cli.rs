@@ -69,6 +69,12 @@ pub enum Command {
         /// How long each statement of the files may run (`SET LOCAL statement_timeout`).
         #[arg(long, default_value = "10min", value_name = "DURATION")]
         statement_timeout: String,
+        /// Never hold a long lock on a busy table: indexes built and dropped
+        /// CONCURRENTLY (each in a `-- no-transaction` migration of its own),
+        /// foreign keys and CHECKs added NOT VALID and validated after, NOT
+        /// NULL through a validated CHECK.
+        #[arg(long)]
+        online: bool,
     },
     /// Exit 1, listing the differences, when the migrations do not build
     /// exactly the types' schema; pending migrations are linted too (their
@@ -472,38 +478,34 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             allow_destructive,
             lock_timeout,
             statement_timeout,
+            online,
         } => {
             let url = database_url().await?;
-            let timeouts = scaffold::Timeouts {
-                lock: lock_timeout,
-                statement: statement_timeout,
-            };
-            let made = scaffold::new_migration_with(
-                &url,
-                &dir,
-                tables,
-                &name,
+            let options = scaffold::NewMigrationOptions {
                 allow_destructive,
-                &timeouts,
-            )
-            .await?;
-            match made.files {
-                None => println!("the schema is up to date: no migration written"),
-                Some((up, down)) => {
-                    for step in &made.plan.steps {
-                        let mark = if step.destructive {
-                            " (DESTRUCTIVE)"
-                        } else {
-                            ""
-                        };
-                        println!("  {}{mark}", step.description);
-                    }
-                    println!(
-                        "verified and wrote\n  {}\n  {}",
-                        up.display(),
-                        down.display()
-                    );
-                }
+                timeouts: scaffold::Timeouts {
+                    lock: lock_timeout,
+                    statement: statement_timeout,
+                },
+                online,
+            };
+            let made = scaffold::new_migration_with(&url, &dir, tables, &name, &options).await?;
+            if made.files.is_empty() {
+                println!("the schema is up to date: no migration written");
+            }
+            for step in &made.plan.steps {
+                let mark = if step.destructive {
+                    " (DESTRUCTIVE)"
+                } else {
+                    ""
+                };
+                println!("  {}{mark}", step.description);
+            }
+            if !made.files.is_empty() {
+                println!("verified and wrote");
+            }
+            for (up, down) in &made.files {
+                println!("  {}\n  {}", up.display(), down.display());
             }
         }
     }

@@ -22,6 +22,46 @@ pub struct Step {
     pub destructive: bool,
     /// Said in a comment above the down SQL (e.g. data it cannot restore).
     pub down_note: Option<String>,
+    /// What the step does, where `--online` renders it its own way.
+    pub kind: Kind,
+}
+
+/// The steps `new-migration --online` renders without a long lock; every
+/// other step is [`Kind::Other`] and runs as planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Runs as planned.
+    Other,
+    /// `CREATE INDEX`: online, `CONCURRENTLY` in a file of its own.
+    AddIndex {
+        /// The table.
+        table: String,
+        /// The index.
+        index: crate::schema::Index,
+    },
+    /// `DROP INDEX`: online, `CONCURRENTLY` in a file of its own.
+    DropIndex {
+        /// The table.
+        table: String,
+        /// The index.
+        index: crate::schema::Index,
+    },
+    /// A foreign key or CHECK: online, added `NOT VALID`, validated later.
+    AddConstraint {
+        /// The table.
+        table: String,
+        /// The constraint.
+        name: String,
+    },
+    /// `SET NOT NULL`: online, through a validated `CHECK (c IS NOT NULL)`.
+    SetNotNull {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What runs first: the backfill from the default, or the check for NULLs.
+        fill: String,
+    },
 }
 
 /// The steps from one schema to another, in an order where dependencies
@@ -120,6 +160,7 @@ fn step(description: String, up: String, down: String) -> Step {
         down,
         destructive: false,
         down_note: None,
+        kind: Kind::Other,
     }
 }
 
@@ -571,11 +612,22 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         } else {
             "require a value in"
         };
-        phases.alter_columns.push(step(
-            format!("{what} {path}"),
-            set(after.nullable, &after.default),
-            set(before.nullable, &before.default),
-        ));
+        let kind = match after.nullable {
+            true => Kind::Other,
+            false => Kind::SetNotNull {
+                table: table.to_owned(),
+                column: after.name.clone(),
+                fill: fill_nulls(table, &after.name, after.default.as_deref()),
+            },
+        };
+        phases.alter_columns.push(Step {
+            kind,
+            ..step(
+                format!("{what} {path}"),
+                set(after.nullable, &after.default),
+                set(before.nullable, &before.default),
+            )
+        });
     }
 }
 
@@ -685,20 +737,32 @@ fn diff_constraints(
                 ),
             )),
             Some(_) => {}
-            None => phases.add_constraints.push(step(
-                format!("add index ({}) on {table}", i.columns.join(", ")),
-                create_index(table, i),
-                format!("DROP INDEX {};", quote_ident(&i.name)),
-            )),
+            None => phases.add_constraints.push(Step {
+                kind: Kind::AddIndex {
+                    table: table.clone(),
+                    index: i.clone(),
+                },
+                ..step(
+                    format!("add index ({}) on {table}", i.columns.join(", ")),
+                    create_index(table, i),
+                    format!("DROP INDEX {};", quote_ident(&i.name)),
+                )
+            }),
         }
     }
     for i in &old.indexes {
         if !new.indexes.iter().any(|n| n.columns == i.columns) {
-            phases.drop_constraints.push(step(
-                format!("drop index ({}) on {table}", i.columns.join(", ")),
-                format!("DROP INDEX {};", quote_ident(&i.name)),
-                create_index(table, i),
-            ));
+            phases.drop_constraints.push(Step {
+                kind: Kind::DropIndex {
+                    table: table.clone(),
+                    index: i.clone(),
+                },
+                ..step(
+                    format!("drop index ({}) on {table}", i.columns.join(", ")),
+                    format!("DROP INDEX {};", quote_ident(&i.name)),
+                    create_index(table, i),
+                )
+            });
         }
     }
 
@@ -711,16 +775,22 @@ fn diff_constraints(
                 phases.renames.push(rename_constraint(&o.name, &fk.name))
             }
             Some(_) => {}
-            None => phases.add_foreign_keys.push(step(
-                format!(
-                    "add foreign key {table}.{} → {} (on delete {})",
-                    fk.column,
-                    fk.references,
-                    fk.on_delete.sql().to_lowercase()
-                ),
-                format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
-                drop_constraint(&fk.name),
-            )),
+            None => phases.add_foreign_keys.push(Step {
+                kind: Kind::AddConstraint {
+                    table: table.clone(),
+                    name: fk.name.clone(),
+                },
+                ..step(
+                    format!(
+                        "add foreign key {table}.{} → {} (on delete {})",
+                        fk.column,
+                        fk.references,
+                        fk.on_delete.sql().to_lowercase()
+                    ),
+                    format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
+                    drop_constraint(&fk.name),
+                )
+            }),
         }
     }
     for fk in &old.foreign_keys {
@@ -765,11 +835,17 @@ fn diff_constraints(
         match old.checks.iter().find(|o| o.expression == c.expression) {
             Some(o) if o.name != c.name => phases.renames.push(rename_constraint(&o.name, &c.name)),
             Some(_) => {}
-            None => phases.add_constraints.push(step(
-                format!("add check {} on {table}", c.name),
-                check_sql(c),
-                drop_constraint(&c.name),
-            )),
+            None => phases.add_constraints.push(Step {
+                kind: Kind::AddConstraint {
+                    table: table.clone(),
+                    name: c.name.clone(),
+                },
+                ..step(
+                    format!("add check {} on {table}", c.name),
+                    check_sql(c),
+                    drop_constraint(&c.name),
+                )
+            }),
         }
     }
     for c in &old.checks {

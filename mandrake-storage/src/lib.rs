@@ -98,6 +98,8 @@ pub mod lint;
 mod list;
 #[cfg(feature = "migrate")]
 pub mod migrate;
+#[cfg(feature = "cli")]
+pub mod online;
 #[cfg(all(feature = "backup", unix))]
 pub mod pitr;
 mod pool;

@@ -60,6 +60,8 @@ pub fn lint_sql(file: &Path, sql: &str) -> Vec<Finding> {
             Rule::BanDropTable,
             Rule::BanDropColumn,
             Rule::BanDropFunction,
+            Rule::BanDropConstraint,
+            Rule::BanDropNotNull,
         ]);
     }
     let mut linter = Linter::with_rules(&[Rule::RequireTimeoutSettings], &exclude);

@@ -590,6 +590,26 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
     })
 }
 
+/// A `-- no-transaction` down file, a statement at a time (see
+/// [`statements`]), then its version forgotten. Down files that may stop
+/// half-way should be safe to run again (`IF EXISTS`), as generated ones are.
+async fn revert_outside_transaction(
+    conn: &mut PgConnection,
+    down: &Migration,
+) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    for statement in statements(down.sql.as_str()) {
+        conn.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await
+            .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
+    }
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(down.version)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
+    Ok(())
+}
+
 /// The statements of `sql`, split at the semicolons outside quotes,
 /// dollar-quoted bodies and comments; blank and comment-only pieces are left out.
 pub(crate) fn statements(sql: &str) -> Vec<&str> {
@@ -718,7 +738,12 @@ pub async fn rollback(
     for version in versions {
         let down = &migrations.downs[&version];
         let name = migrations.name(version);
-        locked.conn.revert(TABLE, down).await.map_err(|e| {
+        let reverted = if down.no_tx {
+            revert_outside_transaction(&mut locked.conn, down).await
+        } else {
+            locked.conn.revert(TABLE, down).await.map(|_| ())
+        };
+        reverted.map_err(|e| {
             Error::Migration(describe_failure(
                 &format!("{name} (down)"),
                 down.sql.as_str(),

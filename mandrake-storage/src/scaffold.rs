@@ -13,7 +13,7 @@ use crate::ddl::{create_schema, quote_ident};
 use crate::diff::{Plan, diff};
 use crate::error::{Error, Result};
 use crate::introspect::inspect;
-use crate::migrate::{MigrateOptions, Migrations, migrate};
+use crate::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use crate::schema::{DatabaseSchema, TableSchema};
 
 /// Scratch databases on one server, dropped by [`Scratch::drop_all`].
@@ -170,8 +170,9 @@ pub async fn check(
 pub struct NewMigration {
     /// The changes found, each with its up and down SQL.
     pub plan: Plan,
-    /// The up and down files written; `None` when there was nothing to do.
-    pub files: Option<(PathBuf, PathBuf)>,
+    /// The up and down files written, in the order they apply; none when
+    /// there was nothing to do.
+    pub files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The limits every generated file sets for itself (`SET LOCAL`, so only
@@ -214,20 +215,33 @@ impl Timeouts {
         Ok(())
     }
 
-    /// The lines a generated file starts with.
-    fn sql(&self) -> String {
+    /// The lines a generated file starts with: for its own transaction, or
+    /// for its session when it runs outside one.
+    fn sql(&self, no_transaction: bool) -> String {
+        let scope = if no_transaction { "" } else { "LOCAL " };
         format!(
-            "SET LOCAL lock_timeout = '{}';\nSET LOCAL statement_timeout = '{}';\n\n",
+            "SET {scope}lock_timeout = '{}';\nSET {scope}statement_timeout = '{}';\n\n",
             self.lock, self.statement
         )
     }
 }
 
+/// How `new-migration` writes its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewMigrationOptions {
+    /// Allow dropping tables or columns and narrowing type changes.
+    pub allow_destructive: bool,
+    /// The limits each file sets for itself.
+    pub timeouts: Timeouts,
+    /// Files that never hold a long lock on a busy table (see [`crate::online`]).
+    pub online: bool,
+}
+
 /// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir` for the
 /// difference between the migrations there and `tables`, after proving on a
-/// scratch database that up builds exactly the types' schema, down restores
-/// exactly the previous one, and up applies again. Each file sets the
-/// default [`Timeouts`].
+/// scratch database, through the migration runner, that up builds exactly
+/// the types' schema, down restores exactly the previous one, and up applies
+/// again. Each file sets the default [`Timeouts`].
 pub async fn new_migration(
     server_url: &str,
     dir: &Path,
@@ -235,116 +249,181 @@ pub async fn new_migration(
     name: &str,
     allow_destructive: bool,
 ) -> Result<NewMigration> {
-    let timeouts = Timeouts::default();
-    new_migration_with(server_url, dir, tables, name, allow_destructive, &timeouts).await
+    let options = NewMigrationOptions {
+        allow_destructive,
+        ..NewMigrationOptions::default()
+    };
+    new_migration_with(server_url, dir, tables, name, &options).await
 }
 
-/// [`new_migration`] with the files' own [`Timeouts`].
+/// [`new_migration`] with its [`NewMigrationOptions`]; `--online` may write
+/// several migrations, applied in order.
 pub async fn new_migration_with(
     server_url: &str,
     dir: &Path,
     tables: &[&TableSchema],
     name: &str,
-    allow_destructive: bool,
-    timeouts: &Timeouts,
+    options: &NewMigrationOptions,
 ) -> Result<NewMigration> {
     let name = migration_name(name)?;
-    timeouts.check()?;
+    options.timeouts.check()?;
     check_references(tables)?;
     let migrations = Migrations::from_dir(dir)?;
     let mut scratch = Scratch::new(server_url)?;
-    let result = plan_and_verify(
-        &mut scratch,
-        &migrations,
-        tables,
-        allow_destructive,
-        timeouts,
-    )
-    .await;
+    let result = plan_and_verify(&mut scratch, dir, &migrations, tables, &name, options).await;
     scratch.drop_all().await;
-    let plan = result?;
-    if plan.is_empty() {
-        return Ok(NewMigration { plan, files: None });
-    }
-    let version = next_version(&migrations);
-    let header = header(&plan, &name);
+    let (plan, files) = result?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Migration(format!("cannot create {}: {e}", dir.display())))?;
-    let up = dir.join(format!("{version}_{name}.up.sql"));
-    let down = dir.join(format!("{version}_{name}.down.sql"));
-    let (up_sql, down_sql) = scripts(&plan, timeouts);
-    write_pair(
-        (&up, format!("{header}\n{}", up_sql.trim_end()) + "\n"),
-        (
-            &down,
-            format!(
-                "{}\n{}",
-                header.replace("-- Changes", "-- Reverts"),
-                down_sql.trim_end()
-            ) + "\n",
-        ),
-    )?;
-    Ok(NewMigration {
-        plan,
-        files: Some((up, down)),
-    })
+    let files = write_files(dir, &files)?;
+    Ok(NewMigration { plan, files })
 }
 
-/// The bodies of the up and down files: their timeouts, then the plan.
-/// These exact texts are what the scratch database proves.
-fn scripts(plan: &Plan, timeouts: &Timeouts) -> (String, String) {
-    let limits = timeouts.sql();
-    (
-        format!("{limits}{}", plan.up_sql()),
-        format!("{limits}{}", plan.down_sql()),
-    )
+/// A migration file pair, named and with its full text.
+struct Rendered {
+    up: (String, String),
+    down: (String, String),
+}
+
+/// The plan's files with versions, headers and timeouts.
+fn render(
+    plan: &Plan,
+    migrations: &Migrations,
+    name: &str,
+    options: &NewMigrationOptions,
+) -> Vec<Rendered> {
+    let version = next_version(migrations);
+    crate::online::files(plan, options.online)
+        .into_iter()
+        .enumerate()
+        .map(|(k, file)| {
+            let stem = format!("{}_{name}{}", version + k as i64, file.suffix);
+            let head = |verb: &str| {
+                let first = if file.no_transaction {
+                    "-- no-transaction\n"
+                } else {
+                    ""
+                };
+                let mut text = format!(
+                    "{first}-- {name}: generated by `cargo xtask new-migration`, verified on a scratch database.\n-- {verb}:\n"
+                );
+                for step in &file.steps {
+                    text.push_str(&format!("--   {step}\n"));
+                }
+                text.push('\n');
+                text.push_str(&options.timeouts.sql(file.no_transaction));
+                text
+            };
+            let body = |sql: &str| format!("{}\n", sql.trim_end());
+            Rendered {
+                up: (
+                    format!("{stem}.up.sql"),
+                    head("Changes") + &body(&file.up),
+                ),
+                down: (
+                    format!("{stem}.down.sql"),
+                    head("Reverts") + &body(&file.down),
+                ),
+            }
+        })
+        .collect()
 }
 
 async fn plan_and_verify(
     scratch: &mut Scratch,
+    dir: &Path,
     migrations: &Migrations,
     tables: &[&TableSchema],
-    allow_destructive: bool,
-    timeouts: &Timeouts,
-) -> Result<Plan> {
+    name: &str,
+    options: &NewMigrationOptions,
+) -> Result<(Plan, Vec<Rendered>)> {
     let comparison = compare_on(scratch, migrations, tables).await?;
     let plan = comparison.plan()?;
     if plan.is_empty() {
-        return Ok(plan);
+        return Ok((plan, Vec::new()));
     }
     let destructive: Vec<&str> = plan.destructive().map(|s| s.description.as_str()).collect();
-    if !destructive.is_empty() && !allow_destructive {
+    if !destructive.is_empty() && !options.allow_destructive {
         return Err(Error::Migration(format!(
             "refusing destructive changes without --allow-destructive: {}",
             destructive.join("; ")
         )));
     }
-    let proving = scratch.create("verify").await?;
-    migrate(&proving, migrations, &MigrateOptions::default()).await?;
-    let (up, down) = scripts(&plan, timeouts);
-    let step = |what: &'static str, e: Error| {
-        Error::Migration(format!("verification failed: {what}: {e}"))
-    };
-    run_script(&proving, &up)
-        .await
-        .map_err(|e| step("up did not apply", e))?;
-    same(
-        &inspect_url(&proving).await?,
-        &comparison.desired,
-        "up does not build the types' schema",
-    )?;
-    run_script(&proving, &down)
-        .await
-        .map_err(|e| step("down did not apply", e))?;
-    same(
-        &inspect_url(&proving).await?,
-        &comparison.current,
-        "down does not restore the previous schema",
-    )?;
-    run_script(&proving, &up)
-        .await
-        .map_err(|e| step("up did not apply a second time", e))?;
-    Ok(plan)
+    let files = render(&plan, migrations, name, options);
+    // The folder as it will be, in a scratch copy, run by the real runner.
+    let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
+    let copy = std::env::temp_dir().join(format!("mandrake-verify-{}-{n}", std::process::id()));
+    let proven = async {
+        write_copy(dir, &copy, &files)?;
+        let all = Migrations::from_dir(&copy)?;
+        let proving = scratch.create("verify").await?;
+        let step = |what: &'static str, e: Error| {
+            Error::Migration(format!("verification failed: {what}: {e}"))
+        };
+        migrate(&proving, &all, &MigrateOptions::default())
+            .await
+            .map_err(|e| step("up did not apply", e))?;
+        same(
+            &inspect_url(&proving).await?,
+            &comparison.desired,
+            "up does not build the types' schema",
+        )?;
+        let back = RollbackTarget::Steps(files.len());
+        rollback(&proving, &all, back, std::time::Duration::from_secs(30))
+            .await
+            .map_err(|e| step("down did not apply", e))?;
+        same(
+            &inspect_url(&proving).await?,
+            &comparison.current,
+            "down does not restore the previous schema",
+        )?;
+        migrate(&proving, &all, &MigrateOptions::default())
+            .await
+            .map_err(|e| step("up did not apply a second time", e))?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&copy);
+    proven?;
+    Ok((plan, files))
+}
+
+/// `dir`'s migration files and `files` in `copy`.
+fn write_copy(dir: &Path, copy: &Path, files: &[Rendered]) -> Result<()> {
+    let failed = |e: std::io::Error| Error::Migration(format!("cannot write a scratch copy: {e}"));
+    std::fs::create_dir_all(copy).map_err(failed)?;
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir).map_err(failed)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "sql") {
+                std::fs::copy(&path, copy.join(entry.file_name())).map_err(failed)?;
+            }
+        }
+    }
+    for file in files {
+        for (name, text) in [&file.up, &file.down] {
+            std::fs::write(copy.join(name), text).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes every pair, or none: a half-written sequence would be applied
+/// half.
+fn write_files(dir: &Path, files: &[Rendered]) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut written = Vec::new();
+    for file in files {
+        let (up, down) = (dir.join(&file.up.0), dir.join(&file.down.0));
+        if let Err(err) = write_pair((&up, file.up.1.clone()), (&down, file.down.1.clone())) {
+            for (up, down) in &written {
+                let _ = std::fs::remove_file(up);
+                let _ = std::fs::remove_file(down);
+            }
+            return Err(err);
+        }
+        written.push((up, down));
+    }
+    Ok(written)
 }
 
 /// Fails with the remaining differences when `actual` is not `expected`.
@@ -363,21 +442,6 @@ fn same(actual: &DatabaseSchema, expected: &DatabaseSchema, what: &str) -> Resul
             left.join("; ")
         }
     )))
-}
-
-fn header(plan: &Plan, name: &str) -> String {
-    let mut text = format!(
-        "-- {name}: generated by `cargo xtask new-migration`, verified on a scratch database.\n-- Changes:\n"
-    );
-    for step in &plan.steps {
-        let mark = if step.destructive {
-            " (DESTRUCTIVE)"
-        } else {
-            ""
-        };
-        text.push_str(&format!("--   {}{mark}\n", step.description));
-    }
-    text
 }
 
 /// snake_case letters, digits and underscores only.

@@ -117,7 +117,7 @@ pub struct Check {
 /// PostgreSQL cuts identifiers at 63 bytes. A name we make that is longer
 /// keeps its first 54 bytes and ends in a hash of the whole, so two long
 /// names that share their start (two composite indexes) stay distinct.
-fn identifier(name: String) -> String {
+pub(crate) fn identifier(name: String) -> String {
     if name.len() <= 63 {
         return name;
     }

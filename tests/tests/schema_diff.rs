@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use mandrake_storage::scaffold::{
-    NewMigration, Timeouts, check, new_migration, new_migration_with,
+    NewMigration, NewMigrationOptions, Timeouts, check, new_migration, new_migration_with,
 };
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{DatabaseSchema, Error, Record, RecordEnum, TableSchema, connect_one};
@@ -41,7 +41,7 @@ impl Lab {
             db: TestDb::empty().await.unwrap(),
         };
         let first = lab.generate(v1, false).await.unwrap();
-        assert!(first.files.is_some());
+        assert_eq!(first.files.len(), 1);
         lab.migrate().await;
         lab
     }
@@ -105,7 +105,8 @@ impl Lab {
     ) -> (String, String) {
         let before = self.files().len();
         let made = self.generate(v2, allow_destructive).await.unwrap();
-        let (up, down) = made.files.expect("a migration is written");
+        assert_eq!(made.files.len(), 1, "a migration is written");
+        let (up, down) = made.files[0].clone();
         assert_eq!(self.files().len(), before + 2);
         self.migrate().await;
         assert_eq!(
@@ -121,7 +122,7 @@ impl Lab {
         );
         self.migrate().await;
         let again = self.generate(v2, allow_destructive).await.unwrap();
-        assert!(again.files.is_none(), "a second run writes nothing");
+        assert!(again.files.is_empty(), "a second run writes nothing");
         assert_eq!(self.files().len(), before + 2);
         let plan = check(&self.db.url(), &self.migrations(), v2).await.unwrap();
         assert!(plan.is_empty(), "check passes: {plan:?}");
@@ -607,7 +608,7 @@ async fn normalized_spellings_produce_no_diff() {
     let tables = [normalized::Setting::schema()];
     let lab = Lab::new(&tables).await;
     let again = lab.generate(&tables, false).await.unwrap();
-    assert!(again.files.is_none(), "{:?}", again.plan);
+    assert!(again.files.is_empty(), "{:?}", again.plan);
     assert!(
         check(&lab.db.url(), &lab.migrations(), &tables)
             .await
@@ -912,17 +913,16 @@ async fn composite_indexes_with_long_names_do_not_collide() {
 async fn a_migration_waiting_for_a_lock_gives_up_after_its_lock_timeout() {
     let lab = seeded().await;
     let v2 = [v1::Folder::schema(), data_aware::Untitled::schema()];
-    let timeouts = Timeouts {
-        lock: "300ms".into(),
-        ..Timeouts::default()
+    let with_lock = |lock: &str| NewMigrationOptions {
+        timeouts: Timeouts {
+            lock: lock.into(),
+            ..Timeouts::default()
+        },
+        ..NewMigrationOptions::default()
     };
     for bad in ["5 seconds", "s", "-1s"] {
-        let refused = Timeouts {
-            lock: bad.into(),
-            ..Timeouts::default()
-        };
         let made =
-            new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "x", false, &refused).await;
+            new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "x", &with_lock(bad)).await;
         expect_refused(made, "is not a duration");
     }
     new_migration_with(
@@ -930,8 +930,7 @@ async fn a_migration_waiting_for_a_lock_gives_up_after_its_lock_timeout() {
         lab.dir.path(),
         &v2,
         "untitled",
-        false,
-        &timeouts,
+        &with_lock("300ms"),
     )
     .await
     .unwrap();
@@ -1013,4 +1012,74 @@ async fn chained_renames_keep_every_value_whatever_the_field_order() {
         lab.text("SELECT body || '/' || summary FROM notes").await,
         ["hello/world"]
     );
+}
+
+mod online {
+    use super::*;
+
+    /// v1's notes with a foreign key, an index and a required body.
+    #[derive(Record, Clone)]
+    #[record(table = "notes", index(folder_id, rank))]
+    pub struct Note {
+        pub id: Uuid,
+        #[record(references = "folders", on_delete = "cascade")]
+        pub folder_id: Uuid,
+        pub title: String,
+        pub body: String,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
+    let lab = seeded().await;
+    let v2 = [v1::Folder::schema(), online::Note::schema()];
+    let options = NewMigrationOptions {
+        online: true,
+        ..NewMigrationOptions::default()
+    };
+    let made = new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "harden", &options)
+        .await
+        .unwrap();
+    let names: Vec<String> = made
+        .files
+        .iter()
+        .map(|(up, _)| up.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[1].ends_with("_harden_index_1.up.sql"), "{names:?}");
+    assert!(names[2].ends_with("_harden_validate.up.sql"), "{names:?}");
+    let text = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    let index = text(&made.files[1].0);
+    assert!(index.starts_with("-- no-transaction\n"), "{index}");
+    assert!(
+        index.contains("CREATE INDEX CONCURRENTLY IF NOT EXISTS"),
+        "{index}"
+    );
+    assert!(text(&made.files[0].0).contains("NOT VALID;"));
+    // squawk finds nothing in any of them.
+    let paths: Vec<std::path::PathBuf> = made
+        .files
+        .iter()
+        .flat_map(|(up, down)| [up.clone(), down.clone()])
+        .collect();
+    let findings = mandrake_storage::lint::lint_paths(&paths).unwrap();
+    assert!(findings.is_empty(), "{findings:#?}");
+
+    lab.migrate().await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
+    rollback(
+        &lab.db.url(),
+        &lab.migrations(),
+        RollbackTarget::Steps(3),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_schema(&lab.db).await, expected(&v1()).await);
+    lab.migrate().await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
+    assert_eq!(lab.text("SELECT title FROM notes").await, ["hello"]);
 }

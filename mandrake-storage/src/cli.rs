@@ -80,6 +80,16 @@ pub enum Command {
     /// exactly the types' schema; pending migrations are linted too (their
     /// findings are warnings here: `lint` is the gate).
     Check,
+    /// Random pairs of schemas: for each, `new-migration` must write a
+    /// migration it proves (up, down, up again), and a second run nothing.
+    FuzzDiff {
+        /// How many cases.
+        #[arg(long, default_value_t = 100)]
+        cases: u64,
+        /// The first case's seed (a failure names its seed: rerun it with `--seed S --cases 1`).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Check migration files against squawk's rules (blocking locks,
     /// scans under lock, missing timeouts); exit 1 on a finding.
     Lint {
@@ -415,6 +425,20 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             SchemaFormat::Sql => print!("{}", create_schema(tables)),
             SchemaFormat::Mermaid => print!("{}", crate::diagram::mermaid(tables)),
         },
+        Command::FuzzDiff { cases, seed } => {
+            let url = database_url().await?;
+            let failures = crate::fuzz::fuzz(&url, seed, cases).await;
+            for (seed, err) in &failures {
+                println!(
+                    "case {seed} failed: {err}\n{}",
+                    crate::fuzz::describe(*seed)
+                );
+            }
+            println!("{} of {cases} cases passed", cases - failures.len() as u64);
+            if !failures.is_empty() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
         Command::Lint {
             files,
             accept_before,

@@ -555,15 +555,19 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         ));
     }
     if retyped {
-        let to_new = format!(
-            "{alter} TYPE {0} USING {1}::{0};",
-            after.sql_type,
-            quote_ident(&after.name)
+        let to_new = retype(
+            table,
+            &after.name,
+            &before.sql_type,
+            &after.sql_type,
+            &alter,
         );
-        let to_old = format!(
-            "{alter} TYPE {0} USING {1}::{0};",
-            before.sql_type,
-            quote_ident(&after.name)
+        let to_old = retype(
+            table,
+            &after.name,
+            &after.sql_type,
+            &before.sql_type,
+            &alter,
         );
         let narrowing = !widens(&before.sql_type, &after.sql_type);
         phases.alter_columns.push(Step {
@@ -631,23 +635,34 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
     }
 }
 
+/// A block that stops the migration when rows of `table` match `rows`
+/// (a SQL condition), with their count in `message` (its `%`) and what to do
+/// in `hint`: the data-aware guard before a step that would fail on them.
+fn guard(table: &str, rows: &str, message: &str, hint: &str) -> String {
+    format!(
+        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {} WHERE {rows};\n  IF offending > 0 THEN\n    RAISE EXCEPTION {}, offending USING HINT = {};\n  END IF;\nEND $$;",
+        quote_ident(table),
+        quote_literal(message),
+        quote_literal(hint)
+    )
+}
+
 /// A check that stops a migration, before `check` is added, when rows break it.
 fn check_rows(table: &str, check: &crate::schema::Check) -> String {
-    let message = quote_literal(&format!(
-        "cannot add check {} on {table}: % row(s) break {}",
-        check.name,
+    let rows = format!("NOT ({})", check.expression);
+    guard(
+        table,
+        &rows,
         // RAISE reads `%` as a placeholder.
-        check.expression.replace('%', "%%")
-    ));
-    let hint = quote_literal(&format!(
-        "change or delete those rows first (SELECT * FROM {} WHERE NOT ({}))",
-        quote_ident(table),
-        check.expression
-    ));
-    format!(
-        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {} WHERE NOT ({});\n  IF offending > 0 THEN\n    RAISE EXCEPTION {message}, offending USING HINT = {hint};\n  END IF;\nEND $$;",
-        quote_ident(table),
-        check.expression
+        &format!(
+            "cannot add check {} on {table}: % row(s) break {}",
+            check.name,
+            check.expression.replace('%', "%%")
+        ),
+        &format!(
+            "change or delete those rows first (SELECT * FROM {} WHERE {rows})",
+            quote_ident(table)
+        ),
     )
 }
 
@@ -660,16 +675,68 @@ fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
     if let Some(default) = default {
         return format!("UPDATE {t} SET {c} = {default} WHERE {c} IS NULL;");
     }
-    let message = quote_literal(&format!(
-        "cannot make {table}.{column} NOT NULL: % row(s) hold NULL"
-    ));
-    let hint = quote_literal(&format!(
-        "fill them first (UPDATE {t} SET {c} = ... WHERE {c} IS NULL), or give the field a \
-         default (#[record(default = \"...\")]), which fills them"
-    ));
-    format!(
-        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {t} WHERE {c} IS NULL;\n  IF offending > 0 THEN\n    RAISE EXCEPTION {message}, offending USING HINT = {hint};\n  END IF;\nEND $$;"
+    guard(
+        table,
+        &format!("{c} IS NULL"),
+        &format!("cannot make {table}.{column} NOT NULL: % row(s) hold NULL"),
+        &format!(
+            "fill them first (UPDATE {t} SET {c} = ... WHERE {c} IS NULL), or give the field a \
+             default (#[record(default = \"...\")]), which fills them"
+        ),
     )
+}
+
+/// The rows of `column` (of type `from`) whose values the narrower type
+/// `to` cannot hold, as a SQL condition, where that can be said:
+/// `varchar(n)`, and from a number the smaller integers and `numeric(p, s)`.
+fn misfits(column: &str, from: &str, to: &str) -> Option<String> {
+    let c = quote_ident(column);
+    if let Some(n) = to
+        .strip_prefix("character varying(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        return Some(format!("length({c}::text) > {n}"));
+    }
+    let number = ["smallint", "integer", "bigint", "real", "double precision"].contains(&from)
+        || from.starts_with("numeric");
+    if !number {
+        return None;
+    }
+    if let Some(inner) = to
+        .strip_prefix("numeric(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+        let (p, s): (u32, u32) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
+        return Some(format!("abs({c}) >= 1e{}", p.saturating_sub(s)));
+    }
+    let (lo, hi) = match to {
+        "smallint" => (-32_768i64, 32_767i64),
+        "integer" => (-2_147_483_648, 2_147_483_647),
+        _ => return None,
+    };
+    Some(format!("{c} NOT BETWEEN {lo} AND {hi}"))
+}
+
+/// `ALTER … TYPE`, after a guard naming the rows that would not fit when
+/// the type narrows.
+fn retype(table: &str, column: &str, from: &str, to: &str, alter: &str) -> String {
+    let change = format!("{alter} TYPE {to} USING {}::{to};", quote_ident(column));
+    match misfits(column, from, to).filter(|_| !widens(from, to)) {
+        Some(rows) => format!(
+            "{}\n{change}",
+            guard(
+                table,
+                &rows,
+                &format!("cannot change {table}.{column} to {to}: % row(s) do not fit"),
+                &format!(
+                    "change or delete them first (SELECT * FROM {} WHERE {rows})",
+                    quote_ident(table)
+                ),
+            )
+        ),
+        None => change,
+    }
 }
 
 /// Unique constraints, indexes, foreign keys, checks and the trigger:

@@ -91,6 +91,8 @@ pub mod diagram;
 pub mod diff;
 mod error;
 mod filter;
+#[cfg(feature = "cli")]
+pub mod fuzz;
 #[cfg(any(feature = "cli", feature = "backup"))]
 pub mod introspect;
 #[cfg(feature = "cli")]

@@ -1,0 +1,357 @@
+//! `cargo xtask fuzz-diff`: random pairs of schemas for the diff. Each case
+//! is a schema and a changed copy of it (columns added, dropped, renamed,
+//! retyped, made required or optional, defaults, indexes, unique keys,
+//! foreign keys and whole tables); `new-migration` must write a migration
+//! for the change, which it only does after proving on a scratch database
+//! that up builds the second schema, down restores the first and up applies
+//! again; then a second run must find nothing left to do.
+
+use crate::error::{Error, Result};
+use crate::scaffold::new_migration;
+use crate::schema::{ColumnDef, OnDelete, TableSchema};
+
+/// A small, seedable generator (xorshift64*): the same seed, the same case.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Column types, each with defaults valid for it.
+const TYPES: &[(&str, &[&str])] = &[
+    ("text", &["'x'"]),
+    ("integer", &["0", "7"]),
+    ("bigint", &["0"]),
+    ("boolean", &["false", "true"]),
+    ("numeric(10,2)", &["0"]),
+    ("timestamptz", &["now()"]),
+    ("jsonb", &["'{}'::jsonb"]),
+];
+
+/// Type changes PostgreSQL can cast (`USING c::new`).
+const RETYPES: &[(&str, &str)] = &[
+    ("integer", "bigint"),
+    ("bigint", "integer"),
+    ("integer", "text"),
+    ("boolean", "integer"),
+    ("numeric(10,2)", "numeric(12,2)"),
+    ("text", "jsonb"),
+];
+
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    ty: String,
+    nullable: bool,
+    default: Option<String>,
+    references: Option<(String, OnDelete)>,
+    renamed_from: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Table {
+    name: String,
+    columns: Vec<Column>,
+    index: Option<String>,
+    unique: Option<String>,
+}
+
+fn defaults(ty: &str) -> &'static [&'static str] {
+    TYPES
+        .iter()
+        .find(|(t, _)| *t == ty)
+        .map_or(&[], |(_, d)| *d)
+}
+
+fn column(rng: &mut Rng, name: String) -> Column {
+    let (ty, defaults) = rng.pick(TYPES);
+    let default = rng.chance(40).then(|| rng.pick(defaults).to_string());
+    Column {
+        name,
+        ty: ty.to_string(),
+        nullable: rng.chance(50),
+        default,
+        references: None,
+        renamed_from: None,
+    }
+}
+
+fn first_schema(rng: &mut Rng) -> Vec<Table> {
+    let mut tables: Vec<Table> = Vec::new();
+    for t in 0..1 + rng.below(3) {
+        let mut columns: Vec<Column> = (0..1 + rng.below(4))
+            .map(|c| column(rng, format!("c{c}")))
+            .collect();
+        if t > 0 && rng.chance(60) {
+            let target = tables[rng.below(tables.len())].name.clone();
+            let on_delete = *rng.pick(&[OnDelete::Cascade, OnDelete::NoAction, OnDelete::Restrict]);
+            columns.push(Column {
+                name: format!("{target}_id"),
+                ty: "uuid".into(),
+                nullable: rng.chance(50),
+                default: None,
+                references: Some((target, on_delete)),
+                renamed_from: None,
+            });
+        }
+        let plain: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        tables.push(Table {
+            name: format!("t{t}"),
+            index: rng.chance(50).then(|| rng.pick(&plain).clone()),
+            unique: rng.chance(30).then(|| rng.pick(&plain).clone()),
+            columns,
+        });
+    }
+    tables
+}
+
+/// A changed copy: a few edits per table, a table added or dropped.
+fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
+    let mut next: Vec<Table> = tables.to_vec();
+    let mut fresh = 100;
+    for (table, before) in next.iter_mut().zip(tables) {
+        for _ in 0..1 + rng.below(3) {
+            let n = table.columns.len();
+            let i = rng.below(n);
+            match rng.below(9) {
+                0 => {
+                    fresh += 1;
+                    let mut c = column(rng, format!("c{fresh}"));
+                    // A required column needs a default on a table with rows.
+                    if !c.nullable && c.default.is_none() {
+                        c.default = Some(defaults(&c.ty)[0].to_string());
+                    }
+                    table.columns.push(c);
+                }
+                1 if n > 1 => {
+                    let gone = table.columns.remove(i).name;
+                    for key in [&mut table.index, &mut table.unique] {
+                        if key.as_deref() == Some(&gone) {
+                            *key = None;
+                        }
+                    }
+                }
+                2 => {
+                    fresh += 1;
+                    let new = format!("r{fresh}");
+                    let c = &mut table.columns[i];
+                    // Only a column the first schema has can be renamed.
+                    let existed = before.columns.iter().any(|b| b.name == c.name);
+                    if existed && c.renamed_from.is_none() {
+                        for key in [&mut table.index, &mut table.unique] {
+                            if key.as_deref() == Some(c.name.as_str()) {
+                                *key = Some(new.clone());
+                            }
+                        }
+                        c.renamed_from = Some(std::mem::replace(&mut c.name, new));
+                    }
+                }
+                3 => table.columns[i].nullable = !table.columns[i].nullable,
+                4 => {
+                    let c = &mut table.columns[i];
+                    if let Some((_, to)) = RETYPES.iter().find(|(from, _)| *from == c.ty) {
+                        c.ty = to.to_string();
+                        c.default = c
+                            .default
+                            .as_ref()
+                            .and(defaults(to).first().map(|d| d.to_string()));
+                    }
+                }
+                5 => {
+                    let c = &mut table.columns[i];
+                    if c.references.is_none() {
+                        c.default = match c.default {
+                            Some(_) => None,
+                            None => defaults(&c.ty).first().map(|d| d.to_string()),
+                        };
+                    }
+                }
+                6 => {
+                    table.index = match table.index {
+                        Some(_) => None,
+                        None => Some(table.columns[i].name.clone()),
+                    }
+                }
+                7 => {
+                    table.unique = match table.unique {
+                        Some(_) => None,
+                        None => Some(table.columns[i].name.clone()),
+                    }
+                }
+                _ => table.columns[i].references = None,
+            }
+        }
+    }
+    if rng.chance(20) {
+        fresh += 1;
+        next.push(Table {
+            name: format!("t{fresh}"),
+            columns: vec![column(rng, "c0".into())],
+            index: None,
+            unique: None,
+        });
+    }
+    if next.len() > 1 && rng.chance(20) {
+        let gone = next.remove(rng.below(next.len())).name;
+        for table in &mut next {
+            for c in &mut table.columns {
+                if c.references.as_ref().is_some_and(|(t, _)| *t == gone) {
+                    c.references = None;
+                }
+            }
+        }
+    }
+    next
+}
+
+fn build(tables: &[Table]) -> Vec<TableSchema> {
+    tables
+        .iter()
+        .map(|t| {
+            let mut schema = TableSchema::new(&t.name)
+                .with_column(ColumnDef::new("id", "uuid").default("gen_random_uuid()"));
+            for c in &t.columns {
+                let mut def = ColumnDef::new(&c.name, &c.ty).nullable(c.nullable);
+                if let Some(d) = &c.default {
+                    def = def.default(d);
+                }
+                if let Some(old) = &c.renamed_from {
+                    def = def.renamed_from(old);
+                }
+                schema = schema.with_column(def);
+            }
+            schema = schema.with_primary_key(&["id"]);
+            if let Some(u) = &t.unique {
+                schema = schema.with_unique(&[u.as_str()]);
+            }
+            if let Some(i) = &t.index {
+                schema = schema.with_index(&[i.as_str()]);
+            }
+            for c in &t.columns {
+                if let Some((target, on_delete)) = &c.references {
+                    schema = schema.with_foreign_key(&c.name, target, *on_delete);
+                }
+            }
+            schema
+        })
+        .collect()
+}
+
+/// The two schemas of case `seed`.
+pub fn case(seed: u64) -> (Vec<TableSchema>, Vec<TableSchema>) {
+    let mut rng = Rng::new(seed);
+    let first = first_schema(&mut rng);
+    let second = changed(&mut rng, &first);
+    (build(&first), build(&second))
+}
+
+/// Runs case `seed` on the server at `url`: a migration for the first
+/// schema, one for the change (proven before it is written), and a third
+/// run that must write nothing.
+pub async fn run_case(url: &str, seed: u64) -> Result<()> {
+    let (first, second) = case(seed);
+    let dir = std::env::temp_dir().join(format!("mandrake-fuzz-{}-{seed}", std::process::id()));
+    let outcome = async {
+        let first: Vec<&TableSchema> = first.iter().collect();
+        let second: Vec<&TableSchema> = second.iter().collect();
+        new_migration(url, &dir, &first, "first", true).await?;
+        let made = new_migration(url, &dir, &second, "change", true).await?;
+        let again = new_migration(url, &dir, &second, "again", true).await?;
+        if !again.files.is_empty() {
+            return Err(Error::Migration(format!(
+                "a second run still found: {:?}",
+                again
+                    .plan
+                    .steps
+                    .iter()
+                    .map(|s| &s.description)
+                    .collect::<Vec<_>>()
+            )));
+        }
+        if made.files.is_empty() && !made.plan.is_empty() {
+            return Err(Error::Migration(
+                "a change was found but nothing written".into(),
+            ));
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+/// Runs `cases` cases from `first_seed` on; returns the failures with their
+/// seeds (rerun one with `--seed`).
+pub async fn fuzz(url: &str, first_seed: u64, cases: u64) -> Vec<(u64, Error)> {
+    let mut failures = Vec::new();
+    for seed in first_seed..first_seed + cases {
+        if let Err(err) = run_case(url, seed).await {
+            failures.push((seed, err));
+        }
+    }
+    failures
+}
+
+/// The DDL of case `seed`'s two schemas, to look at a failure.
+pub fn describe(seed: u64) -> String {
+    let (first, second) = case(seed);
+    let show = |tables: &[TableSchema]| {
+        let refs: Vec<&TableSchema> = tables.iter().collect();
+        crate::ddl::create_schema(&refs)
+    };
+    format!(
+        "-- case {seed}: from\n{}\n-- to\n{}",
+        show(&first),
+        show(&second)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_case_and_seeds_differ() {
+        let show = |seed| format!("{:?}", case(seed));
+        assert_eq!(show(7), show(7));
+        assert_ne!(show(7), show(8));
+    }
+
+    #[test]
+    fn every_reference_names_a_table_of_its_schema() {
+        for seed in 0..500 {
+            let (first, second) = case(seed);
+            for tables in [&first, &second] {
+                for t in tables.iter() {
+                    for fk in &t.foreign_keys {
+                        assert!(
+                            tables.iter().any(|o| o.name == fk.references),
+                            "seed {seed}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,17 +1,15 @@
-//! The difference between two schemas as an ordered plan of reversible steps.
+//! The difference between two schemas as an ordered list of typed changes;
+//! [`crate::ddl::Change`] renders each one, and its inverse, to SQL.
 
-use crate::ddl::{
-    DROP_NOTIFY_FUNCTION, DROP_TIMESTAMP_FUNCTION, NOTIFY_FUNCTION, TIMESTAMP_FUNCTION,
-    column_definition, create_index, create_notify_triggers, create_table, create_trigger,
-    dependency_order, drop_notify_triggers, drop_trigger, foreign_key_definition, ident_list,
-    quote_ident, quote_literal, unique_definition,
-};
+use crate::ddl::{Change, Function, dependency_order, quote_ident};
 use crate::error::{Error, Result};
-use crate::schema::{ColumnDef, DatabaseSchema, TableSchema};
+use crate::schema::{ColumnDef, DatabaseSchema, ForeignKey, TableSchema};
 
-/// One change, with the SQL that makes it and the SQL that undoes it.
+/// One change with the SQL that makes it and the SQL that undoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The change.
+    pub change: Change,
     /// What the step does, in words (`add column messages.tags`).
     pub description: String,
     /// The SQL that makes the change.
@@ -22,46 +20,19 @@ pub struct Step {
     pub destructive: bool,
     /// Said in a comment above the down SQL (e.g. data it cannot restore).
     pub down_note: Option<String>,
-    /// What the step does, where `--online` renders it its own way.
-    pub kind: Kind,
 }
 
-/// The steps `new-migration --online` renders without a long lock; every
-/// other step is [`Kind::Other`] and runs as planned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// Runs as planned.
-    Other,
-    /// `CREATE INDEX`: online, `CONCURRENTLY` in a file of its own.
-    AddIndex {
-        /// The table.
-        table: String,
-        /// The index.
-        index: crate::schema::Index,
-    },
-    /// `DROP INDEX`: online, `CONCURRENTLY` in a file of its own.
-    DropIndex {
-        /// The table.
-        table: String,
-        /// The index.
-        index: crate::schema::Index,
-    },
-    /// A foreign key or CHECK: online, added `NOT VALID`, validated later.
-    AddConstraint {
-        /// The table.
-        table: String,
-        /// The constraint.
-        name: String,
-    },
-    /// `SET NOT NULL`: online, through a validated `CHECK (c IS NOT NULL)`.
-    SetNotNull {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// What runs first: the backfill from the default, or the check for NULLs.
-        fill: String,
-    },
+impl From<Change> for Step {
+    fn from(change: Change) -> Step {
+        Step {
+            description: change.description(),
+            up: change.up(),
+            down: change.inverse().up(),
+            destructive: change.is_destructive(),
+            down_note: change.down_note(),
+            change,
+        }
+    }
 }
 
 /// The steps from one schema to another, in an order where dependencies
@@ -113,26 +84,26 @@ impl Plan {
     }
 }
 
-/// Buckets in the order their steps run; see [`diff`].
+/// Buckets in the order their changes run; see [`diff`].
 #[derive(Default)]
 struct Phases {
-    create_function: Vec<Step>,
-    renames: Vec<Step>,
-    drop_foreign_keys: Vec<Step>,
-    drop_constraints: Vec<Step>,
-    create_tables: Vec<Step>,
-    add_columns: Vec<Step>,
-    alter_columns: Vec<Step>,
-    drop_columns: Vec<Step>,
-    drop_tables: Vec<Step>,
-    add_constraints: Vec<Step>,
-    add_foreign_keys: Vec<Step>,
-    drop_function: Vec<Step>,
+    create_function: Vec<Change>,
+    renames: Vec<Change>,
+    drop_foreign_keys: Vec<Change>,
+    drop_constraints: Vec<Change>,
+    create_tables: Vec<Change>,
+    add_columns: Vec<Change>,
+    alter_columns: Vec<Change>,
+    drop_columns: Vec<Change>,
+    drop_tables: Vec<Change>,
+    add_constraints: Vec<Change>,
+    add_foreign_keys: Vec<Change>,
+    drop_function: Vec<Change>,
 }
 
 impl Phases {
-    fn into_plan(self) -> Plan {
-        let steps = [
+    fn into_changes(self) -> Vec<Change> {
+        [
             self.create_function,
             self.renames,
             self.drop_foreign_keys,
@@ -148,57 +119,42 @@ impl Phases {
         ]
         .into_iter()
         .flatten()
-        .collect();
-        Plan { steps }
-    }
-}
-
-fn step(description: String, up: String, down: String) -> Step {
-    Step {
-        description,
-        up,
-        down,
-        destructive: false,
-        down_note: None,
-        kind: Kind::Other,
+        .collect()
     }
 }
 
 /// Plans the way from `from` (what the migrations build) to `to` (what the
-/// types describe). Renames come only from `renamed_from` hints in `to`.
-/// A NOT NULL column without a default cannot be added to an existing table
-/// (it may hold rows): that is an error with advice.
+/// types describe), each change rendered with its SQL: see [`changes`].
 pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
+    Ok(Plan {
+        steps: changes(from, to)?.into_iter().map(Step::from).collect(),
+    })
+}
+
+/// The typed changes from `from` to `to`, in an order where dependencies
+/// hold. Renames come only from `renamed_from` hints in `to`. A NOT NULL
+/// column without a default cannot be added to an existing table (it may
+/// hold rows): that is an error with advice.
+pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Vec<Change>> {
     let mut phases = Phases::default();
     let mut from = from.clone();
 
-    if to.timestamp_function && !from.timestamp_function {
-        phases.create_function.push(step(
-            "create function trigger_set_timestamp()".into(),
-            TIMESTAMP_FUNCTION.into(),
-            DROP_TIMESTAMP_FUNCTION.into(),
-        ));
-    }
-    if !to.timestamp_function && from.timestamp_function {
-        phases.drop_function.push(step(
-            "drop function trigger_set_timestamp()".into(),
-            DROP_TIMESTAMP_FUNCTION.into(),
-            TIMESTAMP_FUNCTION.into(),
-        ));
-    }
-    if to.notify_function && !from.notify_function {
-        phases.create_function.push(step(
-            "create function trigger_notify_change()".into(),
-            NOTIFY_FUNCTION.into(),
-            DROP_NOTIFY_FUNCTION.into(),
-        ));
-    }
-    if !to.notify_function && from.notify_function {
-        phases.drop_function.push(step(
-            "drop function trigger_notify_change()".into(),
-            DROP_NOTIFY_FUNCTION.into(),
-            NOTIFY_FUNCTION.into(),
-        ));
+    for (function, had, has) in [
+        (
+            Function::Timestamp,
+            from.timestamp_function,
+            to.timestamp_function,
+        ),
+        (Function::Notify, from.notify_function, to.notify_function),
+    ] {
+        if has && !had {
+            phases
+                .create_function
+                .push(Change::CreateFunction(function));
+        }
+        if had && !has {
+            phases.drop_function.push(Change::DropFunction(function));
+        }
     }
 
     plan_renames(&mut from, to, &mut phases)?;
@@ -210,11 +166,9 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
         .filter(|t| from.table(&t.name).is_none())
         .collect();
     for table in dependency_order(&created) {
-        phases.create_tables.push(step(
-            format!("create table {}", table.name),
-            create_table(table),
-            format!("DROP TABLE {};", quote_ident(&table.name)),
-        ));
+        phases
+            .create_tables
+            .push(Change::CreateTable(table.clone()));
     }
     let dropped: Vec<&TableSchema> = from
         .tables
@@ -222,18 +176,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
         .filter(|t| to.table(&t.name).is_none())
         .collect();
     for table in dependency_order(&dropped).into_iter().rev() {
-        phases.drop_tables.push(Step {
-            destructive: true,
-            down_note: Some(format!(
-                "re-creates table {}; its rows are not restored",
-                table.name
-            )),
-            ..step(
-                format!("drop table {}", table.name),
-                format!("DROP TABLE {};", quote_ident(&table.name)),
-                create_table(table),
-            )
-        });
+        phases.drop_tables.push(Change::DropTable(table.clone()));
     }
 
     for new in &to.tables {
@@ -242,7 +185,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
             diff_constraints(old, new, to, &mut phases);
         }
     }
-    Ok(phases.into_plan())
+    Ok(phases.into_changes())
 }
 
 /// Renames from `renamed_from`, applied to `from` so the rest of the diff
@@ -255,19 +198,10 @@ fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Pha
         if from.table(&table.name).is_some() || from.table(old).is_none() {
             continue;
         }
-        phases.renames.push(step(
-            format!("rename table {old} to {}", table.name),
-            format!(
-                "ALTER TABLE {} RENAME TO {};",
-                quote_ident(old),
-                quote_ident(&table.name)
-            ),
-            format!(
-                "ALTER TABLE {} RENAME TO {};",
-                quote_ident(&table.name),
-                quote_ident(old)
-            ),
-        ));
+        phases.renames.push(Change::RenameTable {
+            from: old.clone(),
+            to: table.name.clone(),
+        });
         for t in &mut from.tables {
             if t.name == *old {
                 t.name = table.name.clone();
@@ -347,20 +281,11 @@ fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Pha
 }
 
 fn push_column_rename(phases: &mut Phases, table: &str, old: &str, new: &str) {
-    let t = quote_ident(table);
-    phases.renames.push(step(
-        format!("rename column {table}.{old} to {new}"),
-        format!(
-            "ALTER TABLE {t} RENAME COLUMN {} TO {};",
-            quote_ident(old),
-            quote_ident(new)
-        ),
-        format!(
-            "ALTER TABLE {t} RENAME COLUMN {} TO {};",
-            quote_ident(new),
-            quote_ident(old)
-        ),
-    ));
+    phases.renames.push(Change::RenameColumn {
+        table: table.to_owned(),
+        from: old.to_owned(),
+        to: new.to_owned(),
+    });
 }
 
 fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
@@ -452,49 +377,9 @@ fn rename_in_expression(expression: &str, old: &str, new: &str) -> String {
     out
 }
 
-/// Type changes that keep every value: no `--allow-destructive` needed.
-fn widens(from: &str, to: &str) -> bool {
-    const ORDER: &[&[&str]] = &[
-        &["smallint", "integer", "bigint", "numeric"],
-        &["real", "double precision"],
-    ];
-    if to == "text" && !from.ends_with("[]") {
-        return true;
-    }
-    for chain in ORDER {
-        let pos = |t: &str| chain.iter().position(|c| *c == t);
-        if let (Some(a), Some(b)) = (pos(from), pos(to)) {
-            return a < b;
-        }
-    }
-    // numeric(p, s) keeps every value in numeric(p2, s2) with as many
-    // digits before the point and as many after.
-    let numeric = |t: &str| -> Option<(u32, u32)> {
-        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
-        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
-        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
-    };
-    match (numeric(from), numeric(to), to) {
-        (Some(_), None, "numeric") => return true,
-        (Some((p1, s1)), Some((p2, s2)), _) => return s2 >= s1 && p2 - s2 >= p1 - s1,
-        _ => {}
-    }
-    let varchar_len = |t: &str| {
-        t.strip_prefix("character varying(")
-            .and_then(|s| s.strip_suffix(')'))
-            .and_then(|n| n.parse::<u32>().ok())
-    };
-    match (varchar_len(from), to) {
-        (Some(_), "character varying") => true,
-        (Some(a), t) => varchar_len(t).is_some_and(|b| b >= a),
-        _ => false,
-    }
-}
-
 fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Result<()> {
-    let t = quote_ident(&new.name);
+    let table = &new.name;
     for column in &new.columns {
-        let c = quote_ident(&column.name);
         let Some(before) = old.column(&column.name) else {
             if !column.nullable && column.default.is_none() {
                 return Err(Error::Schema(format!(
@@ -504,33 +389,19 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
                     new.name, column.name
                 )));
             }
-            phases.add_columns.push(step(
-                format!("add column {}.{}", new.name, column.name),
-                format!("ALTER TABLE {t} ADD COLUMN {};", column_definition(column)),
-                format!("ALTER TABLE {t} DROP COLUMN {c};"),
-            ));
+            phases.add_columns.push(Change::AddColumn {
+                table: table.clone(),
+                column: column.clone(),
+            });
             continue;
         };
-        alter_column(&new.name, before, column, phases);
+        alter_column(table, before, column, phases);
     }
     for column in &old.columns {
         if new.column(&column.name).is_none() {
-            let c = quote_ident(&column.name);
-            let mut note = format!(
-                "re-adds column {}.{}; its values are not restored",
-                old.name, column.name
-            );
-            if !column.nullable && column.default.is_none() {
-                note.push_str(" (NOT NULL without a default: fails on a table with rows)");
-            }
-            phases.drop_columns.push(Step {
-                destructive: true,
-                down_note: Some(note),
-                ..step(
-                    format!("drop column {}.{}", old.name, column.name),
-                    format!("ALTER TABLE {t} DROP COLUMN {c};"),
-                    format!("ALTER TABLE {t} ADD COLUMN {};", column_definition(column)),
-                )
+            phases.drop_columns.push(Change::DropColumn {
+                table: table.clone(),
+                column: column.clone(),
             });
         }
     }
@@ -538,208 +409,56 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
 }
 
 fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut Phases) {
-    let alter = format!(
-        "ALTER TABLE {} ALTER COLUMN {}",
-        quote_ident(table),
-        quote_ident(&after.name)
-    );
-    let path = format!("{table}.{}", after.name);
+    let (table, column) = (table.to_owned(), after.name.clone());
     let retyped = before.sql_type != after.sql_type;
     // The old default may not cast to the new type (`false` to an integer):
     // it goes before the type changes, and the new one is set after.
-    if retyped && let Some(old_default) = &before.default {
-        phases.alter_columns.push(step(
-            format!("drop default of {path} before its type changes"),
-            format!("{alter} DROP DEFAULT;"),
-            format!("{alter} SET DEFAULT {old_default};"),
-        ));
+    if retyped && before.default.is_some() {
+        phases.alter_columns.push(Change::SetDefault {
+            table: table.clone(),
+            column: column.clone(),
+            from: before.default.clone(),
+            to: None,
+        });
     }
     if retyped {
-        let to_new = retype(
-            table,
-            &after.name,
-            &before.sql_type,
-            &after.sql_type,
-            &alter,
-        );
-        let to_old = retype(
-            table,
-            &after.name,
-            &after.sql_type,
-            &before.sql_type,
-            &alter,
-        );
-        let narrowing = !widens(&before.sql_type, &after.sql_type);
-        phases.alter_columns.push(Step {
-            destructive: narrowing,
-            down_note: (!widens(&after.sql_type, &before.sql_type)).then(|| {
-                format!(
-                    "converting {path} back to {} may fail or lose precision",
-                    before.sql_type
-                )
-            }),
-            ..step(
-                format!(
-                    "change type of {path} from {} to {}",
-                    before.sql_type, after.sql_type
-                ),
-                to_new,
-                to_old,
-            )
+        phases.alter_columns.push(Change::AlterType {
+            table: table.clone(),
+            column: column.clone(),
+            from: before.sql_type.clone(),
+            to: after.sql_type.clone(),
         });
     }
-    let before_default = if retyped { &None } else { &before.default };
-    if *before_default != after.default {
-        let set = |d: &Option<String>| match d {
-            Some(expr) => format!("{alter} SET DEFAULT {expr};"),
-            None => format!("{alter} DROP DEFAULT;"),
-        };
-        phases.alter_columns.push(step(
-            format!("change default of {path}"),
-            set(&after.default),
-            set(before_default),
-        ));
+    let before_default = if retyped {
+        None
+    } else {
+        before.default.clone()
+    };
+    if before_default != after.default {
+        phases.alter_columns.push(Change::SetDefault {
+            table: table.clone(),
+            column: column.clone(),
+            from: before_default,
+            to: after.default.clone(),
+        });
     }
     if before.nullable != after.nullable {
-        let set = |nullable: bool, default: &Option<String>| {
-            if nullable {
-                format!("{alter} DROP NOT NULL;")
-            } else {
-                format!(
-                    "{}\n{alter} SET NOT NULL;",
-                    fill_nulls(table, &after.name, default.as_deref())
-                )
-            }
-        };
-        let what = if after.nullable {
-            "allow NULL in"
+        // NULLs take the default of the side where the column is required.
+        let fill = if after.nullable {
+            before.default.clone()
         } else {
-            "require a value in"
+            after.default.clone()
         };
-        let kind = match after.nullable {
-            true => Kind::Other,
-            false => Kind::SetNotNull {
-                table: table.to_owned(),
-                column: after.name.clone(),
-                fill: fill_nulls(table, &after.name, after.default.as_deref()),
-            },
-        };
-        phases.alter_columns.push(Step {
-            kind,
-            ..step(
-                format!("{what} {path}"),
-                set(after.nullable, &after.default),
-                set(before.nullable, &before.default),
-            )
+        phases.alter_columns.push(Change::SetRequired {
+            table,
+            column,
+            required: !after.nullable,
+            fill,
         });
     }
 }
 
-/// A block that stops the migration when rows of `table` match `rows`
-/// (a SQL condition), with their count in `message` (its `%`) and what to do
-/// in `hint`: the data-aware guard before a step that would fail on them.
-fn guard(table: &str, rows: &str, message: &str, hint: &str) -> String {
-    format!(
-        "DO $$\nDECLARE offending bigint;\nBEGIN\n  SELECT count(*) INTO offending FROM {} WHERE {rows};\n  IF offending > 0 THEN\n    RAISE EXCEPTION {}, offending USING HINT = {};\n  END IF;\nEND $$;",
-        quote_ident(table),
-        quote_literal(message),
-        quote_literal(hint)
-    )
-}
-
-/// A check that stops a migration, before `check` is added, when rows break it.
-fn check_rows(table: &str, check: &crate::schema::Check) -> String {
-    let rows = format!("NOT ({})", check.expression);
-    guard(
-        table,
-        &rows,
-        // RAISE reads `%` as a placeholder.
-        &format!(
-            "cannot add check {} on {table}: % row(s) break {}",
-            check.name,
-            check.expression.replace('%', "%%")
-        ),
-        &format!(
-            "change or delete those rows first (SELECT * FROM {} WHERE {rows})",
-            quote_ident(table)
-        ),
-    )
-}
-
-/// What runs before `SET NOT NULL` on a table that may hold NULLs: with a
-/// default, the NULLs take it; without one, a check that stops the
-/// migration with the table, the column, how many rows and what to do,
-/// instead of PostgreSQL's bare "contains null values".
-fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
-    let (t, c) = (quote_ident(table), quote_ident(column));
-    if let Some(default) = default {
-        return format!("UPDATE {t} SET {c} = {default} WHERE {c} IS NULL;");
-    }
-    guard(
-        table,
-        &format!("{c} IS NULL"),
-        &format!("cannot make {table}.{column} NOT NULL: % row(s) hold NULL"),
-        &format!(
-            "fill them first (UPDATE {t} SET {c} = ... WHERE {c} IS NULL), or give the field a \
-             default (#[record(default = \"...\")]), which fills them"
-        ),
-    )
-}
-
-/// The rows of `column` (of type `from`) whose values the narrower type
-/// `to` cannot hold, as a SQL condition, where that can be said:
-/// `varchar(n)`, and from a number the smaller integers and `numeric(p, s)`.
-fn misfits(column: &str, from: &str, to: &str) -> Option<String> {
-    let c = quote_ident(column);
-    if let Some(n) = to
-        .strip_prefix("character varying(")
-        .and_then(|s| s.strip_suffix(')'))
-    {
-        return Some(format!("length({c}::text) > {n}"));
-    }
-    let number = ["smallint", "integer", "bigint", "real", "double precision"].contains(&from)
-        || from.starts_with("numeric");
-    if !number {
-        return None;
-    }
-    if let Some(inner) = to
-        .strip_prefix("numeric(")
-        .and_then(|s| s.strip_suffix(')'))
-    {
-        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
-        let (p, s): (u32, u32) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
-        return Some(format!("abs({c}) >= 1e{}", p.saturating_sub(s)));
-    }
-    let (lo, hi) = match to {
-        "smallint" => (-32_768i64, 32_767i64),
-        "integer" => (-2_147_483_648, 2_147_483_647),
-        _ => return None,
-    };
-    Some(format!("{c} NOT BETWEEN {lo} AND {hi}"))
-}
-
-/// `ALTER … TYPE`, after a guard naming the rows that would not fit when
-/// the type narrows.
-fn retype(table: &str, column: &str, from: &str, to: &str, alter: &str) -> String {
-    let change = format!("{alter} TYPE {to} USING {}::{to};", quote_ident(column));
-    match misfits(column, from, to).filter(|_| !widens(from, to)) {
-        Some(rows) => format!(
-            "{}\n{change}",
-            guard(
-                table,
-                &rows,
-                &format!("cannot change {table}.{column} to {to}: % row(s) do not fit"),
-                &format!(
-                    "change or delete them first (SELECT * FROM {} WHERE {rows})",
-                    quote_ident(table)
-                ),
-            )
-        ),
-        None => change,
-    }
-}
-
-/// Unique constraints, indexes, foreign keys, checks and the trigger:
+/// Unique constraints, indexes, foreign keys, checks and the triggers:
 /// matched by what they do; a match under another name is renamed.
 fn diff_constraints(
     old: &TableSchema,
@@ -747,93 +466,55 @@ fn diff_constraints(
     to: &DatabaseSchema,
     phases: &mut Phases,
 ) {
-    let t = quote_ident(&new.name);
     let table = &new.name;
-    let rename_constraint = |from: &str, to: &str| {
-        step(
-            format!("rename constraint {from} to {to} on {table}"),
-            format!(
-                "ALTER TABLE {t} RENAME CONSTRAINT {} TO {};",
-                quote_ident(from),
-                quote_ident(to)
-            ),
-            format!(
-                "ALTER TABLE {t} RENAME CONSTRAINT {} TO {};",
-                quote_ident(to),
-                quote_ident(from)
-            ),
-        )
+    let rename_constraint = |from: &str, to: &str| Change::RenameConstraint {
+        table: table.clone(),
+        from: from.to_owned(),
+        to: to.to_owned(),
     };
-    let drop_constraint =
-        |name: &str| format!("ALTER TABLE {t} DROP CONSTRAINT {};", quote_ident(name));
 
     for u in &new.uniques {
         match old.uniques.iter().find(|o| o.columns == u.columns) {
             Some(o) if o.name != u.name => phases.renames.push(rename_constraint(&o.name, &u.name)),
             Some(_) => {}
-            None => phases.add_constraints.push(step(
-                format!("add unique ({}) on {table}", u.columns.join(", ")),
-                format!("ALTER TABLE {t} ADD {};", unique_definition(u)),
-                drop_constraint(&u.name),
-            )),
+            None => phases.add_constraints.push(Change::AddUnique {
+                table: table.clone(),
+                unique: u.clone(),
+            }),
         }
     }
     for u in &old.uniques {
         if !new.uniques.iter().any(|n| n.columns == u.columns) {
-            phases.drop_constraints.push(step(
-                format!("drop unique ({}) on {table}", u.columns.join(", ")),
-                drop_constraint(&u.name),
-                format!("ALTER TABLE {t} ADD {};", unique_definition(u)),
-            ));
+            phases.drop_constraints.push(Change::DropUnique {
+                table: table.clone(),
+                unique: u.clone(),
+            });
         }
     }
 
     for i in &new.indexes {
         match old.indexes.iter().find(|o| o.columns == i.columns) {
-            Some(o) if o.name != i.name => phases.renames.push(step(
-                format!("rename index {} to {}", o.name, i.name),
-                format!(
-                    "ALTER INDEX {} RENAME TO {};",
-                    quote_ident(&o.name),
-                    quote_ident(&i.name)
-                ),
-                format!(
-                    "ALTER INDEX {} RENAME TO {};",
-                    quote_ident(&i.name),
-                    quote_ident(&o.name)
-                ),
-            )),
+            Some(o) if o.name != i.name => phases.renames.push(Change::RenameIndex {
+                from: o.name.clone(),
+                to: i.name.clone(),
+            }),
             Some(_) => {}
-            None => phases.add_constraints.push(Step {
-                kind: Kind::AddIndex {
-                    table: table.clone(),
-                    index: i.clone(),
-                },
-                ..step(
-                    format!("add index ({}) on {table}", i.columns.join(", ")),
-                    create_index(table, i),
-                    format!("DROP INDEX {};", quote_ident(&i.name)),
-                )
+            None => phases.add_constraints.push(Change::AddIndex {
+                table: table.clone(),
+                index: i.clone(),
             }),
         }
     }
     for i in &old.indexes {
         if !new.indexes.iter().any(|n| n.columns == i.columns) {
-            phases.drop_constraints.push(Step {
-                kind: Kind::DropIndex {
-                    table: table.clone(),
-                    index: i.clone(),
-                },
-                ..step(
-                    format!("drop index ({}) on {table}", i.columns.join(", ")),
-                    format!("DROP INDEX {};", quote_ident(&i.name)),
-                    create_index(table, i),
-                )
+            phases.drop_constraints.push(Change::DropIndex {
+                table: table.clone(),
+                index: i.clone(),
             });
         }
     }
 
-    let same_fk = |a: &crate::schema::ForeignKey, b: &crate::schema::ForeignKey| {
+    let same_fk = |a: &ForeignKey, b: &ForeignKey| {
         a.column == b.column && a.references == b.references && a.on_delete == b.on_delete
     };
     for fk in &new.foreign_keys {
@@ -842,110 +523,54 @@ fn diff_constraints(
                 phases.renames.push(rename_constraint(&o.name, &fk.name))
             }
             Some(_) => {}
-            None => phases.add_foreign_keys.push(Step {
-                kind: Kind::AddConstraint {
-                    table: table.clone(),
-                    name: fk.name.clone(),
-                },
-                ..step(
-                    format!(
-                        "add foreign key {table}.{} → {} (on delete {})",
-                        fk.column,
-                        fk.references,
-                        fk.on_delete.sql().to_lowercase()
-                    ),
-                    format!("ALTER TABLE {t} ADD {};", foreign_key_definition(fk)),
-                    drop_constraint(&fk.name),
-                )
+            None => phases.add_foreign_keys.push(Change::AddForeignKey {
+                table: table.clone(),
+                key: fk.clone(),
+                not_valid: false,
             }),
         }
     }
     for fk in &old.foreign_keys {
         if !new.foreign_keys.iter().any(|n| same_fk(n, fk)) {
-            // When the referenced table goes too, the down file re-creates
-            // it empty: the rows here would break the key, so it comes back
-            // NOT VALID (checked for new rows only).
-            let gone = to.table(&fk.references).is_none();
-            let re_add = format!(
-                "ALTER TABLE {t} ADD {}{};",
-                foreign_key_definition(fk),
-                if gone { " NOT VALID" } else { "" }
-            );
-            phases.drop_foreign_keys.push(Step {
-                down_note: gone.then(|| {
-                    format!(
-                        "re-adds {} NOT VALID: {} comes back empty, so existing rows of {table} \
-                         may point at nothing",
-                        fk.name, fk.references
-                    )
-                }),
-                ..step(
-                    format!("drop foreign key {table}.{} → {}", fk.column, fk.references),
-                    drop_constraint(&fk.name),
-                    re_add,
-                )
+            phases.drop_foreign_keys.push(Change::DropForeignKey {
+                table: table.clone(),
+                key: fk.clone(),
+                target_gone: to.table(&fk.references).is_none(),
             });
         }
     }
 
-    // The table holds rows: a check they break (an enum variant still in
-    // use) stops the file first, saying which and how many.
-    let check_sql = |c: &crate::schema::Check| {
-        format!(
-            "{}\nALTER TABLE {t} ADD CONSTRAINT {} CHECK ({});",
-            check_rows(table, c),
-            quote_ident(&c.name),
-            c.expression
-        )
-    };
     for c in &new.checks {
         match old.checks.iter().find(|o| o.expression == c.expression) {
             Some(o) if o.name != c.name => phases.renames.push(rename_constraint(&o.name, &c.name)),
             Some(_) => {}
-            None => phases.add_constraints.push(Step {
-                kind: Kind::AddConstraint {
-                    table: table.clone(),
-                    name: c.name.clone(),
-                },
-                ..step(
-                    format!("add check {} on {table}", c.name),
-                    check_sql(c),
-                    drop_constraint(&c.name),
-                )
+            None => phases.add_constraints.push(Change::AddCheck {
+                table: table.clone(),
+                check: c.clone(),
+                not_valid: false,
             }),
         }
     }
     for c in &old.checks {
         if !new.checks.iter().any(|n| n.expression == c.expression) {
-            phases.drop_constraints.push(step(
-                format!("drop check {} on {table}", c.name),
-                drop_constraint(&c.name),
-                check_sql(c),
-            ));
+            phases.drop_constraints.push(Change::DropCheck {
+                table: table.clone(),
+                check: c.clone(),
+            });
         }
     }
 
     if new.primary_key != old.primary_key {
-        let (old_pk, new_pk) = (
-            quote_ident(&old.primary_key_name),
-            quote_ident(&new.primary_key_name),
-        );
-        phases.drop_constraints.push(step(
-            format!("drop primary key of {table}"),
-            format!("ALTER TABLE {t} DROP CONSTRAINT {old_pk};"),
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {old_pk} PRIMARY KEY ({});",
-                ident_list(&old.primary_key)
-            ),
-        ));
-        phases.add_constraints.push(step(
-            format!("add primary key of {table}"),
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {new_pk} PRIMARY KEY ({});",
-                ident_list(&new.primary_key)
-            ),
-            format!("ALTER TABLE {t} DROP CONSTRAINT {new_pk};"),
-        ));
+        phases.drop_constraints.push(Change::DropPrimaryKey {
+            table: table.clone(),
+            name: old.primary_key_name.clone(),
+            columns: old.primary_key.clone(),
+        });
+        phases.add_constraints.push(Change::AddPrimaryKey {
+            table: table.clone(),
+            name: new.primary_key_name.clone(),
+            columns: new.primary_key.clone(),
+        });
     } else if new.primary_key_name != old.primary_key_name {
         phases.renames.push(rename_constraint(
             &old.primary_key_name,
@@ -954,36 +579,30 @@ fn diff_constraints(
     }
 
     if new.timestamp_trigger && !old.timestamp_trigger {
-        phases.add_constraints.push(step(
-            format!("create trigger set_timestamp on {table}"),
-            create_trigger(table),
-            drop_trigger(table),
-        ));
+        phases.add_constraints.push(Change::AddTimestampTrigger {
+            table: table.clone(),
+        });
     }
     if !new.timestamp_trigger && old.timestamp_trigger {
-        phases.drop_constraints.push(step(
-            format!("drop trigger set_timestamp on {table}"),
-            drop_trigger(table),
-            create_trigger(table),
-        ));
+        phases.drop_constraints.push(Change::DropTimestampTrigger {
+            table: table.clone(),
+        });
     }
 
     // A changed payload (a foreign key added, dropped or renamed) is a drop
     // and a create.
     if new.notify != old.notify {
         if let Some(columns) = &old.notify {
-            phases.drop_constraints.push(step(
-                format!("drop notify triggers on {table}"),
-                drop_notify_triggers(table),
-                create_notify_triggers(table, columns),
-            ));
+            phases.drop_constraints.push(Change::DropNotifyTriggers {
+                table: table.clone(),
+                columns: columns.clone(),
+            });
         }
         if let Some(columns) = &new.notify {
-            phases.add_constraints.push(step(
-                format!("create notify triggers on {table}"),
-                create_notify_triggers(table, columns),
-                drop_notify_triggers(table),
-            ));
+            phases.add_constraints.push(Change::AddNotifyTriggers {
+                table: table.clone(),
+                columns: columns.clone(),
+            });
         }
     }
 }
@@ -991,6 +610,7 @@ fn diff_constraints(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ddl::{fill_nulls, widens};
 
     fn schema(columns: &[(&str, Option<&str>)]) -> DatabaseSchema {
         let mut table = TableSchema::new("providers").with_column(ColumnDef::new("id", "uuid"));
@@ -1008,8 +628,122 @@ mod tests {
         }
     }
 
-    fn renames(plan: &Plan) -> Vec<&str> {
+    fn described(plan: &Plan) -> Vec<&str> {
         plan.steps.iter().map(|s| s.description.as_str()).collect()
+    }
+
+    /// One table, `notes`, before and after an edit: the changes the diff
+    /// finds, in order.
+    #[test]
+    fn each_kind_of_edit_is_one_change() {
+        use crate::schema::OnDelete;
+        let base = || {
+            TableSchema::new("notes")
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_column(ColumnDef::new("folder_id", "uuid"))
+                .with_column(ColumnDef::new("title", "text"))
+                .with_column(ColumnDef::new("body", "text").nullable(true))
+                .with_primary_key(&["id"])
+        };
+        let folders = TableSchema::new("folders").with_column(ColumnDef::new("id", "uuid"));
+        let db = |t: TableSchema| DatabaseSchema {
+            tables: vec![folders.clone(), t],
+            timestamp_function: false,
+            notify_function: false,
+        };
+        let edit = |f: &dyn Fn(TableSchema) -> TableSchema| db(f(base()));
+        let column = |t: &mut TableSchema, name: &str| -> usize {
+            t.columns.iter().position(|c| c.name == name).unwrap()
+        };
+        type Edit = Box<dyn Fn(TableSchema) -> TableSchema>;
+        let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
+            ("nothing", Box::new(|t| t), vec![]),
+            (
+                "add a nullable column",
+                Box::new(|t| t.with_column(ColumnDef::new("tags", "text").nullable(true))),
+                vec!["add column notes.tags"],
+            ),
+            (
+                "drop a column",
+                Box::new(move |mut t| {
+                    let i = column(&mut t, "body");
+                    t.columns.remove(i);
+                    t
+                }),
+                vec!["drop column notes.body"],
+            ),
+            (
+                "make a column required",
+                Box::new(move |mut t| {
+                    let i = column(&mut t, "body");
+                    t.columns[i].nullable = false;
+                    t
+                }),
+                vec!["require a value in notes.body"],
+            ),
+            (
+                "set a default",
+                Box::new(move |mut t| {
+                    let i = column(&mut t, "title");
+                    t.columns[i].default = Some("'x'".into());
+                    t
+                }),
+                vec!["change default of notes.title"],
+            ),
+            (
+                "add an index",
+                Box::new(|t| t.with_index(&["title"])),
+                vec!["add index (title) on notes"],
+            ),
+            (
+                "add a unique key",
+                Box::new(|t| t.with_unique(&["title"])),
+                vec!["add unique (title) on notes"],
+            ),
+            (
+                "add a foreign key",
+                Box::new(|t| t.with_foreign_key("folder_id", "folders", OnDelete::Cascade)),
+                vec!["add foreign key notes.folder_id → folders (on delete cascade)"],
+            ),
+            (
+                "add an enum check",
+                Box::new(|t| t.with_allowed_values("title", &["a", "b"])),
+                vec!["add check notes_title_check on notes"],
+            ),
+            (
+                "add the timestamp trigger",
+                Box::new(|t| t.with_timestamp_trigger()),
+                vec!["create trigger set_timestamp on notes"],
+            ),
+            (
+                "rename a column",
+                Box::new(move |mut t| {
+                    let i = column(&mut t, "body");
+                    t.columns[i].name = "text".into();
+                    t.columns[i].renamed_from = Some("body".into());
+                    t
+                }),
+                vec!["rename column notes.body to text"],
+            ),
+            (
+                "turn notifications on",
+                Box::new(|t| {
+                    t.with_foreign_key("folder_id", "folders", OnDelete::Cascade)
+                        .with_notify()
+                }),
+                vec![
+                    "create function trigger_notify_change()",
+                    "create notify triggers on notes",
+                    "add foreign key notes.folder_id → folders (on delete cascade)",
+                ],
+            ),
+        ];
+        for (what, f, expected) in cases {
+            let mut to = edit(&*f);
+            to.notify_function = to.tables.iter().any(|t| t.notify.is_some());
+            let plan = diff(&db(base()), &to).unwrap();
+            assert_eq!(described(&plan), expected, "{what}");
+        }
     }
 
     #[test]
@@ -1027,7 +761,7 @@ mod tests {
         ] {
             let plan = diff(&from, &to).unwrap();
             assert_eq!(
-                renames(&plan),
+                described(&plan),
                 [
                     "rename column providers.base_url to endpoint",
                     "rename column providers.api_key to base_url"
@@ -1042,7 +776,7 @@ mod tests {
         let to = schema(&[("b", Some("a")), ("a", Some("b"))]);
         let plan = diff(&from, &to).unwrap();
         assert_eq!(
-            renames(&plan),
+            described(&plan),
             [
                 "rename column providers.a to a__renaming",
                 "rename column providers.b to a",

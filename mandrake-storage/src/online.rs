@@ -10,9 +10,11 @@
 //!    that lets reads and writes go on, and `SET NOT NULL` then finds the
 //!    validated check and skips its scan.
 
-use crate::ddl::{ident_list, quote_ident};
-use crate::diff::{Kind, Plan, Step};
-use crate::schema::Index;
+use crate::ddl::{
+    Change, create_index_concurrently, drop_constraint_if_exists, drop_index_concurrently,
+    fill_nulls, not_null_check, set_not_null_checked, validate_constraint,
+};
+use crate::diff::{Plan, Step};
 
 /// One migration, before it has a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,105 +31,117 @@ pub struct MigrationFile {
     pub down: String,
 }
 
-/// The files for `plan`: one as planned, or the online sequence.
-pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
-    let describe = |steps: &[Step]| steps.iter().map(|s| s.description.clone()).collect();
-    if !online {
-        return vec![MigrationFile {
-            suffix: String::new(),
+impl MigrationFile {
+    fn of(plan: Plan, suffix: &str) -> MigrationFile {
+        MigrationFile {
+            suffix: suffix.into(),
             no_transaction: false,
-            steps: describe(&plan.steps),
+            steps: plan.steps.iter().map(|s| s.description.clone()).collect(),
             up: plan.up_sql(),
             down: plan.down_sql(),
-        }];
+        }
     }
-    let mut main = Vec::new();
+}
+
+/// The files for `plan`: one as planned, or the online sequence.
+pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
+    if !online {
+        return vec![MigrationFile::of(plan.clone(), "")];
+    }
+    let mut main = Plan::default();
     let mut indexes = Vec::new();
     let mut validate = Plan::default();
     for step in &plan.steps {
-        match &step.kind {
-            Kind::Other => main.push(step.clone()),
-            Kind::AddIndex { table, index } => indexes.push(index_file(
+        match &step.change {
+            Change::AddIndex { table, index } => indexes.push(index_file(
                 step,
-                create_concurrently(table, index),
-                drop_concurrently(index),
+                create_index_concurrently(table, index),
+                drop_index_concurrently(index),
             )),
-            Kind::DropIndex { table, index } => indexes.push(index_file(
+            Change::DropIndex { table, index } => indexes.push(index_file(
                 step,
-                drop_concurrently(index),
-                create_concurrently(table, index),
+                drop_index_concurrently(index),
+                create_index_concurrently(table, index),
             )),
-            Kind::AddConstraint { table, name } => {
-                main.push(Step {
-                    up: not_valid(&step.up),
-                    ..step.clone()
-                });
-                validate.steps.push(Step {
-                    description: format!("validate {name} on {table}"),
-                    up: format!(
-                        "ALTER TABLE {} VALIDATE CONSTRAINT {};",
-                        quote_ident(table),
-                        quote_ident(name)
-                    ),
-                    down: String::new(),
-                    down_note: None,
-                    ..step.clone()
-                });
+            Change::AddForeignKey { table, key, .. } => {
+                main.steps.push(Step::from(Change::AddForeignKey {
+                    table: table.clone(),
+                    key: key.clone(),
+                    not_valid: true,
+                }));
+                validate
+                    .steps
+                    .push(validation(step, validate_constraint(table, &key.name)));
             }
-            Kind::SetNotNull {
+            Change::AddCheck { table, check, .. } => {
+                main.steps.push(Step::from(Change::AddCheck {
+                    table: table.clone(),
+                    check: check.clone(),
+                    not_valid: true,
+                }));
+                validate
+                    .steps
+                    .push(validation(step, validate_constraint(table, &check.name)));
+            }
+            Change::SetRequired {
                 table,
                 column,
+                required: true,
                 fill,
             } => {
-                let (t, c) = (quote_ident(table), quote_ident(column));
-                let check = crate::schema::identifier(format!("{table}_{column}_not_null"));
-                let check = quote_ident(&check);
-                main.push(Step {
-                    description: format!("check {table}.{column} IS NOT NULL, not yet validated"),
-                    up: format!(
-                        "{fill}\nALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({c} IS NOT NULL) NOT VALID;"
-                    ),
-                    down: format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
-                    ..step.clone()
+                // NULLs take the default first; the check then stops on any left.
+                let check = not_null_check(table, column);
+                let mut stand_in = Step::from(Change::AddCheck {
+                    table: table.clone(),
+                    check: check.clone(),
+                    not_valid: true,
                 });
+                // The validation drops it once it has done its work.
+                stand_in.down = drop_constraint_if_exists(table, &check.name);
+                if fill.is_some() {
+                    stand_in.up = format!(
+                        "{}\n{}",
+                        fill_nulls(table, column, fill.as_deref()),
+                        stand_in.up
+                    );
+                }
+                main.steps.push(stand_in);
                 validate.steps.push(Step {
                     up: format!(
-                        "ALTER TABLE {t} VALIDATE CONSTRAINT {check};\n\
-                         ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL;\n\
-                         -- The validated check let SET NOT NULL skip its scan; it is no longer needed.\n\
-                         -- squawk-ignore ban-drop-constraint\n\
-                         ALTER TABLE {t} DROP CONSTRAINT {check};"
+                        "{}\n{}",
+                        validate_constraint(table, &check.name),
+                        set_not_null_checked(table, column, &check)
                     ),
                     ..step.clone()
                 });
             }
+            _ => main.steps.push(step.clone()),
         }
     }
     let mut out = Vec::new();
     if !main.is_empty() {
-        let main = Plan { steps: main };
-        out.push(MigrationFile {
-            suffix: String::new(),
-            no_transaction: false,
-            steps: describe(&main.steps),
-            up: main.up_sql(),
-            down: main.down_sql(),
-        });
+        out.push(MigrationFile::of(main, ""));
     }
     for (n, mut file) in indexes.into_iter().enumerate() {
         file.suffix = format!("_index_{}", n + 1);
         out.push(file);
     }
-    if !validate.steps.is_empty() {
-        out.push(MigrationFile {
-            suffix: "_validate".into(),
-            no_transaction: false,
-            steps: describe(&validate.steps),
-            up: validate.up_sql(),
-            down: validate.down_sql(),
-        });
+    if !validate.is_empty() {
+        out.push(MigrationFile::of(validate, "_validate"));
     }
     out
+}
+
+/// `step`'s validation: `sql` up, nothing to undo.
+fn validation(step: &Step, sql: String) -> Step {
+    Step {
+        description: format!("validate: {}", step.description),
+        up: sql,
+        down: String::new(),
+        destructive: false,
+        down_note: None,
+        change: step.change.clone(),
+    }
 }
 
 fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
@@ -137,34 +151,6 @@ fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
         steps: vec![step.description.clone()],
         up,
         down,
-    }
-}
-
-/// Creates `index` without blocking writes; an INVALID copy a failed run
-/// left behind is dropped first.
-fn create_concurrently(table: &str, index: &Index) -> String {
-    let name = quote_ident(&index.name);
-    format!(
-        "DROP INDEX CONCURRENTLY IF EXISTS {name};\n\
-         CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {} ({});\n",
-        quote_ident(table),
-        ident_list(&index.columns)
-    )
-}
-
-fn drop_concurrently(index: &Index) -> String {
-    format!(
-        "DROP INDEX CONCURRENTLY IF EXISTS {};\n",
-        quote_ident(&index.name)
-    )
-}
-
-/// `… ADD CONSTRAINT …;` → `… ADD CONSTRAINT … NOT VALID;` (the last statement).
-fn not_valid(up: &str) -> String {
-    let up = up.trim_end();
-    match up.strip_suffix(';') {
-        Some(statement) => format!("{statement} NOT VALID;"),
-        None => format!("{up} NOT VALID"),
     }
 }
 

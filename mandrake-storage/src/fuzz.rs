@@ -203,6 +203,17 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
             }
         }
     }
+    // A column added to a table with rows needs a default to be required
+    // (the diff refuses it otherwise, by design).
+    for (table, before) in next.iter_mut().zip(tables) {
+        for c in &mut table.columns {
+            let new = !before.columns.iter().any(|b| b.name == c.name)
+                && c.renamed_from.is_none();
+            if new && !c.nullable && c.default.is_none() {
+                c.nullable = true;
+            }
+        }
+    }
     if rng.chance(20) {
         fresh += 1;
         next.push(Table {

@@ -1019,14 +1019,29 @@ fn misfits(column: &str, from: &str, to: &str) -> Option<String> {
     Some(format!("{c} NOT BETWEEN {lo} AND {hi}"))
 }
 
+/// How a value of `column` becomes `to`: a cast, except where PostgreSQL
+/// has none (boolean and the integers other than `integer`).
+fn converted(column: &str, from: &str, to: &str) -> String {
+    let c = quote_ident(column);
+    let number =
+        |t: &str| ["smallint", "integer", "bigint"].contains(&t) || t.starts_with("numeric");
+    if from == "boolean" && number(to) {
+        format!("{c}::integer::{to}")
+    } else if to == "boolean" && number(from) {
+        format!("{c} <> 0")
+    } else {
+        format!("{c}::{to}")
+    }
+}
+
 /// `ALTER … TYPE`, after a guard naming the rows that would not fit when
 /// the type narrows.
 fn retype(table: &str, column: &str, from: &str, to: &str) -> String {
     let change = format!(
-        "ALTER TABLE {} ALTER COLUMN {} TYPE {to} USING {}::{to};",
+        "ALTER TABLE {} ALTER COLUMN {} TYPE {to} USING {};",
         quote_ident(table),
         quote_ident(column),
-        quote_ident(column)
+        converted(column, from, to)
     );
     match misfits(column, from, to).filter(|_| !widens(from, to)) {
         Some(rows) => format!(
@@ -1166,6 +1181,24 @@ mod tests {
                     to: "integer".into(),
                 },
                 "NOT BETWEEN -2147483648 AND 2147483647",
+            ),
+            (
+                Change::AlterType {
+                    table: t(),
+                    column: "a".into(),
+                    from: "boolean".into(),
+                    to: "bigint".into(),
+                },
+                r#"USING "a"::integer::bigint;"#,
+            ),
+            (
+                Change::AlterType {
+                    table: t(),
+                    column: "a".into(),
+                    from: "bigint".into(),
+                    to: "boolean".into(),
+                },
+                r#"USING "a" <> 0;"#,
             ),
             (
                 Change::SetDefault {

@@ -207,8 +207,7 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
     // (the diff refuses it otherwise, by design).
     for (table, before) in next.iter_mut().zip(tables) {
         for c in &mut table.columns {
-            let new = !before.columns.iter().any(|b| b.name == c.name)
-                && c.renamed_from.is_none();
+            let new = !before.columns.iter().any(|b| b.name == c.name) && c.renamed_from.is_none();
             if new && !c.nullable && c.default.is_none() {
                 c.nullable = true;
             }

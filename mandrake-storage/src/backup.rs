@@ -16,13 +16,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
+use crate::db::{connect_one, connect_options, without_params};
 use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
 use crate::migrate::{MigrateOptions, Migrations, State, migrate, status};
@@ -38,7 +37,7 @@ impl ClientTools {
     /// the way the embedded cluster finds `initdb`: on PATH, via
     /// `pg_config --bindir`, or in `/usr/lib/postgresql/<major>/bin`.
     pub async fn for_server(url: &str) -> Result<ClientTools> {
-        let mut conn = connect(url).await?;
+        let mut conn = connect_one(url).await?;
         let version: String = sqlx::query_scalar("SHOW server_version_num")
             .fetch_one(&mut conn)
             .await?;
@@ -269,11 +268,13 @@ pub struct Restored {
 /// default target's prefix). A damaged archive is refused, and nothing on
 /// the server changes.
 pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Result<Restored> {
-    let options = parse(url)?;
-    let current = options.get_database().unwrap_or("postgres").to_owned();
+    let current = connect_options(url)?
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
     let tools = ClientTools::for_server(url).await?;
-    let mut admin = connect_options(&options.clone().database("postgres")).await?;
+    let mut admin = admin(url).await?;
     let (fresh, replace) = match target {
         RestoreTarget::New => (name_with(&current, "_restored_", &stamp), None),
         RestoreTarget::Named(name) => {
@@ -447,9 +448,8 @@ static SCRATCH: AtomicU32 = AtomicU32::new(0);
 /// what those migrations build, and its rows counted per table. The scratch
 /// databases are dropped afterwards. A damaged archive is an `Err`.
 pub async fn verify(url: &str, archive: &Path, migrations: &Migrations) -> Result<Verification> {
-    let server = parse(url)?;
     let tools = ClientTools::for_server(url).await?;
-    let mut admin = connect_options(&server.clone().database("postgres")).await?;
+    let mut admin = admin(url).await?;
     let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
     let restored = format!("mandrake_verify_{}_{n}", std::process::id());
     let expected = format!("{restored}_expected");
@@ -469,7 +469,7 @@ async fn check_restored(
 ) -> Result<Verification> {
     let restored_url = with_database(server, restored);
     let mut report = Verification::default();
-    let mut conn = connect(&restored_url).await?;
+    let mut conn = connect_one(&restored_url).await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1",
@@ -542,7 +542,7 @@ async fn check_restored(
 }
 
 async fn schema_of(url: &str) -> Result<crate::schema::DatabaseSchema> {
-    let mut conn = connect(url).await?;
+    let mut conn = connect_one(url).await?;
     let schema = crate::introspect::inspect(&mut conn).await?;
     let _ = conn.close().await;
     Ok(schema.normalized())
@@ -572,10 +572,6 @@ async fn drop_database(admin: &mut PgConnection, name: &str) {
     let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
 }
 
-fn parse(url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|e| Error::Config(format!("bad database URL: {e}")))
-}
-
 /// `url` with its database replaced by `database`.
 fn with_database(url: &str, database: &str) -> String {
     let authority = url.find("://").map_or(0, |i| i + 3);
@@ -592,26 +588,14 @@ fn with_database(url: &str, database: &str) -> String {
 /// `url` for the client tools: libpq refuses the one parameter sqlx adds
 /// that is not its own (`statement-cache-capacity`).
 fn libpq_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.starts_with("statement-cache-capacity="))
-        .collect();
-    if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    }
+    without_params(url, |pair| pair.starts_with("statement-cache-capacity=")).0
 }
 
-async fn connect(url: &str) -> Result<PgConnection> {
-    connect_options(&parse(url)?).await
-}
-
-async fn connect_options(options: &PgConnectOptions) -> Result<PgConnection> {
-    Ok(crate::pool::connect(options).await?)
+/// A connection to the `postgres` database of `url`'s server, for CREATE,
+/// DROP and ALTER DATABASE.
+async fn admin(url: &str) -> Result<PgConnection> {
+    let options = connect_options(url)?.database("postgres");
+    Ok(crate::pool::connect(&options).await?)
 }
 
 fn io(context: String, err: std::io::Error) -> Error {

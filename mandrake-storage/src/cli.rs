@@ -748,9 +748,7 @@ async fn verify_command(
 }
 
 fn database_name(url: &str) -> Result<String> {
-    use std::str::FromStr;
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)
-        .map_err(|e| Error::Config(format!("bad database URL: {e}")))?;
+    let options = crate::db::connect_options(url)?;
     Ok(options.get_database().unwrap_or("postgres").to_owned())
 }
 

@@ -11,7 +11,7 @@ use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, PgRow, PgTransactionManager};
 use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlSafeStr, SqlStr};
-use sqlx_core::ext::async_stream::TryAsyncStream;
+use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
 use sqlx_core::transaction::TransactionManager;
 
 use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, is_broken, pool_error};
@@ -341,24 +341,22 @@ impl WeakDb {
 
 /// `url` without a `pgbouncer=true` parameter, and whether it had one.
 pub(crate) fn strip_pgbouncer(url: &str) -> (String, bool) {
+    without_params(url, |pair| matches!(pair, "pgbouncer=true" | "pgbouncer=1"))
+}
+
+/// `url` without the query parameters (`key=value`) that `drop` picks, and
+/// whether there were any.
+pub(crate) fn without_params(url: &str, drop: impl Fn(&str) -> bool) -> (String, bool) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), false);
     };
-    let mut found = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let hit = matches!(*pair, "pgbouncer=true" | "pgbouncer=1");
-            found |= hit;
-            !hit
-        })
-        .collect();
+    let (dropped, kept): (Vec<&str>, Vec<&str>) = query.split('&').partition(|p| drop(p));
     let url = if kept.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (url, found)
+    (url, !dropped.is_empty())
 }
 
 impl std::fmt::Debug for Db {
@@ -709,21 +707,37 @@ impl Db {
         query: Replay,
         call: Call<T>,
     ) -> std::result::Result<T, sqlx::Error> {
-        let Some(begin) = &self.begin else {
-            return call(conn, query).await;
-        };
-        conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
-            .await?;
-        match call(conn, query).await {
-            Ok(done) => {
-                conn.execute("COMMIT").await?;
-                Ok(done)
-            }
-            Err(err) => {
-                let _ = conn.execute("ROLLBACK").await;
-                Err(err)
-            }
+        self.open_statement_transaction(conn).await?;
+        let done = call(conn, query).await;
+        let closed = self.end_statement_transaction(conn, done.is_ok()).await;
+        let done = done?;
+        closed?;
+        Ok(done)
+    }
+
+    /// Through PgBouncer: opens the transaction a statement runs in.
+    async fn open_statement_transaction(
+        &self,
+        conn: &mut PgConnection,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if let Some(begin) = &self.begin {
+            conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Through PgBouncer: commits (`ok`) or rolls back what
+    /// [`Db::open_statement_transaction`] opened.
+    async fn end_statement_transaction(
+        &self,
+        conn: &mut PgConnection,
+        ok: bool,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if self.begin.is_some() {
+            conn.execute(if ok { "COMMIT" } else { "ROLLBACK" }).await?;
+        }
+        Ok(())
     }
 
     /// Runs `call` on a pooled connection, marked in flight so that a
@@ -733,14 +747,12 @@ impl Db {
         let spare = query.spare();
         let mut conn = match self.checkout().await {
             Ok(conn) => conn,
+            // A replica that cannot be reached: the primary serves the read.
             Err(err) => {
-                // A replica that cannot be reached: the primary serves the read.
-                if let (Some(primary), Some(again)) = (&self.primary, spare)
-                    && let Some(db) = primary.take_over(&err)
-                {
-                    return Box::pin(db.run(again, call)).await;
-                }
-                return Err(err);
+                return match (spare, self.primary_for(&err)) {
+                    (Some(again), Some(primary)) => Box::pin(primary.run(again, call)).await,
+                    _ => Err(err),
+                };
             }
         };
         conn.set_in_flight(true);
@@ -752,19 +764,22 @@ impl Db {
         };
         let broken = is_broken(&err);
         conn.discard_if_broken(&err);
-        if let (Some(primary), Some(again)) = (&self.primary, &spare)
-            && broken
-            && let Some(db) = primary.take_over(&err)
-        {
-            return Box::pin(db.run(again.clone_replay(), call)).await;
-        }
         match spare {
-            Some(again) if broken => {
-                self.call(&mut self.fresh_connection().await?, again, call)
-                    .await
-            }
+            Some(again) if broken => match self.primary_for(&err) {
+                Some(primary) => Box::pin(primary.run(again, call)).await,
+                None => {
+                    self.call(&mut self.fresh_connection().await?, again, call)
+                        .await
+                }
+            },
             _ => Err(err),
         }
+    }
+
+    /// On a replica's pool, when `err` says the replica cannot be reached:
+    /// the primary, to run the read instead.
+    fn primary_for(&self, err: &sqlx::Error) -> Option<Db> {
+        self.primary.as_ref().and_then(|p| p.take_over(err))
     }
 }
 
@@ -782,6 +797,19 @@ impl Drop for Transaction {
             None => {}
         }
     }
+}
+
+type Item = Either<PgQueryResult, PgRow>;
+
+/// Yields every item of `rows`.
+async fn forward(
+    mut rows: BoxStream<'_, std::result::Result<Item, sqlx::Error>>,
+    yielder: &Yielder<Item>,
+) -> std::result::Result<(), sqlx::Error> {
+    while let Some(item) = rows.try_next().await? {
+        yielder.r#yield(item).await;
+    }
+    Ok(())
 }
 
 // Checks a connection out for each call, so `&db` works as an executor. A
@@ -805,27 +833,21 @@ impl<'p> Executor<'p> for &'_ Db {
             let spare = query.spare();
             let mut conn = match db.checkout().await {
                 Ok(conn) => conn,
+                // A replica that cannot be reached: the primary serves the read.
                 Err(err) => {
-                    // A replica that cannot be reached: the primary serves the read.
-                    let primary = db.primary.as_ref().and_then(|p| p.take_over(&err));
-                    let (Some(primary), Some(again)) = (primary, spare) else {
-                        return Err(err);
+                    return match (spare, db.primary_for(&err)) {
+                        (Some(again), Some(primary)) => {
+                            forward((&primary).fetch_many(again), &yielder).await
+                        }
+                        _ => Err(err),
                     };
-                    let mut rows = (&primary).fetch_many(again);
-                    while let Some(item) = rows.try_next().await? {
-                        yielder.r#yield(item).await;
-                    }
-                    return Ok(());
                 }
             };
             conn.set_in_flight(true);
             let mut yielded = false;
             let outcome = async {
                 // Through PgBouncer: in a transaction of its own, as in `call`.
-                if let Some(begin) = &db.begin {
-                    conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
-                        .await?;
-                }
+                db.open_statement_transaction(&mut conn).await?;
                 let streamed = async {
                     let mut rows = conn.fetch_many(query);
                     while let Some(item) = rows.try_next().await? {
@@ -835,18 +857,11 @@ impl<'p> Executor<'p> for &'_ Db {
                     Ok::<_, sqlx::Error>(())
                 }
                 .await;
-                if db.begin.is_some() {
-                    let end = if streamed.is_ok() {
-                        "COMMIT"
-                    } else {
-                        "ROLLBACK"
-                    };
-                    let ended = conn.execute(end).await;
-                    streamed?;
-                    ended?;
-                    return Ok(());
-                }
-                streamed
+                let closed = db
+                    .end_statement_transaction(&mut conn, streamed.is_ok())
+                    .await;
+                streamed?;
+                closed
             }
             .await;
             conn.set_in_flight(false);
@@ -854,21 +869,13 @@ impl<'p> Executor<'p> for &'_ Db {
             let broken = is_broken(&err);
             conn.discard_if_broken(&err);
             match spare {
-                Some(again) if broken && !yielded => {
-                    if let Some(primary) = db.primary.as_ref().and_then(|p| p.take_over(&err)) {
-                        let mut rows = (&primary).fetch_many(again);
-                        while let Some(item) = rows.try_next().await? {
-                            yielder.r#yield(item).await;
-                        }
-                        return Ok(());
+                Some(again) if broken && !yielded => match db.primary_for(&err) {
+                    Some(primary) => forward((&primary).fetch_many(again), &yielder).await,
+                    None => {
+                        let mut fresh = db.fresh_connection().await?;
+                        forward(fresh.fetch_many(again), &yielder).await
                     }
-                    let mut fresh = db.fresh_connection().await?;
-                    let mut rows = fresh.fetch_many(again);
-                    while let Some(item) = rows.try_next().await? {
-                        yielder.r#yield(item).await;
-                    }
-                    Ok(())
-                }
+                },
                 _ => Err(err),
             }
         }))

@@ -447,7 +447,8 @@ async fn migration_timings(
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     let mut out = Vec::new();
     let started = Instant::now();
-    let plan = check(url, &migrations, &tables).await?;
+    let renames = mandrake_storage::registered_renames();
+    let plan = check(url, &migrations, &tables, &renames).await?;
     out.push((
         "check (six tables, 2 scratch databases)".into(),
         started.elapsed(),
@@ -456,7 +457,7 @@ async fn migration_timings(
     let dir =
         std::env::temp_dir().join(format!("mandrake-bench-migrations-{}", std::process::id()));
     let started = Instant::now();
-    let made = new_migration(url, &dir, &tables, "initial", false).await?;
+    let made = new_migration(url, &dir, &tables, &renames, "initial", false).await?;
     out.push((
         "new-migration (six tables from nothing, 3 scratch databases, verified)".into(),
         started.elapsed(),

@@ -185,6 +185,7 @@ fn emit(cont: &Container) -> TokenStream {
     };
 
     let debug = debug_impls(cont, &new_ident, &patch_ident, &data);
+    let renames = renames_fn(cont);
     let constants = constants(cont);
     let list_by = list_by_methods(cont);
     let new_doc = format!(
@@ -220,6 +221,7 @@ fn emit(cont: &Container) -> TokenStream {
                     static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
                     SCHEMA.get_or_init(|| #schema)
                 }
+                #renames
 
                 fn id(&self) -> #ms::uuid::Uuid {
                     self.id
@@ -286,7 +288,7 @@ fn emit(cont: &Container) -> TokenStream {
             }
 
             #ms::inventory::submit! {
-                #ms::Registration::new(<#ident as #ms::Record>::schema)
+                #ms::Registration::of::<#ident>()
             }
 
             #constants
@@ -306,6 +308,30 @@ fn value_ident(f: &Field) -> syn::Ident {
 /// The name of the alias of a field's type (see `aliases` in `emit`).
 fn column_alias(f: &Field) -> syn::Ident {
     format_ident!("__Column_{}", f.ident, span = f.ty.span())
+}
+
+/// `Record::renames` for a record with `renamed_from` hints (the trait's
+/// default, none, otherwise).
+fn renames_fn(cont: &Container) -> TokenStream {
+    let table = &cont.table;
+    let mut hints: Vec<TokenStream> = Vec::new();
+    if let Some(old) = &cont.attrs.renamed_from {
+        hints.push(quote!(.table(#old, #table)));
+    }
+    for f in cont.columns() {
+        if let Some(old) = &f.attrs.renamed_from {
+            let col = &f.column;
+            hints.push(quote!(.column(#table, #old, #col)));
+        }
+    }
+    if hints.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        fn renames() -> ::mandrake_storage::schema::Renames {
+            ::mandrake_storage::schema::Renames::default() #( #hints )*
+        }
+    }
 }
 
 /// The `TableSchema` builder chain.
@@ -342,13 +368,8 @@ fn schema_expr(cont: &Container) -> TokenStream {
             .map(LitStr::value)
             .or(implied_default.map(str::to_owned))
             .map(|d| quote!(.default(#d)));
-        let renamed = f
-            .attrs
-            .renamed_from
-            .as_ref()
-            .map(|r| quote!(.renamed_from(#r)));
         chain = quote! {
-            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default #renamed)
+            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default)
         };
         if f.attrs.sql_type.is_none() {
             let alias = column_alias(f);
@@ -388,9 +409,6 @@ fn schema_expr(cont: &Container) -> TokenStream {
     }
     for cols in lists(&cont.attrs.indexes) {
         chain = quote!(#chain.with_index(&[#(#cols),*]));
-    }
-    if let Some(old) = &cont.attrs.renamed_from {
-        chain = quote!(#chain.with_renamed_from(#old));
     }
     if cont.attrs.notify.is_some() {
         chain = quote!(#chain.with_notify());

@@ -279,7 +279,9 @@ pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> std::process::ExitCode
     }
 }
 
-/// Runs one parsed command.
+/// Runs one parsed command on `tables`. `check` and `new-migration` rename
+/// what the rename hints of the linked record types say
+/// ([`crate::registered_renames`]).
 pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::ExitCode> {
     let dir = match &cli.migrations {
         Some(dir) => dir.clone(),
@@ -479,7 +481,8 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             for finding in crate::lint::lint_paths(&pending)? {
                 println!("warning: {finding}");
             }
-            let plan = scaffold::check(&url, &migrations, tables).await?;
+            let renames = crate::registered_renames();
+            let plan = scaffold::check(&url, &migrations, tables, &renames).await?;
             if !plan.is_empty() {
                 println!(
                     "the migrations in {} do not build the types' schema:",
@@ -513,7 +516,9 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                 },
                 online,
             };
-            let made = scaffold::new_migration_with(&url, &dir, tables, &name, &options).await?;
+            let renames = crate::registered_renames();
+            let made =
+                scaffold::new_migration_with(&url, &dir, tables, &renames, &name, &options).await?;
             if made.files.is_empty() {
                 println!("the schema is up to date: no migration written");
             }

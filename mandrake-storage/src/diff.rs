@@ -3,7 +3,7 @@
 
 use crate::ddl::{Change, Function, dependency_order, quote_ident};
 use crate::error::{Error, Result};
-use crate::schema::{ColumnDef, DatabaseSchema, ForeignKey, TableSchema};
+use crate::schema::{ColumnDef, DatabaseSchema, ForeignKey, Renames, TableSchema};
 
 /// One change with the SQL that makes it and the SQL that undoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,17 +125,38 @@ impl Phases {
 
 /// Plans the way from `from` (what the migrations build) to `to` (what the
 /// types describe), each change rendered with its SQL: see [`changes`].
-pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Plan> {
+pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Result<Plan> {
     Ok(Plan {
-        steps: changes(from, to)?.into_iter().map(Step::from).collect(),
+        steps: changes(from, to, hints)?
+            .into_iter()
+            .map(Step::from)
+            .collect(),
     })
 }
 
 /// The typed changes from `from` to `to`, in an order where dependencies
-/// hold. Renames come only from `renamed_from` hints in `to`. A NOT NULL
-/// column without a default cannot be added to an existing table (it may
-/// hold rows): that is an error with advice.
-pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Vec<Change>> {
+/// hold. Renames come only from `hints`, which name tables and columns as
+/// `to` does; a hint already carried out (its old name gone, its new one
+/// there) is passed over. A NOT NULL column without a default cannot be
+/// added to an existing table (it may hold rows): that is an error with
+/// advice.
+///
+/// ```
+/// use mandrake_storage::diff::changes;
+/// use mandrake_storage::ddl::Change;
+/// use mandrake_storage::schema::{ColumnDef, DatabaseSchema, Renames, TableSchema};
+///
+/// let notes = |column: &str| DatabaseSchema {
+///     tables: vec![TableSchema::new("notes").with_column(ColumnDef::new(column, "text"))],
+///     ..DatabaseSchema::default()
+/// };
+/// let hints = Renames::default().column("notes", "title", "heading");
+/// let plan = changes(&notes("title"), &notes("heading"), &hints).unwrap();
+/// assert_eq!(plan, [Change::RenameColumn {
+///     table: "notes".into(), from: "title".into(), to: "heading".into(),
+/// }]);
+/// ```
+pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Result<Vec<Change>> {
     let mut phases = Phases::default();
     let mut from = from.clone();
 
@@ -157,7 +178,7 @@ pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Vec<Change>
         }
     }
 
-    plan_renames(&mut from, to, &mut phases)?;
+    plan_renames(&mut from, to, hints, &mut phases)?;
 
     // Tables that appear and disappear.
     let created: Vec<&TableSchema> = to
@@ -188,18 +209,23 @@ pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema) -> Result<Vec<Change>
     Ok(phases.into_changes())
 }
 
-/// Renames from `renamed_from`, applied to `from` so the rest of the diff
-/// compares like with like.
-fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Phases) -> Result<()> {
+/// Renames from `hints`, applied to `from` so the rest of the diff compares
+/// like with like.
+fn plan_renames(
+    from: &mut DatabaseSchema,
+    to: &DatabaseSchema,
+    hints: &Renames,
+    phases: &mut Phases,
+) -> Result<()> {
     for table in &to.tables {
-        let Some(old) = &table.renamed_from else {
+        let Some(old) = hints.table_from(&table.name) else {
             continue;
         };
         if from.table(&table.name).is_some() || from.table(old).is_none() {
             continue;
         }
         phases.renames.push(Change::RenameTable {
-            from: old.clone(),
+            from: old.to_owned(),
             to: table.name.clone(),
         });
         for t in &mut from.tables {
@@ -219,7 +245,7 @@ fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Pha
         };
         let mut pending: Vec<(String, String)> = Vec::new();
         for column in &table.columns {
-            let Some(old) = &column.renamed_from else {
+            let Some(old) = hints.column_from(&table.name, &column.name) else {
                 continue;
             };
             match (
@@ -227,7 +253,7 @@ fn plan_renames(from: &mut DatabaseSchema, to: &DatabaseSchema, phases: &mut Pha
                 current.column(&column.name).is_some(),
             ) {
                 // Renamed: either by this plan, or by an earlier migration.
-                (true, _) => pending.push((old.clone(), column.name.clone())),
+                (true, _) => pending.push((old.to_owned(), column.name.clone())),
                 (false, true) => {}
                 (false, false) => {
                     return Err(Error::Schema(format!(
@@ -612,20 +638,29 @@ mod tests {
     use super::*;
     use crate::ddl::{fill_nulls, widens};
 
-    fn schema(columns: &[(&str, Option<&str>)]) -> DatabaseSchema {
+    /// `providers` with these columns, and the renames that lead to them.
+    fn schema(columns: &[(&str, Option<&str>)]) -> (DatabaseSchema, Renames) {
         let mut table = TableSchema::new("providers").with_column(ColumnDef::new("id", "uuid"));
+        let mut hints = Renames::default();
         for (name, old) in columns {
-            let mut c = ColumnDef::new(name, "text").nullable(true);
+            table = table.with_column(ColumnDef::new(name, "text").nullable(true));
             if let Some(old) = old {
-                c = c.renamed_from(old);
+                hints = hints.column("providers", old, name);
             }
-            table = table.with_column(c);
         }
-        DatabaseSchema {
+        let schema = DatabaseSchema {
             tables: vec![table],
             timestamp_function: false,
             notify_function: false,
-        }
+        };
+        (schema, hints)
+    }
+
+    fn diff_of(
+        (from, _): &(DatabaseSchema, Renames),
+        (to, hints): &(DatabaseSchema, Renames),
+    ) -> Result<Plan> {
+        diff(from, to, hints)
     }
 
     fn described(plan: &Plan) -> Vec<&str> {
@@ -720,7 +755,6 @@ mod tests {
                 Box::new(move |mut t| {
                     let i = column(&mut t, "body");
                     t.columns[i].name = "text".into();
-                    t.columns[i].renamed_from = Some("body".into());
                     t
                 }),
                 vec!["rename column notes.body to text"],
@@ -738,10 +772,12 @@ mod tests {
                 ],
             ),
         ];
+        // One hint for every case: it counts only where `to` has notes.text.
+        let hints = Renames::default().column("notes", "body", "text");
         for (what, f, expected) in cases {
             let mut to = edit(&*f);
             to.notify_function = to.tables.iter().any(|t| t.notify.is_some());
-            let plan = diff(&db(base()), &to).unwrap();
+            let plan = diff(&db(base()), &to, &hints).unwrap();
             assert_eq!(described(&plan), expected, "{what}");
         }
     }
@@ -759,7 +795,7 @@ mod tests {
                 ("base_url", Some("api_key")),
             ]),
         ] {
-            let plan = diff(&from, &to).unwrap();
+            let plan = diff_of(&from, &to).unwrap();
             assert_eq!(
                 described(&plan),
                 [
@@ -774,7 +810,7 @@ mod tests {
     fn a_swap_goes_through_a_temporary_name() {
         let from = schema(&[("a", None), ("b", None)]);
         let to = schema(&[("b", Some("a")), ("a", Some("b"))]);
-        let plan = diff(&from, &to).unwrap();
+        let plan = diff_of(&from, &to).unwrap();
         assert_eq!(
             described(&plan),
             [
@@ -788,7 +824,7 @@ mod tests {
     #[test]
     fn a_hint_naming_no_column_is_an_error_and_a_done_one_is_quiet() {
         let from = schema(&[("name", None)]);
-        let err = diff(&from, &schema(&[("title", Some("nmae"))])).unwrap_err();
+        let err = diff_of(&from, &schema(&[("title", Some("nmae"))])).unwrap_err();
         assert!(
             err.to_string()
                 .contains("renamed_from = \"nmae\" names no column"),
@@ -796,7 +832,7 @@ mod tests {
         );
         // Renamed by an earlier migration: the hint stays in the code, harmless.
         let done = schema(&[("title", Some("name"))]);
-        let plan = diff(&schema(&[("title", None)]), &done).unwrap();
+        let plan = diff_of(&schema(&[("title", None)]), &done).unwrap();
         assert!(plan.is_empty(), "{plan:?}");
     }
 
@@ -862,7 +898,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
         };
-        let err = diff(&from, &to).unwrap_err().to_string();
+        let err = diff(&from, &to, &Renames::NONE).unwrap_err().to_string();
         assert!(err.contains("without a default"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::scaffold::new_migration;
-use crate::schema::{ColumnDef, OnDelete, TableSchema};
+use crate::schema::{ColumnDef, OnDelete, Renames, TableSchema};
 
 /// A small, seedable generator (xorshift64*): the same seed, the same case.
 struct Rng(u64);
@@ -246,9 +246,6 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
                 if let Some(d) = &c.default {
                     def = def.default(d);
                 }
-                if let Some(old) = &c.renamed_from {
-                    def = def.renamed_from(old);
-                }
                 schema = schema.with_column(def);
             }
             schema = schema.with_primary_key(&["id"]);
@@ -268,26 +265,58 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
         .collect()
 }
 
-/// The two schemas of case `seed`.
-pub fn case(seed: u64) -> (Vec<TableSchema>, Vec<TableSchema>) {
+/// The columns of `tables` renamed since the first schema.
+fn renames(tables: &[Table]) -> Renames {
+    let mut hints = Renames::default();
+    for t in tables {
+        for c in &t.columns {
+            if let Some(old) = &c.renamed_from {
+                hints = hints.column(&t.name, old, &c.name);
+            }
+        }
+    }
+    hints
+}
+
+/// One case: a schema, a changed copy, and the renames between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    /// The schema before.
+    pub first: Vec<TableSchema>,
+    /// The schema after.
+    pub second: Vec<TableSchema>,
+    /// The columns renamed on the way.
+    pub renames: Renames,
+}
+
+/// Case `seed`.
+pub fn case(seed: u64) -> Case {
     let mut rng = Rng::new(seed);
     let first = first_schema(&mut rng);
     let second = changed(&mut rng, &first);
-    (build(&first), build(&second))
+    Case {
+        first: build(&first),
+        second: build(&second),
+        renames: renames(&second),
+    }
 }
 
 /// Runs case `seed` on the server at `url`: a migration for the first
 /// schema, one for the change (proven before it is written), and a third
 /// run that must write nothing.
 pub async fn run_case(url: &str, seed: u64) -> Result<()> {
-    let (first, second) = case(seed);
+    let Case {
+        first,
+        second,
+        renames,
+    } = case(seed);
     let dir = std::env::temp_dir().join(format!("mandrake-fuzz-{}-{seed}", std::process::id()));
     let outcome = async {
         let first: Vec<&TableSchema> = first.iter().collect();
         let second: Vec<&TableSchema> = second.iter().collect();
-        new_migration(url, &dir, &first, "first", true).await?;
-        let made = new_migration(url, &dir, &second, "change", true).await?;
-        let again = new_migration(url, &dir, &second, "again", true).await?;
+        new_migration(url, &dir, &first, &Renames::NONE, "first", true).await?;
+        let made = new_migration(url, &dir, &second, &renames, "change", true).await?;
+        let again = new_migration(url, &dir, &second, &renames, "again", true).await?;
         if !again.files.is_empty() {
             return Err(Error::Migration(format!(
                 "a second run still found: {:?}",
@@ -325,15 +354,16 @@ pub async fn fuzz(url: &str, first_seed: u64, cases: u64) -> Vec<(u64, Error)> {
 
 /// The DDL of case `seed`'s two schemas, to look at a failure.
 pub fn describe(seed: u64) -> String {
-    let (first, second) = case(seed);
+    let case = case(seed);
     let show = |tables: &[TableSchema]| {
         let refs: Vec<&TableSchema> = tables.iter().collect();
         crate::ddl::create_schema(&refs)
     };
     format!(
-        "-- case {seed}: from\n{}\n-- to\n{}",
-        show(&first),
-        show(&second)
+        "-- case {seed}: from\n{}\n-- to\n{}\n-- with {:?}",
+        show(&case.first),
+        show(&case.second),
+        case.renames
     )
 }
 
@@ -351,8 +381,8 @@ mod tests {
     #[test]
     fn every_reference_names_a_table_of_its_schema() {
         for seed in 0..500 {
-            let (first, second) = case(seed);
-            for tables in [&first, &second] {
+            let case = case(seed);
+            for tables in [&case.first, &case.second] {
                 for t in tables.iter() {
                     for fk in &t.foreign_keys {
                         assert!(
@@ -363,5 +393,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_rename_leads_from_a_column_of_the_first_schema() {
+        let mut renamed = 0;
+        for seed in 0..500 {
+            let case = case(seed);
+            for table in &case.second {
+                for column in &table.columns {
+                    let Some(old) = case.renames.column_from(&table.name, &column.name) else {
+                        continue;
+                    };
+                    renamed += 1;
+                    let before = case.first.iter().find(|t| t.name == table.name);
+                    assert!(before.and_then(|t| t.column(old)).is_some(), "seed {seed}");
+                }
+            }
+        }
+        assert!(renamed > 50, "the cases rename: {renamed}");
     }
 }

@@ -39,7 +39,6 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
             sql_type: row.try_get(2)?,
             nullable: !row.try_get::<bool, _>(3)?,
             default: row.try_get(4)?,
-            renamed_from: None,
         });
     }
 

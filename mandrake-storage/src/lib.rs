@@ -133,7 +133,7 @@ pub use mandrake_derive::{Record, RecordEnum};
 pub use pool::{PoolConnection, PoolStatus};
 pub use record::{
     Layout, Record, Registration, Statements, UniqueKey, UpsertStatements, Versioned,
-    registered_tables,
+    registered_renames, registered_tables,
 };
 pub use replica::WriteToken;
 pub use repo::Repo;

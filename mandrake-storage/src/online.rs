@@ -158,7 +158,7 @@ fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
 mod tests {
     use super::*;
     use crate::diff::diff;
-    use crate::schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
+    use crate::schema::{ColumnDef, DatabaseSchema, OnDelete, Renames, TableSchema};
 
     fn schema(tables: Vec<TableSchema>) -> DatabaseSchema {
         DatabaseSchema {
@@ -186,7 +186,7 @@ mod tests {
         );
         to_notes.columns[2].nullable = false;
         let to = schema(vec![folders, to_notes]);
-        let plan = diff(&from, &to).unwrap();
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
         let files = files(&plan, true);
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(suffixes, ["", "_index_1", "_validate"]);

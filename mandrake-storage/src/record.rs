@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::ddl::{ident_list, quote_ident};
 use crate::repo::{Repo, Shape};
-use crate::schema::TableSchema;
+use crate::schema::{Renames, TableSchema};
 
 /// A struct stored as one table row. Implemented by `#[derive(Record)]`;
 /// the repository ([`Record::repo`]) is generic code over this trait.
@@ -51,6 +51,31 @@ pub trait Record: Sized + Send + Unpin + 'static {
 
     /// The table this type is stored in.
     fn schema() -> &'static TableSchema;
+
+    /// The earlier names of its table and columns, from
+    /// `#[record(renamed_from = "old")]`: what `new-migration` renames
+    /// instead of dropping and adding.
+    ///
+    /// ```
+    /// # use mandrake_storage::Record;
+    /// # use chrono::{DateTime, Utc};
+    /// #[derive(Record, Clone)]
+    /// #[record(renamed_from = "folders")]
+    /// pub struct Directory {
+    ///     pub id: uuid::Uuid,
+    ///     #[record(renamed_from = "title")]
+    ///     pub name: String,
+    ///     pub created_at: DateTime<Utc>,
+    ///     pub updated_at: DateTime<Utc>,
+    /// }
+    ///
+    /// let hints = Directory::renames();
+    /// assert_eq!(hints.table_from("directories"), Some("folders"));
+    /// assert_eq!(hints.column_from("directories", "name"), Some("title"));
+    /// ```
+    fn renames() -> Renames {
+        Renames::default()
+    }
 
     /// This row's primary key.
     fn id(&self) -> Uuid;
@@ -111,12 +136,16 @@ pub trait Record: Sized + Send + Unpin + 'static {
 #[doc(hidden)]
 pub struct Registration {
     schema: fn() -> &'static TableSchema,
+    renames: fn() -> Renames,
 }
 
 impl Registration {
     #[doc(hidden)]
-    pub const fn new(schema: fn() -> &'static TableSchema) -> Registration {
-        Registration { schema }
+    pub const fn of<T: Record>() -> Registration {
+        Registration {
+            schema: T::schema,
+            renames: T::renames,
+        }
     }
 }
 
@@ -149,6 +178,15 @@ pub fn registered_tables() -> Vec<&'static TableSchema> {
         ordered.push(pending.remove(next));
     }
     ordered
+}
+
+/// The rename hints of every `#[derive(Record)]` type linked into this
+/// program: what `cargo xtask check | new-migration` diff with.
+pub fn registered_renames() -> Renames {
+    inventory::iter::<Registration>
+        .into_iter()
+        .map(|r| (r.renames)())
+        .collect()
 }
 
 /// A patch that applies only while the row is still at `version`: the input

@@ -14,7 +14,7 @@ use crate::diff::{Plan, diff};
 use crate::error::{Error, Result};
 use crate::introspect::inspect;
 use crate::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use crate::schema::{DatabaseSchema, TableSchema};
+use crate::schema::{DatabaseSchema, Renames, TableSchema};
 
 /// Scratch databases on one server, dropped by [`Scratch::drop_all`].
 struct Scratch {
@@ -90,14 +90,16 @@ async fn run_script(url: &str, sql: &str) -> Result<()> {
 pub struct Comparison {
     /// What replaying the migrations folder builds.
     pub current: DatabaseSchema,
-    /// What the record types describe (with their rename hints).
+    /// What the record types describe.
     pub desired: DatabaseSchema,
+    /// The record types' rename hints.
+    pub renames: Renames,
 }
 
 impl Comparison {
     /// The plan from `current` to `desired`.
     pub fn plan(&self) -> Result<Plan> {
-        diff(&self.current, &self.desired)
+        diff(&self.current, &self.desired, &self.renames)
     }
 }
 
@@ -105,26 +107,19 @@ async fn compare_on(
     scratch: &mut Scratch,
     migrations: &Migrations,
     tables: &[&TableSchema],
+    renames: &Renames,
 ) -> Result<Comparison> {
     let replayed = scratch.create("replay").await?;
     migrate(&replayed, migrations, &MigrateOptions::default()).await?;
     let current = inspect_url(&replayed).await?;
     let typed = scratch.create("types").await?;
     run_script(&typed, &create_schema(tables)).await?;
-    let mut desired = inspect_url(&typed).await?;
-    // The catalog does not know rename hints: take them from the types.
-    for table in &mut desired.tables {
-        let Some(source) = tables.iter().find(|t| t.name == table.name) else {
-            continue;
-        };
-        table.renamed_from = source.renamed_from.clone();
-        for column in &mut table.columns {
-            column.renamed_from = source
-                .column(&column.name)
-                .and_then(|c| c.renamed_from.clone());
-        }
-    }
-    Ok(Comparison { current, desired })
+    let desired = inspect_url(&typed).await?;
+    Ok(Comparison {
+        current,
+        desired,
+        renames: renames.clone(),
+    })
 }
 
 /// Reads both schemas: the migrations replayed into one scratch database,
@@ -133,10 +128,11 @@ pub async fn compare(
     server_url: &str,
     migrations: &Migrations,
     tables: &[&TableSchema],
+    renames: &Renames,
 ) -> Result<Comparison> {
     check_references(tables)?;
     let mut scratch = Scratch::new(server_url)?;
-    let result = compare_on(&mut scratch, migrations, tables).await;
+    let result = compare_on(&mut scratch, migrations, tables, renames).await;
     scratch.drop_all().await;
     result
 }
@@ -161,8 +157,11 @@ pub async fn check(
     server_url: &str,
     migrations: &Migrations,
     tables: &[&TableSchema],
+    renames: &Renames,
 ) -> Result<Plan> {
-    compare(server_url, migrations, tables).await?.plan()
+    compare(server_url, migrations, tables, renames)
+        .await?
+        .plan()
 }
 
 /// What `new_migration` did.
@@ -238,14 +237,16 @@ pub struct NewMigrationOptions {
 }
 
 /// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir` for the
-/// difference between the migrations there and `tables`, after proving on a
-/// scratch database, through the migration runner, that up builds exactly
-/// the types' schema, down restores exactly the previous one, and up applies
-/// again. Each file sets the default [`Timeouts`].
+/// difference between the migrations there and `tables`, renaming what
+/// `renames` says was renamed, after proving on a scratch database, through
+/// the migration runner, that up builds exactly the types' schema, down
+/// restores exactly the previous one, and up applies again. Each file sets
+/// the default [`Timeouts`].
 pub async fn new_migration(
     server_url: &str,
     dir: &Path,
     tables: &[&TableSchema],
+    renames: &Renames,
     name: &str,
     allow_destructive: bool,
 ) -> Result<NewMigration> {
@@ -253,7 +254,7 @@ pub async fn new_migration(
         allow_destructive,
         ..NewMigrationOptions::default()
     };
-    new_migration_with(server_url, dir, tables, name, &options).await
+    new_migration_with(server_url, dir, tables, renames, name, &options).await
 }
 
 /// [`new_migration`] with its [`NewMigrationOptions`]; `--online` may write
@@ -262,6 +263,7 @@ pub async fn new_migration_with(
     server_url: &str,
     dir: &Path,
     tables: &[&TableSchema],
+    renames: &Renames,
     name: &str,
     options: &NewMigrationOptions,
 ) -> Result<NewMigration> {
@@ -270,7 +272,16 @@ pub async fn new_migration_with(
     check_references(tables)?;
     let migrations = Migrations::from_dir(dir)?;
     let mut scratch = Scratch::new(server_url)?;
-    let result = plan_and_verify(&mut scratch, dir, &migrations, tables, &name, options).await;
+    let result = plan_and_verify(
+        &mut scratch,
+        dir,
+        &migrations,
+        tables,
+        renames,
+        &name,
+        options,
+    )
+    .await;
     scratch.drop_all().await;
     let (plan, files) = result?;
     std::fs::create_dir_all(dir)
@@ -334,10 +345,11 @@ async fn plan_and_verify(
     dir: &Path,
     migrations: &Migrations,
     tables: &[&TableSchema],
+    renames: &Renames,
     name: &str,
     options: &NewMigrationOptions,
 ) -> Result<(Plan, Vec<Rendered>)> {
-    let comparison = compare_on(scratch, migrations, tables).await?;
+    let comparison = compare_on(scratch, migrations, tables, renames).await?;
     let plan = comparison.plan()?;
     if plan.is_empty() {
         return Ok((plan, Vec::new()));
@@ -431,7 +443,7 @@ fn same(actual: &DatabaseSchema, expected: &DatabaseSchema, what: &str) -> Resul
     if actual.normalized() == expected.normalized() {
         return Ok(());
     }
-    let left: Vec<String> = diff(actual, expected)
+    let left: Vec<String> = diff(actual, expected, &Renames::NONE)
         .map(|p| p.steps.into_iter().map(|s| s.description).collect())
         .unwrap_or_default();
     Err(Error::Migration(format!(

@@ -9,8 +9,6 @@ use serde::Serialize;
 pub struct TableSchema {
     /// The table name.
     pub name: String,
-    /// The table's earlier name, so the diff renames instead of drop + create.
-    pub renamed_from: Option<String>,
     /// The columns, in order.
     pub columns: Vec<ColumnDef>,
     /// The primary key's columns (`id`).
@@ -45,8 +43,6 @@ pub struct ColumnDef {
     pub nullable: bool,
     /// A SQL expression, e.g. `now()`.
     pub default: Option<String>,
-    /// The column's previous name, for a rename.
-    pub renamed_from: Option<String>,
 }
 
 /// A unique constraint over one or more columns.
@@ -137,7 +133,6 @@ impl TableSchema {
     pub fn new(name: &str) -> TableSchema {
         TableSchema {
             name: name.to_owned(),
-            renamed_from: None,
             columns: Vec::new(),
             primary_key: Vec::new(),
             primary_key_name: String::new(),
@@ -218,12 +213,6 @@ impl TableSchema {
         self
     }
 
-    /// Records the table's earlier name.
-    pub fn with_renamed_from(mut self, old: &str) -> Self {
-        self.renamed_from = Some(old.to_owned());
-        self
-    }
-
     /// Turns on the `set_timestamp` trigger.
     pub fn with_timestamp_trigger(mut self) -> Self {
         self.timestamp_trigger = true;
@@ -256,7 +245,6 @@ impl ColumnDef {
             sql_type: sql_type.to_owned(),
             nullable: false,
             default: None,
-            renamed_from: None,
         }
     }
 
@@ -269,12 +257,6 @@ impl ColumnDef {
     /// The column default, a SQL expression.
     pub fn default(mut self, expression: &str) -> Self {
         self.default = Some(expression.to_owned());
-        self
-    }
-
-    /// The column's previous name: the diff renames it instead of dropping it.
-    pub fn renamed_from(mut self, old: &str) -> Self {
-        self.renamed_from = Some(old.to_owned());
         self
     }
 }
@@ -307,18 +289,13 @@ impl DatabaseSchema {
 
     /// The same schema in a canonical form for comparison: tables, columns
     /// and constraints sorted by name (PostgreSQL appends added columns at
-    /// the end, so physical order is not part of the comparison) and rename
-    /// hints dropped.
+    /// the end, so physical order is not part of the comparison).
     pub fn normalized(&self) -> DatabaseSchema {
         let mut tables: Vec<TableSchema> = self
             .tables
             .iter()
             .map(|t| {
                 let mut t = t.clone();
-                t.renamed_from = None;
-                for c in &mut t.columns {
-                    c.renamed_from = None;
-                }
                 t.columns.sort_by(|a, b| a.name.cmp(&b.name));
                 t.uniques.sort_by(|a, b| a.name.cmp(&b.name));
                 t.indexes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -333,6 +310,92 @@ impl DatabaseSchema {
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
         }
+    }
+}
+
+/// Rename hints: the names tables and columns had before, so that the diff
+/// renames them instead of dropping and adding (which loses their data).
+///
+/// They are history, not shape, so they live beside the schema rather than
+/// in it: `#[record(renamed_from = "old")]` on a struct or field makes the
+/// derive return them from [`crate::Record::renames`], and
+/// [`crate::registered_renames`] gathers those of every record type.
+///
+/// ```
+/// use mandrake_storage::schema::Renames;
+///
+/// let hints = Renames::default()
+///     .table("folders", "directories")
+///     .column("directories", "title", "name");
+/// assert_eq!(hints.table_from("directories"), Some("folders"));
+/// assert_eq!(hints.column_from("directories", "name"), Some("title"));
+/// assert_eq!(hints.column_from("directories", "title"), None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renames {
+    /// `(old, new)` table names.
+    tables: Vec<(String, String)>,
+    /// `(table, old, new)`, the table by its new name.
+    columns: Vec<(String, String, String)>,
+}
+
+impl Renames {
+    /// No hints: every name is as it always was.
+    pub const NONE: Renames = Renames {
+        tables: Vec::new(),
+        columns: Vec::new(),
+    };
+
+    /// Table `old` is now called `new`.
+    pub fn table(mut self, old: &str, new: &str) -> Self {
+        self.tables.push((old.to_owned(), new.to_owned()));
+        self
+    }
+
+    /// Column `old` of `table` (its new name, if it was renamed too) is now
+    /// called `new`.
+    pub fn column(mut self, table: &str, old: &str, new: &str) -> Self {
+        self.columns
+            .push((table.to_owned(), old.to_owned(), new.to_owned()));
+        self
+    }
+
+    /// The earlier name of table `table`, if it has one.
+    pub fn table_from(&self, table: &str) -> Option<&str> {
+        self.tables
+            .iter()
+            .find(|(_, new)| new == table)
+            .map(|(old, _)| old.as_str())
+    }
+
+    /// The earlier name of column `column` of `table`, if it has one.
+    pub fn column_from(&self, table: &str, column: &str) -> Option<&str> {
+        self.columns
+            .iter()
+            .find(|(t, _, new)| t == table && new == column)
+            .map(|(_, old, _)| old.as_str())
+    }
+
+    /// Whether there are no hints.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty() && self.columns.is_empty()
+    }
+}
+
+impl Extend<Renames> for Renames {
+    fn extend<I: IntoIterator<Item = Renames>>(&mut self, iter: I) {
+        for other in iter {
+            self.tables.extend(other.tables);
+            self.columns.extend(other.columns);
+        }
+    }
+}
+
+impl FromIterator<Renames> for Renames {
+    fn from_iter<I: IntoIterator<Item = Renames>>(iter: I) -> Self {
+        let mut all = Renames::default();
+        all.extend(iter);
+        all
     }
 }
 

@@ -546,6 +546,7 @@ async fn a_name_too_long_for_a_file_name_writes_nothing() {
         "postgres://unused",
         dir.path(),
         &[],
+        &mandrake_storage::schema::Renames::NONE,
         &long,
         false,
     )

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use mandrake_storage::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
+use mandrake_storage::schema::Renames;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Db, Record, Settings};
 use mandrake_tests::MigrationDir;
@@ -146,7 +147,7 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
     let dir = MigrationDir::new(&[]);
     let v1 = [v1::Folder::schema(), v1::Note::schema()];
     let v2 = [v1::Folder::schema(), v2::Note::schema()];
-    new_migration(&url, dir.path(), &v1, "start", false)
+    new_migration(&url, dir.path(), &v1, &Renames::NONE, "start", false)
         .await
         .unwrap();
     let migrations = || Migrations::from_dir(dir.path()).unwrap();
@@ -178,7 +179,7 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         online: true,
         ..NewMigrationOptions::default()
     };
-    let made = new_migration_with(&url, dir.path(), &v2, "harden", &online)
+    let made = new_migration_with(&url, dir.path(), &v2, &Renames::NONE, "harden", &online)
         .await
         .unwrap();
     assert_eq!(made.files.len(), 3);
@@ -215,7 +216,7 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         std::fs::remove_file(up).unwrap();
         std::fs::remove_file(down).unwrap();
     }
-    let plain = new_migration(&url, dir.path(), &v2, "harden", false)
+    let plain = new_migration(&url, dir.path(), &v2, &Renames::NONE, "harden", false)
         .await
         .unwrap();
     assert_eq!(plain.files.len(), 1);

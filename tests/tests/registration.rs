@@ -1,18 +1,22 @@
 //! `#[derive(Record)]` registers every record type: one defined only here,
-//! in a test crate, is seen by `schema` and `check` with no list to edit.
+//! in a test crate, is seen by `schema` and `check` with no list to edit,
+//! and so are its rename hints.
 
 use chrono::{DateTime, Utc};
 use mandrake_storage::migrate::Migrations;
 use mandrake_storage::testing::TestDb;
-use mandrake_storage::{Record, registered_tables};
+use mandrake_storage::{Record, registered_renames, registered_tables};
 use uuid::Uuid;
 
-/// A table no list names.
+/// A table no list names (its hints name a table no migration made, so
+/// `check` creates it).
 #[derive(Record, Clone)]
+#[record(renamed_from = "widgets")]
 pub struct Gadget {
     pub id: Uuid,
     #[record(references = "conversations", on_delete = "cascade")]
     pub conversation_id: Uuid,
+    #[record(renamed_from = "name")]
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -51,7 +55,10 @@ async fn a_record_defined_only_in_a_test_crate_is_seen_by_schema_and_check() {
     let t = TestDb::empty().await.unwrap();
     let root = mandrake_storage::cluster::workspace_root().unwrap();
     let migrations = Migrations::from_dir(root.join("migrations")).unwrap();
-    let plan = mandrake_storage::scaffold::check(&t.url(), &migrations, &tables)
+    let renames = registered_renames();
+    assert_eq!(renames.table_from("gadgets"), Some("widgets"));
+    assert_eq!(renames.column_from("gadgets", "label"), Some("name"));
+    let plan = mandrake_storage::scaffold::check(&t.url(), &migrations, &tables, &renames)
         .await
         .unwrap();
     let steps: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();

@@ -10,6 +10,7 @@ use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migr
 use mandrake_storage::scaffold::{
     NewMigration, NewMigrationOptions, Timeouts, check, new_migration, new_migration_with,
 };
+use mandrake_storage::schema::Renames;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{DatabaseSchema, Error, Record, RecordEnum, TableSchema, connect_one};
 use mandrake_tests::MigrationDir;
@@ -51,10 +52,21 @@ impl Lab {
         tables: &[&TableSchema],
         allow_destructive: bool,
     ) -> mandrake_storage::Result<NewMigration> {
+        self.generate_renaming(tables, &Renames::NONE, allow_destructive)
+            .await
+    }
+
+    async fn generate_renaming(
+        &self,
+        tables: &[&TableSchema],
+        renames: &Renames,
+        allow_destructive: bool,
+    ) -> mandrake_storage::Result<NewMigration> {
         new_migration(
             &self.db.url(),
             self.dir.path(),
             tables,
+            renames,
             "change",
             allow_destructive,
         )
@@ -103,8 +115,23 @@ impl Lab {
         v2: &[&TableSchema],
         allow_destructive: bool,
     ) -> (String, String) {
+        self.evolve_renaming(v1, v2, &Renames::NONE, allow_destructive)
+            .await
+    }
+
+    /// [`Lab::evolve`] with rename hints from v1 to v2.
+    async fn evolve_renaming(
+        &self,
+        v1: &[&TableSchema],
+        v2: &[&TableSchema],
+        renames: &Renames,
+        allow_destructive: bool,
+    ) -> (String, String) {
         let before = self.files().len();
-        let made = self.generate(v2, allow_destructive).await.unwrap();
+        let made = self
+            .generate_renaming(v2, renames, allow_destructive)
+            .await
+            .unwrap();
         assert_eq!(made.files.len(), 1, "a migration is written");
         let (up, down) = made.files[0].clone();
         assert_eq!(self.files().len(), before + 2);
@@ -121,10 +148,15 @@ impl Lab {
             "rollback restores exactly v1"
         );
         self.migrate().await;
-        let again = self.generate(v2, allow_destructive).await.unwrap();
+        let again = self
+            .generate_renaming(v2, renames, allow_destructive)
+            .await
+            .unwrap();
         assert!(again.files.is_empty(), "a second run writes nothing");
         assert_eq!(self.files().len(), before + 2);
-        let plan = check(&self.db.url(), &self.migrations(), v2).await.unwrap();
+        let plan = check(&self.db.url(), &self.migrations(), v2, renames)
+            .await
+            .unwrap();
         assert!(plan.is_empty(), "check passes: {plan:?}");
         (
             std::fs::read_to_string(up).unwrap(),
@@ -345,7 +377,9 @@ mod renames {
 async fn rename_column_keeps_its_data() {
     let lab = seeded().await;
     let v2 = [v1::Folder::schema(), renames::Note::schema()];
-    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    let (up, _) = lab
+        .evolve_renaming(&v1(), &v2, &renames::Note::renames(), false)
+        .await;
     assert!(
         up.contains("RENAME COLUMN \"title\" TO \"heading\""),
         "{up}"
@@ -358,7 +392,9 @@ async fn rename_column_keeps_its_data() {
 async fn rename_table_keeps_its_data_and_renames_its_constraints() {
     let lab = seeded().await;
     let v2 = [renames::Directory::schema(), v1::Note::schema()];
-    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    let (up, _) = lab
+        .evolve_renaming(&v1(), &v2, &renames::Directory::renames(), false)
+        .await;
     assert!(
         up.contains("ALTER TABLE \"folders\" RENAME TO \"directories\""),
         "{up}"
@@ -571,7 +607,8 @@ async fn renaming_an_enum_column_renames_its_check_both_ways() {
     let lab = Lab::new(&v1).await;
     lab.exec("INSERT INTO paints (id, color) VALUES (gen_random_uuid(), 'red')")
         .await;
-    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    let hints = enums::Renamed::renames();
+    let (up, down) = lab.evolve_renaming(&v1, &v2, &hints, false).await;
     assert!(up.contains(r#"RENAME COLUMN "color" TO "shade""#), "{up}");
     assert!(
         up.contains(r#"RENAME CONSTRAINT "paints_color_check" TO "paints_shade_check""#),
@@ -610,7 +647,7 @@ async fn normalized_spellings_produce_no_diff() {
     let again = lab.generate(&tables, false).await.unwrap();
     assert!(again.files.is_empty(), "{:?}", again.plan);
     assert!(
-        check(&lab.db.url(), &lab.migrations(), &tables)
+        check(&lab.db.url(), &lab.migrations(), &tables, &Renames::NONE)
             .await
             .unwrap()
             .is_empty()
@@ -622,7 +659,9 @@ async fn normalized_spellings_produce_no_diff() {
 async fn check_lists_what_is_missing() {
     let lab = Lab::new(&v1()).await;
     let v2 = [v1::Folder::schema(), add_columns::Note::schema()];
-    let plan = check(&lab.db.url(), &lab.migrations(), &v2).await.unwrap();
+    let plan = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE)
+        .await
+        .unwrap();
     let steps: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();
     assert_eq!(
         steps,
@@ -921,14 +960,22 @@ async fn a_migration_waiting_for_a_lock_gives_up_after_its_lock_timeout() {
         ..NewMigrationOptions::default()
     };
     for bad in ["5 seconds", "s", "-1s"] {
-        let made =
-            new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "x", &with_lock(bad)).await;
+        let made = new_migration_with(
+            &lab.db.url(),
+            lab.dir.path(),
+            &v2,
+            &Renames::NONE,
+            "x",
+            &with_lock(bad),
+        )
+        .await;
         expect_refused(made, "is not a duration");
     }
     new_migration_with(
         &lab.db.url(),
         lab.dir.path(),
         &v2,
+        &Renames::NONE,
         "untitled",
         &with_lock("300ms"),
     )
@@ -1006,7 +1053,9 @@ mod chained {
 async fn chained_renames_keep_every_value_whatever_the_field_order() {
     let lab = seeded().await;
     let v2 = [v1::Folder::schema(), chained::Note::schema()];
-    let (up, _) = lab.evolve(&v1(), &v2, false).await;
+    let (up, _) = lab
+        .evolve_renaming(&v1(), &v2, &chained::Note::renames(), false)
+        .await;
     assert!(!up.contains("DROP COLUMN"), "{up}");
     assert_eq!(
         lab.text("SELECT body || '/' || summary FROM notes").await,
@@ -1040,9 +1089,16 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
         online: true,
         ..NewMigrationOptions::default()
     };
-    let made = new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "harden", &options)
-        .await
-        .unwrap();
+    let made = new_migration_with(
+        &lab.db.url(),
+        lab.dir.path(),
+        &v2,
+        &Renames::NONE,
+        "harden",
+        &options,
+    )
+    .await
+    .unwrap();
     let names: Vec<String> = made
         .files
         .iter()
@@ -1156,9 +1212,16 @@ async fn an_invalid_index_a_failed_run_left_is_rebuilt() {
     };
     lab.exec("UPDATE notes SET body = 'b' WHERE body IS NULL")
         .await;
-    new_migration_with(&lab.db.url(), lab.dir.path(), &v2, "harden", &options)
-        .await
-        .unwrap();
+    new_migration_with(
+        &lab.db.url(),
+        lab.dir.path(),
+        &v2,
+        &Renames::NONE,
+        "harden",
+        &options,
+    )
+    .await
+    .unwrap();
     // An interrupted CREATE INDEX CONCURRENTLY leaves its index INVALID:
     // here a unique one that fails on the two notes sharing (folder, rank).
     let failed = sqlx::raw_sql(

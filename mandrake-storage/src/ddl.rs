@@ -830,20 +830,37 @@ impl Change {
 /// `CREATE INDEX CONCURRENTLY`, after dropping an INVALID copy a failed run
 /// left behind (outside a transaction, like every `CONCURRENTLY`).
 pub fn create_index_concurrently(table: &str, index: &Index) -> String {
-    let name = quote_ident(&index.name);
+    concurrent_index(table, &index.name, &index.columns, "INDEX")
+}
+
+/// The unique index a unique constraint then takes over
+/// ([`add_unique_using_index`]), built like [`create_index_concurrently`].
+pub fn create_unique_index_concurrently(table: &str, unique: &Unique) -> String {
+    concurrent_index(table, &unique.name, &unique.columns, "UNIQUE INDEX")
+}
+
+fn concurrent_index(table: &str, name: &str, columns: &[String], kind: &str) -> String {
+    let name = quote_ident(name);
     format!(
         "DROP INDEX CONCURRENTLY IF EXISTS {name};\n\
-         CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {} ({});",
+         CREATE {kind} CONCURRENTLY IF NOT EXISTS {name} ON {} ({});",
         quote_ident(table),
-        ident_list(&index.columns)
+        ident_list(columns)
     )
 }
 
 /// `DROP INDEX CONCURRENTLY` (outside a transaction).
-pub fn drop_index_concurrently(index: &Index) -> String {
+pub fn drop_index_concurrently(name: &str) -> String {
+    format!("DROP INDEX CONCURRENTLY IF EXISTS {};", quote_ident(name))
+}
+
+/// Makes the unique index of the same name a unique constraint: a brief
+/// lock, and no scan, since the index already holds every row.
+pub fn add_unique_using_index(table: &str, unique: &Unique) -> String {
+    let name = quote_ident(&unique.name);
     format!(
-        "DROP INDEX CONCURRENTLY IF EXISTS {};",
-        quote_ident(&index.name)
+        "ALTER TABLE {} ADD CONSTRAINT {name} UNIQUE USING INDEX {name};",
+        quote_ident(table)
     )
 }
 

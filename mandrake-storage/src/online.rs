@@ -6,13 +6,16 @@
 //!    `CHECK (c IS NOT NULL) NOT VALID`;
 //! 2. each index created or dropped `CONCURRENTLY`, in a `-- no-transaction`
 //!    file of its own, which first drops an INVALID index a failed run left;
+//!    a unique constraint's index is built the same way;
 //! 3. the validations, in one transaction: `VALIDATE CONSTRAINT` takes a lock
-//!    that lets reads and writes go on, and `SET NOT NULL` then finds the
-//!    validated check and skips its scan.
+//!    that lets reads and writes go on, `SET NOT NULL` then finds the
+//!    validated check and skips its scan, and each unique constraint takes
+//!    over its ready index (`USING INDEX`).
 
 use crate::ddl::{
-    Change, create_index_concurrently, drop_constraint_if_exists, drop_index_concurrently,
-    fill_nulls, not_null_check, set_not_null_checked, validate_constraint,
+    Change, add_unique_using_index, create_index_concurrently, create_unique_index_concurrently,
+    drop_constraint_if_exists, drop_index_concurrently, fill_nulls, not_null_check,
+    set_not_null_checked, validate_constraint,
 };
 use crate::diff::{Plan, Step};
 
@@ -56,13 +59,26 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
             Change::AddIndex { table, index } => indexes.push(index_file(
                 step,
                 create_index_concurrently(table, index),
-                drop_index_concurrently(index),
+                drop_index_concurrently(&index.name),
             )),
             Change::DropIndex { table, index } => indexes.push(index_file(
                 step,
-                drop_index_concurrently(index),
+                drop_index_concurrently(&index.name),
                 create_index_concurrently(table, index),
             )),
+            Change::AddUnique { table, unique } => {
+                indexes.push(index_file(
+                    step,
+                    create_unique_index_concurrently(table, unique),
+                    drop_index_concurrently(&unique.name),
+                ));
+                validate.steps.push(Step {
+                    description: format!("constraint from its index: {}", step.description),
+                    up: add_unique_using_index(table, unique),
+                    down: drop_constraint_if_exists(table, &unique.name),
+                    ..step.clone()
+                });
+            }
             Change::AddForeignKey { table, key, .. } => {
                 main.steps.push(Step::from(Change::AddForeignKey {
                     table: table.clone(),
@@ -226,5 +242,29 @@ mod tests {
         );
         // As planned, it is all one file.
         assert_eq!(super::files(&plan, false).len(), 1);
+    }
+
+    #[test]
+    fn a_unique_constraint_takes_over_an_index_built_concurrently() {
+        let from = schema(vec![notes()]);
+        let to = schema(vec![notes().with_unique(&["body"])]);
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
+        let files = files(&plan, true);
+        let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
+        assert_eq!(suffixes, ["_index_1", "_validate"]);
+        assert!(files[0].no_transaction);
+        assert_eq!(
+            files[0].up,
+            "DROP INDEX CONCURRENTLY IF EXISTS \"notes_body_key\";\n\
+             CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"notes_body_key\" ON \"notes\" (\"body\");"
+        );
+        assert_eq!(
+            files[1].up.trim_end(),
+            r#"ALTER TABLE "notes" ADD CONSTRAINT "notes_body_key" UNIQUE USING INDEX "notes_body_key";"#
+        );
+        assert_eq!(
+            files[1].down.trim_end(),
+            r#"ALTER TABLE "notes" DROP CONSTRAINT IF EXISTS "notes_body_key";"#
+        );
     }
 }

@@ -1066,13 +1066,15 @@ async fn chained_renames_keep_every_value_whatever_the_field_order() {
 mod online {
     use super::*;
 
-    /// v1's notes with a foreign key, an index and a required body.
+    /// v1's notes with a foreign key, an index, a unique title and a
+    /// required body.
     #[derive(Record, Clone)]
     #[record(table = "notes", index(folder_id, rank))]
     pub struct Note {
         pub id: Uuid,
         #[record(references = "folders", on_delete = "cascade")]
         pub folder_id: Uuid,
+        #[record(unique)]
         pub title: String,
         pub body: String,
         pub rank: i32,
@@ -1104,17 +1106,24 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
         .iter()
         .map(|(up, _)| up.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
     assert!(names[1].ends_with("_harden_index_1.up.sql"), "{names:?}");
-    assert!(names[2].ends_with("_harden_validate.up.sql"), "{names:?}");
+    assert!(names[2].ends_with("_harden_index_2.up.sql"), "{names:?}");
+    assert!(names[3].ends_with("_harden_validate.up.sql"), "{names:?}");
     let text = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
-    let index = text(&made.files[1].0);
-    assert!(index.starts_with("-- no-transaction\n"), "{index}");
-    assert!(
-        index.contains("CREATE INDEX CONCURRENTLY IF NOT EXISTS"),
-        "{index}"
-    );
+    let indexes = text(&made.files[1].0) + &text(&made.files[2].0);
+    assert!(indexes.starts_with("-- no-transaction\n"), "{indexes}");
+    for built in [
+        r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "notes_folder_id_rank_idx""#,
+        r#"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "notes_title_key""#,
+    ] {
+        assert!(indexes.contains(built), "{indexes}");
+    }
     assert!(text(&made.files[0].0).contains("NOT VALID;"));
+    assert!(
+        text(&made.files[3].0)
+            .contains(r#"ADD CONSTRAINT "notes_title_key" UNIQUE USING INDEX "notes_title_key";"#)
+    );
     // squawk finds nothing in any of them.
     let paths: Vec<std::path::PathBuf> = made
         .files
@@ -1129,7 +1138,7 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
     rollback(
         &lab.db.url(),
         &lab.migrations(),
-        RollbackTarget::Steps(3),
+        RollbackTarget::Steps(4),
         Duration::from_secs(5),
     )
     .await

@@ -17,6 +17,46 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
     check_notify(cx, cont);
+    check_renames(cx, cont);
+}
+
+/// Each earlier name leads to one column, and not to the column itself
+/// (a hint to itself would rename back and forth on every `new-migration`).
+fn check_renames(cx: &Ctxt, cont: &Container) {
+    if let Some(old) = &cont.attrs.renamed_from
+        && old.value() == cont.table
+    {
+        cx.error_spanned_by(
+            old,
+            format!("`renamed_from` names the table's own name `{}`", cont.table),
+        );
+    }
+    let mut seen: HashMap<String, &syn::Ident> = HashMap::new();
+    for field in &cont.fields {
+        let Some(old) = &field.attrs.renamed_from else {
+            continue;
+        };
+        if field.role == Role::Skipped {
+            cx.error_spanned_by(old, "`renamed_from` on a `skip` field: it has no column");
+        } else if old.value() == field.column {
+            cx.error_spanned_by(
+                old,
+                format!(
+                    "`renamed_from` names the column's own name `{}`: remove it, or name the \
+                     column it had before",
+                    field.column
+                ),
+            );
+        } else if let Some(first) = seen.insert(old.value(), field.ident) {
+            cx.error_spanned_by(
+                old,
+                format!(
+                    "column `{}` is already renamed to field `{first}`: a column has one new name",
+                    old.value()
+                ),
+            );
+        }
+    }
 }
 
 /// PostgreSQL refuses channel names over 63 bytes, and the channel is

@@ -245,9 +245,18 @@ fn plan_renames(
         };
         let mut pending: Vec<(String, String)> = Vec::new();
         for column in &table.columns {
-            let Some(old) = hints.column_from(&table.name, &column.name) else {
+            let Some(old) = hints
+                .column_from(&table.name, &column.name)
+                .filter(|old| *old != column.name)
+            else {
                 continue;
             };
+            if let Some((_, first)) = pending.iter().find(|(o, _)| o == old) {
+                return Err(Error::Schema(format!(
+                    "{}: column {old} cannot be renamed to both {first} and {}",
+                    table.name, column.name
+                )));
+            }
             match (
                 current.column(old).is_some(),
                 current.column(&column.name).is_some(),
@@ -834,6 +843,19 @@ mod tests {
         let done = schema(&[("title", Some("name"))]);
         let plan = diff_of(&schema(&[("title", None)]), &done).unwrap();
         assert!(plan.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_hint_to_itself_is_nothing_and_one_column_has_one_new_name() {
+        let from = schema(&[("name", None), ("body", None)]);
+        let same = diff_of(&from, &schema(&[("name", Some("name")), ("body", None)])).unwrap();
+        assert!(same.is_empty(), "{same:?}");
+        let twice = schema(&[("title", Some("name")), ("heading", Some("name"))]);
+        let err = diff_of(&from, &twice).unwrap_err().to_string();
+        assert!(
+            err.contains("column name cannot be renamed to both title and heading"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -445,6 +445,21 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
 
 fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut Phases) {
     let (table, column) = (table.to_owned(), after.name.clone());
+    // NULLs take the default of the side where the column is required, so
+    // that side's type must be in place when they do: a column made
+    // optional is made so first (its down, the fill, then runs last), and
+    // one made required last.
+    let set_required = |required: bool, fill: &Option<String>| Change::SetRequired {
+        table: table.clone(),
+        column: column.clone(),
+        required,
+        fill: fill.clone(),
+    };
+    if !before.nullable && after.nullable {
+        phases
+            .alter_columns
+            .push(set_required(false, &before.default));
+    }
     let retyped = before.sql_type != after.sql_type;
     // The old default may not cast to the new type (`false` to an integer):
     // it goes before the type changes, and the new one is set after.
@@ -477,19 +492,10 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
             to: after.default.clone(),
         });
     }
-    if before.nullable != after.nullable {
-        // NULLs take the default of the side where the column is required.
-        let fill = if after.nullable {
-            before.default.clone()
-        } else {
-            after.default.clone()
-        };
-        phases.alter_columns.push(Change::SetRequired {
-            table,
-            column,
-            required: !after.nullable,
-            fill,
-        });
+    if before.nullable && !after.nullable {
+        phases
+            .alter_columns
+            .push(set_required(true, &after.default));
     }
 }
 
@@ -856,6 +862,33 @@ mod tests {
             err.contains("column name cannot be renamed to both title and heading"),
             "{err}"
         );
+    }
+
+    /// Found by `fuzz-diff` (case 568): the down filled NULLs with `false`
+    /// while the column was still an integer.
+    #[test]
+    fn each_fill_runs_in_the_type_of_its_side() {
+        let table = |c: ColumnDef| DatabaseSchema {
+            tables: vec![TableSchema::new("t").with_column(c)],
+            ..DatabaseSchema::default()
+        };
+        let from = table(ColumnDef::new("c", "boolean").default("false"));
+        let to = table(ColumnDef::new("c", "integer").nullable(true).default("0"));
+        for (plan, fill, retype) in [
+            (
+                diff(&from, &to, &Renames::NONE).unwrap().down_sql(),
+                "= false",
+                "TYPE boolean",
+            ),
+            (
+                diff(&to, &from, &Renames::NONE).unwrap().up_sql(),
+                "= false",
+                "TYPE boolean",
+            ),
+        ] {
+            let (fill, retype) = (plan.find(fill).unwrap(), plan.find(retype).unwrap());
+            assert!(retype < fill, "{plan}");
+        }
     }
 
     #[test]

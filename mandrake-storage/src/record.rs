@@ -132,7 +132,8 @@ pub trait Record: Sized + Send + Unpin + 'static {
 }
 
 /// The entry `#[derive(Record)]` submits for each record type, so that the
-/// tools find every table of the linked crates without a hand-kept list.
+/// tools find every table of the linked crates, and its rename hints,
+/// without a hand-kept list.
 #[doc(hidden)]
 pub struct Registration {
     schema: fn() -> &'static TableSchema,

@@ -73,6 +73,24 @@ impl Lab {
         .await
     }
 
+    /// The `--online` sequence for `tables`, named `harden`.
+    async fn generate_online(&self, tables: &[&TableSchema]) -> NewMigration {
+        let options = NewMigrationOptions {
+            online: true,
+            ..NewMigrationOptions::default()
+        };
+        new_migration_with(
+            &self.db.url(),
+            self.dir.path(),
+            tables,
+            &Renames::NONE,
+            "harden",
+            &options,
+        )
+        .await
+        .unwrap()
+    }
+
     fn migrations(&self) -> Migrations {
         Migrations::from_dir(self.dir.path()).unwrap()
     }
@@ -1087,20 +1105,7 @@ mod online {
 async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
     let lab = seeded().await;
     let v2 = [v1::Folder::schema(), online::Note::schema()];
-    let options = NewMigrationOptions {
-        online: true,
-        ..NewMigrationOptions::default()
-    };
-    let made = new_migration_with(
-        &lab.db.url(),
-        lab.dir.path(),
-        &v2,
-        &Renames::NONE,
-        "harden",
-        &options,
-    )
-    .await
-    .unwrap();
+    let made = lab.generate_online(&v2).await;
     let names: Vec<String> = made
         .files
         .iter()
@@ -1215,22 +1220,9 @@ async fn an_invalid_index_a_failed_run_left_is_rebuilt() {
     )
     .await;
     let v2 = [v1::Folder::schema(), online::Note::schema()];
-    let options = NewMigrationOptions {
-        online: true,
-        ..NewMigrationOptions::default()
-    };
     lab.exec("UPDATE notes SET body = 'b' WHERE body IS NULL")
         .await;
-    new_migration_with(
-        &lab.db.url(),
-        lab.dir.path(),
-        &v2,
-        &Renames::NONE,
-        "harden",
-        &options,
-    )
-    .await
-    .unwrap();
+    lab.generate_online(&v2).await;
     // An interrupted CREATE INDEX CONCURRENTLY leaves its index INVALID:
     // here a unique one that fails on the two notes sharing (folder, rank).
     let failed = sqlx::raw_sql(

@@ -1,13 +1,17 @@
 //! How a plan becomes migration files. As planned, one file; with
 //! `--online`, files that never hold a long lock on a busy table:
 //!
-//! 1. the plan in one transaction, with every foreign key and CHECK added
+//! 1. each index the plan drops, dropped `CONCURRENTLY` in a
+//!    `-- no-transaction` file of its own, before anything else: the plan
+//!    may drop its column, and the down must rebuild it once the column is
+//!    back;
+//! 2. the plan in one transaction, with every foreign key and CHECK added
 //!    `NOT VALID` (no scan under lock) and each new NOT NULL as a
 //!    `CHECK (c IS NOT NULL) NOT VALID`;
-//! 2. each index created or dropped `CONCURRENTLY`, in a `-- no-transaction`
-//!    file of its own, which first drops an INVALID index a failed run left;
-//!    a unique constraint's index is built the same way;
-//! 3. the validations, in one transaction: `VALIDATE CONSTRAINT` takes a lock
+//! 3. each new index created `CONCURRENTLY` in a file of its own, which
+//!    first drops an INVALID index a failed run left; a unique constraint's
+//!    index is built the same way;
+//! 4. the validations, in one transaction: `VALIDATE CONSTRAINT` takes a lock
 //!    that lets reads and writes go on, `SET NOT NULL` then finds the
 //!    validated check and skips its scan, and each unique constraint takes
 //!    over its ready index (`USING INDEX`).
@@ -18,6 +22,7 @@ use crate::ddl::{
     set_not_null_checked, validate_constraint,
 };
 use crate::diff::{Plan, Step};
+use crate::schema::Index;
 
 /// One migration, before it has a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,7 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     if !online {
         return vec![MigrationFile::of(plan.clone(), "")];
     }
+    let mut drops = Vec::new();
     let mut main = Plan::default();
     let mut indexes = Vec::new();
     let mut validate = Plan::default();
@@ -61,11 +67,19 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
                 create_index_concurrently(table, index),
                 drop_index_concurrently(&index.name),
             )),
-            Change::DropIndex { table, index } => indexes.push(index_file(
-                step,
-                drop_index_concurrently(&index.name),
-                create_index_concurrently(table, index),
-            )),
+            Change::DropIndex { table, index } => {
+                // Its down runs after the main file's, under the old names.
+                let (table, columns) = before_renames(plan, table, &index.columns);
+                let index = Index {
+                    name: index.name.clone(),
+                    columns,
+                };
+                drops.push(index_file(
+                    step,
+                    drop_index_concurrently(&index.name),
+                    create_index_concurrently(&table, &index),
+                ));
+            }
             Change::AddUnique { table, unique } => {
                 indexes.push(index_file(
                     step,
@@ -135,6 +149,10 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
         }
     }
     let mut out = Vec::new();
+    for (n, mut file) in drops.into_iter().enumerate() {
+        file.suffix = format!("_drop_index_{}", n + 1);
+        out.push(file);
+    }
     if !main.is_empty() {
         out.push(MigrationFile::of(main, ""));
     }
@@ -158,6 +176,23 @@ fn validation(step: &Step, sql: String) -> Step {
         down_note: None,
         change: step.change.clone(),
     }
+}
+
+/// `table` and `columns` under the names they had before `plan`'s renames.
+fn before_renames(plan: &Plan, table: &str, columns: &[String]) -> (String, Vec<String>) {
+    let (mut table, mut columns) = (table.to_owned(), columns.to_vec());
+    for step in plan.steps.iter().rev() {
+        match &step.change {
+            Change::RenameColumn { table: t, from, to } if *t == table => {
+                for column in columns.iter_mut().filter(|c| *c == to) {
+                    *column = from.clone();
+                }
+            }
+            Change::RenameTable { from, to } if *to == table => table = from.clone(),
+            _ => {}
+        }
+    }
+    (table, columns)
 }
 
 fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
@@ -242,6 +277,42 @@ mod tests {
         );
         // As planned, it is all one file.
         assert_eq!(super::files(&plan, false).len(), 1);
+    }
+
+    /// Found by `fuzz-diff --online` (cases 31, 57, …): the index of a
+    /// dropped column was rebuilt by a down that ran before the column was
+    /// back.
+    #[test]
+    fn dropped_indexes_go_first_and_come_back_under_the_old_names() {
+        let from = schema(vec![
+            notes().with_index(&["body"]).with_index(&["folder_id"]),
+        ]);
+        let cards = TableSchema::new("cards")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("parent_id", "uuid"));
+        let hints =
+            Renames::default()
+                .table("notes", "cards")
+                .column("cards", "folder_id", "parent_id");
+        let plan = diff(&from, &schema(vec![cards]), &hints).unwrap();
+        let files = files(&plan, true);
+        let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
+        assert_eq!(suffixes, ["_drop_index_1", "_drop_index_2", ""]);
+        let downs: Vec<&str> = files[..2].iter().map(|f| f.down.as_str()).collect();
+        assert!(
+            downs.iter().all(|d| d.contains(r#"ON "notes" ("#)),
+            "{downs:?}"
+        );
+        assert!(downs.iter().any(|d| d.contains(r#"("body")"#)), "{downs:?}");
+        assert!(
+            downs.iter().any(|d| d.contains(r#"("folder_id")"#)),
+            "{downs:?}"
+        );
+        assert!(
+            files[2].up.contains(r#"DROP COLUMN "body""#),
+            "{}",
+            files[2].up
+        );
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `cargo xtask fuzz-diff`: random pairs of schemas for the diff. Each case
 //! is a schema and a changed copy of it (columns added, dropped, renamed,
 //! retyped, made required or optional, defaults, indexes, unique keys,
-//! foreign keys and whole tables); `new-migration` must write a migration
-//! for the change, which it only does after proving on a scratch database
-//! that up builds the second schema, down restores the first and up applies
-//! again; then a second run must find nothing left to do.
+//! foreign keys, whole tables added, dropped and renamed); `new-migration`
+//! must write a migration for the change (`--online` for odd seeds), which
+//! it only does after proving on a scratch database that up builds the
+//! second schema, down restores the first and up applies again; then a
+//! second run must find nothing left to do.
 
 use crate::error::{Error, Result};
-use crate::scaffold::new_migration;
+use crate::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
 use crate::schema::{ColumnDef, OnDelete, Renames, TableSchema};
 
 /// A small, seedable generator (xorshift64*): the same seed, the same case.
@@ -72,6 +73,7 @@ struct Column {
 #[derive(Debug, Clone)]
 struct Table {
     name: String,
+    renamed_from: Option<String>,
     columns: Vec<Column>,
     index: Option<String>,
     unique: Option<String>,
@@ -118,6 +120,7 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
         let plain: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         tables.push(Table {
             name: format!("t{t}"),
+            renamed_from: None,
             index: rng.chance(50).then(|| rng.pick(&plain).clone()),
             unique: rng.chance(30).then(|| rng.pick(&plain).clone()),
             columns,
@@ -217,6 +220,7 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
         fresh += 1;
         next.push(Table {
             name: format!("t{fresh}"),
+            renamed_from: None,
             columns: vec![column(rng, "c0".into())],
             index: None,
             unique: None,
@@ -228,6 +232,26 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
             for c in &mut table.columns {
                 if c.references.as_ref().is_some_and(|(t, _)| *t == gone) {
                     c.references = None;
+                }
+            }
+        }
+    }
+    // Drawn last, so that the cases of earlier seeds stay as they were.
+    let kept: Vec<usize> = (0..next.len())
+        .filter(|&i| tables.iter().any(|t| t.name == next[i].name))
+        .collect();
+    if !kept.is_empty() && rng.chance(20) {
+        fresh += 1;
+        let new = format!("t{fresh}");
+        let table = &mut next[*rng.pick(&kept)];
+        let old = std::mem::replace(&mut table.name, new.clone());
+        table.renamed_from = Some(old.clone());
+        for table in &mut next {
+            for c in &mut table.columns {
+                if let Some((target, _)) = &mut c.references
+                    && *target == old
+                {
+                    *target = new.clone();
                 }
             }
         }
@@ -265,10 +289,13 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
         .collect()
 }
 
-/// The columns of `tables` renamed since the first schema.
+/// The tables and columns of `tables` renamed since the first schema.
 fn renames(tables: &[Table]) -> Renames {
     let mut hints = Renames::default();
     for t in tables {
+        if let Some(old) = &t.renamed_from {
+            hints = hints.table(old, &t.name);
+        }
         for c in &t.columns {
             if let Some(old) = &c.renamed_from {
                 hints = hints.column(&t.name, old, &c.name);
@@ -285,7 +312,7 @@ pub struct Case {
     pub first: Vec<TableSchema>,
     /// The schema after.
     pub second: Vec<TableSchema>,
-    /// The columns renamed on the way.
+    /// The tables and columns renamed on the way.
     pub renames: Renames,
 }
 
@@ -315,8 +342,13 @@ pub async fn run_case(url: &str, seed: u64) -> Result<()> {
         let first: Vec<&TableSchema> = first.iter().collect();
         let second: Vec<&TableSchema> = second.iter().collect();
         new_migration(url, &dir, &first, &Renames::NONE, "first", true).await?;
-        let made = new_migration(url, &dir, &second, &renames, "change", true).await?;
-        let again = new_migration(url, &dir, &second, &renames, "again", true).await?;
+        let options = NewMigrationOptions {
+            allow_destructive: true,
+            online: seed % 2 == 1,
+            ..NewMigrationOptions::default()
+        };
+        let made = new_migration_with(url, &dir, &second, &renames, "change", &options).await?;
+        let again = new_migration_with(url, &dir, &second, &renames, "again", &options).await?;
         if !again.files.is_empty() {
             return Err(Error::Migration(format!(
                 "a second run still found: {:?}",
@@ -396,21 +428,31 @@ mod tests {
     }
 
     #[test]
-    fn every_rename_leads_from_a_column_of_the_first_schema() {
-        let mut renamed = 0;
+    fn every_rename_leads_from_a_table_or_column_of_the_first_schema() {
+        let (mut tables, mut columns) = (0, 0);
         for seed in 0..500 {
             let case = case(seed);
             for table in &case.second {
+                let name = match case.renames.table_from(&table.name) {
+                    Some(old) => {
+                        tables += 1;
+                        old
+                    }
+                    None => &table.name,
+                };
+                let before = case.first.iter().find(|t| t.name == name);
                 for column in &table.columns {
-                    let Some(old) = case.renames.column_from(&table.name, &column.name) else {
-                        continue;
-                    };
-                    renamed += 1;
-                    let before = case.first.iter().find(|t| t.name == table.name);
-                    assert!(before.and_then(|t| t.column(old)).is_some(), "seed {seed}");
+                    if let Some(old) = case.renames.column_from(&table.name, &column.name) {
+                        columns += 1;
+                        assert!(before.and_then(|t| t.column(old)).is_some(), "seed {seed}");
+                    }
                 }
+                assert!(before.is_some() || name == table.name, "seed {seed}");
             }
         }
-        assert!(renamed > 50, "the cases rename: {renamed}");
+        assert!(
+            tables > 20 && columns > 50,
+            "the cases rename: {tables}, {columns}"
+        );
     }
 }

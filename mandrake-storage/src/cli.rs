@@ -81,7 +81,8 @@ pub enum Command {
     /// findings are warnings here: `lint` is the gate).
     Check,
     /// Random pairs of schemas: for each, `new-migration` must write a
-    /// migration it proves (up, down, up again), and a second run nothing.
+    /// migration it proves (up, down, up again; `--online` for odd seeds),
+    /// and a second run nothing.
     FuzzDiff {
         /// How many cases.
         #[arg(long, default_value_t = 100)]

@@ -236,7 +236,7 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
             }
         }
     }
-    // Drawn last, so that the cases of earlier seeds stay as they were.
+    // Drawn last, so that a seed's other edits stay what they were.
     let kept: Vec<usize> = (0..next.len())
         .filter(|&i| tables.iter().any(|t| t.name == next[i].name))
         .collect();

@@ -776,6 +776,15 @@ impl Db {
         }
     }
 
+    /// `query` taken apart to run, and to run again; through PgBouncer its
+    /// statement stays unnamed.
+    fn replay<'q, E: Execute<'q, Postgres>>(
+        &self,
+        query: E,
+    ) -> std::result::Result<Replay, sqlx::Error> {
+        Replay::new(query, self.begin.is_none())
+    }
+
     /// On a replica's pool, when `err` says the replica cannot be reached:
     /// the primary, to run the read instead.
     fn primary_for(&self, err: &sqlx::Error) -> Option<Db> {
@@ -829,7 +838,7 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(TryAsyncStream::new(move |yielder| async move {
-            let query = Replay::new(query, db.begin.is_none())?;
+            let query = db.replay(query)?;
             let spare = query.spare();
             let mut conn = match db.checkout().await {
                 Ok(conn) => conn,
@@ -890,12 +899,7 @@ impl<'p> Executor<'p> for &'_ Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let db = self.clone();
-        Box::pin(async move {
-            db.run(Replay::new(query, db.begin.is_none())?, |c, q| {
-                c.fetch_optional(q)
-            })
-            .await
-        })
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.fetch_optional(q)).await })
     }
 
     // `fetch_all` and `execute` straight on the connection: the default ones
@@ -909,12 +913,7 @@ impl<'p> Executor<'p> for &'_ Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let db = self.clone();
-        Box::pin(async move {
-            db.run(Replay::new(query, db.begin.is_none())?, |c, q| {
-                c.fetch_all(q)
-            })
-            .await
-        })
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.fetch_all(q)).await })
     }
 
     fn execute<'e, 'q: 'e, E>(
@@ -926,10 +925,7 @@ impl<'p> Executor<'p> for &'_ Db {
         E: 'q + Execute<'q, Postgres>,
     {
         let db = self.clone();
-        Box::pin(async move {
-            db.run(Replay::new(query, db.begin.is_none())?, |c, q| c.execute(q))
-                .await
-        })
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.execute(q)).await })
     }
 
     fn prepare_with<'e>(

@@ -561,19 +561,7 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
     .execute(&mut *conn)
     .await?;
     let start = std::time::Instant::now();
-    // One statement at a time: PostgreSQL runs the statements of one query
-    // string as one implicit transaction, where CREATE INDEX CONCURRENTLY
-    // and friends refuse to run.
-    let mut outcome = Ok(());
-    for statement in statements(migration.sql.as_str()) {
-        if let Err(err) = conn
-            .execute(sqlx::AssertSqlSafe(statement.to_owned()))
-            .await
-        {
-            outcome = Err(err);
-            break;
-        }
-    }
+    let outcome = execute_each(conn, migration.sql.as_str()).await;
     let (success, time) = match &outcome {
         Ok(_) => (true, start.elapsed().as_nanos() as i64),
         Err(_) => (false, FAILED),
@@ -597,16 +585,25 @@ async fn revert_outside_transaction(
     conn: &mut PgConnection,
     down: &Migration,
 ) -> std::result::Result<(), sqlx::migrate::MigrateError> {
-    for statement in statements(down.sql.as_str()) {
-        conn.execute(sqlx::AssertSqlSafe(statement.to_owned()))
-            .await
-            .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
-    }
+    execute_each(conn, down.sql.as_str())
+        .await
+        .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
         .bind(down.version)
         .execute(&mut *conn)
         .await
         .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
+    Ok(())
+}
+
+/// Runs `sql` one statement at a time: PostgreSQL runs the statements of
+/// one query string as one implicit transaction, where CREATE INDEX
+/// CONCURRENTLY and friends refuse to run.
+async fn execute_each(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    for statement in statements(sql) {
+        conn.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await?;
+    }
     Ok(())
 }
 

@@ -100,21 +100,29 @@ impl Cluster {
         let parent = self.root().join("base");
         self.prepare_dir(&parent)?;
         let dir = parent.join(stamp());
+        self.pg_basebackup(&dir, &[])?;
+        Ok(dir)
+    }
+
+    /// `pg_basebackup` of this running cluster into `dir`, with the WAL it
+    /// needs and the `extra` flags; a failed one leaves nothing in `dir`.
+    fn pg_basebackup(&self, dir: &Path, extra: &[&str]) -> Result<()> {
         let out = self.run(
             Command::new(self.server_tool("pg_basebackup"))
                 .arg("--pgdata")
-                .arg(&dir)
+                .arg(dir)
                 .args(["--wal-method=stream", "--checkpoint=fast", "--no-password"])
+                .args(extra)
                 .arg(format!("--dbname={}", self.url("postgres"))),
         )?;
         if !out.status.success() {
-            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_dir_all(dir);
             return Err(Error::Backup(format!(
                 "pg_basebackup failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        Ok(dir)
+        Ok(())
     }
 
     /// Recovers a copy of the cluster from the base backup `base` and the
@@ -213,20 +221,7 @@ impl Cluster {
         let replica = Cluster::new(root, self.is_ephemeral())?;
         self.prepare_dir(replica.root())?;
         let data = replica.root().join("data");
-        let out = self.run(
-            Command::new(self.server_tool("pg_basebackup"))
-                .arg("--pgdata")
-                .arg(&data)
-                .args(["--write-recovery-conf", "--wal-method=stream"])
-                .args(["--checkpoint=fast", "--no-password"])
-                .arg(format!("--dbname={}", self.url("postgres"))),
-        )?;
-        if !out.status.success() {
-            return Err(Error::Backup(format!(
-                "pg_basebackup failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        self.pg_basebackup(&data, &["--write-recovery-conf"])?;
         self.append_owned(
             &data.join("postgresql.auto.conf"),
             &format!(

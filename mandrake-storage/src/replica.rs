@@ -116,7 +116,7 @@ impl Replicas {
             positions.push_back((now, Instant::now()));
         }
         let keep = (self.max_lag.as_millis() / CHECK_EVERY.as_millis()) as usize + 2;
-        while positions.len() > keep.max(2) {
+        while positions.len() > keep {
             positions.pop_front();
         }
         for member in &self.members {

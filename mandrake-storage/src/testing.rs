@@ -89,6 +89,11 @@ fn start_server() -> Result<Server> {
     })
 }
 
+/// `options` sent through the test PgBouncer instead of straight to the server.
+fn via_pgbouncer(options: &PgConnectOptions) -> Result<PgConnectOptions> {
+    Ok(options.clone().socket(pgbouncer()?).port(PGBOUNCER_PORT))
+}
+
 fn through_pgbouncer() -> bool {
     std::env::var("MANDRAKE_TEST_PGBOUNCER").is_ok_and(|v| v == "1")
 }
@@ -301,7 +306,7 @@ impl TestDb {
         };
         let pool_options = if through_pgbouncer() {
             settings.pgbouncer = true;
-            options.clone().socket(pgbouncer()?).port(PGBOUNCER_PORT)
+            via_pgbouncer(&options)?
         } else {
             options.clone()
         };
@@ -334,11 +339,7 @@ impl TestDb {
     /// transaction mode, started in front of the throwaway cluster on first
     /// use; connect with [`Settings::pgbouncer`] on.
     pub fn through_pgbouncer(&self) -> Result<PgConnectOptions> {
-        Ok(self
-            .options
-            .clone()
-            .socket(pgbouncer()?)
-            .port(PGBOUNCER_PORT))
+        via_pgbouncer(&self.options)
     }
 
     /// Connection options for the admin console of that PgBouncer

@@ -19,6 +19,14 @@ fn message(conversation_id: Uuid, content: &str) -> NewMessage {
     }
 }
 
+/// A user message in `conversation_id`, created.
+async fn post(db: &Db, conversation_id: Uuid, content: &str) -> Message {
+    Message::repo()
+        .create(db, message(conversation_id, content))
+        .await
+        .unwrap()
+}
+
 /// The next change, or a panic after 10 s.
 async fn next(changes: &mut Subscription<Message>) -> Change<Message> {
     tokio::time::timeout(Duration::from_secs(10), changes.next())
@@ -86,10 +94,7 @@ async fn a_thousand_inserts_in_a_hundred_transactions_arrive_once_each_in_commit
     assert_eq!(received[999].content, "99.9");
 
     // Nothing more is waiting: a marker written now is the next change.
-    let marker = Message::repo()
-        .create(db, message(c.id, "marker"))
-        .await
-        .unwrap();
+    let marker = post(db, c.id, "marker").await;
     assert_eq!(inserted(next(&mut changes).await).id, marker.id);
 }
 
@@ -108,10 +113,7 @@ async fn a_rolled_back_transaction_sends_nothing() {
             .unwrap();
     }
     tx.rollback().await.unwrap();
-    let marker = Message::repo()
-        .create(db, message(c.id, "marker"))
-        .await
-        .unwrap();
+    let marker = post(db, c.id, "marker").await;
     assert_eq!(inserted(next(&mut changes).await).id, marker.id);
 }
 
@@ -129,16 +131,10 @@ async fn a_filter_on_one_conversation_never_sees_another() {
 
     let mut expected = Vec::new();
     for i in 0..20 {
-        let to_b = Message::repo()
-            .create(db, message(b.id, &format!("b{i}")))
-            .await
-            .unwrap();
+        let to_b = post(db, b.id, &format!("b{i}")).await;
         Message::repo().delete(db, to_b.id).await.unwrap();
         if i % 2 == 0 {
-            let to_a = Message::repo()
-                .create(db, message(a.id, &format!("a{i}")))
-                .await
-                .unwrap();
+            let to_a = post(db, a.id, &format!("a{i}")).await;
             expected.push(to_a.id);
         }
     }
@@ -147,14 +143,8 @@ async fn a_filter_on_one_conversation_never_sees_another() {
         assert_eq!((m.id, m.conversation_id), (id, a.id));
     }
     // A last change to B, then one to A: only A's arrives.
-    Message::repo()
-        .create(db, message(b.id, "b last"))
-        .await
-        .unwrap();
-    let last = Message::repo()
-        .create(db, message(a.id, "a last"))
-        .await
-        .unwrap();
+    post(db, b.id, "b last").await;
+    let last = post(db, a.id, "a last").await;
     assert_eq!(inserted(next(&mut changes).await).id, last.id);
 }
 
@@ -166,10 +156,7 @@ async fn updates_and_deletes_arrive_even_for_a_megabyte_row() {
     let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
 
     let big = "x".repeat(1 << 20);
-    let m = Message::repo()
-        .create(db, message(c.id, &big))
-        .await
-        .unwrap();
+    let m = post(db, c.id, &big).await;
     assert_eq!(inserted(next(&mut changes).await).content.len(), 1 << 20);
 
     let patch = MessagePatch {
@@ -186,10 +173,7 @@ async fn updates_and_deletes_arrive_even_for_a_megabyte_row() {
     assert_eq!(deleted(next(&mut changes).await), m.id);
 
     // Deleting the conversation cascades to its messages: each is announced.
-    let kept = Message::repo()
-        .create(db, message(c.id, "kept"))
-        .await
-        .unwrap();
+    let kept = post(db, c.id, "kept").await;
     assert_eq!(inserted(next(&mut changes).await).id, kept.id);
     Conversation::repo().delete(db, c.id).await.unwrap();
     assert_eq!(deleted(next(&mut changes).await), kept.id);
@@ -214,10 +198,7 @@ async fn a_terminated_listener_yields_a_gap_and_goes_on() {
     let gap = next(&mut changes).await;
     assert!(matches!(gap, Change::Gap), "expected Gap, got {gap:?}");
 
-    let after = Message::repo()
-        .create(db, message(c.id, "after the gap"))
-        .await
-        .unwrap();
+    let after = post(db, c.id, "after the gap").await;
     assert_eq!(inserted(next(&mut changes).await).id, after.id);
 }
 

@@ -71,6 +71,24 @@ struct Run {
     took: Duration,
 }
 
+/// Applies the pending `migrations` under the writes and prints what they
+/// saw, after `label`.
+async fn migrate_under_writes(db: &Db, url: &str, migrations: &Migrations, label: &str) -> Run {
+    let run = under_writes(db, async {
+        migrate(url, migrations, &MigrateOptions::default())
+            .await
+            .unwrap();
+    })
+    .await;
+    println!(
+        "{label}: {} writes during a {:.1} s migration, the slowest {:.0} ms",
+        run.writes,
+        run.took.as_secs_f64(),
+        run.slowest.as_secs_f64() * 1000.0
+    );
+    run
+}
+
 /// Runs `migration` while `WRITERS` tasks insert and update notes, each
 /// write timed; returns the slowest write that overlapped the migration.
 async fn under_writes<F: std::future::Future<Output = ()>>(db: &Db, migration: F) -> Run {
@@ -183,18 +201,7 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         .await
         .unwrap();
     assert_eq!(made.files.len(), 3);
-    let run = under_writes(&writers, async {
-        migrate(&url, &migrations(), &MigrateOptions::default())
-            .await
-            .unwrap();
-    })
-    .await;
-    println!(
-        "online: {} writes during a {:.1} s migration, the slowest {:.0} ms",
-        run.writes,
-        run.took.as_secs_f64(),
-        run.slowest.as_secs_f64() * 1000.0
-    );
+    let run = migrate_under_writes(&writers, &url, &migrations(), "online").await;
     assert!(run.writes > 100, "writes went on: {}", run.writes);
     assert!(
         run.slowest < run.took,
@@ -220,16 +227,5 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         .await
         .unwrap();
     assert_eq!(plain.files.len(), 1);
-    let blocking = under_writes(&writers, async {
-        migrate(&url, &migrations(), &MigrateOptions::default())
-            .await
-            .unwrap();
-    })
-    .await;
-    println!(
-        "as planned: {} writes during a {:.1} s migration, the slowest {:.0} ms",
-        blocking.writes,
-        blocking.took.as_secs_f64(),
-        blocking.slowest.as_secs_f64() * 1000.0
-    );
+    migrate_under_writes(&writers, &url, &migrations(), "as planned").await;
 }

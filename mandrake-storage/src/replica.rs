@@ -33,6 +33,8 @@ struct Member {
     usable: Arc<AtomicBool>,
     /// The WAL position it had replayed at the last check.
     replayed: AtomicI64,
+    /// Found not to be a replica of this primary (warned once).
+    refused: AtomicBool,
 }
 
 /// What a replica's pool falls back to: the primary's, held weakly so that
@@ -83,6 +85,7 @@ impl Replicas {
                     db,
                     usable,
                     replayed: AtomicI64::new(0),
+                    refused: AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -112,6 +115,13 @@ impl Replicas {
     /// replica's replay position, turned into a lag in time through the
     /// positions the primary had at earlier checks.
     async fn check(&self, primary: &Db, positions: &mut VecDeque<(i64, Instant)>) {
+        let Ok(cluster) = cluster_id(primary).await else {
+            // Without the primary's identity no replica can be vouched for.
+            for member in &self.members {
+                member.usable.store(false, Ordering::Relaxed);
+            }
+            return;
+        };
         if let Ok(now) = written(primary).await {
             positions.push_back((now, Instant::now()));
         }
@@ -120,9 +130,23 @@ impl Replicas {
             positions.pop_front();
         }
         for member in &self.members {
-            let replayed = tokio::time::timeout(Duration::from_secs(1), replayed(&member.db)).await;
-            let usable = match replayed {
-                Ok(Ok(replayed)) => {
+            let replica =
+                tokio::time::timeout(Duration::from_secs(1), replica_state(&member.db)).await;
+            let usable = match replica {
+                // Not in recovery (a primary, or promoted), or a replica of
+                // another cluster: its WAL positions say nothing about ours.
+                Ok(Ok(state)) if !state.in_recovery || state.cluster != cluster => {
+                    if !member.refused.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(target: "mandrake_storage",
+                            in_recovery = state.in_recovery,
+                            "a server in MANDRAKE_REPLICA_URLS is not a streaming replica of \
+                             this primary (another cluster, or not in recovery): not used");
+                    }
+                    false
+                }
+                Ok(Ok(state)) => {
+                    member.refused.store(false, Ordering::Relaxed);
+                    let replayed = state.replayed;
                     member.replayed.store(replayed, Ordering::Relaxed);
                     // The oldest primary position it has not replayed yet:
                     // it is behind by the time since then.
@@ -156,8 +180,39 @@ async fn written(db: &Db) -> Result<i64> {
     )
 }
 
-/// How far a replica has replayed the primary's WAL, in bytes (-1 on a
-/// server that is no replica).
+/// The cluster a server belongs to: `initdb` picks the system identifier, and
+/// `pg_basebackup` copies it to every streaming replica.
+async fn cluster_id(db: &Db) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// What a replica check reads.
+struct ReplicaState {
+    in_recovery: bool,
+    cluster: i64,
+    /// How far it has replayed the primary's WAL, in bytes (-1 when not in recovery).
+    replayed: i64,
+}
+
+async fn replica_state(db: &Db) -> Result<ReplicaState> {
+    let (in_recovery, cluster, replayed) = sqlx::query_as(
+        "SELECT pg_is_in_recovery(), system_identifier, \
+         COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1) FROM pg_control_system()",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(ReplicaState {
+        in_recovery,
+        cluster,
+        replayed,
+    })
+}
+
+/// How far a replica has replayed the primary's WAL, in bytes.
 async fn replayed(db: &Db) -> Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1)")
@@ -195,7 +250,8 @@ impl Db {
 
     /// Like [`Db::read`], but only a replica that has replayed up to `token`
     /// (read your own writes): it waits up to the lag limit for one to get
-    /// there, then falls back to the primary.
+    /// there, then falls back to the primary; with no usable replica, it
+    /// returns the primary at once.
     ///
     /// ```no_run
     /// # use mandrake_storage::Record;
@@ -214,6 +270,13 @@ impl Db {
         };
         let deadline = Instant::now() + replicas.max_lag;
         loop {
+            if !replicas
+                .members
+                .iter()
+                .any(|m| m.usable.load(Ordering::Relaxed))
+            {
+                return self;
+            }
             for member in &replicas.members {
                 if !member.usable.load(Ordering::Relaxed) {
                     continue;

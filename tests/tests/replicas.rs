@@ -118,3 +118,78 @@ async fn reads_go_to_a_live_replica_and_fall_back_to_the_primary() {
     reads_go_to(&db, true).await;
     primary.stop().unwrap();
 }
+
+#[tokio::test]
+async fn servers_that_are_not_replicas_of_this_primary_are_never_read() {
+    let root = mandrake_storage::cluster::workspace_root().unwrap();
+    let migrations = Migrations::from_dir(root.join("migrations")).unwrap();
+    let primary = throwaway_cluster().unwrap();
+    primary.start().unwrap();
+    let url = primary.ensure_database("app").await.unwrap();
+    migrate(&url, &migrations, &Default::default())
+        .await
+        .unwrap();
+    // Another cluster with more rows, whose WAL is far ahead of ours, and
+    // a streaming replica of it.
+    let other = throwaway_cluster().unwrap();
+    other.start().unwrap();
+    let other_url = other.ensure_database("app").await.unwrap();
+    migrate(&other_url, &migrations, &Default::default())
+        .await
+        .unwrap();
+    let other_db = Db::connect_url(&other_url, &Settings::default())
+        .await
+        .unwrap();
+    for n in 0..101 {
+        conversation(&other_db, &format!("other {n}")).await;
+    }
+    for _ in 0..3 {
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&other_db)
+            .await
+            .unwrap();
+        conversation(&other_db, "more WAL").await;
+    }
+    let foreign = Stopped(other.start_replica(&other.root().join("replica")).unwrap());
+
+    let settings = Settings {
+        // A replica of another cluster, and a server in no recovery at all.
+        replica_urls: vec![foreign.0.url("app"), other_url.clone()],
+        replica_max_lag: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let db = Db::connect_url(&url, &settings).await.unwrap();
+    for n in 0..3 {
+        conversation(&db, &format!("ours {n}")).await;
+    }
+    // From the first read on, for a second and a half: only our rows.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let count = Conversation::repo()
+            .count(db.read(), mandrake_storage::Filter::all())
+            .await
+            .unwrap();
+        assert_eq!(count, 3, "a read was answered by another cluster");
+        assert_eq!(db.usable_replicas(), 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With no usable replica, read_after is the primary at once, not after
+    // the 5 s lag limit.
+    let token = db.write_token().await.unwrap();
+    let asked = Instant::now();
+    let reader = db.read_after(token).await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "read_after waited {:?}",
+        asked.elapsed()
+    );
+    assert!(!on_replica(reader).await);
+    let count = Conversation::repo()
+        .count(reader, mandrake_storage::Filter::all())
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    other_db.close().await;
+    other.stop().unwrap();
+    primary.stop().unwrap();
+}

@@ -311,7 +311,8 @@ fn column_alias(f: &Field) -> syn::Ident {
 }
 
 /// `Record::renames` for a record with `renamed_from` hints (the trait's
-/// default, none, otherwise).
+/// default, none, otherwise), and `Record::SECRET_COLUMNS` for one with
+/// `secret` fields.
 fn renames_fn(cont: &Container) -> TokenStream {
     let table = &cont.table;
     let mut hints: Vec<TokenStream> = Vec::new();
@@ -324,10 +325,21 @@ fn renames_fn(cont: &Container) -> TokenStream {
             hints.push(quote!(.column(#table, #old, #col)));
         }
     }
+    let secret: Vec<&String> = cont
+        .columns()
+        .filter(|f| f.attrs.secret.is_some())
+        .map(|f| &f.column)
+        .collect();
+    let secret = if secret.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(const SECRET_COLUMNS: &'static [&'static str] = &[#( #secret ),*];)
+    };
     if hints.is_empty() {
-        return TokenStream::new();
+        return secret;
     }
     quote! {
+        #secret
         fn renames() -> ::mandrake_storage::schema::Renames {
             ::mandrake_storage::schema::Renames::default() #( #hints )*
         }

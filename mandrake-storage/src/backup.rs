@@ -7,7 +7,7 @@
 //! use mandrake_storage::backup;
 //! let dir = backup::default_dir()?;
 //! let made = backup::backup(url, &backup::default_path(&dir, "mandrake"), |_| {}).await?;
-//! backup::prune(&dir, "mandrake", 7)?; // keep the newest seven
+//! backup::prune(&dir, "mandrake", 7, Some(&made.path))?; // keep the newest seven
 //! let copy = backup::restore(url, &made.path, &backup::RestoreTarget::New).await?;
 //! println!("restored into {}", copy.url);
 //! # Ok(()) }
@@ -151,7 +151,8 @@ fn dump(
         .command("pg_dump")
         .args(["--format=custom", "--verbose", "--file"])
         .arg(&partial)
-        .arg(format!("--dbname={}", libpq_url(url)))
+        .args(libpq_connection(url))
+        .envs(libpq_password(url))
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io("cannot run pg_dump".into(), e))?;
@@ -213,30 +214,66 @@ fn not_an_archive(archive: &Path, stderr: &[u8]) -> Error {
     ))
 }
 
-/// Deletes the oldest `<database>-*.dump` files in `dir` beyond the newest
-/// `keep`; returns what it deleted.
-pub fn prune(dir: &Path, database: &str, keep: usize) -> Result<Vec<PathBuf>> {
-    let prefix = format!("{database}-");
+/// Deletes the oldest of `database`'s backups in `dir` beyond the newest
+/// `keep`, and never `written` (the backup just made); returns what it
+/// deleted. Only names [`default_path`] gives, `<database>-<UTC timestamp>.dump`,
+/// count: another database's backups (`app-staging-…` beside `app-…`) are
+/// not this one's. `keep` must be at least 1.
+pub fn prune(
+    dir: &Path,
+    database: &str,
+    keep: usize,
+    written: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
+    if keep == 0 {
+        return Err(Error::Backup(
+            "--keep 0 would delete every backup, the new one included: keep at least 1".into(),
+        ));
+    }
     let mut dumps: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io(format!("cannot read {}", dir.display()), e))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "dump")
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| {
+                    n.strip_prefix(database)?
+                        .strip_prefix('-')?
+                        .strip_suffix(".dump")
+                })
+                .is_some_and(is_stamp)
         })
         .collect();
     // The names end in a UTC timestamp: name order is age order.
     dumps.sort();
     let excess = dumps.len().saturating_sub(keep);
-    let old: Vec<PathBuf> = dumps.drain(..excess).collect();
+    let old: Vec<PathBuf> = dumps
+        .drain(..excess)
+        .filter(|p| written.is_none_or(|w| !same_file(p, w)))
+        .collect();
     for path in &old {
         std::fs::remove_file(path)
             .map_err(|e| io(format!("cannot delete {}", path.display()), e))?;
     }
     Ok(old)
+}
+
+/// `20261127T081500Z` or `20261127T081500.123Z`, as [`default_path`] writes them.
+fn is_stamp(text: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(body) = text.strip_suffix('Z') else {
+        return false;
+    };
+    let (time, millis) = body.split_once('.').unwrap_or((body, "000"));
+    match time.split_once('T') {
+        Some((date, clock)) => digits(date, 8) && digits(clock, 6) && digits(millis, 3),
+        None => false,
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
 }
 
 /// Where [`restore`] puts the archive's contents.
@@ -275,6 +312,15 @@ pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Resul
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
     let tools = ClientTools::for_server(url).await?;
     let mut admin = admin(url).await?;
+    if let RestoreTarget::Named(name) | RestoreTarget::Replace(name) = target
+        && name.len() > 63
+    {
+        // PostgreSQL would cut it silently, and then find neither name.
+        return Err(Error::Backup(format!(
+            "database names are at most 63 bytes; {name} has {}",
+            name.len()
+        )));
+    }
     let (fresh, replace) = match target {
         RestoreTarget::New => (name_with(&current, "_restored_", &stamp), None),
         RestoreTarget::Named(name) => {
@@ -344,7 +390,8 @@ async fn restore_into(
                 "--no-owner",
                 "--no-privileges",
             ])
-            .arg(format!("--dbname={}", libpq_url(&url)))
+            .args(libpq_connection(&url))
+            .envs(libpq_password(&url))
             .arg(&file)
             .output()
             .map_err(|e| io("cannot run pg_restore".into(), e))?;
@@ -585,10 +632,77 @@ fn with_database(url: &str, database: &str) -> String {
     )
 }
 
-/// `url` for the client tools: libpq refuses the one parameter sqlx adds
-/// that is not its own (`statement-cache-capacity`).
-fn libpq_url(url: &str) -> String {
-    without_params(url, |pair| pair.starts_with("statement-cache-capacity=")).0
+/// `--dbname=<url>` for the client tools, without the password (a command
+/// line is visible to every user in `ps`; see [`libpq_password`]) and
+/// without the one parameter sqlx adds that libpq refuses
+/// (`statement-cache-capacity`).
+fn libpq_connection(url: &str) -> [String; 1] {
+    let (url, _) = without_params(url, |pair| {
+        pair.starts_with("statement-cache-capacity=") || pair.starts_with("password=")
+    });
+    [format!("--dbname={}", without_password(&url))]
+}
+
+/// `PGPASSWORD` for the client tools, when `url` carries a password: the
+/// environment of a process is readable only by its user and root.
+fn libpq_password(url: &str) -> Vec<(&'static str, String)> {
+    url_password(url)
+        .map(|password| ("PGPASSWORD", password))
+        .into_iter()
+        .collect()
+}
+
+/// The password in `url` (`user:password@` or `?password=`), percent-decoded.
+fn url_password(url: &str) -> Option<String> {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let in_userinfo = url[authority..end]
+        .rfind('@')
+        .and_then(|at| url[authority..authority + at].split_once(':'))
+        .map(|(_, password)| password);
+    let in_query = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("password=")));
+    in_userinfo.or(in_query).map(percent_decode)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+fn without_password(url: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    match url[authority..end].rfind('@') {
+        Some(at) => match url[authority..authority + at].split_once(':') {
+            Some((user, _)) => format!("{}{user}{}", &url[..authority], &url[authority + at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 /// A connection to the `postgres` database of `url`'s server, for CREATE,
@@ -636,26 +750,63 @@ mod tests {
         assert_eq!(with_database("postgres://h", "a b"), "postgres://h/a%20b");
         assert_eq!(with_database("postgres://h:1/x", "y"), "postgres://h:1/y");
         assert_eq!(
-            libpq_url("postgres://h/x?sslmode=prefer&statement-cache-capacity=100"),
-            "postgres://h/x?sslmode=prefer"
+            libpq_connection("postgres://h/x?sslmode=prefer&statement-cache-capacity=100"),
+            ["--dbname=postgres://h/x?sslmode=prefer"]
         );
         assert_eq!(
-            libpq_url("postgres://h/x?statement-cache-capacity=1"),
-            "postgres://h/x"
+            libpq_connection("postgres://h/x?statement-cache-capacity=1"),
+            ["--dbname=postgres://h/x"]
         );
     }
 
     #[test]
-    fn prune_keeps_the_newest() {
+    fn the_password_goes_through_the_environment_never_the_command_line() {
+        let url = "postgres://app:S3cret%21@h:5432/x?sslmode=prefer";
+        assert_eq!(
+            libpq_connection(url),
+            ["--dbname=postgres://app@h:5432/x?sslmode=prefer"]
+        );
+        assert_eq!(libpq_password(url), [("PGPASSWORD", "S3cret!".to_owned())]);
+        let in_query = "postgres://app@h/x?password=S3cret&sslmode=prefer";
+        assert_eq!(
+            libpq_connection(in_query),
+            ["--dbname=postgres://app@h/x?sslmode=prefer"]
+        );
+        assert_eq!(
+            libpq_password(in_query),
+            [("PGPASSWORD", "S3cret".to_owned())]
+        );
+        assert!(libpq_password("postgres://app@h/x").is_empty());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_of_this_database_only() {
         let dir = std::env::temp_dir().join(format!("mandrake-prune-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for stamp in ["20260101T000000Z", "20260301T000000Z", "20260201T000000Z"] {
+        for stamp in [
+            "20260101T000000Z",
+            "20260301T000000.123Z",
+            "20260201T000000Z",
+        ] {
             std::fs::write(dir.join(format!("app-{stamp}.dump")), b"x").unwrap();
         }
         std::fs::write(dir.join("other-20250101T000000Z.dump"), b"x").unwrap();
-        let gone = prune(&dir, "app", 2).unwrap();
+        // Another database whose name starts with this one's.
+        std::fs::write(dir.join("app-staging-20250101T000000Z.dump"), b"x").unwrap();
+        std::fs::write(dir.join("app-notes.dump"), b"x").unwrap();
+        let gone = prune(&dir, "app", 2, None).unwrap();
         assert_eq!(gone, [dir.join("app-20260101T000000Z.dump")]);
         assert!(dir.join("other-20250101T000000Z.dump").exists());
+        assert!(dir.join("app-staging-20250101T000000Z.dump").exists());
+        assert!(dir.join("app-notes.dump").exists());
+        // Never the file just written, even when it is not the newest name.
+        let written = dir.join("app-20260201T000000Z.dump");
+        let gone = prune(&dir, "app", 1, Some(&written)).unwrap();
+        assert!(gone.is_empty(), "{gone:?}");
+        assert!(written.exists());
+        let err = prune(&dir, "app", 0, None).unwrap_err().to_string();
+        assert!(err.contains("keep at least 1"), "{err}");
+        assert!(dir.join("app-20260301T000000.123Z.dump").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

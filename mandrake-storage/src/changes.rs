@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use futures_util::FutureExt;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use sqlx::postgres::{PgArguments, PgListener, PgPoolOptions};
 use sqlx::types::Json;
@@ -27,7 +28,9 @@ use crate::schema::TableSchema;
 pub enum Change<T> {
     /// A row was inserted; this is the row as it is when fetched.
     Inserted(T),
-    /// A row was updated; this is the row as it is when fetched.
+    /// A row was updated; this is the row as it is when fetched. An update
+    /// that moves a row out of the subscription's filter arrives too, with
+    /// the row's new values: a subscriber drops the row it showed.
     Updated(T),
     /// The row with this id was deleted.
     Deleted(Uuid),
@@ -92,6 +95,10 @@ impl<T: Record> Subscription<T> {
     /// `filter` may use `id` and the columns the notifications carry (the
     /// foreign keys); another column is `Error::Schema`.
     pub async fn start(db: &Db, filter: Filter<T>) -> Result<Subscription<T>> {
+        // Behind PgBouncer the LISTEN needs the server itself (or is refused
+        // here): on a pooled server connection it would hand notifications to
+        // other clients' queries.
+        let options = db.session_options("the change feed (subscribe)")?;
         let schema = T::schema();
         let (node, values) = filter.into_parts();
         let sql = fetch_sql(schema, &node, &T::columns("t"))?;
@@ -119,7 +126,7 @@ impl<T: Record> Subscription<T> {
             .max_lifetime(None)
             .idle_timeout(None)
             .acquire_timeout(db.acquire_timeout())
-            .connect_with(db.options())
+            .connect_with(options)
             .await?;
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(&schema.notify_channel()).await?;
@@ -140,7 +147,9 @@ impl<T: Record> Subscription<T> {
 
 /// The query turning a batch of notifications into changes. The batch is
 /// one JSON array (`$n`, after the filter's values), read as a table named
-/// like `T`'s, so that the filter's SQL applies to it unchanged.
+/// like `T`'s, so that the filter's SQL applies to it unchanged. An update
+/// is in the batch twice, with its keys after and before (same `seq`): it
+/// passes when either does, so a row leaving the filter is heard of too.
 fn fetch_sql(schema: &TableSchema, node: &Node, columns: &str) -> Result<String> {
     let Some(keys) = &schema.notify else {
         return Err(Error::Schema(format!(
@@ -173,7 +182,8 @@ fn fetch_sql(schema: &TableSchema, node: &Node, columns: &str) -> Result<String>
     let table = quote_ident(&schema.name);
     Ok(format!(
         "SELECT e.op, e.id, t.id IS NOT NULL, {columns} \
-         FROM (SELECT * FROM jsonb_to_recordset(${batch}::jsonb) AS {table}(seq INT8, op TEXT, {typed}){condition}) e \
+         FROM (SELECT DISTINCT ON (seq) * FROM jsonb_to_recordset(${batch}::jsonb) \
+         AS {table}(seq INT8, op TEXT, {typed}){condition} ORDER BY seq) e \
          LEFT JOIN {table} t ON t.id = e.id ORDER BY e.seq",
         batch = param + 1,
         typed = typed.join(", "),
@@ -222,8 +232,31 @@ impl<T: Record> State<T> {
             match self.listener.try_recv().await {
                 Ok(Some(first)) => {
                     let mut batch = vec![first];
+                    let mut lost = None;
+                    // Whatever else has arrived joins the batch. `next_buffered`
+                    // alone sees only what came in while the listener ran a
+                    // query, so the socket is polled too, without waiting
+                    // (`try_recv` is cancel-safe: a message half-read stays
+                    // in the buffer).
                     while batch.len() < MAX_BATCH {
-                        match self.listener.next_buffered() {
+                        let more = match self.listener.next_buffered() {
+                            Some(more) => Some(more),
+                            None => match self.listener.try_recv().now_or_never() {
+                                Some(Ok(Some(more))) => Some(more),
+                                None => None,
+                                // Lost (and reconnected, or not): after this
+                                // batch, a Gap, or the reconnect loop's.
+                                Some(Ok(None)) => {
+                                    lost = Some(None);
+                                    None
+                                }
+                                Some(Err(err)) => {
+                                    lost = Some(Some(err));
+                                    None
+                                }
+                            },
+                        };
+                        match more {
                             Some(more) => batch.push(more),
                             None => break,
                         }
@@ -233,6 +266,16 @@ impl<T: Record> State<T> {
                         Ok(changes) => self.pending.extend(changes),
                         // The batch is lost: say so, then a Gap.
                         Err(err) => return self.failed(err),
+                    }
+                    match lost {
+                        None => {}
+                        Some(None) => self.pending.push_back(Change::Gap),
+                        Some(Some(err)) => {
+                            tracing::warn!(target: "mandrake_storage", error = %err,
+                                "change feed interrupted");
+                            // The reconnect below yields the Gap.
+                            self.failures += 1;
+                        }
                     }
                 }
                 // Lost and already reconnected (sqlx's eager reconnect).
@@ -272,6 +315,11 @@ async fn fetch<T: Record>(
             Error::Schema(format!("unexpected change notification {payload:?}: {e}"))
         })?;
         event.insert("seq".into(), seq.into());
+        if let Some(serde_json::Value::Object(old)) = event.remove("old") {
+            let mut before = event.clone();
+            before.extend(old);
+            events.push(before);
+        }
         events.push(event);
     }
     let mut args = args.clone();
@@ -324,7 +372,7 @@ mod tests {
         let (node, _) = CONVERSATION.eq(Uuid::nil()).into_parts();
         let sql = fetch_sql(&schema(), &node, "").unwrap();
         assert!(
-            sql.contains(r#"jsonb_to_recordset($2::jsonb) AS "messages"(seq INT8, op TEXT, "id" UUID, "conversation_id" UUID) WHERE "conversation_id" = $1"#),
+            sql.contains(r#"jsonb_to_recordset($2::jsonb) AS "messages"(seq INT8, op TEXT, "id" UUID, "conversation_id" UUID) WHERE "conversation_id" = $1 ORDER BY seq"#),
             "{sql}"
         );
     }

@@ -352,6 +352,9 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             if report.applied.is_empty() {
                 println!("nothing to apply: the database is up to date");
             }
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
         }
         Command::Rollback(args) => {
             let migrations = Migrations::from_dir(&dir)?;
@@ -375,7 +378,10 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             let unfinished = rows.iter().any(|r| {
                 matches!(
                     r.state,
-                    migrate::State::Pending | migrate::State::Failed | migrate::State::Unknown
+                    migrate::State::Pending
+                        | migrate::State::Failed
+                        | migrate::State::Unknown
+                        | migrate::State::Running
                 )
             });
             if rows.is_empty() {
@@ -384,6 +390,11 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             let stuck: Vec<i64> = rows
                 .iter()
                 .filter(|r| matches!(r.state, migrate::State::Failed | migrate::State::Unknown))
+                .map(|r| r.version)
+                .collect();
+            let running: Vec<i64> = rows
+                .iter()
+                .filter(|r| r.state == migrate::State::Running)
                 .map(|r| r.version)
                 .collect();
             for row in rows {
@@ -401,6 +412,12 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                     at,
                     took,
                     row.name
+                );
+            }
+            for version in &running {
+                println!(
+                    "\n{version} is running now (outside a transaction); `cargo xtask status` \
+                     again once it ends"
                 );
             }
             for version in stuck {
@@ -537,9 +554,30 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             for (up, down) in &made.files {
                 println!("  {}\n  {}", up.display(), down.display());
             }
+            if let Some(doc) = redraw_schema_doc(tables)? {
+                println!("redrew the diagram in {}", doc.display());
+            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Redraws the diagram of `docs/SCHEMA.md`, if it exists and is stale, so
+/// a schema change and its diagram land together; returns its path then.
+fn redraw_schema_doc(tables: &[&TableSchema]) -> Result<Option<PathBuf>> {
+    let path = workspace_root()?.join(SCHEMA_DOC);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let current = crate::diagram::mermaid(tables);
+    match crate::diagram::replace_in(&text, &current) {
+        Some(redrawn) if redrawn != text => {
+            std::fs::write(&path, redrawn)
+                .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+            Ok(Some(path))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Why `docs/SCHEMA.md` no longer shows the registered types, if it exists
@@ -554,8 +592,8 @@ fn stale_schema_doc(tables: &[&TableSchema]) -> Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(format!(
-        "{} is stale: replace its ```mermaid block with the output of \
-         `cargo xtask schema --format mermaid`",
+        "{} is stale: `cargo xtask new-migration` redraws it (or replace its ```mermaid \
+         block with the output of `cargo xtask schema --format mermaid`)",
         path.display()
     )))
 }
@@ -673,6 +711,11 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
 }
 
 async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::ExitCode> {
+    if args.keep == Some(0) {
+        return Err(Error::Backup(
+            "--keep 0 would delete every backup, the new one included: keep at least 1".into(),
+        ));
+    }
     let database = database_name(url)?;
     let dir = crate::backup::default_dir()?;
     let out = args
@@ -688,7 +731,7 @@ async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::Exi
     );
     if let Some(keep) = args.keep {
         let folder = made.path.parent().unwrap_or(&dir);
-        for old in crate::backup::prune(folder, &database, keep)? {
+        for old in crate::backup::prune(folder, &database, keep, Some(&made.path))? {
             println!("deleted {}", old.display());
         }
     }
@@ -712,14 +755,25 @@ async fn restore_command(url: &str, args: RestoreArgs) -> Result<std::process::E
             restored.database,
             file.display()
         ),
-        None => println!(
-            "restored {} into database {}\npoint the app at it: DATABASE_URL='{}'",
-            file.display(),
-            restored.database,
-            restored.url
-        ),
+        None => println!("{}", restored_message(&file, &restored)),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What `db restore` says of a copy: where it is, and the `DATABASE_URL` to
+/// use, without the password (it stays out of the terminal and its scrollback).
+fn restored_message(file: &std::path::Path, restored: &crate::backup::Restored) -> String {
+    let shown = crate::db::redact_url(&restored.url);
+    let hint = if shown == restored.url {
+        ""
+    } else {
+        " (with your password in place of ***)"
+    };
+    format!(
+        "restored {} into database {}\npoint the app at it: DATABASE_URL='{shown}'{hint}",
+        file.display(),
+        restored.database,
+    )
 }
 
 async fn verify_command(
@@ -772,4 +826,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Config(format!("task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restored_url_is_shown_without_its_password() {
+        let restored = crate::backup::Restored {
+            database: "app_restored_1".into(),
+            url: "postgres://app:S3cretPass@db:5432/app_restored_1".into(),
+            replaced: None,
+        };
+        let text = restored_message(std::path::Path::new("a.dump"), &restored);
+        assert!(!text.contains("S3cretPass"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL='postgres://app:***@db:5432/app_restored_1'"),
+            "{text}"
+        );
+    }
 }

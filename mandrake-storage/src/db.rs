@@ -14,7 +14,9 @@ use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlSafeStr,
 use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
 use sqlx_core::transaction::TransactionManager;
 
-use crate::pool::{Manager, Pool, PoolConnection, PoolStatus, is_broken, pool_error};
+use crate::pool::{
+    Manager, Pool, PoolConnection, PoolStatus, RESET_SESSION, is_broken, pool_error,
+};
 
 use crate::error::{Error, Result};
 
@@ -30,7 +32,13 @@ use crate::error::{Error, Result};
 /// | `MANDRAKE_POOL_MAX_LIFETIME_SECS` | replace a connection this old, 0 = never | 1800 |
 /// | `MANDRAKE_POOL_IDLE_TIMEOUT_SECS` | replace a connection idle this long, 0 = never | 600 |
 /// | `MANDRAKE_POOL_MIN_IDLE` | connections kept open and idle | 0 |
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// | `MANDRAKE_PGBOUNCER` | `1`: the URL is PgBouncer's, in transaction mode | 0 |
+/// | `MANDRAKE_DIRECT_URL` | the server itself, for what needs a session (the change feed) behind PgBouncer | none |
+/// | `MANDRAKE_REPLICA_URLS` | streaming replicas for [`Db::read`], comma-separated | none |
+/// | `MANDRAKE_REPLICA_MAX_LAG_MS` | skip a replica further behind than this | 1000 |
+///
+/// `Debug` shows the URLs without their passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `None` means: start and use the embedded cluster.
     pub database_url: Option<String>,
@@ -59,6 +67,71 @@ pub struct Settings {
     /// A replica further behind the primary than this is skipped until it
     /// catches up (`MANDRAKE_REPLICA_MAX_LAG_MS`, default 1000).
     pub replica_max_lag: Duration,
+    /// With [`Settings::pgbouncer`]: the server itself, not PgBouncer
+    /// (`MANDRAKE_DIRECT_URL`), for what needs a session of its own, such as
+    /// the change feed's LISTEN. Without it those calls are refused.
+    pub direct_url: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let replicas: Vec<String> = self.replica_urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("Settings")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("pool_size", &self.pool_size)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("validate_after", &self.validate_after)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("min_idle", &self.min_idle)
+            .field("pgbouncer", &self.pgbouncer)
+            .field("replica_urls", &replicas)
+            .field("replica_max_lag", &self.replica_max_lag)
+            .field("direct_url", &self.direct_url.as_deref().map(redact_url))
+            .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`, for messages and logs.
+///
+/// ```
+/// use mandrake_storage::redact_url;
+/// assert_eq!(redact_url("postgres://app:S3cret@db/x"), "postgres://app:***@db/x");
+/// assert_eq!(redact_url("postgres://db/x?password=S3cret&sslmode=require"),
+///            "postgres://db/x?password=***&sslmode=require");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let mut out = match url[authority..end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[authority..authority + at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:***{}", &url[..authority], &url[authority + at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    };
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}?{}", pairs.join("&"));
+    }
+    out
 }
 
 impl Default for Settings {
@@ -75,6 +148,7 @@ impl Default for Settings {
             pgbouncer: false,
             replica_urls: Vec::new(),
             replica_max_lag: Duration::from_secs(1),
+            direct_url: None,
         }
     }
 }
@@ -115,11 +189,15 @@ impl Settings {
             }
         }
         let defaults = Settings::default();
-        let database_url = lookup("DATABASE_URL").filter(|u| !u.trim().is_empty());
-        if let Some(url) = &database_url {
-            PgConnectOptions::from_str(url)
-                .map_err(|e| Error::Config(format!("DATABASE_URL is not a valid URL: {e}")))?;
-        }
+        let url = |key: &str| -> Result<Option<String>> {
+            let value = lookup(key).filter(|u| !u.trim().is_empty());
+            if let Some(url) = &value {
+                parse_url(url).map_err(|e| Error::Config(format!("{key}: {e}")))?;
+            }
+            Ok(value)
+        };
+        let database_url = url("DATABASE_URL")?;
+        let direct_url = url("MANDRAKE_DIRECT_URL")?;
         let pool_size = match number("MANDRAKE_POOL_SIZE", lookup("MANDRAKE_POOL_SIZE"))? {
             Some(0) => {
                 return Err(Error::Config(
@@ -175,9 +253,8 @@ impl Settings {
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
                 .map(|u| {
-                    PgConnectOptions::from_str(u).map_err(|e| {
-                        Error::Config(format!("MANDRAKE_REPLICA_URLS has a bad URL: {e}"))
-                    })?;
+                    parse_url(u)
+                        .map_err(|e| Error::Config(format!("MANDRAKE_REPLICA_URLS: {e}")))?;
                     Ok(u.to_owned())
                 })
                 .collect::<Result<_>>()?,
@@ -186,6 +263,7 @@ impl Settings {
                 lookup("MANDRAKE_REPLICA_MAX_LAG_MS"),
             )?
             .map_or(defaults.replica_max_lag, Duration::from_millis),
+            direct_url,
         })
     }
 
@@ -235,7 +313,55 @@ pub async fn connect_one(url: &str) -> Result<sqlx::PgConnection> {
 }
 
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|e| Error::Config(format!("bad database URL: {e}")))
+    parse_url(url).map_err(|e| Error::Config(format!("bad database URL: {e}")))
+}
+
+/// The query parameters sqlx reads from a URL, and ours (`pgbouncer`).
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+    "pgbouncer",
+];
+
+/// A PostgreSQL URL parsed, refusing what sqlx would accept and ignore: another
+/// scheme (`mysql://`), or a parameter it does not know (a typo such as
+/// `sslmod=require` would silently connect without TLS).
+fn parse_url(url: &str) -> std::result::Result<PgConnectOptions, String> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(format!(
+            "{} is not a PostgreSQL URL (postgres://user:password@host:port/database)",
+            redact_url(url)
+        ));
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if !URL_PARAMETERS.contains(&key) {
+                return Err(format!(
+                    "unknown URL parameter {key:?}; known: {}",
+                    URL_PARAMETERS.join(", ")
+                ));
+            }
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| e.to_string())
 }
 
 /// `CREATE DATABASE` that tolerates a concurrent creator.
@@ -317,6 +443,8 @@ pub struct Db {
     pub(crate) replicas: Option<Arc<crate::replica::Replicas>>,
     /// On a replica's pool: the primary, for a read the replica cannot serve.
     primary: Option<Arc<crate::replica::Fallback>>,
+    /// In PgBouncer mode: the server itself ([`Settings::direct_url`]).
+    direct: Option<Arc<PgConnectOptions>>,
 }
 
 /// A [`Db`] that does not keep its pool alive (without its replicas).
@@ -324,6 +452,7 @@ pub(crate) struct WeakDb {
     pool: deadpool::managed::WeakPool<Manager>,
     acquire_timeout: Duration,
     begin: Option<Arc<str>>,
+    direct: Option<Arc<PgConnectOptions>>,
 }
 
 impl WeakDb {
@@ -335,6 +464,7 @@ impl WeakDb {
             begin: self.begin.clone(),
             replicas: None,
             primary: None,
+            direct: self.direct.clone(),
         })
     }
 }
@@ -437,12 +567,17 @@ impl Db {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the pool: {e}")))?;
+        let direct = match &settings.direct_url {
+            Some(url) if settings.pgbouncer => Some(Arc::new(connect_options(url)?)),
+            _ => None,
+        };
         Ok(Db {
             pool,
             acquire_timeout: settings.acquire_timeout,
             begin,
             replicas: None,
             primary: None,
+            direct,
         })
     }
 
@@ -453,6 +588,7 @@ impl Db {
             pool: self.pool.weak(),
             acquire_timeout: self.acquire_timeout,
             begin: self.begin.clone(),
+            direct: self.direct.clone(),
         }
     }
 
@@ -462,10 +598,17 @@ impl Db {
         self
     }
 
-    /// The options its connections are made with (for a dedicated
-    /// connection such as a change feed's).
-    pub(crate) fn options(&self) -> PgConnectOptions {
-        self.pool.manager().options().clone()
+    /// The options of a connection that keeps a session of its own for
+    /// `what` (a LISTEN): the pool's; behind PgBouncer, whose server
+    /// connections change hands every transaction, the direct URL's, else
+    /// [`Error::NeedsSession`]. A LISTEN on a pooled server connection would
+    /// deliver its notifications to whichever client gets it next.
+    pub(crate) fn session_options(&self, what: &'static str) -> Result<PgConnectOptions> {
+        match (&self.begin, &self.direct) {
+            (None, _) => Ok(self.pool.manager().options().clone()),
+            (Some(_), Some(direct)) => Ok((**direct).clone()),
+            (Some(_), None) => Err(Error::NeedsSession { what }),
+        }
     }
 
     /// How long a caller waits for a connection.
@@ -475,8 +618,12 @@ impl Db {
 
     /// A connection of the pool for several statements in a row; it goes
     /// back when dropped.
+    /// Whatever it changes in its session (`SET`, `SET ROLE`, `LISTEN`, an
+    /// open `BEGIN`) is undone before the connection serves anyone else.
     pub async fn acquire(&self) -> Result<PoolConnection> {
-        Ok(self.checkout().await?)
+        let mut conn = self.checkout().await?;
+        conn.mark_session_touched();
+        Ok(conn)
     }
 
     async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
@@ -494,7 +641,7 @@ impl Db {
 
     /// Starts a transaction; it rolls back when dropped without `commit`.
     pub async fn begin(&self) -> Result<Transaction> {
-        let mut conn = self.acquire().await?;
+        let mut conn = self.checkout().await?;
         // sqlx counts the transaction only once BEGIN has answered: a begin
         // cut off before that would leave an open transaction it cannot see,
         // so a connection dropped in that window is rolled back before reuse.
@@ -573,6 +720,11 @@ impl Db {
     }
 }
 
+/// Through PgBouncer: the statements sqlx named in a transaction, and the
+/// session settings, go before it ends (see [`Transaction`]).
+const DEALLOCATE_AND_RESET: &str = "DEALLOCATE ALL; SET SESSION AUTHORIZATION DEFAULT; \
+    RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); CLOSE ALL";
+
 /// A transaction on a connection of the pool: `&mut *tx` is an executor.
 /// Dropped without [`Transaction::commit`] (an early return, a cancelled
 /// future, a panic), it rolls back: the rollback is sent before the
@@ -588,16 +740,42 @@ pub struct Transaction {
 
 impl Transaction {
     /// Commits the transaction.
+    ///
+    /// A transaction that an earlier failed statement aborted is not
+    /// committed (PostgreSQL would answer `COMMIT` with `ROLLBACK`, which
+    /// sqlx reports as success): it is rolled back and this returns
+    /// [`Error::TransactionAborted`]. Session settings changed inside the
+    /// transaction (`SET`, `SET ROLE`) are reset, so they never reach the
+    /// next user of the connection.
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self.conn.take().expect("open until commit or rollback");
-        if self.pgbouncer {
-            conn.execute("DEALLOCATE ALL").await?;
+        // Any statement fails in an aborted transaction: the reset is the probe.
+        let end = if self.pgbouncer {
+            DEALLOCATE_AND_RESET
+        } else {
+            RESET_SESSION
+        };
+        if let Err(err) = conn.execute(sqlx::raw_sql(end)).await {
+            let aborted = err
+                .as_database_error()
+                .is_some_and(|e| e.code().as_deref() == Some("25P02"));
+            self.conn = Some(conn);
+            let _ = self.roll_back().await;
+            return Err(if aborted {
+                Error::TransactionAborted
+            } else {
+                err.into()
+            });
         }
         Ok(PgTransactionManager::commit(&mut conn).await?)
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(mut self) -> Result<()> {
+        self.roll_back().await
+    }
+
+    async fn roll_back(&mut self) -> Result<()> {
         let mut conn = self.conn.take().expect("open until commit or rollback");
         if self.pgbouncer && conn.execute("DEALLOCATE ALL").await.is_err() {
             // An aborted transaction refuses even that: closing the
@@ -634,6 +812,30 @@ struct Replay {
     sql: SqlStr,
     args: Option<PgArguments>,
     persistent: bool,
+}
+
+/// Whether `sql` may change the session it runs in, so that its pooled
+/// connection must be checked and reset before anyone else uses it: anything
+/// but one plain query (`SET`, `BEGIN`, `LISTEN`, several statements), or a
+/// query calling `set_config` or a session advisory lock.
+fn touches_session(sql: &str) -> bool {
+    let text = sql.trim_start();
+    let first = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    let plain = [
+        "select", "insert", "update", "delete", "with", "values", "table",
+    ]
+    .iter()
+    .any(|k| first.eq_ignore_ascii_case(k));
+    let several = text.trim_end().trim_end_matches(';').contains(';');
+    let calls = |name: &str| {
+        text.as_bytes()
+            .windows(name.len())
+            .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    !plain || several || calls("set_config") || calls("pg_advisory")
 }
 
 impl Replay {
@@ -707,9 +909,12 @@ impl Db {
         query: Replay,
         call: Call<T>,
     ) -> std::result::Result<T, sqlx::Error> {
+        let touched = touches_session(query.sql.as_str());
         self.open_statement_transaction(conn).await?;
         let done = call(conn, query).await;
-        let closed = self.end_statement_transaction(conn, done.is_ok()).await;
+        let closed = self
+            .end_statement_transaction(conn, done.is_ok(), touched)
+            .await;
         let done = done?;
         closed?;
         Ok(done)
@@ -729,12 +934,19 @@ impl Db {
 
     /// Through PgBouncer: commits (`ok`) or rolls back what
     /// [`Db::open_statement_transaction`] opened.
+    /// `touched`: the statement may have changed the session, which on
+    /// PgBouncer's server connection would reach other clients: it is reset
+    /// before the commit.
     async fn end_statement_transaction(
         &self,
         conn: &mut PgConnection,
         ok: bool,
+        touched: bool,
     ) -> std::result::Result<(), sqlx::Error> {
         if self.begin.is_some() {
+            if ok && touched {
+                conn.execute(sqlx::raw_sql(RESET_SESSION)).await?;
+            }
             conn.execute(if ok { "COMMIT" } else { "ROLLBACK" }).await?;
         }
         Ok(())
@@ -755,6 +967,9 @@ impl Db {
                 };
             }
         };
+        if touches_session(query.sql.as_str()) {
+            conn.mark_session_touched();
+        }
         conn.set_in_flight(true);
         let outcome = self.call(&mut conn, query, call).await;
         conn.set_in_flight(false);
@@ -852,6 +1067,10 @@ impl<'p> Executor<'p> for &'_ Db {
                     };
                 }
             };
+            let touched = touches_session(query.sql.as_str());
+            if touched {
+                conn.mark_session_touched();
+            }
             conn.set_in_flight(true);
             let mut yielded = false;
             let outcome = async {
@@ -867,7 +1086,7 @@ impl<'p> Executor<'p> for &'_ Db {
                 }
                 .await;
                 let closed = db
-                    .end_statement_transaction(&mut conn, streamed.is_ok())
+                    .end_statement_transaction(&mut conn, streamed.is_ok(), touched)
                     .await;
                 streamed?;
                 closed
@@ -949,6 +1168,93 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move { db.checkout().await?.describe(sql).await })
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings> {
+        Settings::from_lookup(|key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let s = with(&[
+            ("DATABASE_URL", "postgres://app:S3cretPass@db:5432/app"),
+            (
+                "MANDRAKE_REPLICA_URLS",
+                "postgres://app:S3cretPass@replica/app",
+            ),
+            (
+                "MANDRAKE_DIRECT_URL",
+                "postgres://db/app?password=S3cretPass",
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("S3cretPass"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db:5432/app"), "{shown}");
+        assert!(shown.contains("password=***"), "{shown}");
+    }
+
+    #[test]
+    fn urls_of_other_databases_and_unknown_parameters_are_refused() {
+        let err = with(&[("DATABASE_URL", "mysql://app:pw@db/app")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a PostgreSQL URL"), "{err}");
+        assert!(!err.contains("pw@"), "{err}");
+        let err = with(&[("DATABASE_URL", "postgres://db/app?bogus_param=1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"bogus_param\""), "{err}");
+        let err = with(&[("MANDRAKE_REPLICA_URLS", "postgres://r/app?sslmod=require")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MANDRAKE_REPLICA_URLS") && err.contains("sslmod"),
+            "{err}"
+        );
+        with(&[(
+            "DATABASE_URL",
+            "postgresql://app@db/app?sslmode=require&application_name=x&pgbouncer=true",
+        )])
+        .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod session {
+    use super::touches_session;
+
+    #[test]
+    fn only_one_plain_query_leaves_the_session_alone() {
+        for plain in [
+            "SELECT 1",
+            "  insert into t values ($1)",
+            "WITH x AS (SELECT 1) SELECT * FROM x;",
+            "UPDATE t SET a = 'x;y'".split(';').next().unwrap(),
+        ] {
+            assert!(!touches_session(plain), "{plain}");
+        }
+        for touching in [
+            "BEGIN",
+            "set role app",
+            "LISTEN x",
+            "SELECT 1; BEGIN",
+            "SELECT set_config('role', 'app', false)",
+            "SELECT PG_ADVISORY_LOCK(1)",
+            "RESET ALL",
+        ] {
+            assert!(touches_session(touching), "{touching}");
+        }
     }
 }
 

@@ -16,25 +16,35 @@ pub const DROP_TIMESTAMP_FUNCTION: &str = "DROP FUNCTION IF EXISTS trigger_set_t
 
 /// The shared trigger function of `#[record(notify)]` tables: after each
 /// statement it sends, for every row it changed, `{"op", "id", <each column
-/// named in the trigger's arguments>}` on the channel `mandrake_<table>`.
-/// The payload holds ids only, so it stays far below NOTIFY's 8000-byte
-/// limit whatever the row holds; PostgreSQL delivers it at commit, in commit
-/// order, and never for a transaction that rolled back.
+/// named in the trigger's arguments>}` on the channel `mandrake_<table>`; an
+/// update adds `"old"` with those columns' values before it, so a subscriber
+/// whose filter the row leaves still hears of it. The payload holds ids only,
+/// so it stays far below NOTIFY's 8000-byte limit whatever the row holds;
+/// PostgreSQL delivers it at commit, in commit order, and never for a
+/// transaction that rolled back.
 ///
-/// The triggers run once per statement over its transition table
-/// (`changed_rows`), not once per row: a 100,000-row insert pays a third of
-/// what a row trigger costs it.
+/// The triggers run once per statement over its transition tables
+/// (`changed_rows`, and `old_rows` for updates), not once per row: a
+/// 100,000-row insert pays a third of what a row trigger costs it.
 pub const NOTIFY_FUNCTION: &str = "CREATE OR REPLACE FUNCTION trigger_notify_change()
 RETURNS TRIGGER AS $$
 DECLARE
   keys TEXT := '';
+  old_keys TEXT := '';
 BEGIN
   FOR i IN 0 .. TG_NARGS - 1 LOOP
-    keys := keys || format(', %L, %I', TG_ARGV[i], TG_ARGV[i]);
+    keys := keys || format(', %L, n.%I', TG_ARGV[i], TG_ARGV[i]);
+    old_keys := old_keys || format(', %L, o.%I', TG_ARGV[i], TG_ARGV[i]);
   END LOOP;
-  EXECUTE format(
-    'SELECT pg_notify(%L, json_build_object(''op'', %L, ''id'', id%s)::text) FROM changed_rows',
-    'mandrake_' || TG_TABLE_NAME, lower(TG_OP), keys);
+  IF TG_OP = 'UPDATE' AND TG_NARGS > 0 THEN
+    EXECUTE format(
+      'SELECT pg_notify(%L, json_build_object(''op'', ''update'', ''id'', n.id%s, ''old'', json_build_object(%s))::text) FROM changed_rows n JOIN old_rows o ON o.id = n.id',
+      'mandrake_' || TG_TABLE_NAME, keys, substr(old_keys, 3));
+  ELSE
+    EXECUTE format(
+      'SELECT pg_notify(%L, json_build_object(''op'', %L, ''id'', n.id%s)::text) FROM changed_rows n',
+      'mandrake_' || TG_TABLE_NAME, lower(TG_OP), keys);
+  END IF;
   RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;";
@@ -122,11 +132,15 @@ pub fn drop_trigger(table: &str) -> String {
 
 /// The triggers of a `#[record(notify)]` table, one per event (PostgreSQL
 /// gives a trigger with a transition table one event only), and the
-/// transition table each reads.
+/// transition tables each reads.
 pub const NOTIFY_TRIGGERS: [(&str, &str, &str); 3] = [
-    ("notify_insert", "INSERT", "NEW"),
-    ("notify_update", "UPDATE", "NEW"),
-    ("notify_delete", "DELETE", "OLD"),
+    ("notify_insert", "INSERT", "NEW TABLE AS changed_rows"),
+    (
+        "notify_update",
+        "UPDATE",
+        "OLD TABLE AS old_rows NEW TABLE AS changed_rows",
+    ),
+    ("notify_delete", "DELETE", "OLD TABLE AS changed_rows"),
 ];
 
 /// The notification triggers of a `#[record(notify)]` table; `columns` go
@@ -139,7 +153,7 @@ pub fn create_notify_triggers(table: &str, columns: &[String]) -> String {
         .iter()
         .map(|(name, event, rows)| {
             format!(
-                "CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {rows} TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION trigger_notify_change({args});"
+                "CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {rows} FOR EACH STATEMENT EXECUTE FUNCTION trigger_notify_change({args});"
             )
         })
         .collect::<Vec<_>>()

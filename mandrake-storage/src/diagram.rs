@@ -78,6 +78,18 @@ pub fn embedded_in(markdown: &str) -> Option<&str> {
     Some(&markdown[start..end])
 }
 
+/// `markdown` with the diagram of its ```` ```mermaid ```` block replaced by
+/// `diagram`, if it has such a block.
+pub fn replace_in(markdown: &str, diagram: &str) -> Option<String> {
+    let start = markdown.find("```mermaid\n")? + "```mermaid\n".len();
+    let end = markdown[start..].find("```")? + start;
+    Some(format!(
+        "{}{diagram}{}",
+        &markdown[..start],
+        &markdown[end..]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +121,8 @@ mod tests {
         let doc = format!("# Schema\n\n```mermaid\n{text}```\n");
         assert_eq!(embedded_in(&doc), Some(text.as_str()));
         assert_eq!(embedded_in("no diagram"), None);
+        let redrawn = replace_in(&doc, "erDiagram\n").unwrap();
+        assert_eq!(redrawn, "# Schema\n\n```mermaid\nerDiagram\n```\n");
+        assert_eq!(replace_in("no diagram", "x"), None);
     }
 }

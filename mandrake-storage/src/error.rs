@@ -84,6 +84,16 @@ pub enum Error {
     /// A backup, restore or recovery failed: a missing client tool, a damaged
     /// archive, a database that may not be replaced.
     Backup(String),
+    /// The call needs a server session of its own (the change feed's
+    /// LISTEN), which PgBouncer in transaction mode does not keep: set
+    /// `MANDRAKE_DIRECT_URL` ([`crate::Settings::direct_url`]) to the server itself.
+    NeedsSession {
+        /// What needed it.
+        what: &'static str,
+    },
+    /// `commit` found the transaction aborted by an earlier failed
+    /// statement: PostgreSQL rolled it back, and nothing was committed.
+    TransactionAborted,
     /// Any other failure reported by the driver or the server.
     Database(sqlx::Error),
 }
@@ -146,6 +156,15 @@ impl fmt::Display for Error {
             Error::InvalidCursor(msg) => write!(f, "invalid cursor: {msg}"),
             Error::Config(msg) => write!(f, "configuration error: {msg}"),
             Error::Backup(msg) => write!(f, "backup error: {msg}"),
+            Error::NeedsSession { what } => write!(
+                f,
+                "{what} needs a server session of its own, which PgBouncer in transaction mode \
+                 does not keep: set MANDRAKE_DIRECT_URL to the server's own URL (not PgBouncer's)"
+            ),
+            Error::TransactionAborted => f.write_str(
+                "the transaction was aborted by an earlier failed statement and rolled back: \
+                 nothing was committed",
+            ),
             Error::Database(err) => write!(f, "database error: {err}"),
         }
     }

@@ -121,7 +121,9 @@ pub use column::{
     ColumnType, ColumnTypeOf, RecordEnum, bind_column, cells, column_nullable, column_sql_type,
     column_values, decode_column, enum_support, push_cell,
 };
-pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one};
+pub use db::{
+    BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one, redact_url,
+};
 pub use error::{Error, Result};
 pub use filter::{Column, Filter, JsonColumn, TextColumn};
 #[doc(hidden)]
@@ -138,4 +140,4 @@ pub use record::{
 pub use replica::WriteToken;
 pub use repo::Repo;
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
-pub use {chrono, sqlx, uuid};
+pub use {chrono, serde_json, sqlx, uuid};

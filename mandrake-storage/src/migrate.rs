@@ -241,6 +241,8 @@ pub struct Report {
     pub applied: Vec<(i64, String)>,
     /// Migrations reverted.
     pub reverted: Vec<(i64, String)>,
+    /// What ran but deserves a look (an up file with no statement).
+    pub warnings: Vec<String>,
 }
 
 /// Which migrations to revert.
@@ -266,9 +268,11 @@ pub enum State {
     MissingFile,
     /// A `-- no-transaction` file that failed partway.
     Failed,
-    /// A `-- no-transaction` file whose run was interrupted (or is still
-    /// running): how much of it took effect is unknown.
+    /// A `-- no-transaction` file whose run was interrupted: how much of it
+    /// took effect is unknown.
     Unknown,
+    /// A `-- no-transaction` file running now (a migrator holds the lock).
+    Running,
 }
 
 impl std::fmt::Display for State {
@@ -280,6 +284,7 @@ impl std::fmt::Display for State {
             State::MissingFile => "missing file",
             State::Failed => "failed",
             State::Unknown => "unknown",
+            State::Running => "running",
         })
     }
 }
@@ -524,6 +529,12 @@ pub async fn migrate(
     let mut report = Report::default();
     for migration in pending {
         let name = migrations.name(migration.version);
+        if statements(migration.sql.as_str()).is_empty() {
+            report.warnings.push(format!(
+                "{name}.up.sql has no statement (empty, or comments only): it is recorded as \
+                 applied and changes nothing"
+            ));
+        }
         if !options.dry_run {
             apply_one(&mut locked.conn, migration, &name).await?;
         }
@@ -545,7 +556,9 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
             .apply(TABLE, migration)
             .await
             .map(|_| ())
-            .map_err(|err| Error::Migration(describe_failure(name, migration.sql.as_str(), err)));
+            .map_err(|err| {
+                Error::Migration(describe_failure(name, migration.sql.as_str(), 0, err))
+            });
     }
     // Outside a transaction a file can stop half-way (an error, or a killed
     // process): record the attempt first, so nothing runs on top of it until
@@ -562,20 +575,42 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
     .await?;
     let start = std::time::Instant::now();
     let outcome = execute_each(conn, migration.sql.as_str()).await;
+    restore_session(conn).await?;
     let (success, time) = match &outcome {
         Ok(_) => (true, start.elapsed().as_nanos() as i64),
         Err(_) => (false, FAILED),
     };
-    sqlx::query("UPDATE _sqlx_migrations SET success = $2, execution_time = $3 WHERE version = $1")
-        .bind(migration.version)
-        .bind(success)
-        .bind(time)
-        .execute(&mut *conn)
-        .await?;
-    outcome.map_err(|err| {
+    let recorded = sqlx::query(
+        "UPDATE _sqlx_migrations SET success = $2, execution_time = $3 WHERE version = $1",
+    )
+    .bind(migration.version)
+    .bind(success)
+    .bind(time)
+    .execute(&mut *conn)
+    .await?;
+    if recorded.rows_affected() != 1 {
+        return Err(Error::Migration(format!(
+            "{name} ran, but its history row was removed meanwhile (a `resolve` from \
+             elsewhere?), so the run is not recorded and the next `migrate` would apply it \
+             again: check what it changed and record it by hand"
+        )));
+    }
+    outcome.map_err(|(err, offset)| {
         let err = sqlx::migrate::MigrateError::ExecuteMigration(err, migration.version);
-        Error::Migration(describe_failure(name, migration.sql.as_str(), err))
+        Error::Migration(describe_failure(name, migration.sql.as_str(), offset, err))
     })
+}
+
+/// After a `-- no-transaction` file: its `SET`s (a `lock_timeout`, a
+/// `statement_timeout`) hold for the session, and must not reach the next
+/// file of the run.
+async fn restore_session(conn: &mut PgConnection) -> Result<()> {
+    conn.execute("RESET ALL").await?;
+    // As `Locked::acquire` set it (PostgreSQL 14+).
+    let _ = conn
+        .execute("SET client_connection_check_interval = 1000")
+        .await;
+    Ok(())
 }
 
 /// A `-- no-transaction` down file, a statement at a time (see
@@ -584,25 +619,37 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
 async fn revert_outside_transaction(
     conn: &mut PgConnection,
     down: &Migration,
-) -> std::result::Result<(), sqlx::migrate::MigrateError> {
-    execute_each(conn, down.sql.as_str())
-        .await
-        .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
+    name: &str,
+) -> Result<()> {
+    let ran = execute_each(conn, down.sql.as_str()).await;
+    restore_session(conn).await?;
+    let describe = |(err, offset), what: &str| {
+        let err = sqlx::migrate::MigrateError::ExecuteMigration(err, down.version);
+        Error::Migration(describe_failure(what, down.sql.as_str(), offset, err))
+    };
+    ran.map_err(|e| describe(e, name))?;
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
         .bind(down.version)
         .execute(&mut *conn)
         .await
-        .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, down.version))?;
+        .map_err(|e| describe((e, 0), name))?;
     Ok(())
 }
 
 /// Runs `sql` one statement at a time: PostgreSQL runs the statements of
 /// one query string as one implicit transaction, where CREATE INDEX
 /// CONCURRENTLY and friends refuse to run.
-async fn execute_each(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+/// A failure carries the failing statement's byte offset in `sql`, so that
+/// its line is counted from the file's start.
+async fn execute_each(
+    conn: &mut PgConnection,
+    sql: &str,
+) -> std::result::Result<(), (sqlx::Error, usize)> {
     for statement in statements(sql) {
+        let offset = statement.as_ptr() as usize - sql.as_ptr() as usize;
         conn.execute(sqlx::AssertSqlSafe(statement.to_owned()))
-            .await?;
+            .await
+            .map_err(|e| (e, offset))?;
     }
     Ok(())
 }
@@ -668,8 +715,15 @@ pub(crate) fn statements(sql: &str) -> Vec<&str> {
     out
 }
 
-/// `20250101000000_x.up.sql failed at line 3: relation "y" does not exist`
-fn describe_failure(name: &str, sql: &str, err: sqlx::migrate::MigrateError) -> String {
+/// `20250101000000_x.up.sql failed at line 3: relation "y" does not exist`;
+/// `offset`: where in `sql` the failing statement starts (0 when the file
+/// ran whole).
+fn describe_failure(
+    name: &str,
+    sql: &str,
+    offset: usize,
+    err: sqlx::migrate::MigrateError,
+) -> String {
     let inner = match &err {
         sqlx::migrate::MigrateError::Execute(e)
         | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => Some(e),
@@ -682,7 +736,9 @@ fn describe_failure(name: &str, sql: &str, err: sqlx::migrate::MigrateError) -> 
         Some(pg) => {
             let position = match pg.position() {
                 Some(sqlx::postgres::PgErrorPosition::Original(p)) => {
-                    let line = sql.chars().take(p).filter(|c| *c == '\n').count() + 1;
+                    let before = sql[..offset].matches('\n').count();
+                    let line =
+                        before + sql[offset..].chars().take(p).filter(|c| *c == '\n').count() + 1;
                     format!(" at line {line} (character {p})")
                 }
                 _ => String::new(),
@@ -707,6 +763,13 @@ pub async fn rollback(
     check_applied(migrations, &applied)?;
     let newest_first = applied.iter().rev().map(|a| a.version);
     let versions: Vec<i64> = match target {
+        RollbackTarget::Steps(n) if n > applied.len() => {
+            return Err(Error::Migration(format!(
+                "--steps {n}, but only {} migration(s) are applied, so nothing was rolled \
+                 back; to revert every one, say --to 0",
+                applied.len()
+            )));
+        }
         RollbackTarget::Steps(n) => newest_first.take(n).collect(),
         RollbackTarget::To(v) if v == 0 || applied.iter().any(|a| a.version == v) => {
             newest_first.filter(|a| *a > v).collect()
@@ -735,18 +798,16 @@ pub async fn rollback(
     for version in versions {
         let down = &migrations.downs[&version];
         let name = migrations.name(version);
-        let reverted = if down.no_tx {
-            revert_outside_transaction(&mut locked.conn, down).await
+        let what = format!("{name} (down)");
+        if down.no_tx {
+            revert_outside_transaction(&mut locked.conn, down, &what).await?;
         } else {
-            locked.conn.revert(TABLE, down).await.map(|_| ())
-        };
-        reverted.map_err(|e| {
-            Error::Migration(describe_failure(
-                &format!("{name} (down)"),
-                down.sql.as_str(),
-                e,
-            ))
-        })?;
+            locked
+                .conn
+                .revert(TABLE, down)
+                .await
+                .map_err(|e| Error::Migration(describe_failure(&what, down.sql.as_str(), 0, e)))?;
+        }
         report.reverted.push((version, name));
     }
     locked.release().await?;
@@ -767,6 +828,8 @@ fn version_list(versions: impl Iterator<Item = i64>) -> String {
 pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>> {
     let mut conn = crate::db::connect_one(url).await?;
     let applied = applied_rows(&mut conn).await?;
+    // An unfinished file is still running while a migrator holds the lock.
+    let running = lock_held(&mut conn).await?;
     let by_version: BTreeMap<i64, &AppliedRow> = applied.iter().map(|a| (a.version, a)).collect();
     let versions: BTreeSet<i64> = migrations
         .versions()
@@ -778,6 +841,9 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
             let file = migrations.ups.get(&version);
             let row = by_version.get(&version);
             let state = match (file, row) {
+                (_, Some(r)) if !r.success && r.execution_time == STARTED && running => {
+                    State::Running
+                }
                 (_, Some(r)) if !r.success && r.execution_time == STARTED => State::Unknown,
                 (_, Some(r)) if !r.success => State::Failed,
                 (None, Some(_)) => State::MissingFile,
@@ -802,13 +868,40 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
         .collect())
 }
 
-/// Forgets a failed no-transaction migration, so the next `migrate` applies it again.
+/// Whether a migrator holds the migration lock of the connected database.
+async fn lock_held(conn: &mut PgConnection) -> Result<bool> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((classid::bigint << 32) | objid::bigint) = $1)",
+    )
+    .bind(lock_key(&database))
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Forgets a failed or interrupted no-transaction migration, so the next
+/// `migrate` applies it again. It takes the migration lock first: a file
+/// that is still running is refused (forgetting it would make it run twice).
 pub async fn resolve(url: &str, version: i64) -> Result<bool> {
-    let mut conn = crate::db::connect_one(url).await?;
+    let locked = Locked::acquire(url, Duration::from_secs(2))
+        .await
+        .map_err(|err| match err {
+            Error::Migration(held) => Error::Migration(format!(
+                "{held}: a migration is running now; wait for it to end (`cargo xtask status` \
+                 says running), and resolve only what it leaves unknown or failed"
+            )),
+            other => other,
+        })?;
+    let mut locked = locked;
     let done = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1 AND NOT success")
         .bind(version)
-        .execute(&mut conn)
+        .execute(&mut locked.conn)
         .await?;
+    locked.release().await?;
     Ok(done.rows_affected() > 0)
 }
 

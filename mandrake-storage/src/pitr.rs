@@ -139,6 +139,7 @@ impl Cluster {
                 base.display()
             )));
         }
+        self.refuse_target_before(base, to_time).await?;
         // The newest changes are still in the current WAL segment: archive it.
         if self.status()?.running {
             self.flush_wal(to_time).await?;
@@ -182,6 +183,45 @@ impl Cluster {
             return Err(err);
         }
         Ok(copy)
+    }
+
+    /// Refuses a target time before `base` was taken: PostgreSQL cannot go
+    /// back past its base backup, and would stop at the first consistent
+    /// point, the backup's own contents, reported as the state at `to_time`.
+    async fn refuse_target_before(&self, base: &Path, to_time: &str) -> Result<()> {
+        let label = std::fs::read_to_string(base.join("backup_label"))
+            .map_err(|e| io("cannot read the base backup's backup_label", e))?;
+        let Some(started) = label
+            .lines()
+            .find_map(|l| l.strip_prefix("START TIME:"))
+            .map(str::trim)
+        else {
+            return Err(Error::Backup(format!(
+                "{} has no START TIME in its backup_label",
+                base.display()
+            )));
+        };
+        if !self.status()?.running {
+            // `recover` starts from a running cluster (it archives the
+            // current WAL first); without one the copy's own start says.
+            return Ok(());
+        }
+        // PostgreSQL reads both times, the way recovery_target_time is read.
+        let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+        let before: bool = sqlx::query_scalar("SELECT $1::timestamptz < $2::timestamptz")
+            .bind(to_time)
+            .bind(started)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::Backup(format!("--to-time {to_time:?} is not a time: {e}")))?;
+        if before {
+            return Err(Error::Backup(format!(
+                "--to-time {to_time} is before the base backup in {} was taken ({started}): \
+                 recovery can only go forward from a base backup; use an older one",
+                base.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Makes the recovered `copy` this cluster's data (both servers are

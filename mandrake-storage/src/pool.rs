@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, Row};
 
 use crate::error::Error;
 
@@ -53,6 +53,9 @@ pub struct Pooled {
     /// transaction sqlx does not know of (a BEGIN cut off before its answer),
     /// and replies may still be on their way.
     dirty: bool,
+    /// Set when raw SQL may have changed its session (a `SET`, a `BEGIN`, a
+    /// LISTEN, a checked-out connection): checked and reset before reuse.
+    session_touched: bool,
 }
 
 impl managed::Manager for Manager {
@@ -63,6 +66,7 @@ impl managed::Manager for Manager {
         Ok(Pooled {
             conn: self.connect().await?,
             dirty: false,
+            session_touched: false,
         })
     }
 
@@ -82,6 +86,21 @@ impl managed::Manager for Manager {
                 .await
                 .map_err(RecycleError::Backend)?;
         }
+        if std::mem::take(&mut pooled.session_touched) {
+            // A transaction left open by a raw BEGIN is invisible to sqlx,
+            // whose count only knows its own: in it, now() is the time the
+            // transaction began, not this statement's. Such a connection is
+            // closed (which rolls that transaction back); any other gets its
+            // session settings back.
+            let rows = conn
+                .fetch_all(sqlx::raw_sql(CHECK_AND_RESET_SESSION))
+                .await
+                .map_err(RecycleError::Backend)?;
+            let idle = rows.first().and_then(|r| r.try_get::<bool, _>(0).ok());
+            if idle != Some(true) {
+                return Err(RecycleError::message("left inside a transaction"));
+            }
+        }
         // A dropped transaction queued its ROLLBACK: flush it.
         let queued = conn.should_flush() || conn.is_in_transaction();
         if queued || metrics.last_used() > self.validate_after {
@@ -93,6 +112,17 @@ impl managed::Manager for Manager {
         Ok(())
     }
 }
+
+/// What a pooled session is given back when raw SQL may have changed it:
+/// what `DISCARD ALL` does, less `DEALLOCATE ALL` (sqlx's statement cache
+/// stays valid) and the temporary tables.
+pub(crate) const RESET_SESSION: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    UNLISTEN *; SELECT pg_advisory_unlock_all(); CLOSE ALL";
+
+/// Whether the connection is outside any transaction, then the reset.
+const CHECK_AND_RESET_SESSION: &str = "SELECT now() = statement_timestamp(); \
+    SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
+    CLOSE ALL";
 
 impl Manager {
     pub(crate) async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
@@ -183,6 +213,14 @@ impl PoolConnection {
     /// cancellation must cost the connection (see `in_flight`).
     pub(crate) fn set_in_flight(&mut self, in_flight: bool) {
         self.in_flight = in_flight;
+    }
+
+    /// Marks the connection's session as possibly changed by raw SQL: before
+    /// its next use it is checked for an open transaction and reset.
+    pub(crate) fn mark_session_touched(&mut self) {
+        if let Some(object) = &mut self.object {
+            object.session_touched = true;
+        }
     }
 
     /// Takes a connection that failed at the transport level out of the

@@ -77,6 +77,10 @@ pub trait Record: Sized + Send + Unpin + 'static {
         Renames::default()
     }
 
+    /// The columns of `secret` fields: a page cursor would carry their
+    /// values, so [`Repo::list`] refuses to order by them.
+    const SECRET_COLUMNS: &'static [&'static str] = &[];
+
     /// This row's primary key.
     fn id(&self) -> Uuid;
 

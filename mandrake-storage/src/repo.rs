@@ -424,6 +424,17 @@ impl<T: Record> Repo<T> {
                 let schema = T::schema();
                 let statements = T::statements();
                 let keys = options.keys(schema);
+                if let Some(secret) = keys
+                    .iter()
+                    .map(|(column, _)| schema.columns[*column].name.as_str())
+                    .find(|name| T::SECRET_COLUMNS.contains(name))
+                {
+                    return Err(Error::Schema(format!(
+                        "{}.{secret} is secret: a page cursor would carry its values, so a list \
+                         cannot be ordered by it",
+                        schema.name
+                    )));
+                }
                 let limit = options.limit_value();
                 let shape = Shape::LoadBy {
                     column: column.index(),
@@ -579,6 +590,17 @@ impl<T: Record> Repo<T> {
                 let schema = T::schema();
                 let statements = T::statements();
                 let keys = options.keys(schema);
+                if let Some(secret) = keys
+                    .iter()
+                    .map(|(column, _)| schema.columns[*column].name.as_str())
+                    .find(|name| T::SECRET_COLUMNS.contains(name))
+                {
+                    return Err(Error::Schema(format!(
+                        "{}.{secret} is secret: a page cursor would carry its values, so a list \
+                         cannot be ordered by it",
+                        schema.name
+                    )));
+                }
                 let (node, values) = filter.into_parts();
                 let mut args = PgArguments::default();
                 bind_all(values, &mut args).map_err(bind_error)?;

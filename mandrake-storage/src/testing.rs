@@ -16,8 +16,8 @@
 //!
 //! With `MANDRAKE_TEST_PGBOUNCER=1`, a PgBouncer in transaction mode (from
 //! PATH or `/usr/sbin`) is started on a Unix socket in front of that cluster,
-//! and every [`TestDb::db`] connects through it in PgBouncer mode; setup and
-//! migrations still go straight to the server.
+//! and every [`TestDb::db`] connects through it in PgBouncer mode; setup,
+//! migrations and the change feed's session still go straight to the server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -306,6 +306,12 @@ impl TestDb {
         };
         let pool_options = if through_pgbouncer() {
             settings.pgbouncer = true;
+            // What needs a session of its own (the change feed) goes straight
+            // to the server, as MANDRAKE_DIRECT_URL would send it.
+            settings.direct_url = Some({
+                use sqlx::ConnectOptions;
+                options.to_url_lossy().to_string()
+            });
             via_pgbouncer(&options)?
         } else {
             options.clone()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
 use mandrake_storage::sqlx::types::Json;
-use mandrake_storage::{Change, Db, Filter, Record, RecordEnum};
+use mandrake_storage::{Change, Db, Error, Record, RecordEnum};
 use mandrake_types::*;
 
 #[tokio::main]
@@ -46,21 +46,31 @@ async fn main() -> mandrake_storage::Result<()> {
         model.model_id, model.context_window
     );
 
-    // Every message as it commits (Message is `#[record(notify)]`); a UI
-    // would filter on its conversation with `Message::CONVERSATION_ID.eq(id)`.
-    let mut live = Message::subscribe(&db, Filter::all()).await?;
-
-    // A conversation with a few messages, written in one transaction.
-    let mut tx = db.begin().await?;
+    // A conversation, then its messages written in one transaction.
     let conversation = Conversation::repo()
         .create(
-            &mut *tx,
+            &db,
             NewConversation {
                 title: Some("Quickstart".into()),
                 metadata: Json(serde_json::json!({})),
             },
         )
         .await?;
+
+    // Every message of the conversation as it commits (Message is
+    // `#[record(notify)]`). Behind PgBouncer the feed needs the server's own
+    // URL in MANDRAKE_DIRECT_URL; without it, it is refused at once.
+    let filter = Message::CONVERSATION_ID.eq(conversation.id);
+    let mut live = match Message::subscribe(&db, filter).await {
+        Ok(live) => Some(live),
+        Err(err @ Error::NeedsSession { .. }) => {
+            println!("live changes skipped: {err}");
+            None
+        }
+        Err(err) => return Err(err),
+    };
+
+    let mut tx = db.begin().await?;
     let messages = Message::repo()
         .create_many(
             &mut *tx,
@@ -89,9 +99,11 @@ async fn main() -> mandrake_storage::Result<()> {
         conversation.id,
         messages.len()
     );
-    for _ in 0..messages.len() {
-        if let Some(Change::Inserted(m)) = live.next().await.transpose()? {
-            println!("live: {:?} wrote {:?}", m.role, m.content);
+    if let Some(live) = &mut live {
+        for _ in 0..messages.len() {
+            if let Some(Change::Inserted(m)) = live.next().await.transpose()? {
+                println!("live: {:?} wrote {:?}", m.role, m.content);
+            }
         }
     }
 

@@ -120,6 +120,22 @@ async fn force_replaces_the_live_database_and_a_damaged_file_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_restore_target_name_postgres_would_cut_is_refused() {
+    let t = TestDb::migrated().await.unwrap();
+    let long = "x".repeat(64);
+    for target in [
+        RestoreTarget::Named(long.clone()),
+        RestoreTarget::Replace(long.clone()),
+    ] {
+        let err = backup::restore(&t.url(), &scratch_file("none.dump"), &target)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 63 bytes"), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn verify_passes_a_good_archive_and_refuses_a_truncated_one() {
     let t = TestDb::migrated().await.unwrap();
     let c = conversation(t.db(), "v").await;
@@ -185,6 +201,13 @@ async fn point_in_time_recovery_stops_at_the_instant_asked_for() {
     write_messages(&db, c.id, 50, "B").await;
     db.close().await;
 
+    // A time before the base backup cannot be reached: refused, nothing made.
+    let err = cluster
+        .recover(&base, "2020-01-01 00:00:00+00")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("before the base backup"), "{err}");
     let copy = cluster.recover(&base, &instant.to_rfc3339()).await.unwrap();
     let contents: Vec<String> = {
         let mut conn = connect_one(&copy.url("app")).await.unwrap();

@@ -247,3 +247,66 @@ async fn a_database_without_the_trigger_is_refused_instead_of_staying_silent() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn waiting_notifications_are_fetched_in_batches() {
+    if std::env::var("DATABASE_URL").is_ok() {
+        return; // a given server may not load pg_stat_statements
+    }
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(db)
+        .await
+        .unwrap();
+    let c = conversation(db, "bulk").await;
+    let mut changes = Message::subscribe(db, Filter::all()).await.unwrap();
+    let rows: Vec<NewMessage> = (0..5000).map(|i| message(c.id, &format!("{i}"))).collect();
+    Message::repo().create_many(db, rows).await.unwrap();
+    for _ in 0..5000 {
+        inserted(next(&mut changes).await);
+    }
+    // The fetches this database ran (a fresh database: its counts start at 0).
+    let fetches: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND query LIKE '%jsonb_to_recordset%'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert!(
+        (1..=500).contains(&fetches),
+        "5,000 notifications took {fetches} fetches"
+    );
+}
+
+#[tokio::test]
+async fn a_row_moving_out_of_the_filter_reaches_the_subscriber_it_leaves() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    let (a, b) = (conversation(db, "A").await, conversation(db, "B").await);
+    let m = post(db, a.id, "moving").await;
+    let mut of_a = Message::subscribe(db, Message::CONVERSATION_ID.eq(a.id))
+        .await
+        .unwrap();
+    let mut of_b = Message::subscribe(db, Message::CONVERSATION_ID.eq(b.id))
+        .await
+        .unwrap();
+    let patch = MessagePatch {
+        conversation_id: Some(b.id),
+        ..Default::default()
+    };
+    Message::repo().update(db, m.id, patch).await.unwrap();
+    for changes in [&mut of_a, &mut of_b] {
+        match next(changes).await {
+            Change::Updated(moved) => {
+                assert_eq!((moved.id, moved.conversation_id), (m.id, b.id));
+            }
+            other => panic!("expected Updated, got {other:?}"),
+        }
+    }
+    // A subscriber of neither hears nothing: the next change of A is A's.
+    let marker = post(db, a.id, "marker").await;
+    assert_eq!(inserted(next(&mut of_a).await).id, marker.id);
+}

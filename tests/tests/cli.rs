@@ -70,6 +70,13 @@ fn exit_codes_and_a_global_database_url() {
         ExitCode::SUCCESS
     );
     assert_eq!(call(&["db", "verify", file], &[]), ExitCode::SUCCESS);
+    // --keep 0 would delete the backup it makes: refused before it dumps.
+    let unkept = format!("{file}.unkept");
+    assert_eq!(
+        call(&["db", "backup", "--out", &unkept, "--keep", "0"], &[]),
+        ExitCode::from(2)
+    );
+    assert!(!std::path::Path::new(&unkept).exists());
     let other = MigrationDir::new(&[("2_other.up.sql", "CREATE TABLE other (id INT);\n")]);
     let other_dir = other.path().to_str().unwrap();
     let mismatched = [

@@ -560,3 +560,39 @@ async fn sidebar_search_and_usage_queries() {
         .unwrap();
     assert!(later.is_empty());
 }
+
+#[tokio::test]
+async fn a_list_is_never_ordered_by_a_secret_column() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    provider(db, "first").await;
+    provider(db, "second").await;
+    // Its page cursor would carry the API keys, readable in base64.
+    let by_key = ListOptions::new()
+        .order_by(Provider::API_KEY.asc())
+        .limit(1);
+    let err = Provider::repo()
+        .list(db, Filter::all(), by_key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Schema(m) if m.contains("providers.api_key is secret")),
+        "{err}"
+    );
+    // Any other order pages as before.
+    let by_name = ListOptions::new().order_by(Provider::NAME.asc()).limit(1);
+    let page = Provider::repo()
+        .list(db, Filter::all(), by_name)
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].name, "first");
+    assert!(page.next.is_some());
+}
+
+#[test]
+fn serde_json_comes_with_the_library() {
+    // An application writes JSON columns without a dependency of its own.
+    let metadata: Json<mandrake_storage::serde_json::Value> =
+        Json(mandrake_storage::serde_json::json!({ "pinned": true }));
+    assert_eq!(metadata.0["pinned"], true);
+}

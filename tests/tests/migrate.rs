@@ -558,3 +558,153 @@ async fn a_name_too_long_for_a_file_name_writes_nothing() {
         "no half pair"
     );
 }
+
+/// Waits (up to 20 s) until a statement containing `needle` runs.
+async fn wait_for_statement(url: &str, needle: &str) {
+    let mut admin = connect_one(url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid())",
+        )
+        .bind(needle)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if running {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_running_no_transaction_file_is_running_and_cannot_be_resolved() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[(
+        "1_slow.up.sql",
+        "-- no-transaction\nCREATE TABLE slow (id INT);\nSELECT pg_sleep(4);\nINSERT INTO slow VALUES (1);\n",
+    )]);
+    let (url, m) = (t.url(), load(&dir));
+    let run = tokio::spawn(async move { migrate(&url, &m, &MigrateOptions::default()).await });
+    wait_for_statement(&t.url(), "pg_sleep(4)").await;
+    let m = load(&dir);
+    let rows = status(&t.url(), &m).await.unwrap();
+    assert_eq!(rows[0].state, State::Running, "{rows:?}");
+    expect_migration_error(
+        mandrake_storage::migrate::resolve(&t.url(), 1).await,
+        "a migration is running now",
+    );
+    run.await.unwrap().unwrap();
+    assert_eq!(status(&t.url(), &m).await.unwrap()[0].state, State::Applied);
+    // Nothing runs twice.
+    assert!(
+        migrate(&t.url(), &m, &opts())
+            .await
+            .unwrap()
+            .applied
+            .is_empty()
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM slow")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_run_whose_history_row_vanished_is_an_error() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[(
+        "1_slow.up.sql",
+        "-- no-transaction\nCREATE TABLE slow (id INT);\nSELECT pg_sleep(1);\n",
+    )]);
+    let (url, m) = (t.url(), load(&dir));
+    let run = tokio::spawn(async move { migrate(&url, &m, &MigrateOptions::default()).await });
+    wait_for_statement(&t.url(), "pg_sleep(1)").await;
+    // What a `resolve` without the lock did: forget the running file.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 1")
+        .execute(t.db())
+        .await
+        .unwrap();
+    expect_migration_error(run.await.unwrap(), "history row was removed");
+}
+
+#[tokio::test]
+async fn a_no_transaction_files_settings_end_with_it() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        (
+            "1_quick.up.sql",
+            "-- no-transaction\nSET statement_timeout = '100ms';\nSET lock_timeout = '100ms';\nCREATE TABLE a (id INT);\n",
+        ),
+        (
+            "2_slow.up.sql",
+            "SELECT pg_sleep(0.5);\nCREATE TABLE b (id INT);\n",
+        ),
+    ]);
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failure_in_a_no_transaction_file_names_its_line_in_the_file() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[(
+        "1_bad.up.sql",
+        "-- no-transaction\nCREATE TABLE a (id INT);\n\nSELECT *\n  FROM missing;\n",
+    )]);
+    expect_migration_error(
+        migrate(&t.url(), &load(&dir), &opts()).await,
+        "1_bad failed at line 5",
+    );
+}
+
+#[tokio::test]
+async fn rolling_back_more_steps_than_applied_is_refused() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = three();
+    let m = load(&dir);
+    migrate(&t.url(), &m, &opts()).await.unwrap();
+    let before = catalog(t.db()).await;
+    expect_migration_error(
+        rollback(
+            &t.url(),
+            &m,
+            RollbackTarget::Steps(99999),
+            Duration::from_secs(5),
+        )
+        .await,
+        "only 3 migration(s) are applied",
+    );
+    assert_eq!(catalog(t.db()).await, before, "nothing was rolled back");
+    let all = rollback(
+        &t.url(),
+        &m,
+        RollbackTarget::Steps(3),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(all.reverted.len(), 3);
+}
+
+#[tokio::test]
+async fn an_up_file_without_a_statement_is_applied_with_a_warning() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        ("1_empty.up.sql", ""),
+        ("2_comments.up.sql", "-- to do\n/* later */\n"),
+        ("3_real.up.sql", "CREATE TABLE a (id INT);\n"),
+    ]);
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    assert_eq!(report.applied.len(), 3);
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(report.warnings[0].contains("1_empty.up.sql has no statement"));
+    assert!(report.warnings[1].contains("2_comments.up.sql has no statement"));
+}

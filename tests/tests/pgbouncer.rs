@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use mandrake_storage::migrate::{MigrateOptions, Migrations, migrate};
 use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::testing::TestDb;
@@ -148,4 +149,95 @@ async fn the_migration_runner_refuses_a_pgbouncer_url() {
             .await
             .unwrap();
     assert_eq!(tables, 0);
+}
+
+/// `n` messages created from three other clients of the same PgBouncer:
+/// every call must succeed (a LISTEN left on a pooled server connection
+/// made them fail with "unexpected message: NotificationResponse" although
+/// their rows committed).
+async fn create_from_other_clients(t: &TestDb, conversation: uuid::Uuid, n: usize) {
+    let clients = [
+        through_pgbouncer(t, None).await,
+        through_pgbouncer(t, None).await,
+        through_pgbouncer(t, None).await,
+    ];
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, db)| {
+            tokio::spawn(async move {
+                for i in (c..n).step_by(3) {
+                    Message::repo()
+                        .create(
+                            &db,
+                            NewMessage {
+                                conversation_id: conversation,
+                                role: Role::User,
+                                content: format!("{i}"),
+                            },
+                        )
+                        .await
+                        .map_err(|e| format!("create {i} from client {c}: {e}"))?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_feed_behind_pgbouncer_without_a_direct_url_is_refused_at_once() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = through_pgbouncer(&t, None).await;
+    let err = Message::subscribe(&db, mandrake_storage::Filter::all())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NeedsSession { .. }), "{err}");
+    assert!(err.to_string().contains("MANDRAKE_DIRECT_URL"), "{err}");
+    let c = mandrake_tests::conversation(&db, "refused feed").await;
+    create_from_other_clients(&t, c.id, 200).await;
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(listening, 0, "no LISTEN anywhere");
+}
+
+#[tokio::test]
+async fn a_feed_behind_pgbouncer_listens_on_the_direct_url() {
+    let t = TestDb::migrated().await.unwrap();
+    let settings = Settings {
+        pool_size: 2,
+        pgbouncer: true,
+        direct_url: Some(t.url()),
+        ..Settings::default()
+    };
+    let db = Db::connect_options(t.through_pgbouncer().unwrap(), &settings)
+        .await
+        .unwrap();
+    let c = mandrake_tests::conversation(&db, "live behind pgbouncer").await;
+    let mut live = Message::subscribe(&db, Message::CONVERSATION_ID.eq(c.id))
+        .await
+        .unwrap();
+    create_from_other_clients(&t, c.id, 200).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 200 {
+        let change = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("a change within 10 s")
+            .unwrap()
+            .unwrap();
+        match change {
+            mandrake_storage::Change::Inserted(m) => {
+                seen.insert(m.content);
+            }
+            other => panic!("expected Inserted, got {other:?}"),
+        }
+    }
 }

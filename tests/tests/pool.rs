@@ -299,3 +299,123 @@ async fn min_idle_connections_are_kept_and_idle_ones_past_their_timeout_go() {
     );
     sqlx::query("SELECT 1").execute(&short).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_commit_after_a_failed_statement_is_an_error_and_commits_nothing() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::query("CREATE TABLE notes (n INT)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    let db = db_with(
+        &t,
+        Settings {
+            pool_size: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // The caller ignores this error; PostgreSQL does not.
+    let _ = sqlx::query("SELECT 1/0").execute(&mut *tx).await;
+    let err = tx.commit().await.unwrap_err();
+    assert!(matches!(err, Error::TransactionAborted), "{err}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing was committed");
+    // The connection serves the next transaction.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn session_changes_by_raw_sql_never_reach_later_calls() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE notes (n INT); CREATE ROLE visitor NOLOGIN; \
+         GRANT SELECT ON notes TO visitor",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    // One connection, so every call below meets the same session.
+    let db = db_with(
+        &t,
+        Settings {
+            pool_size: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let who = |db: Db| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT current_user || ' ' || current_setting('search_path')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    let me = who(db.clone()).await;
+
+    // A raw BEGIN through `&db`: the next call must not run inside it.
+    sqlx::query("BEGIN").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES (1)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        seen, 1,
+        "the insert committed, seen from another connection"
+    );
+
+    // SET ROLE on a checked-out connection ends with it.
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("SET ROLE visitor")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SET search_path = nowhere")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(who(db.clone()).await, me);
+
+    // So does a SET through `&db`, and one inside a committed transaction.
+    sqlx::query("SET search_path = nowhere")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(who(db.clone()).await, me);
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET ROLE visitor")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(who(db.clone()).await, me);
+    let listening: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_listening_channels()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(listening, 0);
+}

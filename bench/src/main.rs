@@ -441,7 +441,7 @@ async fn feed_delays(env: &Env, rows: usize) -> Result<Vec<Duration>, Box<dyn st
 async fn migration_timings(
     url: &str,
 ) -> Result<Vec<(String, Duration)>, Box<dyn std::error::Error>> {
-    use mandrake_storage::scaffold::{check, new_migration};
+    use mandrake_cli::scaffold::{check, new_migration};
     let tables = mandrake_types::tables();
     let root = mandrake_storage::cluster::workspace_root()?;
     let migrations = Migrations::from_dir(root.join("migrations"))?;

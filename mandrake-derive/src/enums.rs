@@ -77,16 +77,16 @@ pub fn expand(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
 
             impl #ms::sqlx::Type<Postgres> for #ident {
                 fn type_info() -> PgTypeInfo {
-                    #ms::enum_support::type_info()
+                    #ms::__private::enum_support::type_info()
                 }
                 fn compatible(ty: &PgTypeInfo) -> bool {
-                    #ms::enum_support::compatible(ty)
+                    #ms::__private::enum_support::compatible(ty)
                 }
             }
 
             impl #ms::sqlx::postgres::PgHasArrayType for #ident {
                 fn array_type_info() -> PgTypeInfo {
-                    #ms::enum_support::array_type_info()
+                    #ms::__private::enum_support::array_type_info()
                 }
             }
 
@@ -95,13 +95,13 @@ pub fn expand(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
                     &self,
                     buf: &mut PgArgumentBuffer,
                 ) -> ::core::result::Result<#ms::sqlx::encode::IsNull, BoxDynError> {
-                    #ms::enum_support::encode(self, buf)
+                    #ms::__private::enum_support::encode(self, buf)
                 }
             }
 
             impl<'r> #ms::sqlx::Decode<'r, Postgres> for #ident {
                 fn decode(value: PgValueRef<'r>) -> ::core::result::Result<Self, BoxDynError> {
-                    #ms::enum_support::decode(value)
+                    #ms::__private::enum_support::decode(value)
                 }
             }
         };

@@ -52,7 +52,7 @@ fn emit(cont: &Container) -> TokenStream {
     let alias = column_alias;
     let aliases = cont.columns().filter(|f| f.attrs.sql_type.is_none()).map(|f| {
         let (name, ty) = (alias(f), f.ty);
-        quote_spanned!(ty.span()=> #[allow(non_camel_case_types)] type #name = <#ty as ::mandrake_storage::ColumnTypeOf>::Type;)
+        quote_spanned!(ty.span()=> #[allow(non_camel_case_types)] type #name = <#ty as ::mandrake_storage::__private::ColumnTypeOf>::Type;)
     });
     let aliases = quote!(#(#aliases)*);
     let mut column_index = 0usize;
@@ -67,7 +67,7 @@ fn emit(cont: &Container) -> TokenStream {
             Some(_) => quote!(#name: #ms::sqlx::Row::try_get(row, offset + #i)?),
             None => {
                 let alias = alias(f);
-                quote_spanned!(ty.span()=> #name: ::mandrake_storage::decode_column::<#alias>(row, offset + #i)?)
+                quote_spanned!(ty.span()=> #name: ::mandrake_storage::__private::decode_column::<#alias>(row, offset + #i)?)
             }
         }
     });
@@ -80,7 +80,7 @@ fn emit(cont: &Container) -> TokenStream {
                 {
                     let col = &f.column;
                     let value = value_ident(f);
-                    quote_spanned!(ty.span()=> let #value = new.#name; ::mandrake_storage::bind_column::<#alias>(__args, #value, #col)?;)
+                    quote_spanned!(ty.span()=> let #value = new.#name; ::mandrake_storage::__private::bind_column::<#alias>(__args, #value, #col)?;)
                 }
             }
         }
@@ -94,7 +94,7 @@ fn emit(cont: &Container) -> TokenStream {
                 {
                     let col = &f.column;
                     let value = value_ident(f);
-                    quote_spanned!(ty.span()=> let #value = patch.#name; ::mandrake_storage::bind_column::<::core::option::Option<#alias>>(__args, #value, #col)?;)
+                    quote_spanned!(ty.span()=> let #value = patch.#name; ::mandrake_storage::__private::bind_column::<::core::option::Option<#alias>>(__args, #value, #col)?;)
                 }
             }
         };
@@ -133,7 +133,7 @@ fn emit(cont: &Container) -> TokenStream {
             Some(_) => quote!(let mut #v = ::std::vec::Vec::with_capacity(rows.len());),
             None => {
                 let alias = alias(f);
-                quote_spanned!(ty.span()=> let mut #v = ::mandrake_storage::cells::<#alias>(rows.len());)
+                quote_spanned!(ty.span()=> let mut #v = ::mandrake_storage::__private::cells::<#alias>(rows.len());)
             }
         }
     });
@@ -150,7 +150,7 @@ fn emit(cont: &Container) -> TokenStream {
                 {
                     let col = &f.column;
                     let value = value_ident(f);
-                    quote_spanned!(ty.span()=> let #value = __row.#name; ::mandrake_storage::push_cell::<#alias>(&mut #v, #value, #col)?;)
+                    quote_spanned!(ty.span()=> let #value = __row.#name; ::mandrake_storage::__private::push_cell::<#alias>(&mut #v, #value, #col)?;)
                 }
             }
         }
@@ -227,11 +227,11 @@ fn emit(cont: &Container) -> TokenStream {
                     self.id
                 }
 
-                fn statements() -> &'static #ms::Statements {
-                    static STATEMENTS: ::std::sync::OnceLock<#ms::Statements> = ::std::sync::OnceLock::new();
-                    STATEMENTS.get_or_init(|| #ms::Statements::new(
+                fn statements() -> &'static #ms::__private::Statements {
+                    static STATEMENTS: ::std::sync::OnceLock<#ms::__private::Statements> = ::std::sync::OnceLock::new();
+                    STATEMENTS.get_or_init(|| #ms::__private::Statements::new(
                         <Self as #ms::Record>::schema(),
-                        #ms::Layout {
+                        #ms::__private::Layout {
                             insert: &[#(#insert_cols),*],
                             patch: &[#(#patch_cols),*],
                             version: #version_col,
@@ -287,8 +287,8 @@ fn emit(cont: &Container) -> TokenStream {
                 }
             }
 
-            #ms::inventory::submit! {
-                #ms::Registration::of::<#ident>()
+            #ms::__private::inventory::submit! {
+                #ms::__private::Registration::of::<#ident>()
             }
 
             #constants
@@ -362,8 +362,8 @@ fn schema_expr(cont: &Container) -> TokenStream {
             None => {
                 let alias = column_alias(f);
                 (
-                    quote_spanned!(ty.span()=> ::mandrake_storage::column_sql_type::<#alias>()),
-                    quote_spanned!(ty.span()=> ::mandrake_storage::column_nullable::<#alias>()),
+                    quote_spanned!(ty.span()=> ::mandrake_storage::__private::column_sql_type::<#alias>()),
+                    quote_spanned!(ty.span()=> ::mandrake_storage::__private::column_nullable::<#alias>()),
                 )
             }
         };
@@ -385,7 +385,7 @@ fn schema_expr(cont: &Container) -> TokenStream {
         };
         if f.attrs.sql_type.is_none() {
             let alias = column_alias(f);
-            let values = quote_spanned!(ty.span()=> ::mandrake_storage::column_values::<#alias>());
+            let values = quote_spanned!(ty.span()=> ::mandrake_storage::__private::column_values::<#alias>());
             chain = quote!(#chain.with_allowed_values(#col, #values));
         }
     }

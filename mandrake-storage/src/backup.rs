@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::db::{connect_one, connect_options, without_params};
-use crate::ddl::quote_ident;
+use crate::admin::{connect_one, connect_options};
 use crate::error::{Error, Result};
 use crate::migrate::{MigrateOptions, Migrations, State, migrate, status};
+use crate::schema::ddl::quote_ident;
+use crate::url::without_params;
 
 /// The PostgreSQL client tools (`pg_dump`, `pg_restore`) of one major version.
 #[derive(Debug, Clone)]
@@ -590,7 +591,7 @@ async fn check_restored(
 
 async fn schema_of(url: &str) -> Result<crate::schema::DatabaseSchema> {
     let mut conn = connect_one(url).await?;
-    let schema = crate::introspect::inspect(&mut conn).await?;
+    let schema = crate::schema::introspect::inspect(&mut conn).await?;
     let _ = conn.close().await;
     Ok(schema.normalized())
 }
@@ -709,7 +710,7 @@ fn without_password(url: &str) -> String {
 /// DROP and ALTER DATABASE.
 async fn admin(url: &str) -> Result<PgConnection> {
     let options = connect_options(url)?.database("postgres");
-    Ok(crate::pool::connect(&options).await?)
+    Ok(crate::db::pool::connect(&options).await?)
 }
 
 fn io(context: String, err: std::io::Error) -> Error {

@@ -181,8 +181,8 @@ impl Cluster {
 
     /// Creates `database` if missing and returns its URL.
     pub async fn ensure_database(&self, database: &str) -> Result<String> {
-        let mut admin = crate::db::connect_one(&self.url("postgres")).await?;
-        crate::db::create_database(&mut admin, database).await?;
+        let mut admin = crate::admin::connect_one(&self.url("postgres")).await?;
+        crate::admin::create_database(&mut admin, database).await?;
         Ok(self.url(database))
     }
 
@@ -465,6 +465,8 @@ pub fn find_bin_dir_in(
     })
 }
 
+// The crate's one `unsafe` block: libc has no safe wrapper for geteuid.
+#[allow(unsafe_code)]
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -551,6 +553,25 @@ pub(crate) fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The URL of the workspace's embedded cluster, started if needed: what
+/// [`crate::Settings::resolve_url`] falls back to without `DATABASE_URL`.
+pub(crate) async fn embedded_url() -> Result<String> {
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::default_for_workspace()?;
+        tracing::info!(
+            data = %cluster.root().display(),
+            "DATABASE_URL is not set: using the embedded PostgreSQL cluster \
+             (it keeps running; `cargo xtask db stop` stops it)"
+        );
+        cluster.start()?;
+        Ok::<_, Error>(cluster)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("cluster start panicked: {e}")))??
+    .ensure_database(DEFAULT_DATABASE)
+    .await
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl From<sqlx::Error> for Error {
         if let sqlx::Error::Io(io) = &err
             && let Some(timeout) = io
                 .get_ref()
-                .and_then(|e| e.downcast_ref::<crate::pool::PoolTimeout>())
+                .and_then(|e| e.downcast_ref::<crate::db::pool::PoolTimeout>())
         {
             return Error::PoolTimeout {
                 size: timeout.size,

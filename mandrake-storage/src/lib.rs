@@ -75,69 +75,56 @@
 //! Raw SQL stays first-class: records implement `sqlx::FromRow`, and
 //! [`Record::columns`] / [`Record::decode`] serve hand-written joins.
 
+#![warn(unreachable_pub)]
+#![deny(unsafe_code)]
+
+pub mod admin;
 #[cfg(all(feature = "backup", unix))]
 pub mod backup;
-mod changes;
-#[cfg(feature = "cli")]
-pub mod cli;
 #[cfg(all(feature = "embedded", unix))]
 pub mod cluster;
-mod column;
+mod config;
 mod db;
-pub mod ddl;
-#[cfg(feature = "cli")]
-pub mod diagram;
-#[cfg(feature = "cli")]
-pub mod diff;
 mod error;
-mod filter;
-#[cfg(feature = "cli")]
-pub mod fuzz;
-#[cfg(any(feature = "cli", feature = "backup"))]
-pub mod introspect;
-#[cfg(feature = "cli")]
-pub mod lint;
-mod list;
+mod feed;
 #[cfg(feature = "migrate")]
 pub mod migrate;
-#[cfg(feature = "cli")]
-pub mod online;
 #[cfg(all(feature = "backup", unix))]
 pub mod pitr;
-mod pool;
+mod query;
 mod record;
-mod replica;
-mod repo;
-#[cfg(feature = "cli")]
-pub mod scaffold;
 pub mod schema;
-#[cfg(feature = "cli")]
-pub mod stats;
 #[cfg(all(feature = "testing", unix))]
 pub mod testing;
+pub mod url;
 
-pub use changes::{Change, Subscription};
-pub use column::{
-    ColumnType, ColumnTypeOf, RecordEnum, bind_column, cells, column_nullable, column_sql_type,
-    column_values, decode_column, enum_support, push_cell,
-};
-pub use db::{
-    BoxFuture, Db, Isolation, MAX_ATTEMPTS, Settings, Transaction, connect_one, redact_url,
-};
-pub use error::{Error, Result};
-pub use filter::{Column, Filter, JsonColumn, TextColumn};
+/// What the derives' generated code calls: not part of the API.
 #[doc(hidden)]
-pub use inventory;
-pub use list::{Cursor, ListOptions, Order, Page};
+pub mod __private {
+    pub use crate::record::column::{
+        ColumnTypeOf, bind_column, cells, column_nullable, column_sql_type, column_values,
+        decode_column, enum_support, push_cell,
+    };
+    pub use crate::record::{Layout, Registration, Statements, UpsertStatements};
+    pub use inventory;
+}
+
+pub use admin::connect_one;
+pub use config::Settings;
+pub use db::pool::{PoolConnection, PoolStatus};
+pub use db::replica::WriteToken;
+pub use db::transaction::Transaction;
+pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
+pub use error::{Error, Result};
+pub use feed::{Change, Subscription};
 #[cfg(feature = "migrate")]
 pub use mandrake_derive::embed_migrations;
 pub use mandrake_derive::{Record, RecordEnum};
-pub use pool::{PoolConnection, PoolStatus};
-pub use record::{
-    Layout, Record, Registration, Statements, UniqueKey, UpsertStatements, Versioned,
-    registered_renames, registered_tables,
-};
-pub use replica::WriteToken;
-pub use repo::Repo;
+pub use query::filter::{Column, Filter, JsonColumn, TextColumn};
+pub use query::list::{Cursor, ListOptions, Order, Page};
+pub use record::column::{ColumnType, RecordEnum};
+pub use record::repo::Repo;
+pub use record::{Record, UniqueKey, Versioned, registered_renames, registered_tables};
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
+pub use url::redact_url;
 pub use {chrono, serde_json, sqlx, uuid};

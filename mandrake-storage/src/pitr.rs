@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor};
 
 use crate::cluster::Cluster;
-use crate::ddl::quote_literal;
 use crate::error::{Error, Result};
+use crate::schema::ddl::quote_literal;
 
 /// What [`Cluster::archiving`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Cluster {
         let wal = shell_quote(&self.wal_dir());
         // Never overwrite a segment already archived.
         let command = format!("test ! -f {wal}/%f && cp %p {wal}/%f");
-        let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+        let mut conn = crate::admin::connect_one(&self.url("postgres")).await?;
         let mode = if on { "on" } else { "off" };
         conn.execute(sqlx::AssertSqlSafe(format!(
             "ALTER SYSTEM SET archive_mode = {mode}"
@@ -74,7 +74,7 @@ impl Cluster {
 
     /// Whether WAL is archived, and how it goes.
     pub async fn archiving(&self) -> Result<Archiving> {
-        let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+        let mut conn = crate::admin::connect_one(&self.url("postgres")).await?;
         let mode: String = sqlx::query_scalar("SHOW archive_mode")
             .fetch_one(&mut conn)
             .await?;
@@ -207,7 +207,7 @@ impl Cluster {
             return Ok(());
         }
         // PostgreSQL reads both times, the way recovery_target_time is read.
-        let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+        let mut conn = crate::admin::connect_one(&self.url("postgres")).await?;
         let before: bool = sqlx::query_scalar("SELECT $1::timestamptz < $2::timestamptz")
             .bind(to_time)
             .bind(started)
@@ -279,7 +279,7 @@ impl Cluster {
     /// it, so one is written first (an empty transaction with an id);
     /// `to_time` in the future is refused.
     async fn flush_wal(&self, to_time: &str) -> Result<()> {
-        let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+        let mut conn = crate::admin::connect_one(&self.url("postgres")).await?;
         let future: bool = sqlx::query_scalar("SELECT $1::text::timestamptz > now()")
             .bind(to_time)
             .fetch_one(&mut conn)
@@ -315,7 +315,7 @@ impl Cluster {
     async fn wait_for_promotion(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let mut conn = crate::db::connect_one(&self.url("postgres")).await?;
+            let mut conn = crate::admin::connect_one(&self.url("postgres")).await?;
             let recovering: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
                 .fetch_one(&mut conn)
                 .await?;

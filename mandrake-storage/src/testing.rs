@@ -28,8 +28,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Executor;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::admin::create_database;
 use crate::cluster::Cluster;
-use crate::db::{Db, Settings, create_database};
+use crate::config::Settings;
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
 
@@ -243,7 +245,7 @@ impl TestDb {
     /// A new database with `tables` (and the trigger function) created.
     pub async fn with_tables(tables: &[&TableSchema]) -> Result<TestDb> {
         let test_db = TestDb::empty().await?;
-        let sql = crate::ddl::create_schema(tables);
+        let sql = crate::schema::ddl::create_schema(tables);
         (&test_db.db).execute(sqlx::AssertSqlSafe(sql)).await?;
         Ok(test_db)
     }
@@ -293,10 +295,10 @@ impl TestDb {
         let sql = match template {
             Some(t) => format!(
                 "CREATE DATABASE {} TEMPLATE {}",
-                crate::ddl::quote_ident(&name),
-                crate::ddl::quote_ident(t)
+                crate::schema::ddl::quote_ident(&name),
+                crate::schema::ddl::quote_ident(t)
             ),
-            None => format!("CREATE DATABASE {}", crate::ddl::quote_ident(&name)),
+            None => format!("CREATE DATABASE {}", crate::schema::ddl::quote_ident(&name)),
         };
         admin.execute(sqlx::AssertSqlSafe(sql)).await?;
         let options = server.admin.clone().database(&name);
@@ -357,7 +359,7 @@ impl TestDb {
 
 impl Server {
     async fn admin_connection(&self) -> Result<sqlx::PgConnection> {
-        Ok(crate::pool::connect(&self.admin).await?)
+        Ok(crate::db::pool::connect(&self.admin).await?)
     }
 }
 
@@ -403,7 +405,7 @@ impl Drop for TestDb {
                 let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
                 let sql = format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    crate::ddl::quote_ident(&name)
+                    crate::schema::ddl::quote_ident(&name)
                 );
                 conn.execute(sqlx::AssertSqlSafe(sql)).await.map(|_| ())
             })

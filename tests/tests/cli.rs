@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mandrake_storage::cli::{Cli, run_blocking};
+use mandrake_cli::{Cli, run_blocking};
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Record, TableSchema};
 use mandrake_tests::MigrationDir;

@@ -542,7 +542,7 @@ async fn an_interrupted_no_transaction_file_is_unknown_until_resolved() {
 async fn a_name_too_long_for_a_file_name_writes_nothing() {
     let dir = MigrationDir::new(&[]);
     let long = "x".repeat(250);
-    let made = mandrake_storage::scaffold::new_migration(
+    let made = mandrake_cli::scaffold::new_migration(
         "postgres://unused",
         dir.path(),
         &[],

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use mandrake_cli::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use mandrake_storage::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
 use mandrake_storage::schema::Renames;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Db, Record, Settings};

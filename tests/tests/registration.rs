@@ -49,7 +49,7 @@ async fn a_record_defined_only_in_a_test_crate_is_seen_by_schema_and_check() {
     assert_eq!(Gadget::schema().name, "gadgets");
 
     // `schema` prints it.
-    let ddl = mandrake_storage::ddl::create_schema(&tables);
+    let ddl = mandrake_storage::schema::ddl::create_schema(&tables);
     assert!(ddl.contains(r#"CREATE TABLE "gadgets""#), "{ddl}");
     // `check` finds it missing from the migrations.
     let t = TestDb::empty().await.unwrap();
@@ -58,7 +58,7 @@ async fn a_record_defined_only_in_a_test_crate_is_seen_by_schema_and_check() {
     let renames = registered_renames();
     assert_eq!(renames.table_from("gadgets"), Some("widgets"));
     assert_eq!(renames.column_from("gadgets", "label"), Some("name"));
-    let plan = mandrake_storage::scaffold::check(&t.url(), &migrations, &tables, &renames)
+    let plan = mandrake_cli::scaffold::check(&t.url(), &migrations, &tables, &renames)
         .await
         .unwrap();
     let steps: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();

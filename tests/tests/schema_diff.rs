@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use mandrake_storage::scaffold::{
+use mandrake_cli::scaffold::{
     NewMigration, NewMigrationOptions, Timeouts, check, new_migration, new_migration_with,
 };
+use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use mandrake_storage::schema::Renames;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{DatabaseSchema, Error, Record, RecordEnum, TableSchema, connect_one};
@@ -24,7 +24,7 @@ struct Lab {
 
 async fn read_schema(db: &TestDb) -> DatabaseSchema {
     let mut conn = connect_one(&db.url()).await.unwrap();
-    mandrake_storage::introspect::inspect(&mut conn)
+    mandrake_storage::schema::introspect::inspect(&mut conn)
         .await
         .unwrap()
         .normalized()
@@ -1135,7 +1135,7 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
         .iter()
         .flat_map(|(up, down)| [up.clone(), down.clone()])
         .collect();
-    let findings = mandrake_storage::lint::lint_paths(&paths).unwrap();
+    let findings = mandrake_cli::lint::lint_paths(&paths).unwrap();
     assert!(findings.is_empty(), "{findings:#?}");
 
     lab.migrate().await;
@@ -1161,11 +1161,8 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
 async fn random_schema_pairs_migrate_both_ways() {
     let t = TestDb::empty().await.unwrap();
     for seed in 1000..1008 {
-        if let Err(err) = mandrake_storage::fuzz::run_case(&t.url(), seed).await {
-            panic!(
-                "case {seed}: {err}\n{}",
-                mandrake_storage::fuzz::describe(seed)
-            );
+        if let Err(err) = mandrake_cli::fuzz::run_case(&t.url(), seed).await {
+            panic!("case {seed}: {err}\n{}", mandrake_cli::fuzz::describe(seed));
         }
     }
 }

@@ -13,7 +13,7 @@ async fn top_names_the_table_and_operation_of_each_statement() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
     let url = t.url();
-    mandrake_storage::stats::reset(&url).await.unwrap();
+    mandrake_cli::stats::reset(&url).await.unwrap();
     let conversation = Conversation::repo()
         .create(
             db,
@@ -39,9 +39,7 @@ async fn top_names_the_table_and_operation_of_each_statement() {
         .unwrap();
 
     let tables = mandrake_types::tables();
-    let rows = mandrake_storage::stats::top(&url, &tables, 50)
-        .await
-        .unwrap();
+    let rows = mandrake_cli::stats::top(&url, &tables, 50).await.unwrap();
     let calls = |table: &str, op: &str| {
         rows.iter()
             .filter(|r| {
@@ -58,10 +56,8 @@ async fn top_names_the_table_and_operation_of_each_statement() {
     assert_eq!(calls("conversations", "create"), 1, "{rows:#?}");
     assert!(rows.iter().all(|r| r.total_ms >= 0.0 && r.mean_ms >= 0.0));
 
-    mandrake_storage::stats::reset(&url).await.unwrap();
-    let after = mandrake_storage::stats::top(&url, &tables, 50)
-        .await
-        .unwrap();
+    mandrake_cli::stats::reset(&url).await.unwrap();
+    let after = mandrake_cli::stats::top(&url, &tables, 50).await.unwrap();
     assert!(
         after.iter().all(|r| r.origin.is_none()),
         "reset forgets them: {after:#?}"

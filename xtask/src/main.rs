@@ -34,7 +34,7 @@ enum Task {
         args: Vec<String>,
     },
     #[command(flatten)]
-    Storage(mandrake_storage::cli::Command),
+    Storage(mandrake_cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -42,12 +42,12 @@ fn main() -> ExitCode {
     match args.task {
         Task::Bench { args } => bench(&args),
         Task::Storage(command) => {
-            let cli = mandrake_storage::cli::Cli {
+            let cli = mandrake_cli::Cli {
                 migrations: args.migrations,
                 database_url: args.database_url,
                 command,
             };
-            mandrake_storage::cli::run_blocking(cli, &mandrake_types::tables())
+            mandrake_cli::run_blocking(cli, &mandrake_types::tables())
         }
     }
 }

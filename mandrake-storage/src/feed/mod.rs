@@ -17,11 +17,11 @@ use sqlx::{Acquire, Arguments, Row};
 use uuid::Uuid;
 
 use crate::db::Db;
-use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
-use crate::filter::{Filter, Node, bind_all, where_clause};
+use crate::query::filter::{Filter, Node, bind_all, where_clause};
 use crate::record::Record;
 use crate::schema::TableSchema;
+use crate::schema::ddl::quote_ident;
 
 /// One change to a row of a `#[record(notify)]` table, as it committed.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,7 +351,7 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::Column;
+    use crate::query::filter::Column;
     use crate::schema::{ColumnDef, OnDelete};
 
     struct M;

@@ -18,7 +18,7 @@ use crate::error::Error;
 
 /// How connections are made and kept.
 #[derive(Debug)]
-pub struct Manager {
+pub(crate) struct Manager {
     options: PgConnectOptions,
     validate_after: Duration,
     max_lifetime: Option<Duration>,
@@ -47,7 +47,7 @@ impl Manager {
 
 /// A pooled connection, and whether an operation on it was cut off.
 #[derive(Debug)]
-pub struct Pooled {
+pub(crate) struct Pooled {
     conn: PgConnection,
     /// Set when its future was dropped mid-operation: the server may be in a
     /// transaction sqlx does not know of (a BEGIN cut off before its answer),
@@ -174,7 +174,7 @@ pub(crate) async fn top_up(pool: &Pool, min_idle: usize) {
 /// Once a second, while the pool lives: drops idle connections past their
 /// lifetime or idle timeout (checkout would, but only when asked), and tops
 /// the idle ones back up to `min_idle`.
-pub(crate) fn maintain(pool: &Pool, settings: &crate::Settings, min_idle: usize) {
+pub(crate) fn maintain(pool: &Pool, settings: &crate::config::Settings, min_idle: usize) {
     let weak = pool.weak();
     let (max_lifetime, idle_timeout) = (settings.max_lifetime, settings.idle_timeout);
     tokio::spawn(async move {

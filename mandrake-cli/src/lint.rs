@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use squawk_linter::{Linter, Rule};
 use squawk_syntax::SourceFile;
 
-use crate::error::{Error, Result};
+use mandrake_storage::{Error, Result};
 
 /// One rule a file breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,12 +10,12 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, PgExecutor, Postgres, Row, Type};
 use uuid::Uuid;
 
-use crate::column::{ColumnType, decode_column};
-use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
-use crate::filter::{Column, Filter, Node, bind_all, condition, where_clause};
-use crate::list::{Cursor, ListOptions, Page, after_condition, order_by};
+use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
+use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
+use crate::record::column::{ColumnType, decode_column};
 use crate::record::{Record, UniqueKey};
+use crate::schema::ddl::quote_ident;
 
 /// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
 ///
@@ -62,7 +62,7 @@ impl<T: Record> Default for Repo<T> {
 }
 
 fn bind_error(err: sqlx::error::BoxDynError) -> Error {
-    match err.downcast::<crate::column::InvalidValue>() {
+    match err.downcast::<crate::record::column::InvalidValue>() {
         Ok(invalid) => Error::InvalidValue {
             column: invalid.column,
             reason: invalid.reason,
@@ -752,7 +752,7 @@ fn upserts<T: Record>(key: UniqueKey<T>) -> &'static crate::record::UpsertStatem
 /// Each shape's SQL is built once and kept in the record's statements.
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Shape {
+pub(crate) enum Shape {
     Aggregate(Aggregate, Node),
     List(ListShape),
     UpdateWhere(Node),
@@ -768,14 +768,14 @@ pub enum Shape {
 
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Aggregate {
+pub(crate) enum Aggregate {
     Count,
     Exists,
 }
 
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ListShape {
+pub(crate) struct ListShape {
     filter: Node,
     /// `(column index, descending)`, ending with `id`.
     keys: Vec<(usize, bool)>,

@@ -1002,7 +1002,7 @@ fn check_rows(table: &str, check: &Check) -> String {
 /// default, the NULLs take it; without one, a check that stops the
 /// migration with the table, the column, how many rows and what to do,
 /// instead of PostgreSQL's bare "contains null values".
-pub(crate) fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
+pub fn fill_nulls(table: &str, column: &str, default: Option<&str>) -> String {
     let (t, c) = (quote_ident(table), quote_ident(column));
     if let Some(default) = default {
         return format!("UPDATE {t} SET {c} = {default} WHERE {c} IS NULL;");

@@ -7,9 +7,9 @@
 //! second schema, down restores the first and up applies again; then a
 //! second run must find nothing left to do.
 
-use crate::error::{Error, Result};
 use crate::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
-use crate::schema::{ColumnDef, OnDelete, Renames, TableSchema};
+use mandrake_storage::schema::{ColumnDef, OnDelete, Renames, TableSchema};
+use mandrake_storage::{Error, Result};
 
 /// A small, seedable generator (xorshift64*): the same seed, the same case.
 struct Rng(u64);
@@ -389,7 +389,7 @@ pub fn describe(seed: u64) -> String {
     let case = case(seed);
     let show = |tables: &[TableSchema]| {
         let refs: Vec<&TableSchema> = tables.iter().collect();
-        crate::ddl::create_schema(&refs)
+        mandrake_storage::schema::ddl::create_schema(&refs)
     };
     format!(
         "-- case {seed}: from\n{}\n-- to\n{}\n-- with {:?}",

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::{Cluster, DEFAULT_DATABASE, workspace_root};
-use crate::db::Settings;
-use crate::ddl::create_schema;
-use crate::error::{Error, Result};
-use crate::migrate::{self, MigrateOptions, Migrations, RollbackTarget};
 use crate::scaffold;
-use crate::schema::TableSchema;
+use mandrake_storage::Settings;
+use mandrake_storage::cluster::{Cluster, DEFAULT_DATABASE, workspace_root};
+use mandrake_storage::migrate::{self, MigrateOptions, Migrations, RollbackTarget};
+use mandrake_storage::schema::TableSchema;
+use mandrake_storage::schema::ddl::create_schema;
+use mandrake_storage::{Error, Result};
 
 /// Command-line interface of `cargo xtask`.
 #[derive(Debug, Parser)]
@@ -254,7 +254,7 @@ pub struct RestoreArgs {
 /// fn main() -> std::process::ExitCode {
 ///     // Every `#[derive(Record)]` of the linked crates (link yours by
 ///     // calling something of it, as Mandrake's xtask does with `tables()`).
-///     mandrake_storage::cli::main(&mandrake_storage::registered_tables())
+///     mandrake_cli::main(&mandrake_storage::registered_tables())
 /// }
 /// ```
 pub fn main(tables: &[&TableSchema]) -> std::process::ExitCode {
@@ -282,7 +282,7 @@ pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> std::process::ExitCode
 
 /// Runs one parsed command on `tables`. `check` and `new-migration` rename
 /// what the rename hints of the linked record types say
-/// ([`crate::registered_renames`]).
+/// ([`mandrake_storage::registered_renames`]).
 pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::ExitCode> {
     let dir = match &cli.migrations {
         Some(dir) => dir.clone(),
@@ -499,7 +499,7 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
             for finding in crate::lint::lint_paths(&pending)? {
                 println!("warning: {finding}");
             }
-            let renames = crate::registered_renames();
+            let renames = mandrake_storage::registered_renames();
             let plan = scaffold::check(&url, &migrations, tables, &renames).await?;
             if !plan.is_empty() {
                 println!(
@@ -534,7 +534,7 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                 },
                 online,
             };
-            let renames = crate::registered_renames();
+            let renames = mandrake_storage::registered_renames();
             let made =
                 scaffold::new_migration_with(&url, &dir, tables, &renames, &name, &options).await?;
             if made.files.is_empty() {
@@ -717,11 +717,11 @@ async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::Exi
         ));
     }
     let database = database_name(url)?;
-    let dir = crate::backup::default_dir()?;
+    let dir = mandrake_storage::backup::default_dir()?;
     let out = args
         .out
-        .unwrap_or_else(|| crate::backup::default_path(&dir, &database));
-    let made = crate::backup::backup(url, &out, |line| eprintln!("{line}")).await?;
+        .unwrap_or_else(|| mandrake_storage::backup::default_path(&dir, &database));
+    let made = mandrake_storage::backup::backup(url, &out, |line| eprintln!("{line}")).await?;
     println!(
         "wrote {} ({:.1} MiB in {:.1} s)\ntables: {}",
         made.path.display(),
@@ -731,7 +731,7 @@ async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::Exi
     );
     if let Some(keep) = args.keep {
         let folder = made.path.parent().unwrap_or(&dir);
-        for old in crate::backup::prune(folder, &database, keep, Some(&made.path))? {
+        for old in mandrake_storage::backup::prune(folder, &database, keep, Some(&made.path))? {
             println!("deleted {}", old.display());
         }
     }
@@ -739,7 +739,7 @@ async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::Exi
 }
 
 async fn restore_command(url: &str, args: RestoreArgs) -> Result<std::process::ExitCode> {
-    use crate::backup::RestoreTarget;
+    use mandrake_storage::backup::RestoreTarget;
     let file = args.file.expect("clap requires FILE without --base");
     let target = match (args.into, args.force) {
         (None, false) => RestoreTarget::New,
@@ -747,7 +747,7 @@ async fn restore_command(url: &str, args: RestoreArgs) -> Result<std::process::E
         (Some(name), true) => RestoreTarget::Replace(name),
         (None, true) => RestoreTarget::Replace(database_name(url)?),
     };
-    let restored = crate::backup::restore(url, &file, &target).await?;
+    let restored = mandrake_storage::backup::restore(url, &file, &target).await?;
     match restored.replaced {
         Some(kept) => println!(
             "database {} now holds {}; its previous contents are kept as database {kept} \
@@ -762,8 +762,11 @@ async fn restore_command(url: &str, args: RestoreArgs) -> Result<std::process::E
 
 /// What `db restore` says of a copy: where it is, and the `DATABASE_URL` to
 /// use, without the password (it stays out of the terminal and its scrollback).
-fn restored_message(file: &std::path::Path, restored: &crate::backup::Restored) -> String {
-    let shown = crate::db::redact_url(&restored.url);
+fn restored_message(
+    file: &std::path::Path,
+    restored: &mandrake_storage::backup::Restored,
+) -> String {
+    let shown = mandrake_storage::url::redact_url(&restored.url);
     let hint = if shown == restored.url {
         ""
     } else {
@@ -781,7 +784,7 @@ async fn verify_command(
     file: &std::path::Path,
     migrations: &Migrations,
 ) -> Result<std::process::ExitCode> {
-    let report = crate::backup::verify(url, file, migrations).await?;
+    let report = mandrake_storage::backup::verify(url, file, migrations).await?;
     for (table, rows) in &report.tables {
         println!("{rows:>10}  {table}");
     }
@@ -808,7 +811,7 @@ async fn verify_command(
 }
 
 fn database_name(url: &str) -> Result<String> {
-    let options = crate::db::connect_options(url)?;
+    let options = mandrake_storage::admin::connect_options(url)?;
     Ok(options.get_database().unwrap_or("postgres").to_owned())
 }
 
@@ -834,7 +837,7 @@ mod tests {
 
     #[test]
     fn the_restored_url_is_shown_without_its_password() {
-        let restored = crate::backup::Restored {
+        let restored = mandrake_storage::backup::Restored {
             database: "app_restored_1".into(),
             url: "postgres://app:S3cretPass@db:5432/app_restored_1".into(),
             replaced: None,

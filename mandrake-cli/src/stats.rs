@@ -3,9 +3,9 @@
 
 use sqlx::Row;
 
-use crate::db::connect_one;
-use crate::error::{Error, Result};
-use crate::schema::TableSchema;
+use mandrake_storage::admin::connect_one;
+use mandrake_storage::schema::TableSchema;
+use mandrake_storage::{Error, Result};
 
 /// One statement's totals since the last reset.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +151,7 @@ pub fn classify(sql: &str, tables: &[&TableSchema]) -> Option<(String, &'static 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::ColumnDef;
+    use mandrake_storage::schema::ColumnDef;
 
     #[test]
     fn statements_are_matched_to_their_operation() {

@@ -12,10 +12,10 @@ use sqlx::postgres::{PgArguments, PgHasArrayType};
 use sqlx::types::Json;
 use sqlx::{Arguments, Encode, Postgres, Type};
 
-use crate::column::ColumnType;
-use crate::ddl::quote_ident;
-use crate::list::Order;
+use crate::query::list::Order;
+use crate::record::column::ColumnType;
 use crate::schema::TableSchema;
+use crate::schema::ddl::quote_ident;
 
 /// A column of record `T` holding values of type `V` (`Option<X>` for a
 /// nullable column). Emitted by the derive as `T::FIELD`; `Copy`.
@@ -342,7 +342,7 @@ impl<T> std::ops::Not for Filter<T> {
 /// The shape of a filter: everything but its values.
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Node {
+pub(crate) enum Node {
     All,
     Compare { column: usize, op: Op },
     And(Vec<Node>),
@@ -352,7 +352,7 @@ pub enum Node {
 
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
+pub(crate) enum Op {
     Eq,
     Ne,
     Lt,

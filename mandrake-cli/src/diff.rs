@@ -1,9 +1,9 @@
 //! The difference between two schemas as an ordered list of typed changes;
-//! [`crate::ddl::Change`] renders each one, and its inverse, to SQL.
+//! [`mandrake_storage::schema::ddl::Change`] renders each one, and its inverse, to SQL.
 
-use crate::ddl::{Change, Function, dependency_order, quote_ident};
-use crate::error::{Error, Result};
-use crate::schema::{ColumnDef, DatabaseSchema, ForeignKey, Renames, TableSchema};
+use mandrake_storage::schema::ddl::{Change, Function, dependency_order, quote_ident};
+use mandrake_storage::schema::{ColumnDef, DatabaseSchema, ForeignKey, Renames, TableSchema};
+use mandrake_storage::{Error, Result};
 
 /// One change with the SQL that makes it and the SQL that undoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +142,8 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Resu
 /// advice.
 ///
 /// ```
-/// use mandrake_storage::diff::changes;
-/// use mandrake_storage::ddl::Change;
+/// use mandrake_cli::diff::changes;
+/// use mandrake_storage::schema::ddl::Change;
 /// use mandrake_storage::schema::{ColumnDef, DatabaseSchema, Renames, TableSchema};
 ///
 /// let notes = |column: &str| DatabaseSchema {
@@ -651,7 +651,7 @@ fn diff_constraints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ddl::{fill_nulls, widens};
+    use mandrake_storage::schema::ddl::{fill_nulls, widens};
 
     /// `providers` with these columns, and the renames that lead to them.
     fn schema(columns: &[(&str, Option<&str>)]) -> (DatabaseSchema, Renames) {
@@ -686,7 +686,7 @@ mod tests {
     /// finds, in order.
     #[test]
     fn each_kind_of_edit_is_one_change() {
-        use crate::schema::OnDelete;
+        use mandrake_storage::schema::OnDelete;
         let base = || {
             TableSchema::new("notes")
                 .with_column(ColumnDef::new("id", "uuid"))

@@ -1,5 +1,8 @@
 //! The schema model at the centre: the derive fills it, catalog introspection
-//! fills it, the diff compares two of them, and [`crate::ddl`] renders SQL from it.
+//! fills it, the diff compares two of them, and [`ddl`] renders SQL from it.
+
+pub mod ddl;
+pub mod introspect;
 
 use serde::Serialize;
 
@@ -203,12 +206,12 @@ impl TableSchema {
         }
         let list = values
             .iter()
-            .map(|v| crate::ddl::quote_literal(v))
+            .map(|v| crate::schema::ddl::quote_literal(v))
             .collect::<Vec<_>>()
             .join(", ");
         self.checks.push(Check {
             name: identifier(format!("{}_{}_check", self.name, column)),
-            expression: format!("{} IN ({list})", crate::ddl::quote_ident(column)),
+            expression: format!("{} IN ({list})", crate::schema::ddl::quote_ident(column)),
         });
         self
     }

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::db::{Db, Settings, WeakDb, connect_options};
+use crate::admin::connect_options;
+use crate::config::Settings;
+use crate::db::pool::is_broken;
+use crate::db::{Db, WeakDb};
 use crate::error::Result;
-use crate::pool::is_broken;
 
 /// How often the replicas are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);

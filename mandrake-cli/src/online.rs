@@ -16,13 +16,13 @@
 //!    validated check and skips its scan, and each unique constraint takes
 //!    over its ready index (`USING INDEX`).
 
-use crate::ddl::{
+use crate::diff::{Plan, Step};
+use mandrake_storage::schema::Index;
+use mandrake_storage::schema::ddl::{
     Change, add_unique_using_index, create_index_concurrently, create_unique_index_concurrently,
     drop_constraint_if_exists, drop_index_concurrently, fill_nulls, not_null_check,
     set_not_null_checked, validate_constraint,
 };
-use crate::diff::{Plan, Step};
-use crate::schema::Index;
 
 /// One migration, before it has a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +209,7 @@ fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
 mod tests {
     use super::*;
     use crate::diff::diff;
-    use crate::schema::{ColumnDef, DatabaseSchema, OnDelete, Renames, TableSchema};
+    use mandrake_storage::schema::{ColumnDef, DatabaseSchema, OnDelete, Renames, TableSchema};
 
     fn schema(tables: Vec<TableSchema>) -> DatabaseSchema {
         DatabaseSchema {

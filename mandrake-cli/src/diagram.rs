@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::schema::TableSchema;
+use mandrake_storage::schema::TableSchema;
 
 /// An `erDiagram` of `tables`: every column with its type (`PK`, `FK`, `UK`
 /// marked, nullable ones commented), and a relationship per foreign key.
@@ -10,7 +10,7 @@ use crate::schema::TableSchema;
 /// ```
 /// use mandrake_storage::{ColumnDef, TableSchema};
 /// let t = TableSchema::new("notes").with_column(ColumnDef::new("id", "UUID")).with_primary_key(&["id"]);
-/// assert!(mandrake_storage::diagram::mermaid(&[&t]).contains("    notes {\n        uuid id PK\n"));
+/// assert!(mandrake_cli::diagram::mermaid(&[&t]).contains("    notes {\n        uuid id PK\n"));
 /// ```
 pub fn mermaid(tables: &[&TableSchema]) -> String {
     let mut out = String::from("erDiagram\n");
@@ -93,7 +93,7 @@ pub fn replace_in(markdown: &str, diagram: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{ColumnDef, OnDelete};
+    use mandrake_storage::schema::{ColumnDef, OnDelete};
 
     #[test]
     fn keys_nullability_and_relationships_are_drawn() {

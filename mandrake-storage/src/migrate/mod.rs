@@ -324,7 +324,7 @@ struct Locked {
 
 impl Locked {
     async fn acquire(url: &str, timeout: Duration) -> Result<Locked> {
-        let mut conn = crate::db::connect_one(url).await?;
+        let mut conn = crate::admin::connect_one(url).await?;
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(&mut conn)
             .await?;
@@ -382,7 +382,7 @@ pub fn lock_key(database: &str) -> i64 {
 }
 
 async fn lock_holder(url: &str, key: i64) -> Option<i32> {
-    let mut conn = crate::db::connect_one(url).await.ok()?;
+    let mut conn = crate::admin::connect_one(url).await.ok()?;
     sqlx::query_scalar(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
@@ -472,8 +472,8 @@ fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> 
 /// The runner holds an advisory lock and runs `-- no-transaction` files:
 /// both need one session, which PgBouncer in transaction mode does not give.
 fn refuse_pgbouncer(url: &str) -> Result<()> {
-    let in_url = crate::db::strip_pgbouncer(url).1;
-    if in_url || crate::db::Settings::from_env()?.pgbouncer {
+    let in_url = crate::url::strip_pgbouncer(url).1;
+    if in_url || crate::config::Settings::from_env()?.pgbouncer {
         return Err(Error::Migration(
             "migrations need a session of their own (an advisory lock, session settings), \
              which PgBouncer in transaction mode does not give: run them with a direct URL to \
@@ -826,7 +826,7 @@ fn version_list(versions: impl Iterator<Item = i64>) -> String {
 
 /// Every version, from the files and the database, with its state.
 pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>> {
-    let mut conn = crate::db::connect_one(url).await?;
+    let mut conn = crate::admin::connect_one(url).await?;
     let applied = applied_rows(&mut conn).await?;
     // An unfinished file is still running while a migrator holds the lock.
     let running = lock_held(&mut conn).await?;

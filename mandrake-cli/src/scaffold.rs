@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
-use crate::ddl::{create_schema, quote_ident};
 use crate::diff::{Plan, diff};
-use crate::error::{Error, Result};
-use crate::introspect::inspect;
-use crate::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use crate::schema::{DatabaseSchema, Renames, TableSchema};
+use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
+use mandrake_storage::schema::ddl::{create_schema, quote_ident};
+use mandrake_storage::schema::introspect::inspect;
+use mandrake_storage::schema::{DatabaseSchema, Renames, TableSchema};
+use mandrake_storage::{Error, Result};
 
 /// Scratch databases on one server, dropped by [`Scratch::drop_all`].
 struct Scratch {
@@ -70,14 +70,14 @@ impl Scratch {
 }
 
 async fn inspect_url(url: &str) -> Result<DatabaseSchema> {
-    let mut conn = crate::db::connect_one(url).await?;
+    let mut conn = mandrake_storage::admin::connect_one(url).await?;
     let schema = inspect(&mut conn).await;
     let _ = conn.close().await;
     schema
 }
 
 async fn run_script(url: &str, sql: &str) -> Result<()> {
-    let mut conn = crate::db::connect_one(url).await?;
+    let mut conn = mandrake_storage::admin::connect_one(url).await?;
     let mut tx = conn.begin().await?;
     tx.execute(sqlx::AssertSqlSafe(sql.to_owned())).await?;
     tx.commit().await?;

@@ -1,6 +1,9 @@
 //! The `Record` trait that `#[derive(Record)]` implements, and the SQL text
 //! built once per record type from its schema.
 
+pub(crate) mod column;
+pub(crate) mod repo;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -8,8 +11,8 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
 use uuid::Uuid;
 
-use crate::ddl::{ident_list, quote_ident};
-use crate::repo::{Repo, Shape};
+use crate::record::repo::{Repo, Shape};
+use crate::schema::ddl::{ident_list, quote_ident};
 use crate::schema::{Renames, TableSchema};
 
 /// A struct stored as one table row. Implemented by `#[derive(Record)]`;
@@ -32,7 +35,7 @@ use crate::schema::{Renames, TableSchema};
 /// }
 ///
 /// assert_eq!(Planet::schema().name, "planets");
-/// let sql = mandrake_storage::ddl::create_table(Planet::schema());
+/// let sql = mandrake_storage::schema::ddl::create_table(Planet::schema());
 /// assert!(sql.contains(r#""mass_kg" DOUBLE PRECISION,"#));
 /// // NewPlanet has no id or timestamps; PlanetPatch has an Option per column.
 /// let new = NewPlanet { name: "Ceres".into(), mass: None };
@@ -513,14 +516,18 @@ fn patch_sets(schema: &TableSchema, layout: Layout, first: usize) -> Vec<String>
 impl Statements {
     /// `UPDATE … SET <patch> WHERE <filter>`: the patch's pairs are `$1…`,
     /// the filter's values follow.
-    pub(crate) fn update_where(&self, schema: &TableSchema, node: &crate::filter::Node) -> String {
+    pub(crate) fn update_where(
+        &self,
+        schema: &TableSchema,
+        node: &crate::query::filter::Node,
+    ) -> String {
         let sets = patch_sets(schema, self.layout, 1);
         let mut param = 2 * self.layout.patch.len();
         format!(
             "UPDATE {} SET {}{}",
             quote_ident(&schema.name),
             sets.join(", "),
-            crate::filter::where_clause(schema, node, &mut param)
+            crate::query::filter::where_clause(schema, node, &mut param)
         )
     }
 }

@@ -16,9 +16,9 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo};
 use sqlx::{Encode, Postgres, Row, Type, ValueRef as _};
 
-use crate::ddl::quote_ident;
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
+use crate::schema::ddl::quote_ident;
 
 /// One column of an ordering, from [`crate::Column::asc`] or
 /// [`crate::Column::desc`].

@@ -1,0 +1,390 @@
+//! `&Db` as a sqlx executor: each call checks a connection out, runs (behind
+//! PgBouncer inside a transaction of its own), and a read that met a dead
+//! connection runs once more.
+
+use either::Either;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
+use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlStr};
+use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
+
+use super::Db;
+use super::pool::{RESET_SESSION, is_broken};
+
+/// A statement taken apart, so that a read can run a second time.
+struct Replay {
+    sql: SqlStr,
+    args: Option<PgArguments>,
+    persistent: bool,
+}
+
+/// Whether `sql` may change the session it runs in, so that its pooled
+/// connection must be checked and reset before anyone else uses it: anything
+/// but one plain query (`SET`, `BEGIN`, `LISTEN`, several statements), or a
+/// query calling `set_config` or a session advisory lock.
+fn touches_session(sql: &str) -> bool {
+    let text = sql.trim_start();
+    let first = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    let plain = [
+        "select", "insert", "update", "delete", "with", "values", "table",
+    ]
+    .iter()
+    .any(|k| first.eq_ignore_ascii_case(k));
+    let several = text.trim_end().trim_end_matches(';').contains(';');
+    let calls = |name: &str| {
+        text.as_bytes()
+            .windows(name.len())
+            .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    !plain || several || calls("set_config") || calls("pg_advisory")
+}
+
+impl Replay {
+    /// `named`: whether the statement may be prepared by name and cached on
+    /// the connection (not through PgBouncer).
+    fn new<'q, E: Execute<'q, Postgres>>(
+        mut query: E,
+        named: bool,
+    ) -> std::result::Result<Replay, sqlx::Error> {
+        let persistent = query.persistent() && named;
+        let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        Ok(Replay {
+            sql: query.sql(),
+            args,
+            persistent,
+        })
+    }
+
+    fn clone_replay(&self) -> Replay {
+        Replay {
+            sql: self.sql.clone(),
+            args: self.args.clone(),
+            persistent: self.persistent,
+        }
+    }
+
+    /// A copy to run again, when running it again is safe: a `SELECT` reads.
+    fn spare(&self) -> Option<Replay> {
+        let text = self.sql.as_str().trim_start();
+        let read = text
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"));
+        read.then(|| self.clone_replay())
+    }
+}
+
+impl<'q> Execute<'q, Postgres> for Replay {
+    fn sql(self) -> SqlStr {
+        self.sql
+    }
+    fn statement(&self) -> Option<&sqlx::postgres::PgStatement> {
+        None
+    }
+    fn take_arguments(
+        &mut self,
+    ) -> std::result::Result<Option<PgArguments>, sqlx::error::BoxDynError> {
+        Ok(self.args.take())
+    }
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
+/// One call on a connection: what `run` does with a checked-out one.
+type Call<T> =
+    for<'c> fn(&'c mut PgConnection, Replay) -> BoxFuture<'c, std::result::Result<T, sqlx::Error>>;
+
+impl Db {
+    /// A connection of its own, outside the pool: for a read whose pooled
+    /// connection turned out to be dead (other pooled ones may be too).
+    async fn fresh_connection(&self) -> std::result::Result<PgConnection, sqlx::Error> {
+        self.pool.manager().connect().await
+    }
+
+    /// Runs `call` on `conn`; through PgBouncer inside a transaction of its
+    /// own, because sqlx parses and executes a statement in two round trips,
+    /// which PgBouncer could otherwise send to two different servers.
+    async fn call<T>(
+        &self,
+        conn: &mut PgConnection,
+        query: Replay,
+        call: Call<T>,
+    ) -> std::result::Result<T, sqlx::Error> {
+        let touched = touches_session(query.sql.as_str());
+        self.open_statement_transaction(conn).await?;
+        let done = call(conn, query).await;
+        let closed = self
+            .end_statement_transaction(conn, done.is_ok(), touched)
+            .await;
+        let done = done?;
+        closed?;
+        Ok(done)
+    }
+
+    /// Through PgBouncer: opens the transaction a statement runs in.
+    async fn open_statement_transaction(
+        &self,
+        conn: &mut PgConnection,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if let Some(begin) = &self.begin {
+            conn.execute(sqlx::raw_sql(AssertSqlSafe(begin.clone())))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Through PgBouncer: commits (`ok`) or rolls back what
+    /// [`Db::open_statement_transaction`] opened.
+    /// `touched`: the statement may have changed the session, which on
+    /// PgBouncer's server connection would reach other clients: it is reset
+    /// before the commit.
+    async fn end_statement_transaction(
+        &self,
+        conn: &mut PgConnection,
+        ok: bool,
+        touched: bool,
+    ) -> std::result::Result<(), sqlx::Error> {
+        if self.begin.is_some() {
+            if ok && touched {
+                conn.execute(sqlx::raw_sql(RESET_SESSION)).await?;
+            }
+            conn.execute(if ok { "COMMIT" } else { "ROLLBACK" }).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on a pooled connection, marked in flight so that a
+    /// cancelled call leaves it to be restored; a read that fails at the
+    /// transport level runs once more on a new connection.
+    async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
+        let spare = query.spare();
+        let mut conn = match self.checkout().await {
+            Ok(conn) => conn,
+            // A replica that cannot be reached: the primary serves the read.
+            Err(err) => {
+                return match (spare, self.primary_for(&err)) {
+                    (Some(again), Some(primary)) => Box::pin(primary.run(again, call)).await,
+                    _ => Err(err),
+                };
+            }
+        };
+        if touches_session(query.sql.as_str()) {
+            conn.mark_session_touched();
+        }
+        conn.set_in_flight(true);
+        let outcome = self.call(&mut conn, query, call).await;
+        conn.set_in_flight(false);
+        let err = match outcome {
+            Err(err) => err,
+            done => return done,
+        };
+        let broken = is_broken(&err);
+        conn.discard_if_broken(&err);
+        match spare {
+            Some(again) if broken => match self.primary_for(&err) {
+                Some(primary) => Box::pin(primary.run(again, call)).await,
+                None => {
+                    self.call(&mut self.fresh_connection().await?, again, call)
+                        .await
+                }
+            },
+            _ => Err(err),
+        }
+    }
+
+    /// `query` taken apart to run, and to run again; through PgBouncer its
+    /// statement stays unnamed.
+    fn replay<'q, E: Execute<'q, Postgres>>(
+        &self,
+        query: E,
+    ) -> std::result::Result<Replay, sqlx::Error> {
+        Replay::new(query, self.begin.is_none())
+    }
+
+    /// On a replica's pool, when `err` says the replica cannot be reached:
+    /// the primary, to run the read instead.
+    fn primary_for(&self, err: &sqlx::Error) -> Option<Db> {
+        self.primary.as_ref().and_then(|p| p.take_over(err))
+    }
+}
+
+type Item = Either<PgQueryResult, PgRow>;
+
+/// Yields every item of `rows`.
+async fn forward(
+    mut rows: BoxStream<'_, std::result::Result<Item, sqlx::Error>>,
+    yielder: &Yielder<Item>,
+) -> std::result::Result<(), sqlx::Error> {
+    while let Some(item) = rows.try_next().await? {
+        yielder.r#yield(item).await;
+    }
+    Ok(())
+}
+
+// Checks a connection out for each call, so `&db` works as an executor. A
+// connection that fails at the transport level is not put back, and a read
+// that failed that way runs once more on a new connection: a server restart
+// leaves every idle connection dead, and a read is safe to repeat.
+impl<'p> Executor<'p> for &'_ Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, std::result::Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(TryAsyncStream::new(move |yielder| async move {
+            let query = db.replay(query)?;
+            let spare = query.spare();
+            let mut conn = match db.checkout().await {
+                Ok(conn) => conn,
+                // A replica that cannot be reached: the primary serves the read.
+                Err(err) => {
+                    return match (spare, db.primary_for(&err)) {
+                        (Some(again), Some(primary)) => {
+                            forward((&primary).fetch_many(again), &yielder).await
+                        }
+                        _ => Err(err),
+                    };
+                }
+            };
+            let touched = touches_session(query.sql.as_str());
+            if touched {
+                conn.mark_session_touched();
+            }
+            conn.set_in_flight(true);
+            let mut yielded = false;
+            let outcome = async {
+                // Through PgBouncer: in a transaction of its own, as in `call`.
+                db.open_statement_transaction(&mut conn).await?;
+                let streamed = async {
+                    let mut rows = conn.fetch_many(query);
+                    while let Some(item) = rows.try_next().await? {
+                        yielded = true;
+                        yielder.r#yield(item).await;
+                    }
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                let closed = db
+                    .end_statement_transaction(&mut conn, streamed.is_ok(), touched)
+                    .await;
+                streamed?;
+                closed
+            }
+            .await;
+            conn.set_in_flight(false);
+            let Err(err) = outcome else { return Ok(()) };
+            let broken = is_broken(&err);
+            conn.discard_if_broken(&err);
+            match spare {
+                Some(again) if broken && !yielded => match db.primary_for(&err) {
+                    Some(primary) => forward((&primary).fetch_many(again), &yielder).await,
+                    None => {
+                        let mut fresh = db.fresh_connection().await?;
+                        forward(fresh.fetch_many(again), &yielder).await
+                    }
+                },
+                _ => Err(err),
+            }
+        }))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<Option<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.fetch_optional(q)).await })
+    }
+
+    // `fetch_all` and `execute` straight on the connection: the default ones
+    // would pass every row through the stream of `fetch_many` above.
+    fn fetch_all<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<Vec<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.fetch_all(q)).await })
+    }
+
+    fn execute<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<PgQueryResult, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.run(db.replay(query)?, |c, q| c.execute(q)).await })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> BoxFuture<'e, std::result::Result<sqlx::postgres::PgStatement, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.checkout().await?.prepare_with(sql, parameters).await })
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, std::result::Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let db = self.clone();
+        Box::pin(async move { db.checkout().await?.describe(sql).await })
+    }
+}
+
+#[cfg(test)]
+mod session {
+    use super::touches_session;
+
+    #[test]
+    fn only_one_plain_query_leaves_the_session_alone() {
+        for plain in [
+            "SELECT 1",
+            "  insert into t values ($1)",
+            "WITH x AS (SELECT 1) SELECT * FROM x;",
+            "UPDATE t SET a = 'x;y'".split(';').next().unwrap(),
+        ] {
+            assert!(!touches_session(plain), "{plain}");
+        }
+        for touching in [
+            "BEGIN",
+            "set role app",
+            "LISTEN x",
+            "SELECT 1; BEGIN",
+            "SELECT set_config('role', 'app', false)",
+            "SELECT PG_ADVISORY_LOCK(1)",
+            "RESET ALL",
+        ] {
+            assert!(touches_session(touching), "{touching}");
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The handle an application holds: `Db`, a lean pool of sqlx connections
+//! configured from [`Settings`], with its transactions, its executor (so `&Db`
+//! goes wherever a sqlx executor goes) and its read replicas. It knows
+//! nothing of the embedded cluster: [`Settings::resolve_url`] is the one seam.
+
+pub(crate) mod executor;
+pub(crate) mod pool;
+pub(crate) mod replica;
+pub(crate) mod transaction;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use futures_core::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgTransactionManager};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+use sqlx_core::transaction::TransactionManager;
+
+use crate::admin::connect_options;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::url::strip_pgbouncer;
+use pool::{Manager, Pool, PoolConnection, PoolStatus, pool_error};
+use transaction::Transaction;
+
+/// How many times [`Db::transaction`] tries a transaction that keeps
+/// failing with a serialization failure or deadlock.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Transaction isolation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// PostgreSQL's default: each statement sees what was committed before it began.
+    ReadCommitted,
+    /// The whole transaction sees one snapshot.
+    RepeatableRead,
+    /// As if the transactions ran one at a time; may fail with a retryable error.
+    Serializable,
+}
+
+impl Isolation {
+    fn sql(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        }
+    }
+}
+
+/// 5 ms, 10 ms, 20 ms … (capped), each with up to 100% random extra so that
+/// the transactions that collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(7);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * base / 255;
+    Duration::from_millis(base + jitter)
+}
+
+/// The application's handle on the database: a lean connection pool.
+///
+/// `&Db` is a sqlx executor, so it goes wherever a `&PgPool` goes; every
+/// repository method takes it, a checked-out connection ([`Db::acquire`]), or
+/// a transaction ([`Db::begin`]).
+///
+/// ```no_run
+/// # async fn demo() -> mandrake_storage::Result<()> {
+/// let db = mandrake_storage::Db::connect().await?; // DATABASE_URL, else the embedded cluster
+/// let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    acquire_timeout: Duration,
+    /// In PgBouncer mode: what opens the transaction each statement runs in
+    /// (`BEGIN`, with the statement timeout).
+    begin: Option<Arc<str>>,
+    /// The read replicas, when there are any ([`Db::read`]).
+    pub(crate) replicas: Option<Arc<crate::db::replica::Replicas>>,
+    /// On a replica's pool: the primary, for a read the replica cannot serve.
+    primary: Option<Arc<crate::db::replica::Fallback>>,
+    /// In PgBouncer mode: the server itself ([`Settings::direct_url`]).
+    direct: Option<Arc<PgConnectOptions>>,
+}
+
+/// A [`Db`] that does not keep its pool alive (without its replicas).
+pub(crate) struct WeakDb {
+    pool: deadpool::managed::WeakPool<Manager>,
+    acquire_timeout: Duration,
+    begin: Option<Arc<str>>,
+    direct: Option<Arc<PgConnectOptions>>,
+}
+
+impl WeakDb {
+    /// The `Db`, if its pool still lives.
+    pub(crate) fn upgrade(&self) -> Option<Db> {
+        Some(Db {
+            pool: self.pool.upgrade()?,
+            acquire_timeout: self.acquire_timeout,
+            begin: self.begin.clone(),
+            replicas: None,
+            primary: None,
+            direct: self.direct.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("pool", &self.pool_status())
+            .finish()
+    }
+}
+
+impl Db {
+    /// Connects with [`Settings::from_env`].
+    pub async fn connect() -> Result<Db> {
+        Db::connect_with(&Settings::from_env()?).await
+    }
+
+    /// Connects with explicit settings.
+    pub async fn connect_with(settings: &Settings) -> Result<Db> {
+        let url = settings.resolve_url().await?;
+        Db::connect_url(&url, settings).await
+    }
+
+    /// Connects to `url` with the pool settings of `settings`.
+    pub async fn connect_url(url: &str, settings: &Settings) -> Result<Db> {
+        let (url, pgbouncer) = strip_pgbouncer(url);
+        let settings = Settings {
+            pgbouncer: settings.pgbouncer || pgbouncer,
+            ..settings.clone()
+        };
+        Db::connect_options(connect_options(&url)?, &settings).await
+    }
+
+    /// Connects with parsed options and the pool settings of `settings`.
+    /// One connection is opened at once, so a wrong URL or a server that is
+    /// down fails here, with its cause, instead of at the first query.
+    pub async fn connect_options(options: PgConnectOptions, settings: &Settings) -> Result<Db> {
+        let mut db = Db::build(options, settings)?;
+        drop(db.acquire().await?);
+        let min_idle = settings.min_idle.min(settings.pool_size) as usize;
+        crate::db::pool::top_up(&db.pool, min_idle).await;
+        crate::db::pool::maintain(&db.pool, settings, min_idle);
+        if !settings.replica_urls.is_empty() {
+            db.replicas = Some(crate::db::replica::Replicas::start(&db, settings)?);
+        }
+        Ok(db)
+    }
+
+    /// The pool, not yet connected.
+    pub(crate) fn build(mut options: PgConnectOptions, settings: &Settings) -> Result<Db> {
+        let timeout_ms = settings
+            .statement_timeout
+            .map(|t| t.as_millis().to_string());
+        let begin = if settings.pgbouncer {
+            // PgBouncer refuses startup options, and its server connections
+            // keep no prepared statement from one transaction to the next:
+            // none is cached (see `Transaction` for those made inside one).
+            options = options.statement_cache_capacity(0);
+            Some(Arc::from(match &timeout_ms {
+                Some(ms) => format!("BEGIN; SET LOCAL statement_timeout = {ms}"),
+                None => "BEGIN".to_owned(),
+            }))
+        } else {
+            if let Some(ms) = &timeout_ms {
+                options = options.options([("statement_timeout", ms.as_str())]);
+            }
+            None
+        };
+        let manager = Manager::new(
+            options,
+            settings.validate_after,
+            settings.max_lifetime,
+            settings.idle_timeout,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size as usize)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.acquire_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the pool: {e}")))?;
+        let direct = match &settings.direct_url {
+            Some(url) if settings.pgbouncer => Some(Arc::new(connect_options(url)?)),
+            _ => None,
+        };
+        Ok(Db {
+            pool,
+            acquire_timeout: settings.acquire_timeout,
+            begin,
+            replicas: None,
+            primary: None,
+            direct,
+        })
+    }
+
+    /// A handle that does not keep the pool alive, for tasks and for the
+    /// replicas' way back to the primary.
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb {
+            pool: self.pool.weak(),
+            acquire_timeout: self.acquire_timeout,
+            begin: self.begin.clone(),
+            direct: self.direct.clone(),
+        }
+    }
+
+    /// This replica's pool falls back to the primary's for reads it cannot serve.
+    pub(crate) fn with_primary(mut self, primary: Arc<crate::db::replica::Fallback>) -> Db {
+        self.primary = Some(primary);
+        self
+    }
+
+    /// The options of a connection that keeps a session of its own for
+    /// `what` (a LISTEN): the pool's; behind PgBouncer, whose server
+    /// connections change hands every transaction, the direct URL's, else
+    /// [`Error::NeedsSession`]. A LISTEN on a pooled server connection would
+    /// deliver its notifications to whichever client gets it next.
+    pub(crate) fn session_options(&self, what: &'static str) -> Result<PgConnectOptions> {
+        match (&self.begin, &self.direct) {
+            (None, _) => Ok(self.pool.manager().options().clone()),
+            (Some(_), Some(direct)) => Ok((**direct).clone()),
+            (Some(_), None) => Err(Error::NeedsSession { what }),
+        }
+    }
+
+    /// How long a caller waits for a connection.
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
+    /// A connection of the pool for several statements in a row; it goes
+    /// back when dropped.
+    /// Whatever it changes in its session (`SET`, `SET ROLE`, `LISTEN`, an
+    /// open `BEGIN`) is undone before the connection serves anyone else.
+    pub async fn acquire(&self) -> Result<PoolConnection> {
+        let mut conn = self.checkout().await?;
+        conn.mark_session_touched();
+        Ok(conn)
+    }
+
+    async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
+        self.pool
+            .get()
+            .await
+            .map(PoolConnection::new)
+            .map_err(|e| pool_error(e, self.pool.status().max_size, self.acquire_timeout))
+    }
+
+    /// Size, idle and busy connections, and waiting callers.
+    pub fn pool_status(&self) -> PoolStatus {
+        crate::db::pool::status(&self.pool)
+    }
+
+    /// Starts a transaction; it rolls back when dropped without `commit`.
+    pub async fn begin(&self) -> Result<Transaction> {
+        let mut conn = self.checkout().await?;
+        // sqlx counts the transaction only once BEGIN has answered: a begin
+        // cut off before that would leave an open transaction it cannot see,
+        // so a connection dropped in that window is rolled back before reuse.
+        conn.set_in_flight(true);
+        match &self.begin {
+            // `BEGIN; SET LOCAL statement_timeout = …` in one round trip.
+            Some(begin) => {
+                PgTransactionManager::begin(
+                    &mut conn,
+                    Some(AssertSqlSafe(begin.clone()).into_sql_str()),
+                )
+                .await?
+            }
+            None => PgTransactionManager::begin(&mut conn, None).await?,
+        }
+        conn.set_in_flight(false);
+        Ok(Transaction {
+            conn: Some(conn),
+            pgbouncer: self.begin.is_some(),
+        })
+    }
+
+    /// Runs `work` in a transaction at `isolation`: commits on `Ok`, rolls
+    /// back on `Err` or panic, and runs it again (up to [`MAX_ATTEMPTS`]
+    /// times, with growing randomized pauses) when it fails with a
+    /// serialization failure or deadlock.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, Isolation};
+    /// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
+    /// let total: i64 = db
+    ///     .transaction(Isolation::Serializable, |tx| {
+    ///         Box::pin(async move {
+    ///             Ok(sqlx::query_scalar("SELECT count(*) FROM pg_class").fetch_one(&mut *tx).await?)
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&self, isolation: Isolation, mut work: F) -> Result<T>
+    where
+        F: for<'t> FnMut(&'t mut sqlx::PgConnection) -> BoxFuture<'t, Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let outcome = async {
+                let mut tx = self.begin().await?;
+                let done = async {
+                    sqlx::query(isolation.sql()).execute(&mut *tx).await?;
+                    work(&mut tx).await
+                }
+                .await;
+                match done {
+                    Ok(value) => tx.commit().await.map(|()| value),
+                    // Rolled back in the open, the connection stays pooled.
+                    Err(err) => {
+                        let _ = tx.rollback().await;
+                        Err(err)
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Err(err) if err.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Closes the pool: no new checkouts; connections close as they return.
+    pub async fn close(&self) {
+        self.pool.close();
+    }
+}
+
+#[cfg(all(test, not(all(feature = "embedded", unix))))]
+mod without_embedded {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_database_url_is_a_config_error_naming_it() {
+        let err = Db::connect_with(&Settings::default()).await.unwrap_err();
+        match err {
+            Error::Config(message) => assert!(message.contains("DATABASE_URL"), "{message}"),
+            other => panic!("expected a Config error, got {other}"),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Typed queries: filters built from a record's column constants, and the
+//! orders, pages and keyset cursors of a listing. Each turns into SQL text
+//! that depends only on its shape, with every value bound.
+
+pub(crate) mod filter;
+pub(crate) mod list;

@@ -1,0 +1,113 @@
+//! Database URLs as text: parsed strictly, shown without passwords, and
+//! rewritten (another database, parameters dropped) without a round trip
+//! through a parser that would lose what it does not know.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// `url` with its password replaced by `***`, for messages and logs.
+///
+/// ```
+/// use mandrake_storage::redact_url;
+/// assert_eq!(redact_url("postgres://app:S3cret@db/x"), "postgres://app:***@db/x");
+/// assert_eq!(redact_url("postgres://db/x?password=S3cret&sslmode=require"),
+///            "postgres://db/x?password=***&sslmode=require");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let mut out = match url[authority..end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[authority..authority + at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:***{}", &url[..authority], &url[authority + at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    };
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}?{}", pairs.join("&"));
+    }
+    out
+}
+
+/// The query parameters sqlx reads from a URL, and ours (`pgbouncer`).
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+    "pgbouncer",
+];
+
+/// A PostgreSQL URL parsed, refusing what sqlx would accept and ignore: another
+/// scheme (`mysql://`), or a parameter it does not know (a typo such as
+/// `sslmod=require` would silently connect without TLS).
+pub(crate) fn parse_url(url: &str) -> std::result::Result<PgConnectOptions, String> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(format!(
+            "{} is not a PostgreSQL URL (postgres://user:password@host:port/database)",
+            redact_url(url)
+        ));
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if !URL_PARAMETERS.contains(&key) {
+                return Err(format!(
+                    "unknown URL parameter {key:?}; known: {}",
+                    URL_PARAMETERS.join(", ")
+                ));
+            }
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| e.to_string())
+}
+
+/// `url` without a `pgbouncer=true` parameter, and whether it had one.
+pub(crate) fn strip_pgbouncer(url: &str) -> (String, bool) {
+    without_params(url, |pair| matches!(pair, "pgbouncer=true" | "pgbouncer=1"))
+}
+
+/// `url` without the query parameters (`key=value`) that `drop` picks, and
+/// whether there were any.
+pub(crate) fn without_params(url: &str, drop: impl Fn(&str) -> bool) -> (String, bool) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), false);
+    };
+    let (dropped, kept): (Vec<&str>, Vec<&str>) = query.split('&').partition(|p| drop(p));
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, !dropped.is_empty())
+}

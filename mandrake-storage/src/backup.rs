@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use crate::admin::{connect_one, connect_options};
 use crate::error::{Error, Result};
 use crate::migrate::{MigrateOptions, Migrations, State, migrate, status};
-use crate::schema::ddl::quote_ident;
+use crate::sql::quote_ident;
 use crate::url::without_params;
 
 /// The PostgreSQL client tools (`pg_dump`, `pg_restore`) of one major version.
@@ -710,7 +710,7 @@ fn without_password(url: &str) -> String {
 /// DROP and ALTER DATABASE.
 async fn admin(url: &str) -> Result<PgConnection> {
     let options = connect_options(url)?.database("postgres");
-    Ok(crate::db::pool::connect(&options).await?)
+    Ok(crate::admin::connect(&options).await?)
 }
 
 fn io(context: String, err: std::io::Error) -> Error {

@@ -64,7 +64,7 @@ impl Cluster {
     /// `/var/tmp/mandrake/` when running as root from a checkout the
     /// `postgres` user cannot reach).
     pub fn default_for_workspace() -> Result<Cluster> {
-        let root = match std::env::var_os("MANDRAKE_DATA_DIR") {
+        let root = match crate::config::data_dir() {
             Some(dir) => absolute(Path::new(&dir))?,
             None => workspace_root()?.join(".mandrake"),
         };

@@ -23,6 +23,9 @@ use crate::url::{parse_url, redact_url};
 /// | `MANDRAKE_DIRECT_URL` | the server itself, for what needs a session (the change feed) behind PgBouncer | none |
 /// | `MANDRAKE_REPLICA_URLS` | streaming replicas for [`Db::read`], comma-separated | none |
 /// | `MANDRAKE_REPLICA_MAX_LAG_MS` | skip a replica further behind than this | 1000 |
+/// | `MANDRAKE_SLOW_QUERY_MS` | log a repository call slower than this at WARN (process-wide) | 500 |
+/// | `MANDRAKE_DATA_DIR` | where the embedded cluster lives (feature `embedded`) | `.mandrake/` |
+/// | `MANDRAKE_TEST_PGBOUNCER` | `1`: `TestDb::db()` goes through a PgBouncer (feature `testing`) | 0 |
 ///
 /// `Debug` shows the URLs without their passwords.
 #[derive(Clone, PartialEq, Eq)]
@@ -119,24 +122,6 @@ impl Settings {
     /// assert!(Settings::from_lookup(|_| Some("many".into())).is_err());
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings> {
-        fn number(key: &str, value: Option<String>) -> Result<Option<u64>> {
-            value
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        Error::Config(format!("{key} must be a whole number, got {v:?}"))
-                    })
-                })
-                .transpose()
-        }
-        fn flag(key: &str, value: Option<String>) -> Result<bool> {
-            match value.as_deref().map(str::trim) {
-                None | Some("" | "0" | "false") => Ok(false),
-                Some("1" | "true") => Ok(true),
-                Some(other) => Err(Error::Config(format!(
-                    "{key} must be 1 or 0, got {other:?}"
-                ))),
-            }
-        }
         let defaults = Settings::default();
         let url = |key: &str| -> Result<Option<String>> {
             let value = lookup(key).filter(|u| !u.trim().is_empty());
@@ -215,31 +200,66 @@ impl Settings {
             direct_url,
         })
     }
+}
 
-    /// The URL to connect to: `DATABASE_URL`; without it, the embedded
-    /// cluster (started if needed) when the `embedded` feature is on, else
-    /// a `Config` error naming the variable. A production binary that lost
-    /// its variable stops instead of running on an empty database.
-    pub async fn resolve_url(&self) -> Result<String> {
-        match &self.database_url {
-            Some(url) => Ok(url.clone()),
-            None => embedded_url().await,
-        }
+/// A whole number, if set.
+fn number(key: &str, value: Option<String>) -> Result<Option<u64>> {
+    value
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| Error::Config(format!("{key} must be a whole number, got {v:?}")))
+        })
+        .transpose()
+}
+
+/// `1`/`true` or `0`/`false`/unset.
+fn flag(key: &str, value: Option<String>) -> Result<bool> {
+    match value.as_deref().map(str::trim) {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(Error::Config(format!(
+            "{key} must be 1 or 0, got {other:?}"
+        ))),
     }
 }
 
-// The embedded cluster is reached through this one function: nothing else
-// of the runtime names it.
-#[cfg(all(feature = "embedded", unix))]
-use crate::cluster::embedded_url;
+/// `MANDRAKE_SLOW_QUERY_MS` (default 500): a repository call slower than this
+/// is logged at WARN. Read once per process: calls do not know their `Db`.
+pub(crate) fn slow_query_threshold() -> Duration {
+    static THRESHOLD: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| {
+        let key = "MANDRAKE_SLOW_QUERY_MS";
+        let ms = number(key, std::env::var(key).ok()).unwrap_or_else(|err| {
+            tracing::warn!(target: "mandrake_storage", "{err}: using 500");
+            None
+        });
+        Duration::from_millis(ms.unwrap_or(500))
+    })
+}
 
-#[cfg(not(all(feature = "embedded", unix)))]
-async fn embedded_url() -> Result<String> {
-    Err(Error::Config(
-        "DATABASE_URL is not set: set it to the server to use (the embedded development \
-         cluster needs mandrake-storage's `embedded` feature)"
-            .into(),
-    ))
+/// `MANDRAKE_PGBOUNCER` alone, for a caller that must refuse PgBouncer (the
+/// migration runner) without reading every other setting.
+#[cfg(feature = "migrate")]
+pub(crate) fn pgbouncer_from_env() -> Result<bool> {
+    flag(
+        "MANDRAKE_PGBOUNCER",
+        std::env::var("MANDRAKE_PGBOUNCER").ok(),
+    )
+}
+
+/// `MANDRAKE_DATA_DIR`: where the embedded cluster lives instead of
+/// `.mandrake/` at the workspace root.
+#[cfg(all(feature = "embedded", unix))]
+pub(crate) fn data_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("MANDRAKE_DATA_DIR").map(std::path::PathBuf::from)
+}
+
+/// `MANDRAKE_TEST_PGBOUNCER=1`: the test harness sends `TestDb::db()` through
+/// a PgBouncer it starts.
+#[cfg(all(feature = "testing", unix))]
+pub(crate) fn test_pgbouncer() -> bool {
+    std::env::var("MANDRAKE_TEST_PGBOUNCER").is_ok_and(|v| v == "1")
 }
 
 #[cfg(test)]

@@ -98,6 +98,27 @@ pub enum Error {
     Database(sqlx::Error),
 }
 
+/// A pool timeout on its way through sqlx's executor trait, which returns
+/// `sqlx::Error`: carried as a driver error, turned back into
+/// [`Error::PoolTimeout`] by `From<sqlx::Error>`.
+#[derive(Debug)]
+pub(crate) struct PoolTimeout {
+    pub(crate) size: usize,
+    pub(crate) waited: std::time::Duration,
+}
+
+impl fmt::Display for PoolTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no connection free in a pool of {} after waiting {:?}",
+            self.size, self.waited
+        )
+    }
+}
+
+impl std::error::Error for PoolTimeout {}
+
 /// Shorthand for `Result<T, mandrake_storage::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -182,10 +203,8 @@ impl std::error::Error for Error {
 impl From<sqlx::Error> for Error {
     /// Sorts constraint failures into their own variants by SQLSTATE.
     fn from(err: sqlx::Error) -> Self {
-        if let sqlx::Error::Io(io) = &err
-            && let Some(timeout) = io
-                .get_ref()
-                .and_then(|e| e.downcast_ref::<crate::db::pool::PoolTimeout>())
+        if let sqlx::Error::AnyDriverError(driver) = &err
+            && let Some(timeout) = driver.downcast_ref::<PoolTimeout>()
         {
             return Error::PoolTimeout {
                 size: timeout.size,

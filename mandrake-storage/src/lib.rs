@@ -86,6 +86,7 @@ pub mod cluster;
 mod config;
 mod db;
 mod error;
+mod fallback;
 mod feed;
 #[cfg(feature = "migrate")]
 pub mod migrate;
@@ -94,6 +95,7 @@ pub mod pitr;
 mod query;
 mod record;
 pub mod schema;
+mod sql;
 #[cfg(all(feature = "testing", unix))]
 pub mod testing;
 pub mod url;
@@ -123,8 +125,7 @@ pub use mandrake_derive::{Record, RecordEnum};
 pub use query::filter::{Column, Filter, JsonColumn, TextColumn};
 pub use query::list::{Cursor, ListOptions, Order, Page};
 pub use record::column::{ColumnType, RecordEnum};
-pub use record::repo::Repo;
-pub use record::{Record, UniqueKey, Versioned, registered_renames, registered_tables};
+pub use record::{Record, Repo, UniqueKey, Versioned, registered_renames, registered_tables};
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
 pub use url::redact_url;
 pub use {chrono, serde_json, sqlx, uuid};

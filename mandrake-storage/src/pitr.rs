@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor};
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::schema::ddl::quote_literal;
+use crate::sql::quote_literal;
 
 /// What [`Cluster::archiving`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

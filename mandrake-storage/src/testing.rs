@@ -97,7 +97,7 @@ fn via_pgbouncer(options: &PgConnectOptions) -> Result<PgConnectOptions> {
 }
 
 fn through_pgbouncer() -> bool {
-    std::env::var("MANDRAKE_TEST_PGBOUNCER").is_ok_and(|v| v == "1")
+    crate::config::test_pgbouncer()
 }
 
 /// Starts a PgBouncer in transaction mode on a Unix socket in front of
@@ -295,10 +295,10 @@ impl TestDb {
         let sql = match template {
             Some(t) => format!(
                 "CREATE DATABASE {} TEMPLATE {}",
-                crate::schema::ddl::quote_ident(&name),
-                crate::schema::ddl::quote_ident(t)
+                crate::sql::quote_ident(&name),
+                crate::sql::quote_ident(t)
             ),
-            None => format!("CREATE DATABASE {}", crate::schema::ddl::quote_ident(&name)),
+            None => format!("CREATE DATABASE {}", crate::sql::quote_ident(&name)),
         };
         admin.execute(sqlx::AssertSqlSafe(sql)).await?;
         let options = server.admin.clone().database(&name);
@@ -359,7 +359,7 @@ impl TestDb {
 
 impl Server {
     async fn admin_connection(&self) -> Result<sqlx::PgConnection> {
-        Ok(crate::db::pool::connect(&self.admin).await?)
+        Ok(crate::admin::connect(&self.admin).await?)
     }
 }
 
@@ -405,7 +405,7 @@ impl Drop for TestDb {
                 let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
                 let sql = format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    crate::schema::ddl::quote_ident(&name)
+                    crate::sql::quote_ident(&name)
                 );
                 conn.execute(sqlx::AssertSqlSafe(sql)).await.map(|_| ())
             })

@@ -9,6 +9,7 @@ pub(crate) mod replica;
 pub(crate) mod transaction;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
 use std::time::Duration;
 
 pub use futures_core::future::BoxFuture;
@@ -76,11 +77,36 @@ pub struct Db {
     /// (`BEGIN`, with the statement timeout).
     begin: Option<Arc<str>>,
     /// The read replicas, when there are any ([`Db::read`]).
-    pub(crate) replicas: Option<Arc<crate::db::replica::Replicas>>,
+    pub(crate) replicas: Option<Arc<Replicas>>,
     /// On a replica's pool: the primary, for a read the replica cannot serve.
-    primary: Option<Arc<crate::db::replica::Fallback>>,
+    primary: Option<Arc<Fallback>>,
     /// In PgBouncer mode: the server itself ([`Settings::direct_url`]).
     direct: Option<Arc<PgConnectOptions>>,
+}
+
+/// The replicas of a [`Db`] (their checks and routing: `replica.rs`; the
+/// types live here because a `Db` holds them and they hold `Db`s).
+pub(crate) struct Replicas {
+    pub(super) members: Vec<Member>,
+    pub(super) next: AtomicUsize,
+    pub(super) max_lag: Duration,
+}
+
+pub(super) struct Member {
+    pub(super) db: Db,
+    /// Answering and within the lag limit at the last check.
+    pub(super) usable: Arc<AtomicBool>,
+    /// The WAL position it had replayed at the last check.
+    pub(super) replayed: AtomicI64,
+    /// Found not to be a replica of this primary (warned once).
+    pub(super) refused: AtomicBool,
+}
+
+/// What a replica's pool falls back to: the primary's, held weakly so that
+/// the replicas do not keep the primary's pool alive.
+pub(crate) struct Fallback {
+    pub(super) primary: WeakDb,
+    pub(super) usable: Arc<AtomicBool>,
 }
 
 /// A [`Db`] that does not keep its pool alive (without its replicas).
@@ -145,7 +171,7 @@ impl Db {
         crate::db::pool::top_up(&db.pool, min_idle).await;
         crate::db::pool::maintain(&db.pool, settings, min_idle);
         if !settings.replica_urls.is_empty() {
-            db.replicas = Some(crate::db::replica::Replicas::start(&db, settings)?);
+            db.replicas = Some(Replicas::start(&db, settings)?);
         }
         Ok(db)
     }
@@ -209,7 +235,7 @@ impl Db {
     }
 
     /// This replica's pool falls back to the primary's for reads it cannot serve.
-    pub(crate) fn with_primary(mut self, primary: Arc<crate::db::replica::Fallback>) -> Db {
+    pub(crate) fn with_primary(mut self, primary: Arc<Fallback>) -> Db {
         self.primary = Some(primary);
         self
     }

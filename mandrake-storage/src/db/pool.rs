@@ -14,7 +14,7 @@ use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use crate::error::Error;
+use crate::error::PoolTimeout;
 
 /// How connections are made and kept.
 #[derive(Debug)]
@@ -126,26 +126,7 @@ const CHECK_AND_RESET_SESSION: &str = "SELECT now() = statement_timestamp(); \
 
 impl Manager {
     pub(crate) async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
-        connect(&self.options).await
-    }
-}
-
-/// A new connection. EAGAIN from a Unix socket means the server's accept
-/// backlog is full (a burst of connects): worth a few short retries, about a
-/// second in all. Anything else, "connection refused" included, fails at once.
-pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match PgConnection::connect_with(options).await {
-            Err(sqlx::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && pause < Duration::from_millis(600) =>
-            {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            other => return other,
-        }
+        crate::admin::connect(&self.options).await
     }
 }
 
@@ -324,26 +305,6 @@ pub(crate) fn status(pool: &Pool) -> PoolStatus {
     }
 }
 
-/// The payload of the I/O error that carries a pool timeout through sqlx's
-/// executor trait, so that [`Error`] can rebuild [`Error::PoolTimeout`].
-#[derive(Debug)]
-pub(crate) struct PoolTimeout {
-    pub size: usize,
-    pub waited: Duration,
-}
-
-impl std::fmt::Display for PoolTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no connection free in a pool of {} after waiting {:?}",
-            self.size, self.waited
-        )
-    }
-}
-
-impl std::error::Error for PoolTimeout {}
-
 /// A deadpool failure as the sqlx error the executor trait must return.
 pub(crate) fn pool_error(
     err: managed::PoolError<sqlx::Error>,
@@ -358,20 +319,13 @@ pub(crate) fn pool_error(
                 format!("connecting took longer than {waited:?}"),
             ))
         }
-        managed::PoolError::Timeout(_) => sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            PoolTimeout { size, waited },
-        )),
+        // sqlx's own PoolTimedOut cannot say how big the pool was or how
+        // long the caller waited: the driver-error variant carries both, and
+        // `Error::from` turns it into `Error::PoolTimeout`.
+        managed::PoolError::Timeout(_) => {
+            sqlx::Error::AnyDriverError(Box::new(PoolTimeout { size, waited }))
+        }
         managed::PoolError::Closed => sqlx::Error::PoolClosed,
         other => sqlx::Error::Configuration(other.to_string().into()),
-    }
-}
-
-impl From<PoolTimeout> for Error {
-    fn from(t: PoolTimeout) -> Error {
-        Error::PoolTimeout {
-            size: t.size,
-            waited: t.waited,
-        }
     }
 }

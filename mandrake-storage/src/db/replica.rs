@@ -13,38 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::{Db, Fallback, Member, Replicas};
 use crate::admin::connect_options;
 use crate::config::Settings;
 use crate::db::pool::is_broken;
-use crate::db::{Db, WeakDb};
 use crate::error::Result;
 
 /// How often the replicas are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
-
-/// The replicas of a [`Db`].
-pub(crate) struct Replicas {
-    members: Vec<Member>,
-    next: AtomicUsize,
-    max_lag: Duration,
-}
-
-struct Member {
-    db: Db,
-    /// Answering and within the lag limit at the last check.
-    usable: Arc<AtomicBool>,
-    /// The WAL position it had replayed at the last check.
-    replayed: AtomicI64,
-    /// Found not to be a replica of this primary (warned once).
-    refused: AtomicBool,
-}
-
-/// What a replica's pool falls back to: the primary's, held weakly so that
-/// the replicas do not keep the primary's pool alive.
-pub(crate) struct Fallback {
-    primary: WeakDb,
-    usable: Arc<AtomicBool>,
-}
 
 impl Fallback {
     /// The primary, when `err` says the replica cannot be reached (which

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::query::filter::{Filter, Node, bind_all, where_clause};
 use crate::record::Record;
 use crate::schema::TableSchema;
-use crate::schema::ddl::quote_ident;
+use crate::sql::quote_ident;
 
 /// One change to a row of a `#[record(notify)]` table, as it committed.
 #[derive(Debug, Clone, PartialEq)]

@@ -473,7 +473,7 @@ fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> 
 /// both need one session, which PgBouncer in transaction mode does not give.
 fn refuse_pgbouncer(url: &str) -> Result<()> {
     let in_url = crate::url::strip_pgbouncer(url).1;
-    if in_url || crate::config::Settings::from_env()?.pgbouncer {
+    if in_url || crate::config::pgbouncer_from_env()? {
         return Err(Error::Migration(
             "migrations need a session of their own (an advisory lock, session settings), \
              which PgBouncer in transaction mode does not give: run them with a direct URL to \

@@ -15,7 +15,7 @@ use sqlx::{Arguments, Encode, Postgres, Type};
 use crate::query::list::Order;
 use crate::record::column::ColumnType;
 use crate::schema::TableSchema;
-use crate::schema::ddl::quote_ident;
+use crate::sql::quote_ident;
 
 /// A column of record `T` holding values of type `V` (`Option<X>` for a
 /// nullable column). Emitted by the derive as `T::FIELD`; `Copy`.

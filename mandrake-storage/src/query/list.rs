@@ -18,7 +18,7 @@ use sqlx::{Encode, Postgres, Row, Type, ValueRef as _};
 
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
-use crate::schema::ddl::quote_ident;
+use crate::sql::quote_ident;
 
 /// One column of an ordering, from [`crate::Column::asc`] or
 /// [`crate::Column::desc`].

@@ -3,16 +3,16 @@
 
 pub(crate) mod column;
 pub(crate) mod repo;
+pub(crate) mod statements;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+pub use statements::{Layout, Statements, UpsertStatements};
 
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
+use std::marker::PhantomData;
+
 use uuid::Uuid;
 
-use crate::record::repo::{Repo, Shape};
-use crate::schema::ddl::{ident_list, quote_ident};
 use crate::schema::{Renames, TableSchema};
 
 /// A struct stored as one table row. Implemented by `#[derive(Record)]`;
@@ -263,295 +263,46 @@ impl<T> std::fmt::Debug for UniqueKey<T> {
     }
 }
 
-/// The statements of an upsert on one unique constraint.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct UpsertStatements {
-    /// One row, `DO UPDATE`.
-    pub one: String,
-    /// Any number of rows, returned in input order.
-    pub many: String,
-    /// One row, `DO NOTHING`.
-    pub ignore: String,
-}
+/// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
+///
+/// Every method takes any sqlx executor, so the same call works on `&Db`, a
+/// `&PgPool`, `&mut PgConnection`, or inside a transaction (`&mut *tx`).
+///
+/// ```no_run
+/// # use mandrake_storage::{Record, Db, ListOptions};
+/// # #[derive(Record, Clone)]
+/// # pub struct Note { pub id: uuid::Uuid, pub body: String,
+/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+/// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
+/// let note = Note::repo().create(db, NewNote { body: "hi".into() }).await?;
+/// let mut tx = db.begin().await?;
+/// Note::repo()
+///     .update(&mut *tx, note.id, NotePatch { body: Some("edited".into()) })
+///     .await?;
+/// tx.commit().await?;
+/// let page = Note::repo()
+///     .list(db, Note::BODY.eq("edited"), ListOptions::new().order_by(Note::CREATED_AT.desc()).limit(10))
+///     .await?;
+/// assert_eq!(page.items[0].body, "edited");
+/// # Ok(()) }
+/// ```
+pub struct Repo<T>(PhantomData<fn() -> T>);
 
-/// How the derive classifies columns; the SQL is built from it and the schema.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub struct Layout {
-    /// Columns bound by `create`, after `id`.
-    pub insert: &'static [&'static str],
-    /// Columns a patch can change.
-    pub patch: &'static [&'static str],
-    /// The optimistic-locking column, if any.
-    pub version: Option<&'static str>,
-}
-
-/// The fixed SQL of one record type, built once (the derive keeps it in a
-/// `OnceLock`), never per call.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Statements {
-    pub table: &'static str,
-    /// The quoted select list, in field order.
-    pub columns: String,
-    /// The column names, in field order.
-    pub names: Vec<String>,
-    pub insert: String,
-    pub insert_many: String,
-    pub select_by_id: String,
-    /// What an empty patch runs: the row, and whether its version is the
-    /// expected one (`$2`, NULL for any) on a versioned table.
-    pub select_unchanged: String,
-    pub update: String,
-    pub delete: String,
-    /// Per unique constraint, in schema order (see [`UniqueKey`]).
-    pub upserts: Vec<UpsertStatements>,
-    pub has_version: bool,
-    /// The SQL of the calls that take a filter, built once per shape.
-    shapes: RwLock<HashMap<Shape, Arc<str>>>,
-    layout: Layout,
-}
-
-impl Statements {
-    /// The SQL of `shape`, built by `build` on its first use.
-    pub(crate) fn sql_for(&self, shape: Shape, build: impl FnOnce() -> String) -> Arc<str> {
-        if let Some(sql) = self
-            .shapes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&shape)
-        {
-            return sql.clone();
-        }
-        let sql: Arc<str> = build().into();
-        self.shapes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(shape)
-            .or_insert(sql)
-            .clone()
+impl<T> Clone for Repo<T> {
+    fn clone(&self) -> Self {
+        *self
     }
+}
+impl<T> Copy for Repo<T> {}
 
-    /// The select list with every column qualified by `alias`, for joins.
-    pub fn qualified_columns(&self, alias: &str) -> String {
-        self.names
-            .iter()
-            .map(|c| format!("{}.{}", quote_ident(alias), quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    pub fn new(schema: &'static TableSchema, layout: Layout) -> Statements {
-        let table = quote_ident(&schema.name);
-        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
-        let columns = ident_list(&names);
-        let sql_type = |name: &str| column_type(schema, name);
-        let mut insert_cols = vec!["id".to_owned()];
-        insert_cols.extend(layout.insert.iter().map(|c| c.to_string()));
-        let placeholders: Vec<String> = (1..=insert_cols.len()).map(|i| format!("${i}")).collect();
-        let insert_head = format!("INSERT INTO {table} ({})", ident_list(&insert_cols));
-        let insert = format!(
-            "{insert_head} VALUES ({}) RETURNING {columns}",
-            placeholders.join(", ")
-        );
-        // One array parameter per column: any number of rows, one statement.
-        let unnest_args: Vec<String> = insert_cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}[]", i + 1, array_element_type(sql_type(c))))
-            .collect();
-        let casts: Vec<String> = insert_cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("c{i}::{}", sql_type(c)))
-            .collect();
-        let aliases: Vec<String> = (0..insert_cols.len()).map(|i| format!("c{i}")).collect();
-        let insert_many = format!(
-            "{insert_head} SELECT {} FROM UNNEST({}) AS u({}) RETURNING {columns}",
-            casts.join(", "),
-            unnest_args.join(", "),
-            aliases.join(", ")
-        );
-        let select_by_id = format!("SELECT {columns} FROM {table} WHERE \"id\" = $1");
-        let update = update_statement(schema, &table, &columns, layout);
-        let select_unchanged = match layout.version {
-            Some(v) => format!(
-                "SELECT {columns}, ($2::BIGINT IS NULL OR {} = $2) FROM {table} WHERE \"id\" = $1",
-                quote_ident(v)
-            ),
-            None => select_by_id.clone(),
-        };
-        let delete = format!("DELETE FROM {table} WHERE \"id\" = $1");
-        let upserts = schema
-            .uniques
-            .iter()
-            .map(|u| {
-                let mut updates: Vec<String> = layout
-                    .insert
-                    .iter()
-                    .filter(|c| !u.columns.iter().any(|k| k == *c))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect();
-                // The update branch is a write like any other: it moves the
-                // version, so a stale `update` after it is a conflict.
-                if let Some(v) = layout.version {
-                    let v = quote_ident(v);
-                    updates.push(format!("{v} = {table}.{v} + 1"));
-                }
-                let action = if updates.is_empty() {
-                    // DO NOTHING would return no row; a no-op update returns it.
-                    format!("DO UPDATE SET \"id\" = {table}.\"id\"")
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                let target = format!("ON CONFLICT ({})", ident_list(&u.columns));
-                let values = format!("VALUES ({})", placeholders.join(", "));
-                // Rows come back joined to their input row by the key (or,
-                // where a key column is NULL and so cannot conflict, by the
-                // id given), then sorted by input position.
-                let input_col = |k: &str| {
-                    let i = insert_cols.iter().position(|c| c == k).expect("key columns are inserted");
-                    (format!("input.c{i}::{}", sql_type(k)), format!("input.c{i}"))
-                };
-                let key_join: Vec<String> = u
-                    .columns
-                    .iter()
-                    .map(|k| format!("stored.{} = {}", quote_ident(k), input_col(k).0))
-                    .collect();
-                let nullable_keys: Vec<String> = u
-                    .columns
-                    .iter()
-                    .filter(|k| schema.column(k).is_some_and(|c| c.nullable))
-                    .map(|k| format!("{} IS NULL", input_col(k).1))
-                    .collect();
-                let by_id = if nullable_keys.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " UNION ALL SELECT stored.*, input.__ord FROM stored JOIN input \
-                         ON stored.\"id\" = input.c0 WHERE {}",
-                        nullable_keys.join(" OR ")
-                    )
-                };
-                let many = format!(
-                    "WITH input AS (SELECT * FROM UNNEST({}) WITH ORDINALITY AS u({}, __ord)), \
-                     stored AS ({insert_head} SELECT {} FROM input ORDER BY __ord {target} {action} \
-                     RETURNING {columns}) \
-                     SELECT stored.*, input.__ord FROM stored JOIN input ON {}{by_id} ORDER BY __ord",
-                    unnest_args.join(", "),
-                    aliases.join(", "),
-                    casts.join(", "),
-                    key_join.join(" AND ")
-                );
-                UpsertStatements {
-                    one: format!("{insert_head} {values} {target} {action} RETURNING {columns}"),
-                    many,
-                    ignore: format!("{insert_head} {values} {target} DO NOTHING RETURNING {columns}"),
-                }
-            })
-            .collect();
-        Statements {
-            table: &schema.name,
-            columns,
-            names,
-            insert,
-            insert_many,
-            select_by_id,
-            select_unchanged,
-            update,
-            delete,
-            upserts,
-            has_version: layout.version.is_some(),
-            shapes: RwLock::default(),
-            layout,
-        }
+impl<T> std::fmt::Debug for Repo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repo<{}>", std::any::type_name::<T>())
     }
 }
 
-/// The SQL type of a layout column. The derive fills the layout and the
-/// schema from the same fields, so every layout column is in the schema.
-fn column_type<'s>(schema: &'s TableSchema, column: &str) -> &'s str {
-    schema
-        .column(column)
-        .map(|c| c.sql_type.as_str())
-        .unwrap_or_else(|| panic!("{} has no column {column}", schema.name))
-}
-
-/// `TEXT[]` columns travel as text literals in `create_many` (see
-/// `ColumnType for Vec<String>`); every other type as an array of itself.
-fn array_element_type(sql_type: &str) -> &str {
-    if sql_type.ends_with("[]") {
-        "TEXT"
-    } else {
-        sql_type
+impl<T: Record> Default for Repo<T> {
+    fn default() -> Self {
+        Repo::new()
     }
-}
-
-/// `col = CASE WHEN $set THEN $value ELSE col END` per patch column, the
-/// pairs numbered from `$first` on (and the version bump): one fixed text
-/// serves every combination of changed columns.
-fn patch_sets(schema: &TableSchema, layout: Layout, first: usize) -> Vec<String> {
-    let mut sets: Vec<String> = layout
-        .patch
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let ty = column_type(schema, c);
-            format!(
-                "{0} = CASE WHEN ${1}::BOOLEAN THEN ${2}::{ty} ELSE {0} END",
-                quote_ident(c),
-                first + 2 * i,
-                first + 2 * i + 1
-            )
-        })
-        .collect();
-    if let Some(v) = layout.version {
-        let v = quote_ident(v);
-        sets.push(format!("{v} = {v} + 1"));
-    }
-    sets
-}
-
-impl Statements {
-    /// `UPDATE … SET <patch> WHERE <filter>`: the patch's pairs are `$1…`,
-    /// the filter's values follow.
-    pub(crate) fn update_where(
-        &self,
-        schema: &TableSchema,
-        node: &crate::query::filter::Node,
-    ) -> String {
-        let sets = patch_sets(schema, self.layout, 1);
-        let mut param = 2 * self.layout.patch.len();
-        format!(
-            "UPDATE {} SET {}{}",
-            quote_ident(&schema.name),
-            sets.join(", "),
-            crate::query::filter::where_clause(schema, node, &mut param)
-        )
-    }
-}
-
-/// The update of one row by id (`$1`), the patch pairs from `$2`. With a
-/// version column, a miss is told apart from a stale version in the same
-/// statement.
-fn update_statement(schema: &TableSchema, table: &str, columns: &str, layout: Layout) -> String {
-    let mut sets = patch_sets(schema, layout, 2);
-    let Some(version) = layout.version else {
-        if sets.is_empty() {
-            sets.push("\"id\" = \"id\"".into());
-        }
-        return format!(
-            "UPDATE {table} SET {} WHERE \"id\" = $1 RETURNING {columns}",
-            sets.join(", ")
-        );
-    };
-    let v = quote_ident(version);
-    let expected = 2 * layout.patch.len() + 2;
-    format!(
-        "WITH updated AS (UPDATE {table} SET {} WHERE \"id\" = $1 AND (${expected}::BIGINT IS NULL OR {v} = ${expected}) RETURNING {columns}) \
-         SELECT {columns}, TRUE FROM updated \
-         UNION ALL SELECT {columns}, FALSE FROM {table} WHERE \"id\" = $1 AND NOT EXISTS (SELECT 1 FROM updated)",
-        sets.join(", ")
-    )
 }

@@ -1,65 +1,21 @@
 //! The repository: typed CRUD for any [`Record`], on a pool, a connection or
 //! a transaction.
 
-use std::marker::PhantomData;
-
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, PgExecutor, Postgres, Row, Type};
 use uuid::Uuid;
 
+use super::statements::{Aggregate, ListShape, Shape};
+use super::{Record, Repo, UniqueKey};
 use crate::error::{Error, Result};
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
 use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
 use crate::record::column::{ColumnType, decode_column};
-use crate::record::{Record, UniqueKey};
-use crate::schema::ddl::quote_ident;
-
-/// Typed CRUD for one record type: `Message::repo().get(&db, id)`.
-///
-/// Every method takes any sqlx executor, so the same call works on `&Db`, a
-/// `&PgPool`, `&mut PgConnection`, or inside a transaction (`&mut *tx`).
-///
-/// ```no_run
-/// # use mandrake_storage::{Record, Db, ListOptions};
-/// # #[derive(Record, Clone)]
-/// # pub struct Note { pub id: uuid::Uuid, pub body: String,
-/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
-/// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
-/// let note = Note::repo().create(db, NewNote { body: "hi".into() }).await?;
-/// let mut tx = db.begin().await?;
-/// Note::repo()
-///     .update(&mut *tx, note.id, NotePatch { body: Some("edited".into()) })
-///     .await?;
-/// tx.commit().await?;
-/// let page = Note::repo()
-///     .list(db, Note::BODY.eq("edited"), ListOptions::new().order_by(Note::CREATED_AT.desc()).limit(10))
-///     .await?;
-/// assert_eq!(page.items[0].body, "edited");
-/// # Ok(()) }
-/// ```
-pub struct Repo<T>(PhantomData<fn() -> T>);
-
-impl<T> Clone for Repo<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Repo<T> {}
-
-impl<T> std::fmt::Debug for Repo<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Repo<{}>", std::any::type_name::<T>())
-    }
-}
-
-impl<T: Record> Default for Repo<T> {
-    fn default() -> Self {
-        Repo::new()
-    }
-}
+use crate::sql::quote_ident;
 
 fn bind_error(err: sqlx::error::BoxDynError) -> Error {
     match err.downcast::<crate::record::column::InvalidValue>() {
@@ -702,22 +658,10 @@ async fn traced<R>(
             }
         }
     }
-    if elapsed > slow_query_threshold() {
+    if elapsed > crate::config::slow_query_threshold() {
         tracing::warn!(target: "mandrake_storage", parent: &span, elapsed_ms, "slow statement");
     }
     outcome
-}
-
-/// `MANDRAKE_SLOW_QUERY_MS`, read once.
-fn slow_query_threshold() -> std::time::Duration {
-    static THRESHOLD: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *THRESHOLD.get_or_init(|| {
-        let ms = std::env::var("MANDRAKE_SLOW_QUERY_MS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(500);
-        std::time::Duration::from_millis(ms)
-    })
 }
 
 /// Binds `rows` as one array per column (new UUIDv7 ids first) and runs the
@@ -746,42 +690,6 @@ async fn insert_batch<'e, T: Record, E: PgExecutor<'e>>(
 /// The upsert statements of `key`.
 fn upserts<T: Record>(key: UniqueKey<T>) -> &'static crate::record::UpsertStatements {
     &T::statements().upserts[key.index()]
-}
-
-/// What varies between calls that take a filter: everything but the values.
-/// Each shape's SQL is built once and kept in the record's statements.
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Shape {
-    Aggregate(Aggregate, Node),
-    List(ListShape),
-    UpdateWhere(Node),
-    DeleteWhere(Node),
-    CountBy(usize, Node),
-    LoadBy {
-        column: usize,
-        keys: Vec<(usize, bool)>,
-        limit: bool,
-    },
-    GetMany,
-}
-
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Aggregate {
-    Count,
-    Exists,
-}
-
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ListShape {
-    filter: Node,
-    /// `(column index, descending)`, ending with `id`.
-    keys: Vec<(usize, bool)>,
-    after: bool,
-    limit: bool,
-    offset: bool,
 }
 
 /// `SELECT <columns> … WHERE <filter> AND <after cursor> ORDER BY <keys>

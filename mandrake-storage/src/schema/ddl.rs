@@ -52,24 +52,7 @@ $$ LANGUAGE plpgsql;";
 /// Drops the notification trigger function.
 pub const DROP_NOTIFY_FUNCTION: &str = "DROP FUNCTION IF EXISTS trigger_notify_change();";
 
-/// Quotes an identifier: `order` → `"order"`, `a"b` → `"a""b"`.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal: `it's` → `'it''s'`.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// `"a", "b"`
-pub fn ident_list(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| quote_ident(n))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub use crate::sql::{ident_list, quote_ident, quote_literal};
 
 /// The column as it stands in `CREATE TABLE` or `ADD COLUMN`.
 pub fn column_definition(column: &ColumnDef) -> String {

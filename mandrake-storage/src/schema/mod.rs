@@ -206,12 +206,12 @@ impl TableSchema {
         }
         let list = values
             .iter()
-            .map(|v| crate::schema::ddl::quote_literal(v))
+            .map(|v| crate::sql::quote_literal(v))
             .collect::<Vec<_>>()
             .join(", ");
         self.checks.push(Check {
             name: identifier(format!("{}_{}_check", self.name, column)),
-            expression: format!("{} IN ({list})", crate::schema::ddl::quote_ident(column)),
+            expression: format!("{} IN ({list})", crate::sql::quote_ident(column)),
         });
         self
     }

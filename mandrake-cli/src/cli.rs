@@ -12,7 +12,7 @@ use mandrake_storage::cluster::{Cluster, DEFAULT_DATABASE, workspace_root};
 use mandrake_storage::migrate::{self, MigrateOptions, Migrations, RollbackTarget};
 use mandrake_storage::schema::TableSchema;
 use mandrake_storage::schema::ddl::create_schema;
-use mandrake_storage::{Error, Result};
+use mandrake_storage::{Error, MigrationError, Result};
 
 /// Command-line interface of `cargo xtask`.
 #[derive(Debug, Parser)]
@@ -436,9 +436,9 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<std::process::Exit
                     "forgot failed migration {version}; `cargo xtask migrate` applies it again"
                 );
             } else {
-                return Err(Error::Migration(format!(
+                return Err(Error::Migration(MigrationError::Other(format!(
                     "no failed migration {version} is recorded"
-                )));
+                ))));
             }
         }
         Command::Schema { format } => match format {
@@ -712,9 +712,7 @@ async fn db_command(cmd: DbCommand) -> Result<()> {
 
 async fn backup_command(url: &str, args: BackupArgs) -> Result<std::process::ExitCode> {
     if args.keep == Some(0) {
-        return Err(Error::Backup(
-            "--keep 0 would delete every backup, the new one included: keep at least 1".into(),
-        ));
+        return Err(mandrake_storage::BackupError::KeepZero.into());
     }
     let database = database_name(url)?;
     let dir = mandrake_storage::backup::default_dir()?;

@@ -9,7 +9,7 @@
 
 use crate::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
 use mandrake_storage::schema::{ColumnDef, OnDelete, Renames, TableSchema};
-use mandrake_storage::{Error, Result};
+use mandrake_storage::{Error, MigrationError, Result};
 
 /// A small, seedable generator (xorshift64*): the same seed, the same case.
 struct Rng(u64);
@@ -350,7 +350,7 @@ pub async fn run_case(url: &str, seed: u64) -> Result<()> {
         let made = new_migration_with(url, &dir, &second, &renames, "change", &options).await?;
         let again = new_migration_with(url, &dir, &second, &renames, "again", &options).await?;
         if !again.files.is_empty() {
-            return Err(Error::Migration(format!(
+            return Err(Error::Migration(MigrationError::Other(format!(
                 "a second run still found: {:?}",
                 again
                     .plan
@@ -358,12 +358,12 @@ pub async fn run_case(url: &str, seed: u64) -> Result<()> {
                     .iter()
                     .map(|s| &s.description)
                     .collect::<Vec<_>>()
-            )));
+            ))));
         }
         if made.files.is_empty() && !made.plan.is_empty() {
-            return Err(Error::Migration(
+            return Err(Error::Migration(MigrationError::Other(
                 "a change was found but nothing written".into(),
-            ));
+            )));
         }
         Ok::<_, Error>(())
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use squawk_linter::{Linter, Rule};
 use squawk_syntax::SourceFile;
 
-use mandrake_storage::{Error, Result};
+use mandrake_storage::{Error, MigrationError, Result};
 
 /// One rule a file breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,12 @@ pub fn lint_paths(paths: &[PathBuf]) -> Result<Vec<Finding>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let entries = std::fs::read_dir(path)
-                .map_err(|e| Error::Migration(format!("cannot read {}: {e}", path.display())))?;
+            let entries = std::fs::read_dir(path).map_err(|e| {
+                Error::Migration(MigrationError::Other(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            })?;
             files.extend(
                 entries
                     .flatten()
@@ -105,8 +109,12 @@ pub fn lint_paths(paths: &[PathBuf]) -> Result<Vec<Finding>> {
     files.sort();
     let mut findings = Vec::new();
     for file in files {
-        let sql = std::fs::read_to_string(&file)
-            .map_err(|e| Error::Migration(format!("cannot read {}: {e}", file.display())))?;
+        let sql = std::fs::read_to_string(&file).map_err(|e| {
+            Error::Migration(MigrationError::Other(format!(
+                "cannot read {}: {e}",
+                file.display()
+            )))
+        })?;
         findings.extend(lint_sql(&file, &sql));
     }
     Ok(findings)

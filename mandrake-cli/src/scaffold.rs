@@ -14,7 +14,7 @@ use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migr
 use mandrake_storage::schema::ddl::{create_schema, quote_ident};
 use mandrake_storage::schema::introspect::inspect;
 use mandrake_storage::schema::{DatabaseSchema, Renames, TableSchema};
-use mandrake_storage::{Error, Result};
+use mandrake_storage::{Error, MigrationError, Result};
 
 /// Scratch databases on one server, dropped by [`Scratch::drop_all`].
 struct Scratch {
@@ -206,9 +206,9 @@ impl Timeouts {
             let unit = &value[digits.len()..];
             let known = ["", "ms", "s", "min", "h"].contains(&unit);
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !known {
-                return Err(Error::Migration(format!(
+                return Err(Error::Migration(MigrationError::Other(format!(
                     "{what} {value:?} is not a duration such as 5s, 500ms or 10min"
-                )));
+                ))));
             }
         }
         Ok(())
@@ -284,8 +284,12 @@ pub async fn new_migration_with(
     .await;
     scratch.drop_all().await;
     let (plan, files) = result?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Migration(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Migration(MigrationError::Other(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        )))
+    })?;
     let files = write_files(dir, &files)?;
     Ok(NewMigration { plan, files })
 }
@@ -356,10 +360,10 @@ async fn plan_and_verify(
     }
     let destructive: Vec<&str> = plan.destructive().map(|s| s.description.as_str()).collect();
     if !destructive.is_empty() && !options.allow_destructive {
-        return Err(Error::Migration(format!(
+        return Err(Error::Migration(MigrationError::Other(format!(
             "refusing destructive changes without --allow-destructive: {}",
             destructive.join("; ")
-        )));
+        ))));
     }
     let files = render(&plan, migrations, name, options);
     // The folder as it will be, in a scratch copy, run by the real runner.
@@ -370,7 +374,9 @@ async fn plan_and_verify(
         let all = Migrations::from_dir(&copy)?;
         let proving = scratch.create("verify").await?;
         let step = |what: &'static str, e: Error| {
-            Error::Migration(format!("verification failed: {what}: {e}"))
+            Error::Migration(MigrationError::Other(format!(
+                "verification failed: {what}: {e}"
+            )))
         };
         migrate(&proving, &all, &MigrateOptions::default())
             .await
@@ -402,7 +408,11 @@ async fn plan_and_verify(
 
 /// `dir`'s migration files and `files` in `copy`.
 fn write_copy(dir: &Path, copy: &Path, files: &[Rendered]) -> Result<()> {
-    let failed = |e: std::io::Error| Error::Migration(format!("cannot write a scratch copy: {e}"));
+    let failed = |e: std::io::Error| {
+        Error::Migration(MigrationError::Other(format!(
+            "cannot write a scratch copy: {e}"
+        )))
+    };
     std::fs::create_dir_all(copy).map_err(failed)?;
     if dir.exists() {
         for entry in std::fs::read_dir(dir).map_err(failed)?.flatten() {
@@ -446,14 +456,14 @@ fn same(actual: &DatabaseSchema, expected: &DatabaseSchema, what: &str) -> Resul
     let left: Vec<String> = diff(actual, expected, &Renames::NONE)
         .map(|p| p.steps.into_iter().map(|s| s.description).collect())
         .unwrap_or_default();
-    Err(Error::Migration(format!(
+    Err(Error::Migration(MigrationError::Other(format!(
         "verification failed: {what}; still to do: {}; nothing was written",
         if left.is_empty() {
             "(differences in detail only)".into()
         } else {
             left.join("; ")
         }
-    )))
+    ))))
 }
 
 /// snake_case letters, digits and underscores only.
@@ -462,7 +472,10 @@ fn same(actual: &DatabaseSchema, expected: &DatabaseSchema, what: &str) -> Resul
 fn write_pair(up: (&Path, String), down: (&Path, String)) -> Result<()> {
     let temp = |path: &Path| path.with_extension("sql.partial");
     let failed = |path: &Path, e: std::io::Error| {
-        Error::Migration(format!("cannot write {}: {e}", path.display()))
+        Error::Migration(MigrationError::Other(format!(
+            "cannot write {}: {e}",
+            path.display()
+        )))
     };
     let result = (|| {
         std::fs::write(temp(up.0), &up.1).map_err(|e| failed(up.0, e))?;
@@ -497,15 +510,15 @@ fn migration_name(name: &str) -> Result<String> {
         .collect();
     let clean = clean.trim_matches('_').to_owned();
     if clean.is_empty() {
-        return Err(Error::Migration(format!(
+        return Err(Error::Migration(MigrationError::Other(format!(
             "{name:?} is not a usable migration name"
-        )));
+        ))));
     }
     if clean.len() > MAX_NAME {
-        return Err(Error::Migration(format!(
+        return Err(Error::Migration(MigrationError::Other(format!(
             "the migration name is {} characters long; at most {MAX_NAME} fit in a file name",
             clean.len()
-        )));
+        ))));
     }
     Ok(clean)
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::admin::{connect_one, connect_options};
-use crate::error::{Error, Result};
+use crate::error::{BackupError, Error, Result};
 use crate::migrate::{MigrateOptions, Migrations, State, migrate, status};
 use crate::sql::quote_ident;
 use crate::url::without_params;
@@ -73,11 +73,7 @@ impl ClientTools {
         } else {
             seen.join(", ")
         };
-        Err(Error::Backup(format!(
-            "no pg_dump and pg_restore of PostgreSQL {major} (the server's version) on PATH, \
-             via pg_config or in /usr/lib/postgresql/{major}/bin (found: {seen}): install \
-             the client tools of that version (Debian: postgresql-client-{major})"
-        )))
+        Err(BackupError::MissingTools { major, found: seen }.into())
     }
 
     fn command(&self, tool: &str) -> Command {
@@ -171,10 +167,10 @@ fn dump(
     let status = child.wait().map_err(|e| io("pg_dump".into(), e))?;
     if !status.success() {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::Backup(format!(
+        return Err(Error::Backup(BackupError::Failed(format!(
             "pg_dump failed: {}",
             errors.join("; ")
-        )));
+        ))));
     }
     std::fs::rename(&partial, out).map_err(|e| io(format!("cannot write {}", out.display()), e))?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
@@ -208,11 +204,11 @@ fn archive_tables(tools: &ClientTools, archive: &Path) -> Result<Vec<String>> {
 }
 
 fn not_an_archive(archive: &Path, stderr: &[u8]) -> Error {
-    Error::Backup(format!(
-        "{} is not a valid backup archive (truncated or damaged?): {}",
-        archive.display(),
-        String::from_utf8_lossy(stderr).trim()
-    ))
+    BackupError::NotAnArchive {
+        path: archive.display().to_string(),
+        detail: String::from_utf8_lossy(stderr).trim().to_owned(),
+    }
+    .into()
 }
 
 /// Deletes the oldest of `database`'s backups in `dir` beyond the newest
@@ -227,9 +223,7 @@ pub fn prune(
     written: Option<&Path>,
 ) -> Result<Vec<PathBuf>> {
     if keep == 0 {
-        return Err(Error::Backup(
-            "--keep 0 would delete every backup, the new one included: keep at least 1".into(),
-        ));
+        return Err(BackupError::KeepZero.into());
     }
     let mut dumps: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io(format!("cannot read {}", dir.display()), e))?
@@ -317,26 +311,19 @@ pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Resul
         && name.len() > 63
     {
         // PostgreSQL would cut it silently, and then find neither name.
-        return Err(Error::Backup(format!(
-            "database names are at most 63 bytes; {name} has {}",
-            name.len()
-        )));
+        return Err(BackupError::NameTooLong { name: name.clone() }.into());
     }
     let (fresh, replace) = match target {
         RestoreTarget::New => (name_with(&current, "_restored_", &stamp), None),
         RestoreTarget::Named(name) => {
             if database_exists(&mut admin, name).await? {
-                return Err(Error::Backup(format!(
-                    "database {name} exists: restore into a new name, or replace it with --force"
-                )));
+                return Err(BackupError::DatabaseExists { name: name.clone() }.into());
             }
             (name.clone(), None)
         }
         RestoreTarget::Replace(name) => {
             if !database_exists(&mut admin, name).await? {
-                return Err(Error::Backup(format!(
-                    "there is no database {name} to replace"
-                )));
+                return Err(BackupError::NoSuchDatabase { name: name.clone() }.into());
             }
             (name_with(name, "_restoring_", &stamp), Some(name.clone()))
         }
@@ -399,11 +386,11 @@ async fn restore_into(
         if out.status.success() {
             Ok(())
         } else {
-            Err(Error::Backup(format!(
+            Err(Error::Backup(BackupError::Failed(format!(
                 "restoring {} failed, so nothing was changed: {}",
                 file.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            )))
+            ))))
         }
     })
     .await;
@@ -462,9 +449,9 @@ async fn swap(admin: &mut PgConnection, live: &str, fresh: &str, kept: &str) -> 
         .await?;
     match last {
         None => Ok(()),
-        Some(err) => Err(Error::Backup(format!(
+        Some(err) => Err(Error::Backup(BackupError::Failed(format!(
             "could not take the place of {live} (sessions kept reconnecting?): {err}"
-        ))),
+        )))),
     }
 }
 
@@ -714,13 +701,13 @@ async fn admin(url: &str) -> Result<PgConnection> {
 }
 
 fn io(context: String, err: std::io::Error) -> Error {
-    Error::Backup(format!("{context}: {err}"))
+    Error::Backup(BackupError::Failed(format!("{context}: {err}")))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Backup(format!("task failed: {e}")))?
+        .map_err(|e| Error::Backup(BackupError::Failed(format!("task failed: {e}"))))?
 }
 
 #[cfg(test)]

@@ -73,8 +73,9 @@ pub enum Error {
         /// How long the caller waited.
         waited: std::time::Duration,
     },
-    /// Applying, reverting or planning migrations failed.
-    Migration(String),
+    /// Applying, reverting or planning migrations failed; match on the
+    /// [`MigrationError`] to tell a dirty database from a lock timeout.
+    Migration(MigrationError),
     /// A schema or filter did not fit the table it was used with.
     Schema(String),
     /// A page cursor that is damaged, tampered with, or from another listing.
@@ -82,8 +83,8 @@ pub enum Error {
     /// A setting (environment variable, server binaries, data directory) is unusable.
     Config(String),
     /// A backup, restore or recovery failed: a missing client tool, a damaged
-    /// archive, a database that may not be replaced.
-    Backup(String),
+    /// archive, a database that may not be replaced ([`BackupError`]).
+    Backup(BackupError),
     /// The call needs a server session of its own (the change feed's
     /// LISTEN), which PgBouncer in transaction mode does not keep: set
     /// `MANDRAKE_DIRECT_URL` ([`crate::Settings::direct_url`]) to the server itself.
@@ -96,6 +97,336 @@ pub enum Error {
     TransactionAborted,
     /// Any other failure reported by the driver or the server.
     Database(sqlx::Error),
+}
+
+/// What went wrong with migrations, one variant per case a caller or an
+/// operator acts on differently. `Display` says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationError {
+    /// The migrations folder cannot be read.
+    Unreadable {
+        /// The folder.
+        place: String,
+        /// Why.
+        reason: String,
+    },
+    /// The folder holds files sqlx would misread (two up files of one
+    /// version, a down file without its up, a file that is no migration).
+    AmbiguousFolder {
+        /// The folder.
+        place: String,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// A file name with no version.
+    BadFileName {
+        /// The file name.
+        name: String,
+    },
+    /// `--to` names no migration (`applied`: no applied one, for a rollback).
+    VersionMissing {
+        /// The version asked for.
+        version: i64,
+        /// The versions there are (applied ones for a rollback).
+        known: Vec<i64>,
+        /// Whether this was a rollback target.
+        applied: bool,
+    },
+    /// A `-- no-transaction` migration failed partway (or its run was
+    /// interrupted): repair by hand, then `resolve`.
+    Dirty {
+        /// `<version>_<name>`.
+        name: String,
+        /// Its version.
+        version: i64,
+        /// Interrupted (state unknown) rather than failed with an error.
+        interrupted: bool,
+    },
+    /// Applied migrations whose files changed since, or are gone.
+    ChecksumMismatch {
+        /// One line per migration.
+        problems: Vec<String>,
+    },
+    /// Pending migrations older than the newest applied one (merged branches).
+    OutOfOrder {
+        /// The newest applied version.
+        newest: i64,
+        /// The older pending ones.
+        pending: Vec<String>,
+    },
+    /// Another migrator held the lock past the timeout.
+    LockTimeout {
+        /// The database.
+        database: String,
+        /// The backend holding the lock, if it could be seen.
+        holder: Option<i32>,
+        /// How long this one waited.
+        waited: std::time::Duration,
+    },
+    /// `resolve` while a migration runs: it would then run twice.
+    Running {
+        /// The database.
+        database: String,
+        /// The backend running it, if it could be seen.
+        holder: Option<i32>,
+    },
+    /// A PgBouncer URL: migrations need a session of their own.
+    NeedsDirectUrl,
+    /// A statement of a migration failed; the migration rolled back whole
+    /// (or, outside a transaction, is recorded as failed).
+    Failed {
+        /// `<version>_<name>` (with ` (down)` for a down file).
+        name: String,
+        /// The line of the file the error points at, if the server said.
+        line: Option<(usize, usize)>,
+        /// The server's message.
+        message: String,
+    },
+    /// A `-- no-transaction` file ran, but its history row was removed meanwhile.
+    HistoryLost {
+        /// `<version>_<name>`.
+        name: String,
+    },
+    /// A rollback would revert migrations that have no down file.
+    NoDownFile {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// `rollback --steps` past the number of applied migrations.
+    TooManySteps {
+        /// Steps asked for.
+        steps: usize,
+        /// Migrations applied.
+        applied: usize,
+    },
+    /// Planning, proving or writing a migration failed, or sqlx's migrator
+    /// reported something else: the reason.
+    Other(String),
+}
+
+impl fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |versions: &[i64]| {
+            if versions.is_empty() {
+                "(none)".to_owned()
+            } else {
+                versions
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        match self {
+            MigrationError::Unreadable { place, reason } => {
+                write!(f, "cannot read {place}: {reason}")
+            }
+            MigrationError::AmbiguousFolder { place, problems } => write!(
+                f,
+                "refusing to run: {place} has {} problem(s):\n  - {}",
+                problems.len(),
+                problems.join("\n  - ")
+            ),
+            MigrationError::BadFileName { name } => write!(f, "bad migration file name {name:?}"),
+            MigrationError::VersionMissing {
+                version,
+                known,
+                applied: false,
+            } => write!(
+                f,
+                "--to {version} names no migration; the versions are: {}",
+                list(known)
+            ),
+            MigrationError::VersionMissing {
+                version,
+                known,
+                applied: true,
+            } => write!(
+                f,
+                "--to {version} names no applied migration, so nothing was rolled back; the \
+                 applied versions are: {}",
+                list(known)
+            ),
+            MigrationError::Dirty {
+                name,
+                version,
+                interrupted,
+            } => {
+                let what = if *interrupted {
+                    "was interrupted (or is running elsewhere), so its state is unknown"
+                } else {
+                    "failed partway"
+                };
+                write!(
+                    f,
+                    "migration {name} {what} (it runs outside a transaction); check what it did \
+                     and repair the database by hand, then run `cargo xtask resolve {version}` so \
+                     it can be applied again"
+                )
+            }
+            MigrationError::ChecksumMismatch { problems } => {
+                write!(f, "refusing to run: {}", problems.join("; "))
+            }
+            MigrationError::OutOfOrder { newest, pending } => write!(
+                f,
+                "pending migrations older than the newest applied one ({newest}): {}; this \
+                 usually comes from merging branches. Give them newer versions, or pass \
+                 --allow-out-of-order",
+                pending.join(", ")
+            ),
+            MigrationError::LockTimeout {
+                database,
+                holder,
+                waited,
+            } => write!(
+                f,
+                "another migration holds the lock on database {database} (backend pid {}); gave \
+                 up after {waited:?}",
+                holder.map_or("unknown".into(), |p| p.to_string())
+            ),
+            MigrationError::Running { database, holder } => write!(
+                f,
+                "a migration is running now on database {database} (backend pid {}); wait for it \
+                 to end (`cargo xtask status` says running), and resolve only what it leaves \
+                 unknown or failed",
+                holder.map_or("unknown".into(), |p| p.to_string())
+            ),
+            MigrationError::NeedsDirectUrl => f.write_str(
+                "migrations need a session of their own (an advisory lock, session settings), \
+                 which PgBouncer in transaction mode does not give: run them with a direct URL \
+                 to the server (without pgbouncer=true, MANDRAKE_PGBOUNCER unset)",
+            ),
+            MigrationError::Failed {
+                name,
+                line,
+                message,
+            } => match line {
+                Some((line, character)) => write!(
+                    f,
+                    "{name} failed at line {line} (character {character}): {message}"
+                ),
+                None => write!(f, "{name} failed: {message}"),
+            },
+            MigrationError::HistoryLost { name } => write!(
+                f,
+                "{name} ran, but its history row was removed meanwhile (a `resolve` from \
+                 elsewhere?), so the run is not recorded and the next `migrate` would apply it \
+                 again: check what it changed and record it by hand"
+            ),
+            MigrationError::NoDownFile { names } => {
+                write!(f, "cannot roll back: no down file for {}", names.join(", "))
+            }
+            MigrationError::TooManySteps { steps, applied } => write!(
+                f,
+                "--steps {steps}, but only {applied} migration(s) are applied, so nothing was \
+                 rolled back; to revert every one, say --to 0"
+            ),
+            MigrationError::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// What went wrong with a backup, a restore or a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// No `pg_dump`/`pg_restore` of the server's major version.
+    MissingTools {
+        /// The server's major version.
+        major: u32,
+        /// What was found instead.
+        found: String,
+    },
+    /// The file is not a readable archive (truncated or damaged?).
+    NotAnArchive {
+        /// The file.
+        path: String,
+        /// What `pg_restore` said.
+        detail: String,
+    },
+    /// The target database exists (and `--force` was not given).
+    DatabaseExists {
+        /// Its name.
+        name: String,
+    },
+    /// There is no database of that name to replace.
+    NoSuchDatabase {
+        /// Its name.
+        name: String,
+    },
+    /// A database name over PostgreSQL's 63 bytes (it would be cut silently).
+    NameTooLong {
+        /// The name.
+        name: String,
+    },
+    /// `--keep 0` would delete every backup, the new one included.
+    KeepZero,
+    /// A recovery target time before the base backup was taken.
+    TargetBeforeBase {
+        /// The time asked for.
+        to_time: String,
+        /// When the base backup started.
+        started: String,
+        /// The base backup.
+        base: String,
+    },
+    /// A tool or step failed; nothing was changed unless it says so.
+    Failed(String),
+}
+
+impl fmt::Display for BackupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupError::MissingTools { major, found } => write!(
+                f,
+                "no pg_dump and pg_restore of PostgreSQL {major} (the server's version) on PATH, \
+                 via pg_config or in /usr/lib/postgresql/{major}/bin (found: {found}): install \
+                 the client tools of that version (Debian: postgresql-client-{major})"
+            ),
+            BackupError::NotAnArchive { path, detail } => write!(
+                f,
+                "{path} is not a valid backup archive (truncated or damaged?): {detail}"
+            ),
+            BackupError::DatabaseExists { name } => write!(
+                f,
+                "database {name} exists: restore into a new name, or replace it with --force"
+            ),
+            BackupError::NoSuchDatabase { name } => {
+                write!(f, "there is no database {name} to replace")
+            }
+            BackupError::NameTooLong { name } => write!(
+                f,
+                "database names are at most 63 bytes; {name} has {}",
+                name.len()
+            ),
+            BackupError::KeepZero => f.write_str(
+                "--keep 0 would delete every backup, the new one included: keep at least 1",
+            ),
+            BackupError::TargetBeforeBase {
+                to_time,
+                started,
+                base,
+            } => write!(
+                f,
+                "--to-time {to_time} is before the base backup in {base} was taken ({started}): \
+                 recovery can only go forward from a base backup; use an older one"
+            ),
+            BackupError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<MigrationError> for Error {
+    fn from(err: MigrationError) -> Error {
+        Error::Migration(err)
+    }
+}
+
+impl From<BackupError> for Error {
+    fn from(err: BackupError) -> Error {
+        Error::Backup(err)
+    }
 }
 
 /// A pool timeout on its way through sqlx's executor trait, which returns
@@ -243,7 +574,7 @@ impl From<sqlx::migrate::MigrateError> for Error {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         match err {
             sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
-            other => Error::Migration(other.to_string()),
+            other => Error::Migration(MigrationError::Other(other.to_string())),
         }
     }
 }

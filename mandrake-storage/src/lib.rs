@@ -117,7 +117,7 @@ pub use db::pool::{PoolConnection, PoolStatus};
 pub use db::replica::WriteToken;
 pub use db::transaction::Transaction;
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
-pub use error::{Error, Result};
+pub use error::{BackupError, Error, MigrationError, Result};
 pub use feed::{Change, Subscription};
 #[cfg(feature = "migrate")]
 pub use mandrake_derive::embed_migrations;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor};
 
 use crate::cluster::Cluster;
-use crate::error::{Error, Result};
+use crate::error::{BackupError, Error, Result};
 use crate::sql::quote_literal;
 
 /// What [`Cluster::archiving`] reports.
@@ -117,10 +117,10 @@ impl Cluster {
         )?;
         if !out.status.success() {
             let _ = fs::remove_dir_all(dir);
-            return Err(Error::Backup(format!(
+            return Err(Error::Backup(BackupError::Failed(format!(
                 "pg_basebackup failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            ))));
         }
         Ok(())
     }
@@ -134,10 +134,10 @@ impl Cluster {
         // The tools run in the cluster's folder: a relative path would miss.
         let base = &std::path::absolute(base).map_err(|e| io("bad base backup path", e))?;
         if !base.join("PG_VERSION").is_file() {
-            return Err(Error::Backup(format!(
+            return Err(Error::Backup(BackupError::Failed(format!(
                 "{} is not a base backup (no PG_VERSION)",
                 base.display()
-            )));
+            ))));
         }
         self.refuse_target_before(base, to_time).await?;
         // The newest changes are still in the current WAL segment: archive it.
@@ -149,11 +149,11 @@ impl Cluster {
         let data = root.join("data");
         let out = self.run(Command::new("cp").arg("-a").arg(base).arg(&data))?;
         if !out.status.success() {
-            return Err(Error::Backup(format!(
+            return Err(Error::Backup(BackupError::Failed(format!(
                 "cannot copy {}: {}",
                 base.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            ))));
         }
         let copy = Cluster::new(&root, false)?;
         let wal = shell_quote(&self.wal_dir());
@@ -196,10 +196,10 @@ impl Cluster {
             .find_map(|l| l.strip_prefix("START TIME:"))
             .map(str::trim)
         else {
-            return Err(Error::Backup(format!(
+            return Err(Error::Backup(BackupError::Failed(format!(
                 "{} has no START TIME in its backup_label",
                 base.display()
-            )));
+            ))));
         };
         if !self.status()?.running {
             // `recover` starts from a running cluster (it archives the
@@ -213,13 +213,18 @@ impl Cluster {
             .bind(started)
             .fetch_one(&mut conn)
             .await
-            .map_err(|e| Error::Backup(format!("--to-time {to_time:?} is not a time: {e}")))?;
+            .map_err(|e| {
+                Error::Backup(BackupError::Failed(format!(
+                    "--to-time {to_time:?} is not a time: {e}"
+                )))
+            })?;
         if before {
-            return Err(Error::Backup(format!(
-                "--to-time {to_time} is before the base backup in {} was taken ({started}): \
-                 recovery can only go forward from a base backup; use an older one",
-                base.display()
-            )));
+            return Err(BackupError::TargetBeforeBase {
+                to_time: to_time.to_owned(),
+                started: started.to_owned(),
+                base: base.display().to_string(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -284,9 +289,15 @@ impl Cluster {
             .bind(to_time)
             .fetch_one(&mut conn)
             .await
-            .map_err(|e| Error::Backup(format!("{to_time:?} is not a timestamp: {e}")))?;
+            .map_err(|e| {
+                Error::Backup(BackupError::Failed(format!(
+                    "{to_time:?} is not a timestamp: {e}"
+                )))
+            })?;
         if future {
-            return Err(Error::Backup(format!("{to_time} is in the future")));
+            return Err(Error::Backup(BackupError::Failed(format!(
+                "{to_time} is in the future"
+            ))));
         }
         let mode: String = sqlx::query_scalar("SHOW archive_mode")
             .fetch_one(&mut conn)
@@ -301,10 +312,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.wal_dir().join(&segment).exists() {
             if Instant::now() > deadline {
-                return Err(Error::Backup(format!(
+                return Err(Error::Backup(BackupError::Failed(format!(
                     "WAL segment {segment} was not archived within 60 s: see `cargo xtask db \
                      archiving status` and the server log"
-                )));
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -324,10 +335,10 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(Error::Backup(format!(
+                return Err(Error::Backup(BackupError::Failed(format!(
                     "the copy at {} is still recovering after 120 s",
                     self.root().display()
-                )));
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -356,5 +367,5 @@ fn shell_quote(path: &Path) -> String {
 }
 
 fn io(context: &str, err: std::io::Error) -> Error {
-    Error::Backup(format!("{context}: {err}"))
+    Error::Backup(BackupError::Failed(format!("{context}: {err}")))
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use mandrake_storage::backup::{self, RestoreTarget};
 use mandrake_storage::migrate::Migrations;
 use mandrake_storage::testing::{TestDb, throwaway_cluster};
-use mandrake_storage::{Db, Error, Record, Settings, connect_one};
+use mandrake_storage::{BackupError, Db, Error, Record, Settings, connect_one};
 use mandrake_tests::conversation;
 use mandrake_types::*;
 use uuid::Uuid;
@@ -129,9 +129,12 @@ async fn a_restore_target_name_postgres_would_cut_is_refused() {
     ] {
         let err = backup::restore(&t.url(), &scratch_file("none.dump"), &target)
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("at most 63 bytes"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Backup(BackupError::NameTooLong { name }) if *name == long),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 63 bytes"), "{err}");
     }
 }
 

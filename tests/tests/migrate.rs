@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mandrake_storage::migrate::{
-    MigrateOptions, Migrations, RollbackTarget, State, lock_key, migrate, rollback, status,
+    MigrateOptions, Migrations, Report, RollbackTarget, State, lock_key, migrate, rollback, status,
 };
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Error, connect_one};
@@ -37,7 +37,9 @@ fn load(dir: &MigrationDir) -> Migrations {
 
 fn expect_migration_error<T: std::fmt::Debug>(result: mandrake_storage::Result<T>, needle: &str) {
     match result {
-        Err(Error::Migration(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        Err(Error::Migration(msg)) => {
+            assert!(msg.to_string().contains(needle), "{msg} lacks {needle:?}")
+        }
         other => panic!("expected a migration error with {needle:?}, got {other:?}"),
     }
 }
@@ -707,4 +709,82 @@ async fn an_up_file_without_a_statement_is_applied_with_a_warning() {
     assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
     assert!(report.warnings[0].contains("1_empty.up.sql has no statement"));
     assert!(report.warnings[1].contains("2_comments.up.sql has no statement"));
+}
+
+#[tokio::test]
+async fn migration_errors_are_typed_for_a_caller_to_match() {
+    use mandrake_storage::MigrationError as M;
+    let t = TestDb::empty().await.unwrap();
+    let kind = |r: mandrake_storage::Result<Report>| match r {
+        Err(Error::Migration(e)) => e,
+        other => panic!("expected a migration error, got {other:?}"),
+    };
+    let dir = three();
+    let m = load(&dir);
+    let to_nowhere = MigrateOptions {
+        to: Some(42),
+        ..opts()
+    };
+    assert!(matches!(
+        kind(migrate(&t.url(), &m, &to_nowhere).await),
+        M::VersionMissing {
+            version: 42,
+            applied: false,
+            ..
+        }
+    ));
+    migrate(&t.url(), &m, &opts()).await.unwrap();
+    assert!(matches!(
+        kind(
+            rollback(
+                &t.url(),
+                &m,
+                RollbackTarget::Steps(4),
+                Duration::from_secs(5)
+            )
+            .await
+        ),
+        M::TooManySteps {
+            steps: 4,
+            applied: 3
+        }
+    ));
+    // A file changed after it was applied.
+    dir.write("2_posts.up.sql", "SELECT 2;\n");
+    assert!(matches!(
+        kind(migrate(&t.url(), &load(&dir), &opts()).await),
+        M::ChecksumMismatch { .. }
+    ));
+    dir.write("2_posts.up.sql", V2_UP);
+    // An older file arrives after a newer one was applied.
+    dir.write("0_early.up.sql", "SELECT 1;\n");
+    assert!(matches!(
+        kind(migrate(&t.url(), &load(&dir), &opts()).await),
+        M::OutOfOrder { newest: 3, .. }
+    ));
+    dir.remove("0_early.up.sql");
+    // Another migrator holds the lock.
+    let mut holder = connect_one(&t.url()).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key(t.name()))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let impatient = MigrateOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..opts()
+    };
+    assert!(matches!(
+        kind(migrate(&t.url(), &load(&dir), &impatient).await),
+        M::LockTimeout {
+            holder: Some(_),
+            ..
+        }
+    ));
+    drop(holder);
+    let folder = MigrationDir::new(&[("notes.txt", "")]);
+    assert!(matches!(
+        Migrations::from_dir(folder.path()).map(|_| ()),
+        Err(Error::Migration(M::AmbiguousFolder { .. }))
+    ));
 }

@@ -139,7 +139,7 @@ async fn the_migration_runner_refuses_a_pgbouncer_url() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Migration(m) if m.contains("direct URL")),
+        matches!(&err, Error::Migration(m) if m.to_string().contains("direct URL")),
         "{err}"
     );
     // Nothing ran.

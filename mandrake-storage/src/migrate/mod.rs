@@ -28,7 +28,7 @@ use sqlx::migrate::{Migrate, Migration, MigrationType};
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MigrationError, Result};
 
 /// sqlx's bookkeeping table.
 pub const TABLE: &str = "_sqlx_migrations";
@@ -56,13 +56,19 @@ impl Migrations {
             return Ok(Migrations::default());
         }
         let names: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|e| Error::Migration(format!("cannot read {}: {e}", dir.display())))?
+            .map_err(|e| MigrationError::Unreadable {
+                place: dir.display().to_string(),
+                reason: e.to_string(),
+            })?
             .filter_map(|entry| entry.ok())
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect();
         check_file_names(&dir.display().to_string(), &names)?;
-        let resolved = sqlx::migrate::resolve_blocking(dir)
-            .map_err(|e| Error::Migration(format!("cannot read {}: {e}", dir.display())))?;
+        let resolved =
+            sqlx::migrate::resolve_blocking(dir).map_err(|e| MigrationError::Unreadable {
+                place: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let mut out = Migrations::default();
         for (migration, path) in resolved {
             let name = path
@@ -81,12 +87,14 @@ impl Migrations {
         check_file_names("the embedded migrations", &names)?;
         let mut out = Migrations::default();
         for (name, sql) in files {
-            let (version, rest) = name
-                .split_once('_')
-                .ok_or_else(|| Error::Migration(format!("bad migration file name {name:?}")))?;
-            let version: i64 = version
-                .parse()
-                .map_err(|_| Error::Migration(format!("bad migration version in {name:?}")))?;
+            let (version, rest) =
+                name.split_once('_')
+                    .ok_or_else(|| MigrationError::BadFileName {
+                        name: name.to_string(),
+                    })?;
+            let version: i64 = version.parse().map_err(|_| MigrationError::BadFileName {
+                name: name.to_string(),
+            })?;
             let kind = MigrationType::from_filename(rest);
             let description = rest.trim_end_matches(kind.suffix()).replace('_', " ");
             let migration = Migration::new(
@@ -203,11 +211,11 @@ fn check_file_names(place: &str, names: &[String]) -> Result<()> {
         return Ok(());
     }
     problems.sort();
-    Err(Error::Migration(format!(
-        "refusing to run: {place} has {} problem(s):\n  - {}",
-        problems.len(),
-        problems.join("\n  - ")
-    )))
+    Err(MigrationError::AmbiguousFolder {
+        place: place.to_owned(),
+        problems,
+    }
+    .into())
 }
 
 /// Options of [`migrate`].
@@ -341,12 +349,12 @@ impl Locked {
         if let Err(err) = taken {
             if sqlstate(&err).as_deref() == Some("55P03") {
                 let holder = lock_holder(url, key).await;
-                return Err(Error::Migration(format!(
-                    "another migration holds the lock on database {database} \
-                     (backend pid {}); gave up after {:?}",
-                    holder.map_or("unknown".into(), |p| p.to_string()),
-                    timeout
-                )));
+                return Err(MigrationError::LockTimeout {
+                    database,
+                    holder,
+                    waited: timeout,
+                }
+                .into());
             }
             return Err(err.into());
         }
@@ -432,17 +440,12 @@ async fn applied_rows(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {
 /// or when a no-transaction migration failed partway.
 fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> {
     if let Some(failed) = applied.iter().find(|a| !a.success) {
-        let what = if failed.execution_time == STARTED {
-            "was interrupted (or is running elsewhere), so its state is unknown"
-        } else {
-            "failed partway"
-        };
-        return Err(Error::Migration(format!(
-            "migration {} {what} (it runs outside a transaction); check what it did and repair \
-             the database by hand, then run `cargo xtask resolve {}` so it can be applied again",
-            migrations.name(failed.version),
-            failed.version
-        )));
+        return Err(MigrationError::Dirty {
+            name: migrations.name(failed.version),
+            version: failed.version,
+            interrupted: failed.execution_time == STARTED,
+        }
+        .into());
     }
     let mut problems = Vec::new();
     for a in applied {
@@ -462,10 +465,7 @@ fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> 
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Migration(format!(
-            "refusing to run: {}",
-            problems.join("; ")
-        )))
+        Err(MigrationError::ChecksumMismatch { problems }.into())
     }
 }
 
@@ -474,12 +474,7 @@ fn check_applied(migrations: &Migrations, applied: &[AppliedRow]) -> Result<()> 
 fn refuse_pgbouncer(url: &str) -> Result<()> {
     let in_url = crate::url::strip_pgbouncer(url).1;
     if in_url || crate::config::pgbouncer_from_env()? {
-        return Err(Error::Migration(
-            "migrations need a session of their own (an advisory lock, session settings), \
-             which PgBouncer in transaction mode does not give: run them with a direct URL to \
-             the server (without pgbouncer=true, MANDRAKE_PGBOUNCER unset)"
-                .into(),
-        ));
+        return Err(MigrationError::NeedsDirectUrl.into());
     }
     Ok(())
 }
@@ -495,10 +490,12 @@ pub async fn migrate(
     if let Some(to) = options.to
         && !migrations.ups.contains_key(&to)
     {
-        return Err(Error::Migration(format!(
-            "--to {to} names no migration; the versions are: {}",
-            version_list(migrations.versions())
-        )));
+        return Err(MigrationError::VersionMissing {
+            version: to,
+            known: migrations.versions().collect(),
+            applied: false,
+        }
+        .into());
     }
     let mut locked = Locked::acquire(url, options.lock_timeout).await?;
     let applied = locked.applied().await?;
@@ -518,12 +515,11 @@ pub async fn migrate(
             .map(|m| migrations.name(m.version))
             .collect();
         if !old.is_empty() && !options.allow_out_of_order {
-            return Err(Error::Migration(format!(
-                "pending migrations older than the newest applied one ({newest}): {}; \
-                 this usually comes from merging branches. Give them newer versions, or pass \
-                 --allow-out-of-order",
-                old.join(", ")
-            )));
+            return Err(MigrationError::OutOfOrder {
+                newest,
+                pending: old,
+            }
+            .into());
         }
     }
     let mut report = Report::default();
@@ -589,11 +585,10 @@ async fn apply_one(conn: &mut PgConnection, migration: &Migration, name: &str) -
     .execute(&mut *conn)
     .await?;
     if recorded.rows_affected() != 1 {
-        return Err(Error::Migration(format!(
-            "{name} ran, but its history row was removed meanwhile (a `resolve` from \
-             elsewhere?), so the run is not recorded and the next `migrate` would apply it \
-             again: check what it changed and record it by hand"
-        )));
+        return Err(MigrationError::HistoryLost {
+            name: name.to_owned(),
+        }
+        .into());
     }
     outcome.map_err(|(err, offset)| {
         let err = sqlx::migrate::MigrateError::ExecuteMigration(err, migration.version);
@@ -723,7 +718,7 @@ fn describe_failure(
     sql: &str,
     offset: usize,
     err: sqlx::migrate::MigrateError,
-) -> String {
+) -> MigrationError {
     let inner = match &err {
         sqlx::migrate::MigrateError::Execute(e)
         | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => Some(e),
@@ -732,20 +727,24 @@ fn describe_failure(
     let pg = inner
         .and_then(|e| e.as_database_error())
         .and_then(|e| e.try_downcast_ref::<PgDatabaseError>());
-    match pg {
+    let (line, message) = match pg {
         Some(pg) => {
-            let position = match pg.position() {
+            let line = match pg.position() {
                 Some(sqlx::postgres::PgErrorPosition::Original(p)) => {
                     let before = sql[..offset].matches('\n').count();
-                    let line =
-                        before + sql[offset..].chars().take(p).filter(|c| *c == '\n').count() + 1;
-                    format!(" at line {line} (character {p})")
+                    let within = sql[offset..].chars().take(p).filter(|c| *c == '\n').count();
+                    Some((before + within + 1, p))
                 }
-                _ => String::new(),
+                _ => None,
             };
-            format!("{name} failed{position}: {}", pg.message())
+            (line, pg.message().to_owned())
         }
-        None => format!("{name} failed: {err}"),
+        None => (None, err.to_string()),
+    };
+    MigrationError::Failed {
+        name: name.to_owned(),
+        line,
+        message,
     }
 }
 
@@ -764,11 +763,11 @@ pub async fn rollback(
     let newest_first = applied.iter().rev().map(|a| a.version);
     let versions: Vec<i64> = match target {
         RollbackTarget::Steps(n) if n > applied.len() => {
-            return Err(Error::Migration(format!(
-                "--steps {n}, but only {} migration(s) are applied, so nothing was rolled \
-                 back; to revert every one, say --to 0",
-                applied.len()
-            )));
+            return Err(MigrationError::TooManySteps {
+                steps: n,
+                applied: applied.len(),
+            }
+            .into());
         }
         RollbackTarget::Steps(n) => newest_first.take(n).collect(),
         RollbackTarget::To(v) if v == 0 || applied.iter().any(|a| a.version == v) => {
@@ -776,11 +775,12 @@ pub async fn rollback(
         }
         // A mistyped target would otherwise revert everything.
         RollbackTarget::To(v) => {
-            return Err(Error::Migration(format!(
-                "--to {v} names no applied migration, so nothing was rolled back; the applied \
-                 versions are: {}",
-                version_list(applied.iter().map(|a| a.version))
-            )));
+            return Err(MigrationError::VersionMissing {
+                version: v,
+                known: applied.iter().map(|a| a.version).collect(),
+                applied: true,
+            }
+            .into());
         }
     };
     let missing: Vec<String> = versions
@@ -789,10 +789,7 @@ pub async fn rollback(
         .map(|v| migrations.name(*v))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::Migration(format!(
-            "cannot roll back: no down file for {}",
-            missing.join(", ")
-        )));
+        return Err(MigrationError::NoDownFile { names: missing }.into());
     }
     let mut report = Report::default();
     for version in versions {
@@ -812,16 +809,6 @@ pub async fn rollback(
     }
     locked.release().await?;
     Ok(report)
-}
-
-/// `1, 2, 3`, or `(none)`.
-fn version_list(versions: impl Iterator<Item = i64>) -> String {
-    let list: Vec<String> = versions.map(|v| v.to_string()).collect();
-    if list.is_empty() {
-        "(none)".into()
-    } else {
-        list.join(", ")
-    }
 }
 
 /// Every version, from the files and the database, with its state.
@@ -887,16 +874,15 @@ async fn lock_held(conn: &mut PgConnection) -> Result<bool> {
 /// `migrate` applies it again. It takes the migration lock first: a file
 /// that is still running is refused (forgetting it would make it run twice).
 pub async fn resolve(url: &str, version: i64) -> Result<bool> {
-    let locked = Locked::acquire(url, Duration::from_secs(2))
-        .await
-        .map_err(|err| match err {
-            Error::Migration(held) => Error::Migration(format!(
-                "{held}: a migration is running now; wait for it to end (`cargo xtask status` \
-                 says running), and resolve only what it leaves unknown or failed"
-            )),
-            other => other,
-        })?;
-    let mut locked = locked;
+    let mut locked =
+        Locked::acquire(url, Duration::from_secs(2))
+            .await
+            .map_err(|err| match err {
+                Error::Migration(MigrationError::LockTimeout {
+                    database, holder, ..
+                }) => MigrationError::Running { database, holder }.into(),
+                other => other,
+            })?;
     let done = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1 AND NOT success")
         .bind(version)
         .execute(&mut locked.conn)

@@ -1,15 +1,16 @@
 //! The difference between two schemas as an ordered list of typed changes;
-//! [`mandrake_storage::schema::ddl::Change`] renders each one, and its inverse, to SQL.
+//! [`SchemaChange`] renders each one, and its inverse, to SQL.
 
-use mandrake_storage::schema::ddl::{Change, Function, dependency_order, quote_ident};
+use mandrake_storage::schema::ddl::{dependency_order, quote_ident};
 use mandrake_storage::schema::{ColumnDef, DatabaseSchema, ForeignKey, Renames, TableSchema};
+use mandrake_storage::schema::{Function, Object, SchemaChange};
 use mandrake_storage::{Error, Result};
 
 /// One change with the SQL that makes it and the SQL that undoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// The change.
-    pub change: Change,
+    pub change: SchemaChange,
     /// What the step does, in words (`add column messages.tags`).
     pub description: String,
     /// The SQL that makes the change.
@@ -22,12 +23,12 @@ pub struct Step {
     pub down_note: Option<String>,
 }
 
-impl From<Change> for Step {
-    fn from(change: Change) -> Step {
+impl From<SchemaChange> for Step {
+    fn from(change: SchemaChange) -> Step {
         Step {
             description: change.description(),
             up: change.up(),
-            down: change.inverse().up(),
+            down: change.inverse().map(|c| c.up()).unwrap_or_default(),
             destructive: change.is_destructive(),
             down_note: change.down_note(),
             change,
@@ -87,22 +88,22 @@ impl Plan {
 /// Buckets in the order their changes run; see [`diff`].
 #[derive(Default)]
 struct Phases {
-    create_function: Vec<Change>,
-    renames: Vec<Change>,
-    drop_foreign_keys: Vec<Change>,
-    drop_constraints: Vec<Change>,
-    create_tables: Vec<Change>,
-    add_columns: Vec<Change>,
-    alter_columns: Vec<Change>,
-    drop_columns: Vec<Change>,
-    drop_tables: Vec<Change>,
-    add_constraints: Vec<Change>,
-    add_foreign_keys: Vec<Change>,
-    drop_function: Vec<Change>,
+    create_function: Vec<SchemaChange>,
+    renames: Vec<SchemaChange>,
+    drop_foreign_keys: Vec<SchemaChange>,
+    drop_constraints: Vec<SchemaChange>,
+    create_tables: Vec<SchemaChange>,
+    add_columns: Vec<SchemaChange>,
+    alter_columns: Vec<SchemaChange>,
+    drop_columns: Vec<SchemaChange>,
+    drop_tables: Vec<SchemaChange>,
+    add_constraints: Vec<SchemaChange>,
+    add_foreign_keys: Vec<SchemaChange>,
+    drop_function: Vec<SchemaChange>,
 }
 
 impl Phases {
-    fn into_changes(self) -> Vec<Change> {
+    fn into_changes(self) -> Vec<SchemaChange> {
         [
             self.create_function,
             self.renames,
@@ -143,7 +144,7 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Resu
 ///
 /// ```
 /// use mandrake_cli::diff::changes;
-/// use mandrake_storage::schema::ddl::Change;
+/// use mandrake_storage::schema::SchemaChange;
 /// use mandrake_storage::schema::{ColumnDef, DatabaseSchema, Renames, TableSchema};
 ///
 /// let notes = |column: &str| DatabaseSchema {
@@ -152,11 +153,15 @@ pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Resu
 /// };
 /// let hints = Renames::default().column("notes", "title", "heading");
 /// let plan = changes(&notes("title"), &notes("heading"), &hints).unwrap();
-/// assert_eq!(plan, [Change::RenameColumn {
+/// assert_eq!(plan, [SchemaChange::RenameColumn {
 ///     table: "notes".into(), from: "title".into(), to: "heading".into(),
 /// }]);
 /// ```
-pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Result<Vec<Change>> {
+pub fn changes(
+    from: &DatabaseSchema,
+    to: &DatabaseSchema,
+    hints: &Renames,
+) -> Result<Vec<SchemaChange>> {
     let mut phases = Phases::default();
     let mut from = from.clone();
 
@@ -171,10 +176,12 @@ pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> R
         if has && !had {
             phases
                 .create_function
-                .push(Change::CreateFunction(function));
+                .push(SchemaChange::Add(Object::Function(function)));
         }
         if had && !has {
-            phases.drop_function.push(Change::DropFunction(function));
+            phases
+                .drop_function
+                .push(SchemaChange::Drop(Object::Function(function)));
         }
     }
 
@@ -189,7 +196,7 @@ pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> R
     for table in dependency_order(&created) {
         phases
             .create_tables
-            .push(Change::CreateTable(table.clone()));
+            .push(SchemaChange::Add(Object::Table(table.clone())));
     }
     let dropped: Vec<&TableSchema> = from
         .tables
@@ -197,7 +204,9 @@ pub fn changes(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> R
         .filter(|t| to.table(&t.name).is_none())
         .collect();
     for table in dependency_order(&dropped).into_iter().rev() {
-        phases.drop_tables.push(Change::DropTable(table.clone()));
+        phases
+            .drop_tables
+            .push(SchemaChange::Drop(Object::Table(table.clone())));
     }
 
     for new in &to.tables {
@@ -224,7 +233,7 @@ fn plan_renames(
         if from.table(&table.name).is_some() || from.table(old).is_none() {
             continue;
         }
-        phases.renames.push(Change::RenameTable {
+        phases.renames.push(SchemaChange::RenameTable {
             from: old.to_owned(),
             to: table.name.clone(),
         });
@@ -316,7 +325,7 @@ fn plan_renames(
 }
 
 fn push_column_rename(phases: &mut Phases, table: &str, old: &str, new: &str) {
-    phases.renames.push(Change::RenameColumn {
+    phases.renames.push(SchemaChange::RenameColumn {
         table: table.to_owned(),
         from: old.to_owned(),
         to: new.to_owned(),
@@ -424,20 +433,20 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
                     new.name, column.name
                 )));
             }
-            phases.add_columns.push(Change::AddColumn {
+            phases.add_columns.push(SchemaChange::Add(Object::Column {
                 table: table.clone(),
                 column: column.clone(),
-            });
+            }));
             continue;
         };
         alter_column(table, before, column, phases);
     }
     for column in &old.columns {
         if new.column(&column.name).is_none() {
-            phases.drop_columns.push(Change::DropColumn {
+            phases.drop_columns.push(SchemaChange::Drop(Object::Column {
                 table: table.clone(),
                 column: column.clone(),
-            });
+            }));
         }
     }
     Ok(())
@@ -449,7 +458,7 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
     // that side's type must be in place when they do: a column made
     // optional is made so first (its down, the fill, then runs last), and
     // one made required last.
-    let set_required = |required: bool, fill: &Option<String>| Change::SetRequired {
+    let set_required = |required: bool, fill: &Option<String>| SchemaChange::SetRequired {
         table: table.clone(),
         column: column.clone(),
         required,
@@ -464,7 +473,7 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
     // The old default may not cast to the new type (`false` to an integer):
     // it goes before the type changes, and the new one is set after.
     if retyped && before.default.is_some() {
-        phases.alter_columns.push(Change::SetDefault {
+        phases.alter_columns.push(SchemaChange::SetDefault {
             table: table.clone(),
             column: column.clone(),
             from: before.default.clone(),
@@ -472,7 +481,7 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         });
     }
     if retyped {
-        phases.alter_columns.push(Change::AlterType {
+        phases.alter_columns.push(SchemaChange::AlterType {
             table: table.clone(),
             column: column.clone(),
             from: before.sql_type.clone(),
@@ -485,7 +494,7 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
         before.default.clone()
     };
     if before_default != after.default {
-        phases.alter_columns.push(Change::SetDefault {
+        phases.alter_columns.push(SchemaChange::SetDefault {
             table: table.clone(),
             column: column.clone(),
             from: before_default,
@@ -508,7 +517,7 @@ fn diff_constraints(
     phases: &mut Phases,
 ) {
     let table = &new.name;
-    let rename_constraint = |from: &str, to: &str| Change::RenameConstraint {
+    let rename_constraint = |from: &str, to: &str| SchemaChange::RenameConstraint {
         table: table.clone(),
         from: from.to_owned(),
         to: to.to_owned(),
@@ -518,40 +527,50 @@ fn diff_constraints(
         match old.uniques.iter().find(|o| o.columns == u.columns) {
             Some(o) if o.name != u.name => phases.renames.push(rename_constraint(&o.name, &u.name)),
             Some(_) => {}
-            None => phases.add_constraints.push(Change::AddUnique {
-                table: table.clone(),
-                unique: u.clone(),
-            }),
+            None => phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::Unique {
+                    table: table.clone(),
+                    unique: u.clone(),
+                })),
         }
     }
     for u in &old.uniques {
         if !new.uniques.iter().any(|n| n.columns == u.columns) {
-            phases.drop_constraints.push(Change::DropUnique {
-                table: table.clone(),
-                unique: u.clone(),
-            });
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::Unique {
+                    table: table.clone(),
+                    unique: u.clone(),
+                }));
         }
     }
 
     for i in &new.indexes {
         match old.indexes.iter().find(|o| o.columns == i.columns) {
-            Some(o) if o.name != i.name => phases.renames.push(Change::RenameIndex {
+            Some(o) if o.name != i.name => phases.renames.push(SchemaChange::RenameIndex {
                 from: o.name.clone(),
                 to: i.name.clone(),
             }),
             Some(_) => {}
-            None => phases.add_constraints.push(Change::AddIndex {
-                table: table.clone(),
-                index: i.clone(),
-            }),
+            None => phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::Index {
+                    table: table.clone(),
+                    index: i.clone(),
+                    online: false,
+                })),
         }
     }
     for i in &old.indexes {
         if !new.indexes.iter().any(|n| n.columns == i.columns) {
-            phases.drop_constraints.push(Change::DropIndex {
-                table: table.clone(),
-                index: i.clone(),
-            });
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::Index {
+                    table: table.clone(),
+                    index: i.clone(),
+                    online: false,
+                }));
         }
     }
 
@@ -564,20 +583,24 @@ fn diff_constraints(
                 phases.renames.push(rename_constraint(&o.name, &fk.name))
             }
             Some(_) => {}
-            None => phases.add_foreign_keys.push(Change::AddForeignKey {
-                table: table.clone(),
-                key: fk.clone(),
-                not_valid: false,
-            }),
+            None => phases
+                .add_foreign_keys
+                .push(SchemaChange::Add(Object::ForeignKey {
+                    table: table.clone(),
+                    key: fk.clone(),
+                    not_valid: false,
+                })),
         }
     }
     for fk in &old.foreign_keys {
         if !new.foreign_keys.iter().any(|n| same_fk(n, fk)) {
-            phases.drop_foreign_keys.push(Change::DropForeignKey {
-                table: table.clone(),
-                key: fk.clone(),
-                target_gone: to.table(&fk.references).is_none(),
-            });
+            phases
+                .drop_foreign_keys
+                .push(SchemaChange::Drop(Object::ForeignKey {
+                    table: table.clone(),
+                    key: fk.clone(),
+                    not_valid: to.table(&fk.references).is_none(),
+                }));
         }
     }
 
@@ -585,33 +608,42 @@ fn diff_constraints(
         match old.checks.iter().find(|o| o.expression == c.expression) {
             Some(o) if o.name != c.name => phases.renames.push(rename_constraint(&o.name, &c.name)),
             Some(_) => {}
-            None => phases.add_constraints.push(Change::AddCheck {
-                table: table.clone(),
-                check: c.clone(),
-                not_valid: false,
-            }),
+            None => phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::Check {
+                    table: table.clone(),
+                    check: c.clone(),
+                    not_valid: false,
+                })),
         }
     }
     for c in &old.checks {
         if !new.checks.iter().any(|n| n.expression == c.expression) {
-            phases.drop_constraints.push(Change::DropCheck {
-                table: table.clone(),
-                check: c.clone(),
-            });
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::Check {
+                    table: table.clone(),
+                    check: c.clone(),
+                    not_valid: false,
+                }));
         }
     }
 
     if new.primary_key != old.primary_key {
-        phases.drop_constraints.push(Change::DropPrimaryKey {
-            table: table.clone(),
-            name: old.primary_key_name.clone(),
-            columns: old.primary_key.clone(),
-        });
-        phases.add_constraints.push(Change::AddPrimaryKey {
-            table: table.clone(),
-            name: new.primary_key_name.clone(),
-            columns: new.primary_key.clone(),
-        });
+        phases
+            .drop_constraints
+            .push(SchemaChange::Drop(Object::PrimaryKey {
+                table: table.clone(),
+                name: old.primary_key_name.clone(),
+                columns: old.primary_key.clone(),
+            }));
+        phases
+            .add_constraints
+            .push(SchemaChange::Add(Object::PrimaryKey {
+                table: table.clone(),
+                name: new.primary_key_name.clone(),
+                columns: new.primary_key.clone(),
+            }));
     } else if new.primary_key_name != old.primary_key_name {
         phases.renames.push(rename_constraint(
             &old.primary_key_name,
@@ -620,30 +652,38 @@ fn diff_constraints(
     }
 
     if new.timestamp_trigger && !old.timestamp_trigger {
-        phases.add_constraints.push(Change::AddTimestampTrigger {
-            table: table.clone(),
-        });
+        phases
+            .add_constraints
+            .push(SchemaChange::Add(Object::TimestampTrigger {
+                table: table.clone(),
+            }));
     }
     if !new.timestamp_trigger && old.timestamp_trigger {
-        phases.drop_constraints.push(Change::DropTimestampTrigger {
-            table: table.clone(),
-        });
+        phases
+            .drop_constraints
+            .push(SchemaChange::Drop(Object::TimestampTrigger {
+                table: table.clone(),
+            }));
     }
 
     // A changed payload (a foreign key added, dropped or renamed) is a drop
     // and a create.
     if new.notify != old.notify {
         if let Some(columns) = &old.notify {
-            phases.drop_constraints.push(Change::DropNotifyTriggers {
-                table: table.clone(),
-                columns: columns.clone(),
-            });
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::NotifyTriggers {
+                    table: table.clone(),
+                    columns: columns.clone(),
+                }));
         }
         if let Some(columns) = &new.notify {
-            phases.add_constraints.push(Change::AddNotifyTriggers {
-                table: table.clone(),
-                columns: columns.clone(),
-            });
+            phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::NotifyTriggers {
+                    table: table.clone(),
+                    columns: columns.clone(),
+                }));
         }
     }
 }

@@ -17,12 +17,8 @@
 //!    over its ready index (`USING INDEX`).
 
 use crate::diff::{Plan, Step};
-use mandrake_storage::schema::Index;
-use mandrake_storage::schema::ddl::{
-    Change, add_unique_using_index, create_index_concurrently, create_unique_index_concurrently,
-    drop_constraint_if_exists, drop_index_concurrently, fill_nulls, not_null_check,
-    set_not_null_checked, validate_constraint,
-};
+use mandrake_storage::schema::ddl::not_null_check;
+use mandrake_storage::schema::{Index, Object, SchemaChange};
 
 /// One migration, before it has a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +47,9 @@ impl MigrationFile {
     }
 }
 
-/// The files for `plan`: one as planned, or the online sequence.
+/// The files for `plan`: one as planned, or the online sequence. Every
+/// statement of every file is a [`SchemaChange`], so a step's change always
+/// describes its SQL.
 pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     if !online {
         return vec![MigrationFile::of(plan.clone(), "")];
@@ -62,88 +60,80 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     let mut validate = Plan::default();
     for step in &plan.steps {
         match &step.change {
-            Change::AddIndex { table, index } => indexes.push(index_file(
-                step,
-                create_index_concurrently(table, index),
-                drop_index_concurrently(&index.name),
-            )),
-            Change::DropIndex { table, index } => {
+            SchemaChange::Add(Object::Index { table, index, .. }) => {
+                indexes.push(index_file(SchemaChange::Add(Object::Index {
+                    table: table.clone(),
+                    index: index.clone(),
+                    online: true,
+                })))
+            }
+            SchemaChange::Drop(Object::Index { table, index, .. }) => {
                 // Its down runs after the main file's, under the old names.
                 let (table, columns) = before_renames(plan, table, &index.columns);
                 let index = Index {
                     name: index.name.clone(),
                     columns,
                 };
-                drops.push(index_file(
-                    step,
-                    drop_index_concurrently(&index.name),
-                    create_index_concurrently(&table, &index),
-                ));
+                drops.push(index_file(SchemaChange::Drop(Object::Index {
+                    table,
+                    index,
+                    online: true,
+                })));
             }
-            Change::AddUnique { table, unique } => {
-                indexes.push(index_file(
-                    step,
-                    create_unique_index_concurrently(table, unique),
-                    drop_index_concurrently(&unique.name),
-                ));
-                validate.steps.push(Step {
-                    description: format!("constraint from its index: {}", step.description),
-                    up: add_unique_using_index(table, unique),
-                    down: drop_constraint_if_exists(table, &unique.name),
-                    ..step.clone()
-                });
-            }
-            Change::AddForeignKey { table, key, .. } => {
-                main.steps.push(Step::from(Change::AddForeignKey {
+            SchemaChange::Add(Object::Unique { table, unique }) => {
+                indexes.push(index_file(SchemaChange::Add(Object::UniqueIndex {
                     table: table.clone(),
-                    key: key.clone(),
-                    not_valid: true,
+                    unique: unique.clone(),
+                })));
+                validate.steps.push(Step::from(SchemaChange::AttachUnique {
+                    table: table.clone(),
+                    unique: unique.clone(),
                 }));
-                validate
-                    .steps
-                    .push(validation(step, validate_constraint(table, &key.name)));
             }
-            Change::AddCheck { table, check, .. } => {
-                main.steps.push(Step::from(Change::AddCheck {
+            SchemaChange::Add(Object::ForeignKey { table, key, .. }) => {
+                main.steps
+                    .push(Step::from(SchemaChange::Add(Object::ForeignKey {
+                        table: table.clone(),
+                        key: key.clone(),
+                        not_valid: true,
+                    })));
+                validate.steps.push(Step::from(SchemaChange::Validate {
+                    table: table.clone(),
+                    constraint: key.name.clone(),
+                }));
+            }
+            SchemaChange::Add(Object::Check { table, check, .. }) => {
+                main.steps.push(Step::from(SchemaChange::Add(Object::Check {
                     table: table.clone(),
                     check: check.clone(),
                     not_valid: true,
+                })));
+                validate.steps.push(Step::from(SchemaChange::Validate {
+                    table: table.clone(),
+                    constraint: check.name.clone(),
                 }));
-                validate
-                    .steps
-                    .push(validation(step, validate_constraint(table, &check.name)));
             }
-            Change::SetRequired {
+            SchemaChange::SetRequired {
                 table,
                 column,
                 required: true,
                 fill,
             } => {
-                // NULLs take the default first; the check then stops on any left.
                 let check = not_null_check(table, column);
-                let mut stand_in = Step::from(Change::AddCheck {
-                    table: table.clone(),
-                    check: check.clone(),
-                    not_valid: true,
-                });
-                // The validation drops it once it has done its work.
-                stand_in.down = drop_constraint_if_exists(table, &check.name);
-                if fill.is_some() {
-                    stand_in.up = format!(
-                        "{}\n{}",
-                        fill_nulls(table, column, fill.as_deref()),
-                        stand_in.up
-                    );
-                }
-                main.steps.push(stand_in);
-                validate.steps.push(Step {
-                    up: format!(
-                        "{}\n{}",
-                        validate_constraint(table, &check.name),
-                        set_not_null_checked(table, column, &check)
-                    ),
-                    ..step.clone()
-                });
+                main.steps
+                    .push(Step::from(SchemaChange::Add(Object::NotNullCheck {
+                        table: table.clone(),
+                        column: column.clone(),
+                        check: check.clone(),
+                        fill: fill.clone(),
+                    })));
+                validate
+                    .steps
+                    .push(Step::from(SchemaChange::SetRequiredChecked {
+                        table: table.clone(),
+                        column: column.clone(),
+                        check,
+                    }));
             }
             _ => main.steps.push(step.clone()),
         }
@@ -166,42 +156,32 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     out
 }
 
-/// `step`'s validation: `sql` up, nothing to undo.
-fn validation(step: &Step, sql: String) -> Step {
-    Step {
-        description: format!("validate: {}", step.description),
-        up: sql,
-        down: String::new(),
-        destructive: false,
-        down_note: None,
-        change: step.change.clone(),
-    }
-}
-
 /// `table` and `columns` under the names they had before `plan`'s renames.
 fn before_renames(plan: &Plan, table: &str, columns: &[String]) -> (String, Vec<String>) {
     let (mut table, mut columns) = (table.to_owned(), columns.to_vec());
     for step in plan.steps.iter().rev() {
         match &step.change {
-            Change::RenameColumn { table: t, from, to } if *t == table => {
+            SchemaChange::RenameColumn { table: t, from, to } if *t == table => {
                 for column in columns.iter_mut().filter(|c| *c == to) {
                     *column = from.clone();
                 }
             }
-            Change::RenameTable { from, to } if *to == table => table = from.clone(),
+            SchemaChange::RenameTable { from, to } if *to == table => table = from.clone(),
             _ => {}
         }
     }
     (table, columns)
 }
 
-fn index_file(step: &Step, up: String, down: String) -> MigrationFile {
+/// A `-- no-transaction` file of its own for one concurrent index change.
+fn index_file(change: SchemaChange) -> MigrationFile {
+    let step = Step::from(change);
     MigrationFile {
         suffix: String::new(),
         no_transaction: true,
-        steps: vec![step.description.clone()],
-        up,
-        down,
+        steps: vec![step.description],
+        up: step.up,
+        down: step.down,
     }
 }
 

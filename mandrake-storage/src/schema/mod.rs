@@ -1,8 +1,11 @@
 //! The schema model at the centre: the derive fills it, catalog introspection
 //! fills it, the diff compares two of them, and [`ddl`] renders SQL from it.
 
+pub mod change;
 pub mod ddl;
 pub mod introspect;
+
+pub use change::{Function, Object, SchemaChange};
 
 use serde::Serialize;
 

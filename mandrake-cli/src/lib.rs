@@ -25,4 +25,7 @@ pub mod online;
 pub mod scaffold;
 pub mod stats;
 
-pub use cli::{Cli, Command, main, run, run_blocking};
+pub use cli::{
+    ArchivingAction, BackupArgs, Cli, Command, DbCommand, MigrateArgs, RestoreArgs, RollbackArgs,
+    SchemaFormat, main, run, run_blocking,
+};

@@ -1,0 +1,138 @@
+//! The `cargo xtask` commands as library functions, so any application can
+//! have the same tool by writing a thin `main` with its own record types.
+
+mod args;
+mod db;
+mod migrations;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use mandrake_storage::schema::TableSchema;
+use mandrake_storage::schema::ddl::create_schema;
+use mandrake_storage::{Error, Result, Settings};
+
+pub use args::{
+    ArchivingAction, BackupArgs, Cli, Command, DbCommand, MigrateArgs, RestoreArgs, RollbackArgs,
+    SchemaFormat,
+};
+
+/// Parses the process arguments and runs the command for `tables`: the whole
+/// `main` of an application's xtask.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     // Every `#[derive(Record)]` of the linked crates (link yours with
+///     // `use your_app as _;`, or by calling into it).
+///     mandrake_cli::main(&mandrake_storage::registered_tables())
+/// }
+/// ```
+pub fn main(tables: &[&TableSchema]) -> ExitCode {
+    run_blocking(Cli::parse(), tables)
+}
+
+/// Runs `cli` on a fresh runtime and reports an error the way a command
+/// line should: one line on stderr. Exit codes: 0 when the command did its
+/// job, 1 when it found what it checks for (`check` finds drift, `status
+/// --exit-code` finds pending or failed migrations), 2 on an error (a bad
+/// URL, an unreachable server, a refused migration).
+pub fn run_blocking(cli: Cli, tables: &[&TableSchema]) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli, tables)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What every command may need: the migrations folder and the server.
+struct Context {
+    dir: PathBuf,
+    url: Option<String>,
+}
+
+impl Context {
+    /// `--database-url`, else `DATABASE_URL`, else the embedded cluster.
+    async fn url(&self) -> Result<String> {
+        let mut settings = Settings::from_env()?;
+        if let Some(url) = &self.url {
+            settings.database_url = Some(url.clone());
+        }
+        settings.resolve_url().await
+    }
+}
+
+/// Runs one parsed command on `tables`. `check` and `new-migration` rename
+/// what the rename hints of the linked record types say
+/// ([`mandrake_storage::registered_renames`]).
+pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<ExitCode> {
+    let dir = match cli.migrations {
+        Some(dir) => dir,
+        None => mandrake_storage::cluster::workspace_root()?.join("migrations"),
+    };
+    let ctx = Context {
+        dir,
+        url: cli.database_url,
+    };
+    match cli.command {
+        Command::Db(DbCommand::Top { limit, reset }) => db::top(&ctx, tables, limit, reset).await,
+        Command::Db(DbCommand::Backup(args)) if !args.base => {
+            db::backup_command(&ctx.url().await?, args).await
+        }
+        Command::Db(DbCommand::Restore(args)) if args.base.is_none() => {
+            db::restore_command(&ctx.url().await?, args).await
+        }
+        Command::Db(DbCommand::Verify { file }) => {
+            let migrations = mandrake_storage::migrate::Migrations::from_dir(&ctx.dir)?;
+            db::verify_command(&ctx.url().await?, &file, &migrations).await
+        }
+        Command::Db(cmd) => db::db_command(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => migrations::migrate(&ctx, args).await,
+        Command::Rollback(args) => migrations::rollback(&ctx, args).await,
+        Command::Status { exit_code } => migrations::status(&ctx, exit_code).await,
+        Command::Resolve { version } => migrations::resolve(&ctx, version).await,
+        Command::Schema { format } => {
+            match format {
+                SchemaFormat::Sql => print!("{}", create_schema(tables)),
+                SchemaFormat::Mermaid => print!("{}", crate::diagram::mermaid(tables)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::FuzzDiff { cases, seed } => migrations::fuzz_diff(&ctx, cases, seed).await,
+        Command::Lint {
+            files,
+            accept_before,
+        } => migrations::lint(&ctx, files, accept_before),
+        Command::Check => migrations::check(&ctx, tables).await,
+        Command::NewMigration {
+            name,
+            allow_destructive,
+            lock_timeout,
+            statement_timeout,
+            online,
+        } => {
+            let options = crate::scaffold::NewMigrationOptions {
+                allow_destructive,
+                timeouts: crate::scaffold::Timeouts {
+                    lock: lock_timeout,
+                    statement: statement_timeout,
+                },
+                online,
+            };
+            migrations::new_migration(&ctx, tables, name, options).await
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Config(format!("task failed: {e}")))?
+}

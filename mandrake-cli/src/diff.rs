@@ -2,7 +2,9 @@
 //! [`SchemaChange`] renders each one, and its inverse, to SQL.
 
 use mandrake_storage::schema::ddl::{dependency_order, quote_ident};
-use mandrake_storage::schema::{ColumnDef, DatabaseSchema, ForeignKey, Renames, TableSchema};
+use mandrake_storage::schema::{
+    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, Renames, TableSchema, Unique,
+};
 use mandrake_storage::schema::{Function, Object, SchemaChange};
 use mandrake_storage::{Error, Result};
 
@@ -508,6 +510,38 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
     }
 }
 
+/// Items of `old` and `new` paired by what they do (`same`): those only in
+/// `new`, those only in `old`, and the pairs whose names differ.
+struct Matched<'a, T> {
+    added: Vec<&'a T>,
+    dropped: Vec<&'a T>,
+    renamed: Vec<(&'a T, &'a T)>,
+}
+
+fn matched<'a, T>(
+    old: &'a [T],
+    new: &'a [T],
+    same: impl Fn(&T, &T) -> bool,
+    name: impl Fn(&T) -> &str,
+) -> Matched<'a, T> {
+    let mut out = Matched {
+        added: Vec::new(),
+        dropped: old
+            .iter()
+            .filter(|o| !new.iter().any(|n| same(o, n)))
+            .collect(),
+        renamed: Vec::new(),
+    };
+    for n in new {
+        match old.iter().find(|o| same(o, n)) {
+            Some(o) if name(o) != name(n) => out.renamed.push((o, n)),
+            Some(_) => {}
+            None => out.added.push(n),
+        }
+    }
+    out
+}
+
 /// Unique constraints, indexes, foreign keys, checks and the triggers:
 /// matched by what they do; a match under another name is renamed.
 fn diff_constraints(
@@ -516,174 +550,144 @@ fn diff_constraints(
     to: &DatabaseSchema,
     phases: &mut Phases,
 ) {
-    let table = &new.name;
+    let table = || new.name.clone();
     let rename_constraint = |from: &str, to: &str| SchemaChange::RenameConstraint {
-        table: table.clone(),
+        table: table(),
         from: from.to_owned(),
         to: to.to_owned(),
     };
 
-    for u in &new.uniques {
-        match old.uniques.iter().find(|o| o.columns == u.columns) {
-            Some(o) if o.name != u.name => phases.renames.push(rename_constraint(&o.name, &u.name)),
-            Some(_) => {}
-            None => phases
-                .add_constraints
-                .push(SchemaChange::Add(Object::Unique {
-                    table: table.clone(),
-                    unique: u.clone(),
-                })),
-        }
-    }
-    for u in &old.uniques {
-        if !new.uniques.iter().any(|n| n.columns == u.columns) {
-            phases
-                .drop_constraints
-                .push(SchemaChange::Drop(Object::Unique {
-                    table: table.clone(),
-                    unique: u.clone(),
-                }));
-        }
-    }
-
-    for i in &new.indexes {
-        match old.indexes.iter().find(|o| o.columns == i.columns) {
-            Some(o) if o.name != i.name => phases.renames.push(SchemaChange::RenameIndex {
-                from: o.name.clone(),
-                to: i.name.clone(),
-            }),
-            Some(_) => {}
-            None => phases
-                .add_constraints
-                .push(SchemaChange::Add(Object::Index {
-                    table: table.clone(),
-                    index: i.clone(),
-                    online: false,
-                })),
-        }
-    }
-    for i in &old.indexes {
-        if !new.indexes.iter().any(|n| n.columns == i.columns) {
-            phases
-                .drop_constraints
-                .push(SchemaChange::Drop(Object::Index {
-                    table: table.clone(),
-                    index: i.clone(),
-                    online: false,
-                }));
-        }
-    }
-
+    let uniques = matched(
+        &old.uniques,
+        &new.uniques,
+        |a, b| a.columns == b.columns,
+        |u| &u.name,
+    );
+    let unique = |unique: &Unique| Object::Unique {
+        table: table(),
+        unique: unique.clone(),
+    };
+    let indexes = matched(
+        &old.indexes,
+        &new.indexes,
+        |a, b| a.columns == b.columns,
+        |i| &i.name,
+    );
+    let index = |index: &Index| Object::Index {
+        table: table(),
+        index: index.clone(),
+        online: false,
+    };
     let same_fk = |a: &ForeignKey, b: &ForeignKey| {
         a.column == b.column && a.references == b.references && a.on_delete == b.on_delete
     };
-    for fk in &new.foreign_keys {
-        match old.foreign_keys.iter().find(|o| same_fk(o, fk)) {
-            Some(o) if o.name != fk.name => {
-                phases.renames.push(rename_constraint(&o.name, &fk.name))
-            }
-            Some(_) => {}
-            None => phases
-                .add_foreign_keys
-                .push(SchemaChange::Add(Object::ForeignKey {
-                    table: table.clone(),
-                    key: fk.clone(),
-                    not_valid: false,
-                })),
-        }
-    }
-    for fk in &old.foreign_keys {
-        if !new.foreign_keys.iter().any(|n| same_fk(n, fk)) {
-            phases
-                .drop_foreign_keys
-                .push(SchemaChange::Drop(Object::ForeignKey {
-                    table: table.clone(),
-                    key: fk.clone(),
-                    not_valid: to.table(&fk.references).is_none(),
-                }));
-        }
-    }
+    let keys = matched(&old.foreign_keys, &new.foreign_keys, same_fk, |k| &k.name);
+    let checks = matched(
+        &old.checks,
+        &new.checks,
+        |a, b| a.expression == b.expression,
+        |c| &c.name,
+    );
+    let check = |check: &Check| Object::Check {
+        table: table(),
+        check: check.clone(),
+        not_valid: false,
+    };
 
-    for c in &new.checks {
-        match old.checks.iter().find(|o| o.expression == c.expression) {
-            Some(o) if o.name != c.name => phases.renames.push(rename_constraint(&o.name, &c.name)),
-            Some(_) => {}
-            None => phases
-                .add_constraints
-                .push(SchemaChange::Add(Object::Check {
-                    table: table.clone(),
-                    check: c.clone(),
-                    not_valid: false,
-                })),
-        }
+    for (o, n) in uniques.renamed {
+        phases.renames.push(rename_constraint(&o.name, &n.name));
     }
-    for c in &old.checks {
-        if !new.checks.iter().any(|n| n.expression == c.expression) {
-            phases
-                .drop_constraints
-                .push(SchemaChange::Drop(Object::Check {
-                    table: table.clone(),
-                    check: c.clone(),
-                    not_valid: false,
-                }));
-        }
+    for (o, n) in indexes.renamed {
+        phases.renames.push(SchemaChange::RenameIndex {
+            from: o.name.clone(),
+            to: n.name.clone(),
+        });
     }
+    for (o, n) in keys.renamed {
+        phases.renames.push(rename_constraint(&o.name, &n.name));
+    }
+    for (o, n) in checks.renamed {
+        phases.renames.push(rename_constraint(&o.name, &n.name));
+    }
+    let adds = (uniques.added.into_iter().map(unique))
+        .chain(indexes.added.into_iter().map(index))
+        .chain(checks.added.into_iter().map(check));
+    phases.add_constraints.extend(adds.map(SchemaChange::Add));
+    let drops = (uniques.dropped.into_iter().map(unique))
+        .chain(indexes.dropped.into_iter().map(index))
+        .chain(checks.dropped.into_iter().map(check));
+    phases
+        .drop_constraints
+        .extend(drops.map(SchemaChange::Drop));
+    for key in keys.added {
+        phases
+            .add_foreign_keys
+            .push(SchemaChange::Add(Object::ForeignKey {
+                table: table(),
+                key: key.clone(),
+                not_valid: false,
+            }));
+    }
+    for key in keys.dropped {
+        // Its table goes too: the down re-adds it NOT VALID (see Object::ForeignKey).
+        phases
+            .drop_foreign_keys
+            .push(SchemaChange::Drop(Object::ForeignKey {
+                table: table(),
+                key: key.clone(),
+                not_valid: to.table(&key.references).is_none(),
+            }));
+    }
+    diff_keys_and_triggers(old, new, phases);
+}
 
+/// The primary key, the timestamp trigger and the notify triggers.
+fn diff_keys_and_triggers(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
+    let table = || new.name.clone();
     if new.primary_key != old.primary_key {
         phases
             .drop_constraints
             .push(SchemaChange::Drop(Object::PrimaryKey {
-                table: table.clone(),
+                table: table(),
                 name: old.primary_key_name.clone(),
                 columns: old.primary_key.clone(),
             }));
         phases
             .add_constraints
             .push(SchemaChange::Add(Object::PrimaryKey {
-                table: table.clone(),
+                table: table(),
                 name: new.primary_key_name.clone(),
                 columns: new.primary_key.clone(),
             }));
     } else if new.primary_key_name != old.primary_key_name {
-        phases.renames.push(rename_constraint(
-            &old.primary_key_name,
-            &new.primary_key_name,
-        ));
+        phases.renames.push(SchemaChange::RenameConstraint {
+            table: table(),
+            from: old.primary_key_name.clone(),
+            to: new.primary_key_name.clone(),
+        });
     }
-
-    if new.timestamp_trigger && !old.timestamp_trigger {
-        phases
-            .add_constraints
-            .push(SchemaChange::Add(Object::TimestampTrigger {
-                table: table.clone(),
-            }));
+    let trigger = || Object::TimestampTrigger { table: table() };
+    match (old.timestamp_trigger, new.timestamp_trigger) {
+        (false, true) => phases.add_constraints.push(SchemaChange::Add(trigger())),
+        (true, false) => phases.drop_constraints.push(SchemaChange::Drop(trigger())),
+        _ => {}
     }
-    if !new.timestamp_trigger && old.timestamp_trigger {
-        phases
-            .drop_constraints
-            .push(SchemaChange::Drop(Object::TimestampTrigger {
-                table: table.clone(),
-            }));
-    }
-
     // A changed payload (a foreign key added, dropped or renamed) is a drop
     // and a create.
     if new.notify != old.notify {
+        let triggers = |columns: &Vec<String>| Object::NotifyTriggers {
+            table: table(),
+            columns: columns.clone(),
+        };
         if let Some(columns) = &old.notify {
             phases
                 .drop_constraints
-                .push(SchemaChange::Drop(Object::NotifyTriggers {
-                    table: table.clone(),
-                    columns: columns.clone(),
-                }));
+                .push(SchemaChange::Drop(triggers(columns)));
         }
         if let Some(columns) = &new.notify {
             phases
                 .add_constraints
-                .push(SchemaChange::Add(Object::NotifyTriggers {
-                    table: table.clone(),
-                    columns: columns.clone(),
-                }));
+                .push(SchemaChange::Add(triggers(columns)));
         }
     }
 }

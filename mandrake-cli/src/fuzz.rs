@@ -129,81 +129,86 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
     tables
 }
 
+/// One random edit of `table` (`before`: the table it was in the first schema).
+fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32) {
+    let n = table.columns.len();
+    let i = rng.below(n);
+    match rng.below(9) {
+        0 => {
+            *fresh += 1;
+            let mut c = column(rng, format!("c{fresh}"));
+            // A required column needs a default on a table with rows.
+            if !c.nullable && c.default.is_none() {
+                c.default = Some(defaults(&c.ty)[0].to_string());
+            }
+            table.columns.push(c);
+        }
+        1 if n > 1 => {
+            let gone = table.columns.remove(i).name;
+            for key in [&mut table.index, &mut table.unique] {
+                if key.as_deref() == Some(&gone) {
+                    *key = None;
+                }
+            }
+        }
+        2 => {
+            *fresh += 1;
+            let new = format!("r{fresh}");
+            let c = &mut table.columns[i];
+            // Only a column the first schema has can be renamed.
+            let existed = before.columns.iter().any(|b| b.name == c.name);
+            if existed && c.renamed_from.is_none() {
+                for key in [&mut table.index, &mut table.unique] {
+                    if key.as_deref() == Some(c.name.as_str()) {
+                        *key = Some(new.clone());
+                    }
+                }
+                c.renamed_from = Some(std::mem::replace(&mut c.name, new));
+            }
+        }
+        3 => table.columns[i].nullable = !table.columns[i].nullable,
+        4 => {
+            let c = &mut table.columns[i];
+            if let Some((_, to)) = RETYPES.iter().find(|(from, _)| *from == c.ty) {
+                c.ty = to.to_string();
+                c.default = c
+                    .default
+                    .as_ref()
+                    .and(defaults(to).first().map(|d| d.to_string()));
+            }
+        }
+        5 => {
+            let c = &mut table.columns[i];
+            if c.references.is_none() {
+                c.default = match c.default {
+                    Some(_) => None,
+                    None => defaults(&c.ty).first().map(|d| d.to_string()),
+                };
+            }
+        }
+        6 => {
+            table.index = match table.index {
+                Some(_) => None,
+                None => Some(table.columns[i].name.clone()),
+            }
+        }
+        7 => {
+            table.unique = match table.unique {
+                Some(_) => None,
+                None => Some(table.columns[i].name.clone()),
+            }
+        }
+        _ => table.columns[i].references = None,
+    }
+}
+
 /// A changed copy: a few edits per table, a table added or dropped.
 fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
     let mut next: Vec<Table> = tables.to_vec();
     let mut fresh = 100;
     for (table, before) in next.iter_mut().zip(tables) {
         for _ in 0..1 + rng.below(3) {
-            let n = table.columns.len();
-            let i = rng.below(n);
-            match rng.below(9) {
-                0 => {
-                    fresh += 1;
-                    let mut c = column(rng, format!("c{fresh}"));
-                    // A required column needs a default on a table with rows.
-                    if !c.nullable && c.default.is_none() {
-                        c.default = Some(defaults(&c.ty)[0].to_string());
-                    }
-                    table.columns.push(c);
-                }
-                1 if n > 1 => {
-                    let gone = table.columns.remove(i).name;
-                    for key in [&mut table.index, &mut table.unique] {
-                        if key.as_deref() == Some(&gone) {
-                            *key = None;
-                        }
-                    }
-                }
-                2 => {
-                    fresh += 1;
-                    let new = format!("r{fresh}");
-                    let c = &mut table.columns[i];
-                    // Only a column the first schema has can be renamed.
-                    let existed = before.columns.iter().any(|b| b.name == c.name);
-                    if existed && c.renamed_from.is_none() {
-                        for key in [&mut table.index, &mut table.unique] {
-                            if key.as_deref() == Some(c.name.as_str()) {
-                                *key = Some(new.clone());
-                            }
-                        }
-                        c.renamed_from = Some(std::mem::replace(&mut c.name, new));
-                    }
-                }
-                3 => table.columns[i].nullable = !table.columns[i].nullable,
-                4 => {
-                    let c = &mut table.columns[i];
-                    if let Some((_, to)) = RETYPES.iter().find(|(from, _)| *from == c.ty) {
-                        c.ty = to.to_string();
-                        c.default = c
-                            .default
-                            .as_ref()
-                            .and(defaults(to).first().map(|d| d.to_string()));
-                    }
-                }
-                5 => {
-                    let c = &mut table.columns[i];
-                    if c.references.is_none() {
-                        c.default = match c.default {
-                            Some(_) => None,
-                            None => defaults(&c.ty).first().map(|d| d.to_string()),
-                        };
-                    }
-                }
-                6 => {
-                    table.index = match table.index {
-                        Some(_) => None,
-                        None => Some(table.columns[i].name.clone()),
-                    }
-                }
-                7 => {
-                    table.unique = match table.unique {
-                        Some(_) => None,
-                        None => Some(table.columns[i].name.clone()),
-                    }
-                }
-                _ => table.columns[i].references = None,
-            }
+            edit(rng, table, before, &mut fresh);
         }
     }
     // A column added to a table with rows needs a default to be required

@@ -3,78 +3,15 @@
 //! only after it is proven.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor};
 
 use crate::diff::{Plan, diff};
+use mandrake_storage::admin::Scratch;
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use mandrake_storage::schema::ddl::{create_schema, quote_ident};
-use mandrake_storage::schema::introspect::inspect;
+use mandrake_storage::schema::ddl::create_schema;
 use mandrake_storage::schema::{DatabaseSchema, Renames, TableSchema};
 use mandrake_storage::{Error, MigrationError, Result};
-
-/// Scratch databases on one server, dropped by [`Scratch::drop_all`].
-struct Scratch {
-    server: PgConnectOptions,
-    names: Vec<String>,
-}
-
-static SCRATCH: AtomicU32 = AtomicU32::new(0);
-
-impl Scratch {
-    fn new(server_url: &str) -> Result<Scratch> {
-        let server = PgConnectOptions::from_str(server_url)
-            .map_err(|e| Error::Config(format!("bad database URL: {e}")))?;
-        Ok(Scratch {
-            server,
-            names: Vec::new(),
-        })
-    }
-
-    async fn admin(&self) -> Result<PgConnection> {
-        Ok(PgConnection::connect_with(&self.server).await?)
-    }
-
-    /// A new empty database; returns its URL.
-    async fn create(&mut self, label: &str) -> Result<String> {
-        let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mandrake_scratch_{}_{n}_{label}", std::process::id());
-        let mut admin = self.admin().await?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {}",
-                quote_ident(&name)
-            )))
-            .await?;
-        self.names.push(name.clone());
-        Ok(self
-            .server
-            .clone()
-            .database(&name)
-            .to_url_lossy()
-            .to_string())
-    }
-
-    async fn drop_all(self) {
-        let Ok(mut admin) = self.admin().await else {
-            return;
-        };
-        for name in &self.names {
-            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-            let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
-        }
-    }
-}
-
-async fn inspect_url(url: &str) -> Result<DatabaseSchema> {
-    let mut conn = mandrake_storage::admin::connect_one(url).await?;
-    let schema = inspect(&mut conn).await;
-    let _ = conn.close().await;
-    schema
-}
 
 async fn run_script(url: &str, sql: &str) -> Result<()> {
     let mut conn = mandrake_storage::admin::connect_one(url).await?;
@@ -111,10 +48,10 @@ async fn compare_on(
 ) -> Result<Comparison> {
     let replayed = scratch.create("replay").await?;
     migrate(&replayed, migrations, &MigrateOptions::default()).await?;
-    let current = inspect_url(&replayed).await?;
+    let current = mandrake_storage::schema::introspect::inspect_url(&replayed).await?;
     let typed = scratch.create("types").await?;
     run_script(&typed, &create_schema(tables)).await?;
-    let desired = inspect_url(&typed).await?;
+    let desired = mandrake_storage::schema::introspect::inspect_url(&typed).await?;
     Ok(Comparison {
         current,
         desired,
@@ -131,7 +68,7 @@ pub async fn compare(
     renames: &Renames,
 ) -> Result<Comparison> {
     check_references(tables)?;
-    let mut scratch = Scratch::new(server_url)?;
+    let mut scratch = Scratch::new(server_url);
     let result = compare_on(&mut scratch, migrations, tables, renames).await;
     scratch.drop_all().await;
     result
@@ -271,7 +208,7 @@ pub async fn new_migration_with(
     options.timeouts.check()?;
     check_references(tables)?;
     let migrations = Migrations::from_dir(dir)?;
-    let mut scratch = Scratch::new(server_url)?;
+    let mut scratch = Scratch::new(server_url);
     let result = plan_and_verify(
         &mut scratch,
         dir,
@@ -367,8 +304,10 @@ async fn plan_and_verify(
     }
     let files = render(&plan, migrations, name, options);
     // The folder as it will be, in a scratch copy, run by the real runner.
-    let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-    let copy = std::env::temp_dir().join(format!("mandrake-verify-{}-{n}", std::process::id()));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let copy = std::env::temp_dir().join(format!("mandrake-verify-{}-{stamp}", std::process::id()));
     let proven = async {
         write_copy(dir, &copy, &files)?;
         let all = Migrations::from_dir(&copy)?;
@@ -382,7 +321,7 @@ async fn plan_and_verify(
             .await
             .map_err(|e| step("up did not apply", e))?;
         same(
-            &inspect_url(&proving).await?,
+            &mandrake_storage::schema::introspect::inspect_url(&proving).await?,
             &comparison.desired,
             "up does not build the types' schema",
         )?;
@@ -391,7 +330,7 @@ async fn plan_and_verify(
             .await
             .map_err(|e| step("down did not apply", e))?;
         same(
-            &inspect_url(&proving).await?,
+            &mandrake_storage::schema::introspect::inspect_url(&proving).await?,
             &comparison.current,
             "down does not restore the previous schema",
         )?;

@@ -25,7 +25,6 @@ pub fn expand(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
 fn emit(cont: &Container) -> TokenStream {
     let ms = quote!(::mandrake_storage);
     let ident = cont.ident;
-    let vis = cont.vis;
     let new_ident = format_ident!("New{}", ident);
     let patch_ident = format_ident!("{}Patch", ident);
     let data: Vec<&Field> = cont
@@ -33,8 +32,104 @@ fn emit(cont: &Container) -> TokenStream {
         .iter()
         .filter(|f| f.role == Role::Data)
         .collect();
-    let version = cont.field(Role::Version);
+    let inputs = input_structs(cont, &data, &new_ident, &patch_ident);
+    let aliases = type_aliases(cont);
+    let record = record_impl(cont, &data, &new_ident, &patch_ident);
+    let debug = debug_impls(cont, &new_ident, &patch_ident, &data);
+    let constants = constants(cont);
+    let list_by = list_by_methods(cont);
+    quote! {
+        #inputs
 
+        const _: () = {
+            use #ms::sqlx::Arguments as _;
+            #aliases
+            #record
+
+            impl<'r> #ms::sqlx::FromRow<'r, #ms::sqlx::postgres::PgRow> for #ident {
+                fn from_row(row: &'r #ms::sqlx::postgres::PgRow) -> ::core::result::Result<Self, #ms::sqlx::Error> {
+                    <Self as #ms::Record>::decode(row, 0)
+                }
+            }
+
+            #ms::__private::inventory::submit! {
+                #ms::__private::Registration::of::<#ident>()
+            }
+
+            #constants
+            #debug
+            #list_by
+        };
+    }
+}
+
+/// `New<Name>` and `<Name>Patch`: the record's data fields, with their docs.
+fn input_structs(
+    cont: &Container,
+    data: &[&Field],
+    new_ident: &syn::Ident,
+    patch_ident: &syn::Ident,
+) -> TokenStream {
+    let (ident, vis) = (cont.ident, cont.vis);
+    let data_idents: Vec<_> = data.iter().map(|f| f.ident).collect();
+    // Generated fields carry the field's docs, or say which column they set.
+    let data_docs: Vec<TokenStream> = data
+        .iter()
+        .map(|f| {
+            if f.docs.is_empty() {
+                let doc = format!("The `{}` column.", f.column);
+                quote!(#[doc = #doc])
+            } else {
+                let docs = &f.docs;
+                quote!(#(#docs)*)
+            }
+        })
+        .collect();
+    let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
+    let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
+    let new_doc = format!(
+        "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
+    );
+    let patch_doc = format!(
+        "The columns to change in a `{ident}`: `Some` for each column to change (`Some(None)` sets a nullable column to NULL)."
+    );
+    quote! {
+        #[doc = #new_doc]
+        #[derive(Clone)]
+        #vis struct #new_ident {
+            #( #data_docs #data_vis #data_idents: #data_types, )*
+        }
+
+        #[doc = #patch_doc]
+        #[derive(Clone, Default)]
+        #vis struct #patch_ident {
+            #( #data_docs #data_vis #data_idents: ::core::option::Option<#data_types>, )*
+        }
+    }
+}
+
+/// One type alias per field (see `column_alias`).
+fn type_aliases(cont: &Container) -> TokenStream {
+    // Every use of a field's type goes through one alias per field, bound by
+    // `ColumnType`: an unsupported type is then reported once, at the field,
+    // and its other uses are an error type the compiler does not repeat.
+    let aliases = cont.columns().filter(|f| f.attrs.sql_type.is_none()).map(|f| {
+        let (name, ty) = (column_alias(f), f.ty);
+        quote_spanned!(ty.span()=> #[allow(non_camel_case_types)] type #name = <#ty as ::mandrake_storage::__private::ColumnTypeOf>::Type;)
+    });
+    quote!(#(#aliases)*)
+}
+
+/// `impl Record`: the schema, the statements, decoding and binding.
+fn record_impl(
+    cont: &Container,
+    data: &[&Field],
+    new_ident: &syn::Ident,
+    patch_ident: &syn::Ident,
+) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let (ident, vis) = (cont.ident, cont.vis);
+    let version = cont.field(Role::Version);
     let schema = schema_expr(cont);
     let insert_cols = data.iter().map(|f| &f.column);
     let patch_cols = data.iter().map(|f| &f.column);
@@ -45,16 +140,83 @@ fn emit(cont: &Container) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    // A versioned table's `update` takes the patch with the version the
+    // caller read, so the check cannot be forgotten.
+    let (update_type, split_update, expect_version) = match version {
+        Some(v) => {
+            let vty = v.ty;
+            let doc = format!(
+                "This patch, applied only while the row is still at `version` (else \
+                 `Error::Conflict`): the input of `{ident}::repo().update`."
+            );
+            (
+                quote!(#ms::Versioned<#patch_ident>),
+                quote!((update.patch, ::core::option::Option::Some(update.version))),
+                quote! {
+                    impl #patch_ident {
+                        #[doc = #doc]
+                        #vis fn expect_version(self, version: #vty) -> #ms::Versioned<#patch_ident> {
+                            #ms::Versioned { patch: self, version: ::core::convert::From::from(version) }
+                        }
+                    }
+                },
+            )
+        }
+        None => (
+            quote!(#patch_ident),
+            quote!((update, ::core::option::Option::None)),
+            quote!(),
+        ),
+    };
 
-    // Every use of a field's type goes through one alias per field, bound by
-    // `ColumnType`: an unsupported type is then reported once, at the field,
-    // and its other uses are an error type the compiler does not repeat.
+    let decode = decode_fn(cont);
+    let binds = bind_fns(data, new_ident, patch_ident);
+    let renames = renames_fn(cont);
+    quote! {
+    impl #ms::Record for #ident {
+        type New = #new_ident;
+        type Patch = #patch_ident;
+        type Update = #update_type;
+
+        fn schema() -> &'static #ms::TableSchema {
+            static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
+            SCHEMA.get_or_init(|| #schema)
+        }
+        #renames
+
+        fn id(&self) -> #ms::uuid::Uuid {
+            self.id
+        }
+
+        fn statements() -> &'static #ms::__private::Statements {
+            static STATEMENTS: ::std::sync::OnceLock<#ms::__private::Statements> = ::std::sync::OnceLock::new();
+            STATEMENTS.get_or_init(|| #ms::__private::Statements::new(
+                <Self as #ms::Record>::schema(),
+                #ms::__private::Layout {
+                    insert: &[#(#insert_cols),*],
+                    patch: &[#(#patch_cols),*],
+                    version: #version_col,
+                },
+            ))
+        }
+
+        #decode
+        #binds
+
+        fn split_update(update: #update_type) -> (#patch_ident, ::core::option::Option<i64>) {
+            #split_update
+        }
+
+    }
+
+        #expect_version
+    }
+}
+
+/// `Record::decode`: each stored field from its column, in order.
+fn decode_fn(cont: &Container) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
     let alias = column_alias;
-    let aliases = cont.columns().filter(|f| f.attrs.sql_type.is_none()).map(|f| {
-        let (name, ty) = (alias(f), f.ty);
-        quote_spanned!(ty.span()=> #[allow(non_camel_case_types)] type #name = <#ty as ::mandrake_storage::__private::ColumnTypeOf>::Type;)
-    });
-    let aliases = quote!(#(#aliases)*);
     let mut column_index = 0usize;
     let decode_fields = cont.fields.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
@@ -71,6 +233,18 @@ fn emit(cont: &Container) -> TokenStream {
             }
         }
     });
+    quote! {
+        fn decode(row: &#ms::sqlx::postgres::PgRow, offset: usize) -> ::core::result::Result<Self, #ms::sqlx::Error> {
+            ::core::result::Result::Ok(Self { #(#decode_fields,)* })
+        }
+    }
+}
+
+/// `Record::bind_new`, `bind_new_batch` and `bind_patch`: every use of a
+/// field type spanned at it (see `type_aliases`).
+fn bind_fns(data: &[&Field], new_ident: &syn::Ident, patch_ident: &syn::Ident) -> TokenStream {
+    let ms = quote!(::mandrake_storage);
+    let alias = column_alias;
     let bind_new = data.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
         match &f.attrs.sql_type {
@@ -105,22 +279,6 @@ fn emit(cont: &Container) -> TokenStream {
         }
     });
 
-    let data_idents: Vec<_> = data.iter().map(|f| f.ident).collect();
-    // Generated fields carry the field's docs, or say which column they set.
-    let data_docs: Vec<TokenStream> = data
-        .iter()
-        .map(|f| {
-            if f.docs.is_empty() {
-                let doc = format!("The `{}` column.", f.column);
-                quote!(#[doc = #doc])
-            } else {
-                let docs = &f.docs;
-                quote!(#(#docs)*)
-            }
-        })
-        .collect();
-    let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
-    let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
     let batch_vars: Vec<_> = data
         .iter()
         .enumerate()
@@ -155,147 +313,39 @@ fn emit(cont: &Container) -> TokenStream {
             }
         }
     });
-    // A versioned table's `update` takes the patch with the version the
-    // caller read, so the check cannot be forgotten.
-    let (update_type, split_update, expect_version) = match version {
-        Some(v) => {
-            let vty = v.ty;
-            let doc = format!(
-                "This patch, applied only while the row is still at `version` (else \
-                 `Error::Conflict`): the input of `{ident}::repo().update`."
-            );
-            (
-                quote!(#ms::Versioned<#patch_ident>),
-                quote!((update.patch, ::core::option::Option::Some(update.version))),
-                quote! {
-                    impl #patch_ident {
-                        #[doc = #doc]
-                        #vis fn expect_version(self, version: #vty) -> #ms::Versioned<#patch_ident> {
-                            #ms::Versioned { patch: self, version: ::core::convert::From::from(version) }
-                        }
-                    }
-                },
-            )
-        }
-        None => (
-            quote!(#patch_ident),
-            quote!((update, ::core::option::Option::None)),
-            quote!(),
-        ),
-    };
-
-    let debug = debug_impls(cont, &new_ident, &patch_ident, &data);
-    let renames = renames_fn(cont);
-    let constants = constants(cont);
-    let list_by = list_by_methods(cont);
-    let new_doc = format!(
-        "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
-    );
-    let patch_doc = format!(
-        "The columns to change in a `{ident}`: `Some` for each column to change (`Some(None)` sets a nullable column to NULL)."
-    );
-
     quote! {
-        #[doc = #new_doc]
-        #[derive(Clone)]
-        #vis struct #new_ident {
-            #( #data_docs #data_vis #data_idents: #data_types, )*
+        fn bind_new(
+            new: #new_ident,
+            id: #ms::uuid::Uuid,
+            __args: &mut #ms::sqlx::postgres::PgArguments,
+        ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+            __args.add(id)?;
+            #( #bind_new )*
+            ::core::result::Result::Ok(())
         }
 
-        #[doc = #patch_doc]
-        #[derive(Clone, Default)]
-        #vis struct #patch_ident {
-            #( #data_docs #data_vis #data_idents: ::core::option::Option<#data_types>, )*
+        fn bind_new_batch(
+            rows: ::std::vec::Vec<#new_ident>,
+            ids: ::std::vec::Vec<#ms::uuid::Uuid>,
+            __args: &mut #ms::sqlx::postgres::PgArguments,
+        ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
+            #( #batch_decl )*
+            for __row in rows {
+                #( #batch_push )*
+            }
+            __args.add(ids)?;
+            #( #batch_bind )*
+            ::core::result::Result::Ok(())
         }
 
-        const _: () = {
-            use #ms::sqlx::Arguments as _;
-            #aliases
-
-            impl #ms::Record for #ident {
-                type New = #new_ident;
-                type Patch = #patch_ident;
-                type Update = #update_type;
-
-                fn schema() -> &'static #ms::TableSchema {
-                    static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
-                    SCHEMA.get_or_init(|| #schema)
-                }
-                #renames
-
-                fn id(&self) -> #ms::uuid::Uuid {
-                    self.id
-                }
-
-                fn statements() -> &'static #ms::__private::Statements {
-                    static STATEMENTS: ::std::sync::OnceLock<#ms::__private::Statements> = ::std::sync::OnceLock::new();
-                    STATEMENTS.get_or_init(|| #ms::__private::Statements::new(
-                        <Self as #ms::Record>::schema(),
-                        #ms::__private::Layout {
-                            insert: &[#(#insert_cols),*],
-                            patch: &[#(#patch_cols),*],
-                            version: #version_col,
-                        },
-                    ))
-                }
-
-                fn decode(row: &#ms::sqlx::postgres::PgRow, offset: usize) -> ::core::result::Result<Self, #ms::sqlx::Error> {
-                    ::core::result::Result::Ok(Self { #(#decode_fields,)* })
-                }
-
-                fn bind_new(
-                    new: #new_ident,
-                    id: #ms::uuid::Uuid,
-                    __args: &mut #ms::sqlx::postgres::PgArguments,
-                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
-                    __args.add(id)?;
-                    #( #bind_new )*
-                    ::core::result::Result::Ok(())
-                }
-
-                fn bind_new_batch(
-                    rows: ::std::vec::Vec<#new_ident>,
-                    ids: ::std::vec::Vec<#ms::uuid::Uuid>,
-                    __args: &mut #ms::sqlx::postgres::PgArguments,
-                ) -> ::core::result::Result<(), #ms::sqlx::error::BoxDynError> {
-                    #( #batch_decl )*
-                    for __row in rows {
-                        #( #batch_push )*
-                    }
-                    __args.add(ids)?;
-                    #( #batch_bind )*
-                    ::core::result::Result::Ok(())
-                }
-
-                fn split_update(update: #update_type) -> (#patch_ident, ::core::option::Option<i64>) {
-                    #split_update
-                }
-
-                fn bind_patch(
-                    patch: #patch_ident,
-                    __args: &mut #ms::sqlx::postgres::PgArguments,
-                ) -> ::core::result::Result<usize, #ms::sqlx::error::BoxDynError> {
-                    let mut __set = 0usize;
-                    #( #bind_patch )*
-                    ::core::result::Result::Ok(__set)
-                }
-            }
-
-            impl<'r> #ms::sqlx::FromRow<'r, #ms::sqlx::postgres::PgRow> for #ident {
-                fn from_row(row: &'r #ms::sqlx::postgres::PgRow) -> ::core::result::Result<Self, #ms::sqlx::Error> {
-                    <Self as #ms::Record>::decode(row, 0)
-                }
-            }
-
-            #ms::__private::inventory::submit! {
-                #ms::__private::Registration::of::<#ident>()
-            }
-
-            #constants
-            #debug
-            #list_by
-            #expect_version
-        };
+        fn bind_patch(
+            patch: #patch_ident,
+            __args: &mut #ms::sqlx::postgres::PgArguments,
+        ) -> ::core::result::Result<usize, #ms::sqlx::error::BoxDynError> {
+            let mut __set = 0usize;
+            #( #bind_patch )*
+            ::core::result::Result::Ok(__set)
+        }
     }
 }
 

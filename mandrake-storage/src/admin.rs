@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::{Error, Result};
+use crate::sql::quote_ident;
 use crate::url::parse_url;
 
 /// One unpooled connection (for admin work and migration locks).
@@ -30,7 +31,7 @@ pub(crate) async fn create_database(conn: &mut sqlx::PgConnection, name: &str) -
     if exists {
         return Ok(());
     }
-    let sql = format!("CREATE DATABASE {}", crate::sql::quote_ident(name));
+    let sql = format!("CREATE DATABASE {}", quote_ident(name));
     match conn.execute(sqlx::AssertSqlSafe(sql)).await {
         // Someone else created it between our check and our CREATE.
         Err(sqlx::Error::Database(db))
@@ -59,6 +60,110 @@ pub(crate) async fn connect(
                 pause *= 2;
             }
             other => return other,
+        }
+    }
+}
+
+/// A connection to the `postgres` database of `url`'s server, for CREATE,
+/// DROP and ALTER DATABASE.
+pub async fn server_connection(url: &str) -> Result<sqlx::PgConnection> {
+    let options = connect_options(url)?.database("postgres");
+    Ok(connect(&options).await?)
+}
+
+/// Whether the server has a database of that name.
+pub async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(admin)
+            .await?,
+    )
+}
+
+/// Drops a database, ending its sessions (`WITH (FORCE)`); a failure is
+/// left unreported (it is cleanup).
+pub async fn drop_database(admin: &mut sqlx::PgConnection, name: &str) {
+    use sqlx::Executor;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
+}
+
+/// `CREATE DATABASE name [TEMPLATE template]`.
+pub async fn create_database_from(
+    admin: &mut sqlx::PgConnection,
+    name: &str,
+    template: Option<&str>,
+) -> Result<()> {
+    use sqlx::Executor;
+    let sql = match template {
+        Some(t) => format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(name),
+            quote_ident(t)
+        ),
+        None => format!("CREATE DATABASE {}", quote_ident(name)),
+    };
+    admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+    Ok(())
+}
+
+/// Databases made for a while on one server and dropped together: the
+/// scratch databases `new-migration` replays and proves on, and the ones
+/// `db verify` restores into.
+///
+/// ```no_run
+/// # async fn demo(url: &str) -> mandrake_storage::Result<()> {
+/// let mut scratch = mandrake_storage::admin::Scratch::new(url);
+/// let copy_url = scratch.create("replay").await?;
+/// // … use copy_url …
+/// scratch.drop_all().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Scratch {
+    server: String,
+    names: Vec<String>,
+}
+
+impl Scratch {
+    /// Scratch databases on the server of `server_url`.
+    pub fn new(server_url: &str) -> Scratch {
+        Scratch {
+            server: server_url.to_owned(),
+            names: Vec::new(),
+        }
+    }
+
+    /// A fresh name for a scratch database, remembered for [`Scratch::drop_all`].
+    pub fn name(&mut self, label: &str) -> String {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mandrake_scratch_{}_{n}_{label}", std::process::id());
+        self.names.push(name.clone());
+        name
+    }
+
+    /// A new empty database; returns its URL.
+    pub async fn create(&mut self, label: &str) -> Result<String> {
+        let name = self.name(label);
+        let mut admin = server_connection(&self.server).await?;
+        create_database_from(&mut admin, &name, None).await?;
+        Ok(self.url(&name))
+    }
+
+    /// The URL of database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        crate::url::with_database(&self.server, name)
+    }
+
+    /// Drops every database made here.
+    pub async fn drop_all(self) {
+        let Ok(mut admin) = server_connection(&self.server).await else {
+            return;
+        };
+        for name in &self.names {
+            drop_database(&mut admin, name).await;
         }
     }
 }

@@ -16,7 +16,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor, PgConnection};
@@ -306,7 +305,7 @@ pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Resul
         .to_owned();
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
     let tools = ClientTools::for_server(url).await?;
-    let mut admin = admin(url).await?;
+    let mut admin = crate::admin::server_connection(url).await?;
     if let RestoreTarget::Named(name) | RestoreTarget::Replace(name) = target
         && name.len() > 63
     {
@@ -316,13 +315,13 @@ pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Resul
     let (fresh, replace) = match target {
         RestoreTarget::New => (name_with(&current, "_restored_", &stamp), None),
         RestoreTarget::Named(name) => {
-            if database_exists(&mut admin, name).await? {
+            if crate::admin::database_exists(&mut admin, name).await? {
                 return Err(BackupError::DatabaseExists { name: name.clone() }.into());
             }
             (name.clone(), None)
         }
         RestoreTarget::Replace(name) => {
-            if !database_exists(&mut admin, name).await? {
+            if !crate::admin::database_exists(&mut admin, name).await? {
                 return Err(BackupError::NoSuchDatabase { name: name.clone() }.into());
             }
             (name_with(name, "_restoring_", &stamp), Some(name.clone()))
@@ -331,18 +330,18 @@ pub async fn restore(url: &str, archive: &Path, target: &RestoreTarget) -> Resul
     restore_into(&tools, url, &mut admin, archive, &fresh).await?;
     let Some(live) = replace else {
         return Ok(Restored {
-            url: with_database(url, &fresh),
+            url: crate::url::with_database(url, &fresh),
             database: fresh,
             replaced: None,
         });
     };
     let kept = name_with(&live, "_replaced_", &stamp);
     if let Err(err) = swap(&mut admin, &live, &fresh, &kept).await {
-        drop_database(&mut admin, &fresh).await;
+        crate::admin::drop_database(&mut admin, &fresh).await;
         return Err(err);
     }
     Ok(Restored {
-        url: with_database(url, &live),
+        url: crate::url::with_database(url, &live),
         database: live,
         replaced: Some(kept),
     })
@@ -366,7 +365,7 @@ async fn restore_into(
             quote_ident(name)
         )))
         .await?;
-    let url = with_database(server, name);
+    let url = crate::url::with_database(server, name);
     let tools = tools.clone();
     let file = archive.to_owned();
     let result = blocking(move || {
@@ -395,7 +394,7 @@ async fn restore_into(
     })
     .await;
     if result.is_err() {
-        drop_database(admin, name).await;
+        crate::admin::drop_database(admin, name).await;
     }
     result
 }
@@ -476,22 +475,20 @@ impl Verification {
     }
 }
 
-static SCRATCH: AtomicU32 = AtomicU32::new(0);
-
 /// Restores `archive` into a scratch database on the server of `url` and
 /// checks it: its migration history against `migrations`, its schema against
 /// what those migrations build, and its rows counted per table. The scratch
 /// databases are dropped afterwards. A damaged archive is an `Err`.
 pub async fn verify(url: &str, archive: &Path, migrations: &Migrations) -> Result<Verification> {
     let tools = ClientTools::for_server(url).await?;
-    let mut admin = admin(url).await?;
-    let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-    let restored = format!("mandrake_verify_{}_{n}", std::process::id());
-    let expected = format!("{restored}_expected");
-    restore_into(&tools, url, &mut admin, archive, &restored).await?;
-    let result = check_restored(url, &mut admin, migrations, &restored, &expected).await;
-    drop_database(&mut admin, &restored).await;
-    drop_database(&mut admin, &expected).await;
+    let mut admin = crate::admin::server_connection(url).await?;
+    let mut scratch = crate::admin::Scratch::new(url);
+    let (restored, expected) = (scratch.name("verify"), scratch.name("expected"));
+    let result = match restore_into(&tools, url, &mut admin, archive, &restored).await {
+        Ok(()) => check_restored(url, &mut admin, migrations, &restored, &expected).await,
+        Err(err) => Err(err),
+    };
+    scratch.drop_all().await;
     result
 }
 
@@ -502,7 +499,7 @@ async fn check_restored(
     restored: &str,
     expected: &str,
 ) -> Result<Verification> {
-    let restored_url = with_database(server, restored);
+    let restored_url = crate::url::with_database(server, restored);
     let mut report = Verification::default();
     let mut conn = connect_one(&restored_url).await?;
     let tables: Vec<String> = sqlx::query_scalar(
@@ -543,7 +540,7 @@ async fn check_restored(
             quote_ident(expected)
         )))
         .await?;
-    let expected_url = with_database(server, expected);
+    let expected_url = crate::url::with_database(server, expected);
     if let Some(version) = report.migrated_to {
         let options = MigrateOptions {
             to: Some(version),
@@ -551,8 +548,12 @@ async fn check_restored(
         };
         migrate(&expected_url, migrations, &options).await?;
     }
-    let have = schema_of(&restored_url).await?;
-    let want = schema_of(&expected_url).await?;
+    let have = crate::schema::introspect::inspect_url(&restored_url)
+        .await?
+        .normalized();
+    let want = crate::schema::introspect::inspect_url(&expected_url)
+        .await?
+        .normalized();
     for table in &want.tables {
         match have.table(&table.name) {
             None => report
@@ -576,13 +577,6 @@ async fn check_restored(
     Ok(report)
 }
 
-async fn schema_of(url: &str) -> Result<crate::schema::DatabaseSchema> {
-    let mut conn = connect_one(url).await?;
-    let schema = crate::schema::introspect::inspect(&mut conn).await?;
-    let _ = conn.close().await;
-    Ok(schema.normalized())
-}
-
 /// `<base><infix><stamp>`, the base cut so the whole fits in 63 bytes.
 fn name_with(base: &str, infix: &str, stamp: &str) -> String {
     let room = 63 - infix.len() - stamp.len();
@@ -593,33 +587,6 @@ fn name_with(base: &str, infix: &str, stamp: &str) -> String {
     format!("{}{infix}{stamp}", &base[..end])
 }
 
-async fn database_exists(admin: &mut PgConnection, name: &str) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(admin)
-            .await?,
-    )
-}
-
-async fn drop_database(admin: &mut PgConnection, name: &str) {
-    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url.find('?').unwrap_or(url.len());
-    let path = url[authority..end].find('/').map_or(end, |i| authority + i);
-    format!(
-        "{}/{}{}",
-        &url[..path],
-        crate::cluster::percent_encode(database),
-        &url[end..]
-    )
-}
-
 /// `--dbname=<url>` for the client tools, without the password (a command
 /// line is visible to every user in `ps`; see [`libpq_password`]) and
 /// without the one parameter sqlx adds that libpq refuses
@@ -628,76 +595,16 @@ fn libpq_connection(url: &str) -> [String; 1] {
     let (url, _) = without_params(url, |pair| {
         pair.starts_with("statement-cache-capacity=") || pair.starts_with("password=")
     });
-    [format!("--dbname={}", without_password(&url))]
+    [format!("--dbname={}", crate::url::without_password(&url))]
 }
 
 /// `PGPASSWORD` for the client tools, when `url` carries a password: the
 /// environment of a process is readable only by its user and root.
 fn libpq_password(url: &str) -> Vec<(&'static str, String)> {
-    url_password(url)
+    crate::url::url_password(url)
         .map(|password| ("PGPASSWORD", password))
         .into_iter()
         .collect()
-}
-
-/// The password in `url` (`user:password@` or `?password=`), percent-decoded.
-fn url_password(url: &str) -> Option<String> {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url[authority..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority + i);
-    let in_userinfo = url[authority..end]
-        .rfind('@')
-        .and_then(|at| url[authority..authority + at].split_once(':'))
-        .map(|(_, password)| password);
-    let in_query = url
-        .split_once('?')
-        .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("password=")));
-    in_userinfo.or(in_query).map(percent_decode)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = text
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
-fn without_password(url: &str) -> String {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url[authority..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority + i);
-    match url[authority..end].rfind('@') {
-        Some(at) => match url[authority..authority + at].split_once(':') {
-            Some((user, _)) => format!("{}{user}{}", &url[..authority], &url[authority + at..]),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// A connection to the `postgres` database of `url`'s server, for CREATE,
-/// DROP and ALTER DATABASE.
-async fn admin(url: &str) -> Result<PgConnection> {
-    let options = connect_options(url)?.database("postgres");
-    Ok(crate::admin::connect(&options).await?)
 }
 
 fn io(context: String, err: std::io::Error) -> Error {
@@ -729,14 +636,20 @@ mod tests {
     #[test]
     fn urls_keep_their_parts_and_change_the_database() {
         assert_eq!(
-            with_database(
+            crate::url::with_database(
                 "postgres://u@localhost:5432/app?host=%2Ftmp",
                 "app_restored_1"
             ),
             "postgres://u@localhost:5432/app_restored_1?host=%2Ftmp"
         );
-        assert_eq!(with_database("postgres://h", "a b"), "postgres://h/a%20b");
-        assert_eq!(with_database("postgres://h:1/x", "y"), "postgres://h:1/y");
+        assert_eq!(
+            crate::url::with_database("postgres://h", "a b"),
+            "postgres://h/a%20b"
+        );
+        assert_eq!(
+            crate::url::with_database("postgres://h:1/x", "y"),
+            "postgres://h:1/y"
+        );
         assert_eq!(
             libpq_connection("postgres://h/x?sslmode=prefer&statement-cache-capacity=100"),
             ["--dbname=postgres://h/x?sslmode=prefer"]

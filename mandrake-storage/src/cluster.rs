@@ -129,7 +129,7 @@ impl Cluster {
 
     /// A connection string that both sqlx and `psql` accept.
     pub fn url(&self, database: &str) -> String {
-        let host = percent_encode(&self.socket_dir().to_string_lossy());
+        let host = crate::url::percent_encode(&self.socket_dir().to_string_lossy());
         format!("postgres://postgres@localhost:{PORT}/{database}?host={host}")
     }
 
@@ -544,17 +544,6 @@ fn fnv1a(path: &Path) -> u64 {
         })
 }
 
-pub(crate) fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The URL of the workspace's embedded cluster, started if needed: what
 /// [`crate::Settings::resolve_url`] falls back to without `DATABASE_URL`.
 pub(crate) async fn embedded_url() -> Result<String> {
@@ -608,6 +597,6 @@ mod tests {
 
     #[test]
     fn url_escapes_the_socket_path() {
-        assert_eq!(percent_encode("/a b/c"), "%2Fa%20b%2Fc");
+        assert_eq!(crate::url::percent_encode("/a b/c"), "%2Fa%20b%2Fc");
     }
 }

@@ -292,15 +292,7 @@ impl TestDb {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("mandrake_test_{}_{n}", std::process::id());
         let mut admin = server.admin_connection().await?;
-        let sql = match template {
-            Some(t) => format!(
-                "CREATE DATABASE {} TEMPLATE {}",
-                crate::sql::quote_ident(&name),
-                crate::sql::quote_ident(t)
-            ),
-            None => format!("CREATE DATABASE {}", crate::sql::quote_ident(&name)),
-        };
-        admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+        crate::admin::create_database_from(&mut admin, &name, template).await?;
         let options = server.admin.clone().database(&name);
         let mut settings = Settings {
             pool_size: 5,

@@ -111,3 +111,80 @@ pub(crate) fn without_params(url: &str, drop: impl Fn(&str) -> bool) -> (String,
     };
     (url, !dropped.is_empty())
 }
+
+/// `url` with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url.find('?').unwrap_or(url.len());
+    let path = url[authority..end].find('/').map_or(end, |i| authority + i);
+    format!(
+        "{}/{}{}",
+        &url[..path],
+        percent_encode(database),
+        &url[end..]
+    )
+}
+
+/// The password in `url` (`user:password@` or `?password=`), percent-decoded.
+pub(crate) fn url_password(url: &str) -> Option<String> {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let in_userinfo = url[authority..end]
+        .rfind('@')
+        .and_then(|at| url[authority..authority + at].split_once(':'))
+        .map(|(_, password)| password);
+    let in_query = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("password=")));
+    in_userinfo.or(in_query).map(percent_decode)
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+pub(crate) fn without_password(url: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    match url[authority..end].rfind('@') {
+        Some(at) => match url[authority..authority + at].split_once(':') {
+            Some((user, _)) => format!("{}{user}{}", &url[..authority], &url[authority + at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

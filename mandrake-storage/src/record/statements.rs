@@ -128,35 +128,8 @@ impl Statements {
         let table = quote_ident(&schema.name);
         let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
         let columns = ident_list(&names);
-        let sql_type = |name: &str| column_type(schema, name);
-        let mut insert_cols = vec!["id".to_owned()];
-        insert_cols.extend(layout.insert.iter().map(|c| c.to_string()));
-        let placeholders: Vec<String> = (1..=insert_cols.len()).map(|i| format!("${i}")).collect();
-        let insert_head = format!("INSERT INTO {table} ({})", ident_list(&insert_cols));
-        let insert = format!(
-            "{insert_head} VALUES ({}) RETURNING {columns}",
-            placeholders.join(", ")
-        );
-        // One array parameter per column: any number of rows, one statement.
-        let unnest_args: Vec<String> = insert_cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::{}[]", i + 1, array_element_type(sql_type(c))))
-            .collect();
-        let casts: Vec<String> = insert_cols
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("c{i}::{}", sql_type(c)))
-            .collect();
-        let aliases: Vec<String> = (0..insert_cols.len()).map(|i| format!("c{i}")).collect();
-        let insert_many = format!(
-            "{insert_head} SELECT {} FROM UNNEST({}) AS u({}) RETURNING {columns}",
-            casts.join(", "),
-            unnest_args.join(", "),
-            aliases.join(", ")
-        );
+        let insert = Insert::new(schema, &table, layout);
         let select_by_id = format!("SELECT {columns} FROM {table} WHERE \"id\" = $1");
-        let update = update_statement(schema, &table, &columns, layout);
         let select_unchanged = match layout.version {
             Some(v) => format!(
                 "SELECT {columns}, ($2::BIGINT IS NULL OR {} = $2) FROM {table} WHERE \"id\" = $1",
@@ -164,90 +137,162 @@ impl Statements {
             ),
             None => select_by_id.clone(),
         };
-        let delete = format!("DELETE FROM {table} WHERE \"id\" = $1");
         let upserts = schema
             .uniques
             .iter()
-            .map(|u| {
-                let mut updates: Vec<String> = layout
-                    .insert
-                    .iter()
-                    .filter(|c| !u.columns.iter().any(|k| k == *c))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect();
-                // The update branch is a write like any other: it moves the
-                // version, so a stale `update` after it is a conflict.
-                if let Some(v) = layout.version {
-                    let v = quote_ident(v);
-                    updates.push(format!("{v} = {table}.{v} + 1"));
-                }
-                let action = if updates.is_empty() {
-                    // DO NOTHING would return no row; a no-op update returns it.
-                    format!("DO UPDATE SET \"id\" = {table}.\"id\"")
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                let target = format!("ON CONFLICT ({})", ident_list(&u.columns));
-                let values = format!("VALUES ({})", placeholders.join(", "));
-                // Rows come back joined to their input row by the key (or,
-                // where a key column is NULL and so cannot conflict, by the
-                // id given), then sorted by input position.
-                let input_col = |k: &str| {
-                    let i = insert_cols.iter().position(|c| c == k).expect("key columns are inserted");
-                    (format!("input.c{i}::{}", sql_type(k)), format!("input.c{i}"))
-                };
-                let key_join: Vec<String> = u
-                    .columns
-                    .iter()
-                    .map(|k| format!("stored.{} = {}", quote_ident(k), input_col(k).0))
-                    .collect();
-                let nullable_keys: Vec<String> = u
-                    .columns
-                    .iter()
-                    .filter(|k| schema.column(k).is_some_and(|c| c.nullable))
-                    .map(|k| format!("{} IS NULL", input_col(k).1))
-                    .collect();
-                let by_id = if nullable_keys.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " UNION ALL SELECT stored.*, input.__ord FROM stored JOIN input \
-                         ON stored.\"id\" = input.c0 WHERE {}",
-                        nullable_keys.join(" OR ")
-                    )
-                };
-                let many = format!(
-                    "WITH input AS (SELECT * FROM UNNEST({}) WITH ORDINALITY AS u({}, __ord)), \
-                     stored AS ({insert_head} SELECT {} FROM input ORDER BY __ord {target} {action} \
-                     RETURNING {columns}) \
-                     SELECT stored.*, input.__ord FROM stored JOIN input ON {}{by_id} ORDER BY __ord",
-                    unnest_args.join(", "),
-                    aliases.join(", "),
-                    casts.join(", "),
-                    key_join.join(" AND ")
-                );
-                UpsertStatements {
-                    one: format!("{insert_head} {values} {target} {action} RETURNING {columns}"),
-                    many,
-                    ignore: format!("{insert_head} {values} {target} DO NOTHING RETURNING {columns}"),
-                }
-            })
+            .map(|u| insert.upserts(schema, &table, &columns, layout, &u.columns))
             .collect();
         Statements {
             table: &schema.name,
-            columns,
-            names,
-            insert,
-            insert_many,
+            insert: format!(
+                "{} VALUES ({}) RETURNING {columns}",
+                insert.head,
+                insert.placeholders.join(", ")
+            ),
+            insert_many: format!(
+                "{} SELECT {} FROM UNNEST({}) AS u({}) RETURNING {columns}",
+                insert.head,
+                insert.casts.join(", "),
+                insert.unnest_args.join(", "),
+                insert.aliases.join(", ")
+            ),
+            update: update_statement(schema, &table, &columns, layout),
+            delete: format!("DELETE FROM {table} WHERE \"id\" = $1"),
             select_by_id,
             select_unchanged,
-            update,
-            delete,
             upserts,
             has_version: layout.version.is_some(),
             shapes: RwLock::default(),
             layout,
+            columns,
+            names,
         }
+    }
+}
+
+/// The pieces every insert of a record shares: its head and, per inserted
+/// column, a placeholder, an array parameter (one per column: any number of
+/// rows, one statement), a cast and an alias.
+struct Insert {
+    head: String,
+    columns: Vec<String>,
+    placeholders: Vec<String>,
+    unnest_args: Vec<String>,
+    casts: Vec<String>,
+    aliases: Vec<String>,
+}
+
+impl Insert {
+    fn new(schema: &TableSchema, table: &str, layout: Layout) -> Insert {
+        let mut columns = vec!["id".to_owned()];
+        columns.extend(layout.insert.iter().map(|c| c.to_string()));
+        let numbered = |f: &dyn Fn(usize, &String) -> String| -> Vec<String> {
+            columns.iter().enumerate().map(|(i, c)| f(i, c)).collect()
+        };
+        Insert {
+            head: format!("INSERT INTO {table} ({})", ident_list(&columns)),
+            placeholders: numbered(&|i, _| format!("${}", i + 1)),
+            unnest_args: numbered(&|i, c| {
+                format!(
+                    "${}::{}[]",
+                    i + 1,
+                    array_element_type(column_type(schema, c))
+                )
+            }),
+            casts: numbered(&|i, c| format!("c{i}::{}", column_type(schema, c))),
+            aliases: numbered(&|i, _| format!("c{i}")),
+            columns,
+        }
+    }
+
+    /// The upserts on the unique key `key`.
+    fn upserts(
+        &self,
+        schema: &TableSchema,
+        table: &str,
+        columns: &str,
+        layout: Layout,
+        key: &[String],
+    ) -> UpsertStatements {
+        let mut updates: Vec<String> = layout
+            .insert
+            .iter()
+            .filter(|c| !key.iter().any(|k| k == *c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+            .collect();
+        // The update branch is a write like any other: it moves the
+        // version, so a stale `update` after it is a conflict.
+        if let Some(v) = layout.version {
+            let v = quote_ident(v);
+            updates.push(format!("{v} = {table}.{v} + 1"));
+        }
+        let action = if updates.is_empty() {
+            // DO NOTHING would return no row; a no-op update returns it.
+            format!("DO UPDATE SET \"id\" = {table}.\"id\"")
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        let head = &self.head;
+        let target = format!("ON CONFLICT ({})", ident_list(key));
+        let values = format!("VALUES ({})", self.placeholders.join(", "));
+        UpsertStatements {
+            one: format!("{head} {values} {target} {action} RETURNING {columns}"),
+            many: self.upsert_many(schema, columns, key, &target, &action),
+            ignore: format!("{head} {values} {target} DO NOTHING RETURNING {columns}"),
+        }
+    }
+
+    /// Rows come back joined to their input row by the key (or, where a key
+    /// column is NULL and so cannot conflict, by the id given), then sorted
+    /// by input position.
+    fn upsert_many(
+        &self,
+        schema: &TableSchema,
+        columns: &str,
+        key: &[String],
+        target: &str,
+        action: &str,
+    ) -> String {
+        let input_col = |k: &str| {
+            let i = self
+                .columns
+                .iter()
+                .position(|c| c == k)
+                .expect("key columns are inserted");
+            (
+                format!("input.c{i}::{}", column_type(schema, k)),
+                format!("input.c{i}"),
+            )
+        };
+        let key_join: Vec<String> = key
+            .iter()
+            .map(|k| format!("stored.{} = {}", quote_ident(k), input_col(k).0))
+            .collect();
+        let nullable_keys: Vec<String> = key
+            .iter()
+            .filter(|k| schema.column(k).is_some_and(|c| c.nullable))
+            .map(|k| format!("{} IS NULL", input_col(k).1))
+            .collect();
+        let by_id = if nullable_keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " UNION ALL SELECT stored.*, input.__ord FROM stored JOIN input \
+                 ON stored.\"id\" = input.c0 WHERE {}",
+                nullable_keys.join(" OR ")
+            )
+        };
+        format!(
+            "WITH input AS (SELECT * FROM UNNEST({}) WITH ORDINALITY AS u({}, __ord)), \
+             stored AS ({} SELECT {} FROM input ORDER BY __ord {target} {action} \
+             RETURNING {columns}) \
+             SELECT stored.*, input.__ord FROM stored JOIN input ON {}{by_id} ORDER BY __ord",
+            self.unnest_args.join(", "),
+            self.aliases.join(", "),
+            self.head,
+            self.casts.join(", "),
+            key_join.join(" AND ")
+        )
     }
 }
 

@@ -13,10 +13,50 @@ use crate::schema::{
     Check, ColumnDef, DatabaseSchema, ForeignKey, Index, OnDelete, TableSchema, Unique,
 };
 
+/// The `public` schema of the database at `url`, read on a connection of its
+/// own (see [`inspect`]).
+pub async fn inspect_url(url: &str) -> Result<DatabaseSchema> {
+    use sqlx::Connection;
+    let mut conn = crate::admin::connect_one(url).await?;
+    let schema = inspect(&mut conn).await;
+    let _ = conn.close().await;
+    schema
+}
+
 /// The `public` schema of the connected database, without sqlx's bookkeeping table.
 pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
     let mut tables: BTreeMap<String, TableSchema> = BTreeMap::new();
 
+    read_columns(conn, &mut tables).await?;
+    read_constraints(conn, &mut tables).await?;
+    read_indexes(conn, &mut tables).await?;
+    read_triggers(conn, &mut tables).await?;
+    let function_exists = |name: &'static str| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'public' AND p.proname = $1)",
+        )
+        .bind(name)
+    };
+    let timestamp_function = function_exists("trigger_set_timestamp")
+        .fetch_one(&mut *conn)
+        .await?;
+    let notify_function = function_exists("trigger_notify_change")
+        .fetch_one(&mut *conn)
+        .await?;
+
+    Ok(DatabaseSchema {
+        tables: tables.into_values().collect(),
+        timestamp_function,
+        notify_function,
+    })
+}
+
+/// Every column of every table, in order (and so every table).
+async fn read_columns(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
     let columns = sqlx::query(
         "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                 pg_get_expr(d.adbin, d.adrelid) \
@@ -41,7 +81,14 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
             default: row.try_get(4)?,
         });
     }
+    Ok(())
+}
 
+/// Primary keys, unique constraints, foreign keys and checks.
+async fn read_constraints(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
     let constraints = sqlx::query(
         "SELECT c.relname, con.conname, con.contype::text, \
                 ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(num, ord) \
@@ -95,8 +142,14 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
             _ => {}
         }
     }
+    Ok(())
+}
 
-    // Plain indexes: not the ones behind a primary key or unique constraint.
+/// Plain indexes: not the ones behind a primary key or unique constraint.
+async fn read_indexes(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
     let indexes = sqlx::query(
         "SELECT c.relname, ic.relname, \
                 ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(num, ord) \
@@ -121,7 +174,14 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
             });
         }
     }
+    Ok(())
+}
 
+/// The `set_timestamp` and notify triggers.
+async fn read_triggers(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
     let triggers: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_trigger tg \
          JOIN pg_class c ON c.oid = tg.tgrelid \
@@ -164,26 +224,7 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
             );
         }
     }
-
-    let function_exists = |name: &'static str| {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE n.nspname = 'public' AND p.proname = $1)",
-        )
-        .bind(name)
-    };
-    let timestamp_function = function_exists("trigger_set_timestamp")
-        .fetch_one(&mut *conn)
-        .await?;
-    let notify_function = function_exists("trigger_notify_change")
-        .fetch_one(&mut *conn)
-        .await?;
-
-    Ok(DatabaseSchema {
-        tables: tables.into_values().collect(),
-        timestamp_function,
-        notify_function,
-    })
+    Ok(())
 }
 
 /// `CHECK ((a > 0))` → `(a > 0)`: what goes inside `CHECK ( … )`.

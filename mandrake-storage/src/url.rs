@@ -125,6 +125,7 @@ pub fn with_database(url: &str, database: &str) -> String {
     )
 }
 
+#[cfg(all(feature = "backup", unix))]
 /// The password in `url` (`user:password@` or `?password=`), percent-decoded.
 pub(crate) fn url_password(url: &str) -> Option<String> {
     let authority = url.find("://").map_or(0, |i| i + 3);
@@ -141,6 +142,7 @@ pub(crate) fn url_password(url: &str) -> Option<String> {
     in_userinfo.or(in_query).map(percent_decode)
 }
 
+#[cfg(all(feature = "backup", unix))]
 /// `postgres://user:secret@host/db` → `postgres://user@host/db`.
 pub(crate) fn without_password(url: &str) -> String {
     let authority = url.find("://").map_or(0, |i| i + 3);
@@ -156,6 +158,7 @@ pub(crate) fn without_password(url: &str) -> String {
     }
 }
 
+#[cfg(all(feature = "backup", unix))]
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlStr};
 use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
 
 use super::Db;
-use super::pool::{RESET_SESSION, is_broken};
+use super::pool::{PoolConnection, RESET_SESSION, is_broken};
 
 /// A statement taken apart, so that a read can run a second time.
 struct Replay {
@@ -95,6 +95,18 @@ impl<'q> Execute<'q, Postgres> for Replay {
     }
 }
 
+/// Where [`Db::route`] sends a statement.
+enum Route {
+    Pooled(PoolConnection),
+    Primary(Db),
+}
+
+/// Where [`Db::retry_target`] sends a read to run again.
+enum Retry {
+    Primary(Db),
+    Fresh(PgConnection),
+}
+
 /// One call on a connection: what `run` does with a checked-out one.
 type Call<T> =
     for<'c> fn(&'c mut PgConnection, Replay) -> BoxFuture<'c, std::result::Result<T, sqlx::Error>>;
@@ -160,38 +172,65 @@ impl Db {
 
     /// Runs `call` on a pooled connection, marked in flight so that a
     /// cancelled call leaves it to be restored; a read that fails at the
-    /// transport level runs once more on a new connection.
+    /// transport level runs once more (see [`Db::retry_target`]).
     async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
         let spare = query.spare();
-        let mut conn = match self.checkout().await {
-            Ok(conn) => conn,
-            // A replica that cannot be reached: the primary serves the read.
-            Err(err) => {
-                return match (spare, self.primary_for(&err)) {
-                    (Some(again), Some(primary)) => Box::pin(primary.run(again, call)).await,
-                    _ => Err(err),
-                };
+        let mut conn = match self.route(&query, spare.is_some()).await? {
+            Route::Pooled(conn) => conn,
+            Route::Primary(primary) => {
+                let again = spare.expect("routed to the primary only with a spare");
+                return Box::pin(primary.run(again, call)).await;
             }
         };
-        if touches_session(query.sql.as_str()) {
-            conn.mark_session_touched();
-        }
-        conn.set_in_flight(true);
         let outcome = self.call(&mut conn, query, call).await;
         conn.set_in_flight(false);
         let err = match outcome {
             Err(err) => err,
             done => return done,
         };
+        match self.retry_target(conn, err, spare).await? {
+            (Retry::Primary(primary), again) => Box::pin(primary.run(again, call)).await,
+            (Retry::Fresh(mut fresh), again) => self.call(&mut fresh, again, call).await,
+        }
+    }
+
+    /// Where a statement runs: a checked-out connection (in flight, and
+    /// marked when the statement may change its session), or, when this is a
+    /// replica whose pool cannot give one and the statement is a read
+    /// (`read`), the primary.
+    async fn route(&self, query: &Replay, read: bool) -> std::result::Result<Route, sqlx::Error> {
+        match self.checkout().await {
+            Ok(mut conn) => {
+                if touches_session(query.sql.as_str()) {
+                    conn.mark_session_touched();
+                }
+                conn.set_in_flight(true);
+                Ok(Route::Pooled(conn))
+            }
+            Err(err) => match self.primary_for(&err).filter(|_| read) {
+                Some(primary) => Ok(Route::Primary(primary)),
+                None => Err(err),
+            },
+        }
+    }
+
+    /// After `err` on `conn`: a connection that failed at the transport level
+    /// is not put back, and a read (`spare`) that failed so runs once more:
+    /// on the primary when this is a replica, else on a new connection (a
+    /// server restart leaves every idle connection dead). Anything else is
+    /// `err` itself.
+    async fn retry_target(
+        &self,
+        conn: PoolConnection,
+        err: sqlx::Error,
+        spare: Option<Replay>,
+    ) -> std::result::Result<(Retry, Replay), sqlx::Error> {
         let broken = is_broken(&err);
         conn.discard_if_broken(&err);
         match spare {
             Some(again) if broken => match self.primary_for(&err) {
-                Some(primary) => Box::pin(primary.run(again, call)).await,
-                None => {
-                    self.call(&mut self.fresh_connection().await?, again, call)
-                        .await
-                }
+                Some(primary) => Ok((Retry::Primary(primary), again)),
+                None => Ok((Retry::Fresh(self.fresh_connection().await?), again)),
             },
             _ => Err(err),
         }
@@ -245,23 +284,14 @@ impl<'p> Executor<'p> for &'_ Db {
         Box::pin(TryAsyncStream::new(move |yielder| async move {
             let query = db.replay(query)?;
             let spare = query.spare();
-            let mut conn = match db.checkout().await {
-                Ok(conn) => conn,
-                // A replica that cannot be reached: the primary serves the read.
-                Err(err) => {
-                    return match (spare, db.primary_for(&err)) {
-                        (Some(again), Some(primary)) => {
-                            forward((&primary).fetch_many(again), &yielder).await
-                        }
-                        _ => Err(err),
-                    };
+            let touched = touches_session(query.sql.as_str());
+            let mut conn = match db.route(&query, spare.is_some()).await? {
+                Route::Pooled(conn) => conn,
+                Route::Primary(primary) => {
+                    let again = spare.expect("routed to the primary only with a spare");
+                    return forward((&primary).fetch_many(again), &yielder).await;
                 }
             };
-            let touched = touches_session(query.sql.as_str());
-            if touched {
-                conn.mark_session_touched();
-            }
-            conn.set_in_flight(true);
             let mut yielded = false;
             let outcome = async {
                 // Through PgBouncer: in a transaction of its own, as in `call`.
@@ -284,17 +314,15 @@ impl<'p> Executor<'p> for &'_ Db {
             .await;
             conn.set_in_flight(false);
             let Err(err) = outcome else { return Ok(()) };
-            let broken = is_broken(&err);
-            conn.discard_if_broken(&err);
-            match spare {
-                Some(again) if broken && !yielded => match db.primary_for(&err) {
-                    Some(primary) => forward((&primary).fetch_many(again), &yielder).await,
-                    None => {
-                        let mut fresh = db.fresh_connection().await?;
-                        forward(fresh.fetch_many(again), &yielder).await
-                    }
-                },
-                _ => Err(err),
+            // Rows already yielded cannot be taken back: no second run then.
+            let spare = spare.filter(|_| !yielded);
+            match db.retry_target(conn, err, spare).await? {
+                (Retry::Primary(primary), again) => {
+                    forward((&primary).fetch_many(again), &yielder).await
+                }
+                (Retry::Fresh(mut fresh), again) => {
+                    forward(fresh.fetch_many(again), &yielder).await
+                }
             }
         }))
     }

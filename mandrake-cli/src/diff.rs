@@ -167,6 +167,18 @@ pub fn changes(
     let mut phases = Phases::default();
     let mut from = from.clone();
 
+    // Extensions first (an index's operator class may need one); one the
+    // types no longer name stays: the user or other objects may use it.
+    for extension in to
+        .extensions
+        .iter()
+        .filter(|e| !from.extensions.contains(e))
+    {
+        phases
+            .create_function
+            .push(SchemaChange::Add(Object::Extension(extension.clone())));
+    }
+
     for (function, had, has) in [
         (
             Function::Timestamp,
@@ -349,6 +361,12 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
     }
     for i in &mut table.indexes {
         i.columns.iter_mut().for_each(rename);
+        i.include.iter_mut().for_each(rename);
+        i.key = rename_in_expression(&i.key, old, new);
+        i.predicate = i
+            .predicate
+            .as_ref()
+            .map(|p| rename_in_expression(p, old, new));
     }
     for fk in &mut table.foreign_keys {
         rename(&mut fk.column);
@@ -362,7 +380,7 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
 
 /// `expression` (as PostgreSQL prints it) with the identifier `old` renamed
 /// to `new`; string literals are left alone.
-fn rename_in_expression(expression: &str, old: &str, new: &str) -> String {
+pub(crate) fn rename_in_expression(expression: &str, old: &str, new: &str) -> String {
     let simple = |name: &str| {
         name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && name
@@ -711,6 +729,7 @@ mod tests {
             tables: vec![table],
             timestamp_function: false,
             notify_function: false,
+            extensions: Vec::new(),
         };
         (schema, hints)
     }
@@ -744,6 +763,7 @@ mod tests {
             tables: vec![folders.clone(), t],
             timestamp_function: false,
             notify_function: false,
+            extensions: Vec::new(),
         };
         let edit = |f: &dyn Fn(TableSchema) -> TableSchema| db(f(base()));
         let column = |t: &mut TableSchema, name: &str| -> usize {
@@ -991,11 +1011,13 @@ mod tests {
             tables: vec![table.clone()],
             timestamp_function: false,
             notify_function: false,
+            extensions: Vec::new(),
         };
         let to = DatabaseSchema {
             tables: vec![table.with_column(ColumnDef::new("x", "text"))],
             timestamp_function: false,
             notify_function: false,
+            extensions: Vec::new(),
         };
         let err = diff(&from, &to, &Renames::NONE).unwrap_err().to_string();
         assert!(err.contains("without a default"), "{err}");

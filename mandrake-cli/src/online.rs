@@ -16,7 +16,7 @@
 //!    validated check and skips its scan, and each unique constraint takes
 //!    over its ready index (`USING INDEX`).
 
-use crate::diff::{Plan, Step};
+use crate::diff::{Plan, Step, rename_in_expression};
 use mandrake_storage::schema::ddl::not_null_check;
 use mandrake_storage::schema::{Index, Object, SchemaChange};
 
@@ -69,11 +69,7 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
             }
             SchemaChange::Drop(Object::Index { table, index, .. }) => {
                 // Its down runs after the main file's, under the old names.
-                let (table, columns) = before_renames(plan, table, &index.columns);
-                let index = Index {
-                    name: index.name.clone(),
-                    columns,
-                };
+                let (table, index) = before_renames(plan, table, index);
                 drops.push(index_file(SchemaChange::Drop(Object::Index {
                     table,
                     index,
@@ -156,21 +152,28 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     out
 }
 
-/// `table` and `columns` under the names they had before `plan`'s renames.
-fn before_renames(plan: &Plan, table: &str, columns: &[String]) -> (String, Vec<String>) {
-    let (mut table, mut columns) = (table.to_owned(), columns.to_vec());
+/// `table` and `index` under the names they had before `plan`'s renames.
+fn before_renames(plan: &Plan, table: &str, index: &Index) -> (String, Index) {
+    let (mut table, mut index) = (table.to_owned(), index.clone());
     for step in plan.steps.iter().rev() {
         match &step.change {
             SchemaChange::RenameColumn { table: t, from, to } if *t == table => {
-                for column in columns.iter_mut().filter(|c| *c == to) {
-                    *column = from.clone();
+                for column in index.columns.iter_mut().chain(&mut index.include) {
+                    if column == to {
+                        *column = from.clone();
+                    }
                 }
+                index.key = rename_in_expression(&index.key, to, from);
+                index.predicate = index
+                    .predicate
+                    .as_ref()
+                    .map(|p| rename_in_expression(p, to, from));
             }
             SchemaChange::RenameTable { from, to } if *to == table => table = from.clone(),
             _ => {}
         }
     }
-    (table, columns)
+    (table, index)
 }
 
 /// A `-- no-transaction` file of its own for one concurrent index change.
@@ -196,6 +199,7 @@ mod tests {
             tables,
             timestamp_function: false,
             notify_function: false,
+            extensions: Vec::new(),
         }
     }
 

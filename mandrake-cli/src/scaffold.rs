@@ -25,12 +25,16 @@ async fn run_script(url: &str, sql: &str) -> Result<()> {
 /// The two schemas a migration goes between, each read back from a real database.
 #[derive(Debug, Clone)]
 pub struct Comparison {
-    /// What replaying the migrations folder builds.
+    /// What replaying the migrations folder builds, less the user's objects.
     pub current: DatabaseSchema,
     /// What the record types describe.
     pub desired: DatabaseSchema,
     /// The record types' rename hints.
     pub renames: Renames,
+    /// Indexes and constraints of the database that no record declares and
+    /// no generated migration made, as `(table, name)`: written by hand, they
+    /// belong to the user, and the comparison leaves them out.
+    pub unmanaged: Vec<(String, String)>,
 }
 
 impl Comparison {
@@ -52,11 +56,61 @@ async fn compare_on(
     let typed = scratch.create("types").await?;
     run_script(&typed, &create_schema(tables)).await?;
     let desired = mandrake_storage::schema::introspect::inspect_url(&typed).await?;
+    let unmanaged = user_objects(&current, &desired, migrations);
     Ok(Comparison {
-        current,
+        current: without(&current, &unmanaged),
         desired,
         renames: renames.clone(),
+        unmanaged,
     })
+}
+
+/// The indexes and constraints of `current` that `desired` does not name and
+/// no generated migration made: the user's own SQL objects. An object a
+/// generated migration made is the types', so removing it from a record
+/// still drops it.
+fn user_objects(
+    current: &DatabaseSchema,
+    desired: &DatabaseSchema,
+    migrations: &Migrations,
+) -> Vec<(String, String)> {
+    let generated: String = migrations.generated_up_sql().collect();
+    let made_by_us = |name: &str| generated.contains(&format!("\"{name}\""));
+    let mut out = Vec::new();
+    for table in &current.tables {
+        let declared = desired.table(&table.name);
+        let named = |name: &str| {
+            declared.is_some_and(|t| {
+                t.indexes.iter().any(|i| i.name == name)
+                    || t.checks.iter().any(|c| c.name == name)
+                    || t.uniques.iter().any(|u| u.name == name)
+                    || t.foreign_keys.iter().any(|k| k.name == name)
+            })
+        };
+        let names = (table.indexes.iter().map(|i| &i.name))
+            .chain(table.checks.iter().map(|c| &c.name))
+            .chain(table.uniques.iter().map(|u| &u.name))
+            .chain(table.foreign_keys.iter().map(|k| &k.name));
+        for name in names {
+            if !named(name) && !made_by_us(name) {
+                out.push((table.name.clone(), name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// `schema` without the objects `unmanaged` names.
+fn without(schema: &DatabaseSchema, unmanaged: &[(String, String)]) -> DatabaseSchema {
+    let mut schema = schema.clone();
+    for table in &mut schema.tables {
+        let keep = |name: &String| !unmanaged.iter().any(|(t, n)| *t == table.name && n == name);
+        table.indexes.retain(|i| keep(&i.name));
+        table.checks.retain(|c| keep(&c.name));
+        table.uniques.retain(|u| keep(&u.name));
+        table.foreign_keys.retain(|k| keep(&k.name));
+    }
+    schema
 }
 
 /// Reads both schemas: the migrations replayed into one scratch database,
@@ -320,8 +374,18 @@ async fn plan_and_verify(
         migrate(&proving, &all, &MigrateOptions::default())
             .await
             .map_err(|e| step("up did not apply", e))?;
+        let read = || async {
+            let schema = mandrake_storage::schema::introspect::inspect_url(&proving).await?;
+            Ok::<_, Error>(without(&schema, &comparison.unmanaged))
+        };
+        // Extensions the types do not name are the user's (the diff never
+        // drops one): only the declared ones are compared.
+        let mut built = read().await?;
+        built
+            .extensions
+            .retain(|e| comparison.desired.extensions.contains(e));
         same(
-            &mandrake_storage::schema::introspect::inspect_url(&proving).await?,
+            &built,
             &comparison.desired,
             "up does not build the types' schema",
         )?;
@@ -330,7 +394,7 @@ async fn plan_and_verify(
             .await
             .map_err(|e| step("down did not apply", e))?;
         same(
-            &mandrake_storage::schema::introspect::inspect_url(&proving).await?,
+            &read().await?,
             &comparison.current,
             "down does not restore the previous schema",
         )?;

@@ -126,7 +126,8 @@ impl<'a> Container<'a> {
     }
 
     /// The unique constraints, each as its fields: single-field `unique`s in
-    /// field order, then the `unique(..)` lists. The schema's `uniques` and
+    /// field order, then the plain `unique(..)` lists (a partial one, or one
+    /// on an expression, is a unique index, not a constraint). The schema's `uniques` and
     /// the `UniqueKey` indexes both follow this one order.
     pub fn unique_keys(&self) -> Vec<Vec<&Field<'a>>> {
         let field_of = |name: &Ident| {
@@ -144,7 +145,8 @@ impl<'a> Container<'a> {
             self.attrs
                 .uniques
                 .iter()
-                .map(|list| list.iter().filter_map(field_of).collect()),
+                .filter(|u| u.is_plain())
+                .map(|u| u.columns.iter().filter_map(field_of).collect()),
         );
         keys
     }

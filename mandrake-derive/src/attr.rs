@@ -19,9 +19,35 @@ pub enum OnDelete {
 pub struct ContainerAttrs {
     pub table: Option<LitStr>,
     pub renamed_from: Option<LitStr>,
-    pub indexes: Vec<Vec<Ident>>,
-    pub uniques: Vec<Vec<Ident>>,
+    pub indexes: Vec<IndexAttr>,
+    pub uniques: Vec<IndexAttr>,
     pub notify: Option<Ident>,
+    pub extensions: Vec<LitStr>,
+}
+
+/// A struct-level `index(..)` or `unique(..)`: columns, or `expr = "…"`,
+/// with `using`, `ops`, `where` and `include(..)`.
+pub struct IndexAttr {
+    /// `index` or `unique`, where errors about the whole point.
+    pub keyword: Ident,
+    pub columns: Vec<Ident>,
+    pub using: Option<LitStr>,
+    pub ops: Option<LitStr>,
+    pub predicate: Option<LitStr>,
+    pub expr: Option<LitStr>,
+    pub include: Vec<Ident>,
+}
+
+impl IndexAttr {
+    /// Columns only, b-tree: for `unique`, a unique constraint (an upsert
+    /// key); anything else is an index (a unique one for `unique`).
+    pub fn is_plain(&self) -> bool {
+        self.using.as_ref().is_none_or(|m| m.value() == "btree")
+            && self.ops.is_none()
+            && self.predicate.is_none()
+            && self.expr.is_none()
+            && self.include.is_empty()
+    }
 }
 
 /// Field-level attributes.
@@ -48,16 +74,62 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
     meta.value()?.parse()
 }
 
-/// `(a, b, c)` after `index` / `unique`; an empty list is an error.
-fn column_list(meta: &ParseNestedMeta) -> syn::Result<Vec<Ident>> {
+/// `(a, b, using = "gin", ops = "…", where = "…", expr = "…", include(c))`
+/// after `index` / `unique`; neither a column nor an expression is an error.
+fn index_attr(meta: &ParseNestedMeta) -> syn::Result<IndexAttr> {
+    use syn::ext::IdentExt;
     let content;
     syn::parenthesized!(content in meta.input);
-    let idents = content.parse_terminated(Ident::parse_any_ident, Token![,])?;
-    if idents.is_empty() {
+    let mut out = IndexAttr {
+        keyword: path_ident(meta),
+        columns: Vec::new(),
+        using: None,
+        ops: None,
+        predicate: None,
+        expr: None,
+        include: Vec::new(),
+    };
+    while !content.is_empty() {
+        let name = Ident::parse_any(&content)?;
+        if content.peek(Token![=]) {
+            content.parse::<Token![=]>()?;
+            let value: LitStr = content.parse()?;
+            let slot = match name.to_string().as_str() {
+                "using" => &mut out.using,
+                "ops" => &mut out.ops,
+                "where" => &mut out.predicate,
+                "expr" => &mut out.expr,
+                other => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!(
+                            "unknown index setting `{other}`; expected using, ops, where, expr, \
+                             include(..)"
+                        ),
+                    ));
+                }
+            };
+            if slot.is_some() {
+                return Err(syn::Error::new(name.span(), format!("duplicate `{name}`")));
+            }
+            *slot = Some(value);
+        } else if name == "include" && content.peek(syn::token::Paren) {
+            let inner;
+            syn::parenthesized!(inner in content);
+            let idents = inner.parse_terminated(Ident::parse_any_ident, Token![,])?;
+            out.include.extend(idents);
+        } else {
+            out.columns.push(name);
+        }
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+        }
+    }
+    if out.columns.is_empty() && out.expr.is_none() {
         let attr = path_ident(meta);
         return Err(meta.error(format!("`{attr}(..)` needs at least one column")));
     }
-    Ok(idents.into_iter().collect())
+    Ok(out)
 }
 
 fn path_ident(meta: &ParseNestedMeta) -> Ident {
@@ -110,15 +182,17 @@ impl ContainerAttrs {
                 } else if meta.path.is_ident(RENAMED_FROM) {
                     set_once(&mut out.renamed_from, &meta, string(&meta)?)?;
                 } else if meta.path.is_ident(INDEX) {
-                    out.indexes.push(column_list(&meta)?);
+                    out.indexes.push(index_attr(&meta)?);
                 } else if meta.path.is_ident(UNIQUE) {
-                    out.uniques.push(column_list(&meta)?);
+                    out.uniques.push(index_attr(&meta)?);
+                } else if meta.path.is_ident(EXTENSION) {
+                    out.extensions.push(string(&meta)?);
                 } else if meta.path.is_ident(NOTIFY) {
                     set_once(&mut out.notify, &meta, path_ident(&meta))?;
                 } else {
                     return Err(unknown(
                         &meta,
-                        "table, index(..), unique(..), renamed_from, notify",
+                        "table, index(..), unique(..), extension, renamed_from, notify",
                     ));
                 }
                 Ok(())

@@ -224,16 +224,53 @@ fn check_duplicate_columns(cx: &Ctxt, cont: &Container) {
     }
 }
 
-/// `index(a, b)` / `unique(a, b)` name fields or columns of this struct.
+/// `index(..)` / `unique(..)` name fields or columns of this struct, a known
+/// access method, a non-empty expression instead of columns, and an operator
+/// class only for columns; only b-tree indexes can be unique.
 fn check_column_lists(cx: &Ctxt, cont: &Container) {
-    for list in cont.attrs.indexes.iter().chain(&cont.attrs.uniques) {
-        for ident in list {
+    for index in cont.attrs.indexes.iter().chain(&cont.attrs.uniques) {
+        for ident in index.columns.iter().chain(&index.include) {
             if resolve_column(cont, &ident.to_string()).is_none() {
                 cx.error_spanned_by(
                     ident,
                     format!("no column `{ident}` in this struct to index"),
                 );
             }
+        }
+        if let Some(method) = &index.using {
+            let known = ["btree", "gin", "gist", "brin", "hash"];
+            if !known.contains(&method.value().as_str()) {
+                cx.error_spanned_by(
+                    method,
+                    format!(
+                        "unknown index method `{}`; expected one of: {}",
+                        method.value(),
+                        known.join(", ")
+                    ),
+                );
+            } else if index.keyword == "unique" && method.value() != "btree" {
+                cx.error_spanned_by(method, "only a btree index can be unique");
+            }
+        }
+        if let Some(expr) = &index.expr {
+            if expr.value().trim().is_empty() {
+                cx.error_spanned_by(expr, "an index on an empty expression");
+            } else if !index.columns.is_empty() {
+                cx.error_spanned_by(expr, "an index has columns or `expr`, not both");
+            }
+        }
+        if let Some(ops) = &index.ops
+            && index.columns.is_empty()
+        {
+            cx.error_spanned_by(
+                ops,
+                "`ops` is the operator class of the index's columns: name them",
+            );
+        }
+        if let Some(predicate) = &index.predicate
+            && predicate.value().trim().is_empty()
+        {
+            cx.error_spanned_by(predicate, "an empty `where` condition");
         }
     }
 }

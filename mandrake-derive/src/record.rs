@@ -455,22 +455,49 @@ fn schema_expr(cont: &Container) -> TokenStream {
             chain = quote!(#chain.with_foreign_key(#col, #references, #ms::OnDelete::#on_delete));
         }
     }
-    let lists = |lists: &[Vec<syn::Ident>]| -> Vec<Vec<String>> {
-        lists
-            .iter()
-            .map(|l| {
-                l.iter()
-                    .filter_map(|i| resolve_column(cont, &i.to_string()))
-                    .collect()
-            })
-            .collect()
-    };
     for key in cont.unique_keys() {
         let cols = key.iter().map(|f| &f.column);
         chain = quote!(#chain.with_unique(&[#(#cols),*]));
     }
-    for cols in lists(&cont.attrs.indexes) {
-        chain = quote!(#chain.with_index(&[#(#cols),*]));
+    let table = &cont.table;
+    let unique_indexes = cont.attrs.uniques.iter().filter(|u| !u.is_plain());
+    for index in cont.attrs.indexes.iter().chain(unique_indexes) {
+        let cols: Vec<String> = index
+            .columns
+            .iter()
+            .filter_map(|i| resolve_column(cont, &i.to_string()))
+            .collect();
+        if index.keyword == "index" && index.is_plain() {
+            chain = quote!(#chain.with_index(&[#(#cols),*]));
+            continue;
+        }
+        let mut def = match &index.expr {
+            Some(expr) => quote!(#ms::schema::Index::on_expression(#table, #expr)),
+            None => quote!(#ms::schema::Index::on(#table, &[#(#cols),*])),
+        };
+        if let Some(method) = &index.using {
+            def = quote!(#def.using(#method));
+        }
+        if let Some(ops) = &index.ops {
+            def = quote!(#def.ops(#ops));
+        }
+        if let Some(predicate) = &index.predicate {
+            def = quote!(#def.filter(#predicate));
+        }
+        if !index.include.is_empty() {
+            let include = index
+                .include
+                .iter()
+                .filter_map(|i| resolve_column(cont, &i.to_string()));
+            def = quote!(#def.include(&[#(#include),*]));
+        }
+        if index.keyword == "unique" {
+            def = quote!(#def.unique());
+        }
+        chain = quote!(#chain.with_index_def(#def));
+    }
+    for extension in &cont.attrs.extensions {
+        chain = quote!(#chain.with_extension(#extension));
     }
     if cont.attrs.notify.is_some() {
         chain = quote!(#chain.with_notify());

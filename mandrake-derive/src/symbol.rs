@@ -8,6 +8,7 @@ pub const INDEX: &str = "index";
 pub const UNIQUE: &str = "unique";
 pub const RENAMED_FROM: &str = "renamed_from";
 pub const NOTIFY: &str = "notify";
+pub const EXTENSION: &str = "extension";
 
 // field level (also `index`, `unique`, `renamed_from`)
 pub const RENAME: &str = "rename";

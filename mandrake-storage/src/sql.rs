@@ -12,10 +12,10 @@ pub fn quote_literal(value: &str) -> String {
 }
 
 /// `"a", "b"`
-pub fn ident_list(names: &[String]) -> String {
+pub fn ident_list(names: &[impl AsRef<str>]) -> String {
     names
         .iter()
-        .map(|n| quote_ident(n))
+        .map(|n| quote_ident(n.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -1238,3 +1238,176 @@ async fn an_invalid_index_a_failed_run_left_is_rebuilt() {
     assert_eq!(state, ["true/false"], "dropped and built again, as planned");
     assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
 }
+
+mod search_ready {
+    use super::*;
+
+    pub mod v1 {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes")]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    /// v1 and a nullable column: an unrelated change.
+    pub mod v1b {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes")]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub title: Option<String>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    /// Search-ready: a trigram index, a partial unique index (soft
+    /// delete), an expression index (case-insensitive email), a covering one.
+    pub mod v2 {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(
+            table = "notes",
+            extension = "pg_trgm",
+            index(body, using = "gin", ops = "gin_trgm_ops"),
+            unique(email, where = "deleted_at IS NULL"),
+            index(expr = "lower(email)"),
+            index(created_at, include(email))
+        )]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+}
+
+#[tokio::test]
+async fn indexes_of_every_kind_are_declared_migrated_and_rolled_back() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let v2 = [search_ready::v2::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    for part in [
+        r#"CREATE EXTENSION IF NOT EXISTS "pg_trgm";"#,
+        "USING gin (body gin_trgm_ops)",
+        "CREATE UNIQUE INDEX",
+        "WHERE (deleted_at IS NULL)",
+        "(lower(email))",
+        "INCLUDE (",
+    ] {
+        assert!(up.contains(part), "{part} in\n{up}");
+    }
+    assert!(down.contains("DROP INDEX"), "{down}");
+    // The trigram index serves a substring search (`contains_text`'s ILIKE).
+    let mut tx = lab.db.db().begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN SELECT * FROM notes WHERE body ILIKE '%needle%'")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        plan.iter().any(|l| l.contains("Index Scan on notes_body_")),
+        "{plan:#?}"
+    );
+    // The partial unique index lets a deleted row's email come back.
+    lab.exec(
+        "INSERT INTO notes (body, email, deleted_at) VALUES ('a', 'x@y', now()); \
+         INSERT INTO notes (body, email) VALUES ('b', 'x@y')",
+    )
+    .await;
+    let again = sqlx::raw_sql("INSERT INTO notes (body, email) VALUES ('c', 'x@y')")
+        .execute(lab.db.db())
+        .await;
+    assert!(
+        again.is_err(),
+        "a second live row with that email is refused"
+    );
+}
+
+#[tokio::test]
+async fn hand_written_sql_objects_are_left_alone() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    let first: i64 = lab.files()[0].split('_').next().unwrap().parse().unwrap();
+    lab.dir.write(
+        &format!("{}_by_hand.up.sql", first + 1),
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n\
+         CREATE INDEX notes_body_trgm ON notes USING gin (body gin_trgm_ops);\n\
+         ALTER TABLE notes ADD CONSTRAINT notes_body_short CHECK (length(body) < 10000);\n",
+    );
+    lab.migrate().await;
+    let comparison =
+        mandrake_cli::scaffold::compare(&lab.db.url(), &lab.migrations(), &v1, &Renames::NONE)
+            .await
+            .unwrap();
+    assert!(comparison.plan().unwrap().is_empty(), "check passes");
+    let mut unmanaged = comparison.unmanaged.clone();
+    unmanaged.sort();
+    assert_eq!(
+        unmanaged,
+        [
+            ("notes".to_owned(), "notes_body_short".to_owned()),
+            ("notes".to_owned(), "notes_body_trgm".to_owned())
+        ]
+    );
+    // An unrelated change is planned and proven with them in place.
+    let v1b = [search_ready::v1b::Note::schema()];
+    let made = lab.generate(&v1b, false).await.unwrap();
+    assert_eq!(made.files.len(), 1);
+    let up = std::fs::read_to_string(&made.files[0].0).unwrap();
+    assert!(
+        !up.contains("notes_body_trgm") && !up.contains("notes_body_short"),
+        "{up}"
+    );
+    lab.migrate().await;
+    let left = lab
+        .text(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'notes' \
+             AND indexname = 'notes_body_trgm'",
+        )
+        .await;
+    assert_eq!(left, ["notes_body_trgm"]);
+    let plan = check(&lab.db.url(), &lab.migrations(), &v1b, &Renames::NONE)
+        .await
+        .unwrap();
+    assert!(plan.is_empty(), "{plan:?}");
+}
+
+#[tokio::test]
+async fn removing_a_declared_index_from_a_record_drops_it() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let v2 = [search_ready::v2::Note::schema()];
+    let lab = Lab::new(&v2).await;
+    let made = lab.generate(&v1, false).await.unwrap();
+    assert_eq!(made.files.len(), 1);
+    let up = std::fs::read_to_string(&made.files[0].0).unwrap();
+    assert_eq!(up.matches("DROP INDEX").count(), 4, "{up}");
+    assert!(!up.contains("DROP EXTENSION"), "an extension stays: {up}");
+    let down = std::fs::read_to_string(&made.files[0].1).unwrap();
+    // The downs rebuild each index exactly as the catalog printed it.
+    assert!(down.contains("USING gin (body gin_trgm_ops)"), "{down}");
+    assert!(down.contains("WHERE (deleted_at IS NULL)"), "{down}");
+}

@@ -203,7 +203,11 @@ pub(super) async fn check(ctx: &Context, tables: &[&TableSchema]) -> Result<Exit
         println!("warning: {finding}");
     }
     let renames = mandrake_storage::registered_renames();
-    let plan = scaffold::check(&url, &migrations, tables, &renames).await?;
+    let comparison = scaffold::compare(&url, &migrations, tables, &renames).await?;
+    for (table, name) in &comparison.unmanaged {
+        println!("not managed by the types (left alone): {name} on {table}");
+    }
+    let plan = comparison.plan()?;
     if !plan.is_empty() {
         println!(
             "the migrations in {} do not build the types' schema:",

@@ -9,11 +9,12 @@
 
 use super::ddl::{
     DROP_NOTIFY_FUNCTION, DROP_TIMESTAMP_FUNCTION, NOTIFY_FUNCTION, TIMESTAMP_FUNCTION,
-    add_unique_using_index, check_rows, column_definition, create_index, create_index_concurrently,
-    create_notify_triggers, create_table, create_trigger, create_unique_index_concurrently,
-    drop_constraint, drop_constraint_if_exists, drop_index_concurrently, drop_notify_triggers,
-    drop_trigger, fill_nulls, foreign_key_definition, retype, set_not_null_checked,
-    unique_definition, validate_constraint, widens,
+    add_unique_using_index, check_rows, column_definition, create_extension, create_index,
+    create_index_concurrently, create_notify_triggers, create_table, create_trigger,
+    create_unique_index_concurrently, drop_constraint, drop_constraint_if_exists,
+    drop_index_concurrently, drop_notify_triggers, drop_trigger, fill_nulls,
+    foreign_key_definition, retype, set_not_null_checked, unique_definition, validate_constraint,
+    widens,
 };
 use super::{Check, ColumnDef, ForeignKey, Index, TableSchema, Unique};
 use crate::sql::{ident_list, quote_ident};
@@ -39,6 +40,9 @@ impl Function {
 /// Something a change adds or drops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
+    /// An extension (`pg_trgm`): created if missing; the diff never drops
+    /// one, as other parts of the database (or the user) may use it.
+    Extension(String),
     /// A shared trigger function.
     Function(Function),
     /// A table with its constraints, indexes and triggers.
@@ -136,6 +140,7 @@ impl Object {
     /// What it is, in words: `column notes.tags`.
     fn noun(&self) -> String {
         match self {
+            Object::Extension(name) => format!("extension {name}"),
             Object::Function(f) => format!("function {}", f.name()),
             Object::Table(t) => format!("table {}", t.name),
             Object::Column { table, column } => format!("column {table}.{}", column.name),
@@ -143,7 +148,7 @@ impl Object {
                 format!("unique ({}) on {table}", unique.columns.join(", "))
             }
             Object::Index { table, index, .. } => {
-                format!("index ({}) on {table}", index.columns.join(", "))
+                format!("index ({}) on {table}", index.describe())
             }
             Object::UniqueIndex { table, unique } => {
                 format!("unique index ({}) on {table}", unique.columns.join(", "))
@@ -164,7 +169,8 @@ impl Object {
     /// `create` for what is created whole, `add` for parts of a table.
     fn add_verb(&self) -> &'static str {
         match self {
-            Object::Function(_)
+            Object::Extension(_)
+            | Object::Function(_)
             | Object::Table(_)
             | Object::TimestampTrigger { .. }
             | Object::NotifyTriggers { .. } => "create",
@@ -177,6 +183,7 @@ impl Object {
         let alter = |table: &str| format!("ALTER TABLE {}", quote_ident(table));
         let not_valid = |yes: bool| if yes { " NOT VALID" } else { "" };
         match self {
+            Object::Extension(name) => create_extension(name),
             Object::Function(Function::Timestamp) => TIMESTAMP_FUNCTION.into(),
             Object::Function(Function::Notify) => NOTIFY_FUNCTION.into(),
             Object::Table(t) => create_table(t),
@@ -254,6 +261,7 @@ impl Object {
     /// The SQL that drops it.
     fn drop_sql(&self) -> String {
         match self {
+            Object::Extension(name) => format!("DROP EXTENSION IF EXISTS {};", quote_ident(name)),
             Object::Function(Function::Timestamp) => DROP_TIMESTAMP_FUNCTION.into(),
             Object::Function(Function::Notify) => DROP_NOTIFY_FUNCTION.into(),
             Object::Table(t) => format!("DROP TABLE {};", quote_ident(&t.name)),
@@ -660,10 +668,7 @@ mod tests {
     #[test]
     fn every_change_renders_and_inverts() {
         let t = || "notes".to_string();
-        let index = Index {
-            name: "notes_a_idx".into(),
-            columns: vec!["a".into()],
-        };
+        let index = Index::on("notes", &["a"]);
         let unique = Unique {
             name: "notes_a_key".into(),
             columns: vec!["a".into()],

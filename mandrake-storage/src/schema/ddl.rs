@@ -89,12 +89,29 @@ pub fn foreign_key_definition(fk: &ForeignKey) -> String {
 
 /// `CREATE INDEX` for `index` on `table`.
 pub fn create_index(table: &str, index: &Index) -> String {
-    format!(
-        "CREATE INDEX {} ON {} ({});",
+    format!("{};", index_statement(table, index, ""))
+}
+
+/// `CREATE [UNIQUE] INDEX <how><name> ON <table> [USING m] (<key>) [INCLUDE
+/// (…)] [WHERE …]`; b-tree, the default, is left unsaid.
+fn index_statement(table: &str, index: &Index, how: &str) -> String {
+    let mut sql = format!(
+        "CREATE {}INDEX {how}{} ON {}",
+        if index.unique { "UNIQUE " } else { "" },
         quote_ident(&index.name),
-        quote_ident(table),
-        ident_list(&index.columns)
-    )
+        quote_ident(table)
+    );
+    if index.method != "btree" {
+        sql.push_str(&format!(" USING {}", index.method));
+    }
+    sql.push_str(&format!(" ({})", index.key));
+    if !index.include.is_empty() {
+        sql.push_str(&format!(" INCLUDE ({})", ident_list(&index.include)));
+    }
+    if let Some(predicate) = &index.predicate {
+        sql.push_str(&format!(" WHERE {predicate}"));
+    }
+    sql
 }
 
 /// The `set_timestamp` trigger that keeps `updated_at` current on `table`.
@@ -216,7 +233,11 @@ pub fn dependency_order<'a>(tables: &[&'a TableSchema]) -> Vec<&'a TableSchema> 
 /// The whole schema as one script: the trigger functions, then every table
 /// in dependency order. This is what `cargo xtask schema` prints.
 pub fn create_schema(tables: &[&TableSchema]) -> String {
-    let mut parts = vec![TIMESTAMP_FUNCTION.to_owned()];
+    let mut parts: Vec<String> = crate::schema::extensions_of(tables)
+        .iter()
+        .map(|e| create_extension(e))
+        .collect();
+    parts.push(TIMESTAMP_FUNCTION.to_owned());
     if tables.iter().any(|t| t.notify.is_some()) {
         parts.push(NOTIFY_FUNCTION.to_owned());
     }
@@ -224,10 +245,20 @@ pub fn create_schema(tables: &[&TableSchema]) -> String {
     parts.join("\n\n") + "\n"
 }
 
+/// `CREATE EXTENSION IF NOT EXISTS`: an extension another part of the
+/// database (or the user) made already is fine.
+pub fn create_extension(name: &str) -> String {
+    format!("CREATE EXTENSION IF NOT EXISTS {};", quote_ident(name))
+}
+
 /// `CREATE INDEX CONCURRENTLY`, after dropping an INVALID copy a failed run
 /// left behind (outside a transaction, like every `CONCURRENTLY`).
 pub fn create_index_concurrently(table: &str, index: &Index) -> String {
-    concurrent_index(table, &index.name, &index.columns, "INDEX")
+    format!(
+        "DROP INDEX CONCURRENTLY IF EXISTS {};\n{};",
+        quote_ident(&index.name),
+        index_statement(table, index, "CONCURRENTLY IF NOT EXISTS ")
+    )
 }
 
 /// The unique index a unique constraint then takes over

@@ -45,7 +45,13 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         .fetch_one(&mut *conn)
         .await?;
 
+    let extensions = sqlx::query_scalar(
+        "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(DatabaseSchema {
+        extensions,
         tables: tables.into_values().collect(),
         timestamp_function,
         notify_function,
@@ -145,19 +151,19 @@ async fn read_constraints(
     Ok(())
 }
 
-/// Plain indexes: not the ones behind a primary key or unique constraint.
+/// Indexes but those behind a primary key or unique constraint, in
+/// PostgreSQL's printed form (`pg_get_indexdef`), taken apart.
 async fn read_indexes(
     conn: &mut PgConnection,
     tables: &mut BTreeMap<String, TableSchema>,
 ) -> Result<()> {
     let indexes = sqlx::query(
-        "SELECT c.relname, ic.relname, \
-                ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(num, ord) \
-                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num \
-                      ORDER BY k.ord) \
+        "SELECT c.relname::text, ic.relname::text, i.indisunique, am.amname::text, \
+                pg_get_indexdef(i.indexrelid), pg_get_expr(i.indpred, i.indrelid) \
          FROM pg_index i \
          JOIN pg_class c ON c.oid = i.indrelid \
          JOIN pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_am am ON am.oid = ic.relam \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'public' AND c.relname <> '_sqlx_migrations' \
            AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid) \
@@ -167,14 +173,84 @@ async fn read_indexes(
     .await?;
     for row in indexes {
         let table: String = row.try_get(0)?;
+        let definition: String = row.try_get(4)?;
+        let method: String = row.try_get(3)?;
+        let (key, include) = index_parts(&definition, &method);
         if let Some(t) = tables.get_mut(&table) {
             t.indexes.push(Index {
                 name: row.try_get(1)?,
-                columns: row.try_get(2)?,
+                columns: key_columns(&key),
+                unique: row.try_get(2)?,
+                method,
+                key,
+                include,
+                predicate: row.try_get(5)?,
             });
         }
     }
     Ok(())
+}
+
+/// From `CREATE INDEX … USING gin (content gin_trgm_ops) INCLUDE (a, b) WHERE …`:
+/// the key inside the parentheses after the method, and the included columns.
+fn index_parts(definition: &str, method: &str) -> (String, Vec<String>) {
+    let using = format!(" USING {method} (");
+    let Some(start) = definition.find(&using).map(|i| i + using.len()) else {
+        return (String::new(), Vec::new());
+    };
+    let end = closing_paren(definition, start);
+    let key = definition[start..end].to_owned();
+    let rest = &definition[end + 1..];
+    let include = rest
+        .strip_prefix(" INCLUDE (")
+        .map(|r| &r[..closing_paren(r, 0)])
+        .map(|list| {
+            list.split(", ")
+                .map(|c| c.trim_matches('"').to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (key, include)
+}
+
+/// The index of the `)` closing the `(` just before `from`.
+fn closing_paren(text: &str, from: usize) -> usize {
+    let mut depth = 1;
+    let mut quoted = false;
+    for (i, c) in text[from..].char_indices() {
+        match c {
+            '\'' | '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    return from + i;
+                }
+            }
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+/// The plain columns a key starts with: `a, b text_pattern_ops, lower(c)`
+/// gives `a, b`; an expression ends them.
+fn key_columns(key: &str) -> Vec<String> {
+    let mut columns = Vec::new();
+    for element in key.split(", ") {
+        let first = element.split(' ').next().unwrap_or("");
+        let plain = first.trim_matches('"');
+        let identifier = !plain.is_empty()
+            && !first.contains('(')
+            && plain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || first.starts_with('"'));
+        if !identifier {
+            break;
+        }
+        columns.push(plain.to_owned());
+    }
+    columns
 }
 
 /// The `set_timestamp` and notify triggers.

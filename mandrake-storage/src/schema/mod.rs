@@ -36,6 +36,11 @@ pub struct TableSchema {
     /// are the columns its payload carries besides `op` and `id` (the
     /// foreign keys, so that a subscriber can filter by parent).
     pub notify: Option<Vec<String>>,
+    /// The extensions the table needs (`#[record(extension = "pg_trgm")]`):
+    /// created before any table. The catalog does not say which table needs
+    /// which, so a table read back has none; the database's are in
+    /// [`DatabaseSchema::extensions`].
+    pub extensions: Vec<String>,
 }
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
@@ -60,13 +65,150 @@ pub struct Unique {
     pub columns: Vec<String>,
 }
 
-/// A plain (non-unique) index.
+/// An index: over columns (with an operator class) or an expression, of any
+/// access method, partial (`WHERE`), covering (`INCLUDE`), unique or not. A
+/// unique key that is partial or on an expression is a unique index, not a
+/// constraint.
+///
+/// Read back from the catalog, `key` and `predicate` are PostgreSQL's own
+/// printed form (`pg_get_indexdef`), so comparing two read-back schemas is
+/// exact and a down rebuilds the index as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Index {
     /// The index name.
     pub name: String,
-    /// Its columns, in order.
+    /// Its leading plain columns, in order (empty for an expression).
     pub columns: Vec<String>,
+    /// `UNIQUE`.
+    pub unique: bool,
+    /// The access method: `btree`, `gin`, `gist`, `brin` or `hash`.
+    pub method: String,
+    /// What goes inside `( )`: columns with their operator classes, or an
+    /// expression.
+    pub key: String,
+    /// Covering columns (`INCLUDE`).
+    pub include: Vec<String>,
+    /// The condition of a partial index (`WHERE`).
+    pub predicate: Option<String>,
+}
+
+/// The access methods an index may name.
+pub const INDEX_METHODS: [&str; 5] = ["btree", "gin", "gist", "brin", "hash"];
+
+impl Index {
+    /// A b-tree over `columns` of `table`, named `<table>_<cols>_idx`.
+    pub fn on(table: &str, columns: &[&str]) -> Index {
+        Index {
+            name: identifier(format!("{table}_{}_idx", columns.join("_"))),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            unique: false,
+            method: "btree".into(),
+            key: crate::sql::ident_list(columns),
+            include: Vec::new(),
+            predicate: None,
+        }
+    }
+
+    /// A b-tree over an SQL expression (`lower(email)`).
+    pub fn on_expression(table: &str, expression: &str) -> Index {
+        Index {
+            columns: Vec::new(),
+            key: expression.to_owned(),
+            ..Index::on(table, &[])
+        }
+    }
+
+    /// With another access method (`gin`, …).
+    pub fn using(mut self, method: &str) -> Index {
+        self.method = method.to_owned();
+        self
+    }
+
+    /// With an operator class on each column (`gin_trgm_ops`).
+    pub fn ops(mut self, class: &str) -> Index {
+        self.key = self
+            .columns
+            .iter()
+            .map(|c| format!("{} {class}", crate::sql::quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self
+    }
+
+    /// Partial: only rows where `predicate` holds.
+    pub fn filter(mut self, predicate: &str) -> Index {
+        self.predicate = Some(predicate.to_owned());
+        self
+    }
+
+    /// Covering `columns` (`INCLUDE`).
+    pub fn include(mut self, columns: &[&str]) -> Index {
+        self.include = columns.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    /// `UNIQUE`.
+    pub fn unique(mut self) -> Index {
+        self.unique = true;
+        self
+    }
+
+    /// Renamed for `table` after its other settings: a plain b-tree keeps
+    /// `<table>_<cols>_idx`; any other gets a short hash of what it is, so two
+    /// indexes on one column never share a name (`_key` when unique).
+    pub fn named_for(mut self, table: &str) -> Index {
+        let plain = self.method == "btree"
+            && !self.unique
+            && self.predicate.is_none()
+            && self.include.is_empty()
+            && !self.columns.is_empty()
+            && self.key == crate::sql::ident_list(&self.columns);
+        let what = if self.columns.is_empty() {
+            "expr".to_owned()
+        } else {
+            self.columns.join("_")
+        };
+        self.name = if plain {
+            identifier(format!("{table}_{what}_idx"))
+        } else {
+            let spec = format!(
+                "{}|{}|{}|{:?}|{:?}",
+                self.method, self.unique, self.key, self.include, self.predicate
+            );
+            let hash = spec.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let suffix = if self.unique { "key" } else { "idx" };
+            identifier(format!("{table}_{what}_{:08x}_{suffix}", hash as u32))
+        };
+        self
+    }
+
+    /// Whether two indexes are the same index but for their names.
+    pub fn same_as(&self, other: &Index) -> bool {
+        (
+            &self.method,
+            self.unique,
+            &self.key,
+            &self.include,
+            &self.predicate,
+        ) == (
+            &other.method,
+            other.unique,
+            &other.key,
+            &other.include,
+            &other.predicate,
+        )
+    }
+
+    /// What it covers, in words: its columns, or its key.
+    pub fn describe(&self) -> String {
+        if self.columns.is_empty() {
+            self.key.clone()
+        } else {
+            self.columns.join(", ")
+        }
+    }
 }
 
 /// A single-column foreign key to another table's `id`.
@@ -148,6 +290,7 @@ impl TableSchema {
             checks: Vec::new(),
             timestamp_trigger: false,
             notify: None,
+            extensions: Vec::new(),
         }
     }
 
@@ -182,11 +325,27 @@ impl TableSchema {
 
     /// Adds an index named `<table>_<cols>_idx`.
     pub fn with_index(mut self, columns: &[&str]) -> Self {
-        let name = identifier(format!("{}_{}_idx", self.name, columns.join("_")));
-        self.indexes.push(Index {
-            name,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-        });
+        self.indexes.push(Index::on(&self.name, columns));
+        self
+    }
+
+    /// Needs the extension `name` (`CREATE EXTENSION IF NOT EXISTS`).
+    pub fn with_extension(mut self, name: &str) -> Self {
+        self.extensions.push(name.to_owned());
+        self
+    }
+
+    /// Adds `index`, named for this table (see [`Index::named_for`]).
+    ///
+    /// ```
+    /// use mandrake_storage::schema::{Index, TableSchema};
+    /// let t = TableSchema::new("messages")
+    ///     .with_index_def(Index::on("messages", &["content"]).using("gin").ops("gin_trgm_ops"));
+    /// assert!(t.indexes[0].name.starts_with("messages_content_"));
+    /// ```
+    pub fn with_index_def(mut self, index: Index) -> Self {
+        let index = index.named_for(&self.name);
+        self.indexes.push(index);
         self
     }
 
@@ -276,6 +435,8 @@ pub struct DatabaseSchema {
     pub timestamp_function: bool,
     /// Whether `trigger_notify_change()` exists.
     pub notify_function: bool,
+    /// The extensions the database has (`pg_trgm`, …), `plpgsql` left out.
+    pub extensions: Vec<String>,
 }
 
 impl DatabaseSchema {
@@ -285,6 +446,7 @@ impl DatabaseSchema {
             tables: tables.iter().map(|t| (*t).clone()).collect(),
             timestamp_function: !tables.is_empty(),
             notify_function: tables.iter().any(|t| t.notify.is_some()),
+            extensions: extensions_of(tables),
         }
     }
 
@@ -315,8 +477,17 @@ impl DatabaseSchema {
             tables,
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
+            extensions: self.extensions.clone(),
         }
     }
+}
+
+/// The extensions `tables` declare, each once, in name order.
+pub fn extensions_of(tables: &[&TableSchema]) -> Vec<String> {
+    let mut all: Vec<String> = tables.iter().flat_map(|t| t.extensions.clone()).collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// Rename hints: the names tables and columns had before, so that the diff

@@ -23,6 +23,7 @@ pub struct ContainerAttrs {
     pub uniques: Vec<IndexAttr>,
     pub notify: Option<Ident>,
     pub extensions: Vec<LitStr>,
+    pub checks: Vec<LitStr>,
 }
 
 /// A struct-level `index(..)` or `unique(..)`: columns, or `expr = "…"`,
@@ -185,6 +186,8 @@ impl ContainerAttrs {
                     out.indexes.push(index_attr(&meta)?);
                 } else if meta.path.is_ident(UNIQUE) {
                     out.uniques.push(index_attr(&meta)?);
+                } else if meta.path.is_ident(CHECK) {
+                    out.checks.push(string(&meta)?);
                 } else if meta.path.is_ident(EXTENSION) {
                     out.extensions.push(string(&meta)?);
                 } else if meta.path.is_ident(NOTIFY) {
@@ -192,7 +195,7 @@ impl ContainerAttrs {
                 } else {
                     return Err(unknown(
                         &meta,
-                        "table, index(..), unique(..), extension, renamed_from, notify",
+                        "table, index(..), unique(..), check, extension, renamed_from, notify",
                     ));
                 }
                 Ok(())

@@ -16,6 +16,11 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_field_attrs(cx, cont);
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
+    for condition in &cont.attrs.checks {
+        if condition.value().trim().is_empty() {
+            cx.error_spanned_by(condition, "an empty `check` condition");
+        }
+    }
     check_notify(cx, cont);
     check_renames(cx, cont);
 }

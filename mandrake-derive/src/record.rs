@@ -496,6 +496,9 @@ fn schema_expr(cont: &Container) -> TokenStream {
         }
         chain = quote!(#chain.with_index_def(#def));
     }
+    for condition in &cont.attrs.checks {
+        chain = quote!(#chain.with_check(#condition));
+    }
     for extension in &cont.attrs.extensions {
         chain = quote!(#chain.with_extension(#extension));
     }

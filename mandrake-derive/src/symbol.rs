@@ -9,6 +9,7 @@ pub const UNIQUE: &str = "unique";
 pub const RENAMED_FROM: &str = "renamed_from";
 pub const NOTIFY: &str = "notify";
 pub const EXTENSION: &str = "extension";
+pub const CHECK: &str = "check";
 
 // field level (also `index`, `unique`, `renamed_from`)
 pub const RENAME: &str = "rename";

@@ -1274,6 +1274,26 @@ mod search_ready {
         }
     }
 
+    /// Two checks of the user's own.
+    pub mod checked {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(
+            table = "notes",
+            check = "length(body) > 0",
+            check = "email LIKE '%@%'"
+        )]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
     /// Search-ready: a trigram index, a partial unique index (soft
     /// delete), an expression index (case-insensitive email), a covering one.
     pub mod v2 {
@@ -1410,4 +1430,23 @@ async fn removing_a_declared_index_from_a_record_drops_it() {
     // The downs rebuild each index exactly as the catalog printed it.
     assert!(down.contains("USING gin (body gin_trgm_ops)"), "{down}");
     assert!(down.contains("WHERE (deleted_at IS NULL)"), "{down}");
+}
+
+#[tokio::test]
+async fn checks_of_the_users_own_are_declared_guarded_and_rolled_back() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let checked = [search_ready::checked::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, down) = lab.evolve(&v1, &checked, false).await;
+    assert_eq!(up.matches("ADD CONSTRAINT").count(), 2, "{up}");
+    assert_eq!(down.matches("DROP CONSTRAINT").count(), 2, "{down}");
+    // A row that breaks a new check stops the migration before it adds it.
+    lab.rollback().await;
+    lab.exec("INSERT INTO notes (body, email) VALUES ('', 'x@y')")
+        .await;
+    let err = migrate(&lab.db.url(), &lab.migrations(), &MigrateOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 row(s) break"), "{err}");
 }

@@ -20,3 +20,11 @@ pub struct Note {
 }
 
 fn main() {}
+
+#[derive(Record, Clone)]
+#[record(table = "others", check = " ")]
+pub struct Other {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

@@ -378,6 +378,25 @@ impl TableSchema {
         self
     }
 
+    /// Adds `CHECK (condition)`, named `<table>_<hash>_check` after what it
+    /// checks, so two checks never share a name and an unchanged one keeps it.
+    ///
+    /// ```
+    /// use mandrake_storage::TableSchema;
+    /// let t = TableSchema::new("messages").with_check("tokens_in >= 0");
+    /// assert!(t.checks[0].name.starts_with("messages_") && t.checks[0].name.ends_with("_check"));
+    /// ```
+    pub fn with_check(mut self, condition: &str) -> Self {
+        let hash = condition.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.checks.push(Check {
+            name: identifier(format!("{}_{:08x}_check", self.name, hash as u32)),
+            expression: condition.to_owned(),
+        });
+        self
+    }
+
     /// Turns on the `set_timestamp` trigger.
     pub fn with_timestamp_trigger(mut self) -> Self {
         self.timestamp_trigger = true;

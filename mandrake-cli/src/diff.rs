@@ -445,7 +445,7 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
     let table = &new.name;
     for column in &new.columns {
         let Some(before) = old.column(&column.name) else {
-            if !column.nullable && column.default.is_none() {
+            if !column.nullable && column.default.is_none() && column.generated.is_none() {
                 return Err(Error::Schema(format!(
                     "cannot add NOT NULL column {}.{} without a default: the table may hold rows. \
                      Give it `#[record(default = \"<sql>\")]`, or add it as an `Option` first, \
@@ -459,6 +459,37 @@ fn diff_columns(old: &TableSchema, new: &TableSchema, phases: &mut Phases) -> Re
             }));
             continue;
         };
+        if before.generated != column.generated {
+            // PostgreSQL cannot change a generation expression in place, nor
+            // make a column generated: the column is made again, its values
+            // computed anew (a computed column loses nothing).
+            phases
+                .alter_columns
+                .push(SchemaChange::Drop(Object::Column {
+                    table: table.clone(),
+                    column: before.clone(),
+                }));
+            phases.alter_columns.push(SchemaChange::Add(Object::Column {
+                table: table.clone(),
+                column: column.clone(),
+            }));
+            // Its indexes go with it: dropped first, built again after.
+            let mentions = |text: &str| rename_in_expression(text, &column.name, "\u{1}") != text;
+            let object = |index: &Index| Object::Index {
+                table: table.clone(),
+                index: index.clone(),
+                online: false,
+            };
+            for index in old.indexes.iter().filter(|i| mentions(&i.key)) {
+                phases
+                    .drop_constraints
+                    .push(SchemaChange::Drop(object(index)));
+                if let Some(kept) = new.indexes.iter().find(|n| n.same_as(index)) {
+                    phases.add_constraints.push(SchemaChange::Add(object(kept)));
+                }
+            }
+            continue;
+        }
         alter_column(table, before, column, phases);
     }
     for column in &old.columns {

@@ -34,6 +34,8 @@ pub enum Role {
     UpdatedAt,
     Version,
     Skipped,
+    /// Computed by the database (`generated = "…"`): read, never written.
+    Generated,
     /// An ordinary column: inserted by `create`, changed by a patch.
     Data,
 }
@@ -81,6 +83,8 @@ impl<'a> Container<'a> {
                 let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
                 let role = if attrs.skip.is_some() {
                     Role::Skipped
+                } else if attrs.generated.is_some() {
+                    Role::Generated
                 } else if attrs.version.is_some() {
                     Role::Version
                 } else {

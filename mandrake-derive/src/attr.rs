@@ -65,6 +65,7 @@ pub struct FieldAttrs {
     pub skip: Option<Ident>,
     pub secret: Option<Ident>,
     pub version: Option<Ident>,
+    pub generated: Option<LitStr>,
 }
 
 fn record_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
@@ -243,11 +244,13 @@ impl FieldAttrs {
                     set_once(&mut out.secret, &meta, path_ident(&meta))?;
                 } else if path.is_ident(VERSION) {
                     set_once(&mut out.version, &meta, path_ident(&meta))?;
+                } else if path.is_ident(GENERATED) {
+                    set_once(&mut out.generated, &meta, string(&meta)?)?;
                 } else {
                     return Err(unknown(
                         &meta,
                         "rename, unique, index, references, on_delete, default, sql_type, \
-                         renamed_from, skip, secret, version",
+                         renamed_from, skip, secret, version, generated",
                     ));
                 }
                 Ok(())

@@ -16,6 +16,30 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_field_attrs(cx, cont);
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
+    for f in &cont.fields {
+        if let Some(expression) = &f.attrs.generated {
+            if expression.value().trim().is_empty() {
+                cx.error_spanned_by(expression, "an empty `generated` expression");
+            }
+            let conflict = [
+                (f.attrs.default.is_some(), "default"),
+                (f.attrs.version.is_some(), "version"),
+                (f.attrs.references.is_some(), "references"),
+                (f.attrs.skip.is_some(), "skip"),
+            ];
+            if let Some((_, other)) = conflict.iter().find(|(set, _)| *set) {
+                cx.error_spanned_by(
+                    expression,
+                    format!(
+                        "a generated column cannot also be `{other}`: the database computes it"
+                    ),
+                );
+            }
+            if [ID, CREATED_AT, UPDATED_AT].contains(&f.column.as_str()) {
+                cx.error_spanned_by(expression, format!("`{}` cannot be generated", f.column));
+            }
+        }
+    }
     for condition in &cont.attrs.checks {
         if condition.value().trim().is_empty() {
             cx.error_spanned_by(condition, "an empty `check` condition");

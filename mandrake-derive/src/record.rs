@@ -430,8 +430,9 @@ fn schema_expr(cont: &Container) -> TokenStream {
             .map(LitStr::value)
             .or(implied_default.map(str::to_owned))
             .map(|d| quote!(.default(#d)));
+        let generated = f.attrs.generated.as_ref().map(|g| quote!(.generated(#g)));
         chain = quote! {
-            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default)
+            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default #generated)
         };
         if f.attrs.sql_type.is_none() {
             let alias = column_alias(f);

@@ -20,6 +20,7 @@ pub const SQL_TYPE: &str = "sql_type";
 pub const SKIP: &str = "skip";
 pub const SECRET: &str = "secret";
 pub const VERSION: &str = "version";
+pub const GENERATED: &str = "generated";
 
 // required fields
 pub const ID: &str = "id";

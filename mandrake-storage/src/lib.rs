@@ -13,6 +13,10 @@
 //! |---|---|---|
 //! | struct | `table = "name"` | table name (default: snake_case plural of the struct) |
 //! | struct | `index(a, b)` / `unique(a, b)` | composite index / unique constraint |
+//! | struct | `index(a, using = "gin", ops = "gin_trgm_ops", where = "<sql>", include(b))` | index of another method, with an operator class, partial, covering |
+//! | struct | `index(expr = "lower(email)")`, `unique(email, where = "deleted_at IS NULL")` | index on an expression; a partial or expression `unique` is a unique index |
+//! | struct | `extension = "pg_trgm"` (repeatable) | `CREATE EXTENSION IF NOT EXISTS` before the tables |
+//! | struct | `check = "<sql condition>"` (repeatable) | a CHECK, named after what it checks |
 //! | struct | `renamed_from = "old"` | the table's previous name (the diff renames it) |
 //! | struct | `notify` | announce every committed change; adds `T::subscribe` ([`Subscription`]) |
 //! | field | `rename = "col"` | column name |
@@ -24,6 +28,7 @@
 //! | field | `skip` | not stored (filled with `Default::default()`) |
 //! | field | `secret` | shown as `"<redacted>"` in `Debug` |
 //! | field | `version` | integer column for optimistic locking |
+//! | field | `generated = "<sql>"` | `GENERATED ALWAYS AS (…) STORED`: read back, never in `New…` or the patch |
 //!
 //! The derive also implements `Debug` (so do not derive it too) and generates
 //! `New<Name>` (create input: no id, timestamps or version) and `<Name>Patch`

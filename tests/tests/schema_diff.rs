@@ -1274,6 +1274,42 @@ mod search_ready {
         }
     }
 
+    /// A column the database computes.
+    pub mod generated {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes")]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            #[record(generated = "length(body)")]
+            pub body_length: i32,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    /// The same column computed another way, and indexed.
+    pub mod regenerated {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes", index(body_length))]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            #[record(generated = "length(body) * 2")]
+            pub body_length: i32,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
     /// Two checks of the user's own.
     pub mod checked {
         use super::*;
@@ -1449,4 +1485,46 @@ async fn checks_of_the_users_own_are_declared_guarded_and_rolled_back() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("1 row(s) break"), "{err}");
+}
+
+#[tokio::test]
+async fn generated_columns_are_computed_read_back_and_never_written() {
+    use search_ready::generated::{NewNote, Note};
+    let v1 = [search_ready::v1::Note::schema()];
+    let generated = [Note::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, _) = lab.evolve(&v1, &generated, false).await;
+    assert!(
+        up.contains("GENERATED ALWAYS AS (length(body)) STORED"),
+        "{up}"
+    );
+    let note = Note::repo()
+        .create(
+            lab.db.db(),
+            NewNote {
+                body: "hello".into(),
+                email: "a@b".into(),
+                deleted_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(note.body_length, 5, "computed by the database, read back");
+    let patch = search_ready::generated::NotePatch {
+        body: Some("hi".into()),
+        ..Default::default()
+    };
+    let note = Note::repo()
+        .update(lab.db.db(), note.id, patch)
+        .await
+        .unwrap();
+    assert_eq!(note.body_length, 2);
+    // Another expression: the column is made again (nothing is lost, so no
+    // --allow-destructive), its index with it.
+    let regenerated = [search_ready::regenerated::Note::schema()];
+    let made = lab.generate(&regenerated, false).await.unwrap();
+    assert_eq!(made.files.len(), 1);
+    lab.migrate().await;
+    let lengths: Vec<String> = lab.text("SELECT body_length::text FROM notes").await;
+    assert_eq!(lengths, ["4"]);
 }

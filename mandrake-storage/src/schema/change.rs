@@ -296,6 +296,7 @@ impl Object {
                 "re-creates table {}; its rows are not restored",
                 t.name
             )),
+            Object::Column { column, .. } if column.generated.is_some() => None,
             Object::Column { table, column } => {
                 let mut note = format!(
                     "re-adds column {table}.{}; its values are not restored",
@@ -629,7 +630,9 @@ impl SchemaChange {
     /// type change that narrows (refused without `--allow-destructive`).
     pub fn is_destructive(&self) -> bool {
         match self {
-            SchemaChange::Drop(Object::Table(_) | Object::Column { .. }) => true,
+            // A generated column's values are computed again when it comes back.
+            SchemaChange::Drop(Object::Column { column, .. }) => column.generated.is_none(),
+            SchemaChange::Drop(Object::Table(_)) => true,
             SchemaChange::AlterType { from, to, .. } => !widens(from, to),
             _ => false,
         }

@@ -64,6 +64,9 @@ pub fn column_definition(column: &ColumnDef) -> String {
         sql.push_str(" DEFAULT ");
         sql.push_str(default);
     }
+    if let Some(expression) = &column.generated {
+        sql.push_str(&format!(" GENERATED ALWAYS AS ({expression}) STORED"));
+    }
     sql
 }
 

@@ -65,7 +65,7 @@ async fn read_columns(
 ) -> Result<()> {
     let columns = sqlx::query(
         "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                pg_get_expr(d.adbin, d.adrelid) \
+                pg_get_expr(d.adbin, d.adrelid), a.attgenerated = 's' \
          FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -77,6 +77,8 @@ async fn read_columns(
     .await?;
     for row in columns {
         let table: String = row.try_get(0)?;
+        let expression: Option<String> = row.try_get(4)?;
+        let generated: bool = row.try_get(5)?;
         let entry = tables
             .entry(table.clone())
             .or_insert_with(|| TableSchema::new(&table));
@@ -84,7 +86,9 @@ async fn read_columns(
             name: row.try_get(1)?,
             sql_type: row.try_get(2)?,
             nullable: !row.try_get::<bool, _>(3)?,
-            default: row.try_get(4)?,
+            // A generated column's expression is stored where a default is.
+            default: if generated { None } else { expression.clone() },
+            generated: if generated { expression } else { None },
         });
     }
     Ok(())

@@ -54,6 +54,9 @@ pub struct ColumnDef {
     pub nullable: bool,
     /// A SQL expression, e.g. `now()`.
     pub default: Option<String>,
+    /// For a generated column (`GENERATED ALWAYS AS (…) STORED`): the
+    /// expression its value is computed from; never written by the app.
+    pub generated: Option<String>,
 }
 
 /// A unique constraint over one or more columns.
@@ -429,6 +432,7 @@ impl ColumnDef {
             sql_type: sql_type.to_owned(),
             nullable: false,
             default: None,
+            generated: None,
         }
     }
 
@@ -441,6 +445,12 @@ impl ColumnDef {
     /// The column default, a SQL expression.
     pub fn default(mut self, expression: &str) -> Self {
         self.default = Some(expression.to_owned());
+        self
+    }
+
+    /// Generated from `expression` (`GENERATED ALWAYS AS (…) STORED`).
+    pub fn generated(mut self, expression: &str) -> Self {
+        self.generated = Some(expression.to_owned());
         self
     }
 }

@@ -57,6 +57,8 @@ pub struct FieldAttrs {
     pub rename: Option<LitStr>,
     pub unique: Option<Ident>,
     pub index: Option<Ident>,
+    /// `index = false`: no index of its own for a foreign key.
+    pub no_index: Option<Ident>,
     pub references: Option<LitStr>,
     pub on_delete: Option<(LitStr, Option<OnDelete>)>,
     pub default: Option<LitStr>,
@@ -220,7 +222,17 @@ impl FieldAttrs {
                 } else if path.is_ident(UNIQUE) {
                     set_once(&mut out.unique, &meta, path_ident(&meta))?;
                 } else if path.is_ident(INDEX) {
-                    set_once(&mut out.index, &meta, path_ident(&meta))?;
+                    let wanted = if meta.input.peek(Token![=]) {
+                        meta.value()?.parse::<syn::LitBool>()?.value
+                    } else {
+                        true
+                    };
+                    let slot = if wanted {
+                        &mut out.index
+                    } else {
+                        &mut out.no_index
+                    };
+                    set_once(slot, &meta, path_ident(&meta))?;
                 } else if path.is_ident(REFERENCES) {
                     set_once(&mut out.references, &meta, string(&meta)?)?;
                 } else if path.is_ident(ON_DELETE) {

@@ -17,6 +17,14 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
     for f in &cont.fields {
+        if let Some(off) = &f.attrs.no_index
+            && f.attrs.references.is_none()
+        {
+            cx.error_spanned_by(
+                off,
+                "`index = false` turns off a foreign key's own index: this field has no `references`",
+            );
+        }
         if let Some(expression) = &f.attrs.generated {
             if expression.value().trim().is_empty() {
                 cx.error_spanned_by(expression, "an empty `generated` expression");

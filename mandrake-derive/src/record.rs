@@ -497,6 +497,11 @@ fn schema_expr(cont: &Container) -> TokenStream {
         }
         chain = quote!(#chain.with_index_def(#def));
     }
+    let unindexed = cont
+        .columns()
+        .filter(|f| f.attrs.no_index.is_some())
+        .map(|f| &f.column);
+    chain = quote!(#chain.with_foreign_key_indexes(&[#(#unindexed),*]));
     for condition in &cont.attrs.checks {
         chain = quote!(#chain.with_check(#condition));
     }

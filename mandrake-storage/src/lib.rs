@@ -28,6 +28,7 @@
 //! | field | `skip` | not stored (filled with `Default::default()`) |
 //! | field | `secret` | shown as `"<redacted>"` in `Debug` |
 //! | field | `version` | integer column for optimistic locking |
+//! | field | `index = false` | no index of its own for a foreign key (by default each gets one, unless an index or unique key starts with it) |
 //! | field | `generated = "<sql>"` | `GENERATED ALWAYS AS (…) STORED`: read back, never in `New…` or the patch |
 //!
 //! The derive also implements `Debug` (so do not derive it too) and generates

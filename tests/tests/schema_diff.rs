@@ -1528,3 +1528,45 @@ async fn generated_columns_are_computed_read_back_and_never_written() {
     let lengths: Vec<String> = lab.text("SELECT body_length::text FROM notes").await;
     assert_eq!(lengths, ["4"]);
 }
+
+mod keyed {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "owners")]
+    pub struct Owner {
+        pub id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "pets", index(shelter_id, created_at))]
+    pub struct Pet {
+        pub id: Uuid,
+        #[record(references = "owners", on_delete = "cascade")]
+        pub owner_id: Uuid,
+        #[record(references = "owners", on_delete = "cascade")]
+        pub shelter_id: Uuid,
+        #[record(references = "owners", on_delete = "cascade", index = false)]
+        pub vet_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[test]
+fn every_foreign_key_gets_an_index_unless_one_starts_with_it_or_it_says_no() {
+    let indexed: Vec<Vec<String>> = keyed::Pet::schema()
+        .indexes
+        .iter()
+        .map(|i| i.columns.clone())
+        .collect();
+    assert_eq!(
+        indexed,
+        [
+            vec!["shelter_id".to_owned(), "created_at".to_owned()],
+            vec!["owner_id".to_owned()]
+        ]
+    );
+}

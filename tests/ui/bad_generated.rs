@@ -15,3 +15,13 @@ pub struct Note {
 }
 
 fn main() {}
+
+#[derive(Record, Clone)]
+#[record(table = "others")]
+pub struct Other {
+    pub id: Uuid,
+    #[record(index = false)]
+    pub plain: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

@@ -363,6 +363,42 @@ impl TableSchema {
         self
     }
 
+    /// Gives each foreign key an index of its own, unless an index, unique
+    /// key or the primary key already starts with its column, or the column
+    /// is in `except` (a field's `index = false`): without one, every cascade
+    /// and every lookup of a parent's children scans the table. Call it after
+    /// the keys, indexes and unique keys.
+    ///
+    /// ```
+    /// use mandrake_storage::{OnDelete, TableSchema};
+    /// let t = TableSchema::new("models")
+    ///     .with_foreign_key("provider_id", "providers", OnDelete::Cascade)
+    ///     .with_foreign_key("owner_id", "users", OnDelete::Cascade)
+    ///     .with_unique(&["provider_id", "model_id"])
+    ///     .with_foreign_key_indexes(&[]);
+    /// assert_eq!(t.indexes.len(), 1);
+    /// assert_eq!(t.indexes[0].columns, ["owner_id"]);
+    /// ```
+    pub fn with_foreign_key_indexes(mut self, except: &[&str]) -> Self {
+        let leading =
+            |columns: &[String], column: &str| columns.first().is_some_and(|c| c == column);
+        let missing: Vec<String> = self
+            .foreign_keys
+            .iter()
+            .map(|k| k.column.clone())
+            .filter(|c| !except.contains(&c.as_str()))
+            .filter(|c| {
+                !self.indexes.iter().any(|i| leading(&i.columns, c))
+                    && !self.uniques.iter().any(|u| leading(&u.columns, c))
+                    && !leading(&self.primary_key, c)
+            })
+            .collect();
+        for column in missing {
+            self.indexes.push(Index::on(&self.name, &[&column]));
+        }
+        self
+    }
+
     /// Restricts a text column to `values` (how enums are stored); no
     /// constraint when `values` is empty.
     pub fn with_allowed_values(mut self, column: &str, values: &[&str]) -> Self {

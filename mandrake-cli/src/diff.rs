@@ -616,12 +616,7 @@ fn diff_constraints(
         table: table(),
         unique: unique.clone(),
     };
-    let indexes = matched(
-        &old.indexes,
-        &new.indexes,
-        |a, b| a.columns == b.columns,
-        |i| &i.name,
-    );
+    let indexes = matched(&old.indexes, &new.indexes, Index::same_as, |i| &i.name);
     let index = |index: &Index| Object::Index {
         table: table(),
         index: index.clone(),

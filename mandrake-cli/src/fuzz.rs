@@ -1,14 +1,17 @@
 //! `cargo xtask fuzz-diff`: random pairs of schemas for the diff. Each case
 //! is a schema and a changed copy of it (columns added, dropped, renamed,
 //! retyped, made required or optional, defaults, indexes, unique keys,
-//! foreign keys, whole tables added, dropped and renamed); `new-migration`
+//! foreign keys, whole tables added, dropped and renamed; an index of another
+//! method, partial or on an expression, a check, a generated column);
+//! `new-migration`
 //! must write a migration for the change (`--online` for odd seeds), which
 //! it only does after proving on a scratch database that up builds the
 //! second schema, down restores the first and up applies again; then a
 //! second run must find nothing left to do.
 
 use crate::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
-use mandrake_storage::schema::{ColumnDef, OnDelete, Renames, TableSchema};
+use mandrake_storage::schema::ddl::quote_ident;
+use mandrake_storage::schema::{ColumnDef, Index, OnDelete, Renames, TableSchema};
 use mandrake_storage::{Error, MigrationError, Result};
 
 /// A small, seedable generator (xorshift64*): the same seed, the same case.
@@ -77,6 +80,58 @@ struct Table {
     columns: Vec<Column>,
     index: Option<String>,
     unique: Option<String>,
+    /// How `index` is built (see [`Extras`]).
+    index_style: IndexStyle,
+    /// A check of the user's own (on `id`, which no edit touches).
+    check: bool,
+    /// A generated column `g`, from `id`, and which expression.
+    generated: Option<u8>,
+}
+
+/// The wider schema model's kinds: an index of another method, partial or
+/// on an expression, a check, a generated column. Drawn from an RNG of
+/// their own, so a seed's other edits stay what they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexStyle {
+    Plain,
+    Hash,
+    Partial,
+    Expression,
+}
+
+const STYLES: [IndexStyle; 4] = [
+    IndexStyle::Plain,
+    IndexStyle::Hash,
+    IndexStyle::Partial,
+    IndexStyle::Expression,
+];
+
+/// Draws the extra kinds of each table; with `before`, as a change of them.
+fn extras(rng: &mut Rng, tables: &mut [Table], before: Option<&[Table]>) {
+    for table in tables.iter_mut() {
+        let old = before.and_then(|b| b.iter().find(|t| t.name == table.name));
+        match old {
+            None => {
+                table.index_style = *rng.pick(&STYLES);
+                table.check = rng.chance(30);
+                table.generated = rng.chance(30).then(|| rng.below(2) as u8);
+            }
+            Some(old) => {
+                table.index_style = if rng.chance(30) {
+                    *rng.pick(&STYLES)
+                } else {
+                    old.index_style
+                };
+                table.check = old.check != rng.chance(20);
+                table.generated = match (old.generated, rng.below(5)) {
+                    (None, 0) => Some(0),
+                    (Some(_), 0) => None,
+                    (Some(g), 1) => Some(1 - g),
+                    (g, _) => g,
+                };
+            }
+        }
+    }
 }
 
 fn defaults(ty: &str) -> &'static [&'static str] {
@@ -124,6 +179,9 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
             index: rng.chance(50).then(|| rng.pick(&plain).clone()),
             unique: rng.chance(30).then(|| rng.pick(&plain).clone()),
             columns,
+            index_style: IndexStyle::Plain,
+            check: false,
+            generated: None,
         });
     }
     tables
@@ -229,6 +287,9 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
             columns: vec![column(rng, "c0".into())],
             index: None,
             unique: None,
+            index_style: IndexStyle::Plain,
+            check: false,
+            generated: None,
         });
     }
     if next.len() > 1 && rng.chance(20) {
@@ -281,8 +342,25 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
             if let Some(u) = &t.unique {
                 schema = schema.with_unique(&[u.as_str()]);
             }
+            if let Some(g) = t.generated {
+                let expression = ["length(id::text)", "length(id::text) * 2"][g as usize];
+                schema = schema.with_column(ColumnDef::new("g", "integer").generated(expression));
+            }
             if let Some(i) = &t.index {
-                schema = schema.with_index(&[i.as_str()]);
+                let plain = Index::on(&t.name, &[i.as_str()]);
+                schema = match t.index_style {
+                    IndexStyle::Plain => schema.with_index(&[i.as_str()]),
+                    IndexStyle::Hash => schema.with_index_def(plain.using("hash")),
+                    IndexStyle::Partial => schema
+                        .with_index_def(plain.filter(&format!("{} IS NOT NULL", quote_ident(i)))),
+                    IndexStyle::Expression => schema.with_index_def(Index::on_expression(
+                        &t.name,
+                        &format!("({} IS NULL)", quote_ident(i)),
+                    )),
+                };
+            }
+            if t.check {
+                schema = schema.with_check("length(id::text) = 36");
             }
             for c in &t.columns {
                 if let Some((target, on_delete)) = &c.references {
@@ -324,8 +402,11 @@ pub struct Case {
 /// Case `seed`.
 pub fn case(seed: u64) -> Case {
     let mut rng = Rng::new(seed);
-    let first = first_schema(&mut rng);
-    let second = changed(&mut rng, &first);
+    let mut first = first_schema(&mut rng);
+    let mut second = changed(&mut rng, &first);
+    let mut more = Rng::new(seed ^ 0x5eed_5eed);
+    extras(&mut more, &mut first, None);
+    extras(&mut more, &mut second, Some(&first));
     Case {
         first: build(&first),
         second: build(&second),

@@ -462,11 +462,36 @@ fn same(actual: &DatabaseSchema, expected: &DatabaseSchema, what: &str) -> Resul
     Err(Error::Migration(MigrationError::Other(format!(
         "verification failed: {what}; still to do: {}; nothing was written",
         if left.is_empty() {
-            "(differences in detail only)".into()
+            detail(&actual.normalized(), &expected.normalized())
         } else {
             left.join("; ")
         }
     ))))
+}
+
+/// Where two schemas the diff finds nothing between still differ: the first
+/// table (or the database-wide part) that does, both ways.
+fn detail(actual: &DatabaseSchema, expected: &DatabaseSchema) -> String {
+    let differing = actual
+        .tables
+        .iter()
+        .zip(&expected.tables)
+        .find(|(a, e)| a != e);
+    match differing {
+        Some((a, e)) => format!(
+            "table {} differs in detail: built {a:?}, wanted {e:?}",
+            a.name
+        ),
+        None => format!(
+            "differs in detail: built extensions {:?}, functions {}/{}; wanted {:?}, {}/{}",
+            actual.extensions,
+            actual.timestamp_function,
+            actual.notify_function,
+            expected.extensions,
+            expected.timestamp_function,
+            expected.notify_function
+        ),
+    }
 }
 
 /// snake_case letters, digits and underscores only.

@@ -21,7 +21,11 @@ pub fn mermaid(tables: &[&TableSchema]) -> String {
             if table.primary_key.contains(&column.name) {
                 keys.push("PK");
             }
-            if table.foreign_keys.iter().any(|fk| fk.column == column.name) {
+            if table
+                .foreign_keys
+                .iter()
+                .any(|fk| fk.columns.contains(&column.name))
+            {
                 keys.push("FK");
             }
             if table
@@ -48,12 +52,17 @@ pub fn mermaid(tables: &[&TableSchema]) -> String {
     }
     for table in tables {
         for fk in &table.foreign_keys {
-            let nullable = table.column(&fk.column).is_some_and(|c| c.nullable);
+            let nullable = fk
+                .columns
+                .iter()
+                .any(|c| table.column(c).is_some_and(|c| c.nullable));
             let parent_side = if nullable { "|o" } else { "||" };
             let _ = writeln!(
                 out,
                 "    {} {parent_side}--o{{ {} : \"{}\"",
-                fk.references, table.name, fk.column
+                fk.references,
+                table.name,
+                fk.columns.join(", ")
             );
         }
     }

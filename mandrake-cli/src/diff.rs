@@ -369,7 +369,7 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
             .map(|p| rename_in_expression(p, old, new));
     }
     for fk in &mut table.foreign_keys {
-        rename(&mut fk.column);
+        fk.columns.iter_mut().for_each(rename);
     }
     // PostgreSQL renames the column inside CHECK expressions too (an enum
     // column's check): so must the schema the rest of the diff compares.
@@ -623,7 +623,8 @@ fn diff_constraints(
         online: false,
     };
     let same_fk = |a: &ForeignKey, b: &ForeignKey| {
-        a.column == b.column && a.references == b.references && a.on_delete == b.on_delete
+        (&a.columns, &a.references, &a.referenced, a.on_delete)
+            == (&b.columns, &b.references, &b.referenced, b.on_delete)
     };
     let keys = matched(&old.foreign_keys, &new.foreign_keys, same_fk, |k| &k.name);
     let checks = matched(

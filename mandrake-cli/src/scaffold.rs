@@ -128,14 +128,29 @@ pub async fn compare(
     result
 }
 
-/// Every `references = "…"` names a registered table.
+/// Every `references = "…"` names a registered table, and the columns a
+/// key references are that table's primary key or one of its unique keys.
 fn check_references(tables: &[&TableSchema]) -> Result<()> {
     for table in tables {
         for fk in &table.foreign_keys {
-            if !tables.iter().any(|t| t.name == fk.references) {
+            let Some(target) = tables.iter().find(|t| t.name == fk.references) else {
                 return Err(Error::Schema(format!(
                     "{}.{} references table {:?}, which no registered record type describes",
-                    table.name, fk.column, fk.references
+                    table.name,
+                    fk.columns.join(", "),
+                    fk.references
+                )));
+            };
+            let key = |columns: &[String]| columns == fk.referenced.as_slice();
+            if !key(&target.primary_key) && !target.uniques.iter().any(|u| key(&u.columns)) {
+                return Err(Error::Schema(format!(
+                    "foreign key {}.{} references ({}) of {}, which is neither its primary key \
+                     nor one of its unique keys: add `unique({})` to that record",
+                    table.name,
+                    fk.describe(),
+                    fk.referenced.join(", "),
+                    fk.references,
+                    fk.referenced.join(", ")
                 )));
             }
         }

@@ -24,6 +24,76 @@ pub struct ContainerAttrs {
     pub notify: Option<Ident>,
     pub extensions: Vec<LitStr>,
     pub checks: Vec<LitStr>,
+    pub foreign_keys: Vec<ForeignKeyAttr>,
+}
+
+/// A struct-level `foreign_key(a, b, references = "users(a, id)", on_delete = "…")`.
+pub struct ForeignKeyAttr {
+    pub keyword: Ident,
+    pub columns: Vec<Ident>,
+    pub references: Option<LitStr>,
+    pub on_delete: Option<(LitStr, Option<OnDelete>)>,
+}
+
+impl ForeignKeyAttr {
+    /// `users(workspace_id, id)` → `("users", ["workspace_id", "id"])`.
+    pub fn target(&self) -> Option<(String, Vec<String>)> {
+        let text = self.references.as_ref()?.value();
+        let (table, rest) = text.split_once('(')?;
+        let columns = rest.strip_suffix(')')?;
+        let columns: Vec<String> = columns.split(',').map(|c| c.trim().to_owned()).collect();
+        let table = table.trim();
+        (!table.is_empty() && columns.iter().all(|c| !c.is_empty()))
+            .then(|| (table.to_owned(), columns))
+    }
+}
+
+fn on_delete_value(lit: LitStr) -> (LitStr, Option<OnDelete>) {
+    let value = match lit.value().to_lowercase().as_str() {
+        "cascade" => Some(OnDelete::Cascade),
+        "set null" => Some(OnDelete::SetNull),
+        "restrict" => Some(OnDelete::Restrict),
+        _ => None,
+    };
+    (lit, value)
+}
+
+/// The inside of `foreign_key(..)`.
+fn foreign_key_attr(meta: &ParseNestedMeta) -> syn::Result<ForeignKeyAttr> {
+    use syn::ext::IdentExt;
+    let content;
+    syn::parenthesized!(content in meta.input);
+    let mut out = ForeignKeyAttr {
+        keyword: path_ident(meta),
+        columns: Vec::new(),
+        references: None,
+        on_delete: None,
+    };
+    while !content.is_empty() {
+        let name = Ident::parse_any(&content)?;
+        if content.peek(Token![=]) {
+            content.parse::<Token![=]>()?;
+            let value: LitStr = content.parse()?;
+            match name.to_string().as_str() {
+                "references" => out.references = Some(value),
+                "on_delete" => out.on_delete = Some(on_delete_value(value)),
+                other => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!(
+                            "unknown foreign key setting `{other}`; expected references, on_delete"
+                        ),
+                    ));
+                }
+            }
+        } else {
+            out.columns.push(name);
+        }
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+        }
+    }
+    Ok(out)
 }
 
 /// A struct-level `index(..)` or `unique(..)`: columns, or `expr = "…"`,
@@ -189,6 +259,8 @@ impl ContainerAttrs {
                     out.indexes.push(index_attr(&meta)?);
                 } else if meta.path.is_ident(UNIQUE) {
                     out.uniques.push(index_attr(&meta)?);
+                } else if meta.path.is_ident(FOREIGN_KEY) {
+                    out.foreign_keys.push(foreign_key_attr(&meta)?);
                 } else if meta.path.is_ident(CHECK) {
                     out.checks.push(string(&meta)?);
                 } else if meta.path.is_ident(EXTENSION) {
@@ -198,7 +270,8 @@ impl ContainerAttrs {
                 } else {
                     return Err(unknown(
                         &meta,
-                        "table, index(..), unique(..), check, extension, renamed_from, notify",
+                        "table, index(..), unique(..), foreign_key(..), check, extension, renamed_from, \
+                         notify",
                     ));
                 }
                 Ok(())

@@ -48,6 +48,39 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
             }
         }
     }
+    for key in &cont.attrs.foreign_keys {
+        for ident in &key.columns {
+            if resolve_column(cont, &ident.to_string()).is_none() {
+                cx.error_spanned_by(ident, format!("no column `{ident}` in this struct"));
+            }
+        }
+        match (&key.references, key.target()) {
+            (None, _) => cx.error_spanned_by(
+                &key.keyword,
+                "`foreign_key(..)` needs `references = \"<table>(<columns>)\"`",
+            ),
+            (Some(lit), None) => cx.error_spanned_by(
+                lit,
+                "`references` must name a table and its key columns: \"users(workspace_id, id)\"",
+            ),
+            (Some(lit), Some((_, referenced))) if referenced.len() != key.columns.len() => cx
+                .error_spanned_by(
+                    lit,
+                    format!(
+                        "{} column(s) reference {} column(s): name as many on both sides",
+                        key.columns.len(),
+                        referenced.len()
+                    ),
+                ),
+            _ => {}
+        }
+        if let Some((lit, None)) = &key.on_delete {
+            cx.error_spanned_by(
+                lit,
+                "`on_delete` must be \"cascade\", \"set null\" or \"restrict\"",
+            );
+        }
+    }
     for condition in &cont.attrs.checks {
         if condition.value().trim().is_empty() {
             cx.error_spanned_by(condition, "an empty `check` condition");

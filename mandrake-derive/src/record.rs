@@ -497,6 +497,24 @@ fn schema_expr(cont: &Container) -> TokenStream {
         }
         chain = quote!(#chain.with_index_def(#def));
     }
+    for key in &cont.attrs.foreign_keys {
+        let Some((target, referenced)) = key.target() else {
+            continue;
+        };
+        let cols = key
+            .columns
+            .iter()
+            .filter_map(|i| resolve_column(cont, &i.to_string()));
+        let on_delete = match key.on_delete.as_ref().and_then(|(_, v)| *v) {
+            None => quote!(NoAction),
+            Some(OnDelete::Cascade) => quote!(Cascade),
+            Some(OnDelete::SetNull) => quote!(SetNull),
+            Some(OnDelete::Restrict) => quote!(Restrict),
+        };
+        chain = quote! {
+            #chain.with_composite_foreign_key(&[#(#cols),*], #target, &[#(#referenced),*], #ms::OnDelete::#on_delete)
+        };
+    }
     let unindexed = cont
         .columns()
         .filter(|f| f.attrs.no_index.is_some())

@@ -10,6 +10,7 @@ pub const RENAMED_FROM: &str = "renamed_from";
 pub const NOTIFY: &str = "notify";
 pub const EXTENSION: &str = "extension";
 pub const CHECK: &str = "check";
+pub const FOREIGN_KEY: &str = "foreign_key";
 
 // field level (also `index`, `unique`, `renamed_from`)
 pub const RENAME: &str = "rename";

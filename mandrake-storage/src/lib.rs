@@ -17,6 +17,7 @@
 //! | struct | `index(expr = "lower(email)")`, `unique(email, where = "deleted_at IS NULL")` | index on an expression; a partial or expression `unique` is a unique index |
 //! | struct | `extension = "pg_trgm"` (repeatable) | `CREATE EXTENSION IF NOT EXISTS` before the tables |
 //! | struct | `check = "<sql condition>"` (repeatable) | a CHECK, named after what it checks |
+//! | struct | `foreign_key(a, b, references = "users(a, id)", on_delete = "cascade")` | a foreign key over several columns to a primary or unique key |
 //! | struct | `renamed_from = "old"` | the table's previous name (the diff renames it) |
 //! | struct | `notify` | announce every committed change; adds `T::subscribe` ([`Subscription`]) |
 //! | field | `rename = "col"` | column name |

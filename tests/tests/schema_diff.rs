@@ -1570,3 +1570,138 @@ fn every_foreign_key_gets_an_index_unless_one_starts_with_it_or_it_says_no() {
         ]
     );
 }
+
+mod tenants {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "workspaces")]
+    pub struct Workspace {
+        pub id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "users", unique(workspace_id, id))]
+    pub struct User {
+        pub id: Uuid,
+        #[record(references = "workspaces", on_delete = "cascade")]
+        pub workspace_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    pub mod loose {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "chats")]
+        pub struct Chat {
+            pub id: Uuid,
+            #[record(references = "workspaces", on_delete = "cascade")]
+            pub workspace_id: Uuid,
+            pub user_id: Uuid,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    pub mod kept {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(
+            table = "chats",
+            foreign_key(
+                workspace_id,
+                user_id,
+                references = "users(workspace_id, id)",
+                on_delete = "cascade"
+            )
+        )]
+        pub struct Chat {
+            pub id: Uuid,
+            #[record(references = "workspaces", on_delete = "cascade")]
+            pub workspace_id: Uuid,
+            pub user_id: Uuid,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    /// A key to columns that are no key of the table they name.
+    pub mod unkeyed {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(
+            table = "chats",
+            foreign_key(workspace_id, user_id, references = "users(workspace_id, created_at)")
+        )]
+        pub struct Chat {
+            pub id: Uuid,
+            pub workspace_id: Uuid,
+            pub user_id: DateTime<Utc>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_key_over_two_columns_keeps_a_child_in_its_parents_workspace() {
+    use tenants::*;
+    let v1 = [Workspace::schema(), User::schema(), loose::Chat::schema()];
+    let v2 = [Workspace::schema(), User::schema(), kept::Chat::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    assert!(
+        up.contains(r#"FOREIGN KEY ("workspace_id", "user_id") REFERENCES "users"("workspace_id","id") ON DELETE CASCADE"#),
+        "{up}"
+    );
+    assert!(down.contains("DROP CONSTRAINT"), "{down}");
+    // Its columns got an index of their own.
+    let indexes = lab
+        .text("SELECT indexdef::text FROM pg_indexes WHERE tablename = 'chats' ORDER BY 1")
+        .await;
+    assert!(
+        indexes
+            .iter()
+            .any(|d| d.contains("(workspace_id, user_id)")),
+        "{indexes:#?}"
+    );
+    lab.exec(
+        "INSERT INTO workspaces (id) VALUES ('00000000-0000-0000-0000-00000000000a'), \
+         ('00000000-0000-0000-0000-00000000000b'); \
+         INSERT INTO users (id, workspace_id) VALUES \
+         ('00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-00000000000a')",
+    )
+    .await;
+    // A chat of workspace B owned by a user of workspace A: refused.
+    let crossing = sqlx::raw_sql(
+        "INSERT INTO chats (workspace_id, user_id) VALUES \
+         ('00000000-0000-0000-0000-00000000000b', '00000000-0000-0000-0000-0000000000a1')",
+    )
+    .execute(lab.db.db())
+    .await
+    .unwrap_err();
+    assert_eq!(
+        crossing
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23503")
+    );
+    lab.exec(
+        "INSERT INTO chats (workspace_id, user_id) VALUES \
+         ('00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-0000000000a1')",
+    )
+    .await;
+    // A key to columns that are no key of that table is refused with the fix.
+    let unkeyed = [Workspace::schema(), User::schema(), unkeyed::Chat::schema()];
+    expect_refused(
+        lab.generate(&unkeyed, true).await,
+        "neither its primary key nor one of its unique keys",
+    );
+}

@@ -154,7 +154,7 @@ impl Object {
                 format!("unique index ({}) on {table}", unique.columns.join(", "))
             }
             Object::ForeignKey { table, key, .. } => {
-                format!("foreign key {table}.{} → {}", key.column, key.references)
+                format!("foreign key {table}.{}", key.describe())
             }
             Object::Check { table, check, .. } => format!("check {} on {table}", check.name),
             Object::NotNullCheck { table, column, .. } => {
@@ -584,9 +584,8 @@ impl SchemaChange {
         use SchemaChange::*;
         match self {
             Add(Object::ForeignKey { table, key, .. }) => format!(
-                "add foreign key {table}.{} → {} (on delete {})",
-                key.column,
-                key.references,
+                "add foreign key {table}.{} (on delete {})",
+                key.describe(),
                 key.on_delete.sql().to_lowercase()
             ),
             Add(object) => format!("{} {}", object.add_verb(), object.noun()),
@@ -678,8 +677,9 @@ mod tests {
         };
         let key = ForeignKey {
             name: "notes_f_fkey".into(),
-            column: "f".into(),
+            columns: vec!["f".into()],
             references: "folders".into(),
+            referenced: vec!["id".into()],
             on_delete: OnDelete::Cascade,
         };
         let check = Check {
@@ -975,8 +975,9 @@ mod tests {
             table: "notes".into(),
             key: ForeignKey {
                 name: "notes_f_fkey".into(),
-                column: "f".into(),
+                columns: vec!["f".into()],
                 references: "folders".into(),
+                referenced: vec!["id".into()],
                 on_delete: OnDelete::Cascade,
             },
             not_valid: true,

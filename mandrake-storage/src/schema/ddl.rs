@@ -82,10 +82,11 @@ pub fn unique_definition(unique: &Unique) -> String {
 /// The `CONSTRAINT … FOREIGN KEY … REFERENCES …` clause of a table definition.
 pub fn foreign_key_definition(fk: &ForeignKey) -> String {
     format!(
-        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}(\"id\") ON DELETE {}",
+        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}({}) ON DELETE {}",
         quote_ident(&fk.name),
-        quote_ident(&fk.column),
+        ident_list(&fk.columns),
         quote_ident(&fk.references),
+        ident_list(&fk.referenced).replace(", ", ","),
         fk.on_delete.sql()
     )
 }

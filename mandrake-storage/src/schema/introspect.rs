@@ -104,7 +104,10 @@ async fn read_constraints(
                 ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(num, ord) \
                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num \
                       ORDER BY k.ord), \
-                ref.relname, con.confdeltype::text, pg_get_constraintdef(con.oid) \
+                ref.relname, con.confdeltype::text, pg_get_constraintdef(con.oid), \
+                ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(num, ord) \
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num \
+                      ORDER BY k.ord) \
          FROM pg_constraint con \
          JOIN pg_class c ON c.oid = con.conrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -133,8 +136,9 @@ async fn read_constraints(
             }),
             "f" => t.foreign_keys.push(ForeignKey {
                 name,
-                column: cols.into_iter().next().unwrap_or_default(),
+                columns: cols,
                 references: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                referenced: row.try_get(7)?,
                 on_delete: match row.try_get::<String, _>(5)?.as_str() {
                     "c" => OnDelete::Cascade,
                     "n" => OnDelete::SetNull,

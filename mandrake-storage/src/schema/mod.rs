@@ -219,12 +219,31 @@ impl Index {
 pub struct ForeignKey {
     /// The constraint name.
     pub name: String,
-    /// The referencing column.
-    pub column: String,
-    /// The referenced table (its `id`).
+    /// The referencing columns, in order (one for a field's `references`).
+    pub columns: Vec<String>,
+    /// The referenced table.
     pub references: String,
+    /// The referenced columns, a primary or unique key of that table
+    /// (`["id"]` for a field's `references`).
+    pub referenced: Vec<String>,
     /// What deleting the referenced row does.
     pub on_delete: OnDelete,
+}
+
+impl ForeignKey {
+    /// `folder_id → folders`, or `(workspace_id, folder_id) → folders(workspace_id, id)`.
+    pub fn describe(&self) -> String {
+        if self.columns.len() == 1 && self.referenced == ["id"] {
+            format!("{} → {}", self.columns[0], self.references)
+        } else {
+            format!(
+                "({}) → {}({})",
+                self.columns.join(", "),
+                self.references,
+                self.referenced.join(", ")
+            )
+        }
+    }
 }
 
 /// What happens to a row when the row it references is deleted.
@@ -356,13 +375,40 @@ impl TableSchema {
     pub fn with_foreign_key(mut self, column: &str, references: &str, on_delete: OnDelete) -> Self {
         self.foreign_keys.push(ForeignKey {
             name: identifier(format!("{}_{}_fkey", self.name, column)),
-            column: column.to_owned(),
+            columns: vec![column.to_owned()],
             references: references.to_owned(),
+            referenced: vec!["id".to_owned()],
             on_delete,
         });
         self
     }
 
+    /// Adds a foreign key over several columns to a primary or unique key
+    /// of `references` (`(workspace_id, user_id) → users(workspace_id, id)`):
+    /// what keeps a child in its parent's tenant.
+    ///
+    /// ```
+    /// use mandrake_storage::{OnDelete, TableSchema};
+    /// let t = TableSchema::new("conversations").with_composite_foreign_key(
+    ///     &["workspace_id", "user_id"], "users", &["workspace_id", "id"], OnDelete::Cascade);
+    /// assert_eq!(t.foreign_keys[0].name, "conversations_workspace_id_user_id_fkey");
+    /// ```
+    pub fn with_composite_foreign_key(
+        mut self,
+        columns: &[&str],
+        references: &str,
+        referenced: &[&str],
+        on_delete: OnDelete,
+    ) -> Self {
+        self.foreign_keys.push(ForeignKey {
+            name: identifier(format!("{}_{}_fkey", self.name, columns.join("_"))),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            references: references.to_owned(),
+            referenced: referenced.iter().map(|c| c.to_string()).collect(),
+            on_delete,
+        });
+        self
+    }
     /// Gives each foreign key an index of its own, unless an index, unique
     /// key or the primary key already starts with its column, or the column
     /// is in `except` (a field's `index = false`): without one, every cascade
@@ -380,25 +426,26 @@ impl TableSchema {
     /// assert_eq!(t.indexes[0].columns, ["owner_id"]);
     /// ```
     pub fn with_foreign_key_indexes(mut self, except: &[&str]) -> Self {
-        let leading =
-            |columns: &[String], column: &str| columns.first().is_some_and(|c| c == column);
-        let missing: Vec<String> = self
+        let starts = |columns: &[String], key: &[String]| columns.starts_with(key);
+        let missing: Vec<Vec<String>> = self
             .foreign_keys
             .iter()
-            .map(|k| k.column.clone())
-            .filter(|c| !except.contains(&c.as_str()))
-            .filter(|c| {
-                !self.indexes.iter().any(|i| leading(&i.columns, c))
-                    && !self.uniques.iter().any(|u| leading(&u.columns, c))
-                    && !leading(&self.primary_key, c)
+            .map(|k| k.columns.clone())
+            .filter(|key| !key.iter().any(|c| except.contains(&c.as_str())))
+            .filter(|key| {
+                !self.indexes.iter().any(|i| starts(&i.columns, key))
+                    && !self.uniques.iter().any(|u| starts(&u.columns, key))
+                    && !starts(&self.primary_key, key)
             })
             .collect();
-        for column in missing {
-            self.indexes.push(Index::on(&self.name, &[&column]));
+        for key in missing {
+            let columns: Vec<&str> = key.iter().map(String::as_str).collect();
+            if !self.indexes.iter().any(|i| i.columns == key) {
+                self.indexes.push(Index::on(&self.name, &columns));
+            }
         }
         self
     }
-
     /// Restricts a text column to `values` (how enums are stored); no
     /// constraint when `values` is empty.
     pub fn with_allowed_values(mut self, column: &str, values: &[&str]) -> Self {
@@ -445,12 +492,13 @@ impl TableSchema {
     /// Turns on change notifications; their payload carries the foreign keys
     /// declared so far, so call this after [`TableSchema::with_foreign_key`].
     pub fn with_notify(mut self) -> Self {
-        self.notify = Some(
-            self.foreign_keys
-                .iter()
-                .map(|fk| fk.column.clone())
-                .collect(),
-        );
+        let mut keys: Vec<String> = Vec::new();
+        for column in self.foreign_keys.iter().flat_map(|fk| &fk.columns) {
+            if !keys.contains(column) {
+                keys.push(column.clone());
+            }
+        }
+        self.notify = Some(keys);
         self
     }
 

@@ -15,20 +15,8 @@ use sqlx::postgres::PgConnectOptions;
 ///            "postgres://db/x?password=***&sslmode=require");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url[authority..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority + i);
-    let mut out = match url[authority..end].rfind('@') {
-        Some(at) => {
-            let userinfo = &url[authority..authority + at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    format!("{}{user}:***{}", &url[..authority], &url[authority + at..])
-                }
-                None => url.to_owned(),
-            }
-        }
+    let mut out = match userinfo_password(url) {
+        Some(range) => format!("{}***{}", &url[..range.start], &url[range.end..]),
         None => url.to_owned(),
     };
     if let Some((base, query)) = out.clone().split_once('?') {
@@ -42,6 +30,17 @@ pub fn redact_url(url: &str) -> String {
         out = format!("{base}?{}", pairs.join("&"));
     }
     out
+}
+
+/// Where the password of `user:password@host` stands in `url`, if it has one.
+fn userinfo_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let at = authority + url[authority..end].rfind('@')?;
+    let colon = authority + url[authority..at].find(':')?;
+    Some(colon + 1..at)
 }
 
 /// The query parameters sqlx reads from a URL, and ours (`pgbouncer`).
@@ -128,14 +127,7 @@ pub fn with_database(url: &str, database: &str) -> String {
 #[cfg(all(feature = "backup", unix))]
 /// The password in `url` (`user:password@` or `?password=`), percent-decoded.
 pub(crate) fn url_password(url: &str) -> Option<String> {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url[authority..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority + i);
-    let in_userinfo = url[authority..end]
-        .rfind('@')
-        .and_then(|at| url[authority..authority + at].split_once(':'))
-        .map(|(_, password)| password);
+    let in_userinfo = userinfo_password(url).map(|range| &url[range]);
     let in_query = url
         .split_once('?')
         .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("password=")));
@@ -145,15 +137,9 @@ pub(crate) fn url_password(url: &str) -> Option<String> {
 #[cfg(all(feature = "backup", unix))]
 /// `postgres://user:secret@host/db` → `postgres://user@host/db`.
 pub(crate) fn without_password(url: &str) -> String {
-    let authority = url.find("://").map_or(0, |i| i + 3);
-    let end = url[authority..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority + i);
-    match url[authority..end].rfind('@') {
-        Some(at) => match url[authority..authority + at].split_once(':') {
-            Some((user, _)) => format!("{}{user}{}", &url[..authority], &url[authority + at..]),
-            None => url.to_owned(),
-        },
+    match userinfo_password(url) {
+        // The `:` before the password goes too.
+        Some(range) => format!("{}{}", &url[..range.start - 1], &url[range.end..]),
         None => url.to_owned(),
     }
 }

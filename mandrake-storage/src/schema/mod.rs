@@ -178,11 +178,9 @@ impl Index {
                 "{}|{}|{}|{:?}|{:?}",
                 self.method, self.unique, self.key, self.include, self.predicate
             );
-            let hash = spec.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            let hash = short_hash(&spec);
             let suffix = if self.unique { "key" } else { "idx" };
-            identifier(format!("{table}_{what}_{:08x}_{suffix}", hash as u32))
+            identifier(format!("{table}_{what}_{:08x}_{suffix}", hash))
         };
         self
     }
@@ -283,6 +281,15 @@ pub struct Check {
 /// PostgreSQL cuts identifiers at 63 bytes. A name we make that is longer
 /// keeps its first 54 bytes and ends in a hash of the whole, so two long
 /// names that share their start (two composite indexes) stay distinct.
+/// FNV-1a, cut to 32 bits: stable across Rust releases, unlike std's hasher,
+/// so a generated name never changes from one build to the next.
+fn short_hash(text: &str) -> u32 {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as u32
+}
+
 pub(crate) fn identifier(name: String) -> String {
     if name.len() <= 63 {
         return name;
@@ -291,11 +298,8 @@ pub(crate) fn identifier(name: String) -> String {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    // FNV-1a: stable across Rust releases, unlike std's hasher.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{}_{:08x}", &name[..end], hash as u32)
+    let hash = short_hash(&name);
+    format!("{}_{:08x}", &name[..end], hash)
 }
 
 impl TableSchema {
@@ -473,11 +477,9 @@ impl TableSchema {
     /// assert!(t.checks[0].name.starts_with("messages_") && t.checks[0].name.ends_with("_check"));
     /// ```
     pub fn with_check(mut self, condition: &str) -> Self {
-        let hash = condition.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = short_hash(condition);
         self.checks.push(Check {
-            name: identifier(format!("{}_{:08x}_check", self.name, hash as u32)),
+            name: identifier(format!("{}_{:08x}_check", self.name, hash)),
             expression: condition.to_owned(),
         });
         self

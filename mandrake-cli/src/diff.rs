@@ -316,6 +316,7 @@ fn plan_renames(
         // A rename into a name another rename frees (a → b while b → c)
         // waits for that one, whatever the field order; a cycle (a ↔ b)
         // goes through a temporary name.
+        let mut done: Vec<(String, String)> = Vec::new();
         while !pending.is_empty() {
             let ready = pending
                 .iter()
@@ -327,12 +328,26 @@ fn plan_renames(
                     let temporary = format!("{old}__renaming");
                     push_column_rename(phases, &table.name, &old, &temporary);
                     rename_column(current, &old, &temporary);
+                    done.push((old, temporary.clone()));
                     pending.push((temporary, new));
                     continue;
                 }
             };
             push_column_rename(phases, &table.name, &old, &new);
             rename_column(current, &old, &new);
+            done.push((old, new));
+        }
+        // The keys that point at the renamed columns follow them, as
+        // PostgreSQL's own do.
+        for (old, new) in done {
+            for fk in from.tables.iter_mut().flat_map(|t| &mut t.foreign_keys) {
+                if fk.references == table.name {
+                    fk.referenced
+                        .iter_mut()
+                        .filter(|c| **c == old)
+                        .for_each(|c| c.clone_from(&new));
+                }
+            }
         }
     }
     Ok(())

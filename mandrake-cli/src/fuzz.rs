@@ -2,7 +2,9 @@
 //! is a schema and a changed copy of it (columns added, dropped, renamed,
 //! retyped, made required or optional, defaults, indexes, unique keys,
 //! foreign keys, whole tables added, dropped and renamed; an index of another
-//! method, partial or on an expression, a check, a generated column);
+//! method (hash, GIN, GiST), partial, covering or on an expression, an
+//! extension, a check, a generated column, a foreign key over two columns to
+//! a unique key);
 //! `new-migration`
 //! must write a migration for the change (`--online` for odd seeds), which
 //! it only does after proving on a scratch database that up builds the
@@ -86,25 +88,45 @@ struct Table {
     check: bool,
     /// A generated column `g`, from `id`, and which expression.
     generated: Option<u8>,
+    /// An extension it declares, without using it.
+    extension: Option<&'static str>,
+    /// A column `k` and a unique key `(id, k)` that a composite foreign key
+    /// can point at.
+    pair: bool,
+    /// Its foreign keys to a table with a `pair` are composite:
+    /// `(<col>, <col>_k) → target(id, k)`.
+    composite: bool,
 }
 
-/// The wider schema model's kinds: an index of another method, partial or
-/// on an expression, a check, a generated column. Drawn from an RNG of
-/// their own, so a seed's other edits stay what they were.
+/// The wider schema model's kinds: an index of another method, partial,
+/// covering or on an expression; an extension, a check, a generated column,
+/// a composite foreign key. Drawn from an RNG of their own, so a seed's
+/// other edits stay what they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IndexStyle {
     Plain,
     Hash,
     Partial,
     Expression,
+    /// Covering: `INCLUDE (id)`.
+    Include,
+    /// A GIN trigram index on `(id::text)` (any column type would not do).
+    Gin,
+    /// A GiST trigram index on `(id::text)`.
+    Gist,
 }
 
-const STYLES: [IndexStyle; 4] = [
+const STYLES: [IndexStyle; 7] = [
     IndexStyle::Plain,
     IndexStyle::Hash,
     IndexStyle::Partial,
     IndexStyle::Expression,
+    IndexStyle::Include,
+    IndexStyle::Gin,
+    IndexStyle::Gist,
 ];
+
+const EXTENSIONS: [&str; 3] = ["citext", "btree_gin", "hstore"];
 
 /// Draws the extra kinds of each table; with `before`, as a change of them.
 fn extras(rng: &mut Rng, tables: &mut [Table], before: Option<&[Table]>) {
@@ -115,6 +137,9 @@ fn extras(rng: &mut Rng, tables: &mut [Table], before: Option<&[Table]>) {
                 table.index_style = *rng.pick(&STYLES);
                 table.check = rng.chance(30);
                 table.generated = rng.chance(30).then(|| rng.below(2) as u8);
+                table.extension = rng.chance(20).then(|| *rng.pick(&EXTENSIONS));
+                table.pair = rng.chance(40);
+                table.composite = rng.chance(60);
             }
             Some(old) => {
                 table.index_style = if rng.chance(30) {
@@ -129,6 +154,13 @@ fn extras(rng: &mut Rng, tables: &mut [Table], before: Option<&[Table]>) {
                     (Some(g), 1) => Some(1 - g),
                     (g, _) => g,
                 };
+                table.extension = if rng.chance(20) {
+                    rng.chance(50).then(|| *rng.pick(&EXTENSIONS))
+                } else {
+                    old.extension
+                };
+                table.pair = old.pair != rng.chance(20);
+                table.composite = old.composite != rng.chance(20);
             }
         }
     }
@@ -182,6 +214,9 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
             index_style: IndexStyle::Plain,
             check: false,
             generated: None,
+            extension: None,
+            pair: false,
+            composite: false,
         });
     }
     tables
@@ -290,6 +325,9 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
             index_style: IndexStyle::Plain,
             check: false,
             generated: None,
+            extension: None,
+            pair: false,
+            composite: false,
         });
     }
     if next.len() > 1 && rng.chance(20) {
@@ -326,6 +364,7 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
 }
 
 fn build(tables: &[Table]) -> Vec<TableSchema> {
+    let paired = |name: &str| tables.iter().any(|t| t.name == name && t.pair);
     tables
         .iter()
         .map(|t| {
@@ -339,6 +378,11 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
                 schema = schema.with_column(def);
             }
             schema = schema.with_primary_key(&["id"]);
+            if t.pair {
+                schema = schema
+                    .with_column(ColumnDef::new("k", "uuid").nullable(true))
+                    .with_unique(&["id", "k"]);
+            }
             if let Some(u) = &t.unique {
                 schema = schema.with_unique(&[u.as_str()]);
             }
@@ -357,14 +401,38 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
                         &t.name,
                         &format!("({} IS NULL)", quote_ident(i)),
                     )),
+                    IndexStyle::Include => schema.with_index_def(plain.include(&["id"])),
+                    IndexStyle::Gin | IndexStyle::Gist => {
+                        let method = format!("{:?}", t.index_style).to_lowercase();
+                        let trigram =
+                            Index::on_expression(&t.name, &format!("(id::text) {method}_trgm_ops"));
+                        schema
+                            .with_extension("pg_trgm")
+                            .with_index_def(trigram.using(&method))
+                    }
                 };
+            }
+            if let Some(extension) = t.extension {
+                schema = schema.with_extension(extension);
             }
             if t.check {
                 schema = schema.with_check("length(id::text) = 36");
             }
             for c in &t.columns {
                 if let Some((target, on_delete)) = &c.references {
-                    schema = schema.with_foreign_key(&c.name, target, *on_delete);
+                    if t.composite && paired(target) {
+                        let k = format!("{}_k", c.name);
+                        schema = schema
+                            .with_column(ColumnDef::new(&k, "uuid").nullable(true))
+                            .with_composite_foreign_key(
+                                &[c.name.as_str(), k.as_str()],
+                                target,
+                                &["id", "k"],
+                                *on_delete,
+                            );
+                    } else {
+                        schema = schema.with_foreign_key(&c.name, target, *on_delete);
+                    }
                 }
             }
             schema
@@ -510,6 +578,61 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_cases_draw_every_kind_of_the_wider_model() {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for seed in 0..500 {
+            let case = case(seed);
+            for t in case.first.iter().chain(&case.second) {
+                let mut saw = |kind: &str| *seen.entry(kind.to_owned()).or_default() += 1;
+                for i in &t.indexes {
+                    saw(i.method.as_str());
+                    if !i.include.is_empty() {
+                        saw("include");
+                    }
+                    if i.predicate.is_some() {
+                        saw("partial");
+                    }
+                    if i.columns.is_empty() {
+                        saw("expression");
+                    }
+                }
+                for k in &t.foreign_keys {
+                    if k.columns.len() == 2 {
+                        saw("composite key");
+                    }
+                }
+                for _ in &t.extensions {
+                    saw("extension");
+                }
+                for _ in &t.checks {
+                    saw("check");
+                }
+                if t.columns.iter().any(|c| c.generated.is_some()) {
+                    saw("generated");
+                }
+            }
+        }
+        for kind in [
+            "btree",
+            "hash",
+            "gin",
+            "gist",
+            "include",
+            "partial",
+            "expression",
+            "composite key",
+            "extension",
+            "check",
+            "generated",
+        ] {
+            assert!(
+                seen.get(kind).copied().unwrap_or(0) > 20,
+                "{kind}: {seen:?}"
+            );
         }
     }
 

@@ -14,7 +14,8 @@
 //! 4. the validations, in one transaction: `VALIDATE CONSTRAINT` takes a lock
 //!    that lets reads and writes go on, `SET NOT NULL` then finds the
 //!    validated check and skips its scan, and each unique constraint takes
-//!    over its ready index (`USING INDEX`).
+//!    over its ready index (`USING INDEX`); a foreign key to such a new
+//!    unique key is added here, after it.
 
 use crate::diff::{Plan, Step, rename_in_expression};
 use mandrake_storage::schema::ddl::not_null_check;
@@ -87,12 +88,18 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
                 }));
             }
             SchemaChange::Add(Object::ForeignKey { table, key, .. }) => {
-                main.steps
-                    .push(Step::from(SchemaChange::Add(Object::ForeignKey {
-                        table: table.clone(),
-                        key: key.clone(),
-                        not_valid: true,
-                    })));
+                // A key to a unique key this plan adds waits until that
+                // key has taken over its index, in the validations.
+                let add = Step::from(SchemaChange::Add(Object::ForeignKey {
+                    table: table.clone(),
+                    key: key.clone(),
+                    not_valid: true,
+                }));
+                if adds_unique(plan, &key.references, &key.referenced) {
+                    validate.steps.push(add);
+                } else {
+                    main.steps.push(add);
+                }
                 validate.steps.push(Step::from(SchemaChange::Validate {
                     table: table.clone(),
                     constraint: key.name.clone(),
@@ -150,6 +157,14 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
         out.push(MigrationFile::of(validate, "_validate"));
     }
     out
+}
+
+/// Whether `plan` adds a unique constraint on exactly `columns` of `table`.
+fn adds_unique(plan: &Plan, table: &str, columns: &[String]) -> bool {
+    plan.steps.iter().any(|s| {
+        matches!(&s.change, SchemaChange::Add(Object::Unique { table: t, unique })
+            if t == table && unique.columns == columns)
+    })
 }
 
 /// `table` and `index` under the names they had before `plan`'s renames.
@@ -320,6 +335,36 @@ mod tests {
         assert_eq!(
             files[1].down.trim_end(),
             r#"ALTER TABLE "notes" DROP CONSTRAINT IF EXISTS "notes_body_key";"#
+        );
+    }
+
+    #[test]
+    fn a_foreign_key_to_a_new_unique_key_is_added_after_it_takes_over_its_index() {
+        let folders = TableSchema::new("folders")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("k", "uuid"));
+        let from = schema(vec![folders.clone(), notes()]);
+        let to = schema(vec![
+            folders.with_unique(&["id", "k"]),
+            notes()
+                .with_column(ColumnDef::new("k", "uuid").nullable(true))
+                .with_composite_foreign_key(
+                    &["folder_id", "k"],
+                    "folders",
+                    &["id", "k"],
+                    OnDelete::Cascade,
+                ),
+        ]);
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
+        let files = files(&plan, true);
+        let validate = &files.last().unwrap().up;
+        let attach = validate.find("UNIQUE USING INDEX").expect(validate);
+        let key = validate.find("FOREIGN KEY").expect(validate);
+        assert!(attach < key, "{validate}");
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.suffix.is_empty() && f.up.contains("FOREIGN KEY"))
         );
     }
 }

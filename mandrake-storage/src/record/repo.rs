@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -544,45 +545,8 @@ impl<T: Record> Repo<T> {
             call_span!("list", T),
             async move {
                 let schema = T::schema();
-                let statements = T::statements();
-                let keys = options.keys(schema);
-                if let Some(secret) = keys
-                    .iter()
-                    .map(|(column, _)| schema.columns[*column].name.as_str())
-                    .find(|name| T::SECRET_COLUMNS.contains(name))
-                {
-                    return Err(Error::Schema(format!(
-                        "{}.{secret} is secret: a page cursor would carry its values, so a list \
-                         cannot be ordered by it",
-                        schema.name
-                    )));
-                }
-                let (node, values) = filter.into_parts();
-                let mut args = PgArguments::default();
-                bind_all(values, &mut args).map_err(bind_error)?;
-                if let Some(cursor) = options.cursor() {
-                    for value in cursor.values(schema, &keys)? {
-                        args.add(value).map_err(bind_error)?;
-                    }
-                }
+                let (sql, args, shape) = list_query(filter, &options)?;
                 let limit = options.limit_value().map(i64::from);
-                if let Some(limit) = limit {
-                    // One row more than asked tells whether another page follows.
-                    args.add(limit + 1).map_err(bind_error)?;
-                }
-                if let Some(offset) = options.offset_value() {
-                    let offset = i64::try_from(offset)
-                        .map_err(|_| Error::Schema("offset too large".into()))?;
-                    args.add(offset).map_err(bind_error)?;
-                }
-                let shape = ListShape {
-                    filter: node,
-                    keys,
-                    after: options.cursor().is_some(),
-                    limit: limit.is_some(),
-                    offset: options.offset_value().is_some(),
-                };
-                let sql = statements.sql_for(Shape::List(shape.clone()), || list_sql::<T>(&shape));
                 let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                     .fetch_all(executor)
                     .await
@@ -615,6 +579,86 @@ impl<T: Record> Repo<T> {
         )
         .await
     }
+
+    /// The plan PostgreSQL chooses for [`Repo::list`] with the same
+    /// arguments (`EXPLAIN`, one line per entry), planned for these values:
+    /// to see that a filter is served by an index.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, ListOptions, Record};
+    /// # #[derive(Record, Clone)]
+    /// # #[record(extension = "pg_trgm", index(body, using = "gin", ops = "gin_trgm_ops"))]
+    /// # pub struct Note { pub id: uuid::Uuid, pub body: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
+    /// let plan = Note::repo()
+    ///     .explain(db, Note::BODY.contains_text("needle"), ListOptions::new())
+    ///     .await?;
+    /// println!("{}", plan.join("\n"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn explain<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+        options: ListOptions<T>,
+    ) -> Result<Vec<String>> {
+        let (sql, args, _) = list_query(filter, &options)?;
+        let explain = format!("EXPLAIN {sql}");
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(explain), args)
+            .fetch_all(executor)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+}
+
+/// The SQL of a [`Repo::list`] call (built once per shape) and its bound
+/// arguments.
+fn list_query<T: Record>(
+    filter: Filter<T>,
+    options: &ListOptions<T>,
+) -> Result<(Arc<str>, PgArguments, ListShape)> {
+    let schema = T::schema();
+    let keys = options.keys(schema);
+    if let Some(secret) = keys
+        .iter()
+        .map(|(column, _)| schema.columns[*column].name.as_str())
+        .find(|name| T::SECRET_COLUMNS.contains(name))
+    {
+        return Err(Error::Schema(format!(
+            "{}.{secret} is secret: a page cursor would carry its values, so a list \
+             cannot be ordered by it",
+            schema.name
+        )));
+    }
+    let (node, values) = filter.into_parts();
+    let mut args = PgArguments::default();
+    bind_all(values, &mut args).map_err(bind_error)?;
+    if let Some(cursor) = options.cursor() {
+        for value in cursor.values(schema, &keys)? {
+            args.add(value).map_err(bind_error)?;
+        }
+    }
+    let limit = options.limit_value().map(i64::from);
+    if let Some(limit) = limit {
+        // One row more than asked tells whether another page follows.
+        args.add(limit + 1).map_err(bind_error)?;
+    }
+    if let Some(offset) = options.offset_value() {
+        let offset = i64::try_from(offset).map_err(|_| Error::Schema("offset too large".into()))?;
+        args.add(offset).map_err(bind_error)?;
+    }
+    let shape = ListShape {
+        filter: node,
+        keys,
+        after: options.cursor().is_some(),
+        limit: limit.is_some(),
+        offset: options.offset_value().is_some(),
+    };
+    let sql = T::statements().sql_for(Shape::List(shape.clone()), || list_sql::<T>(&shape));
+    Ok((sql, args, shape))
 }
 
 /// A span per repository call: target `mandrake_storage`, named after the

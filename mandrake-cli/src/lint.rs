@@ -62,6 +62,7 @@ pub fn lint_sql(file: &Path, sql: &str) -> Vec<Finding> {
             Rule::BanDropFunction,
             Rule::BanDropConstraint,
             Rule::BanDropNotNull,
+            Rule::BanDropExtension,
         ]);
     }
     let mut linter = Linter::with_rules(&[Rule::RequireTimeoutSettings], &exclude);

@@ -138,6 +138,24 @@ pub struct FieldAttrs {
     pub secret: Option<Ident>,
     pub version: Option<Ident>,
     pub generated: Option<LitStr>,
+    /// `search` or `search = "english"`: full-text search on this field.
+    pub search: Option<SearchAttr>,
+}
+
+/// A field's `search`: the keyword (for errors) and its configuration.
+#[derive(Clone)]
+pub struct SearchAttr {
+    pub keyword: Ident,
+    pub config: Option<LitStr>,
+}
+
+impl SearchAttr {
+    /// The text search configuration: `simple` unless one is named.
+    pub fn config(&self) -> String {
+        self.config
+            .as_ref()
+            .map_or_else(|| "simple".to_owned(), LitStr::value)
+    }
 }
 
 fn record_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
@@ -331,11 +349,22 @@ impl FieldAttrs {
                     set_once(&mut out.version, &meta, path_ident(&meta))?;
                 } else if path.is_ident(GENERATED) {
                     set_once(&mut out.generated, &meta, string(&meta)?)?;
+                } else if path.is_ident(SEARCH) {
+                    let config = if meta.input.peek(Token![=]) {
+                        Some(string(&meta)?)
+                    } else {
+                        None
+                    };
+                    let search = SearchAttr {
+                        keyword: path_ident(&meta),
+                        config,
+                    };
+                    set_once(&mut out.search, &meta, search)?;
                 } else {
                     return Err(unknown(
                         &meta,
                         "rename, unique, index, references, on_delete, default, sql_type, \
-                         renamed_from, skip, secret, version, generated",
+                         renamed_from, skip, secret, version, generated, search",
                     ));
                 }
                 Ok(())

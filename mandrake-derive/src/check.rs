@@ -48,6 +48,7 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
             }
         }
     }
+    check_search(cx, cont);
     for key in &cont.attrs.foreign_keys {
         for ident in &key.columns {
             if resolve_column(cont, &ident.to_string()).is_none() {
@@ -351,4 +352,58 @@ pub fn resolve_column(cont: &Container, name: &str) -> Option<String> {
     cont.columns()
         .find(|f| f.column == name || *f.ident == name)
         .map(|f| f.column.clone())
+}
+
+/// `search`: on a text field, a configuration that is a name, never on a
+/// secret (its words would be readable in the vector), and its vector's
+/// name (`<column>_search`) free.
+fn check_search(cx: &Ctxt, cont: &Container) {
+    for f in &cont.fields {
+        let Some(search) = &f.attrs.search else {
+            continue;
+        };
+        let text = option_inner(f.ty).unwrap_or(f.ty);
+        if type_name(text).as_deref() != Some("String") || f.attrs.sql_type.is_some() {
+            cx.error_spanned_by(
+                &search.keyword,
+                "`search` works on a text field (`String` or `Option<String>`)",
+            );
+        }
+        if let Some(config) = &search.config {
+            let name = config.value();
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !valid {
+                cx.error_spanned_by(
+                    config,
+                    "`search = \"…\"` names a text search configuration: `simple`, `english`, …",
+                );
+            }
+        }
+        let conflict = [
+            (
+                f.attrs.secret.is_some(),
+                "secret: its words would be readable in the search vector",
+            ),
+            (
+                f.attrs.skip.is_some(),
+                "skip: a skipped field has no column",
+            ),
+        ];
+        if let Some((_, why)) = conflict.iter().find(|(set, _)| *set) {
+            cx.error_spanned_by(
+                &search.keyword,
+                format!("`search` cannot be on a field that is {why}"),
+            );
+        }
+        let vector = format!("{}_search", f.column);
+        if cont.columns().any(|other| other.column == vector) {
+            cx.error_spanned_by(
+                &search.keyword,
+                format!("`search` adds the column `{vector}`, which this struct already has"),
+            );
+        }
+    }
 }

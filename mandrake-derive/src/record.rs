@@ -132,6 +132,7 @@ fn record_impl(
     let version = cont.field(Role::Version);
     let schema = schema_expr(cont);
     let insert_cols = data.iter().map(|f| &f.column);
+    let field_count = cont.columns().count();
     let patch_cols = data.iter().map(|f| &f.column);
     let version_col = match version {
         Some(v) => {
@@ -178,6 +179,8 @@ fn record_impl(
         type Patch = #patch_ident;
         type Update = #update_type;
 
+        const WIDTH: usize = #field_count;
+
         fn schema() -> &'static #ms::TableSchema {
             static SCHEMA: ::std::sync::OnceLock<#ms::TableSchema> = ::std::sync::OnceLock::new();
             SCHEMA.get_or_init(|| #schema)
@@ -196,6 +199,7 @@ fn record_impl(
                     insert: &[#(#insert_cols),*],
                     patch: &[#(#patch_cols),*],
                     version: #version_col,
+                    fields: <Self as #ms::Record>::WIDTH,
                 },
             ))
         }
@@ -440,6 +444,12 @@ fn schema_expr(cont: &Container) -> TokenStream {
             chain = quote!(#chain.with_allowed_values(#col, #values));
         }
     }
+    for f in cont.columns() {
+        if let Some(search) = &f.attrs.search {
+            let (col, config) = (&f.column, search.config());
+            chain = quote!(#chain.with_search(#col, #config));
+        }
+    }
     chain = quote!(#chain.with_primary_key(&["id"]));
     for f in cont.columns() {
         let col = &f.column;
@@ -577,10 +587,26 @@ fn constants(cont: &Container) -> TokenStream {
     let columns = cont.columns().enumerate().map(|(i, f)| {
         let (col, ty) = (&f.column, f.ty);
         let name = format_ident!("{}", upper(f.ident), span = f.ident.span());
-        let doc = format!("The `{col}` column: filters and orders on it.");
-        quote! {
-            #[doc = #doc]
-            #vis const #name: #ms::Column<#ident, #ty> = #ms::Column::new(#col, #i);
+        match &f.attrs.search {
+            None => {
+                let doc = format!("The `{col}` column: filters and orders on it.");
+                quote! {
+                    #[doc = #doc]
+                    #vis const #name: #ms::Column<#ident, #ty> = #ms::Column::new(#col, #i);
+                }
+            }
+            Some(search) => {
+                let config = search.config();
+                let doc = format!(
+                    "The `{col}` column: filters and orders on it; full-text search \
+                     (`{config}`) with `matches` and `repo().search`."
+                );
+                quote! {
+                    #[doc = #doc]
+                    #vis const #name: #ms::Column<#ident, #ty, #ms::Search> =
+                        #ms::Column::searchable(#col, #i, #config);
+                }
+            }
         }
     });
     let uniques = cont

@@ -22,6 +22,7 @@ pub const SKIP: &str = "skip";
 pub const SECRET: &str = "secret";
 pub const VERSION: &str = "version";
 pub const GENERATED: &str = "generated";
+pub const SEARCH: &str = "search";
 
 // required fields
 pub const ID: &str = "id";

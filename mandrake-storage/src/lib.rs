@@ -129,8 +129,9 @@ pub use feed::{Change, Subscription};
 #[cfg(feature = "migrate")]
 pub use mandrake_derive::embed_migrations;
 pub use mandrake_derive::{Record, RecordEnum};
-pub use query::filter::{Column, Filter, JsonColumn, TextColumn};
+pub use query::filter::{Column, Filter, JsonColumn, Plain, Search, Searchable, TextColumn};
 pub use query::list::{Cursor, ListOptions, Order, Page};
+pub use query::search::{Hit, SearchFields, SearchOptions};
 pub use record::column::{ColumnType, RecordEnum};
 pub use record::{Record, Repo, UniqueKey, Versioned, registered_renames, registered_tables};
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};

@@ -107,6 +107,12 @@ async fn main() -> mandrake_storage::Result<()> {
         }
     }
 
+    // Ranked full-text search over what was just written: English stemming
+    // ("file" finds "files"), the matched words marked in each snippet.
+    for hit in search_messages(&db, "file tool", Some(conversation.id), 5).await? {
+        println!("search \"file tool\": {:.3} {}", hit.rank, hit.snippet);
+    }
+
     // An MCP server and one logged tool call.
     let files = ToolConfig::repo()
         .upsert(

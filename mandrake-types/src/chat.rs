@@ -6,7 +6,9 @@ use mandrake_storage::chrono::{DateTime, Utc};
 use mandrake_storage::sqlx::PgExecutor;
 use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::uuid::Uuid;
-use mandrake_storage::{Cursor, Filter, ListOptions, Page, Record, RecordEnum, Result};
+use mandrake_storage::{
+    Cursor, Filter, Hit, ListOptions, Page, Record, RecordEnum, Result, SearchOptions,
+};
 
 /// A chat with a model.
 #[derive(Record, Clone)]
@@ -40,8 +42,15 @@ pub enum Role {
 /// One message of a conversation.
 #[derive(Record, Clone)]
 /// Indexed for keyset pages in `(created_at, id)` order within a conversation;
-/// every change is announced, for `Message::subscribe`.
-#[record(index(conversation_id, created_at, id), notify)]
+/// every change is announced, for `Message::subscribe`. Its text is
+/// searchable two ways: ranked full-text search ([`search_messages`]) and
+/// substring search served by a trigram index ([`Message::search`]).
+#[record(
+    index(conversation_id, created_at, id),
+    notify,
+    extension = "pg_trgm",
+    index(content, using = "gin", ops = "gin_trgm_ops")
+)]
 pub struct Message {
     /// The primary key (a UUIDv7, time-ordered).
     pub id: Uuid,
@@ -50,7 +59,8 @@ pub struct Message {
     pub conversation_id: Uuid,
     /// Who wrote it.
     pub role: Role,
-    /// The text.
+    /// The text (full-text search in English).
+    #[record(search = "english")]
     pub content: String,
     /// When the row was stored.
     pub created_at: DateTime<Utc>,
@@ -128,7 +138,7 @@ impl Message {
 
     /// Messages containing `text` (case-insensitive, matched literally:
     /// `%` and `_` are plain characters), newest first, in one conversation
-    /// or in all of them.
+    /// or in all of them. The trigram index on `content` serves it.
     pub async fn search<'e, E: PgExecutor<'e>>(
         executor: E,
         conversation: Option<Uuid>,
@@ -147,4 +157,37 @@ impl Message {
             .await?
             .items)
     }
+}
+
+/// Ranked full-text search over messages (English stemming; a query reads
+/// as a search box's: `"exact phrase"`, `or`, `-word`), in one
+/// conversation or in all: the best `limit` hits, each with a snippet
+/// marking the matched words in `<b>…</b>`.
+///
+/// ```no_run
+/// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+/// for hit in mandrake_types::search_messages(db, "files tool", None, 10).await? {
+///     println!("{:.3} {}", hit.rank, hit.snippet);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn search_messages<'e, E: PgExecutor<'e>>(
+    executor: E,
+    query: &str,
+    conversation: Option<Uuid>,
+    limit: u32,
+) -> Result<Vec<Hit<Message>>> {
+    let filter = match conversation {
+        Some(id) => Message::CONVERSATION_ID.eq(id),
+        None => Filter::all(),
+    };
+    Message::repo()
+        .search(
+            executor,
+            Message::CONTENT,
+            query,
+            filter,
+            SearchOptions::new().limit(limit),
+        )
+        .await
 }

@@ -11,6 +11,7 @@ mod tools;
 
 pub use chat::{
     Conversation, ConversationPatch, Message, MessagePatch, NewConversation, NewMessage, Role,
+    search_messages,
 };
 pub use llm::{Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKind, ProviderPatch};
 pub use tools::{

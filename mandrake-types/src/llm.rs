@@ -86,7 +86,7 @@ impl Model {
                 Provider::columns("p"),
             )
         });
-        let width = Model::schema().columns.len();
+        let width = Model::WIDTH;
         let rows = mandrake_storage::sqlx::query(sql.as_str())
             .fetch_all(executor)
             .await?;

@@ -36,20 +36,46 @@ use crate::sql::quote_ident;
 /// let column: Column<Note, i32> = Note::STARS;
 /// let filter: Filter<Note> = Note::STARS.ge(3).and(Note::TITLE.is_not_null());
 /// ```
-pub struct Column<T, V> {
+///
+/// A field with `#[record(search)]` is a `Column<T, V, Search>`: it has
+/// [`Column::matches`] too, and [`Repo::search`](crate::Repo::search) ranks by it.
+pub struct Column<T, V, S = Plain> {
     name: &'static str,
     index: usize,
-    _marker: PhantomData<fn() -> (T, V)>,
+    /// The text search configuration of a `Search` column.
+    config: &'static str,
+    _marker: Marker<T, V, S>,
 }
 
-impl<T, V> Clone for Column<T, V> {
+/// Ties a column to its record, value type and kind without owning any.
+type Marker<T, V, S> = PhantomData<fn() -> (T, V, S)>;
+
+/// The kind of a column without full-text search.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+/// The kind of a column with `#[record(search)]`: it has a `tsvector`
+/// column and a GIN index of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Search;
+
+/// Implemented by [`Search`] only: what [`Column::matches`] needs.
+#[diagnostic::on_unimplemented(
+    message = "this column has no full-text search",
+    label = "`matches` needs a column with `#[record(search)]`",
+    note = "add `#[record(search)]` (or `search = \"english\"`) to the field, then generate a migration"
+)]
+pub trait Searchable {}
+impl Searchable for Search {}
+
+impl<T, V, S> Clone for Column<T, V, S> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T, V> Copy for Column<T, V> {}
+impl<T, V, S> Copy for Column<T, V, S> {}
 
-impl<T, V> std::fmt::Debug for Column<T, V> {
+impl<T, V, S> std::fmt::Debug for Column<T, V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Column({})", self.name)
     }
@@ -62,8 +88,30 @@ impl<T, V> Column<T, V> {
         Column {
             name,
             index,
+            config: "",
             _marker: PhantomData,
         }
+    }
+}
+
+impl<T, V> Column<T, V, Search> {
+    /// A column with full-text search in configuration `config`.
+    #[doc(hidden)]
+    pub const fn searchable(name: &'static str, index: usize, config: &'static str) -> Self {
+        Column {
+            name,
+            index,
+            config,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T, V, S> Column<T, V, S> {
+    /// The text search configuration (`simple`, `english`, …) of a column
+    /// with `#[record(search)]`; empty for any other.
+    pub const fn config(&self) -> &'static str {
+        self.config
     }
 
     /// The column's name in the table.
@@ -97,7 +145,7 @@ impl<T, V> Column<T, V> {
     }
 }
 
-impl<T, V: ColumnType> Column<T, V> {
+impl<T, V: ColumnType, S> Column<T, V, S> {
     /// `column = value`. On an `Option<X>` column `value` is an `X`.
     pub fn eq(self, value: impl Into<V::Scalar>) -> Filter<T> {
         self.compare(Op::Eq, vec![boxed(value.into())])
@@ -190,7 +238,7 @@ impl<J> JsonColumn for Json<J> {}
 impl JsonColumn for serde_json::Value {}
 impl<J: JsonColumn> JsonColumn for Option<J> {}
 
-impl<T, V: TextColumn> Column<T, V> {
+impl<T, V: TextColumn, S> Column<T, V, S> {
     /// `column LIKE pattern` (case-sensitive; `%` and `_` are wildcards).
     pub fn like(self, pattern: impl Into<String>) -> Filter<T> {
         self.compare(Op::Like, vec![boxed(pattern.into())])
@@ -212,9 +260,31 @@ impl<T, V: TextColumn> Column<T, V> {
     pub fn contains_text(self, text: &str) -> Filter<T> {
         self.ilike(format!("%{}%", escape_like(text)))
     }
+
+    /// Full-text search: the field matches `query`, read as a web search
+    /// box reads it (`websearch_to_tsquery`): words are all required,
+    /// `"quoted phrases"` keep their order, `or` between words, `-word`
+    /// excludes. A query of only stop words or punctuation matches nothing.
+    /// Served by the field's GIN index; only fields with `#[record(search)]`
+    /// have it.
+    ///
+    /// ```
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Note { pub id: uuid::Uuid,
+    /// #   #[record(search = "english")] pub body: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// let filter = Note::BODY.matches(r#""connection pool" -pgbouncer"#);
+    /// ```
+    pub fn matches(self, query: &str) -> Filter<T>
+    where
+        S: Searchable,
+    {
+        self.compare(Op::Matches(self.config), vec![boxed(query.to_owned())])
+    }
 }
 
-impl<T, V: JsonColumn> Column<T, V> {
+impl<T, V: JsonColumn, S> Column<T, V, S> {
     /// `column @> value`: the JSON column contains `value` (JSONB containment).
     pub fn json_contains(self, value: impl serde::Serialize + Send + Sync + 'static) -> Filter<T> {
         self.compare(Op::JsonContains, vec![boxed(Json(value))])
@@ -367,6 +437,8 @@ pub(crate) enum Op {
     Like,
     ILike,
     JsonContains,
+    /// Full-text search in the given configuration.
+    Matches(&'static str),
 }
 
 /// A value waiting to be bound.
@@ -438,6 +510,11 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
                 Op::Like => format!("{c} LIKE {}", next()),
                 Op::ILike => format!("{c} ILIKE {}", next()),
                 Op::JsonContains => format!("{c} @> {}", next()),
+                Op::Matches(config) => format!(
+                    "{} @@ {}",
+                    quote_ident(&crate::schema::search_vector(&def.name)),
+                    tsquery(config, &next())
+                ),
             }
         }
         Node::And(parts) | Node::Or(parts) => {
@@ -451,6 +528,15 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
         }
         Node::Not(inner) => format!("NOT {}", wrapped(condition(schema, inner, param))),
     }
+}
+
+/// `websearch_to_tsquery('<config>'::regconfig, <param>)`: the query a
+/// search box means (phrases in quotes, `or`, `-word`), never a syntax error.
+pub(crate) fn tsquery(config: &str, param: &str) -> String {
+    format!(
+        "websearch_to_tsquery({}::regconfig, {param})",
+        crate::sql::quote_literal(config)
+    )
 }
 
 fn wrapped(sql: String) -> String {

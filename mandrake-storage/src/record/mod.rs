@@ -84,6 +84,11 @@ pub trait Record: Sized + Send + Unpin + 'static {
     /// values, so [`Repo::list`] refuses to order by them.
     const SECRET_COLUMNS: &'static [&'static str] = &[];
 
+    /// How many columns [`Record::decode`] reads: the record's fields, the
+    /// first columns of [`Record::schema`]. Columns after them (a search
+    /// vector) are the database's own and never selected.
+    const WIDTH: usize;
+
     /// This row's primary key.
     fn id(&self) -> Uuid;
 
@@ -107,7 +112,7 @@ pub trait Record: Sized + Send + Unpin + 'static {
     /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
     /// let sql = format!("SELECT {}, {} FROM notes a JOIN notes b ON b.id <> a.id",
     ///     Note::columns("a"), Note::columns("b"));
-    /// let width = Note::schema().columns.len();
+    /// let width = Note::WIDTH;
     /// for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await? {
     ///     let (a, b) = (Note::decode(&row, 0)?, Note::decode(&row, width)?);
     /// }

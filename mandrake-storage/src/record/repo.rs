@@ -15,6 +15,7 @@ use super::{Record, Repo, UniqueKey};
 use crate::error::{Error, Result};
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
 use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
+use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
 use crate::record::column::{ColumnType, decode_column};
 use crate::sql::quote_ident;
 
@@ -414,7 +415,7 @@ impl<T: Record> Repo<T> {
                     query = query.bind(i64::from(limit));
                 }
                 let rows = query.fetch_all(executor).await?;
-                let width = schema.columns.len();
+                let width = T::WIDTH;
                 let mut groups: HashMap<Uuid, Vec<T>> = HashMap::new();
                 for row in &rows {
                     let parent: Uuid = row.try_get(width)?;
@@ -576,6 +577,76 @@ impl<T: Record> Repo<T> {
                 Ok(Page { items, next })
             },
             |page| page.items.len() as u64,
+        )
+        .await
+    }
+
+    /// Full-text search: the rows where any of `fields` (one field with
+    /// `#[record(search)]`, or a tuple of them) matches `query` and that
+    /// `filter` keeps, best first (ties newest first), each with its rank
+    /// and a snippet. `query` reads as [`Column::matches`] reads it; one of
+    /// only stop words finds nothing. The fields' GIN indexes find the
+    /// hits; only the page returned gets snippets.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, Record, SearchOptions};
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Note { pub id: uuid::Uuid, pub folder: String,
+    /// #   #[record(search = "english")] pub body: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &Db) -> mandrake_storage::Result<()> {
+    /// let hits = Note::repo()
+    ///     .search(db, Note::BODY, "pool -bouncer", Note::FOLDER.eq("work"), SearchOptions::new().limit(20))
+    ///     .await?;
+    /// for hit in hits {
+    ///     println!("{:.3} {}", hit.rank, hit.snippet);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn search<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        fields: impl SearchFields<T>,
+        query: &str,
+        filter: Filter<T>,
+        options: SearchOptions,
+    ) -> Result<Vec<Hit<T>>> {
+        let fields = fields.fields();
+        let query = query.to_owned();
+        traced(
+            call_span!("search", T),
+            async move {
+                let schema = T::schema();
+                let statements = T::statements();
+                let (node, values) = filter.into_parts();
+                let mut args = PgArguments::default();
+                args.add(query).map_err(bind_error)?;
+                bind_all(values, &mut args).map_err(bind_error)?;
+                args.add(i64::from(options.limit)).map_err(bind_error)?;
+                args.add(i64::from(options.offset)).map_err(bind_error)?;
+                args.add(options.headline()).map_err(bind_error)?;
+                let shape = SearchShape {
+                    fields,
+                    filter: node,
+                };
+                let sql = statements.sql_for(Shape::Search(shape.clone()), || {
+                    search_sql(schema, &statements.columns, &shape)
+                });
+                let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_all(executor)
+                    .await?;
+                let n = statements.names.len();
+                rows.iter()
+                    .map(|r| {
+                        Ok(Hit {
+                            record: T::decode(r, 0)?,
+                            rank: r.try_get(n)?,
+                            snippet: r.try_get(n + 1)?,
+                        })
+                    })
+                    .collect()
+            },
+            |hits: &Vec<Hit<T>>| hits.len() as u64,
         )
         .await
     }

@@ -25,6 +25,7 @@ pub(crate) enum Shape {
         limit: bool,
     },
     GetMany,
+    Search(crate::query::search::SearchShape),
 }
 
 #[doc(hidden)]
@@ -67,6 +68,9 @@ pub struct Layout {
     pub patch: &'static [&'static str],
     /// The optimistic-locking column, if any.
     pub version: Option<&'static str>,
+    /// How many of the schema's columns are the record's fields
+    /// ([`Record::WIDTH`](crate::Record::WIDTH)).
+    pub fields: usize,
 }
 
 /// The fixed SQL of one record type, built once (the derive keeps it in a
@@ -126,7 +130,10 @@ impl Statements {
 
     pub fn new(schema: &'static TableSchema, layout: Layout) -> Statements {
         let table = quote_ident(&schema.name);
-        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = schema.columns[..layout.fields]
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let columns = ident_list(&names);
         let insert = Insert::new(schema, &table, layout);
         let select_by_id = format!("SELECT {columns} FROM {table} WHERE \"id\" = $1");

@@ -187,6 +187,15 @@ impl Object {
             Object::Function(Function::Timestamp) => TIMESTAMP_FUNCTION.into(),
             Object::Function(Function::Notify) => NOTIFY_FUNCTION.into(),
             Object::Table(t) => create_table(t),
+            // Said in the file, so lint passes it knowingly: no online way
+            // to add a stored generated column is planned yet.
+            Object::Column { table, column } if column.generated.is_some() => format!(
+                "-- squawk-ignore adding-field-with-default -- a stored generated column is \
+                 computed for every row: this rewrites the table under an ACCESS EXCLUSIVE lock\n\
+                 {} ADD COLUMN {};",
+                alter(table),
+                column_definition(column)
+            ),
             Object::Column { table, column } => {
                 format!("{} ADD COLUMN {};", alter(table), column_definition(column))
             }

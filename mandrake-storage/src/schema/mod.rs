@@ -290,6 +290,12 @@ fn short_hash(text: &str) -> u32 {
     hash as u32
 }
 
+/// The generated `tsvector` column of a text column with full-text search:
+/// `content` → `content_search`.
+pub fn search_vector(column: &str) -> String {
+    identifier(format!("{column}_search"))
+}
+
 pub(crate) fn identifier(name: String) -> String {
     if name.len() <= 63 {
         return name;
@@ -483,6 +489,32 @@ impl TableSchema {
             expression: condition.to_owned(),
         });
         self
+    }
+
+    /// Full-text search on the text column `column` in configuration
+    /// `config` (`simple`, `english`, …): a generated `tsvector` column
+    /// [`search_vector`]`(column)` (an absent text is an empty vector) and a
+    /// GIN index on it. Call it after the record's own columns: the vector
+    /// is the database's, never a field.
+    ///
+    /// ```
+    /// use mandrake_storage::{ColumnDef, TableSchema};
+    /// let t = TableSchema::new("messages")
+    ///     .with_column(ColumnDef::new("content", "text"))
+    ///     .with_search("content", "english");
+    /// assert_eq!(t.columns[1].name, "content_search");
+    /// assert_eq!(t.indexes[0].method, "gin");
+    /// ```
+    pub fn with_search(self, column: &str, config: &str) -> Self {
+        let vector = search_vector(column);
+        let expression = format!(
+            "to_tsvector({}::regconfig, COALESCE({}, ''))",
+            crate::sql::quote_literal(config),
+            crate::sql::quote_ident(column)
+        );
+        let index = Index::on(&self.name, &[vector.as_str()]).using("gin");
+        self.with_column(ColumnDef::new(&vector, "tsvector").generated(&expression))
+            .with_index_def(index)
     }
 
     /// Turns on the `set_timestamp` trigger.

@@ -1,0 +1,184 @@
+//! Full-text search over the fields with `#[record(search)]`: the fields a
+//! search ranks by, its options, and the SQL of a ranked search with
+//! snippets (built once per shape, like every other statement).
+
+use crate::query::filter::{Column, Node, Search, condition, tsquery};
+use crate::schema::{TableSchema, search_vector};
+use crate::sql::{quote_ident, quote_literal};
+
+/// The weight of each field of a search, in the order given: the first
+/// counts most (PostgreSQL's own A, B, C, D weights).
+const WEIGHTS: [f32; 4] = [1.0, 0.4, 0.2, 0.1];
+
+/// The fields a [`Repo::search`](crate::Repo::search) looks in: one field
+/// with `#[record(search)]`, or a tuple of up to four. A row is a hit when
+/// any of them matches; its rank adds theirs, the first field weighing
+/// most (1.0, 0.4, 0.2, 0.1); its snippet comes from the first that matches.
+pub trait SearchFields<T> {
+    /// `(column index, configuration)` of each field, in order.
+    #[doc(hidden)]
+    fn fields(&self) -> Vec<(usize, &'static str)>;
+}
+
+impl<T, V> SearchFields<T> for Column<T, V, Search> {
+    fn fields(&self) -> Vec<(usize, &'static str)> {
+        vec![(self.index(), self.config())]
+    }
+}
+
+macro_rules! search_tuple {
+    ($($v:ident $i:tt),+) => {
+        impl<T, $($v),+> SearchFields<T> for ($(Column<T, $v, Search>,)+) {
+            fn fields(&self) -> Vec<(usize, &'static str)> {
+                vec![$((self.$i.index(), self.$i.config())),+]
+            }
+        }
+    };
+}
+search_tuple!(A 0, B 1);
+search_tuple!(A 0, B 1, C 2);
+search_tuple!(A 0, B 1, C 2, D 3);
+
+/// How many hits a search returns, from where, and how its snippets mark
+/// the matched words.
+///
+/// ```
+/// use mandrake_storage::SearchOptions;
+/// let options = SearchOptions::new().limit(10).offset(10).markers("<mark>", "</mark>");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub(crate) limit: u32,
+    pub(crate) offset: u32,
+    pub(crate) start: String,
+    pub(crate) stop: String,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions::new()
+    }
+}
+
+impl SearchOptions {
+    /// 20 hits from the best one, words marked `<b>…</b>`.
+    pub fn new() -> SearchOptions {
+        SearchOptions {
+            limit: 20,
+            offset: 0,
+            start: "<b>".into(),
+            stop: "</b>".into(),
+        }
+    }
+
+    /// At most `n` hits.
+    pub fn limit(mut self, n: u32) -> SearchOptions {
+        self.limit = n;
+        self
+    }
+
+    /// Skips the first `n` hits: the next page.
+    pub fn offset(mut self, n: u32) -> SearchOptions {
+        self.offset = n;
+        self
+    }
+
+    /// What goes before and after each matched word of a snippet.
+    pub fn markers(mut self, start: &str, stop: &str) -> SearchOptions {
+        self.start = start.to_owned();
+        self.stop = stop.to_owned();
+        self
+    }
+
+    /// `ts_headline`'s options: the markers quoted as it reads them (a
+    /// double quote is doubled), one fragment of up to 35 words.
+    pub(crate) fn headline(&self) -> String {
+        let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        format!(
+            "StartSel={}, StopSel={}, MaxWords=35, MinWords=15, MaxFragments=1",
+            quoted(&self.start),
+            quoted(&self.stop)
+        )
+    }
+}
+
+/// One hit of a search: the record, how well it matched (higher is better)
+/// and the best fragment of its text with the matched words marked.
+#[derive(Debug, Clone)]
+pub struct Hit<T> {
+    /// The row.
+    pub record: T,
+    /// `ts_rank`, summed over the fields with their weights.
+    pub rank: f32,
+    /// The fragment around the match, matched words between the markers.
+    pub snippet: String,
+}
+
+/// The shape of a search: its fields and the filter's shape.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SearchShape {
+    pub(crate) fields: Vec<(usize, &'static str)>,
+    pub(crate) filter: Node,
+}
+
+/// The SQL of a search. `$1` is the query text; the filter's values
+/// follow, then the limit, the offset and the headline options. The inner
+/// query finds and ranks the page of hits (through the fields' GIN
+/// indexes); only its rows get a snippet, since `ts_headline` reads the
+/// whole text. Ties go newest first.
+pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShape) -> String {
+    let table = quote_ident(&schema.name);
+    let mut param = 1;
+    let each = |f: &dyn Fn(usize, &(usize, &'static str)) -> String| -> Vec<String> {
+        shape
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| f(i, field))
+            .collect()
+    };
+    let query = |config: &str| tsquery(config, "$1");
+    let vector = |column: usize| quote_ident(&search_vector(&schema.columns[column].name));
+    let hit = |&(column, config): &(usize, &'static str)| {
+        format!("{} @@ {}", vector(column), query(config))
+    };
+    let found = each(&|_, field| hit(field));
+    let rank = each(&|i, &(column, config)| {
+        format!(
+            "ts_rank({}, {}) * {}",
+            vector(column),
+            query(config),
+            WEIGHTS[i]
+        )
+    });
+    let which = each(&|i, field| format!("WHEN {} THEN {i}", hit(field)));
+    let mut conditions = vec![format!("({})", found.join(" OR "))];
+    if shape.filter != Node::All {
+        conditions.push(condition(schema, &shape.filter, &mut param));
+    }
+    let (limit, offset, options) = (param + 1, param + 2, param + 3);
+    let snippet = each(&|i, &(column, config)| {
+        format!(
+            "WHEN {i} THEN ts_headline({}::regconfig, {}, {}, ${options})",
+            quote_literal(config),
+            quote_ident(&schema.columns[column].name),
+            query(config)
+        )
+    });
+    let newest = if schema.column("created_at").is_some() {
+        "\"created_at\" DESC, "
+    } else {
+        ""
+    };
+    let order = format!("__rank DESC, {newest}\"id\" DESC");
+    format!(
+        "SELECT {columns}, __rank, COALESCE(CASE __field {} END, '') FROM (\
+         SELECT {columns}, ({})::real AS __rank, CASE {} END AS __field FROM {table} \
+         WHERE {} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}) AS hits ORDER BY {order}",
+        snippet.join(" "),
+        rank.join(" + "),
+        which.join(" "),
+        conditions.join(" AND "),
+    )
+}

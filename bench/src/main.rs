@@ -7,6 +7,7 @@
 
 mod contenders;
 mod report;
+mod search;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -38,6 +39,16 @@ struct Args {
     /// to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Run the search benchmark instead: ranked full-text and substring
+    /// search on a bulk-loaded messages table.
+    #[arg(long)]
+    search: bool,
+    /// Messages the search benchmark loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    search_rows: usize,
+    /// Runs of each search query (p50/p99 over them).
+    #[arg(long, default_value_t = 50)]
+    search_runs: usize,
     /// Internal: measure one contender's peak memory in this process.
     #[arg(long, hide = true, value_name = "URL")]
     memory_of: Option<String>,
@@ -161,14 +172,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await?;
     let url = admin.clone().database(&name).to_url_lossy().to_string();
-    let result = bench(&url, &scale, args.only.as_deref()).await;
+    let result = if args.search {
+        search_bench(&url, args.search_rows, args.search_runs).await
+    } else {
+        bench(&url, &scale, args.only.as_deref()).await
+    };
     drop(conn);
     let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
     conn.execute(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {name} WITH (FORCE)"
     )))
     .await?;
-    let mut table = result?;
+    let Some(mut table) = result? else {
+        return Ok(());
+    };
     table
         .timings
         .push(("whole benchmark".into(), started.elapsed()));
@@ -180,11 +197,25 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The search benchmark on the migrated database at `url` (it prints its
+/// own report).
+async fn search_bench(
+    url: &str,
+    rows: usize,
+    runs: usize,
+) -> Result<Option<Table>, Box<dyn std::error::Error>> {
+    let root = mandrake_storage::cluster::workspace_root()?;
+    let migrations = Migrations::from_dir(root.join("migrations"))?;
+    migrate(url, &migrations, &MigrateOptions::default()).await?;
+    search::run(url, rows, runs).await?;
+    Ok(None)
+}
+
 async fn bench(
     url: &str,
     scale: &Scale,
     only: Option<&str>,
-) -> Result<Table, Box<dyn std::error::Error>> {
+) -> Result<Option<Table>, Box<dyn std::error::Error>> {
     let root = mandrake_storage::cluster::workspace_root()?;
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     migrate(url, &migrations, &MigrateOptions::default()).await?;
@@ -243,7 +274,7 @@ async fn bench(
     if only.is_none() {
         table.timings.extend(migration_timings(url).await?);
     }
-    Ok(table)
+    Ok(Some(table))
 }
 
 /// Every library with the pool it gives a user by default (10 connections

@@ -1907,3 +1907,68 @@ async fn renaming_a_referenced_column_keeps_the_composite_keys_that_point_at_it(
         "the key is kept, not dropped and made again: {up}"
     );
 }
+
+/// Full-text search declared, reconfigured and removed.
+mod searched {
+    use super::*;
+
+    pub mod simple {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes")]
+        pub struct Note {
+            pub id: Uuid,
+            #[record(search)]
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    pub mod english {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "notes")]
+        pub struct Note {
+            pub id: Uuid,
+            #[record(search = "english")]
+            pub body: String,
+            pub email: String,
+            pub deleted_at: Option<DateTime<Utc>>,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+}
+
+#[tokio::test]
+async fn search_columns_are_added_reconfigured_and_dropped_with_their_indexes() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let simple = [searched::simple::Note::schema()];
+    let english = [searched::english::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    lab.exec("INSERT INTO notes (body, email) VALUES ('Running dogs', 'a@b')")
+        .await;
+    let (up, _) = lab.evolve(&v1, &simple, false).await;
+    assert!(up.contains(r#"ADD COLUMN "body_search" tsvector"#), "{up}");
+    assert!(up.contains("USING gin (body_search)"), "{up}");
+    // Another configuration: the vector is computed anew, the index rebuilt.
+    let (up, _) = lab.evolve(&simple, &english, false).await;
+    assert!(up.contains("'english'::regconfig"), "{up}");
+    let found = searched::english::Note::repo()
+        .count(
+            lab.db.db(),
+            searched::english::Note::BODY.matches("run dog"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, 1, "english stems: run finds Running");
+    // Removing `search` drops both (the vector is derived: not destructive).
+    let (up, down) = lab.evolve(&english, &v1, false).await;
+    assert!(up.contains(r#"DROP COLUMN "body_search""#), "{up}");
+    assert!(down.contains("USING gin (body_search)"), "{down}");
+}

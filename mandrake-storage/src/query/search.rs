@@ -123,47 +123,45 @@ pub(crate) struct SearchShape {
 }
 
 /// The SQL of a search. `$1` is the query text; the filter's values
-/// follow, then the limit, the offset and the headline options. The inner
-/// query finds and ranks the page of hits (through the fields' GIN
-/// indexes); only its rows get a snippet, since `ts_headline` reads the
-/// whole text. Ties go newest first.
+/// follow, then the limit, the offset and the headline options. Each
+/// field's query is parsed once, in `FROM`; the inner query finds and ranks
+/// the page of hits through the fields' GIN indexes, and only its rows get
+/// a snippet, since `ts_headline` reads the whole text. Ties go newest
+/// first.
 pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShape) -> String {
     let table = quote_ident(&schema.name);
-    let mut param = 1;
-    let each = |f: &dyn Fn(usize, &(usize, &'static str)) -> String| -> Vec<String> {
+    let each = |f: &dyn Fn(usize, usize, &str) -> String| -> Vec<String> {
         shape
             .fields
             .iter()
             .enumerate()
-            .map(|(i, field)| f(i, field))
+            .map(|(i, &(column, config))| f(i, column, config))
             .collect()
     };
-    let query = |config: &str| tsquery(config, "$1");
     let vector = |column: usize| quote_ident(&search_vector(&schema.columns[column].name));
-    let hit = |&(column, config): &(usize, &'static str)| {
-        format!("{} @@ {}", vector(column), query(config))
+    let queries = each(&|i, _, config| format!("{} AS __q{i}", tsquery(config, "$1")));
+    let found = each(&|i, column, _| format!("{} @@ __q{i}", vector(column)));
+    let rank =
+        each(&|i, column, _| format!("ts_rank({}, __q{i}) * {}", vector(column), WEIGHTS[i]));
+    let carried = each(&|i, _, _| format!("__q{i}"));
+    let which = match found.len() {
+        1 => "0".to_owned(),
+        _ => format!(
+            "CASE {} END",
+            each(&|i, _, _| format!("WHEN {} THEN {i}", found[i])).join(" ")
+        ),
     };
-    let found = each(&|_, field| hit(field));
-    let rank = each(&|i, &(column, config)| {
-        format!(
-            "ts_rank({}, {}) * {}",
-            vector(column),
-            query(config),
-            WEIGHTS[i]
-        )
-    });
-    let which = each(&|i, field| format!("WHEN {} THEN {i}", hit(field)));
     let mut conditions = vec![format!("({})", found.join(" OR "))];
+    let mut param = 1;
     if shape.filter != Node::All {
         conditions.push(condition(schema, &shape.filter, &mut param));
     }
     let (limit, offset, options) = (param + 1, param + 2, param + 3);
-    let snippet = each(&|i, &(column, config)| {
+    let snippet = each(&|i, column, config| {
         format!(
-            "WHEN {i} THEN ts_headline({}::regconfig, {}, {}, ${options})",
+            "WHEN {i} THEN ts_headline({}::regconfig, {}, __q{i}, ${options})",
             quote_literal(config),
             quote_ident(&schema.columns[column].name),
-            query(config)
         )
     });
     let newest = if schema.column("created_at").is_some() {
@@ -174,11 +172,12 @@ pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShap
     let order = format!("__rank DESC, {newest}\"id\" DESC");
     format!(
         "SELECT {columns}, __rank, COALESCE(CASE __field {} END, '') FROM (\
-         SELECT {columns}, ({})::real AS __rank, CASE {} END AS __field FROM {table} \
+         SELECT {columns}, ({})::real AS __rank, {which} AS __field, {} FROM {table}, {} \
          WHERE {} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}) AS hits ORDER BY {order}",
         snippet.join(" "),
         rank.join(" + "),
-        which.join(" "),
+        carried.join(", "),
+        queries.join(", "),
         conditions.join(" AND "),
     )
 }

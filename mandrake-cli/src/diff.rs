@@ -750,6 +750,38 @@ fn diff_keys_and_triggers(old: &TableSchema, new: &TableSchema, phases: &mut Pha
                 .push(SchemaChange::Add(triggers(columns)));
         }
     }
+    diff_row_security(old, new, phases);
+}
+
+/// Row security and the policies: a changed policy is a drop and a create.
+fn diff_row_security(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
+    let table = || new.name.clone();
+    for policy in &old.policies {
+        if !new.policies.contains(policy) {
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::Policy {
+                    table: table(),
+                    policy: policy.clone(),
+                }));
+        }
+    }
+    for policy in &new.policies {
+        if !old.policies.contains(policy) {
+            phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::Policy {
+                    table: table(),
+                    policy: policy.clone(),
+                }));
+        }
+    }
+    let secured = || Object::RowSecurity { table: table() };
+    match (old.row_security, new.row_security) {
+        (false, true) => phases.add_constraints.push(SchemaChange::Add(secured())),
+        (true, false) => phases.drop_constraints.push(SchemaChange::Drop(secured())),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

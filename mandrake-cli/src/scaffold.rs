@@ -65,10 +65,11 @@ async fn compare_on(
     })
 }
 
-/// The indexes and constraints of `current` that `desired` does not name and
-/// no generated migration made: the user's own SQL objects. An object a
-/// generated migration made is the types', so removing it from a record
-/// still drops it.
+/// The indexes, constraints and policies of `current` that `desired` does
+/// not name and no generated migration made: the user's own SQL objects. An
+/// object a generated migration made is the types', so removing it from a
+/// record still drops it. Row security that the user turned on (no
+/// generated migration did) is theirs too, named [`ROW_SECURITY`].
 fn user_objects(
     current: &DatabaseSchema,
     desired: &DatabaseSchema,
@@ -85,20 +86,32 @@ fn user_objects(
                     || t.checks.iter().any(|c| c.name == name)
                     || t.uniques.iter().any(|u| u.name == name)
                     || t.foreign_keys.iter().any(|k| k.name == name)
+                    || t.policies.iter().any(|p| p.name == name)
             })
         };
         let names = (table.indexes.iter().map(|i| &i.name))
             .chain(table.checks.iter().map(|c| &c.name))
             .chain(table.uniques.iter().map(|u| &u.name))
-            .chain(table.foreign_keys.iter().map(|k| &k.name));
+            .chain(table.foreign_keys.iter().map(|k| &k.name))
+            .chain(table.policies.iter().map(|p| &p.name));
         for name in names {
             if !named(name) && !made_by_us(name) {
                 out.push((table.name.clone(), name.clone()));
             }
         }
+        let secured_by_us = generated.contains(&format!(
+            "{} ENABLE ROW LEVEL SECURITY",
+            mandrake_storage::schema::ddl::quote_ident(&table.name)
+        ));
+        if table.row_security && !declared.is_some_and(|t| t.row_security) && !secured_by_us {
+            out.push((table.name.clone(), ROW_SECURITY.to_owned()));
+        }
     }
     out
 }
+
+/// How [`Comparison::unmanaged`] names row security the user turned on.
+pub const ROW_SECURITY: &str = "row level security";
 
 /// `schema` without the objects `unmanaged` names.
 fn without(schema: &DatabaseSchema, unmanaged: &[(String, String)]) -> DatabaseSchema {
@@ -109,6 +122,10 @@ fn without(schema: &DatabaseSchema, unmanaged: &[(String, String)]) -> DatabaseS
         table.checks.retain(|c| keep(&c.name));
         table.uniques.retain(|u| keep(&u.name));
         table.foreign_keys.retain(|k| keep(&k.name));
+        table.policies.retain(|p| keep(&p.name));
+        if !keep(&ROW_SECURITY.to_owned()) {
+            table.row_security = false;
+        }
     }
     schema
 }

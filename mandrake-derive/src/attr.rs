@@ -140,6 +140,8 @@ pub struct FieldAttrs {
     pub generated: Option<LitStr>,
     /// `search` or `search = "english"`: full-text search on this field.
     pub search: Option<SearchAttr>,
+    /// `tenant`: the tenant key of a tenant-scoped record.
+    pub tenant: Option<Ident>,
 }
 
 /// A field's `search`: the keyword (for errors) and its configuration.
@@ -360,11 +362,13 @@ impl FieldAttrs {
                         config,
                     };
                     set_once(&mut out.search, &meta, search)?;
+                } else if path.is_ident(TENANT) {
+                    set_once(&mut out.tenant, &meta, path_ident(&meta))?;
                 } else {
                     return Err(unknown(
                         &meta,
                         "rename, unique, index, references, on_delete, default, sql_type, \
-                         renamed_from, skip, secret, version, generated, search",
+                         renamed_from, skip, secret, version, generated, search, tenant",
                     ));
                 }
                 Ok(())

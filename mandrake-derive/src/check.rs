@@ -49,6 +49,7 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
         }
     }
     check_search(cx, cont);
+    check_tenant(cx, cont);
     for key in &cont.attrs.foreign_keys {
         for ident in &key.columns {
             if resolve_column(cont, &ident.to_string()).is_none() {
@@ -405,5 +406,40 @@ fn check_search(cx: &Ctxt, cont: &Container) {
                 format!("`search` adds the column `{vector}`, which this struct already has"),
             );
         }
+    }
+}
+
+/// `tenant`: one field, a required `Uuid` the record stores.
+fn check_tenant(cx: &Ctxt, cont: &Container) {
+    let tenants: Vec<_> = cont
+        .fields
+        .iter()
+        .filter(|f| f.attrs.tenant.is_some())
+        .collect();
+    for f in &tenants {
+        let keyword = f.attrs.tenant.as_ref().expect("filtered");
+        if type_name(f.ty).as_deref() != Some("Uuid") {
+            cx.error_spanned_by(
+                keyword,
+                "`tenant` is the tenant key: a `Uuid` field (not optional: every row has a tenant)",
+            );
+        }
+        let conflict = [
+            (f.attrs.skip.is_some(), "skip"),
+            (f.attrs.generated.is_some(), "generated"),
+            (f.attrs.version.is_some(), "version"),
+        ];
+        if let Some((_, other)) = conflict.iter().find(|(set, _)| *set) {
+            cx.error_spanned_by(keyword, format!("the tenant key cannot also be `{other}`"));
+        }
+        if [ID, CREATED_AT, UPDATED_AT].contains(&f.column.as_str()) {
+            cx.error_spanned_by(keyword, format!("`{}` cannot be the tenant key", f.column));
+        }
+    }
+    if let [_, second, ..] = tenants.as_slice() {
+        cx.error_spanned_by(
+            second.attrs.tenant.as_ref().expect("filtered"),
+            "a record has one tenant key: `tenant` is on another field already",
+        );
     }
 }

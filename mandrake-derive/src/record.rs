@@ -507,6 +507,10 @@ fn schema_expr(cont: &Container) -> TokenStream {
         }
         chain = quote!(#chain.with_index_def(#def));
     }
+    if let Some(f) = cont.columns().find(|f| f.attrs.tenant.is_some()) {
+        let col = &f.column;
+        chain = quote!(#chain.with_tenant(#col));
+    }
     for key in &cont.attrs.foreign_keys {
         let Some((target, referenced)) = key.target() else {
             continue;

@@ -23,6 +23,7 @@ pub const SECRET: &str = "secret";
 pub const VERSION: &str = "version";
 pub const GENERATED: &str = "generated";
 pub const SEARCH: &str = "search";
+pub const TENANT: &str = "tenant";
 
 // required fields
 pub const ID: &str = "id";

@@ -95,6 +95,13 @@ pub enum Error {
     /// `commit` found the transaction aborted by an earlier failed
     /// statement: PostgreSQL rolled it back, and nothing was committed.
     TransactionAborted,
+    /// A row written to a tenant-scoped table (`#[record(tenant)]`) was
+    /// refused by its row security: no tenant was set (write through
+    /// [`crate::Db::tenant`]), or the row names another tenant.
+    TenantRefused {
+        /// The table.
+        table: String,
+    },
     /// Any other failure reported by the driver or the server.
     Database(sqlx::Error),
 }
@@ -474,6 +481,7 @@ impl Error {
             Error::ForeignKeyViolation { .. } => Some("23503".into()),
             Error::CheckViolation { .. } => Some("23514".into()),
             Error::NotNullViolation { .. } => Some("23502".into()),
+            Error::TenantRefused { .. } => Some("42501".into()),
             _ => None,
         }
     }
@@ -512,6 +520,11 @@ impl fmt::Display for Error {
                 f,
                 "{what} needs a server session of its own, which PgBouncer in transaction mode \
                  does not keep: set MANDRAKE_DIRECT_URL to the server's own URL (not PgBouncer's)"
+            ),
+            Error::TenantRefused { table } => write!(
+                f,
+                "the row was refused by {table}'s tenant policy: write it through db.tenant(id), \
+                 with its tenant column equal to that tenant"
             ),
             Error::TransactionAborted => f.write_str(
                 "the transaction was aborted by an earlier failed statement and rolled back: \
@@ -564,6 +577,18 @@ impl From<sqlx::Error> for Error {
                     .unwrap_or_default()
                     .to_owned(),
             },
+            // The server names no table for it: the message does (the
+            // clusters we start speak English).
+            Some("42501") if db.message().contains("row-level security policy") => {
+                Error::TenantRefused {
+                    table: db
+                        .message()
+                        .split('"')
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }
+            }
             _ => Error::Database(err),
         }
     }

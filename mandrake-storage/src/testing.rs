@@ -132,7 +132,10 @@ pub fn start_pgbouncer(cluster: &Cluster) -> Result<PathBuf> {
         cluster.hand_over(&path)?;
         Ok(path)
     };
-    let users = file("users.txt", "\"postgres\" \"\"\n".into())?;
+    let users = file(
+        "users.txt",
+        format!("\"postgres\" \"\"\n\"{APP_ROLE}\" \"\"\n"),
+    )?;
     let config = file(
         "pgbouncer.ini",
         format!(
@@ -227,6 +230,9 @@ rm -rf "$2" "$3"
         .map_err(|e| Error::Config(format!("cannot start the cleanup guardian: {e}")))?;
     Ok(())
 }
+
+/// The login role [`TestDb::app_db`] connects as.
+pub const APP_ROLE: &str = "mandrake_app";
 
 /// A database of its own for one test.
 #[derive(Debug)]
@@ -340,6 +346,38 @@ impl TestDb {
     /// use; connect with [`Settings::pgbouncer`] on.
     pub fn through_pgbouncer(&self) -> Result<PgConnectOptions> {
         via_pgbouncer(&self.options)
+    }
+
+    /// A pool on this database as [`APP_ROLE`], the way an application
+    /// connects: not a superuser, not the tables' owner, without
+    /// `BYPASSRLS`, so row security holds. The role is made on first use
+    /// and granted what it needs on the tables that exist now (through
+    /// PgBouncer when the tests run through it).
+    pub async fn app_db(&self) -> Result<Db> {
+        let grants = format!(
+            "DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT USAGE ON SCHEMA public TO {APP_ROLE}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}"
+        );
+        (&self.db).execute(sqlx::AssertSqlSafe(grants)).await?;
+        let options = self.options.clone().username(APP_ROLE);
+        let mut settings = Settings {
+            pool_size: 5,
+            ..Settings::default()
+        };
+        let options = if through_pgbouncer() {
+            settings.pgbouncer = true;
+            settings.direct_url = Some({
+                use sqlx::ConnectOptions;
+                options.to_url_lossy().to_string()
+            });
+            via_pgbouncer(&options)?
+        } else {
+            options
+        };
+        Db::connect_options(options, &settings).await
     }
 
     /// Connection options for the admin console of that PgBouncer

@@ -1972,3 +1972,111 @@ async fn search_columns_are_added_reconfigured_and_dropped_with_their_indexes() 
     assert!(up.contains(r#"DROP COLUMN "body_search""#), "{up}");
     assert!(down.contains("USING gin (body_search)"), "{down}");
 }
+
+/// Tenant scoping declared on existing tables.
+mod scoped {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "chats")]
+    pub struct Chat {
+        pub id: Uuid,
+        #[record(tenant, references = "workspaces", on_delete = "cascade")]
+        pub workspace_id: Uuid,
+        pub user_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "lines")]
+    pub struct Line {
+        pub id: Uuid,
+        #[record(tenant)]
+        pub workspace_id: Uuid,
+        #[record(references = "chats", on_delete = "cascade")]
+        pub chat_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    pub mod plain {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(table = "lines")]
+        pub struct Line {
+            pub id: Uuid,
+            pub workspace_id: Uuid,
+            #[record(references = "chats", on_delete = "cascade")]
+            pub chat_id: Uuid,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+}
+
+#[tokio::test]
+async fn tenant_policies_are_migrated_proven_and_checked() {
+    use tenants::*;
+    let v1 = [
+        Workspace::schema(),
+        loose::Chat::schema(),
+        scoped::plain::Line::schema(),
+    ];
+    let v2 = [
+        Workspace::schema(),
+        scoped::Chat::schema(),
+        scoped::Line::schema(),
+    ];
+    let lab = Lab::new(&v1).await;
+    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    for part in [
+        r#"ALTER TABLE "chats" ENABLE ROW LEVEL SECURITY;"#,
+        r#"ALTER TABLE "chats" FORCE ROW LEVEL SECURITY;"#,
+        r#"CREATE POLICY "lines_tenant" ON "lines""#,
+        // The key to a tenant-scoped parent carries the tenant.
+        r#"FOREIGN KEY ("workspace_id", "chat_id") REFERENCES "chats"("workspace_id","id")"#,
+    ] {
+        assert!(up.contains(part), "{part} in\n{up}");
+    }
+    assert!(down.contains("DISABLE ROW LEVEL SECURITY"), "{down}");
+    // A hand-written migration that edits the policy: drift, which check
+    // names; one that adds a policy of the user's own is left alone.
+    let last: i64 = lab
+        .files()
+        .last()
+        .unwrap()
+        .split('_')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    lab.dir.write(
+        &format!("{}_loosen.up.sql", last + 1),
+        "ALTER POLICY chats_tenant ON chats USING (true);\n\
+         CREATE POLICY audit_reads ON chats FOR SELECT USING (true);\n",
+    );
+    let plan = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE)
+        .await
+        .unwrap();
+    let said: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();
+    assert!(
+        said.iter()
+            .any(|s| s.contains("policy chats_tenant on chats")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|s| s.contains("audit_reads")), "{said:?}");
+}
+
+#[tokio::test]
+async fn tenant_policies_go_online_too() {
+    use tenants::*;
+    let v1 = [Workspace::schema(), loose::Chat::schema()];
+    let v2 = [Workspace::schema(), scoped::Chat::schema()];
+    let lab = Lab::new(&v1).await;
+    let made = lab.generate_online(&v2).await;
+    assert!(!made.files.is_empty());
+    lab.migrate().await;
+    assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
+}

@@ -242,7 +242,7 @@ impl Db {
         &self,
         query: E,
     ) -> std::result::Result<Replay, sqlx::Error> {
-        Replay::new(query, self.begin.is_none())
+        Replay::new(query, !self.pgbouncer)
     }
 
     /// On a replica's pool, when `err` says the replica cannot be reached:

@@ -73,8 +73,15 @@ fn backoff(attempt: u32) -> Duration {
 pub struct Db {
     pool: Pool,
     acquire_timeout: Duration,
-    /// In PgBouncer mode: what opens the transaction each statement runs in
-    /// (`BEGIN`, with the statement timeout).
+    /// Behind PgBouncer in transaction mode.
+    pgbouncer: bool,
+    /// The statement timeout behind PgBouncer (elsewhere a startup option).
+    timeout_ms: Option<Arc<str>>,
+    /// What the handle acts for ([`Db::tenant`]).
+    tenant: Option<uuid::Uuid>,
+    /// When each statement needs a transaction of its own (behind
+    /// PgBouncer, or for a tenant): what opens it, in one round trip
+    /// (`BEGIN`, the statement timeout, the tenant).
     begin: Option<Arc<str>>,
     /// The read replicas, when there are any ([`Db::read`]).
     pub(crate) replicas: Option<Arc<Replicas>>,
@@ -113,6 +120,9 @@ pub(crate) struct Fallback {
 pub(crate) struct WeakDb {
     pool: deadpool::managed::WeakPool<Manager>,
     acquire_timeout: Duration,
+    pgbouncer: bool,
+    timeout_ms: Option<Arc<str>>,
+    tenant: Option<uuid::Uuid>,
     begin: Option<Arc<str>>,
     direct: Option<Arc<PgConnectOptions>>,
 }
@@ -123,12 +133,64 @@ impl WeakDb {
         Some(Db {
             pool: self.pool.upgrade()?,
             acquire_timeout: self.acquire_timeout,
+            pgbouncer: self.pgbouncer,
+            timeout_ms: self.timeout_ms.clone(),
+            tenant: self.tenant,
             begin: self.begin.clone(),
             replicas: None,
             primary: None,
             direct: self.direct.clone(),
         })
     }
+}
+
+/// Warns when this connection's role bypasses row security (a superuser,
+/// or `BYPASSRLS`) while tenant-scoped tables exist: through it every
+/// tenant sees every tenant's rows.
+async fn warn_if_row_security_is_bypassed(db: &Db) -> Result<()> {
+    let bypassing: Option<String> = sqlx::query_scalar(
+        "SELECT current_user::text FROM pg_roles r WHERE r.rolname = current_user \
+           AND (r.rolsuper OR r.rolbypassrls) \
+           AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relrowsecurity \
+                       AND c.relnamespace = 'public'::regnamespace)",
+    )
+    .fetch_optional(db)
+    .await?;
+    if let Some(role) = bypassing {
+        tracing::warn!(
+            target: "mandrake_storage",
+            role,
+            "connected as {role}, which bypasses row security: tenant-scoped tables show every \
+             tenant's rows to it; connect the application as a role without BYPASSRLS (see the \
+             GUIDE's production setup)"
+        );
+    }
+    Ok(())
+}
+
+/// What opens a statement's own transaction: `BEGIN`, then the statement
+/// timeout and the tenant as settings local to it; `None` when a statement
+/// needs no transaction of its own (neither behind PgBouncer nor a tenant).
+fn opening(
+    pgbouncer: bool,
+    timeout_ms: Option<&str>,
+    tenant: Option<uuid::Uuid>,
+) -> Option<Arc<str>> {
+    if !pgbouncer && tenant.is_none() {
+        return None;
+    }
+    let mut sql = "BEGIN".to_owned();
+    if let Some(ms) = timeout_ms.filter(|_| pgbouncer) {
+        sql.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
+    }
+    if let Some(id) = tenant {
+        // A Uuid prints as hex and dashes only: safe as a literal.
+        sql.push_str(&format!(
+            "; SELECT set_config('{}', '{id}', true)",
+            crate::schema::TENANT_SETTING
+        ));
+    }
+    Some(Arc::from(sql))
 }
 
 impl std::fmt::Debug for Db {
@@ -166,7 +228,7 @@ impl Db {
     /// down fails here, with its cause, instead of at the first query.
     pub async fn connect_options(options: PgConnectOptions, settings: &Settings) -> Result<Db> {
         let mut db = Db::build(options, settings)?;
-        drop(db.acquire().await?);
+        warn_if_row_security_is_bypassed(&db).await?;
         let min_idle = settings.min_idle.min(settings.pool_size) as usize;
         crate::db::pool::top_up(&db.pool, min_idle).await;
         crate::db::pool::maintain(&db.pool, settings, min_idle);
@@ -181,21 +243,15 @@ impl Db {
         let timeout_ms = settings
             .statement_timeout
             .map(|t| t.as_millis().to_string());
-        let begin = if settings.pgbouncer {
+        if settings.pgbouncer {
             // PgBouncer refuses startup options, and its server connections
             // keep no prepared statement from one transaction to the next:
             // none is cached (see `Transaction` for those made inside one).
             options = options.statement_cache_capacity(0);
-            Some(Arc::from(match &timeout_ms {
-                Some(ms) => format!("BEGIN; SET LOCAL statement_timeout = {ms}"),
-                None => "BEGIN".to_owned(),
-            }))
-        } else {
-            if let Some(ms) = &timeout_ms {
-                options = options.options([("statement_timeout", ms.as_str())]);
-            }
-            None
-        };
+        } else if let Some(ms) = &timeout_ms {
+            options = options.options([("statement_timeout", ms.as_str())]);
+        }
+        let begin = opening(settings.pgbouncer, timeout_ms.as_deref(), None);
         let manager = Manager::new(
             options,
             settings.validate_after,
@@ -216,6 +272,9 @@ impl Db {
         Ok(Db {
             pool,
             acquire_timeout: settings.acquire_timeout,
+            pgbouncer: settings.pgbouncer,
+            timeout_ms: timeout_ms.map(Arc::from),
+            tenant: None,
             begin,
             replicas: None,
             primary: None,
@@ -229,6 +288,9 @@ impl Db {
         WeakDb {
             pool: self.pool.weak(),
             acquire_timeout: self.acquire_timeout,
+            pgbouncer: self.pgbouncer,
+            timeout_ms: self.timeout_ms.clone(),
+            tenant: self.tenant,
             begin: self.begin.clone(),
             direct: self.direct.clone(),
         }
@@ -246,10 +308,10 @@ impl Db {
     /// [`Error::NeedsSession`]. A LISTEN on a pooled server connection would
     /// deliver its notifications to whichever client gets it next.
     pub(crate) fn session_options(&self, what: &'static str) -> Result<PgConnectOptions> {
-        match (&self.begin, &self.direct) {
-            (None, _) => Ok(self.pool.manager().options().clone()),
-            (Some(_), Some(direct)) => Ok((**direct).clone()),
-            (Some(_), None) => Err(Error::NeedsSession { what }),
+        match (self.pgbouncer, &self.direct) {
+            (false, _) => Ok(self.pool.manager().options().clone()),
+            (true, Some(direct)) => Ok((**direct).clone()),
+            (true, None) => Err(Error::NeedsSession { what }),
         }
     }
 
@@ -302,7 +364,7 @@ impl Db {
         conn.set_in_flight(false);
         Ok(Transaction {
             conn: Some(conn),
-            pgbouncer: self.begin.is_some(),
+            pgbouncer: self.pgbouncer,
         })
     }
 
@@ -354,6 +416,39 @@ impl Db {
                 other => return other,
             }
         }
+    }
+
+    /// A handle on the same pool that acts for tenant `id`: every statement
+    /// and transaction through it runs with the tenant set (`set_config`
+    /// local to its transaction, so it works behind PgBouncer and never
+    /// outlives the transaction), and the row security of tenant-scoped
+    /// tables (`#[record(tenant)]`) shows and lets it write only that
+    /// tenant's rows. A statement on its own runs in a transaction of its
+    /// own: two round trips more than on `&db`.
+    ///
+    /// It goes wherever `&Db` goes: repository calls, [`Db::begin`],
+    /// [`Db::transaction`], raw sqlx. [`Db::acquire`] gives a plain
+    /// connection, without the tenant. On a `Db` without a tenant,
+    /// tenant-scoped tables show no rows and refuse writes.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, Filter, ListOptions};
+    /// # async fn demo(db: &Db, workspace: uuid::Uuid) -> mandrake_storage::Result<()> {
+    /// let db = db.tenant(workspace);
+    /// let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class").fetch_one(&db).await?;
+    /// let mut tx = db.begin().await?;    // the tenant holds for the whole transaction
+    /// # Ok(()) }
+    /// ```
+    pub fn tenant(&self, id: uuid::Uuid) -> Db {
+        let mut db = self.clone();
+        db.tenant = Some(id);
+        db.begin = opening(self.pgbouncer, self.timeout_ms.as_deref(), Some(id));
+        db
+    }
+
+    /// The tenant this handle acts for, if any.
+    pub fn current_tenant(&self) -> Option<uuid::Uuid> {
+        self.tenant
     }
 
     /// Closes the pool: no new checkouts; connections close as they return.

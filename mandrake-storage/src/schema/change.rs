@@ -10,13 +10,13 @@
 use super::ddl::{
     DROP_NOTIFY_FUNCTION, DROP_TIMESTAMP_FUNCTION, NOTIFY_FUNCTION, TIMESTAMP_FUNCTION,
     add_unique_using_index, check_rows, column_definition, create_extension, create_index,
-    create_index_concurrently, create_notify_triggers, create_table, create_trigger,
-    create_unique_index_concurrently, drop_constraint, drop_constraint_if_exists,
-    drop_index_concurrently, drop_notify_triggers, drop_trigger, fill_nulls,
-    foreign_key_definition, retype, set_not_null_checked, unique_definition, validate_constraint,
-    widens,
+    create_index_concurrently, create_notify_triggers, create_policy, create_table, create_trigger,
+    create_unique_index_concurrently, disable_row_security, drop_constraint,
+    drop_constraint_if_exists, drop_index_concurrently, drop_notify_triggers, drop_policy,
+    drop_trigger, enable_row_security, fill_nulls, foreign_key_definition, retype,
+    set_not_null_checked, unique_definition, validate_constraint, widens,
 };
-use super::{Check, ColumnDef, ForeignKey, Index, TableSchema, Unique};
+use super::{Check, ColumnDef, ForeignKey, Index, Policy, TableSchema, Unique};
 use crate::sql::{ident_list, quote_ident};
 
 /// A shared trigger function.
@@ -134,6 +134,18 @@ pub enum Object {
         /// The payload's columns.
         columns: Vec<String>,
     },
+    /// Row-level security, enabled and forced.
+    RowSecurity {
+        /// Its table.
+        table: String,
+    },
+    /// A row-level security policy.
+    Policy {
+        /// Its table.
+        table: String,
+        /// The policy.
+        policy: Policy,
+    },
 }
 
 impl Object {
@@ -163,6 +175,8 @@ impl Object {
             Object::PrimaryKey { table, .. } => format!("primary key of {table}"),
             Object::TimestampTrigger { table } => format!("trigger set_timestamp on {table}"),
             Object::NotifyTriggers { table, .. } => format!("notify triggers on {table}"),
+            Object::RowSecurity { table } => format!("row level security on {table}"),
+            Object::Policy { table, policy } => format!("policy {} on {table}", policy.name),
         }
     }
 
@@ -173,7 +187,9 @@ impl Object {
             | Object::Function(_)
             | Object::Table(_)
             | Object::TimestampTrigger { .. }
-            | Object::NotifyTriggers { .. } => "create",
+            | Object::NotifyTriggers { .. }
+            | Object::Policy { .. } => "create",
+            Object::RowSecurity { .. } => "enable",
             _ => "add",
         }
     }
@@ -264,6 +280,8 @@ impl Object {
             ),
             Object::TimestampTrigger { table } => create_trigger(table),
             Object::NotifyTriggers { table, columns } => create_notify_triggers(table, columns),
+            Object::RowSecurity { table } => enable_row_security(table),
+            Object::Policy { table, policy } => create_policy(table, policy),
         }
     }
 
@@ -295,6 +313,8 @@ impl Object {
             Object::PrimaryKey { table, name, .. } => drop_constraint(table, name),
             Object::TimestampTrigger { table } => drop_trigger(table),
             Object::NotifyTriggers { table, .. } => drop_notify_triggers(table),
+            Object::RowSecurity { table } => disable_row_security(table),
+            Object::Policy { table, policy } => drop_policy(table, &policy.name),
         }
     }
 

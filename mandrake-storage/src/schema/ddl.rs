@@ -211,7 +211,50 @@ pub fn create_table(table: &TableSchema) -> String {
         sql.push('\n');
         sql.push_str(&create_notify_triggers(&table.name, columns));
     }
+    if table.row_security {
+        sql.push('\n');
+        sql.push_str(&enable_row_security(&table.name));
+    }
+    for policy in &table.policies {
+        sql.push('\n');
+        sql.push_str(&create_policy(&table.name, policy));
+    }
     sql
+}
+
+/// Row security on, for the owner too (`FORCE`): without it the tables'
+/// owner, who runs the migrations, would see every tenant's rows.
+pub fn enable_row_security(table: &str) -> String {
+    let t = quote_ident(table);
+    format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;\nALTER TABLE {t} FORCE ROW LEVEL SECURITY;")
+}
+
+/// Row security off.
+pub fn disable_row_security(table: &str) -> String {
+    let t = quote_ident(table);
+    format!(
+        "ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY;\nALTER TABLE {t} DISABLE ROW LEVEL SECURITY;"
+    )
+}
+
+/// `CREATE POLICY` for every command and role.
+pub fn create_policy(table: &str, policy: &crate::schema::Policy) -> String {
+    format!(
+        "CREATE POLICY {} ON {} USING ({}) WITH CHECK ({});",
+        quote_ident(&policy.name),
+        quote_ident(table),
+        policy.using,
+        policy.check
+    )
+}
+
+/// `DROP POLICY`.
+pub fn drop_policy(table: &str, name: &str) -> String {
+    format!(
+        "DROP POLICY {} ON {};",
+        quote_ident(name),
+        quote_ident(table)
+    )
 }
 
 /// Tables ordered so that every referenced table comes before the tables that
@@ -235,8 +278,13 @@ pub fn dependency_order<'a>(tables: &[&'a TableSchema]) -> Vec<&'a TableSchema> 
 }
 
 /// The whole schema as one script: the trigger functions, then every table
-/// in dependency order. This is what `cargo xtask schema` prints.
+/// in dependency order, a tenant-scoped table's keys to another carrying
+/// the tenant ([`crate::schema::with_tenant_keys`]). This is what
+/// `cargo xtask schema` prints.
 pub fn create_schema(tables: &[&TableSchema]) -> String {
+    let keyed = crate::schema::with_tenant_keys(tables);
+    let tables: Vec<&TableSchema> = keyed.iter().collect();
+    let tables = tables.as_slice();
     let mut parts: Vec<String> = crate::schema::extensions_of(tables)
         .iter()
         .map(|e| create_extension(e))

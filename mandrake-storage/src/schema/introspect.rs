@@ -10,7 +10,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::error::Result;
 use crate::schema::{
-    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, OnDelete, TableSchema, Unique,
+    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, OnDelete, Policy, TableSchema, Unique,
 };
 
 /// The `public` schema of the database at `url`, read on a connection of its
@@ -31,6 +31,7 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
     read_constraints(conn, &mut tables).await?;
     read_indexes(conn, &mut tables).await?;
     read_triggers(conn, &mut tables).await?;
+    read_row_security(conn, &mut tables).await?;
     let function_exists = |name: &'static str| {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -306,6 +307,47 @@ async fn read_triggers(
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect(),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Row security (on when enabled and forced) and the policies, their
+/// conditions as PostgreSQL prints them.
+async fn read_row_security(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
+    let secured: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' \
+           AND c.relrowsecurity AND c.relforcerowsecurity",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in secured {
+        if let Some(t) = tables.get_mut(&table) {
+            t.row_security = true;
+        }
+    }
+    let policies = sqlx::query(
+        "SELECT c.relname::text, p.polname::text, \
+                COALESCE(pg_get_expr(p.polqual, p.polrelid), ''), \
+                COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '') \
+         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in policies {
+        let table: String = row.try_get(0)?;
+        if let Some(t) = tables.get_mut(&table) {
+            t.policies.push(Policy {
+                name: row.try_get(1)?,
+                using: row.try_get(2)?,
+                check: row.try_get(3)?,
+            });
         }
     }
     Ok(())

@@ -41,7 +41,31 @@ pub struct TableSchema {
     /// which, so a table read back has none; the database's are in
     /// [`DatabaseSchema::extensions`].
     pub extensions: Vec<String>,
+    /// Row-level security, `ENABLE`d and `FORCE`d (the tables' owner is
+    /// held to the policies too).
+    pub row_security: bool,
+    /// Its row-level security policies.
+    pub policies: Vec<Policy>,
+    /// With `#[record(tenant)]`: the tenant key column. A declaration: a
+    /// table read back from the catalog has its policy, not this.
+    pub tenant: Option<String>,
 }
+
+/// A row-level security policy for every command and role: the rows a
+/// statement may see (`USING`) and write (`WITH CHECK`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// The policy name.
+    pub name: String,
+    /// The `USING` condition, as PostgreSQL prints it when read back.
+    pub using: String,
+    /// The `WITH CHECK` condition.
+    pub check: String,
+}
+
+/// The setting that names the current tenant (`set_config` with
+/// `is_local`, per transaction): tenant policies compare their column to it.
+pub const TENANT_SETTING: &str = "mandrake.tenant";
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -323,6 +347,9 @@ impl TableSchema {
             timestamp_trigger: false,
             notify: None,
             extensions: Vec::new(),
+            row_security: false,
+            policies: Vec::new(),
+            tenant: None,
         }
     }
 
@@ -517,6 +544,43 @@ impl TableSchema {
             .with_index_def(index)
     }
 
+    /// Scopes the table to tenants by `column` (`#[record(tenant)]`): row
+    /// security enabled and forced, and one policy, `<table>_tenant`, that
+    /// lets a statement see and write only rows whose `column` equals the
+    /// transaction's [`TENANT_SETTING`]; without a tenant set, none. A
+    /// unique key `(column, id)` lets other tenant-scoped tables point here
+    /// within the tenant. Call it after the columns and unique keys.
+    ///
+    /// ```
+    /// use mandrake_storage::{ColumnDef, TableSchema};
+    /// let t = TableSchema::new("chats")
+    ///     .with_column(ColumnDef::new("id", "uuid"))
+    ///     .with_column(ColumnDef::new("workspace_id", "uuid"))
+    ///     .with_tenant("workspace_id");
+    /// assert!(t.row_security);
+    /// assert_eq!(t.policies[0].name, "chats_tenant");
+    /// assert_eq!(t.uniques[0].columns, ["workspace_id", "id"]);
+    /// ```
+    pub fn with_tenant(mut self, column: &str) -> Self {
+        let condition = format!(
+            "{} = NULLIF(current_setting({}, true), '')::uuid",
+            crate::sql::quote_ident(column),
+            crate::sql::quote_literal(TENANT_SETTING)
+        );
+        self.policies.push(Policy {
+            name: identifier(format!("{}_tenant", self.name)),
+            using: condition.clone(),
+            check: condition,
+        });
+        self.row_security = true;
+        self.tenant = Some(column.to_owned());
+        let key = [column.to_owned(), "id".to_owned()];
+        if !self.uniques.iter().any(|u| u.columns == key) {
+            self = self.with_unique(&[column, "id"]);
+        }
+        self
+    }
+
     /// Turns on the `set_timestamp` trigger.
     pub fn with_timestamp_trigger(mut self) -> Self {
         self.timestamp_trigger = true;
@@ -616,6 +680,7 @@ impl DatabaseSchema {
                 t.indexes.sort_by(|a, b| a.name.cmp(&b.name));
                 t.foreign_keys.sort_by(|a, b| a.name.cmp(&b.name));
                 t.checks.sort_by(|a, b| a.name.cmp(&b.name));
+                t.policies.sort_by(|a, b| a.name.cmp(&b.name));
                 t
             })
             .collect();
@@ -627,6 +692,41 @@ impl DatabaseSchema {
             extensions: self.extensions.clone(),
         }
     }
+}
+
+/// `tables` with every foreign key from one tenant-scoped table to another
+/// over the tenant too: `conversation_id → conversations(id)` in a table
+/// scoped by `workspace_id` becomes `(workspace_id, conversation_id) →
+/// conversations(workspace_id, id)`, so a row can never point into another
+/// tenant (and the tenant column is the distribution column a sharded
+/// deployment needs). A key the record spells out itself is kept.
+pub fn with_tenant_keys(tables: &[&TableSchema]) -> Vec<TableSchema> {
+    let tenant_of = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.tenant.clone())
+    };
+    tables
+        .iter()
+        .map(|&table| {
+            let mut table = table.clone();
+            let Some(tenant) = table.tenant.clone() else {
+                return table;
+            };
+            for key in &mut table.foreign_keys {
+                let single = key.columns.len() == 1 && key.referenced == ["id"];
+                if let (true, Some(parent_tenant)) = (single, tenant_of(&key.references))
+                    && key.columns[0] != tenant
+                {
+                    key.columns.insert(0, tenant.clone());
+                    key.referenced.insert(0, parent_tenant);
+                    key.name = identifier(format!("{}_{}_fkey", table.name, key.columns.join("_")));
+                }
+            }
+            table
+        })
+        .collect()
 }
 
 /// The extensions `tables` declare, each once, in name order.

@@ -8,6 +8,7 @@
 mod contenders;
 mod report;
 mod search;
+mod tenants;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -49,6 +50,10 @@ struct Args {
     /// Runs of each search query (p50/p99 over them).
     #[arg(long, default_value_t = 50)]
     search_runs: usize,
+    /// Run the tenant benchmark instead: get and page through a tenant
+    /// handle against the same calls without row security.
+    #[arg(long)]
+    tenants: bool,
     /// Internal: measure one contender's peak memory in this process.
     #[arg(long, hide = true, value_name = "URL")]
     memory_of: Option<String>,
@@ -174,6 +179,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let url = admin.clone().database(&name).to_url_lossy().to_string();
     let result = if args.search {
         search_bench(&url, args.search_rows, args.search_runs).await
+    } else if args.tenants {
+        tenants::run(&url).await.map(|()| None)
     } else {
         bench(&url, &scale, args.only.as_deref()).await
     };
@@ -473,7 +480,8 @@ async fn migration_timings(
     url: &str,
 ) -> Result<Vec<(String, Duration)>, Box<dyn std::error::Error>> {
     use mandrake_cli::scaffold::{check, new_migration};
-    let tables = mandrake_types::tables();
+    let mut tables = mandrake_types::tables();
+    tables.retain(|t| !tenants::is_bench_table(&t.name));
     let root = mandrake_storage::cluster::workspace_root()?;
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     let mut out = Vec::new();

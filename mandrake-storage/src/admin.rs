@@ -167,3 +167,29 @@ impl Scratch {
         }
     }
 }
+
+/// The login role an application connects as on the embedded cluster and in
+/// tests: not a superuser, not the tables' owner, without `BYPASSRLS`, so
+/// row security holds for it. The migrations run as the owner.
+pub const APP_ROLE: &str = "mandrake_app";
+
+/// Makes [`APP_ROLE`] (if missing) with what an application needs in the
+/// connected database: reading and writing every table, now and, through
+/// default privileges, every table the connected role (the owner running
+/// the migrations) creates later.
+pub async fn ensure_app_role(owner: &mut sqlx::PgConnection) -> Result<()> {
+    use sqlx::Executor;
+    // Two processes may create it at once: the loser's error is harmless.
+    let sql = format!(
+        "DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+         GRANT USAGE ON SCHEMA public TO {APP_ROLE}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}; \
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public \
+           GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {APP_ROLE}"
+    );
+    owner.execute(sqlx::AssertSqlSafe(sql)).await?;
+    Ok(())
+}

@@ -544,7 +544,8 @@ fn fnv1a(path: &Path) -> u64 {
         })
 }
 
-/// The URL of the workspace's embedded cluster, started if needed: what
+/// The URL of the workspace's embedded cluster as its owner (the
+/// migrations' role), started if needed: what
 /// [`crate::Settings::resolve_url`] falls back to without `DATABASE_URL`.
 pub(crate) async fn embedded_url() -> Result<String> {
     tokio::task::spawn_blocking(|| {
@@ -561,6 +562,20 @@ pub(crate) async fn embedded_url() -> Result<String> {
     .map_err(|e| Error::Config(format!("cluster start panicked: {e}")))??
     .ensure_database(DEFAULT_DATABASE)
     .await
+}
+
+/// The URL of the workspace's embedded cluster as the application's role
+/// ([`crate::admin::APP_ROLE`], made if missing): what [`crate::Db::connect`]
+/// uses without `DATABASE_URL`, so row security holds on the default too.
+pub(crate) async fn embedded_app_url() -> Result<String> {
+    let owner = embedded_url().await?;
+    let mut conn = crate::admin::connect_one(&owner).await?;
+    crate::admin::ensure_app_role(&mut conn).await?;
+    Ok(owner.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{}@", crate::admin::APP_ROLE),
+        1,
+    ))
 }
 
 #[cfg(test)]

@@ -17,10 +17,26 @@ impl Settings {
             None => embedded_url().await,
         }
     }
+
+    /// The URL the application connects to: `DATABASE_URL`; without it,
+    /// the embedded cluster as the application's own role
+    /// ([`crate::admin::APP_ROLE`]: no superuser, no `BYPASSRLS`), while
+    /// the tools ([`Settings::resolve_url`]) connect as the tables' owner.
+    pub async fn resolve_app_url(&self) -> Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => embedded_app_url().await,
+        }
+    }
 }
 
 #[cfg(all(feature = "embedded", unix))]
-use crate::cluster::embedded_url;
+use crate::cluster::{embedded_app_url, embedded_url};
+
+#[cfg(not(all(feature = "embedded", unix)))]
+async fn embedded_app_url() -> Result<String> {
+    embedded_url().await
+}
 
 #[cfg(not(all(feature = "embedded", unix)))]
 async fn embedded_url() -> Result<String> {

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Executor;
 use sqlx::postgres::PgConnectOptions;
 
+pub use crate::admin::APP_ROLE;
 use crate::admin::create_database;
 use crate::cluster::Cluster;
 use crate::config::Settings;
@@ -231,9 +232,6 @@ rm -rf "$2" "$3"
     Ok(())
 }
 
-/// The login role [`TestDb::app_db`] connects as.
-pub const APP_ROLE: &str = "mandrake_app";
-
 /// A database of its own for one test.
 #[derive(Debug)]
 pub struct TestDb {
@@ -354,14 +352,8 @@ impl TestDb {
     /// and granted what it needs on the tables that exist now (through
     /// PgBouncer when the tests run through it).
     pub async fn app_db(&self) -> Result<Db> {
-        let grants = format!(
-            "DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-             GRANT USAGE ON SCHEMA public TO {APP_ROLE}; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}; \
-             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}"
-        );
-        (&self.db).execute(sqlx::AssertSqlSafe(grants)).await?;
+        let mut owner = crate::admin::connect_one(&self.url()).await?;
+        crate::admin::ensure_app_role(&mut owner).await?;
         let options = self.options.clone().username(APP_ROLE);
         let mut settings = Settings {
             pool_size: 5,

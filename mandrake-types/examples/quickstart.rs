@@ -12,6 +12,12 @@ use mandrake_types::*;
 #[tokio::main]
 async fn main() -> mandrake_storage::Result<()> {
     let db = Db::connect().await?;
+    // The application's own role, not the tables' owner or a superuser:
+    // row security holds for it (`cargo xtask migrate` runs as the owner).
+    let role: String = mandrake_storage::sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&db)
+        .await?;
+    println!("connected as {role}");
 
     // A provider and one of its models; the API key stays out of logs.
     let provider = Provider::repo()

@@ -31,7 +31,7 @@ pub struct Chat {
 }
 
 #[derive(Record, Clone)]
-#[record(table = "posts")]
+#[record(table = "posts", notify)]
 pub struct Post {
     pub id: Uuid,
     #[record(tenant)]
@@ -304,6 +304,92 @@ async fn the_tenant_holds_for_a_transaction_and_never_outlives_it() {
             repo.count(&w.b, Filter::all())
         );
         assert_eq!((ra.unwrap(), rb.unwrap()), (1, 1));
+    }
+}
+
+#[tokio::test]
+async fn one_connection_serving_tenants_in_turn_never_carries_one_over() {
+    let w = world().await;
+    // A pool of one direct connection: every handle below gets the same
+    // session, which holds the tenant between statements.
+    let options = w
+        .test
+        .connect_options()
+        .username(mandrake_storage::testing::APP_ROLE);
+    let settings = mandrake_storage::Settings {
+        pool_size: 1,
+        min_idle: 0,
+        ..Default::default()
+    };
+    let one = Db::connect_options(options, &settings).await.unwrap();
+    let (a, b) = (one.tenant(w.post_a.workspace_id), one.tenant(w.tenant_b));
+    let count = |db: Db| async move {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM posts")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        n
+    };
+    for _ in 0..3 {
+        assert_eq!(count(b.clone()).await, 1);
+        assert_eq!(count(one.clone()).await, 0, "no tenant after B");
+        assert_eq!(count(a.clone()).await, 1);
+        assert_eq!(count(b.clone()).await, 1);
+    }
+    // A checked-out connection holds its handle's tenant, or none.
+    let mut conn = b.acquire().await.unwrap();
+    let seen: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM posts")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, [w.post_b.id]);
+    drop(conn);
+    let mut conn = one.acquire().await.unwrap();
+    let seen: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM posts")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(seen.is_empty());
+    drop(conn);
+    // Raw SQL through B's handle that sets the tenant itself changes its
+    // own statement only: the session is reset before the next use.
+    let switched: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM posts, set_config('mandrake.tenant', '{}', false)",
+        w.post_a.workspace_id
+    )))
+    .fetch_all(&b)
+    .await
+    .unwrap();
+    let _ = switched;
+    assert_eq!(count(b.clone()).await, 1);
+    assert_eq!(count(one.clone()).await, 0);
+}
+
+#[tokio::test]
+async fn a_tenants_change_feed_carries_only_its_own_changes() {
+    use futures_util::StreamExt;
+    use mandrake_storage::Change;
+    let w = world().await;
+    let mut feed = Post::subscribe(&w.b, Filter::all()).await.unwrap();
+    // A's insert, update and delete, then B's insert: B hears only its own.
+    let a_new = Post::repo()
+        .create(&w.a, new_post(w.post_a.workspace_id, w.chat_a.id, "a-2"))
+        .await
+        .unwrap();
+    Post::repo().update(&w.a, a_new.id, patch()).await.unwrap();
+    Post::repo().delete(&w.a, w.post_a.id).await.unwrap();
+    let b_new = Post::repo()
+        .create(&w.b, new_post(w.tenant_b, w.post_b.chat_id, "b-2"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("B's own insert arrives")
+        .unwrap()
+        .unwrap();
+    match first {
+        Change::Inserted(post) => assert_eq!(post.id, b_new.id),
+        other => panic!("B heard another tenant's change: {other:?}"),
     }
 }
 

@@ -168,19 +168,20 @@ async fn warn_if_row_security_is_bypassed(db: &Db) -> Result<()> {
     Ok(())
 }
 
-/// What opens a statement's own transaction: `BEGIN`, then the statement
-/// timeout and the tenant as settings local to it; `None` when a statement
-/// needs no transaction of its own (neither behind PgBouncer nor a tenant).
+/// Behind PgBouncer, what opens the transaction each statement runs in:
+/// `BEGIN`, then the statement timeout and the tenant as settings local to
+/// it. Elsewhere `None`: the timeout is a startup option and the session
+/// holds the tenant ([`PoolConnection::hold_tenant`]).
 fn opening(
     pgbouncer: bool,
     timeout_ms: Option<&str>,
     tenant: Option<uuid::Uuid>,
 ) -> Option<Arc<str>> {
-    if !pgbouncer && tenant.is_none() {
+    if !pgbouncer {
         return None;
     }
     let mut sql = "BEGIN".to_owned();
-    if let Some(ms) = timeout_ms.filter(|_| pgbouncer) {
+    if let Some(ms) = timeout_ms {
         sql.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
     }
     if let Some(id) = tenant {
@@ -207,9 +208,10 @@ impl Db {
         Db::connect_with(&Settings::from_env()?).await
     }
 
-    /// Connects with explicit settings.
+    /// Connects with explicit settings: to `DATABASE_URL`, else to the
+    /// embedded cluster as the application's role ([`Settings::resolve_app_url`]).
     pub async fn connect_with(settings: &Settings) -> Result<Db> {
-        let url = settings.resolve_url().await?;
+        let url = settings.resolve_app_url().await?;
         Db::connect_url(&url, settings).await
     }
 
@@ -331,11 +333,18 @@ impl Db {
     }
 
     async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
-        self.pool
+        let mut conn = self
+            .pool
             .get()
             .await
             .map(PoolConnection::new)
-            .map_err(|e| pool_error(e, self.pool.status().max_size, self.acquire_timeout))
+            .map_err(|e| pool_error(e, self.pool.status().max_size, self.acquire_timeout))?;
+        // Behind PgBouncer a session setting would reach other clients: there
+        // each statement and transaction sets the tenant locally instead.
+        if !self.pgbouncer {
+            conn.hold_tenant(self.tenant).await?;
+        }
+        Ok(conn)
     }
 
     /// Size, idle and busy connections, and waiting callers.
@@ -419,17 +428,21 @@ impl Db {
     }
 
     /// A handle on the same pool that acts for tenant `id`: every statement
-    /// and transaction through it runs with the tenant set (`set_config`
-    /// local to its transaction, so it works behind PgBouncer and never
-    /// outlives the transaction), and the row security of tenant-scoped
-    /// tables (`#[record(tenant)]`) shows and lets it write only that
-    /// tenant's rows. A statement on its own runs in a transaction of its
-    /// own: two round trips more than on `&db`.
+    /// and transaction through it runs with the tenant set, and the row
+    /// security of tenant-scoped tables (`#[record(tenant)]`) shows and lets
+    /// it write only that tenant's rows.
+    ///
+    /// How the tenant is set: on a direct connection, the checked-out
+    /// session holds it as a setting, changed (one round trip) only when
+    /// the connection last served another tenant or none, and cleared
+    /// before it serves a handle without a tenant. Behind PgBouncer, where
+    /// a session setting would reach other clients, each statement and
+    /// transaction sets it with `set_config(…, true)`, local to its
+    /// transaction (two round trips more per statement).
     ///
     /// It goes wherever `&Db` goes: repository calls, [`Db::begin`],
-    /// [`Db::transaction`], raw sqlx. [`Db::acquire`] gives a plain
-    /// connection, without the tenant. On a `Db` without a tenant,
-    /// tenant-scoped tables show no rows and refuse writes.
+    /// [`Db::transaction`], [`Db::acquire`], raw sqlx. On a `Db` without a
+    /// tenant, tenant-scoped tables show no rows and refuse writes.
     ///
     /// ```no_run
     /// # use mandrake_storage::{Db, Filter, ListOptions};

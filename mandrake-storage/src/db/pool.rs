@@ -56,6 +56,19 @@ pub(crate) struct Pooled {
     /// Set when raw SQL may have changed its session (a `SET`, a `BEGIN`, a
     /// LISTEN, a checked-out connection): checked and reset before reuse.
     session_touched: bool,
+    /// The tenant its session holds ([`PoolConnection::hold_tenant`]).
+    tenant: SessionTenant,
+}
+
+/// The tenant a pooled session holds as a session setting: checked on
+/// every checkout, so that a connection serves a tenant handle without a
+/// transaction per statement and never serves anyone else with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionTenant {
+    Known(Option<uuid::Uuid>),
+    /// A change was sent but its answer not read (a cancelled checkout):
+    /// set again before any use.
+    Unknown,
 }
 
 impl managed::Manager for Manager {
@@ -67,6 +80,7 @@ impl managed::Manager for Manager {
             conn: self.connect().await?,
             dirty: false,
             session_touched: false,
+            tenant: SessionTenant::Known(None),
         })
     }
 
@@ -100,6 +114,8 @@ impl managed::Manager for Manager {
             if idle != Some(true) {
                 return Err(RecycleError::message("left inside a transaction"));
             }
+            // RESET ALL took the tenant setting too.
+            pooled.tenant = SessionTenant::Known(None);
         }
         // A dropped transaction queued its ROLLBACK: flush it.
         let queued = conn.should_flush() || conn.is_in_transaction();
@@ -202,6 +218,32 @@ impl PoolConnection {
         if let Some(object) = &mut self.object {
             object.session_touched = true;
         }
+    }
+
+    /// Makes the session hold `tenant` (none: no tenant) as its
+    /// `mandrake.tenant` setting, with one round trip when it held another:
+    /// on a direct connection, a tenant handle's statements then need no
+    /// transaction of their own, and a handle without a tenant never runs
+    /// on a session that still holds one.
+    pub(crate) async fn hold_tenant(
+        &mut self,
+        tenant: Option<uuid::Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        let object = self.object.as_mut().expect("held until dropped");
+        if object.tenant == SessionTenant::Known(tenant) {
+            return Ok(());
+        }
+        object.tenant = SessionTenant::Unknown;
+        self.in_flight = true;
+        let object = self.object.as_mut().expect("held until dropped");
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(crate::schema::TENANT_SETTING)
+            .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+            .execute(&mut object.conn)
+            .await?;
+        object.tenant = SessionTenant::Known(tenant);
+        self.in_flight = false;
+        Ok(())
     }
 
     /// Takes a connection that failed at the transport level out of the

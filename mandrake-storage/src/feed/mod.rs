@@ -100,6 +100,21 @@ impl<T: Record> Subscription<T> {
         // other clients' queries.
         let options = db.session_options("the change feed (subscribe)")?;
         let schema = T::schema();
+        let filter = match (db.current_tenant(), &schema.tenant) {
+            // Row security hides another tenant's rows but not its
+            // notifications' keys: a tenant's feed keeps to its own.
+            (Some(tenant), Some(column)) => {
+                let index = schema
+                    .columns
+                    .iter()
+                    .position(|c| c.name == *column)
+                    .expect("the tenant column is a column");
+                crate::Column::<T, Uuid>::new(&schema.columns[index].name, index)
+                    .eq(tenant)
+                    .and(filter)
+            }
+            _ => filter,
+        };
         let (node, values) = filter.into_parts();
         let sql = fetch_sql(schema, &node, &T::columns("t"))?;
         let mut args = PgArguments::default();

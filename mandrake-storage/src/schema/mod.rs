@@ -562,8 +562,10 @@ impl TableSchema {
     /// assert_eq!(t.uniques[0].columns, ["workspace_id", "id"]);
     /// ```
     pub fn with_tenant(mut self, column: &str) -> Self {
+        // In a subquery the setting is read once per statement (an InitPlan),
+        // not once per row: a page sorted from 20,000 rows took 5× longer.
         let condition = format!(
-            "{} = NULLIF(current_setting({}, true), '')::uuid",
+            "{} = (SELECT NULLIF(current_setting({}, true), '')::uuid)",
             crate::sql::quote_ident(column),
             crate::sql::quote_literal(TENANT_SETTING)
         );
@@ -591,7 +593,9 @@ impl TableSchema {
     /// declared so far, so call this after [`TableSchema::with_foreign_key`].
     pub fn with_notify(mut self) -> Self {
         let mut keys: Vec<String> = Vec::new();
-        for column in self.foreign_keys.iter().flat_map(|fk| &fk.columns) {
+        // The tenant first: a tenant's feed keeps to its own events by it.
+        let tenant = self.tenant.iter();
+        for column in tenant.chain(self.foreign_keys.iter().flat_map(|fk| &fk.columns)) {
             if !keys.contains(column) {
                 keys.push(column.clone());
             }

@@ -22,6 +22,46 @@ async fn run_script(url: &str, sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// The extensions that bring operator classes a record may name.
+const OPERATOR_CLASSES: &[(&str, &str)] = &[
+    ("_trgm_ops", "pg_trgm"),
+    ("gin_hstore_ops", "hstore"),
+    ("gist_hstore_ops", "hstore"),
+    ("gist_ltree_ops", "ltree"),
+];
+
+/// The types' own schema failing to build on an operator class or function
+/// that no declared extension brings: the same error, saying which
+/// extension to declare (where it is one we know) and where.
+fn missing_extension(err: Error, tables: &[&TableSchema]) -> Error {
+    let Some(code) = err.sqlstate() else {
+        return err;
+    };
+    if code != "42704" && code != "42883" {
+        return err;
+    }
+    let text = err.to_string();
+    let declared = mandrake_storage::schema::extensions_of(tables);
+    let known = OPERATOR_CLASSES
+        .iter()
+        .find(|(suffix, extension)| {
+            text.contains(suffix) && !declared.iter().any(|d| d == extension)
+        })
+        .map(|(_, extension)| *extension);
+    let advice = match known {
+        Some(extension) => format!(
+            "it comes with the extension {extension}: add #[record(extension = \"{extension}\")] \
+             to the record whose index uses it"
+        ),
+        None => "if it comes with an extension, name it with #[record(extension = \"…\")] on \
+                 the record that uses it"
+            .to_owned(),
+    };
+    Error::Schema(format!(
+        "the types' schema does not build: {text}; {advice}"
+    ))
+}
+
 /// The two schemas a migration goes between, each read back from a real database.
 #[derive(Debug, Clone)]
 pub struct Comparison {
@@ -54,7 +94,9 @@ async fn compare_on(
     migrate(&replayed, migrations, &MigrateOptions::default()).await?;
     let current = mandrake_storage::schema::introspect::inspect_url(&replayed).await?;
     let typed = scratch.create("types").await?;
-    run_script(&typed, &create_schema(tables)).await?;
+    run_script(&typed, &create_schema(tables))
+        .await
+        .map_err(|err| missing_extension(err, tables))?;
     let desired = mandrake_storage::schema::introspect::inspect_url(&typed).await?;
     let unmanaged = user_objects(&current, &desired, migrations);
     Ok(Comparison {

@@ -2080,3 +2080,33 @@ async fn tenant_policies_go_online_too() {
     lab.migrate().await;
     assert_eq!(read_schema(&lab.db).await, expected(&v2).await);
 }
+
+/// A trigram index without the extension that brings its operator class.
+mod without_extension {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes", index(body, using = "gin", ops = "gin_trgm_ops"))]
+    pub struct Note {
+        pub id: Uuid,
+        pub body: String,
+        pub email: String,
+        pub deleted_at: Option<DateTime<Utc>>,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn an_operator_class_without_its_extension_says_which_to_declare() {
+    let v1 = [search_ready::v1::Note::schema()];
+    let lab = Lab::new(&v1).await;
+    let v2 = [without_extension::Note::schema()];
+    expect_refused(
+        lab.generate(&v2, false).await,
+        r#"add #[record(extension = "pg_trgm")]"#,
+    );
+    let checked = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE).await;
+    let err = checked.expect_err("check refuses it too");
+    assert!(err.to_string().contains("pg_trgm"), "{err}");
+}

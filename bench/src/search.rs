@@ -145,84 +145,81 @@ struct Pair {
     hits: usize,
 }
 
-async fn time<F, Fut>(f: F) -> Result<(Duration, usize), Box<dyn std::error::Error>>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<usize, Box<dyn std::error::Error>>>,
-{
-    let started = Instant::now();
-    let n = f().await?;
-    Ok((started.elapsed(), n))
+type Outcome = Result<usize, Box<dyn std::error::Error>>;
+
+/// `runs` times ours then the hand-written SQL, each timed; the hits are
+/// ours of the last run.
+async fn pair(
+    label: String,
+    runs: usize,
+    ours: impl AsyncFn() -> Outcome,
+    hand: impl AsyncFn() -> Outcome,
+) -> Result<Pair, Box<dyn std::error::Error>> {
+    let mut pair = Pair {
+        label,
+        ours: Vec::new(),
+        hand: Vec::new(),
+        hits: 0,
+    };
+    for _ in 0..runs {
+        let started = Instant::now();
+        pair.hits = ours().await?;
+        pair.ours.push(started.elapsed());
+        let started = Instant::now();
+        hand().await?;
+        pair.hand.push(started.elapsed());
+    }
+    Ok(pair)
 }
 
+/// `search_messages` for `query` beside [`HAND_SEARCH`].
 async fn search_pair(
     db: &Db,
     pool: &PgPool,
-    label: &str,
+    label: String,
     query: &str,
     runs: usize,
 ) -> Result<Pair, Box<dyn std::error::Error>> {
-    let mut pair = Pair {
-        label: label.into(),
-        ours: Vec::new(),
-        hand: Vec::new(),
-        hits: 0,
-    };
-    for _ in 0..runs {
-        let (t, n) =
-            time(|| async { Ok(search_messages(db, query, None, 20).await?.len()) }).await?;
-        pair.ours.push(t);
-        pair.hits = n;
-        let (t, _) = time(|| async {
-            Ok(sqlx::query(HAND_SEARCH)
-                .bind(query)
-                .fetch_all(pool)
-                .await?
-                .len())
-        })
-        .await?;
-        pair.hand.push(t);
-    }
-    Ok(pair)
+    pair(
+        label,
+        runs,
+        async || Ok(search_messages(db, query, None, 20).await?.len()),
+        async || {
+            let rows = sqlx::query(HAND_SEARCH).bind(query).fetch_all(pool).await?;
+            Ok(rows.len())
+        },
+    )
+    .await
 }
 
+/// `contains_text(text)`, a page of 20, beside [`HAND_CONTAINS`].
 async fn contains_pair(
     db: &Db,
     pool: &PgPool,
-    label: &str,
+    label: String,
     text: &str,
     runs: usize,
 ) -> Result<Pair, Box<dyn std::error::Error>> {
-    let mut pair = Pair {
-        label: label.into(),
-        ours: Vec::new(),
-        hand: Vec::new(),
-        hits: 0,
-    };
-    let options = || ListOptions::new().limit(20);
-    for _ in 0..runs {
-        let (t, n) = time(|| async {
+    pair(
+        label,
+        runs,
+        async || {
+            let filter = Message::CONTENT.contains_text(text);
             let page = Message::repo()
-                .list(db, Message::CONTENT.contains_text(text), options())
+                .list(db, filter, ListOptions::new().limit(20))
                 .await?;
             Ok(page.items.len())
-        })
-        .await?;
-        pair.ours.push(t);
-        pair.hits = n;
-        let (t, _) = time(|| async {
-            let pattern = format!("%{text}%");
-            Ok(sqlx::query(HAND_CONTAINS)
-                .bind(pattern)
+        },
+        async || {
+            let rows = sqlx::query(HAND_CONTAINS)
+                .bind(format!("%{text}%"))
                 .bind(21i64)
                 .fetch_all(pool)
-                .await?
-                .len())
-        })
-        .await?;
-        pair.hand.push(t);
-    }
-    Ok(pair)
+                .await?;
+            Ok(rows.len())
+        },
+    )
+    .await
 }
 
 /// `contains_text` with the trigram index dropped inside a transaction that
@@ -409,7 +406,7 @@ pub async fn run(url: &str, rows: usize, runs: usize) -> Result<(), Box<dyn std:
         search_pair(
             &db,
             &pool,
-            &format!("search, rare word ({rare})"),
+            format!("search, rare word ({rare})"),
             rare,
             runs,
         )
@@ -417,7 +414,7 @@ pub async fn run(url: &str, rows: usize, runs: usize) -> Result<(), Box<dyn std:
         search_pair(
             &db,
             &pool,
-            &format!("search, phrase ({phrase})"),
+            format!("search, phrase ({phrase})"),
             &phrase,
             runs,
         )
@@ -425,7 +422,7 @@ pub async fn run(url: &str, rows: usize, runs: usize) -> Result<(), Box<dyn std:
         search_pair(
             &db,
             &pool,
-            &format!("search, common word ({common})"),
+            format!("search, common word ({common})"),
             common,
             runs.min(10),
         )
@@ -433,7 +430,7 @@ pub async fn run(url: &str, rows: usize, runs: usize) -> Result<(), Box<dyn std:
         contains_pair(
             &db,
             &pool,
-            &format!("contains_text, rare substring ({rare})"),
+            format!("contains_text, rare substring ({rare})"),
             rare,
             runs,
         )

@@ -382,17 +382,7 @@ impl<T: Record> Repo<T> {
                 let schema = T::schema();
                 let statements = T::statements();
                 let keys = options.keys(schema);
-                if let Some(secret) = keys
-                    .iter()
-                    .map(|(column, _)| schema.columns[*column].name.as_str())
-                    .find(|name| T::SECRET_COLUMNS.contains(name))
-                {
-                    return Err(Error::Schema(format!(
-                        "{}.{secret} is secret: a page cursor would carry its values, so a list \
-                         cannot be ordered by it",
-                        schema.name
-                    )));
-                }
+                refuse_secret_order::<T>(&keys)?;
                 let limit = options.limit_value();
                 let shape = Shape::LoadBy {
                     column: column.index(),
@@ -685,6 +675,24 @@ impl<T: Record> Repo<T> {
     }
 }
 
+/// A list ordered by a secret column is refused: a page cursor would carry
+/// its values.
+fn refuse_secret_order<T: Record>(keys: &[(usize, bool)]) -> Result<()> {
+    let schema = T::schema();
+    match keys
+        .iter()
+        .map(|(column, _)| schema.columns[*column].name.as_str())
+        .find(|name| T::SECRET_COLUMNS.contains(name))
+    {
+        Some(secret) => Err(Error::Schema(format!(
+            "{}.{secret} is secret: a page cursor would carry its values, so a list cannot be \
+             ordered by it",
+            schema.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The SQL of a [`Repo::list`] call (built once per shape) and its bound
 /// arguments.
 fn list_query<T: Record>(
@@ -693,17 +701,7 @@ fn list_query<T: Record>(
 ) -> Result<(Arc<str>, PgArguments, ListShape)> {
     let schema = T::schema();
     let keys = options.keys(schema);
-    if let Some(secret) = keys
-        .iter()
-        .map(|(column, _)| schema.columns[*column].name.as_str())
-        .find(|name| T::SECRET_COLUMNS.contains(name))
-    {
-        return Err(Error::Schema(format!(
-            "{}.{secret} is secret: a page cursor would carry its values, so a list \
-             cannot be ordered by it",
-            schema.name
-        )));
-    }
+    refuse_secret_order::<T>(&keys)?;
     let (node, values) = filter.into_parts();
     let mut args = PgArguments::default();
     bind_all(values, &mut args).map_err(bind_error)?;

@@ -842,6 +842,23 @@ mod tests {
                 "trigger_notify_change('f');",
                 "DROP TRIGGER IF EXISTS notify_delete",
             ),
+            (
+                Object::RowSecurity { table: t() },
+                r#"ALTER TABLE "notes" FORCE ROW LEVEL SECURITY;"#,
+                r#"ALTER TABLE "notes" DISABLE ROW LEVEL SECURITY;"#,
+            ),
+            (
+                Object::Policy {
+                    table: t(),
+                    policy: crate::schema::Policy {
+                        name: "notes_tenant".into(),
+                        using: "(w = 1)".into(),
+                        check: "(w = 2)".into(),
+                    },
+                },
+                r#"CREATE POLICY "notes_tenant" ON "notes" USING ((w = 1)) WITH CHECK ((w = 2));"#,
+                r#"DROP POLICY "notes_tenant" ON "notes";"#,
+            ),
         ];
         for (object, add, drop) in objects {
             let added = SchemaChange::Add(object.clone());
@@ -855,8 +872,9 @@ mod tests {
             assert_eq!(added.inverse().as_ref(), Some(&dropped));
             assert_eq!(dropped.inverse().as_ref(), Some(&added));
             assert!(
-                added.description().starts_with("add ")
-                    || added.description().starts_with("create ")
+                ["add ", "create ", "enable "]
+                    .iter()
+                    .any(|verb| added.description().starts_with(verb))
             );
             assert!(dropped.description().starts_with("drop "));
         }

@@ -167,8 +167,9 @@ pub fn changes(
     let mut phases = Phases::default();
     let mut from = from.clone();
 
-    // Extensions first (an index's operator class may need one); one the
-    // types no longer name stays: the user or other objects may use it.
+    // Extensions first (an index's operator class may need one), and one
+    // the types no longer name last, after what used it. (The comparison
+    // leaves out the extensions the user made: only the types' are here.)
     for extension in to
         .extensions
         .iter()
@@ -177,6 +178,15 @@ pub fn changes(
         phases
             .create_function
             .push(SchemaChange::Add(Object::Extension(extension.clone())));
+    }
+    for extension in from
+        .extensions
+        .iter()
+        .filter(|e| !to.extensions.contains(e))
+    {
+        phases
+            .drop_function
+            .push(SchemaChange::Drop(Object::Extension(extension.clone())));
     }
 
     for (function, had, has) in [

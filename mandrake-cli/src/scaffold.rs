@@ -111,7 +111,8 @@ async fn compare_on(
 /// not name and no generated migration made: the user's own SQL objects. An
 /// object a generated migration made is the types', so removing it from a
 /// record still drops it. Row security that the user turned on (no
-/// generated migration did) is theirs too, named [`ROW_SECURITY`].
+/// generated migration did) is theirs too, named [`ROW_SECURITY`], and so
+/// is an extension no generated migration created (on [`DATABASE`]).
 fn user_objects(
     current: &DatabaseSchema,
     desired: &DatabaseSchema,
@@ -149,8 +150,20 @@ fn user_objects(
             out.push((table.name.clone(), ROW_SECURITY.to_owned()));
         }
     }
+    for extension in &current.extensions {
+        let created_by_us = generated.contains(&format!(
+            "CREATE EXTENSION IF NOT EXISTS {}",
+            mandrake_storage::schema::ddl::quote_ident(extension)
+        ));
+        if !desired.extensions.contains(extension) && !created_by_us {
+            out.push((DATABASE.to_owned(), format!("extension {extension}")));
+        }
+    }
     out
 }
+
+/// Where [`Comparison::unmanaged`] puts an extension: on the database.
+pub const DATABASE: &str = "the database";
 
 /// How [`Comparison::unmanaged`] names row security the user turned on.
 pub const ROW_SECURITY: &str = "row level security";
@@ -169,6 +182,10 @@ fn without(schema: &DatabaseSchema, unmanaged: &[(String, String)]) -> DatabaseS
             table.row_security = false;
         }
     }
+    schema.extensions.retain(|e| {
+        let named = format!("extension {e}");
+        !unmanaged.iter().any(|(t, n)| t == DATABASE && *n == named)
+    });
     schema
 }
 

@@ -1426,7 +1426,11 @@ async fn hand_written_sql_objects_are_left_alone() {
         unmanaged,
         [
             ("notes".to_owned(), "notes_body_short".to_owned()),
-            ("notes".to_owned(), "notes_body_trgm".to_owned())
+            ("notes".to_owned(), "notes_body_trgm".to_owned()),
+            (
+                mandrake_cli::scaffold::DATABASE.to_owned(),
+                "extension pg_trgm".to_owned()
+            ),
         ]
     );
     // An unrelated change is planned and proven with them in place.
@@ -1457,12 +1461,21 @@ async fn removing_a_declared_index_from_a_record_drops_it() {
     let v1 = [search_ready::v1::Note::schema()];
     let v2 = [search_ready::v2::Note::schema()];
     let lab = Lab::new(&v2).await;
-    let made = lab.generate(&v1, false).await.unwrap();
+    // The extension the types made goes too: destructive, so not unasked.
+    expect_refused(lab.generate(&v1, false).await, "drop extension pg_trgm");
+    let made = lab.generate(&v1, true).await.unwrap();
     assert_eq!(made.files.len(), 1);
     let up = std::fs::read_to_string(&made.files[0].0).unwrap();
     assert_eq!(up.matches("DROP INDEX").count(), 4, "{up}");
-    assert!(!up.contains("DROP EXTENSION"), "an extension stays: {up}");
+    assert!(
+        up.contains(r#"DROP EXTENSION IF EXISTS "pg_trgm";"#),
+        "{up}"
+    );
     let down = std::fs::read_to_string(&made.files[0].1).unwrap();
+    assert!(
+        down.contains(r#"CREATE EXTENSION IF NOT EXISTS "pg_trgm";"#),
+        "{down}"
+    );
     // The downs rebuild each index exactly as the catalog printed it.
     assert!(down.contains("USING gin (body gin_trgm_ops)"), "{down}");
     assert!(down.contains("WHERE (deleted_at IS NULL)"), "{down}");

@@ -40,8 +40,9 @@ impl Function {
 /// Something a change adds or drops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
-    /// An extension (`pg_trgm`): created if missing; the diff never drops
-    /// one, as other parts of the database (or the user) may use it.
+    /// An extension (`pg_trgm`): created if missing; dropping one the types
+    /// made is destructive (its types and functions go with it), and one
+    /// the user made is never dropped.
     Extension(String),
     /// A shared trigger function.
     Function(Function),
@@ -654,10 +655,12 @@ impl SchemaChange {
         }
     }
 
-    /// Whether applying it can lose data: dropping a table or a column, or a
-    /// type change that narrows (refused without `--allow-destructive`).
+    /// Whether applying it can lose data: dropping a table, a column or an
+    /// extension (its types and functions go with it), or a type change
+    /// that narrows (refused without `--allow-destructive`).
     pub fn is_destructive(&self) -> bool {
         match self {
+            SchemaChange::Drop(Object::Extension(_)) => true,
             // A generated column's values are computed again when it comes back.
             SchemaChange::Drop(Object::Column { column, .. }) => column.generated.is_none(),
             SchemaChange::Drop(Object::Table(_)) => true,

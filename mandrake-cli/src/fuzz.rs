@@ -98,6 +98,25 @@ struct Table {
     composite: bool,
 }
 
+impl Table {
+    /// A table with `columns` and nothing else (its extras are drawn later).
+    fn new(name: String, columns: Vec<Column>) -> Table {
+        Table {
+            name,
+            renamed_from: None,
+            columns,
+            index: None,
+            unique: None,
+            index_style: IndexStyle::Plain,
+            check: false,
+            generated: None,
+            extension: None,
+            pair: false,
+            composite: false,
+        }
+    }
+}
+
 /// The wider schema model's kinds: an index of another method, partial,
 /// covering or on an expression; an extension, a check, a generated column,
 /// a composite foreign key. Drawn from an RNG of their own, so a seed's
@@ -206,17 +225,9 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
         }
         let plain: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         tables.push(Table {
-            name: format!("t{t}"),
-            renamed_from: None,
             index: rng.chance(50).then(|| rng.pick(&plain).clone()),
             unique: rng.chance(30).then(|| rng.pick(&plain).clone()),
-            columns,
-            index_style: IndexStyle::Plain,
-            check: false,
-            generated: None,
-            extension: None,
-            pair: false,
-            composite: false,
+            ..Table::new(format!("t{t}"), columns)
         });
     }
     tables
@@ -316,19 +327,10 @@ fn changed(rng: &mut Rng, tables: &[Table]) -> Vec<Table> {
     }
     if rng.chance(20) {
         fresh += 1;
-        next.push(Table {
-            name: format!("t{fresh}"),
-            renamed_from: None,
-            columns: vec![column(rng, "c0".into())],
-            index: None,
-            unique: None,
-            index_style: IndexStyle::Plain,
-            check: false,
-            generated: None,
-            extension: None,
-            pair: false,
-            composite: false,
-        });
+        next.push(Table::new(
+            format!("t{fresh}"),
+            vec![column(rng, "c0".into())],
+        ));
     }
     if next.len() > 1 && rng.chance(20) {
         let gone = next.remove(rng.below(next.len())).name;

@@ -298,23 +298,7 @@ impl TestDb {
         let mut admin = server.admin_connection().await?;
         crate::admin::create_database_from(&mut admin, &name, template).await?;
         let options = server.admin.clone().database(&name);
-        let mut settings = Settings {
-            pool_size: 5,
-            ..Settings::default()
-        };
-        let pool_options = if through_pgbouncer() {
-            settings.pgbouncer = true;
-            // What needs a session of its own (the change feed) goes straight
-            // to the server, as MANDRAKE_DIRECT_URL would send it.
-            settings.direct_url = Some({
-                use sqlx::ConnectOptions;
-                options.to_url_lossy().to_string()
-            });
-            via_pgbouncer(&options)?
-        } else {
-            options.clone()
-        };
-        let db = Db::connect_options(pool_options, &settings).await?;
+        let db = test_pool(options.clone()).await?;
         Ok(TestDb { db, name, options })
     }
 
@@ -354,22 +338,7 @@ impl TestDb {
     pub async fn app_db(&self) -> Result<Db> {
         let mut owner = crate::admin::connect_one(&self.url()).await?;
         crate::admin::ensure_app_role(&mut owner).await?;
-        let options = self.options.clone().username(APP_ROLE);
-        let mut settings = Settings {
-            pool_size: 5,
-            ..Settings::default()
-        };
-        let options = if through_pgbouncer() {
-            settings.pgbouncer = true;
-            settings.direct_url = Some({
-                use sqlx::ConnectOptions;
-                options.to_url_lossy().to_string()
-            });
-            via_pgbouncer(&options)?
-        } else {
-            options
-        };
-        Db::connect_options(options, &settings).await
+        test_pool(self.options.clone().username(APP_ROLE)).await
     }
 
     /// Connection options for the admin console of that PgBouncer
@@ -377,6 +346,28 @@ impl TestDb {
     pub fn pgbouncer_console(&self) -> Result<PgConnectOptions> {
         Ok(self.through_pgbouncer()?.database("pgbouncer"))
     }
+}
+
+/// A test's pool on `options`: five connections, through PgBouncer when
+/// the tests run through it.
+async fn test_pool(options: PgConnectOptions) -> Result<Db> {
+    let mut settings = Settings {
+        pool_size: 5,
+        ..Settings::default()
+    };
+    let options = if through_pgbouncer() {
+        settings.pgbouncer = true;
+        // What needs a session of its own (the change feed) goes straight
+        // to the server, as MANDRAKE_DIRECT_URL would send it.
+        settings.direct_url = Some({
+            use sqlx::ConnectOptions;
+            options.to_url_lossy().to_string()
+        });
+        via_pgbouncer(&options)?
+    } else {
+        options
+    };
+    Db::connect_options(options, &settings).await
 }
 
 impl Server {

@@ -86,6 +86,27 @@ fn input_structs(
         })
         .collect();
     let data_types: Vec<_> = data.iter().map(|f| f.ty).collect();
+    // The tenant key is optional on the way in: `None` takes the tenant of
+    // the handle that writes it (`db.tenant(id)`).
+    let new_types = data.iter().map(|f| {
+        let ty = f.ty;
+        if f.attrs.tenant.is_some() {
+            quote!(::core::option::Option<#ty>)
+        } else {
+            quote!(#ty)
+        }
+    });
+    let new_docs = data.iter().zip(&data_docs).map(|(f, docs)| {
+        if f.attrs.tenant.is_some() {
+            quote! {
+                #docs
+                #[doc = ""]
+                #[doc = "The tenant key: `None` takes the tenant of the handle that writes the row (`db.tenant(id)`); a value naming another tenant is refused (`Error::TenantRefused`)."]
+            }
+        } else {
+            docs.clone()
+        }
+    });
     let data_vis: Vec<_> = data.iter().map(|f| f.vis).collect();
     let new_doc = format!(
         "Input of `{ident}::repo().create`: every column of `{ident}` but the id, timestamps and version."
@@ -97,7 +118,7 @@ fn input_structs(
         #[doc = #new_doc]
         #[derive(Clone)]
         #vis struct #new_ident {
-            #( #data_docs #data_vis #data_idents: #data_types, )*
+            #( #new_docs #data_vis #data_idents: #new_types, )*
         }
 
         #[doc = #patch_doc]
@@ -249,12 +270,21 @@ fn decode_fn(cont: &Container) -> TokenStream {
 fn bind_fns(data: &[&Field], new_ident: &syn::Ident, patch_ident: &syn::Ident) -> TokenStream {
     let ms = quote!(::mandrake_storage);
     let alias = column_alias;
+    // The type a `New…` field holds (see `input_structs`).
+    let new_alias = |f: &Field| {
+        let alias = alias(f);
+        if f.attrs.tenant.is_some() {
+            quote_spanned!(f.ty.span()=> ::core::option::Option<#alias>)
+        } else {
+            quote!(#alias)
+        }
+    };
     let bind_new = data.iter().map(|f| {
         let (name, ty) = (f.ident, f.ty);
         match &f.attrs.sql_type {
             Some(_) => quote!(__args.add(new.#name)?;),
             None => {
-                let alias = alias(f);
+                let alias = new_alias(f);
                 {
                     let col = &f.column;
                     let value = value_ident(f);
@@ -294,7 +324,7 @@ fn bind_fns(data: &[&Field], new_ident: &syn::Ident, patch_ident: &syn::Ident) -
         match &f.attrs.sql_type {
             Some(_) => quote!(let mut #v = ::std::vec::Vec::with_capacity(rows.len());),
             None => {
-                let alias = alias(f);
+                let alias = new_alias(f);
                 quote_spanned!(ty.span()=> let mut #v = ::mandrake_storage::__private::cells::<#alias>(rows.len());)
             }
         }
@@ -308,7 +338,7 @@ fn bind_fns(data: &[&Field], new_ident: &syn::Ident, patch_ident: &syn::Ident) -
         match &f.attrs.sql_type {
             Some(_) => quote!(#v.push(__row.#name);),
             None => {
-                let alias = alias(f);
+                let alias = new_alias(f);
                 {
                     let col = &f.column;
                     let value = value_ident(f);

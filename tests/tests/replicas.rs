@@ -65,6 +65,11 @@ async fn reads_go_to_a_live_replica_and_fall_back_to_the_primary() {
     assert!(!on_replica(&db).await, "&Db is the primary");
     reads_go_to(&db, true).await;
     assert_eq!(db.usable_replicas(), 1);
+    // A tenant's reads stay on the primary, where its tenant is set.
+    let tenant = db.tenant(uuid::Uuid::new_v4());
+    assert!(!on_replica(tenant.read()).await);
+    let token = db.write_token().await.unwrap();
+    assert!(!on_replica(tenant.read_after(token).await).await);
 
     // Read your own write: never NotFound, from the replica once replayed.
     for n in 0..20 {

@@ -75,14 +75,15 @@ async fn world() -> World {
     );
     let app = test.app_db().await.unwrap();
     let (a, b) = (app.tenant(wa.id), app.tenant(wb.id));
-    let chat = |db: &Db, ws: Uuid| {
+    // The tenant key left out (`None`): the handle fills it.
+    let chat = |db: &Db| {
         let db = db.clone();
         async move {
             Chat::repo()
                 .create(
                     &db,
                     NewChat {
-                        workspace_id: ws,
+                        workspace_id: None,
                         title: "chat".into(),
                     },
                 )
@@ -90,13 +91,15 @@ async fn world() -> World {
                 .unwrap()
         }
     };
-    let (chat_a, chat_b) = (chat(&a, wa.id).await, chat(&b, wb.id).await);
+    let (chat_a, chat_b) = (chat(&a).await, chat(&b).await);
+    assert_eq!((chat_a.workspace_id, chat_b.workspace_id), (wa.id, wb.id));
     let post = |db: &Db, chat: &Chat, slug: &str| {
-        let (db, new) = (db.clone(), new_post(chat.workspace_id, chat.id, slug));
+        let (db, new) = (db.clone(), new_post(None, chat.id, slug));
         async move { Post::repo().create(&db, new).await.unwrap() }
     };
     let post_a = post(&a, &chat_a, "a-post").await;
     let post_b = post(&b, &chat_b, "b-post").await;
+    assert_eq!((post_a.workspace_id, post_b.workspace_id), (wa.id, wb.id));
     World {
         test,
         app,
@@ -109,7 +112,8 @@ async fn world() -> World {
     }
 }
 
-fn new_post(workspace: Uuid, chat: Uuid, slug: &str) -> NewPost {
+/// A post; `workspace: None` leaves the tenant to the handle.
+fn new_post(workspace: Option<Uuid>, chat: Uuid, slug: &str) -> NewPost {
     NewPost {
         workspace_id: workspace,
         chat_id: chat,
@@ -208,20 +212,26 @@ async fn writes_through_another_tenant_change_nothing_and_change_their_own() {
     let mine = repo.update(&w.b, w.post_b.id, patch()).await.unwrap();
     assert_eq!(mine.body, "overwritten");
     // An upsert onto A's key cannot take A's row over.
-    let taking = new_post(w.tenant_b, w.post_b.chat_id, &w.post_a.slug);
+    let taking = new_post(Some(w.tenant_b), w.post_b.chat_id, &w.post_a.slug);
     refused(repo.upsert(&w.b, taking, Post::ON_SLUG).await);
-    let taking = new_post(w.tenant_b, w.post_b.chat_id, &w.post_a.slug);
+    let taking = new_post(None, w.post_b.chat_id, &w.post_a.slug);
     refused(repo.upsert_many(&w.b, vec![taking], Post::ON_SLUG).await);
-    let taking = new_post(w.tenant_b, w.post_b.chat_id, &w.post_a.slug);
+    let taking = new_post(None, w.post_b.chat_id, &w.post_a.slug);
     assert!(
         repo.insert_or_ignore(&w.b, taking, Post::ON_SLUG)
             .await
             .unwrap()
             .is_none()
     );
-    let own = new_post(w.tenant_b, w.post_b.chat_id, &w.post_b.slug);
+    let own = new_post(None, w.post_b.chat_id, &w.post_b.slug);
     let upserted = repo.upsert(&w.b, own, Post::ON_SLUG).await.unwrap();
     assert_eq!(upserted.id, w.post_b.id);
+    let own = new_post(None, w.post_b.chat_id, &w.post_b.slug);
+    let upserted = repo
+        .upsert_many(&w.b, vec![own], Post::ON_SLUG)
+        .await
+        .unwrap();
+    assert_eq!(upserted[0].id, w.post_b.id);
     // Deleting everything deletes B's own.
     assert_eq!(repo.delete_where(&w.b, Filter::all()).await.unwrap(), 1);
     let raw = sqlx::query("DELETE FROM posts")
@@ -237,12 +247,12 @@ async fn forged_tenants_and_cross_tenant_parents_are_refused() {
     let w = world().await;
     let repo = Post::repo();
     // B creating a row that names A: refused by the policy, typed.
-    let forged = new_post(w.post_a.workspace_id, w.chat_a.id, "forged");
+    let forged = new_post(Some(w.post_a.workspace_id), w.chat_a.id, "forged");
     refused(repo.create(&w.b, forged).await);
-    let forged = new_post(w.post_a.workspace_id, w.chat_a.id, "forged-many");
+    let forged = new_post(Some(w.post_a.workspace_id), w.chat_a.id, "forged-many");
     refused(repo.create_many(&w.b, vec![forged]).await);
     // B's row pointing at A's chat: the key over the tenant refuses it.
-    let crossing = new_post(w.tenant_b, w.chat_a.id, "crossing");
+    let crossing = new_post(Some(w.tenant_b), w.chat_a.id, "crossing");
     assert!(matches!(
         repo.create(&w.b, crossing).await,
         Err(Error::ForeignKeyViolation { .. })
@@ -258,13 +268,28 @@ async fn forged_tenants_and_cross_tenant_parents_are_refused() {
         raw.map_err(Error::from),
         Err(Error::TenantRefused { .. })
     ));
-    // Without a tenant, a write is refused with the typed error.
+    // Without a tenant, a write is refused with the typed error, whether
+    // it names a tenant or leaves it to the handle.
     refused(
-        repo.create(&w.app, new_post(w.tenant_b, w.post_b.chat_id, "untenanted"))
+        repo.create(
+            &w.app,
+            new_post(Some(w.tenant_b), w.post_b.chat_id, "untenanted"),
+        )
+        .await,
+    );
+    refused(
+        repo.create(&w.app, new_post(None, w.post_b.chat_id, "untenanted"))
             .await,
     );
+    // A batch through the handle: the tenant filled in every row.
+    let batch = (0..3)
+        .map(|i| new_post(None, w.post_b.chat_id, &format!("batch-{i}")))
+        .collect();
+    let made = repo.create_many(&w.b, batch).await.unwrap();
+    assert!(made.iter().all(|p| p.workspace_id == w.tenant_b));
     a_post_is_intact(&w).await;
     assert_eq!(repo.count(&w.a, Filter::all()).await.unwrap(), 1);
+    assert_eq!(repo.count(&w.b, Filter::all()).await.unwrap(), 4);
 }
 
 #[tokio::test]
@@ -286,6 +311,19 @@ async fn the_tenant_holds_for_a_transaction_and_never_outlives_it() {
             .await
             .unwrap()
             .is_none()
+    );
+    // A's handle midway runs on a connection of its own: it sees A's rows,
+    // and B's transaction goes on seeing B's only.
+    let repo = Post::repo();
+    let a_seen = repo.list(&w.a, Filter::all(), ListOptions::new());
+    let a_seen = a_seen.await.unwrap().items;
+    assert_eq!(
+        a_seen.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [w.post_a.id]
+    );
+    assert_eq!(
+        Post::repo().count(&mut *tx, Filter::all()).await.unwrap(),
+        1
     );
     tx.commit().await.unwrap();
     // Every connection of the pool, after: no tenant left behind.
@@ -351,18 +389,24 @@ async fn one_connection_serving_tenants_in_turn_never_carries_one_over() {
         .unwrap();
     assert!(seen.is_empty());
     drop(conn);
-    // Raw SQL through B's handle that sets the tenant itself changes its
-    // own statement only: the session is reset before the next use.
-    let switched: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM posts, set_config('mandrake.tenant', '{}', false)",
+    // Raw SQL through B's handle that sets a tenant for the session: the
+    // session is reset before its next use, by B or by anyone.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT set_config('mandrake.tenant', '{}', false)",
         w.post_a.workspace_id
     )))
-    .fetch_all(&b)
+    .execute(&b)
     .await
     .unwrap();
-    let _ = switched;
-    assert_eq!(count(b.clone()).await, 1);
-    assert_eq!(count(one.clone()).await, 0);
+    let ids = |db: Db| async move {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM posts")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        ids
+    };
+    assert_eq!(ids(b.clone()).await, [w.post_b.id]);
+    assert!(ids(one.clone()).await.is_empty());
 }
 
 #[tokio::test]
@@ -373,13 +417,16 @@ async fn a_tenants_change_feed_carries_only_its_own_changes() {
     let mut feed = Post::subscribe(&w.b, Filter::all()).await.unwrap();
     // A's insert, update and delete, then B's insert: B hears only its own.
     let a_new = Post::repo()
-        .create(&w.a, new_post(w.post_a.workspace_id, w.chat_a.id, "a-2"))
+        .create(
+            &w.a,
+            new_post(Some(w.post_a.workspace_id), w.chat_a.id, "a-2"),
+        )
         .await
         .unwrap();
     Post::repo().update(&w.a, a_new.id, patch()).await.unwrap();
     Post::repo().delete(&w.a, w.post_a.id).await.unwrap();
     let b_new = Post::repo()
-        .create(&w.b, new_post(w.tenant_b, w.post_b.chat_id, "b-2"))
+        .create(&w.b, new_post(None, w.post_b.chat_id, "b-2"))
         .await
         .unwrap();
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
@@ -423,7 +470,7 @@ async fn without_the_policy_or_the_composite_key_the_same_attacks_succeed() {
     .await
     .unwrap();
     Post::repo()
-        .create(&w.b, new_post(w.tenant_b, w.chat_a.id, "crossing"))
+        .create(&w.b, new_post(Some(w.tenant_b), w.chat_a.id, "crossing"))
         .await
         .unwrap();
 }
@@ -443,4 +490,10 @@ async fn the_superuser_sees_every_tenant_which_is_why_the_app_is_not_one() {
         .await
         .unwrap();
     assert_eq!(role, mandrake_storage::testing::APP_ROLE);
+    // Nor is there a tenant to fill a key left out: the column says so.
+    let untenanted = new_post(None, w.post_b.chat_id, "untenanted");
+    match Post::repo().create(w.test.db(), untenanted).await {
+        Err(Error::NotNullViolation { column }) => assert_eq!(column, "workspace_id"),
+        other => panic!("expected NotNullViolation on workspace_id, got {other:?}"),
+    }
 }

@@ -184,13 +184,14 @@ fn opening(
     if let Some(ms) = timeout_ms {
         sql.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
     }
-    if let Some(id) = tenant {
-        // A Uuid prints as hex and dashes only: safe as a literal.
-        sql.push_str(&format!(
-            "; SELECT set_config('{}', '{id}', true)",
-            crate::schema::TENANT_SETTING
-        ));
-    }
+    // Set even without a tenant (to none): a server connection PgBouncer
+    // hands around may carry a session-level tenant someone's SQL left.
+    // A Uuid prints as hex and dashes only: safe as a literal.
+    let id = tenant.map(|t| t.to_string()).unwrap_or_default();
+    sql.push_str(&format!(
+        "; SELECT set_config('{}', '{id}', true)",
+        crate::schema::TENANT_SETTING
+    ));
     Some(Arc::from(sql))
 }
 

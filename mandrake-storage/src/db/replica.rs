@@ -202,7 +202,9 @@ async fn replayed(db: &Db) -> Result<i64> {
 impl Db {
     /// Where a read may go: a replica that is up and within the lag limit
     /// (round robin), else this primary. Writes and transactions belong on
-    /// `&Db` itself.
+    /// `&Db` itself. A tenant handle ([`Db::tenant`]) reads from the primary:
+    /// its tenant does not travel to the replicas' pools, and a replica read
+    /// without it would find no rows.
     ///
     /// ```no_run
     /// # use mandrake_storage::Record;
@@ -216,6 +218,7 @@ impl Db {
     pub fn read(&self) -> &Db {
         self.replicas
             .as_ref()
+            .filter(|_| self.tenant.is_none())
             .and_then(|r| r.pick())
             .map_or(self, |m| &m.db)
     }
@@ -243,7 +246,7 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub async fn read_after(&self, token: WriteToken) -> &Db {
-        let Some(replicas) = &self.replicas else {
+        let Some(replicas) = self.replicas.as_ref().filter(|_| self.tenant.is_none()) else {
             return self;
         };
         let deadline = Instant::now() + replicas.max_lag;

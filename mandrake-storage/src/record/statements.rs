@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::query::filter::Node;
-use crate::schema::TableSchema;
+use crate::schema::{TableSchema, current_tenant_sql};
 use crate::sql::{ident_list, quote_ident};
 
 /// What varies between calls that take a filter: everything but the values.
@@ -196,9 +196,10 @@ impl Insert {
         let numbered = |f: &dyn Fn(usize, &String) -> String| -> Vec<String> {
             columns.iter().enumerate().map(|(i, c)| f(i, c)).collect()
         };
+        let tenant = |c: &String, value: String| or_tenant(schema, c, value);
         Insert {
             head: format!("INSERT INTO {table} ({})", ident_list(&columns)),
-            placeholders: numbered(&|i, _| format!("${}", i + 1)),
+            placeholders: numbered(&|i, c| tenant(c, format!("${}", i + 1))),
             unnest_args: numbered(&|i, c| {
                 format!(
                     "${}::{}[]",
@@ -206,7 +207,7 @@ impl Insert {
                     array_element_type(column_type(schema, c))
                 )
             }),
-            casts: numbered(&|i, c| format!("c{i}::{}", column_type(schema, c))),
+            casts: numbered(&|i, c| tenant(c, format!("c{i}::{}", column_type(schema, c)))),
             aliases: numbered(&|i, _| format!("c{i}")),
             columns,
         }
@@ -267,7 +268,7 @@ impl Insert {
                 .position(|c| c == k)
                 .expect("key columns are inserted");
             (
-                format!("input.c{i}::{}", column_type(schema, k)),
+                or_tenant(schema, k, format!("input.c{i}::{}", column_type(schema, k))),
                 format!("input.c{i}"),
             )
         };
@@ -300,6 +301,16 @@ impl Insert {
             self.casts.join(", "),
             key_join.join(" AND ")
         )
+    }
+}
+
+/// `value`, or for the tenant key the transaction's tenant when `value` is
+/// NULL: a tenant handle fills the key its input leaves out (`None`), and a
+/// value naming another tenant meets the policy's check.
+fn or_tenant(schema: &TableSchema, column: &str, value: String) -> String {
+    match &schema.tenant {
+        Some(t) if t == column => format!("COALESCE({value}, {})", current_tenant_sql()),
+        _ => value,
     }
 }
 

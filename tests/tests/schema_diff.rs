@@ -2009,6 +2009,8 @@ mod scoped {
         pub workspace_id: Uuid,
         #[record(references = "chats", on_delete = "cascade")]
         pub chat_id: Uuid,
+        #[record(references = "chats", on_delete = "set null")]
+        pub quoted_chat_id: Option<Uuid>,
         pub created_at: DateTime<Utc>,
         pub updated_at: DateTime<Utc>,
     }
@@ -2023,6 +2025,8 @@ mod scoped {
             pub workspace_id: Uuid,
             #[record(references = "chats", on_delete = "cascade")]
             pub chat_id: Uuid,
+            #[record(references = "chats", on_delete = "set null")]
+            pub quoted_chat_id: Option<Uuid>,
             pub created_at: DateTime<Utc>,
             pub updated_at: DateTime<Utc>,
         }
@@ -2050,10 +2054,29 @@ async fn tenant_policies_are_migrated_proven_and_checked() {
         r#"CREATE POLICY "lines_tenant" ON "lines""#,
         // The key to a tenant-scoped parent carries the tenant.
         r#"FOREIGN KEY ("workspace_id", "chat_id") REFERENCES "chats"("workspace_id","id")"#,
+        // SET NULL on such a key empties the parent's id, never the tenant.
+        r#"REFERENCES "chats"("workspace_id","id") ON DELETE SET NULL ("quoted_chat_id")"#,
     ] {
         assert!(up.contains(part), "{part} in\n{up}");
     }
     assert!(down.contains("DISABLE ROW LEVEL SECURITY"), "{down}");
+    lab.exec(
+        "INSERT INTO workspaces (id) VALUES ('00000000-0000-0000-0000-00000000000a'); \
+         INSERT INTO chats (id, workspace_id, user_id) VALUES \
+         ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-00000000000a', gen_random_uuid()), \
+         ('00000000-0000-0000-0000-0000000000c2', '00000000-0000-0000-0000-00000000000a', gen_random_uuid()); \
+         INSERT INTO lines (workspace_id, chat_id, quoted_chat_id) VALUES \
+         ('00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-0000000000c1', \
+          '00000000-0000-0000-0000-0000000000c2'); \
+         DELETE FROM chats WHERE id = '00000000-0000-0000-0000-0000000000c2'",
+    )
+    .await;
+    let kept = lab
+        .text(
+            "SELECT workspace_id::text || ' ' || coalesce(quoted_chat_id::text, 'null') FROM lines",
+        )
+        .await;
+    assert_eq!(kept, ["00000000-0000-0000-0000-00000000000a null"]);
     // A hand-written migration that edits the policy: drift, which check
     // names; one that adds a policy of the user's own is left alone.
     let last: i64 = lab

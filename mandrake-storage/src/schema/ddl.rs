@@ -1,6 +1,6 @@
 //! Renders SQL from the schema model: the one place DDL text is made.
 
-use crate::schema::{Check, ColumnDef, ForeignKey, Index, TableSchema, Unique};
+use crate::schema::{Check, ColumnDef, ForeignKey, Index, OnDelete, TableSchema, Unique};
 
 /// The shared trigger function that every table's `set_timestamp` trigger calls.
 pub const TIMESTAMP_FUNCTION: &str = "CREATE OR REPLACE FUNCTION trigger_set_timestamp()
@@ -81,13 +81,16 @@ pub fn unique_definition(unique: &Unique) -> String {
 
 /// The `CONSTRAINT … FOREIGN KEY … REFERENCES …` clause of a table definition.
 pub fn foreign_key_definition(fk: &ForeignKey) -> String {
+    let action = match fk.on_delete {
+        OnDelete::SetNullKeepTenant => format!("SET NULL ({})", ident_list(&fk.columns[1..])),
+        other => other.sql().to_owned(),
+    };
     format!(
-        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}({}) ON DELETE {}",
+        "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}({}) ON DELETE {action}",
         quote_ident(&fk.name),
         ident_list(&fk.columns),
         quote_ident(&fk.references),
         ident_list(&fk.referenced).replace(", ", ","),
-        fk.on_delete.sql()
     )
 }
 

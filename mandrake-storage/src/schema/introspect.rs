@@ -108,7 +108,10 @@ async fn read_constraints(
                 ref.relname, con.confdeltype::text, pg_get_constraintdef(con.oid), \
                 ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(num, ord) \
                       JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num \
-                      ORDER BY k.ord) \
+                      ORDER BY k.ord), \
+                ARRAY(SELECT a.attname::text \
+                      FROM jsonb_array_elements_text(coalesce(nullif(to_jsonb(con) -> 'confdelsetcols', 'null'), '[]')) k(num) \
+                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num::int2) \
          FROM pg_constraint con \
          JOIN pg_class c ON c.oid = con.conrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -135,18 +138,25 @@ async fn read_constraints(
                 name,
                 columns: cols,
             }),
-            "f" => t.foreign_keys.push(ForeignKey {
-                name,
-                columns: cols,
-                references: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
-                referenced: row.try_get(7)?,
-                on_delete: match row.try_get::<String, _>(5)?.as_str() {
-                    "c" => OnDelete::Cascade,
-                    "n" => OnDelete::SetNull,
-                    "r" => OnDelete::Restrict,
-                    _ => OnDelete::NoAction,
-                },
-            }),
+            "f" => {
+                // PostgreSQL 15's `SET NULL (columns)`, read through to_jsonb
+                // so that older servers (without the column) answer too.
+                let set_null: Vec<String> = row.try_get(8)?;
+                let keeps_tenant = !set_null.is_empty() && set_null == cols[1..];
+                t.foreign_keys.push(ForeignKey {
+                    name,
+                    references: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    referenced: row.try_get(7)?,
+                    on_delete: match row.try_get::<String, _>(5)?.as_str() {
+                        "c" => OnDelete::Cascade,
+                        "n" if keeps_tenant => OnDelete::SetNullKeepTenant,
+                        "n" => OnDelete::SetNull,
+                        "r" => OnDelete::Restrict,
+                        _ => OnDelete::NoAction,
+                    },
+                    columns: cols,
+                })
+            }
             "c" => {
                 let def: String = row.try_get(6)?;
                 t.checks.push(Check {

@@ -289,15 +289,21 @@ pub enum OnDelete {
     SetNull,
     /// Refuse the delete at once.
     Restrict,
+    /// Set the referencing columns but the first, the tenant key, to NULL
+    /// (PostgreSQL 15's `SET NULL (columns)`): what `SetNull` becomes on a
+    /// key that [`with_tenant_keys`] leads with the tenant, which every row
+    /// keeps.
+    SetNullKeepTenant,
 }
 
 impl OnDelete {
-    /// The SQL spelling, as `pg_get_constraintdef` prints it.
+    /// The SQL spelling, as `pg_get_constraintdef` prints it (without the
+    /// column list of `SetNullKeepTenant`).
     pub fn sql(self) -> &'static str {
         match self {
             OnDelete::NoAction => "NO ACTION",
             OnDelete::Cascade => "CASCADE",
-            OnDelete::SetNull => "SET NULL",
+            OnDelete::SetNull | OnDelete::SetNullKeepTenant => "SET NULL",
             OnDelete::Restrict => "RESTRICT",
         }
     }
@@ -733,6 +739,9 @@ pub fn with_tenant_keys(tables: &[&TableSchema]) -> Vec<TableSchema> {
                 {
                     key.columns.insert(0, tenant.clone());
                     key.referenced.insert(0, parent_tenant);
+                    if key.on_delete == OnDelete::SetNull {
+                        key.on_delete = OnDelete::SetNullKeepTenant;
+                    }
                     key.name = identifier(format!("{}_{}_fkey", table.name, key.columns.join("_")));
                 }
             }

@@ -274,6 +274,9 @@ pub async fn prepare(
                     conversation_id: conversation,
                     role: Role::User,
                     content: format!("doomed {n}"),
+                    model_id: None,
+                    tokens_in: 0,
+                    tokens_out: 0,
                 })
                 .collect();
             let ids: Vec<Uuid> = Message::repo()
@@ -379,6 +382,9 @@ async fn create_one(
                         conversation_id: conversation,
                         role: Role::User,
                         content,
+                        model_id: None,
+                        tokens_in: 0,
+                        tokens_out: 0,
                     },
                 )
                 .await?;
@@ -456,6 +462,9 @@ async fn create_many(
                     conversation_id: conversation,
                     role: Role::User,
                     content: content(n),
+                    model_id: None,
+                    tokens_in: 0,
+                    tokens_out: 0,
                 })
                 .collect();
             Message::repo().create_many(env.ours(lib), new).await?;

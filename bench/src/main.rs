@@ -5,6 +5,7 @@
 //! the same server in the same run, interleaved in rounds, so machine noise
 //! hits them all alike; compare the ratios, not the absolute numbers.
 
+mod analytics;
 mod contenders;
 mod report;
 mod search;
@@ -54,6 +55,19 @@ struct Args {
     /// handle against the same calls without row security.
     #[arg(long)]
     tenants: bool,
+    /// Run the analytics benchmark instead: the typed aggregates beside
+    /// hand-written sqlx, and a relation-filter page beside two calls.
+    #[arg(long)]
+    analytics: bool,
+    /// Messages the analytics benchmark loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    analytics_messages: usize,
+    /// Tool calls the analytics benchmark loads.
+    #[arg(long, default_value_t = 100_000)]
+    analytics_calls: usize,
+    /// Runs of each analytics call (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    analytics_runs: usize,
     /// Internal: measure one contender's peak memory in this process.
     #[arg(long, hide = true, value_name = "URL")]
     memory_of: Option<String>,
@@ -179,6 +193,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let url = admin.clone().database(&name).to_url_lossy().to_string();
     let result = if args.search {
         search_bench(&url, args.search_rows, args.search_runs).await
+    } else if args.analytics {
+        analytics_bench(&url, &args).await
     } else if args.tenants {
         tenants::run(&url).await.map(|()| None)
     } else {
@@ -215,6 +231,25 @@ async fn search_bench(
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     migrate(url, &migrations, &MigrateOptions::default()).await?;
     search::run(url, rows, runs).await?;
+    Ok(None)
+}
+
+/// The analytics benchmark on the migrated database at `url` (it prints
+/// its own report).
+async fn analytics_bench(
+    url: &str,
+    args: &Args,
+) -> Result<Option<Table>, Box<dyn std::error::Error>> {
+    let root = mandrake_storage::cluster::workspace_root()?;
+    let migrations = Migrations::from_dir(root.join("migrations"))?;
+    migrate(url, &migrations, &MigrateOptions::default()).await?;
+    analytics::run(
+        url,
+        args.analytics_messages,
+        args.analytics_calls,
+        args.analytics_runs,
+    )
+    .await?;
     Ok(None)
 }
 
@@ -333,6 +368,9 @@ async fn setup(
             conversation_id: paged,
             role: Role::User,
             content: format!("message {n}"),
+            model_id: None,
+            tokens_in: 0,
+            tokens_out: 0,
         })
         .collect();
     let ids = Message::repo()
@@ -420,6 +458,9 @@ async fn loop_baseline(env: &Env, rows: usize) -> Result<f64, Box<dyn std::error
                     conversation_id: conversation,
                     role: Role::User,
                     content: format!("row {n}"),
+                    model_id: None,
+                    tokens_in: 0,
+                    tokens_out: 0,
                 },
             )
             .await?;
@@ -461,6 +502,9 @@ async fn feed_delays(env: &Env, rows: usize) -> Result<Vec<Duration>, Box<dyn st
                     conversation_id: conversation,
                     role: Role::User,
                     content: format!("live {n}"),
+                    model_id: None,
+                    tokens_in: 0,
+                    tokens_out: 0,
                 },
             )
             .await?;

@@ -15,6 +15,7 @@ mod ctxt;
 mod embed;
 mod enums;
 mod record;
+mod row;
 mod symbol;
 
 use proc_macro::TokenStream;
@@ -36,6 +37,16 @@ pub fn derive_record_enum(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     enums::expand(&input)
         .unwrap_or_else(ctxt::to_compile_errors)
+        .into()
+}
+
+/// sqlx's `FromRow` for a struct of query results, through the `sqlx` that
+/// `mandrake_storage` re-exports; see `mandrake_storage::FromRow`.
+#[proc_macro_derive(FromRow)]
+pub fn derive_from_row(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    row::expand(&input)
+        .unwrap_or_else(|e| e.to_compile_error())
         .into()
 }
 

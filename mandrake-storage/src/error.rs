@@ -102,6 +102,9 @@ pub enum Error {
         /// The table.
         table: String,
     },
+    /// The call went to a [`DryRun`](crate::DryRun), which records its
+    /// statement and runs nothing.
+    DryRun,
     /// Any other failure reported by the driver or the server.
     Database(sqlx::Error),
 }
@@ -457,6 +460,19 @@ impl fmt::Display for PoolTimeout {
 
 impl std::error::Error for PoolTimeout {}
 
+/// The driver error a [`DryRun`](crate::DryRun) answers with; `From<sqlx::Error>`
+/// makes it [`Error::DryRun`].
+#[derive(Debug)]
+pub(crate) struct NotRun;
+
+impl fmt::Display for NotRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not run: a dry run")
+    }
+}
+
+impl std::error::Error for NotRun {}
+
 /// Shorthand for `Result<T, mandrake_storage::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -530,6 +546,9 @@ impl fmt::Display for Error {
                 "the transaction was aborted by an earlier failed statement and rolled back: \
                  nothing was committed",
             ),
+            Error::DryRun => f.write_str(
+                "a dry run recorded the statement and ran nothing (DryRun::statements has it)",
+            ),
             Error::Database(err) => write!(f, "database error: {err}"),
         }
     }
@@ -554,6 +573,11 @@ impl From<sqlx::Error> for Error {
                 size: timeout.size,
                 waited: timeout.waited,
             };
+        }
+        if let sqlx::Error::AnyDriverError(driver) = &err
+            && driver.is::<NotRun>()
+        {
+            return Error::DryRun;
         }
         let sqlx::Error::Database(db) = &err else {
             return Error::Database(err);

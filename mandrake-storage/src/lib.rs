@@ -120,20 +120,48 @@ pub mod __private {
 
 pub use admin::connect_one;
 pub use config::Settings;
+pub use db::dry_run::DryRun;
 pub use db::pool::{PoolConnection, PoolStatus};
 pub use db::replica::WriteToken;
 pub use db::transaction::Transaction;
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
 pub use error::{BackupError, Error, MigrationError, Result};
 pub use feed::{Change, Subscription};
+/// `#[derive(FromRow)]` on a struct of query results (named fields read the
+/// column of their name, tuple fields by position), through the re-exported
+/// `sqlx`: no sqlx dependency of your own is needed.
+///
+/// ```no_run
+/// use mandrake_storage::FromRow;
+/// #[derive(FromRow)]
+/// struct Titled {
+///     title: String,
+///     messages: i64,
+/// }
+/// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+/// let rows: Vec<Titled> = mandrake_storage::sqlx::query_as(
+///     "SELECT c.title, count(m.id) AS messages FROM conversations c \
+///      LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id",
+/// )
+/// .fetch_all(db)
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub use mandrake_derive::FromRow;
 #[cfg(feature = "migrate")]
 pub use mandrake_derive::embed_migrations;
 pub use mandrake_derive::{Record, RecordEnum};
+pub use query::aggregate::{
+    Aggregate, Bucket, Bucketed, GroupKey, Having, Measure, MeasureValue, NumericColumn,
+    OrderedColumn, Sort, TimestampColumn,
+};
 pub use query::filter::{Column, Filter, JsonColumn, Plain, Search, Searchable, TextColumn};
 pub use query::list::{Cursor, ListOptions, Order, Page};
 pub use query::search::{Hit, SearchFields, SearchOptions};
 pub use record::column::{ColumnType, RecordEnum};
 pub use record::{Record, Repo, UniqueKey, Versioned, registered_renames, registered_tables};
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
+/// The trait [`FromRow`](macro@FromRow) implements.
+pub use sqlx::FromRow;
 pub use url::redact_url;
 pub use {chrono, serde_json, sqlx, uuid};

@@ -49,7 +49,9 @@ pub enum Role {
     index(conversation_id, created_at, id),
     notify,
     extension = "pg_trgm",
-    index(content, using = "gin", ops = "gin_trgm_ops")
+    index(content, using = "gin", ops = "gin_trgm_ops"),
+    check = "tokens_in >= 0",
+    check = "tokens_out >= 0"
 )]
 pub struct Message {
     /// The primary key (a UUIDv7, time-ordered).
@@ -62,6 +64,16 @@ pub struct Message {
     /// The text (full-text search in English).
     #[record(search = "english")]
     pub content: String,
+    /// The model that wrote it (an assistant's message), if one did.
+    #[record(references = "models", on_delete = "set null")]
+    pub model_id: Option<Uuid>,
+    /// Tokens the model read to write it (the prompt), as the provider
+    /// reported them; 0 for a message no model wrote.
+    #[record(default = "0")]
+    pub tokens_in: i32,
+    /// Tokens the model wrote.
+    #[record(default = "0")]
+    pub tokens_out: i32,
     /// When the row was stored.
     pub created_at: DateTime<Utc>,
     /// When the row last changed (kept by the database).

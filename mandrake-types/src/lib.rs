@@ -5,10 +5,12 @@
 //! beyond plain CRUD are methods on them. [`tables`] lists them for the
 //! xtask (`cargo xtask schema | check | new-migration`).
 
+mod analytics;
 mod chat;
 mod llm;
 mod tools;
 
+pub use analytics::{ModelUsage, ToolStats, tool_stats, usage_by_model};
 pub use chat::{
     Conversation, ConversationPatch, Message, MessagePatch, NewConversation, NewMessage, Role,
     search_messages,

@@ -6,7 +6,7 @@ use mandrake_storage::chrono::{DateTime, Utc};
 use mandrake_storage::sqlx::PgExecutor;
 use mandrake_storage::sqlx::types::Json;
 use mandrake_storage::uuid::Uuid;
-use mandrake_storage::{ListOptions, Page, Record, Result};
+use mandrake_storage::{ListOptions, Measure, Page, Record, Result};
 
 /// How to start an MCP server.
 #[derive(Record, Clone)]
@@ -116,9 +116,13 @@ impl ToolResult {
         executor: E,
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, i64)>> {
-        let filter = ToolResult::CREATED_AT.ge(since);
         ToolResult::repo()
-            .count_by(executor, filter, ToolResult::TOOL_NAME)
+            .aggregate(executor, ToolResult::CREATED_AT.ge(since))
+            .group_by(ToolResult::TOOL_NAME)
+            .count()
+            .order_by(Measure::count().desc())
+            .order_by(ToolResult::TOOL_NAME.asc())
+            .fetch()
             .await
     }
 }

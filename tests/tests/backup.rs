@@ -32,6 +32,9 @@ async fn write_messages(db: &Db, conversation_id: Uuid, n: usize, label: &str) {
             conversation_id,
             role: Role::User,
             content: format!("{label} {i}"),
+            model_id: None,
+            tokens_in: 0,
+            tokens_out: 0,
         })
         .collect();
     Message::repo().create_many(db, rows).await.unwrap();

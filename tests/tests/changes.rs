@@ -16,6 +16,9 @@ fn message(conversation_id: Uuid, content: &str) -> NewMessage {
         conversation_id,
         role: Role::User,
         content: content.into(),
+        model_id: None,
+        tokens_in: 0,
+        tokens_out: 0,
     }
 }
 

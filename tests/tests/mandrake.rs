@@ -59,6 +59,9 @@ fn message(conversation_id: Uuid, n: usize) -> NewMessage {
             Role::Assistant
         },
         content: format!("message {n}"),
+        model_id: None,
+        tokens_in: 0,
+        tokens_out: 0,
     }
 }
 
@@ -246,6 +249,9 @@ async fn conflicting_serializable_transactions_both_commit_through_retry() {
                                 conversation_id: conv.id,
                                 role: Role::User,
                                 content,
+                                model_id: None,
+                                tokens_in: 0,
+                                tokens_out: 0,
                             },
                         )
                         .await?;

@@ -76,6 +76,9 @@ async fn the_repository_works_through_pgbouncer_in_transaction_mode() {
                                 conversation_id: conversation.id,
                                 role: Role::User,
                                 content: format!("{task}.{i}"),
+                                model_id: None,
+                                tokens_in: 0,
+                                tokens_out: 0,
                             },
                         )
                         .await?;
@@ -174,6 +177,9 @@ async fn create_from_other_clients(t: &TestDb, conversation: uuid::Uuid, n: usiz
                                 conversation_id: conversation,
                                 role: Role::User,
                                 content: format!("{i}"),
+                                model_id: None,
+                                tokens_in: 0,
+                                tokens_out: 0,
                             },
                         )
                         .await

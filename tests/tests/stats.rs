@@ -29,6 +29,9 @@ async fn top_names_the_table_and_operation_of_each_statement() {
             conversation_id: conversation.id,
             role: Role::User,
             content: format!("message {n}"),
+            model_id: None,
+            tokens_in: 0,
+            tokens_out: 0,
         };
         let m = Message::repo().create(db, new).await.unwrap();
         Message::repo().get(db, m.id).await.unwrap();

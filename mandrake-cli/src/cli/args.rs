@@ -165,6 +165,9 @@ pub enum DbCommand {
         /// Forget the statistics gathered so far.
         #[arg(long)]
         reset: bool,
+        /// Show each statement whole, on lines of its own, not cut to one line.
+        #[arg(long)]
+        full: bool,
     },
     /// Back the database up with pg_dump (custom format), or with --base
     /// take a base backup of the embedded cluster for point-in-time recovery.

@@ -18,6 +18,7 @@ pub(super) async fn top(
     tables: &[&TableSchema],
     limit: i64,
     reset: bool,
+    full: bool,
 ) -> Result<ExitCode> {
     let url = ctx.url().await?;
     if reset {
@@ -36,6 +37,14 @@ pub(super) async fn top(
             .map(|(table, op)| format!("{table}.{op}"))
             .unwrap_or_else(|| "-".into());
         let mut query: String = row.query.split_whitespace().collect::<Vec<_>>().join(" ");
+        if full {
+            // The statement whole, indented under its numbers.
+            println!(
+                "{:>8} {:>11.1} {:>9.3} {:>9}  {origin}\n    {query}\n",
+                row.calls, row.total_ms, row.mean_ms, row.rows
+            );
+            continue;
+        }
         if query.chars().count() > 70 {
             query = query.chars().take(69).collect::<String>() + "…";
         }

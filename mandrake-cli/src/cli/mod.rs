@@ -82,7 +82,9 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<ExitCode> {
         url: cli.database_url,
     };
     match cli.command {
-        Command::Db(DbCommand::Top { limit, reset }) => db::top(&ctx, tables, limit, reset).await,
+        Command::Db(DbCommand::Top { limit, reset, full }) => {
+            db::top(&ctx, tables, limit, reset, full).await
+        }
         Command::Db(DbCommand::Backup(args)) if !args.base => {
             db::backup_command(&ctx.url().await?, args).await
         }

@@ -3,6 +3,7 @@
 //! goes wherever a sqlx executor goes) and its read replicas. It knows
 //! nothing of the embedded cluster: [`Settings::resolve_url`] is the one seam.
 
+pub(crate) mod dry_run;
 pub(crate) mod executor;
 pub(crate) mod pool;
 pub(crate) mod replica;

@@ -212,6 +212,7 @@ fn columns_of(node: &Node) -> Vec<usize> {
         Node::Compare { column, .. } => vec![*column],
         Node::And(parts) | Node::Or(parts) => parts.iter().flat_map(columns_of).collect(),
         Node::Not(inner) => columns_of(inner),
+        Node::Related { column, .. } => vec![*column],
     }
 }
 

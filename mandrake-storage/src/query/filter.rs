@@ -13,6 +13,7 @@ use sqlx::types::Json;
 use sqlx::{Arguments, Encode, Postgres, Type};
 
 use crate::query::list::Order;
+use crate::record::Record;
 use crate::record::column::ColumnType;
 use crate::schema::TableSchema;
 use crate::sql::quote_ident;
@@ -207,6 +208,86 @@ impl<T, V: ColumnType, S> Column<T, V, S> {
     }
 }
 
+impl<T, V: ColumnType, S> Column<T, V, S> {
+    /// `column IN (SELECT parent_column FROM parent WHERE parent_filter)`:
+    /// rows whose column (a foreign key, say) names a row of another
+    /// record that matches a filter, in one statement. The two columns hold
+    /// the same type (a nullable one counts as its inner type); a NULL
+    /// column matches nothing.
+    ///
+    /// ```
+    /// # use mandrake_storage::Record;
+    /// # use chrono::{DateTime, Utc};
+    /// # use uuid::Uuid;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Chat { pub id: Uuid, pub workspace: String,
+    /// #   pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Line { pub id: Uuid, #[record(references = "chats")] pub chat_id: Uuid,
+    /// #   pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+    /// // The lines of this workspace's chats:
+    /// let lines = Line::CHAT_ID.is_in_query(Chat::ID, Chat::WORKSPACE.eq("acme"));
+    /// ```
+    pub fn is_in_query<P: Record, W, PS>(
+        self,
+        parent_column: Column<P, W, PS>,
+        parent_filter: Filter<P>,
+    ) -> Filter<T>
+    where
+        W: ColumnType<Scalar = V::Scalar>,
+    {
+        self.related(Relation::InQuery, parent_column.index, parent_filter)
+    }
+
+    /// `EXISTS (SELECT 1 FROM child WHERE child.child_column = column AND
+    /// child_filter)`: rows that another record's rows point at, among
+    /// those matching a filter. The two columns hold the same type (a
+    /// nullable one counts as its inner type).
+    ///
+    /// ```
+    /// # use mandrake_storage::Record;
+    /// # use chrono::{DateTime, Utc};
+    /// # use uuid::Uuid;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Chat { pub id: Uuid,
+    /// #   pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Call { pub id: Uuid, #[record(references = "chats")] pub chat_id: Option<Uuid>,
+    /// #   pub error: Option<String>, pub created_at: DateTime<Utc>, pub updated_at: DateTime<Utc> }
+    /// // Chats with a failed call:
+    /// let failing = Chat::ID.referenced_by(Call::CHAT_ID, Call::ERROR.is_not_null());
+    /// ```
+    pub fn referenced_by<C: Record, W, CS>(
+        self,
+        child_column: Column<C, W, CS>,
+        child_filter: Filter<C>,
+    ) -> Filter<T>
+    where
+        W: ColumnType<Scalar = V::Scalar>,
+    {
+        self.related(Relation::ReferencedBy, child_column.index, child_filter)
+    }
+
+    fn related<O: Record>(
+        self,
+        kind: Relation,
+        other_column: usize,
+        other: Filter<O>,
+    ) -> Filter<T> {
+        Filter {
+            node: Node::Related {
+                column: self.index,
+                kind,
+                other: OtherTable(O::schema()),
+                other_column,
+                filter: Box::new(other.node),
+            },
+            values: other.values,
+            _marker: PhantomData,
+        }
+    }
+}
+
 impl<T, X> Column<T, Option<X>> {
     /// `column IS NULL`; only on nullable (`Option`) columns.
     pub fn is_null(self) -> Filter<T> {
@@ -397,6 +478,10 @@ impl<T> Filter<T> {
     }
 
     /// The shape (what the SQL text depends on) and the values to bind.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
     pub(crate) fn into_parts(self) -> (Node, Vec<Box<dyn Value>>) {
         (self.node, self.values)
     }
@@ -414,10 +499,47 @@ impl<T> std::ops::Not for Filter<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Node {
     All,
-    Compare { column: usize, op: Op },
+    Compare {
+        column: usize,
+        op: Op,
+    },
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
+    /// A condition on another table's rows (see [`Relation`]).
+    Related {
+        column: usize,
+        kind: Relation,
+        other: OtherTable,
+        other_column: usize,
+        filter: Box<Node>,
+    },
+}
+
+/// How a [`Node::Related`] ties this table's column to the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Relation {
+    /// `column IN (SELECT other_column FROM other WHERE …)`.
+    InQuery,
+    /// `EXISTS (SELECT 1 FROM other WHERE other_column = column AND …)`.
+    ReferencedBy,
+}
+
+/// Another record's table, compared and hashed by address: each record's
+/// schema is one static.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OtherTable(pub &'static TableSchema);
+
+impl PartialEq for OtherTable {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+impl Eq for OtherTable {}
+impl std::hash::Hash for OtherTable {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self.0, state)
+    }
 }
 
 #[doc(hidden)]
@@ -527,6 +649,31 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
             format!("({})", parts.join(joiner))
         }
         Node::Not(inner) => format!("NOT {}", wrapped(condition(schema, inner, param))),
+        Node::Related {
+            column,
+            kind,
+            other: OtherTable(other),
+            other_column,
+            filter,
+        } => {
+            let c = quote_ident(&schema.columns[*column].name);
+            let o = quote_ident(&other.columns[*other_column].name);
+            let table = quote_ident(&other.name);
+            // Unqualified names inside resolve to the other table first.
+            let inner = match filter.as_ref() {
+                Node::All => String::new(),
+                node => format!(" AND {}", condition(other, node, param)),
+            };
+            match kind {
+                Relation::InQuery => {
+                    format!("{c} IN (SELECT {o} FROM {table} WHERE TRUE{inner})")
+                }
+                Relation::ReferencedBy => format!(
+                    "EXISTS (SELECT 1 FROM {table} AS __other WHERE __other.{o} = {}.{c}{inner})",
+                    quote_ident(&schema.name)
+                ),
+            }
+        }
     }
 }
 

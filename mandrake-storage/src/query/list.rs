@@ -36,6 +36,14 @@ impl<T> Order<T> {
             _marker: PhantomData,
         }
     }
+
+    pub(crate) fn column(&self) -> usize {
+        self.column
+    }
+
+    pub(crate) fn is_descending(&self) -> bool {
+        self.descending
+    }
 }
 
 impl<T> Clone for Order<T> {

@@ -2,6 +2,7 @@
 //! orders, pages and keyset cursors of a listing, and full-text search. Each turns into SQL text
 //! that depends only on its shape, with every value bound.
 
+pub(crate) mod aggregate;
 pub(crate) mod filter;
 pub(crate) mod list;
 pub(crate) mod search;

@@ -10,9 +10,10 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, PgExecutor, Postgres, Row, Type};
 use uuid::Uuid;
 
-use super::statements::{Aggregate, ListShape, Shape};
+use super::statements::{ListShape, Shape, Tally};
 use super::{Record, Repo, UniqueKey};
 use crate::error::{Error, Result};
+use crate::query::aggregate::Aggregate;
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
 use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
 use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
@@ -46,6 +47,55 @@ impl<T: Record> Repo<T> {
                     .fetch_one(executor)
                     .await?;
                 Ok(T::decode(&row, 0)?)
+            },
+            |_| 1,
+        )
+        .await
+    }
+
+    /// Inserts one row like [`Repo::create`], with its `created_at` and
+    /// `updated_at` given: for history imported from elsewhere, which keeps
+    /// its times. (`create` leaves both to the database's `now()`.)
+    pub async fn import<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        new: T::New,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<T> {
+        traced(
+            call_span!("import", T),
+            async move {
+                let mut args = PgArguments::default();
+                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+                args.add(created_at).map_err(bind_error)?;
+                let row = sqlx::query_with(T::statements().import.as_str(), args)
+                    .fetch_one(executor)
+                    .await?;
+                Ok(T::decode(&row, 0)?)
+            },
+            |_| 1,
+        )
+        .await
+    }
+
+    /// Moves the row's `updated_at` to now (and its version up by one) and
+    /// changes nothing else: "this conversation was active". A missing row
+    /// is `Error::NotFound`.
+    pub async fn touch<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<T> {
+        traced(
+            call_span!("touch", T),
+            async move {
+                let row = sqlx::query(T::statements().touch.as_str())
+                    .bind(id)
+                    .fetch_optional(executor)
+                    .await?;
+                match row {
+                    Some(row) => Ok(T::decode(&row, 0)?),
+                    None => Err(Error::NotFound {
+                        table: T::statements().table,
+                        id,
+                    }),
+                }
             },
             |_| 1,
         )
@@ -459,6 +509,33 @@ impl<T: Record> Repo<T> {
         .await
     }
 
+    /// A grouped aggregate of the rows matching `filter`: add keys
+    /// (`group_by`), then measures (`count`, `sum`, `percentile`, …), then
+    /// `fetch` (see [`Aggregate`]).
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Bucket, Filter, Record};
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Message { pub id: uuid::Uuid, pub tokens_out: i32,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// let per_day: Vec<(chrono::DateTime<chrono::Utc>, i64, Option<i64>)> = Message::repo()
+    ///     .aggregate(db, Filter::all())
+    ///     .group_by(Message::CREATED_AT.bucket(Bucket::Day))
+    ///     .count()
+    ///     .sum(Message::TOKENS_OUT)
+    ///     .fetch()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn aggregate<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        filter: Filter<T>,
+    ) -> Aggregate<T, E> {
+        Aggregate::new(executor, filter)
+    }
+
     /// How many rows match `filter`.
     pub async fn count<'e, E: PgExecutor<'e>>(
         &self,
@@ -467,7 +544,7 @@ impl<T: Record> Repo<T> {
     ) -> Result<i64> {
         traced(
             call_span!("count", T),
-            async move { self.aggregate(executor, filter, Aggregate::Count).await },
+            async move { self.tally(executor, filter, Tally::Count).await },
             |n| *n as u64,
         )
         .await
@@ -481,18 +558,13 @@ impl<T: Record> Repo<T> {
     ) -> Result<bool> {
         traced(
             call_span!("exists", T),
-            async move { self.aggregate(executor, filter, Aggregate::Exists).await },
+            async move { self.tally(executor, filter, Tally::Exists).await },
             |_| 1,
         )
         .await
     }
 
-    async fn aggregate<'e, E, V>(
-        &self,
-        executor: E,
-        filter: Filter<T>,
-        kind: Aggregate,
-    ) -> Result<V>
+    async fn tally<'e, E, V>(&self, executor: E, filter: Filter<T>, kind: Tally) -> Result<V>
     where
         E: PgExecutor<'e>,
         V: for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
@@ -501,7 +573,7 @@ impl<T: Record> Repo<T> {
         let (node, values) = filter.into_parts();
         let mut args = PgArguments::default();
         bind_all(values, &mut args).map_err(bind_error)?;
-        let sql = T::statements().sql_for(Shape::Aggregate(kind, node.clone()), || {
+        let sql = T::statements().sql_for(Shape::Tally(kind, node.clone()), || {
             let mut param = 0;
             let rows = format!(
                 "{}{}",
@@ -509,8 +581,8 @@ impl<T: Record> Repo<T> {
                 where_clause(schema, &node, &mut param)
             );
             match kind {
-                Aggregate::Count => format!("SELECT count(*) FROM {rows}"),
-                Aggregate::Exists => format!("SELECT EXISTS (SELECT 1 FROM {rows})"),
+                Tally::Count => format!("SELECT count(*) FROM {rows}"),
+                Tally::Exists => format!("SELECT EXISTS (SELECT 1 FROM {rows})"),
             }
         });
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)

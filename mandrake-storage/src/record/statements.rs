@@ -14,7 +14,7 @@ use crate::sql::{ident_list, quote_ident};
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Shape {
-    Aggregate(Aggregate, Node),
+    Tally(Tally, Node),
     List(ListShape),
     UpdateWhere(Node),
     DeleteWhere(Node),
@@ -30,7 +30,7 @@ pub(crate) enum Shape {
 
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Aggregate {
+pub(crate) enum Tally {
     Count,
     Exists,
 }
@@ -90,6 +90,12 @@ pub struct Statements {
     /// expected one (`$2`, NULL for any) on a versioned table.
     pub select_unchanged: String,
     pub update: String,
+    /// `touch`: an update that changes nothing but `updated_at` (through
+    /// the trigger) and the version.
+    pub touch: String,
+    /// `import`: the insert with `created_at` and `updated_at` given (the
+    /// last parameter), where the table has them.
+    pub import: String,
     pub delete: String,
     /// Per unique constraint, in schema order (see [`UniqueKey`]).
     pub upserts: Vec<UpsertStatements>,
@@ -164,6 +170,14 @@ impl Statements {
                 insert.aliases.join(", ")
             ),
             update: update_statement(schema, &table, &columns, layout),
+            touch: format!(
+                "UPDATE {table} SET {} WHERE \"id\" = $1 RETURNING {columns}",
+                match layout.version {
+                    Some(v) => format!("{0} = {0} + 1", quote_ident(v)),
+                    None => "\"id\" = \"id\"".into(),
+                }
+            ),
+            import: import_statement(schema, &insert, &columns),
             delete: format!("DELETE FROM {table} WHERE \"id\" = $1"),
             select_by_id,
             select_unchanged,
@@ -302,6 +316,30 @@ impl Insert {
             key_join.join(" AND ")
         )
     }
+}
+
+/// The insert with the row's times given: `$n` after the inserted columns
+/// is both `created_at` and `updated_at` (a table without them imports as
+/// it creates).
+fn import_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> String {
+    let stamped = ["created_at", "updated_at"];
+    let stamps: Vec<&str> = stamped
+        .into_iter()
+        .filter(|c| schema.column(c).is_some())
+        .collect();
+    let at = format!("${}", insert.placeholders.len() + 1);
+    let mut names = insert.columns.clone();
+    let mut values = insert.placeholders.clone();
+    for stamp in stamps {
+        names.push(stamp.to_owned());
+        values.push(at.clone());
+    }
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) RETURNING {columns}",
+        quote_ident(&schema.name),
+        ident_list(&names),
+        values.join(", ")
+    )
 }
 
 /// `value`, or for the tenant key the transaction's tenant when `value` is

@@ -41,11 +41,14 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    fn sql(self) -> &'static str {
+    /// The `BEGIN` that opens a transaction at this level. The level goes on
+    /// the `BEGIN` itself: behind PgBouncer the opening also sets the tenant
+    /// with a `SELECT`, after which PostgreSQL refuses `SET TRANSACTION`.
+    fn begin(self) -> &'static str {
         match self {
-            Isolation::ReadCommitted => "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
-            Isolation::RepeatableRead => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            Isolation::Serializable => "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
         }
     }
 }
@@ -356,22 +359,26 @@ impl Db {
 
     /// Starts a transaction; it rolls back when dropped without `commit`.
     pub async fn begin(&self) -> Result<Transaction> {
+        self.begin_at(None).await
+    }
+
+    async fn begin_at(&self, isolation: Option<Isolation>) -> Result<Transaction> {
         let mut conn = self.checkout().await?;
         // sqlx counts the transaction only once BEGIN has answered: a begin
         // cut off before that would leave an open transaction it cannot see,
         // so a connection dropped in that window is rolled back before reuse.
         conn.set_in_flight(true);
-        match &self.begin {
-            // `BEGIN; SET LOCAL statement_timeout = …` in one round trip.
-            Some(begin) => {
-                PgTransactionManager::begin(
-                    &mut conn,
-                    Some(AssertSqlSafe(begin.clone()).into_sql_str()),
-                )
-                .await?
+        // `BEGIN [ISOLATION LEVEL …]; SET LOCAL statement_timeout = …` in one round trip.
+        let statement = match (&self.begin, isolation) {
+            (Some(opening), None) => Some(AssertSqlSafe(opening.clone()).into_sql_str()),
+            (Some(opening), Some(level)) => {
+                let settings = opening.strip_prefix("BEGIN").unwrap_or_default();
+                Some(AssertSqlSafe(format!("{}{settings}", level.begin())).into_sql_str())
             }
-            None => PgTransactionManager::begin(&mut conn, None).await?,
-        }
+            (None, Some(level)) => Some(level.begin().into_sql_str()),
+            (None, None) => None,
+        };
+        PgTransactionManager::begin(&mut conn, statement).await?;
         conn.set_in_flight(false);
         Ok(Transaction {
             conn: Some(conn),
@@ -403,12 +410,8 @@ impl Db {
         let mut attempt = 1;
         loop {
             let outcome = async {
-                let mut tx = self.begin().await?;
-                let done = async {
-                    sqlx::query(isolation.sql()).execute(&mut *tx).await?;
-                    work(&mut tx).await
-                }
-                .await;
+                let mut tx = self.begin_at(Some(isolation)).await?;
+                let done = work(&mut tx).await;
                 match done {
                     Ok(value) => tx.commit().await.map(|()| value),
                     // Rolled back in the open, the connection stays pooled.

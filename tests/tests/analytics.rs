@@ -292,7 +292,7 @@ async fn filters_across_relations_are_one_statement_and_compose() {
     assert_eq!(
         dry.statements(),
         [
-            r#"SELECT count(*) FROM "messages" WHERE "conversation_id" IN (SELECT "id" FROM "conversations" WHERE TRUE AND "title" = $1)"#
+            r#"SELECT count(*) FROM "messages" WHERE "conversation_id" = ANY(ARRAY(SELECT "id" FROM "conversations" WHERE "title" = $1))"#
         ]
     );
     let busy = Conversation::TITLE.eq("busy");

@@ -209,7 +209,8 @@ impl<T, V: ColumnType, S> Column<T, V, S> {
 }
 
 impl<T, V: ColumnType, S> Column<T, V, S> {
-    /// `column IN (SELECT parent_column FROM parent WHERE parent_filter)`:
+    /// `column IN (SELECT parent_column FROM parent WHERE parent_filter)`
+    /// (sent as `column = ANY(ARRAY(SELECT …))`, which the index on `column` serves):
     /// rows whose column (a foreign key, say) names a row of another
     /// record that matches a filter, in one statement. The two columns hold
     /// the same type (a nullable one counts as its inner type); a NULL
@@ -661,16 +662,23 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
             let table = quote_ident(&other.name);
             // Unqualified names inside resolve to the other table first.
             let inner = match filter.as_ref() {
-                Node::All => String::new(),
-                node => format!(" AND {}", condition(other, node, param)),
+                Node::All => None,
+                node => Some(condition(other, node, param)),
             };
             match kind {
-                Relation::InQuery => {
-                    format!("{c} IN (SELECT {o} FROM {table} WHERE TRUE{inner})")
-                }
+                // The other table's values, gathered once (an InitPlan), are
+                // an array the index on `column` is searched with, as for
+                // `is_in`: as `IN (SELECT …)` the planner took a hash join
+                // over the whole table, 6.6× slower for a page (see the
+                // analytics bench in BENCHMARKS.md).
+                Relation::InQuery => format!(
+                    "{c} = ANY(ARRAY(SELECT {o} FROM {table}{}))",
+                    inner.map(|i| format!(" WHERE {i}")).unwrap_or_default()
+                ),
                 Relation::ReferencedBy => format!(
-                    "EXISTS (SELECT 1 FROM {table} AS __other WHERE __other.{o} = {}.{c}{inner})",
-                    quote_ident(&schema.name)
+                    "EXISTS (SELECT 1 FROM {table} AS __other WHERE __other.{o} = {}.{c}{})",
+                    quote_ident(&schema.name),
+                    inner.map(|i| format!(" AND {i}")).unwrap_or_default()
                 ),
             }
         }

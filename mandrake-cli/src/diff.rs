@@ -209,6 +209,17 @@ pub fn changes(
         }
     }
 
+    // The feed's publication: before the tables join it, after they leave.
+    match (from.feed_publication, to.feed_publication) {
+        (false, true) => phases
+            .create_function
+            .push(SchemaChange::Add(Object::Publication)),
+        (true, false) => phases
+            .drop_function
+            .push(SchemaChange::Drop(Object::Publication)),
+        _ => {}
+    }
+
     plan_renames(&mut from, to, hints, &mut phases)?;
 
     // Tables that appear and disappear.
@@ -744,21 +755,27 @@ fn diff_keys_and_triggers(old: &TableSchema, new: &TableSchema, phases: &mut Pha
     }
     // A changed payload (a foreign key added, dropped or renamed) is a drop
     // and a create.
-    if new.notify != old.notify {
+    if new.notify_triggers != old.notify_triggers {
         let triggers = |columns: &Vec<String>| Object::NotifyTriggers {
             table: table(),
             columns: columns.clone(),
         };
-        if let Some(columns) = &old.notify {
+        if let Some(columns) = &old.notify_triggers {
             phases
                 .drop_constraints
                 .push(SchemaChange::Drop(triggers(columns)));
         }
-        if let Some(columns) = &new.notify {
+        if let Some(columns) = &new.notify_triggers {
             phases
                 .add_constraints
                 .push(SchemaChange::Add(triggers(columns)));
         }
+    }
+    let feed = || Object::FeedTable { table: table() };
+    match (old.feed, new.feed) {
+        (false, true) => phases.add_constraints.push(SchemaChange::Add(feed())),
+        (true, false) => phases.drop_constraints.push(SchemaChange::Drop(feed())),
+        _ => {}
     }
     diff_row_security(old, new, phases);
 }
@@ -813,6 +830,7 @@ mod tests {
             tables: vec![table],
             timestamp_function: false,
             notify_function: false,
+            feed_publication: false,
             extensions: Vec::new(),
         };
         (schema, hints)
@@ -847,6 +865,7 @@ mod tests {
             tables: vec![folders.clone(), t],
             timestamp_function: false,
             notify_function: false,
+            feed_publication: false,
             extensions: Vec::new(),
         };
         let edit = |f: &dyn Fn(TableSchema) -> TableSchema| db(f(base()));
@@ -929,8 +948,8 @@ mod tests {
                         .with_notify()
                 }),
                 vec![
-                    "create function trigger_notify_change()",
-                    "create notify triggers on notes",
+                    "create publication mandrake_feed",
+                    "add change feed of notes",
                     "add foreign key notes.folder_id → folders (on delete cascade)",
                 ],
             ),
@@ -939,10 +958,38 @@ mod tests {
         let hints = Renames::default().column("notes", "body", "text");
         for (what, f, expected) in cases {
             let mut to = edit(&*f);
-            to.notify_function = to.tables.iter().any(|t| t.notify.is_some());
+            to.feed_publication = to.tables.iter().any(|t| t.feed);
             let plan = diff(&db(base()), &to, &hints).unwrap();
             assert_eq!(described(&plan), expected, "{what}");
         }
+    }
+
+    #[test]
+    fn a_table_on_the_notify_triggers_moves_to_the_publication() {
+        let notes = || {
+            TableSchema::new("notes")
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_primary_key(&["id"])
+        };
+        let mut old = notes();
+        old.notify_triggers = Some(Vec::new());
+        let from = DatabaseSchema {
+            tables: vec![old],
+            notify_function: true,
+            ..DatabaseSchema::default()
+        };
+        let to = DatabaseSchema::from_tables(&[&notes().with_notify()]);
+        let plan = diff(&from, &to, &Renames::default()).unwrap();
+        assert_eq!(
+            described(&plan),
+            [
+                "create function trigger_set_timestamp()",
+                "create publication mandrake_feed",
+                "drop notify triggers on notes",
+                "add change feed of notes",
+                "drop function trigger_notify_change()",
+            ]
+        );
     }
 
     #[test]
@@ -1095,12 +1142,14 @@ mod tests {
             tables: vec![table.clone()],
             timestamp_function: false,
             notify_function: false,
+            feed_publication: false,
             extensions: Vec::new(),
         };
         let to = DatabaseSchema {
             tables: vec![table.with_column(ColumnDef::new("x", "text"))],
             timestamp_function: false,
             notify_function: false,
+            feed_publication: false,
             extensions: Vec::new(),
         };
         let err = diff(&from, &to, &Renames::NONE).unwrap_err().to_string();

@@ -214,6 +214,7 @@ mod tests {
             tables,
             timestamp_function: false,
             notify_function: false,
+            feed_publication: false,
             extensions: Vec::new(),
         }
     }

@@ -574,13 +574,16 @@ fn detail(actual: &DatabaseSchema, expected: &DatabaseSchema) -> String {
             a.name
         ),
         None => format!(
-            "differs in detail: built extensions {:?}, functions {}/{}; wanted {:?}, {}/{}",
+            "differs in detail: built extensions {:?}, functions {}/{}, publication {}; \
+             wanted {:?}, {}/{}, {}",
             actual.extensions,
             actual.timestamp_function,
             actual.notify_function,
+            actual.feed_publication,
             expected.extensions,
             expected.timestamp_function,
-            expected.notify_function
+            expected.notify_function,
+            expected.feed_publication
         ),
     }
 }

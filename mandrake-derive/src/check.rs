@@ -88,7 +88,6 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
             cx.error_spanned_by(condition, "an empty `check` condition");
         }
     }
-    check_notify(cx, cont);
     check_renames(cx, cont);
 }
 
@@ -128,25 +127,6 @@ fn check_renames(cx: &Ctxt, cont: &Container) {
                 ),
             );
         }
-    }
-}
-
-/// PostgreSQL refuses channel names over 63 bytes, and the channel is
-/// `mandrake_<table>`.
-fn check_notify(cx: &Ctxt, cont: &Container) {
-    const PREFIX: usize = "mandrake_".len();
-    if let Some(notify) = &cont.attrs.notify
-        && cont.table.len() + PREFIX > 63
-    {
-        cx.error_spanned_by(
-            notify,
-            format!(
-                "`notify` needs a table name of at most {} bytes (the channel `mandrake_{}` is \
-                 over PostgreSQL's 63); shorten it with #[record(table = \"..\")]",
-                63 - PREFIX,
-                cont.table
-            ),
-        );
     }
 }
 

@@ -662,13 +662,23 @@ fn constants(cont: &Container) -> TokenStream {
     let subscribe = cont.attrs.notify.as_ref().map(|_| {
         quote! {
             /// The changes to this table as they commit, from the moment this
-            /// returns: see [`mandrake_storage::Subscription`]. `filter` may use
-            /// `id` and the foreign keys, the columns each notification carries.
+            /// returns: see [`mandrake_storage::Subscription`].
             #vis async fn subscribe(
                 db: &#ms::Db,
                 filter: #ms::Filter<#ident>,
             ) -> #ms::Result<#ms::Subscription<#ident>> {
                 #ms::Subscription::start(db, filter).await
+            }
+
+            /// The changes to this table since consumer `name` last
+            /// acknowledged, across restarts: see
+            /// [`mandrake_storage::DurableSubscription`].
+            #vis async fn subscribe_durable(
+                db: &#ms::Db,
+                name: &str,
+                filter: #ms::Filter<#ident>,
+            ) -> #ms::Result<#ms::DurableSubscription<#ident>> {
+                #ms::DurableSubscription::start(db, name, filter).await
             }
         }
     });

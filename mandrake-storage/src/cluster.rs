@@ -155,6 +155,7 @@ impl Cluster {
             self.init()?;
         }
         self.ensure_statement_statistics()?;
+        self.ensure_feed_settings()?;
         if self.status()?.running {
             return Ok(());
         }
@@ -267,6 +268,26 @@ impl Cluster {
         let mut text = fs::read_to_string(&path).map_err(|e| config("read conf".into(), e))?;
         text.push_str(&conf);
         fs::write(&path, text).map_err(|e| config("write conf".into(), e))
+    }
+
+    /// What the change feed needs (it decodes the WAL through replication
+    /// slots), also in clusters made before the feed did: a running one
+    /// takes them at its next start. A consumer that never comes back may
+    /// hold at most `max_slot_wal_keep_size` of WAL before the server gives
+    /// its slot up, so it cannot fill the disk.
+    fn ensure_feed_settings(&self) -> Result<()> {
+        const SETTINGS: &str = "wal_level = logical\nmax_replication_slots = 64\n\
+                                max_slot_wal_keep_size = '1GB'\n";
+        let path = self.data_dir().join("postgresql.conf");
+        let text = fs::read_to_string(&path).map_err(|e| config("read conf".into(), e))?;
+        if text.contains(SETTINGS) {
+            return Ok(());
+        }
+        fs::write(
+            &path,
+            format!("{text}\n# mandrake-storage: the change feed decodes the WAL\n{SETTINGS}"),
+        )
+        .map_err(|e| config("write conf".into(), e))
     }
 
     /// Loads `pg_stat_statements` (what `cargo xtask db top` reads), also in

@@ -21,6 +21,7 @@ use crate::url::{parse_url, redact_url};
 /// | `MANDRAKE_POOL_MIN_IDLE` | connections kept open and idle | 0 |
 /// | `MANDRAKE_PGBOUNCER` | `1`: the URL is PgBouncer's, in transaction mode | 0 |
 /// | `MANDRAKE_DIRECT_URL` | the server itself, for what needs a session (the change feed) behind PgBouncer | none |
+/// | `MANDRAKE_FEED_URL` | the server itself as a role `WITH REPLICATION`, where the change feed reads its slots | the direct URL behind PgBouncer, else the database URL; the embedded cluster's owner |
 /// | `MANDRAKE_REPLICA_URLS` | streaming replicas for [`Db::read`], comma-separated | none |
 /// | `MANDRAKE_REPLICA_MAX_LAG_MS` | skip a replica further behind than this | 1000 |
 /// | `MANDRAKE_SLOW_QUERY_MS` | log a repository call slower than this at WARN (process-wide) | 500 |
@@ -61,6 +62,11 @@ pub struct Settings {
     /// (`MANDRAKE_DIRECT_URL`), for what needs a session of its own, such as
     /// the change feed's LISTEN. Without it those calls are refused.
     pub direct_url: Option<String>,
+    /// Where the change feed reads its replication slots
+    /// (`MANDRAKE_FEED_URL`): the server itself, as a role `WITH
+    /// REPLICATION`. Without it, [`Settings::direct_url`] behind PgBouncer,
+    /// else the database URL (whose role then needs `REPLICATION`).
+    pub feed_url: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -82,6 +88,7 @@ impl std::fmt::Debug for Settings {
             .field("replica_urls", &replicas)
             .field("replica_max_lag", &self.replica_max_lag)
             .field("direct_url", &self.direct_url.as_deref().map(redact_url))
+            .field("feed_url", &self.feed_url.as_deref().map(redact_url))
             .finish()
     }
 }
@@ -101,6 +108,7 @@ impl Default for Settings {
             replica_urls: Vec::new(),
             replica_max_lag: Duration::from_secs(1),
             direct_url: None,
+            feed_url: None,
         }
     }
 }
@@ -132,6 +140,7 @@ impl Settings {
         };
         let database_url = url("DATABASE_URL")?;
         let direct_url = url("MANDRAKE_DIRECT_URL")?;
+        let feed_url = url("MANDRAKE_FEED_URL")?;
         let pool_size = match number("MANDRAKE_POOL_SIZE", lookup("MANDRAKE_POOL_SIZE"))? {
             Some(0) => {
                 return Err(Error::Config(
@@ -198,6 +207,7 @@ impl Settings {
             )?
             .map_or(defaults.replica_max_lag, Duration::from_millis),
             direct_url,
+            feed_url,
         })
     }
 }

@@ -92,6 +92,28 @@ pub enum Error {
         /// What needed it.
         what: &'static str,
     },
+    /// The change feed needs `wal_level = logical`, and the server runs
+    /// with `current`.
+    WalLevel {
+        /// The server's `wal_level`.
+        current: String,
+    },
+    /// The change feed's role may not read replication slots: it needs
+    /// `REPLICATION` (or to be a superuser).
+    FeedRole {
+        /// The role the feed connected as.
+        role: String,
+    },
+    /// The server gave up a durable consumer's slot (it fell further
+    /// behind than `max_slot_wal_keep_size`): what committed meanwhile is
+    /// gone. The consumer goes on from now, after a [`crate::Change::Gap`].
+    SlotLost {
+        /// The slot.
+        slot: String,
+    },
+    /// The change feed's connection failed; a [`crate::Change::Gap`]
+    /// follows once it is back.
+    FeedInterrupted(String),
     /// `commit` found the transaction aborted by an earlier failed
     /// statement: PostgreSQL rolled it back, and nothing was committed.
     TransactionAborted,
@@ -537,6 +559,29 @@ impl fmt::Display for Error {
                 "{what} needs a server session of its own, which PgBouncer in transaction mode \
                  does not keep: set MANDRAKE_DIRECT_URL to the server's own URL (not PgBouncer's)"
             ),
+            Error::WalLevel { current } => write!(
+                f,
+                "the change feed decodes the WAL and needs wal_level = logical, but the server \
+                 runs with wal_level = {current}: set it in postgresql.conf (or ALTER SYSTEM SET \
+                 wal_level = logical) and restart the server; on Amazon RDS and Aurora set the \
+                 parameter rds.logical_replication = 1, on Google Cloud SQL the flag \
+                 cloudsql.logical_decoding = on, on Azure the server parameter wal_level = \
+                 logical (the embedded cluster has it: restart it with `cargo xtask db stop` and \
+                 `cargo xtask db start`)"
+            ),
+            Error::FeedRole { role } => write!(
+                f,
+                "the change feed reads replication slots, which role {role} may not: connect it \
+                 as a role WITH REPLICATION through MANDRAKE_FEED_URL (not the application's \
+                 role, which row security holds)"
+            ),
+            Error::SlotLost { slot } => write!(
+                f,
+                "the server gave up replication slot {slot} (the consumer fell further behind \
+                 than max_slot_wal_keep_size): changes committed meanwhile are lost; the \
+                 consumer goes on from now after a Gap"
+            ),
+            Error::FeedInterrupted(msg) => write!(f, "change feed interrupted: {msg}"),
             Error::TenantRefused { table } => write!(
                 f,
                 "the row was refused by {table}'s tenant policy: write it through db.tenant(id), \

@@ -298,7 +298,7 @@ impl TestDb {
         let mut admin = server.admin_connection().await?;
         crate::admin::create_database_from(&mut admin, &name, template).await?;
         let options = server.admin.clone().database(&name);
-        let db = test_pool(options.clone()).await?;
+        let db = test_pool(options.clone(), &options).await?;
         Ok(TestDb { db, name, options })
     }
 
@@ -338,7 +338,7 @@ impl TestDb {
     pub async fn app_db(&self) -> Result<Db> {
         let mut owner = crate::admin::connect_one(&self.url()).await?;
         crate::admin::ensure_app_role(&mut owner).await?;
-        test_pool(self.options.clone().username(APP_ROLE)).await
+        test_pool(self.options.clone().username(APP_ROLE), &self.options).await
     }
 
     /// Connection options for the admin console of that PgBouncer
@@ -349,20 +349,20 @@ impl TestDb {
 }
 
 /// A test's pool on `options`: five connections, through PgBouncer when
-/// the tests run through it.
-async fn test_pool(options: PgConnectOptions) -> Result<Db> {
+/// the tests run through it; the change feed reads its slots on `feed`
+/// (the owner, straight to the server), as `MANDRAKE_FEED_URL` would say.
+async fn test_pool(options: PgConnectOptions, feed: &PgConnectOptions) -> Result<Db> {
+    use sqlx::ConnectOptions;
     let mut settings = Settings {
         pool_size: 5,
+        feed_url: Some(feed.to_url_lossy().to_string()),
         ..Settings::default()
     };
     let options = if through_pgbouncer() {
         settings.pgbouncer = true;
         // What needs a session of its own (the change feed) goes straight
         // to the server, as MANDRAKE_DIRECT_URL would send it.
-        settings.direct_url = Some({
-            use sqlx::ConnectOptions;
-            options.to_url_lossy().to_string()
-        });
+        settings.direct_url = Some(options.to_url_lossy().to_string());
         via_pgbouncer(&options)?
     } else {
         options

@@ -743,32 +743,65 @@ mod notify {
 }
 
 #[tokio::test]
-async fn notify_adds_and_removes_the_trigger_and_its_function() {
+async fn notify_puts_the_table_in_the_publication_and_takes_it_out() {
     let lab = seeded().await;
     let v2 = [v1::Folder::schema(), notify::Note::schema()];
     let (up, down) = lab.evolve(&v1(), &v2, false).await;
     assert!(
-        up.contains("CREATE OR REPLACE FUNCTION trigger_notify_change()"),
+        up.contains("CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete');"),
         "{up}"
     );
     assert!(
         up.contains(
-            "CREATE TRIGGER notify_delete AFTER DELETE ON \"notes\" REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION trigger_notify_change();"
+            "ALTER TABLE \"notes\" REPLICA IDENTITY FULL;\n\
+             ALTER PUBLICATION mandrake_feed ADD TABLE \"notes\";"
         ),
         "{up}"
     );
-    assert!(down.contains("DROP FUNCTION IF EXISTS trigger_notify_change();"));
-    // A new foreign key changes the payload: the trigger is made again.
+    assert!(
+        down.contains("DROP PUBLICATION IF EXISTS mandrake_feed;"),
+        "{down}"
+    );
+    // A new foreign key is nothing to the feed, which carries every column.
     let v3 = [v1::Folder::schema(), notify::Keyed::schema()];
     let (up, _) = lab.evolve(&v2, &v3, false).await;
+    assert!(!up.contains("PUBLICATION"), "{up}");
+
+    // A table taken out of the feed by hand, or logging less than whole
+    // rows, is drift that check names.
+    let last: i64 = lab
+        .files()
+        .last()
+        .unwrap()
+        .split('_')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    lab.dir.write(
+        &format!("{}_quiet.up.sql", last + 1),
+        "ALTER TABLE notes REPLICA IDENTITY DEFAULT;\n",
+    );
+    let plan = check(&lab.db.url(), &lab.migrations(), &v3, &Renames::NONE)
+        .await
+        .unwrap();
+    let said: Vec<&str> = plan.steps.iter().map(|s| s.description.as_str()).collect();
     assert!(
-        up.contains("EXECUTE FUNCTION trigger_notify_change('folder_id');"),
+        said.iter().any(|s| s.contains("change feed of notes")),
+        "{said:?}"
+    );
+    std::fs::remove_file(lab.dir.path().join(format!("{}_quiet.up.sql", last + 1))).unwrap();
+
+    // And off again: out of the publication, which goes too.
+    let (up, _) = lab.evolve(&v3, &v1(), false).await;
+    assert!(
+        up.contains("ALTER PUBLICATION mandrake_feed DROP TABLE \"notes\";"),
         "{up}"
     );
-    // And off again: no trigger, no function.
-    let (up, _) = lab.evolve(&v3, &v1(), false).await;
-    assert!(up.contains("DROP TRIGGER IF EXISTS notify_update ON \"notes\";"));
-    assert!(up.contains("DROP FUNCTION IF EXISTS trigger_notify_change();"));
+    assert!(
+        up.contains("DROP PUBLICATION IF EXISTS mandrake_feed;"),
+        "{up}"
+    );
 }
 
 mod data_aware {

@@ -93,6 +93,35 @@ pub struct Db {
     primary: Option<Arc<Fallback>>,
     /// In PgBouncer mode: the server itself ([`Settings::direct_url`]).
     direct: Option<Arc<PgConnectOptions>>,
+    /// The change feed: where it reads slots, and its decoding stream.
+    feeds: Arc<Feeds>,
+}
+
+/// A [`Db`]'s change feed: where it reads slots (`None`: where the handle
+/// goes), and the decoding stream shared by its subscriptions while any
+/// runs. Shared by the handle's clones and tenant handles. The stream is
+/// held as `Any`, so that this module needs nothing of `feed`'s.
+pub(crate) struct Feeds {
+    pub(crate) options: Option<PgConnectOptions>,
+    pub(crate) hub: tokio::sync::Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl Feeds {
+    fn new(options: Option<PgConnectOptions>) -> Feeds {
+        Feeds {
+            options,
+            hub: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Where slots are read: the feed URL, else the server the handle
+    /// reaches (behind PgBouncer, its direct URL, or a refusal).
+    pub(crate) fn options(&self, db: &Db) -> Result<PgConnectOptions> {
+        match &self.options {
+            Some(options) => Ok(options.clone()),
+            None => db.session_options("the change feed (subscribe)"),
+        }
+    }
 }
 
 /// The replicas of a [`Db`] (their checks and routing: `replica.rs`; the
@@ -129,6 +158,7 @@ pub(crate) struct WeakDb {
     tenant: Option<uuid::Uuid>,
     begin: Option<Arc<str>>,
     direct: Option<Arc<PgConnectOptions>>,
+    feeds: Arc<Feeds>,
 }
 
 impl WeakDb {
@@ -144,6 +174,7 @@ impl WeakDb {
             replicas: None,
             primary: None,
             direct: self.direct.clone(),
+            feeds: self.feeds.clone(),
         })
     }
 }
@@ -217,7 +248,12 @@ impl Db {
     /// embedded cluster as the application's role ([`Settings::resolve_app_url`]).
     pub async fn connect_with(settings: &Settings) -> Result<Db> {
         let url = settings.resolve_app_url().await?;
-        Db::connect_url(&url, settings).await
+        let mut settings = settings.clone();
+        // On the embedded cluster the feed reads slots as its owner.
+        if settings.feed_url.is_none() && settings.database_url.is_none() {
+            settings.feed_url = Some(settings.resolve_url().await?);
+        }
+        Db::connect_url(&url, &settings).await
     }
 
     /// Connects to `url` with the pool settings of `settings`.
@@ -276,6 +312,11 @@ impl Db {
             Some(url) if settings.pgbouncer => Some(Arc::new(connect_options(url)?)),
             _ => None,
         };
+        let feed = settings
+            .feed_url
+            .as_deref()
+            .map(connect_options)
+            .transpose()?;
         Ok(Db {
             pool,
             acquire_timeout: settings.acquire_timeout,
@@ -286,6 +327,7 @@ impl Db {
             replicas: None,
             primary: None,
             direct,
+            feeds: Arc::new(Feeds::new(feed)),
         })
     }
 
@@ -300,6 +342,7 @@ impl Db {
             tenant: self.tenant,
             begin: self.begin.clone(),
             direct: self.direct.clone(),
+            feeds: self.feeds.clone(),
         }
     }
 
@@ -322,9 +365,9 @@ impl Db {
         }
     }
 
-    /// How long a caller waits for a connection.
-    pub(crate) fn acquire_timeout(&self) -> Duration {
-        self.acquire_timeout
+    /// The change feed of this handle's pool.
+    pub(crate) fn feeds(&self) -> &Arc<Feeds> {
+        &self.feeds
     }
 
     /// A connection of the pool for several statements in a row; it goes

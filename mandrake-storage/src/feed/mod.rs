@@ -1,58 +1,73 @@
-//! Live changes of `#[record(notify)]` tables: a LISTEN on the table's
-//! channel, the changed rows fetched in batches, and a [`Change::Gap`] where
-//! events may have been missed.
+//! Live changes of `#[record(notify)]` tables, decoded from the WAL: the
+//! tables are in the `mandrake_feed` publication, and a logical replication
+//! slot with the built-in `pgoutput` plugin reads their committed changes.
+//! Nothing runs on the writer's path: no trigger, no NOTIFY.
+//!
+//! - [`Subscription`]: from now on. One decoding stream (a temporary slot)
+//!   per [`Db`] serves every subscription of the process ([`hub`]).
+//! - [`DurableSubscription`]: a named slot of its own that keeps its place
+//!   across restarts ([`durable`]).
+//!
+//! The slots are read through `pg_logical_slot_*_binary_changes` on a
+//! connection of their own, polled: sqlx speaks no replication protocol,
+//! and the SQL functions need none (see `docs/BENCHMARKS.md` for what the
+//! polling costs and delivers).
 
-use std::collections::VecDeque;
+mod durable;
+mod hub;
+mod pgoutput;
+
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_core::Stream;
-use futures_util::FutureExt;
-use futures_util::stream::{self, BoxStream, StreamExt};
-use sqlx::postgres::{PgArguments, PgListener, PgPoolOptions};
-use sqlx::types::Json;
-use sqlx::{Acquire, Arguments, Row};
+use futures_util::stream::{BoxStream, StreamExt};
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgConnectOptions};
+use sqlx::{Arguments, ConnectOptions, Connection, PgConnection, Row};
 use uuid::Uuid;
+
+pub use durable::DurableSubscription;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::query::filter::{Filter, Node, bind_all, where_clause};
+use crate::query::filter::{Filter, Node, bind_all, condition};
 use crate::record::Record;
-use crate::schema::TableSchema;
+use crate::schema::{FEED_PUBLICATION, TableSchema, current_tenant_sql};
 use crate::sql::quote_ident;
+use pgoutput::Committed;
 
 /// One change to a row of a `#[record(notify)]` table, as it committed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change<T> {
-    /// A row was inserted; this is the row as it is when fetched.
+    /// A row was inserted; this is the row as the commit wrote it.
     Inserted(T),
-    /// A row was updated; this is the row as it is when fetched. An update
-    /// that moves a row out of the subscription's filter arrives too, with
-    /// the row's new values: a subscriber drops the row it showed.
+    /// A row was updated; this is the row as the commit wrote it. An update
+    /// that moves a row out of the subscription's filter arrives too (the
+    /// WAL keeps the row before it), with the row's new values: a
+    /// subscriber drops the row it showed.
     Updated(T),
     /// The row with this id was deleted.
     Deleted(Uuid),
-    /// The connection was lost and is back: changes made meanwhile may be
-    /// missing, so read again what the subscriber shows.
+    /// Changes may be missing here (the feed's connection was lost, the
+    /// subscriber fell too far behind, or the server dropped a slot's
+    /// place): read again what the subscriber shows.
     Gap,
 }
-
-/// The most notifications turned into one fetch.
-const MAX_BATCH: usize = 1000;
 
 /// A stream of the changes to `T`'s table, in commit order, from the moment
 /// [`Subscription::start`] returned. Made by the derive's `T::subscribe`.
 ///
-/// - It listens on its own connection, and reconnects by itself: a lost
-///   connection yields [`Change::Gap`] (after an `Err` if reconnecting
-///   failed for a while), never a silent hole.
 /// - Nothing arrives for a transaction that rolled back.
-/// - Notifications that are waiting are turned into rows by one query.
-/// - An insert or update whose row was deleted before it was fetched is left
-///   out: its [`Change::Deleted`] follows.
-/// - Dropping the stream ends the LISTEN.
+/// - Each event carries the row as that commit wrote it, decoded from the
+///   WAL; the table is not read again.
+/// - A lost decoding connection yields an `Err`, then [`Change::Gap`] once
+///   it is back; a subscriber that falls more than 4,096 batches behind
+///   gets a `Gap` too. Never a silent hole.
+/// - The filter may use any column; a tenant handle's subscription sees
+///   its own tenant's rows only, as row security would.
+/// - Dropping the last subscription of a [`Db`] ends its decoding stream
+///   and drops its slot.
 ///
 /// ```no_run
 /// # use futures_util::StreamExt;
@@ -91,287 +106,232 @@ impl<T> Stream for Subscription<T> {
 }
 
 impl<T: Record> Subscription<T> {
-    /// LISTENs on `T`'s channel and returns once the LISTEN is in place.
-    /// `filter` may use `id` and the columns the notifications carry (the
-    /// foreign keys); another column is `Error::Schema`.
+    /// Joins the process's decoding stream of `db` (starting it if needed)
+    /// and returns once every change committed from now on will arrive.
     pub async fn start(db: &Db, filter: Filter<T>) -> Result<Subscription<T>> {
-        // Behind PgBouncer the LISTEN needs the server itself (or is refused
-        // here): on a pooled server connection it would hand notifications to
-        // other clients' queries.
-        let options = db.session_options("the change feed (subscribe)")?;
+        let decode = Decode::new(db, filter)?;
+        decode.check_published().await?;
+        let receiver = hub::subscribe(db).await?;
+        Ok(Subscription {
+            inner: hub::stream(receiver, decode).boxed(),
+        })
+    }
+}
+
+/// Turns decoded row changes of `T`'s table into [`Change`]s that pass the
+/// filter: one statement a batch, on the subscriber's own handle (so its
+/// tenant), reading no table. The batch is a JSON array of the rows, each
+/// made a row of `T`'s table by `jsonb_populate_record` (the table's own
+/// column types); an update is there twice, after and before (same seq),
+/// and passes when either passes, so a row leaving the filter is heard of.
+pub(crate) struct Decode<T> {
+    db: Db,
+    sql: std::sync::Arc<str>,
+    /// The filter's values, bound once; each batch is appended.
+    args: PgArguments,
+    _record: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Decode<T> {
+    fn new(db: &Db, filter: Filter<T>) -> Result<Decode<T>> {
         let schema = T::schema();
-        let filter = match (db.current_tenant(), &schema.tenant) {
-            // Row security hides another tenant's rows but not its
-            // notifications' keys: a tenant's feed keeps to its own.
-            (Some(tenant), Some(column)) => {
-                let index = schema
-                    .columns
-                    .iter()
-                    .position(|c| c.name == *column)
-                    .expect("the tenant column is a column");
-                crate::Column::<T, Uuid>::new(&schema.columns[index].name, index)
-                    .eq(tenant)
-                    .and(filter)
-            }
-            _ => filter,
-        };
-        let (node, values) = filter.into_parts();
-        let sql = fetch_sql(schema, &node, &T::columns("t"))?;
-        let mut args = PgArguments::default();
-        bind_all(values, &mut args).map_err(sqlx::Error::Encode)?;
-        // Without the triggers the stream would wait forever in silence.
-        let installed: bool = sqlx::query_scalar(
-            "SELECT count(*) = 3 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
-             AND tgname IN ('notify_insert', 'notify_update', 'notify_delete')",
-        )
-        .bind(quote_ident(&schema.name))
-        .fetch_one(db)
-        .await?;
-        if !installed {
+        if !schema.feed {
             return Err(Error::Schema(format!(
-                "table {} lacks its notify triggers in this database: apply the \
-                 migrations (`cargo xtask migrate`)",
+                "table {} is not in the change feed: add #[record(notify)]",
                 schema.name
             )));
         }
-
-        // A pool of one, so that PgListener can reconnect by itself.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .acquire_timeout(db.acquire_timeout())
-            .connect_with(options)
-            .await?;
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(&schema.notify_channel()).await?;
-
-        let state = State {
-            listener,
+        let (node, values) = filter.into_parts();
+        let sql = decode_sql(schema, &node, &T::columns("e"));
+        let mut args = PgArguments::default();
+        bind_all(values, &mut args).map_err(sqlx::Error::Encode)?;
+        Ok(Decode {
             db: db.clone(),
             sql: sql.into(),
             args,
-            pending: VecDeque::new(),
-            failures: 0,
-        };
-        Ok(Subscription {
-            inner: stream::unfold(state, State::next).boxed(),
+            _record: std::marker::PhantomData,
         })
     }
-}
 
-/// The query turning a batch of notifications into changes. The batch is
-/// one JSON array (`$n`, after the filter's values), read as a table named
-/// like `T`'s, so that the filter's SQL applies to it unchanged. An update
-/// is in the batch twice, with its keys after and before (same `seq`): it
-/// passes when either does, so a row leaving the filter is heard of too.
-fn fetch_sql(schema: &TableSchema, node: &Node, columns: &str) -> Result<String> {
-    let Some(keys) = &schema.notify else {
-        return Err(Error::Schema(format!(
-            "table {} has no change notifications: add #[record(notify)]",
-            schema.name
-        )));
-    };
-    let carried = |column: usize| {
-        let name = &schema.columns[column].name;
-        name == "id" || keys.contains(name)
-    };
-    if let Some(column) = columns_of(node).into_iter().find(|c| !carried(*c)) {
-        return Err(Error::Schema(format!(
-            "a subscription to {} can filter on id and {}, the columns its notifications \
-             carry, not on {}",
-            schema.name,
-            keys.join(", "),
-            schema.columns[column].name
-        )));
-    }
-    let typed: Vec<String> = std::iter::once("id")
-        .chain(keys.iter().map(String::as_str))
-        .map(|name| {
-            let sql_type = schema.column(name).map_or("UUID", |c| c.sql_type.as_str());
-            format!("{} {sql_type}", quote_ident(name))
-        })
-        .collect();
-    let mut param = 0;
-    let condition = where_clause(schema, node, &mut param);
-    let table = quote_ident(&schema.name);
-    Ok(format!(
-        "SELECT e.op, e.id, t.id IS NOT NULL, {columns} \
-         FROM (SELECT DISTINCT ON (seq) * FROM jsonb_to_recordset(${batch}::jsonb) \
-         AS {table}(seq INT8, op TEXT, {typed}){condition} ORDER BY seq) e \
-         LEFT JOIN {table} t ON t.id = e.id ORDER BY e.seq",
-        batch = param + 1,
-        typed = typed.join(", "),
-    ))
-}
-
-/// The columns a filter reads.
-fn columns_of(node: &Node) -> Vec<usize> {
-    match node {
-        Node::All => Vec::new(),
-        Node::Compare { column, .. } => vec![*column],
-        Node::And(parts) | Node::Or(parts) => parts.iter().flat_map(columns_of).collect(),
-        Node::Not(inner) => columns_of(inner),
-        Node::Related { column, .. } => vec![*column],
-    }
-}
-
-/// A subscription between two items.
-struct State<T> {
-    listener: PgListener,
-    db: Db,
-    sql: Arc<str>,
-    /// The filter's values, bound once; each fetch appends its batch.
-    args: PgArguments,
-    pending: VecDeque<Change<T>>,
-    /// Failed attempts since the last good one: while above zero, the next
-    /// item is a reconnect, then a [`Change::Gap`].
-    failures: u32,
-}
-
-impl<T: Record> State<T> {
-    async fn next(mut self) -> Option<(Result<Change<T>>, State<T>)> {
-        loop {
-            if let Some(change) = self.pending.pop_front() {
-                return Some((Ok(change), self));
-            }
-            if self.failures > 0 {
-                tokio::time::sleep(backoff(self.failures)).await;
-                return match (&mut self.listener).acquire().await {
-                    Ok(_) => {
-                        self.failures = 0;
-                        Some((Ok(Change::Gap), self))
-                    }
-                    Err(err) => self.failed(err.into()),
-                };
-            }
-            match self.listener.try_recv().await {
-                Ok(Some(first)) => {
-                    let mut batch = vec![first];
-                    let mut lost = None;
-                    // Whatever else has arrived joins the batch. `next_buffered`
-                    // alone sees only what came in while the listener ran a
-                    // query, so the socket is polled too, without waiting
-                    // (`try_recv` is cancel-safe: a message half-read stays
-                    // in the buffer).
-                    while batch.len() < MAX_BATCH {
-                        let more = match self.listener.next_buffered() {
-                            Some(more) => Some(more),
-                            None => match self.listener.try_recv().now_or_never() {
-                                Some(Ok(Some(more))) => Some(more),
-                                None => None,
-                                // Lost (and reconnected, or not): after this
-                                // batch, a Gap, or the reconnect loop's.
-                                Some(Ok(None)) => {
-                                    lost = Some(None);
-                                    None
-                                }
-                                Some(Err(err)) => {
-                                    lost = Some(Some(err));
-                                    None
-                                }
-                            },
-                        };
-                        match more {
-                            Some(more) => batch.push(more),
-                            None => break,
-                        }
-                    }
-                    let payloads = batch.iter().map(|n| n.payload()).collect::<Vec<_>>();
-                    match fetch::<T>(&self.db, &self.sql, &self.args, &payloads).await {
-                        Ok(changes) => self.pending.extend(changes),
-                        // The batch is lost: say so, then a Gap.
-                        Err(err) => return self.failed(err),
-                    }
-                    match lost {
-                        None => {}
-                        Some(None) => self.pending.push_back(Change::Gap),
-                        Some(Some(err)) => {
-                            tracing::warn!(target: "mandrake_storage", error = %err,
-                                "change feed interrupted");
-                            // The reconnect below yields the Gap.
-                            self.failures += 1;
-                        }
-                    }
-                }
-                // Lost and already reconnected (sqlx's eager reconnect).
-                Ok(None) => {
-                    tracing::warn!(target: "mandrake_storage", channel = self.listener_channel(),
-                        "change feed reconnected; changes may have been missed");
-                    return Some((Ok(Change::Gap), self));
-                }
-                Err(err) => return self.failed(err.into()),
-            }
-        }
-    }
-
-    fn failed(mut self, err: Error) -> Option<(Result<Change<T>>, State<T>)> {
-        tracing::warn!(target: "mandrake_storage", channel = self.listener_channel(),
-            error = %err, "change feed interrupted");
-        self.failures += 1;
-        Some((Err(err), self))
-    }
-
-    fn listener_channel(&self) -> String {
-        T::schema().notify_channel()
-    }
-}
-
-/// The changes `payloads` announce that pass the filter, in their order.
-async fn fetch<T: Record>(
-    db: &Db,
-    sql: &Arc<str>,
-    args: &PgArguments,
-    payloads: &[&str],
-) -> Result<Vec<Change<T>>> {
-    let mut events = Vec::with_capacity(payloads.len());
-    for (seq, payload) in payloads.iter().enumerate() {
-        let mut event: serde_json::Map<String, serde_json::Value> = serde_json::from_str(payload)
-            .map_err(|e| {
-            Error::Schema(format!("unexpected change notification {payload:?}: {e}"))
-        })?;
-        event.insert("seq".into(), seq.into());
-        if let Some(serde_json::Value::Object(old)) = event.remove("old") {
-            let mut before = event.clone();
-            before.extend(old);
-            events.push(before);
-        }
-        events.push(event);
-    }
-    let mut args = args.clone();
-    args.add(Json(events)).map_err(sqlx::Error::Encode)?;
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql.clone()), args)
-        .fetch_all(db)
+    /// Without its publication the stream would wait forever in silence.
+    async fn check_published(&self) -> Result<()> {
+        let table = &T::schema().name;
+        let published: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables pt \
+             JOIN pg_class c ON c.oid = to_regclass(quote_ident(pt.schemaname) || '.' || quote_ident(pt.tablename)) \
+             WHERE pt.pubname = $1 AND pt.tablename = $2 AND c.relreplident = 'f')",
+        )
+        .bind(FEED_PUBLICATION)
+        .bind(table)
+        .fetch_one(&self.db)
         .await?;
-    let mut changes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let op: String = row.try_get(0)?;
-        let found: bool = row.try_get(2)?;
-        let change = match (op.as_str(), found) {
-            ("delete", _) => Change::Deleted(row.try_get(1)?),
-            ("insert", true) => Change::Inserted(T::decode(&row, 3)?),
-            ("update", true) => Change::Updated(T::decode(&row, 3)?),
-            // Deleted since; its Deleted event follows.
-            _ => continue,
-        };
-        changes.push(change);
+        if published {
+            return Ok(());
+        }
+        Err(Error::Schema(format!(
+            "table {table} is not in the change feed's publication ({FEED_PUBLICATION}, with \
+             REPLICA IDENTITY FULL) in this database: apply the migrations (`cargo xtask migrate`)"
+        )))
     }
-    Ok(changes)
+
+    /// The changes of `committed` to `T`'s table that pass the filter, in
+    /// commit order; each transaction's changes are followed by `done(end)`.
+    async fn changes<P>(
+        &self,
+        committed: &[impl std::ops::Deref<Target = Committed>],
+        mut done: impl FnMut(u64) -> Option<P>,
+        wrap: impl Fn(Change<T>) -> P,
+    ) -> Result<Vec<P>> {
+        let table = T::schema().name.as_str();
+        let mut batch = Vec::new();
+        // Which transaction each seq belongs to, to put each `done` after its last change.
+        let mut ends = Vec::with_capacity(committed.len());
+        for tx in committed {
+            for event in tx.events.iter().filter(|e| &*e.table == table) {
+                let seq = batch.len();
+                let mut row = event.row.clone();
+                row.insert("$seq".into(), seq.into());
+                row.insert("$op".into(), event.op.as_str().into());
+                batch.push(Value::Object(row));
+                if let Some(old) = &event.old {
+                    let mut old = old.clone();
+                    old.insert("$seq".into(), seq.into());
+                    old.insert("$old".into(), true.into());
+                    batch.push(Value::Object(old));
+                }
+            }
+            ends.push((batch.len(), tx.end_lsn));
+        }
+        let mut out = Vec::new();
+        let mut rows = Vec::new();
+        if !batch.is_empty() {
+            let mut args = self.args.clone();
+            args.add(sqlx::types::Json(batch))
+                .map_err(sqlx::Error::Encode)?;
+            rows = sqlx::query_with(sqlx::AssertSqlSafe(self.sql.clone()), args)
+                .fetch_all(&self.db)
+                .await?;
+        }
+        let mut rows = rows.into_iter().peekable();
+        for (end_seq, end_lsn) in ends {
+            while let Some(row) = rows.next_if(|r| r.get::<i64, _>(1) < end_seq as i64) {
+                let op: &str = row.try_get(0)?;
+                let change = match op {
+                    "delete" => Change::Deleted(row.try_get(2)?),
+                    "insert" => Change::Inserted(T::decode(&row, 3)?),
+                    _ => Change::Updated(T::decode(&row, 3)?),
+                };
+                out.push(wrap(change));
+            }
+            out.extend(done(end_lsn));
+        }
+        Ok(out)
+    }
+}
+
+/// The statement of [`Decode`]: the batch is `$n`, after the filter's
+/// values; the filter's SQL applies to each row unchanged. A tenant-scoped
+/// table keeps to the handle's tenant as its policy does (no tenant: no rows).
+fn decode_sql(schema: &TableSchema, node: &Node, columns: &str) -> String {
+    let mut param = 0;
+    let mut pass = match node {
+        Node::All => "true".to_owned(),
+        node => format!("({})", condition(schema, node, &mut param)),
+    };
+    if let Some(tenant) = &schema.tenant {
+        pass = format!(
+            "{pass} AND {} = {}",
+            quote_ident(tenant),
+            current_tenant_sql()
+        );
+    }
+    let table = quote_ident(&schema.name);
+    format!(
+        "SELECT e.\"mandrake$op\", e.\"mandrake$seq\", e.\"id\", {columns} \
+         FROM (SELECT {table}.*, x.j->>'$op' AS \"mandrake$op\", \
+         (x.j->>'$seq')::int8 AS \"mandrake$seq\", x.j ? '$old' AS \"mandrake$old\", \
+         bool_or({pass}) OVER (PARTITION BY x.j->>'$seq') AS \"mandrake$pass\" \
+         FROM jsonb_array_elements(${batch}::jsonb) AS x(j) \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x.j) AS {table}) e \
+         WHERE e.\"mandrake$pass\" AND NOT e.\"mandrake$old\" ORDER BY e.\"mandrake$seq\"",
+        batch = param + 1,
+    )
+}
+
+/// A connection for reading slots: to [`crate::Settings::feed_url`] (else
+/// the server the handle reaches), checked for what logical decoding needs,
+/// so that a server that cannot feed says why at once.
+pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
+    let mut conn = options.connect().await?;
+    let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
+        .fetch_one(&mut conn)
+        .await?;
+    if wal_level != "logical" {
+        let _ = conn.close().await;
+        return Err(Error::WalLevel { current: wal_level });
+    }
+    let (role, allowed): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles \
+         WHERE rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    if !allowed {
+        let _ = conn.close().await;
+        return Err(Error::FeedRole { role });
+    }
+    Ok(conn)
+}
+
+/// The rows since the slot's place, each one `pgoutput` message; `get`
+/// consumes them, a peek leaves the place where it is.
+async fn read_slot(
+    conn: &mut PgConnection,
+    slot: &str,
+    consume: bool,
+    limit: usize,
+) -> std::result::Result<Vec<Vec<u8>>, sqlx::Error> {
+    let sql = if consume {
+        "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, $2, \
+         'proto_version', '1', 'publication_names', 'mandrake_feed')"
+    } else {
+        "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+         'proto_version', '1', 'publication_names', 'mandrake_feed')"
+    };
+    sqlx::query_scalar(sql)
+        .bind(slot)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_all(conn)
+        .await
+}
+
+/// The transactions in `messages` that changed a published table.
+fn committed(decoder: &mut pgoutput::Decoder, messages: &[Vec<u8>]) -> Result<Vec<Committed>> {
+    let mut done = Vec::new();
+    for message in messages {
+        match decoder.read(message).map_err(Error::FeedInterrupted)? {
+            Some(tx) if !tx.events.is_empty() => done.push(tx),
+            _ => {}
+        }
+    }
+    Ok(done)
 }
 
 /// 100 ms, 200 ms, … up to 5 s between reconnect attempts.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis((50u64 << failures.min(7)).min(5_000))
+fn backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((50u64 << failures.min(7)).min(5_000))
 }
+
+/// How long a reader waits after finding nothing new.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::query::filter::Column;
-    use crate::schema::{ColumnDef, OnDelete};
+    use crate::schema::ColumnDef;
 
     struct M;
-    const CONVERSATION: Column<M, Uuid> = Column::new("conversation_id", 1);
     const BODY: Column<M, String> = Column::new("body", 2);
 
     fn schema() -> TableSchema {
@@ -379,27 +339,34 @@ mod tests {
             .with_column(ColumnDef::new("id", "UUID"))
             .with_column(ColumnDef::new("conversation_id", "UUID"))
             .with_column(ColumnDef::new("body", "TEXT"))
-            .with_foreign_key("conversation_id", "conversations", OnDelete::Cascade)
             .with_notify()
     }
 
     #[test]
-    fn the_filter_applies_to_the_batch_and_the_batch_comes_last() {
-        let (node, _) = CONVERSATION.eq(Uuid::nil()).into_parts();
-        let sql = fetch_sql(&schema(), &node, "").unwrap();
+    fn the_filter_applies_to_each_decoded_row_and_the_batch_comes_last() {
+        let (node, _) = BODY.eq("x".to_owned()).into_parts();
+        let sql = decode_sql(&schema(), &node, r#""e"."id""#);
         assert!(
-            sql.contains(r#"jsonb_to_recordset($2::jsonb) AS "messages"(seq INT8, op TEXT, "id" UUID, "conversation_id" UUID) WHERE "conversation_id" = $1 ORDER BY seq"#),
+            sql.contains(r#"bool_or(("body" = $1)) OVER (PARTITION BY x.j->>'$seq')"#),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(r#"jsonb_array_elements($2::jsonb) AS x(j) CROSS JOIN LATERAL jsonb_populate_record(NULL::"messages", x.j) AS "messages""#),
             "{sql}"
         );
     }
 
     #[test]
-    fn a_filter_on_a_column_not_carried_is_refused() {
-        let (node, _) = BODY.eq("x").into_parts();
-        let err = fetch_sql(&schema(), &node, "").unwrap_err().to_string();
-        assert!(err.contains("not on body"), "{err}");
-        let plain = TableSchema::new("t").with_column(ColumnDef::new("id", "UUID"));
-        let err = fetch_sql(&plain, &Node::All, "").unwrap_err().to_string();
-        assert!(err.contains("#[record(notify)]"), "{err}");
+    fn a_tenant_scoped_table_keeps_to_the_current_tenant() {
+        let mut schema = schema();
+        schema.tenant = Some("conversation_id".into());
+        let sql = decode_sql(&schema, &Node::All, "");
+        assert!(
+            sql.contains(&format!(
+                r#"true AND "conversation_id" = {}"#,
+                current_tenant_sql()
+            )),
+            "{sql}"
+        );
     }
 }

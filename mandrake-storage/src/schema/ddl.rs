@@ -167,6 +167,34 @@ pub fn create_notify_triggers(table: &str, columns: &[String]) -> String {
         .join("\n")
 }
 
+/// The feed's publication, made empty; [`publish`] adds each table. Only
+/// what the feed decodes: no `TRUNCATE`.
+pub const CREATE_PUBLICATION: &str =
+    "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete');";
+
+/// Drops the feed's publication.
+pub const DROP_PUBLICATION: &str = "DROP PUBLICATION IF EXISTS mandrake_feed;";
+
+/// Puts `table` in the feed: the whole old row logged with each update and
+/// delete (so a subscriber's filter sees what a row was, and a value
+/// TOAST kept unchanged is known), and the table in the publication.
+pub fn publish(table: &str) -> String {
+    let table = quote_ident(table);
+    format!(
+        "ALTER TABLE {table} REPLICA IDENTITY FULL;\n\
+         ALTER PUBLICATION mandrake_feed ADD TABLE {table};"
+    )
+}
+
+/// Takes `table` out of the feed ([`publish`] undone).
+pub fn unpublish(table: &str) -> String {
+    let table = quote_ident(table);
+    format!(
+        "ALTER PUBLICATION mandrake_feed DROP TABLE {table};\n\
+         ALTER TABLE {table} REPLICA IDENTITY DEFAULT;"
+    )
+}
+
 /// Drops the notification triggers of `table`.
 pub fn drop_notify_triggers(table: &str) -> String {
     let table = quote_ident(table);
@@ -210,9 +238,13 @@ pub fn create_table(table: &TableSchema) -> String {
         sql.push('\n');
         sql.push_str(&create_trigger(&table.name));
     }
-    if let Some(columns) = &table.notify {
+    if let Some(columns) = &table.notify_triggers {
         sql.push('\n');
         sql.push_str(&create_notify_triggers(&table.name, columns));
+    }
+    if table.feed {
+        sql.push('\n');
+        sql.push_str(&publish(&table.name));
     }
     if table.row_security {
         sql.push('\n');
@@ -293,8 +325,11 @@ pub fn create_schema(tables: &[&TableSchema]) -> String {
         .map(|e| create_extension(e))
         .collect();
     parts.push(TIMESTAMP_FUNCTION.to_owned());
-    if tables.iter().any(|t| t.notify.is_some()) {
+    if tables.iter().any(|t| t.notify_triggers.is_some()) {
         parts.push(NOTIFY_FUNCTION.to_owned());
+    }
+    if tables.iter().any(|t| t.feed) {
+        parts.push(CREATE_PUBLICATION.to_owned());
     }
     parts.extend(dependency_order(tables).into_iter().map(create_table));
     parts.join("\n\n") + "\n"

@@ -46,6 +46,12 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         .fetch_one(&mut *conn)
         .await?;
 
+    let feed_publication: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+            .bind(crate::schema::FEED_PUBLICATION)
+            .fetch_one(&mut *conn)
+            .await?;
+
     let extensions = sqlx::query_scalar(
         "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
     )
@@ -56,6 +62,7 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         tables: tables.into_values().collect(),
         timestamp_function,
         notify_function,
+        feed_publication,
     })
 }
 
@@ -272,7 +279,7 @@ fn key_columns(key: &str) -> Vec<String> {
     columns
 }
 
-/// The `set_timestamp` and notify triggers.
+/// The `set_timestamp` and old notify triggers, and which tables are in the feed.
 async fn read_triggers(
     conn: &mut PgConnection,
     tables: &mut BTreeMap<String, TableSchema>,
@@ -311,12 +318,29 @@ async fn read_triggers(
         let table: String = row.try_get(0)?;
         let args: Vec<u8> = row.try_get(1)?;
         if let Some(t) = tables.get_mut(&table) {
-            t.notify = Some(
+            t.notify_triggers = Some(
                 args.split(|b| *b == 0)
                     .filter(|a| !a.is_empty())
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect(),
             );
+        }
+    }
+
+    // In the feed: published, and logging whole old rows (a table published
+    // without them is not what the feed decodes, so not in it).
+    let published: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_publication_tables pt \
+         JOIN pg_namespace n ON n.nspname = pt.schemaname \
+         JOIN pg_class c ON c.relname = pt.tablename AND c.relnamespace = n.oid \
+         WHERE pt.pubname = $1 AND pt.schemaname = 'public' AND c.relreplident = 'f'",
+    )
+    .bind(crate::schema::FEED_PUBLICATION)
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in published {
+        if let Some(t) = tables.get_mut(&table) {
+            t.feed = true;
         }
     }
     Ok(())

@@ -31,11 +31,15 @@ pub struct TableSchema {
     pub checks: Vec<Check>,
     /// Whether the `set_timestamp` trigger keeps `updated_at` current.
     pub timestamp_trigger: bool,
-    /// With `#[record(notify)]`: the `notify_change` trigger announces every
-    /// insert, update and delete on the channel `mandrake_<table>`, and these
-    /// are the columns its payload carries besides `op` and `id` (the
-    /// foreign keys, so that a subscriber can filter by parent).
-    pub notify: Option<Vec<String>>,
+    /// With `#[record(notify)]`: the table is in the feed's publication
+    /// ([`FEED_PUBLICATION`]) with `REPLICA IDENTITY FULL`, so the change
+    /// feed decodes every insert, update and delete from the WAL, with the
+    /// row before an update or delete too.
+    pub feed: bool,
+    /// The NOTIFY triggers the feed used before it read the WAL, with the
+    /// columns their payload carried. Only introspection finds them (the
+    /// derive never asks for them), so `new-migration` drops them.
+    pub notify_triggers: Option<Vec<String>>,
     /// The extensions the table needs (`#[record(extension = "pg_trgm")]`):
     /// created before any table. The catalog does not say which table needs
     /// which, so a table read back has none; the database's are in
@@ -76,6 +80,10 @@ pub(crate) fn current_tenant_sql() -> String {
 /// The setting that names the current tenant (`set_config` with
 /// `is_local`, per transaction): tenant policies compare their column to it.
 pub const TENANT_SETTING: &str = "mandrake.tenant";
+
+/// The publication of the `#[record(notify)]` tables, which the change feed
+/// decodes from the WAL.
+pub const FEED_PUBLICATION: &str = "mandrake_feed";
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -361,7 +369,8 @@ impl TableSchema {
             foreign_keys: Vec::new(),
             checks: Vec::new(),
             timestamp_trigger: false,
-            notify: None,
+            feed: false,
+            notify_triggers: None,
             extensions: Vec::new(),
             row_security: false,
             policies: Vec::new(),
@@ -603,24 +612,10 @@ impl TableSchema {
         self
     }
 
-    /// Turns on change notifications; their payload carries the foreign keys
-    /// declared so far, so call this after [`TableSchema::with_foreign_key`].
+    /// Puts the table in the change feed (`#[record(notify)]`).
     pub fn with_notify(mut self) -> Self {
-        let mut keys: Vec<String> = Vec::new();
-        // The tenant first: a tenant's feed keeps to its own events by it.
-        let tenant = self.tenant.iter();
-        for column in tenant.chain(self.foreign_keys.iter().flat_map(|fk| &fk.columns)) {
-            if !keys.contains(column) {
-                keys.push(column.clone());
-            }
-        }
-        self.notify = Some(keys);
+        self.feed = true;
         self
-    }
-
-    /// The channel its change notifications go to: `mandrake_<table>`.
-    pub fn notify_channel(&self) -> String {
-        format!("mandrake_{}", self.name)
     }
 }
 
@@ -662,8 +657,11 @@ pub struct DatabaseSchema {
     pub tables: Vec<TableSchema>,
     /// Whether `trigger_set_timestamp()` exists.
     pub timestamp_function: bool,
-    /// Whether `trigger_notify_change()` exists.
+    /// Whether `trigger_notify_change()` exists: the old feed's, which
+    /// only introspection finds.
     pub notify_function: bool,
+    /// Whether the feed's publication ([`FEED_PUBLICATION`]) exists.
+    pub feed_publication: bool,
     /// The extensions the database has (`pg_trgm`, …), `plpgsql` left out.
     pub extensions: Vec<String>,
 }
@@ -674,7 +672,8 @@ impl DatabaseSchema {
         DatabaseSchema {
             tables: tables.iter().map(|t| (*t).clone()).collect(),
             timestamp_function: !tables.is_empty(),
-            notify_function: tables.iter().any(|t| t.notify.is_some()),
+            notify_function: tables.iter().any(|t| t.notify_triggers.is_some()),
+            feed_publication: tables.iter().any(|t| t.feed),
             extensions: extensions_of(tables),
         }
     }
@@ -707,6 +706,7 @@ impl DatabaseSchema {
             tables,
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
+            feed_publication: self.feed_publication,
             extensions: self.extensions.clone(),
         }
     }

@@ -126,7 +126,7 @@ pub use db::replica::WriteToken;
 pub use db::transaction::Transaction;
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
 pub use error::{BackupError, Error, MigrationError, Result};
-pub use feed::{Change, DurableSubscription, Subscription};
+pub use feed::{Change, DurableSubscription, SlotStatus, Subscription, drop_consumer, feed_slots};
 /// `#[derive(FromRow)]` on a struct of query results (named fields read the
 /// column of their name, tuple fields by position), through the re-exported
 /// `sqlx`: no sqlx dependency of your own is needed.

@@ -474,10 +474,21 @@ async fn a_durable_consumer_that_did_not_ack_gets_the_changes_again() {
         "b was not acknowledged"
     );
     drop(again);
-    sqlx::query("SELECT pg_drop_replication_slot('mandrake_forgetful')")
-        .execute(db)
+    // What `db status` shows of it: b pending, committed when it was.
+    let mut conn = mandrake_storage::connect_one(&t.url()).await.unwrap();
+    let slots = mandrake_storage::feed_slots(&mut conn).await.unwrap();
+    let slot = slots
+        .iter()
+        .find(|s| s.name == "mandrake_forgetful")
+        .unwrap();
+    assert!(slot.durable && slot.lag_bytes > 0, "{slot:?}");
+    let pending = slot.oldest_pending.expect("b is pending");
+    assert!((pending - b.created_at).num_seconds().abs() < 5, "{slot:?}");
+    mandrake_storage::drop_consumer(&mut conn, "forgetful")
         .await
         .unwrap();
+    let slots = mandrake_storage::feed_slots(&mut conn).await.unwrap();
+    assert!(!slots.iter().any(|s| s.name == "mandrake_forgetful"));
     let bad = Message::subscribe_durable(db, "No Spaces", Filter::all()).await;
     assert!(matches!(bad, Err(mandrake_storage::Error::Config(_))));
 }
@@ -539,4 +550,68 @@ async fn the_applications_role_may_not_read_slots_and_is_told_what_to_do() {
         "{err}"
     );
     assert!(err.to_string().contains("MANDRAKE_FEED_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_consumer_whose_slot_the_server_gave_up_gets_an_error_then_a_gap_and_goes_on() {
+    if std::env::var("DATABASE_URL").is_ok() {
+        return; // the test changes a server setting of its own cluster
+    }
+    let cluster = mandrake_storage::testing::throwaway_cluster().unwrap();
+    cluster.start().unwrap();
+    let url = cluster.url("postgres");
+    let dir = mandrake_storage::cluster::workspace_root()
+        .unwrap()
+        .join("migrations");
+    let migrations = mandrake_storage::migrate::Migrations::from_dir(dir).unwrap();
+    mandrake_storage::migrate::migrate(&url, &migrations, &Default::default())
+        .await
+        .unwrap();
+    let db = Db::connect_url(&url, &Default::default()).await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    let c = conversation(&db, "behind").await;
+    let mut changes = Message::subscribe_durable(&db, "slow", Filter::all())
+        .await
+        .unwrap();
+    // Far more WAL than the slot may hold, then checkpoints: the server
+    // gives the slot up.
+    let big = "x".repeat(2000);
+    for _ in 0..20 {
+        let rows: Vec<NewMessage> = (0..1000).map(|_| message(c.id, &big)).collect();
+        Message::repo().create_many(&db, rows).await.unwrap();
+    }
+    let lost = async {
+        loop {
+            for sql in ["SELECT pg_switch_wal()", "CHECKPOINT"] {
+                sqlx::query(sql).execute(&db).await.unwrap();
+            }
+            let status: String = sqlx::query_scalar(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'mandrake_slow'",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            if status == "lost" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), lost)
+        .await
+        .expect("the server gives the slot up");
+    let err = changes.recv().await.unwrap_err();
+    assert!(
+        matches!(&err, mandrake_storage::Error::SlotLost { slot } if slot == "mandrake_slow"),
+        "{err}"
+    );
+    assert!(matches!(changes.recv().await.unwrap(), Change::Gap));
+    let after = post(&db, c.id, "after the loss").await;
+    assert_eq!(inserted(changes.recv().await.unwrap()).id, after.id);
+    cluster.destroy().unwrap();
 }

@@ -149,8 +149,15 @@ pub enum DbCommand {
     Start,
     /// Stop the cluster.
     Stop,
-    /// Say whether the cluster runs, where it lives and its URL.
+    /// Say whether the cluster runs, where it lives and its URL, and the
+    /// change feed's replication slots: each one's lag in bytes and time.
     Status,
+    /// Drop a durable change-feed consumer's slot (`T::subscribe_durable`
+    /// NAME) that will not come back, so the server stops keeping WAL for it.
+    DropConsumer {
+        /// The consumer's name.
+        name: String,
+    },
     /// Print a connection string that psql and sqlx accept (without
     /// starting a stopped cluster).
     Url,

@@ -56,6 +56,54 @@ pub(super) async fn top(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `db status`: the embedded cluster (without `DATABASE_URL`), then the
+/// change feed's slots on the database, each with its lag.
+pub(super) async fn status(ctx: &Context) -> Result<ExitCode> {
+    let running = if std::env::var_os("DATABASE_URL").is_none() && ctx.url.is_none() {
+        let cluster = Cluster::default_for_workspace()?;
+        let status = cluster.status()?;
+        let state = match status.pid {
+            Some(pid) if status.running => format!("running (pid {pid})"),
+            _ => "stopped".to_owned(),
+        };
+        println!("state:  {state}");
+        println!("data:   {}", status.root.display());
+        println!("socket: {}", cluster.socket_dir().display());
+        println!("url:    {}", cluster.url(DEFAULT_DATABASE));
+        status.running
+    } else {
+        true
+    };
+    if !running {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut conn = mandrake_storage::connect_one(&ctx.url().await?).await?;
+    let slots = mandrake_storage::feed_slots(&mut conn).await?;
+    if slots.is_empty() {
+        println!("change feed: no replication slots");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("change feed slots:");
+    println!(
+        "  {:<40} {:<9} {:<10} {:>12} {:>10}  oldest pending",
+        "slot", "kind", "state", "lag bytes", "wal"
+    );
+    let now = chrono::Utc::now();
+    for slot in slots {
+        let kind = if slot.durable { "consumer" } else { "live" };
+        let state = if slot.active { "reading" } else { "idle" };
+        let pending = match slot.oldest_pending {
+            Some(at) => format!("{at} ({} s ago)", (now - at).num_seconds()),
+            None => "-".to_owned(),
+        };
+        println!(
+            "  {:<40} {kind:<9} {state:<10} {:>12} {:>10}  {pending}",
+            slot.name, slot.lag_bytes, slot.wal_status
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn db_command(cmd: DbCommand) -> Result<()> {
     let cluster = Cluster::default_for_workspace()?;
     match cmd {
@@ -77,17 +125,6 @@ pub(super) async fn db_command(cmd: DbCommand) -> Result<()> {
             .await?;
             println!("cluster stopped ({})", cluster.root().display());
         }
-        DbCommand::Status => {
-            let status = cluster.status()?;
-            let state = match status.pid {
-                Some(pid) if status.running => format!("running (pid {pid})"),
-                _ => "stopped".to_owned(),
-            };
-            println!("state:  {state}");
-            println!("data:   {}", status.root.display());
-            println!("socket: {}", cluster.socket_dir().display());
-            println!("url:    {}", cluster.url(DEFAULT_DATABASE));
-        }
         DbCommand::Url => {
             // Only the URL goes to stdout, so `psql "$(cargo xtask db url)"` works.
             println!("{}", cluster.url(DEFAULT_DATABASE));
@@ -95,7 +132,10 @@ pub(super) async fn db_command(cmd: DbCommand) -> Result<()> {
                 eprintln!("the cluster is stopped: `cargo xtask db start` starts it");
             }
         }
-        DbCommand::Top { .. } | DbCommand::Verify { .. } => {
+        DbCommand::Top { .. }
+        | DbCommand::Verify { .. }
+        | DbCommand::Status
+        | DbCommand::DropConsumer { .. } => {
             unreachable!("handled with the database commands")
         }
         DbCommand::Backup(_) => {

@@ -95,6 +95,13 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<ExitCode> {
             let migrations = mandrake_storage::migrate::Migrations::from_dir(&ctx.dir)?;
             db::verify_command(&ctx.url().await?, &file, &migrations).await
         }
+        Command::Db(DbCommand::Status) => db::status(&ctx).await,
+        Command::Db(DbCommand::DropConsumer { name }) => {
+            let mut conn = mandrake_storage::connect_one(&ctx.url().await?).await?;
+            mandrake_storage::drop_consumer(&mut conn, &name).await?;
+            println!("dropped consumer {name}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Db(cmd) => db::db_command(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrations::migrate(&ctx, args).await,
         Command::Rollback(args) => migrations::rollback(&ctx, args).await,

@@ -16,6 +16,7 @@
 mod durable;
 mod hub;
 mod pgoutput;
+mod slots;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,6 +29,7 @@ use sqlx::{Arguments, ConnectOptions, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 pub use durable::DurableSubscription;
+pub use slots::{SlotStatus, drop_consumer, feed_slots};
 
 use crate::db::Db;
 use crate::error::{Error, Result};

@@ -257,6 +257,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The commit time in a `Begin` message (microseconds since 2000-01-01).
+pub(crate) fn begin_time(message: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut r = Reader(message);
+    if r.u8().ok()? != b'B' {
+        return None;
+    }
+    let _final_lsn = r.u64().ok()?;
+    let micros = r.u64().ok()? as i64;
+    const POSTGRES_EPOCH: i64 = 946_684_800; // 2000-01-01 in Unix seconds
+    chrono::DateTime::from_timestamp_micros(POSTGRES_EPOCH * 1_000_000 + micros)
+}
+
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
 pub(crate) fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)

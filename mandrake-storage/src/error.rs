@@ -557,7 +557,8 @@ impl fmt::Display for Error {
             Error::NeedsSession { what } => write!(
                 f,
                 "{what} needs a server session of its own, which PgBouncer in transaction mode \
-                 does not keep: set MANDRAKE_DIRECT_URL to the server's own URL (not PgBouncer's)"
+                 does not keep: set MANDRAKE_DIRECT_URL (for the change feed, MANDRAKE_FEED_URL) \
+                 to the server's own URL (not PgBouncer's)"
             ),
             Error::WalLevel { current } => write!(
                 f,

@@ -64,8 +64,9 @@ async fn main() -> mandrake_storage::Result<()> {
         .await?;
 
     // Every message of the conversation as it commits (Message is
-    // `#[record(notify)]`). Behind PgBouncer the feed needs the server's own
-    // URL in MANDRAKE_DIRECT_URL; without it, it is refused at once.
+    // `#[record(notify)]`: decoded from the WAL). Behind PgBouncer the feed
+    // reads on the server's own URL, MANDRAKE_FEED_URL (as a role WITH
+    // REPLICATION); without it, it is refused at once.
     let filter = Message::CONVERSATION_ID.eq(conversation.id);
     let mut live = match Message::subscribe(&db, filter).await {
         Ok(live) => Some(live),

@@ -216,34 +216,46 @@ async fn a_feed_behind_pgbouncer_without_a_direct_url_is_refused_at_once() {
 }
 
 #[tokio::test]
-async fn a_feed_behind_pgbouncer_listens_on_the_direct_url() {
+async fn four_feeds_behind_pgbouncer_read_on_the_feed_url_and_disturb_no_client() {
     let t = TestDb::migrated().await.unwrap();
+    // Four applications, as four quickstarts would be: each a pool through
+    // PgBouncer, its feed reading slots on the server itself.
     let settings = Settings {
         pool_size: 2,
         pgbouncer: true,
-        direct_url: Some(t.url()),
+        feed_url: Some(t.url()),
         ..Settings::default()
     };
-    let db = Db::connect_options(t.through_pgbouncer().unwrap(), &settings)
-        .await
-        .unwrap();
-    let c = mandrake_tests::conversation(&db, "live behind pgbouncer").await;
-    let mut live = Message::subscribe(&db, Message::CONVERSATION_ID.eq(c.id))
-        .await
-        .unwrap();
-    create_from_other_clients(&t, c.id, 200).await;
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 200 {
-        let change = tokio::time::timeout(Duration::from_secs(10), live.next())
+    let mut apps = Vec::new();
+    for _ in 0..4 {
+        let db = Db::connect_options(t.through_pgbouncer().unwrap(), &settings)
             .await
-            .expect("a change within 10 s")
-            .unwrap()
             .unwrap();
-        match change {
-            mandrake_storage::Change::Inserted(m) => {
-                seen.insert(m.content);
+        apps.push(db);
+    }
+    let c = mandrake_tests::conversation(&apps[0], "live behind pgbouncer").await;
+    let mut feeds = Vec::new();
+    for db in &apps {
+        let live = Message::subscribe(db, Message::CONVERSATION_ID.eq(c.id))
+            .await
+            .unwrap();
+        feeds.push(live);
+    }
+    create_from_other_clients(&t, c.id, 200).await;
+    for live in &mut feeds {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 200 {
+            let change = tokio::time::timeout(Duration::from_secs(10), live.next())
+                .await
+                .expect("a change within 10 s")
+                .unwrap()
+                .unwrap();
+            match change {
+                mandrake_storage::Change::Inserted(m) => {
+                    seen.insert(m.content);
+                }
+                other => panic!("expected Inserted, got {other:?}"),
             }
-            other => panic!("expected Inserted, got {other:?}"),
         }
     }
 }

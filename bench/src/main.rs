@@ -7,6 +7,7 @@
 
 mod analytics;
 mod contenders;
+mod feed;
 mod report;
 mod search;
 mod tenants;
@@ -59,6 +60,13 @@ struct Args {
     /// hand-written sqlx, and a relation-filter page beside two calls.
     #[arg(long)]
     analytics: bool,
+    /// Run the change-feed benchmark instead: writes with and without a
+    /// subscriber, and the delay from commit to event.
+    #[arg(long)]
+    feed: bool,
+    /// Rounds of the change-feed benchmark's write cells.
+    #[arg(long, default_value_t = 6)]
+    feed_rounds: usize,
     /// Messages the analytics benchmark loads.
     #[arg(long, default_value_t = 1_000_000)]
     analytics_messages: usize,
@@ -195,6 +203,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         search_bench(&url, args.search_rows, args.search_runs).await
     } else if args.analytics {
         analytics_bench(&url, &args).await
+    } else if args.feed {
+        feed_bench(&url, args.feed_rounds).await
     } else if args.tenants {
         tenants::run(&url).await.map(|()| None)
     } else {
@@ -231,6 +241,16 @@ async fn search_bench(
     let migrations = Migrations::from_dir(root.join("migrations"))?;
     migrate(url, &migrations, &MigrateOptions::default()).await?;
     search::run(url, rows, runs).await?;
+    Ok(None)
+}
+
+/// The change-feed benchmark on the migrated database at `url` (it prints
+/// its own report).
+async fn feed_bench(url: &str, rounds: usize) -> Result<Option<Table>, Box<dyn std::error::Error>> {
+    let root = mandrake_storage::cluster::workspace_root()?;
+    let migrations = Migrations::from_dir(root.join("migrations"))?;
+    migrate(url, &migrations, &MigrateOptions::default()).await?;
+    feed::run(url, rounds).await.map_err(|e| e.to_string())?;
     Ok(None)
 }
 

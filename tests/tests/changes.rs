@@ -193,8 +193,8 @@ async fn a_terminated_decoder_yields_an_error_then_a_gap_and_goes_on() {
 
     let terminated: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-         AND query LIKE '%pg_logical_slot_get_binary_changes%') k",
+         WHERE datname = current_database() AND backend_type = 'walsender' \
+         AND query LIKE 'START_REPLICATION%') k",
     )
     .fetch_one(db)
     .await

@@ -1,18 +1,21 @@
 //! One decoding stream per [`Db`], shared by all its subscriptions: a task
-//! reads a temporary slot (gone with its connection) and broadcasts each
-//! batch of committed transactions; each subscription picks its table's
-//! changes out of it. The task ends when the last subscription is dropped.
+//! reads a temporary slot (gone with its connection), on a WAL stream where
+//! it can, and broadcasts each batch of committed transactions; each
+//! subscription picks its table's changes out of it. The task ends when the
+//! last subscription is dropped.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use futures_util::stream;
-use sqlx::PgConnection;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
 use tokio::sync::broadcast;
 
 use super::pgoutput::{Committed, Decoder};
+use super::wal_stream::{Replicated, WalStream};
 use super::{Change, Decode, IDLE_POLL, backoff, committed, connect, read_slot};
 use crate::db::{Db, Feeds};
 use crate::error::{Error, Result};
@@ -32,9 +35,14 @@ type Sender = broadcast::Sender<Arc<Item>>;
 
 /// Batches a subscriber may fall behind before it gets a `Gap`.
 const CAPACITY: usize = 4096;
-/// The most changes one read of the slot returns (it stops at the end of
-/// a transaction past this).
+/// The most changes one read of a polled slot returns (it stops at the end
+/// of a transaction past this).
 const MAX_CHANGES: usize = 10_000;
+/// How long a stream read waits for data before the task looks whether
+/// anyone still listens (dropping the last subscription ends it this soon).
+const QUIET: Duration = Duration::from_millis(250);
+/// The most transactions in one batch off a stream.
+const MAX_TRANSACTIONS: usize = 1_000;
 
 /// A receiver of `db`'s decoding stream, started if none runs.
 pub(crate) async fn subscribe(db: &Db) -> Result<broadcast::Receiver<Arc<Item>>> {
@@ -44,40 +52,116 @@ pub(crate) async fn subscribe(db: &Db) -> Result<broadcast::Receiver<Arc<Item>>>
         return Ok(sender.subscribe());
     }
     let options = feeds.options(db)?;
-    let (conn, slot) = open(&options).await?;
+    let source = Source::open(&options).await?;
     let (sender, receiver) = broadcast::channel(CAPACITY);
-    tokio::spawn(run(
-        Arc::downgrade(feeds),
-        options,
-        conn,
-        slot,
-        sender.clone(),
-    ));
+    tokio::spawn(run(Arc::downgrade(feeds), options, source, sender.clone()));
     *hub = Some(Box::new(sender));
     Ok(receiver)
 }
 
-/// A checked connection and a temporary slot on it: from here on, every
-/// commit is decoded.
-async fn open(options: &PgConnectOptions) -> Result<(PgConnection, String)> {
-    let mut conn = connect(options).await?;
-    let slot = format!("mandrake_feed_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)")
-        .bind(&slot)
-        .execute(&mut conn)
-        .await?;
-    Ok((conn, slot))
+/// Where the decoding task reads: a WAL stream, or, where the connection
+/// needs TLS (which the stream does not speak), the slot through the SQL
+/// functions, polled. Either way a temporary slot, gone with its connection.
+enum Source {
+    Stream {
+        stream: WalStream,
+        /// The end of the last transaction read, and when it was confirmed.
+        read_to: u64,
+        confirmed: Instant,
+    },
+    Polled {
+        conn: PgConnection,
+        slot: String,
+    },
 }
 
-/// The decoding task: reads the slot, sends what committed, and after a
-/// failure sends `Interrupted`, reconnects on a new slot and sends `Gap`.
-async fn run(
-    feeds: Weak<Feeds>,
-    options: PgConnectOptions,
-    mut conn: PgConnection,
-    mut slot: String,
-    sender: Sender,
-) {
+impl Source {
+    /// A checked connection and a temporary slot: from here on, every
+    /// commit is decoded.
+    async fn open(options: &PgConnectOptions) -> Result<Source> {
+        let mut conn = connect(options).await?;
+        let slot = format!("mandrake_feed_{}", uuid::Uuid::new_v4().simple());
+        if !WalStream::supports(options) {
+            sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)")
+                .bind(&slot)
+                .execute(&mut conn)
+                .await?;
+            return Ok(Source::Polled { conn, slot });
+        }
+        let _ = conn.close().await;
+        let mut stream = WalStream::connect(options).await?;
+        stream
+            .command(&format!(
+                "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')"
+            ))
+            .await?;
+        stream.start(&slot).await?;
+        Ok(Source::Stream {
+            stream,
+            read_to: 0,
+            confirmed: Instant::now(),
+        })
+    }
+
+    /// The transactions that committed since the last read: on a stream,
+    /// what has arrived once the network has no more for now (empty after
+    /// `QUIET`); polled, the slot's contents (after a pause when
+    /// there were none).
+    async fn read(&mut self, decoder: &mut Decoder) -> Result<Vec<Committed>> {
+        match self {
+            Source::Polled { conn, slot } => {
+                let messages = read_slot(conn, slot, true, MAX_CHANGES).await?;
+                let batch = committed(decoder, &messages)?;
+                if batch.is_empty() {
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+                Ok(batch)
+            }
+            Source::Stream {
+                stream,
+                read_to,
+                confirmed,
+            } => {
+                let mut batch = Vec::new();
+                loop {
+                    let next = tokio::time::timeout(QUIET, stream.next()).await;
+                    match next {
+                        Ok(Ok(Replicated::Data(message))) => {
+                            let done = decoder.read(&message).map_err(Error::FeedInterrupted)?;
+                            if let Some(tx) = done {
+                                *read_to = tx.end_lsn;
+                                if !tx.events.is_empty() {
+                                    batch.push(tx);
+                                }
+                            }
+                        }
+                        Ok(Ok(Replicated::KeepaliveReply)) => {
+                            stream.confirm(*read_to).await?;
+                            *confirmed = Instant::now();
+                        }
+                        Ok(Ok(Replicated::Keepalive)) => {}
+                        Ok(Err(err)) => return Err(err),
+                        Err(_) => return Ok(batch),
+                    }
+                    let whole = batch.len() >= MAX_TRANSACTIONS || !stream.has_buffered();
+                    if !batch.is_empty() && whole {
+                        // What is read is taken: the slot may move on (at
+                        // most ten times a second, one small message each).
+                        if confirmed.elapsed() > Duration::from_millis(100) {
+                            stream.confirm(*read_to).await?;
+                            *confirmed = Instant::now();
+                        }
+                        return Ok(batch);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The decoding task: reads, sends what committed, and after a failure
+/// sends `Interrupted`, reconnects on a new slot and sends `Gap`.
+async fn run(feeds: Weak<Feeds>, options: PgConnectOptions, mut source: Source, sender: Sender) {
     let mut decoder = Decoder::default();
     loop {
         if sender.receiver_count() == 0 {
@@ -89,12 +173,8 @@ async fn run(
                 return;
             }
         }
-        let read = match read_slot(&mut conn, &slot, true, MAX_CHANGES).await {
-            Ok(messages) => committed(&mut decoder, &messages),
-            Err(err) => Err(err.into()),
-        };
-        match read {
-            Ok(batch) if batch.is_empty() => tokio::time::sleep(IDLE_POLL).await,
+        match source.read(&mut decoder).await {
+            Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
                 let _ = sender.send(Arc::new(Item::Batch(batch)));
             }
@@ -105,9 +185,9 @@ async fn run(
                 while sender.receiver_count() > 0 {
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;
-                    match open(&options).await {
-                        Ok((c, s)) => {
-                            (conn, slot, decoder) = (c, s, Decoder::default());
+                    match Source::open(&options).await {
+                        Ok(fresh) => {
+                            (source, decoder) = (fresh, Decoder::default());
                             let _ = sender.send(Arc::new(Item::Gap));
                             break;
                         }
@@ -120,45 +200,105 @@ async fn run(
     }
 }
 
-/// A subscription's stream: its table's changes out of each batch.
+/// A subscription's stream: its table's changes out of each batch. The
+/// batches waiting when it turns to them are decoded together, in one
+/// statement: under steady writes a subscriber runs one query per round of
+/// work, not one per commit.
 pub(super) fn stream<T: Record>(
     receiver: broadcast::Receiver<Arc<Item>>,
     decode: Decode<T>,
 ) -> impl Stream<Item = Result<Change<T>>> + Send + 'static {
-    let state = (receiver, decode, VecDeque::new());
-    stream::unfold(state, |(mut receiver, decode, mut pending)| async move {
+    let state = Reader {
+        receiver,
+        decode,
+        pending: VecDeque::new(),
+        held: None,
+    };
+    stream::unfold(state, |mut state| async move {
         loop {
-            if let Some(change) = pending.pop_front() {
-                return Some((Ok(change), (receiver, decode, pending)));
+            if let Some(next) = state.pending.pop_front() {
+                return Some((next, state));
             }
-            let item = match receiver.recv().await {
-                Ok(item) => item,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(target: "mandrake_storage", missed,
-                        "a change feed subscriber fell behind; changes were skipped");
-                    return Some((Ok(Change::Gap), (receiver, decode, pending)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            let outcome = match &*item {
-                Item::Batch(batch) => {
-                    let refs: Vec<&Committed> = batch.iter().collect();
-                    match decode.changes(&refs, |_| None, |c| c).await {
-                        Ok(changes) => {
-                            pending.extend(changes);
-                            continue;
-                        }
-                        // This batch is lost to this subscriber: say so, and that it is a gap.
-                        Err(err) => {
-                            pending.push_back(Change::Gap);
-                            Err(err)
-                        }
+            let item = match state.held.take() {
+                Some(item) => item,
+                None => match state.receiver.recv().await {
+                    Ok(item) => item,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        state.lagged(missed);
+                        continue;
                     }
-                }
-                Item::Interrupted(err) => Err(Error::FeedInterrupted(err.clone())),
-                Item::Gap => Ok(Change::Gap),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
             };
-            return Some((outcome, (receiver, decode, pending)));
+            match &*item {
+                Item::Batch(_) => state.decode_waiting(item).await,
+                Item::Interrupted(err) => {
+                    let err = Error::FeedInterrupted(err.clone());
+                    state.pending.push_back(Err(err));
+                }
+                Item::Gap => state.pending.push_back(Ok(Change::Gap)),
+            }
         }
     })
+}
+
+/// How long a subscriber lets batches gather before it decodes: one
+/// statement then serves every commit of that while.
+const GATHER: Duration = Duration::from_millis(2);
+/// The most batches decoded in one statement.
+const MAX_COALESCED: usize = 64;
+
+struct Reader<T> {
+    receiver: broadcast::Receiver<Arc<Item>>,
+    decode: Decode<T>,
+    pending: VecDeque<Result<Change<T>>>,
+    /// An item taken while gathering batches that is not one.
+    held: Option<Arc<Item>>,
+}
+
+impl<T: Record> Reader<T> {
+    fn lagged(&mut self, missed: u64) {
+        tracing::warn!(target: "mandrake_storage", missed,
+            "a change feed subscriber fell behind; changes were skipped");
+        self.pending.push_back(Ok(Change::Gap));
+    }
+
+    /// Decodes `first` with the batches that have arrived behind it.
+    async fn decode_waiting(&mut self, first: Arc<Item>) {
+        let mut batches = vec![first];
+        let mut missed = None;
+        tokio::time::sleep(GATHER).await;
+        while batches.len() < MAX_COALESCED {
+            match self.receiver.try_recv() {
+                Ok(item) if matches!(&*item, Item::Batch(_)) => batches.push(item),
+                Ok(item) => {
+                    self.held = Some(item);
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    missed = Some(n);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let committed: Vec<&Committed> = batches
+            .iter()
+            .flat_map(|item| match &**item {
+                Item::Batch(batch) => batch.as_slice(),
+                _ => &[],
+            })
+            .collect();
+        match self.decode.changes(&committed, |_| None, Ok).await {
+            Ok(changes) => self.pending.extend(changes),
+            // These batches are lost to this subscriber: say so, and that it is a gap.
+            Err(err) => {
+                self.pending.push_back(Err(err));
+                self.pending.push_back(Ok(Change::Gap));
+            }
+        }
+        if let Some(n) = missed {
+            self.lagged(n);
+        }
+    }
 }

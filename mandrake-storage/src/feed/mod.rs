@@ -8,15 +8,17 @@
 //! - [`DurableSubscription`]: a named slot of its own that keeps its place
 //!   across restarts ([`durable`]).
 //!
-//! The slots are read through `pg_logical_slot_*_binary_changes` on a
-//! connection of their own, polled: sqlx speaks no replication protocol,
-//! and the SQL functions need none (see `docs/BENCHMARKS.md` for what the
-//! polling costs and delivers).
+//! The live stream reads its slot over a replication connection
+//! ([`wal_stream`]), which decodes each change once; durable consumers, and
+//! the live stream where the connection needs TLS, read theirs through
+//! `pg_logical_slot_*_binary_changes`, polled (which decodes again from the
+//! slot's restart point on each read: see `docs/BENCHMARKS.md`).
 
 mod durable;
 mod hub;
 mod pgoutput;
 mod slots;
+mod wal_stream;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

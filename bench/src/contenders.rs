@@ -110,19 +110,19 @@ pub struct PgStatements {
     delete: tokio_postgres::Statement,
 }
 
-const PG_INSERT: &str = "INSERT INTO messages (id, conversation_id, role, content) VALUES ($1, $2, $3, $4) \
-     RETURNING id, conversation_id, role, content, created_at, updated_at";
-const PG_INSERT_MANY: &str = "INSERT INTO messages (id, conversation_id, role, content) \
-     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
-     RETURNING id, conversation_id, role, content, created_at, updated_at";
-const PG_GET: &str =
-    "SELECT id, conversation_id, role, content, created_at, updated_at FROM messages WHERE id = $1";
-const PG_FIRST_PAGE: &str = "SELECT id, conversation_id, role, content, created_at, updated_at \
+const PG_INSERT: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
+const PG_INSERT_MANY: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int4[], $7::int4[]) \
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
+const PG_GET: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at FROM messages WHERE id = $1";
+const PG_FIRST_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at \
      FROM messages WHERE conversation_id = $1 ORDER BY created_at, id LIMIT 51";
-const PG_NEXT_PAGE: &str = "SELECT id, conversation_id, role, content, created_at, updated_at \
+const PG_NEXT_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at \
      FROM messages WHERE conversation_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT 51";
 const PG_UPDATE: &str = "UPDATE messages SET content = $2 WHERE id = $1 \
-     RETURNING id, conversation_id, role, content, created_at, updated_at";
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
 const PG_DELETE: &str = "DELETE FROM messages WHERE id = $1";
 
 impl PgStatements {
@@ -146,6 +146,9 @@ struct Plain {
     conversation_id: Uuid,
     role: String,
     content: String,
+    model_id: Option<Uuid>,
+    tokens_in: i32,
+    tokens_out: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -157,8 +160,11 @@ impl Plain {
             conversation_id: row.try_get(1)?,
             role: row.try_get(2)?,
             content: row.try_get(3)?,
-            created_at: row.try_get(4)?,
-            updated_at: row.try_get(5)?,
+            model_id: row.try_get(4)?,
+            tokens_in: row.try_get(5)?,
+            tokens_out: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
         })
     }
 
@@ -168,8 +174,11 @@ impl Plain {
             conversation_id: row.try_get(1)?,
             role: row.try_get(2)?,
             content: row.try_get(3)?,
-            created_at: row.try_get(4)?,
-            updated_at: row.try_get(5)?,
+            model_id: row.try_get(4)?,
+            tokens_in: row.try_get(5)?,
+            tokens_out: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
         })
     }
 }
@@ -186,6 +195,9 @@ pub mod entity {
         pub conversation_id: Uuid,
         pub role: String,
         pub content: String,
+        pub model_id: Option<Uuid>,
+        pub tokens_in: i32,
+        pub tokens_out: i32,
         pub created_at: DateTimeWithTimeZone,
         pub updated_at: DateTimeWithTimeZone,
     }
@@ -426,6 +438,9 @@ async fn sqlx_create_one<'e>(
         .bind(conversation)
         .bind("user")
         .bind(content)
+        .bind(None::<Uuid>)
+        .bind(0i32)
+        .bind(0i32)
         .fetch_one(executor)
         .await?;
     Plain::from_sqlx(&row)?;
@@ -440,7 +455,18 @@ async fn pg_create_one(
 ) -> Result<(), BoxError> {
     let id = Uuid::now_v7();
     let row = client
-        .query_one(st, &[&id, &conversation, &"user", &content])
+        .query_one(
+            st,
+            &[
+                &id,
+                &conversation,
+                &"user",
+                &content,
+                &None::<Uuid>,
+                &0i32,
+                &0i32,
+            ],
+        )
         .await?;
     Plain::from_pg(&row)?;
     Ok(())
@@ -480,10 +506,19 @@ async fn create_many(
             let conversations = vec![conversation; rows];
             let roles = vec!["user"; rows];
             let contents: Vec<String> = (0..rows).map(content).collect();
+            let (models, zeros) = (vec![None::<Uuid>; rows], vec![0i32; rows]);
             let stored = env.pg[task]
                 .query(
                     &env.pg_statements[task].insert_many,
-                    &[&ids, &conversations, &roles, &contents],
+                    &[
+                        &ids,
+                        &conversations,
+                        &roles,
+                        &contents,
+                        &models,
+                        &zeros,
+                        &zeros,
+                    ],
                 )
                 .await?;
             for row in &stored {
@@ -538,6 +573,9 @@ async fn sqlx_create_many<'e>(
         .bind(vec![conversation; rows])
         .bind(vec!["user"; rows])
         .bind(contents)
+        .bind(vec![None::<Uuid>; rows])
+        .bind(vec![0i32; rows])
+        .bind(vec![0i32; rows])
         .fetch_all(executor)
         .await?;
     for row in &stored {
@@ -588,14 +626,14 @@ async fn pg_get(
 
 /// The statements our repository runs for these calls, written out the way
 /// a sqlx user would (they are the text `Repo` builds, byte for byte).
-const SQLX_INSERT: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content") VALUES ($1, $2, $3, $4) RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
-const SQLX_INSERT_MANY: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[]) AS u(c0, c1, c2, c3) RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
-const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "id" = $1"#;
-const SQLX_UPDATE: &str = r#"UPDATE "messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "created_at", "updated_at""#;
+const SQLX_INSERT: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_INSERT_MANY: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT, c4::UUID, c5::INTEGER, c6::INTEGER FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::UUID[], $6::INTEGER[], $7::INTEGER[]) AS u(c0, c1, c2, c3, c4, c5, c6) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "id" = $1"#;
+const SQLX_UPDATE: &str = r#"UPDATE "messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END, "model_id" = CASE WHEN $8::BOOLEAN THEN $9::UUID ELSE "model_id" END, "tokens_in" = CASE WHEN $10::BOOLEAN THEN $11::INTEGER ELSE "tokens_in" END, "tokens_out" = CASE WHEN $12::BOOLEAN THEN $13::INTEGER ELSE "tokens_out" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
 const SQLX_DELETE: &str = r#"DELETE FROM "messages" WHERE "id" = $1"#;
-const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
-const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
-const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "created_at", "updated_at" FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
+const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
+const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
+const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
 
 /// Conversation `eq` AND role `is_in` AND `created_at` `gt`, newest 50.
 async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
@@ -644,7 +682,7 @@ async fn sqlx_filtered_page<'e>(
         .collect::<Result<_, _>>()?;
     if rows.len() > 50 {
         // What a cursor for the next page needs.
-        let _: (DateTime<Utc>, Uuid) = (rows[49].try_get(4)?, rows[49].try_get(0)?);
+        let _: (DateTime<Utc>, Uuid) = (rows[49].try_get(7)?, rows[49].try_get(0)?);
     }
     Ok(items.len())
 }
@@ -741,7 +779,7 @@ async fn sqlx_page<'e>(
         .collect::<Result<_, _>>()?;
     if rows.len() > 50 {
         let last = &rows[49];
-        return Ok(Some((last.try_get(4)?, last.try_get(0)?)));
+        return Ok(Some((last.try_get(7)?, last.try_get(0)?)));
     }
     Ok(None)
 }
@@ -818,6 +856,12 @@ async fn sqlx_update<'e>(
         .bind(None::<String>)
         .bind(true)
         .bind(Some(content))
+        .bind(false)
+        .bind(None::<Uuid>)
+        .bind(false)
+        .bind(None::<i32>)
+        .bind(false)
+        .bind(None::<i32>)
         .fetch_one(executor)
         .await?;
     Plain::from_sqlx(&row)?;
@@ -899,4 +943,67 @@ pub async fn peak_memory_here(url: &str, lib: &str, rows: usize) -> Result<u64, 
     let (_, peak) = rss();
     clean_up(&env, Op::CreateMany100k).await?;
     Ok(peak.saturating_sub(before))
+}
+
+/// Refuses to measure when the hand-written statements are not the ones our
+/// repository sends for the same calls (a column added to `Message` and not
+/// here would make "sqlx, our pool" read less than ours).
+pub async fn check_same_sql(env: &Env) -> Result<(), BoxError> {
+    let dry = mandrake_storage::DryRun::new();
+    let conversation = env.paged;
+    let new = || NewMessage {
+        conversation_id: conversation,
+        role: Role::User,
+        content: String::new(),
+        model_id: None,
+        tokens_in: 0,
+        tokens_out: 0,
+    };
+    let _ = Message::repo().create(&dry, new()).await;
+    let _ = Message::repo().create_many(&dry, vec![new()]).await;
+    let _ = Message::repo().get(&dry, conversation).await;
+    let patch = MessagePatch {
+        content: Some(String::new()),
+        ..Default::default()
+    };
+    let _ = Message::repo().update(&dry, conversation, patch).await;
+    let _ = Message::repo().delete(&dry, conversation).await;
+    let _ = Message::page_of_conversation(&dry, conversation, 50, None).await;
+    let first = Message::page_of_conversation(&env.db, conversation, 50, None).await?;
+    let _ = Message::page_of_conversation(&dry, conversation, 50, first.next).await;
+    let filter = Message::CONVERSATION_ID
+        .eq(conversation)
+        .and(Message::ROLE.is_in([Role::User, Role::Assistant]))
+        .and(Message::CREATED_AT.gt(env.paged_since));
+    let newest = ListOptions::new()
+        .order_by(Message::CREATED_AT.desc())
+        .limit(50);
+    let _ = Message::repo().list(&dry, filter, newest).await;
+    let hand = [
+        SQLX_INSERT,
+        SQLX_INSERT_MANY,
+        SQLX_GET,
+        SQLX_UPDATE,
+        SQLX_DELETE,
+        SQLX_FIRST_PAGE,
+        SQLX_NEXT_PAGE,
+        SQLX_FILTERED_PAGE,
+    ];
+    let ours = dry.statements();
+    let differ: Vec<String> = ours
+        .iter()
+        .zip(hand)
+        .filter(|(ours, hand)| ours != hand)
+        .map(|(ours, hand)| format!(" ours: {ours}\n hand: {hand}"))
+        .collect();
+    if !differ.is_empty() || ours.len() != hand.len() {
+        return Err(format!(
+            "the hand-written SQL is not what our calls send ({} statements against {}):\n{}",
+            ours.len(),
+            hand.len(),
+            differ.join("\n")
+        )
+        .into());
+    }
+    Ok(())
 }

@@ -400,7 +400,7 @@ async fn setup(
         .map(|m| m.id)
         .collect();
     sqlx::query("ANALYZE").execute(&pool).await?;
-    Ok(Env {
+    let env = Env {
         pool,
         pg_pool,
         db,
@@ -412,7 +412,9 @@ async fn setup(
         paged_since,
         tasks,
         pgbouncer_db,
-    })
+    };
+    contenders::check_same_sql(&env).await?;
+    Ok(env)
 }
 
 /// Runs `iterations` of `op` with `lib`, split over the mode's tasks.

@@ -60,7 +60,8 @@ pub struct Settings {
     pub replica_max_lag: Duration,
     /// With [`Settings::pgbouncer`]: the server itself, not PgBouncer
     /// (`MANDRAKE_DIRECT_URL`), for what needs a session of its own, such as
-    /// the change feed's LISTEN. Without it those calls are refused.
+    /// the change feed when [`Settings::feed_url`] is unset. Without it those
+    /// calls are refused.
     pub direct_url: Option<String>,
     /// Where the change feed reads its replication slots
     /// (`MANDRAKE_FEED_URL`): the server itself, as a role `WITH

@@ -86,8 +86,9 @@ pub enum Error {
     /// archive, a database that may not be replaced ([`BackupError`]).
     Backup(BackupError),
     /// The call needs a server session of its own (the change feed's
-    /// LISTEN), which PgBouncer in transaction mode does not keep: set
-    /// `MANDRAKE_DIRECT_URL` ([`crate::Settings::direct_url`]) to the server itself.
+    /// replication connection), which PgBouncer in transaction mode does not
+    /// keep: set `MANDRAKE_FEED_URL` ([`crate::Settings::feed_url`]) to the
+    /// server itself.
     NeedsSession {
         /// What needed it.
         what: &'static str,

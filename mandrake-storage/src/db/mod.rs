@@ -353,10 +353,10 @@ impl Db {
     }
 
     /// The options of a connection that keeps a session of its own for
-    /// `what` (a LISTEN): the pool's; behind PgBouncer, whose server
+    /// `what` (the change feed): the pool's; behind PgBouncer, whose server
     /// connections change hands every transaction, the direct URL's, else
-    /// [`Error::NeedsSession`]. A LISTEN on a pooled server connection would
-    /// deliver its notifications to whichever client gets it next.
+    /// [`Error::NeedsSession`]. A session's state on a pooled server
+    /// connection would reach whichever client gets it next.
     pub(crate) fn session_options(&self, what: &'static str) -> Result<PgConnectOptions> {
         match (self.pgbouncer, &self.direct) {
             (false, _) => Ok(self.pool.manager().options().clone()),

@@ -125,6 +125,12 @@ impl Lab {
         names
     }
 
+    /// A version after every migration in the folder, for a hand-written one.
+    fn next_version(&self) -> i64 {
+        let last = self.files().last().cloned().unwrap_or_default();
+        last.split('_').next().unwrap().parse::<i64>().unwrap() + 1
+    }
+
     /// v1 → v2 → v1 → v2 with every check of the module docs; returns the
     /// up and down SQL for further assertions.
     async fn evolve(
@@ -769,19 +775,9 @@ async fn notify_puts_the_table_in_the_publication_and_takes_it_out() {
 
     // A table taken out of the feed by hand, or logging less than whole
     // rows, is drift that check names.
-    let last: i64 = lab
-        .files()
-        .last()
-        .unwrap()
-        .split('_')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    lab.dir.write(
-        &format!("{}_quiet.up.sql", last + 1),
-        "ALTER TABLE notes REPLICA IDENTITY DEFAULT;\n",
-    );
+    let quiet = format!("{}_quiet.up.sql", lab.next_version());
+    lab.dir
+        .write(&quiet, "ALTER TABLE notes REPLICA IDENTITY DEFAULT;\n");
     let plan = check(&lab.db.url(), &lab.migrations(), &v3, &Renames::NONE)
         .await
         .unwrap();
@@ -790,7 +786,7 @@ async fn notify_puts_the_table_in_the_publication_and_takes_it_out() {
         said.iter().any(|s| s.contains("change feed of notes")),
         "{said:?}"
     );
-    std::fs::remove_file(lab.dir.path().join(format!("{}_quiet.up.sql", last + 1))).unwrap();
+    lab.dir.remove(&quiet);
 
     // And off again: out of the publication, which goes too.
     let (up, _) = lab.evolve(&v3, &v1(), false).await;
@@ -2112,17 +2108,8 @@ async fn tenant_policies_are_migrated_proven_and_checked() {
     assert_eq!(kept, ["00000000-0000-0000-0000-00000000000a null"]);
     // A hand-written migration that edits the policy: drift, which check
     // names; one that adds a policy of the user's own is left alone.
-    let last: i64 = lab
-        .files()
-        .last()
-        .unwrap()
-        .split('_')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
     lab.dir.write(
-        &format!("{}_loosen.up.sql", last + 1),
+        &format!("{}_loosen.up.sql", lab.next_version()),
         "ALTER POLICY chats_tenant ON chats USING (true);\n\
          CREATE POLICY audit_reads ON chats FOR SELECT USING (true);\n",
     );

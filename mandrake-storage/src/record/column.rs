@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgHasArrayType, PgRow};
 use sqlx::types::Json;
-use sqlx::{Arguments, Decode, Encode, Postgres, Row, Type};
+use sqlx::{Arguments, Column, Decode, Encode, Postgres, Row, Type, ValueRef};
 use uuid::Uuid;
 
 /// A Rust type that can be a column of a `#[derive(Record)]` struct.
@@ -43,6 +43,13 @@ pub trait ColumnType:
     /// so that the error can name the column.
     fn invalid(&self) -> Option<&'static str> {
         None
+    }
+    /// Reads this type from column `index` of `row`. Integers also read a
+    /// narrower integer column (an `i64` field an `INTEGER`), so that a
+    /// binary whose field is already wider runs against the table before an
+    /// `integer → bigint` change has switched it.
+    fn decode_at(row: &PgRow, index: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(index)
     }
 }
 
@@ -103,14 +110,38 @@ scalar_columns! {
     Uuid => "UUID",
     bool => "BOOLEAN",
     i16 => "SMALLINT",
-    i32 => "INTEGER",
-    i64 => "BIGINT",
     f32 => "REAL",
     f64 => "DOUBLE PRECISION",
     DateTime<Utc> => "TIMESTAMPTZ",
     NaiveDate => "DATE",
     serde_json::Value => "JSONB",
     Vec<u8> => "BYTEA",
+}
+
+/// An integer column type that also reads the narrower ones.
+macro_rules! widening_integers {
+    ($($ty:ty => $sql:literal reads $($narrow:ty),+);* $(;)?) => {$(
+        impl ColumnType for $ty {
+            const SQL_TYPE: &'static str = $sql;
+            type Cell = Self;
+            type Scalar = Self;
+            fn into_cell(self) -> Option<Self> {
+                Some(self)
+            }
+            fn decode_at(row: &PgRow, index: usize) -> Result<Self, sqlx::Error> {
+                let stored = row.try_column(index)?.type_info();
+                $(if *stored == <$narrow as Type<Postgres>>::type_info() {
+                    return row.try_get::<$narrow, _>(index).map(<$ty>::from);
+                })+
+                row.try_get(index)
+            }
+        }
+    )*};
+}
+
+widening_integers! {
+    i32 => "INTEGER" reads i16;
+    i64 => "BIGINT" reads i32, i16;
 }
 
 impl ColumnType for String {
@@ -168,6 +199,12 @@ impl<T: ColumnType> ColumnType for Option<T> {
     fn invalid(&self) -> Option<&'static str> {
         self.as_ref().and_then(T::invalid)
     }
+    fn decode_at(row: &PgRow, index: usize) -> Result<Self, sqlx::Error> {
+        if row.try_get_raw(index)?.is_null() {
+            return Ok(None);
+        }
+        T::decode_at(row, index).map(Some)
+    }
 }
 
 /// `T::SQL_TYPE`, `T::NULLABLE` and `T::VALUES` as functions: what the
@@ -210,7 +247,7 @@ pub fn push_cell<T: ColumnType>(
 /// unsupported field type fails with `ColumnType`'s message alone.
 #[doc(hidden)]
 pub fn decode_column<T: ColumnType>(row: &PgRow, index: usize) -> Result<T, sqlx::Error> {
-    row.try_get(index)
+    T::decode_at(row, index)
 }
 
 /// Binds `value` for `column` as the next parameter (see [`decode_column`]).

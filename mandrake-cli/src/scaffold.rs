@@ -91,7 +91,7 @@ async fn compare_on(
     renames: &Renames,
 ) -> Result<Comparison> {
     let replayed = scratch.create("replay").await?;
-    migrate(&replayed, migrations, &MigrateOptions::default()).await?;
+    migrate(&replayed, migrations, &MigrateOptions::complete()).await?;
     let current = mandrake_storage::schema::introspect::inspect_url(&replayed).await?;
     let typed = scratch.create("types").await?;
     run_script(&typed, &create_schema(tables))
@@ -462,7 +462,7 @@ async fn plan_and_verify(
                 "verification failed: {what}: {e}"
             )))
         };
-        migrate(&proving, &all, &MigrateOptions::default())
+        migrate(&proving, &all, &MigrateOptions::complete())
             .await
             .map_err(|e| step("up did not apply", e))?;
         let read = || async {
@@ -489,7 +489,7 @@ async fn plan_and_verify(
             &comparison.current,
             "down does not restore the previous schema",
         )?;
-        migrate(&proving, &all, &MigrateOptions::default())
+        migrate(&proving, &all, &MigrateOptions::complete())
             .await
             .map_err(|e| step("up did not apply a second time", e))?;
         Ok::<_, Error>(())

@@ -544,7 +544,7 @@ async fn check_restored(
     if let Some(version) = report.migrated_to {
         let options = MigrateOptions {
             to: Some(version),
-            ..MigrateOptions::default()
+            ..MigrateOptions::complete()
         };
         migrate(&expected_url, migrations, &options).await?;
     }

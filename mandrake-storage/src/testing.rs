@@ -394,7 +394,12 @@ pub fn cluster() -> Result<Option<&'static Cluster>> {
 async fn migrate_workspace(url: &str) -> Result<()> {
     let dir = crate::cluster::workspace_root()?.join("migrations");
     let migrations = crate::migrate::Migrations::from_dir(dir)?;
-    crate::migrate::migrate(url, &migrations, &Default::default()).await?;
+    crate::migrate::migrate(
+        url,
+        &migrations,
+        &crate::migrate::MigrateOptions::complete(),
+    )
+    .await?;
     Ok(())
 }
 

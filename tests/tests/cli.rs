@@ -112,3 +112,34 @@ fn exit_codes_and_a_global_database_url() {
         ExitCode::from(2)
     );
 }
+
+#[test]
+fn migrate_complete_applies_the_contract_that_migrate_left_waiting() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let t = runtime.block_on(TestDb::empty()).unwrap();
+    let url = t.url();
+    let dir = MigrationDir::new(&[
+        (
+            "1_things.up.sql",
+            "CREATE TABLE things (id INT, old INT);\n",
+        ),
+        (
+            "2_things_contract.up.sql",
+            "-- contract\nALTER TABLE things DROP COLUMN old;\n",
+        ),
+    ]);
+    let dir = dir.path().to_str().unwrap();
+    let call = |rest: &[&str]| {
+        let mut args = vec!["--database-url", &url, "--migrations", dir];
+        args.extend_from_slice(rest);
+        run(&args, &[])
+    };
+    assert_eq!(call(&["migrate"]), ExitCode::SUCCESS);
+    assert_eq!(
+        call(&["status", "--exit-code"]),
+        ExitCode::from(1),
+        "waiting"
+    );
+    assert_eq!(call(&["migrate", "--complete"]), ExitCode::SUCCESS);
+    assert_eq!(call(&["status", "--exit-code"]), ExitCode::SUCCESS);
+}

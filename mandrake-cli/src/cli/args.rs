@@ -116,6 +116,10 @@ pub struct MigrateArgs {
     /// Apply pending migrations up to and including this version.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<i64>,
+    /// Apply contract migrations too (`-- contract`: they drop what the old
+    /// binaries still use); run it once every binary is the new one.
+    #[arg(long)]
+    pub complete: bool,
     /// Print what would be applied; apply nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -21,6 +21,7 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
     let migrations = Migrations::from_dir(&ctx.dir)?;
     let options = MigrateOptions {
         to: args.to,
+        complete: args.complete,
         dry_run: args.dry_run,
         allow_out_of_order: args.allow_out_of_order,
         lock_timeout: Duration::from_secs(args.lock_timeout),
@@ -34,7 +35,12 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
     for (_, name) in &report.applied {
         println!("{verb} {name}");
     }
-    if report.applied.is_empty() {
+    if let Some((_, name)) = &report.waiting {
+        println!(
+            "waiting: {name} is a contract (it drops what the old binaries still use); \
+             run `cargo xtask migrate --complete` once every running binary is the new one"
+        );
+    } else if report.applied.is_empty() {
         println!("nothing to apply: the database is up to date");
     }
     for warning in &report.warnings {
@@ -73,6 +79,7 @@ pub(super) async fn status(ctx: &Context, exit_code: bool) -> Result<ExitCode> {
                 | migrate::State::Failed
                 | migrate::State::Unknown
                 | migrate::State::Running
+                | migrate::State::Waiting
         )
     });
     if rows.is_empty() {
@@ -88,6 +95,11 @@ pub(super) async fn status(ctx: &Context, exit_code: bool) -> Result<ExitCode> {
         .filter(|r| r.state == migrate::State::Running)
         .map(|r| r.version)
         .collect();
+    let width = rows
+        .iter()
+        .map(|r| r.state.to_string().len())
+        .max()
+        .unwrap_or(0);
     for row in rows {
         let at = row
             .applied_at
@@ -98,7 +110,7 @@ pub(super) async fn status(ctx: &Context, exit_code: bool) -> Result<ExitCode> {
             .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<13} {:<23} {:>10}  {}",
+            "{:<width$} {:<23} {:>10}  {}",
             row.state.to_string(),
             at,
             took,

@@ -233,6 +233,9 @@ fn check_file_names(place: &str, names: &[String]) -> Result<()> {
 pub struct MigrateOptions {
     /// Apply pending migrations up to and including this version.
     pub to: Option<i64>,
+    /// Apply contract migrations too (see [`is_contract`]); without it the
+    /// run stops before the first one (`cargo xtask migrate --complete`).
+    pub complete: bool,
     /// Say what would be applied, apply nothing.
     pub dry_run: bool,
     /// Apply pending migrations older than the newest applied one.
@@ -241,10 +244,34 @@ pub struct MigrateOptions {
     pub lock_timeout: Duration,
 }
 
+impl MigrateOptions {
+    /// Every pending file, contracts included: what the tools use to build a
+    /// database from a folder (proofs, scratch databases, restores).
+    pub fn complete() -> MigrateOptions {
+        MigrateOptions {
+            complete: true,
+            ..MigrateOptions::default()
+        }
+    }
+}
+
+/// Whether `sql` is a contract migration: it says so on a line `-- contract`
+/// among its leading comments. A contract removes what the old binaries
+/// still use (the old column of an expand/contract change), so a plain
+/// `migrate` stops before it, and `migrate --complete` applies it once every
+/// running binary is the new one.
+pub fn is_contract(sql: &str) -> bool {
+    sql.lines()
+        .map(str::trim)
+        .take_while(|line| line.is_empty() || line.starts_with("--"))
+        .any(|line| line == "-- contract")
+}
+
 impl Default for MigrateOptions {
     fn default() -> Self {
         MigrateOptions {
             to: None,
+            complete: false,
             dry_run: false,
             allow_out_of_order: false,
             lock_timeout: Duration::from_secs(60),
@@ -261,6 +288,9 @@ pub struct Report {
     pub reverted: Vec<(i64, String)>,
     /// What ran but deserves a look (an up file with no statement).
     pub warnings: Vec<String>,
+    /// The contract migration the run stopped before (without
+    /// [`MigrateOptions::complete`]); every later file waits with it.
+    pub waiting: Option<(i64, String)>,
 }
 
 /// Which migrations to revert.
@@ -291,6 +321,9 @@ pub enum State {
     Unknown,
     /// A `-- no-transaction` file running now (a migrator holds the lock).
     Running,
+    /// A pending contract migration with every migration before it applied:
+    /// the change is expanded and waits for `migrate --complete`.
+    Waiting,
 }
 
 impl std::fmt::Display for State {
@@ -303,6 +336,7 @@ impl std::fmt::Display for State {
             State::Failed => "failed",
             State::Unknown => "unknown",
             State::Running => "running",
+            State::Waiting => "expanded, waiting for --complete",
         })
     }
 }
@@ -535,6 +569,10 @@ pub async fn migrate(
     let mut report = Report::default();
     for migration in pending {
         let name = migrations.name(migration.version);
+        if !options.complete && is_contract(migration.sql.as_str()) {
+            report.waiting = Some((migration.version, name));
+            break;
+        }
         if statements(migration.sql.as_str()).is_empty() {
             report.warnings.push(format!(
                 "{name}.up.sql has no statement (empty, or comments only): it is recorded as \
@@ -832,6 +870,8 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
         .versions()
         .chain(by_version.keys().copied())
         .collect();
+    // The first pending file, if it is a contract, is what `migrate` stops at.
+    let mut before_pending = true;
     Ok(versions
         .into_iter()
         .map(|version| {
@@ -846,8 +886,10 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
                 (None, Some(_)) => State::MissingFile,
                 (Some(f), Some(r)) if *f.checksum != *r.checksum => State::Changed,
                 (Some(_), Some(_)) => State::Applied,
+                (Some(f), None) if before_pending && is_contract(f.sql.as_str()) => State::Waiting,
                 _ => State::Pending,
             };
+            before_pending &= !matches!(state, State::Pending | State::Waiting);
             let name = match (file, row) {
                 (None, Some(r)) => format!("{version}_{}", r.description.replace(' ', "_")),
                 _ => migrations.name(version),

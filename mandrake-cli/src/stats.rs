@@ -25,6 +25,37 @@ pub struct TopRow {
     pub origin: Option<(String, &'static str)>,
 }
 
+/// `rows` as `db top` prints them: a header, then a line a statement with
+/// its text cut to 70 characters, or with `full` the whole statement on an
+/// indented line of its own under its numbers.
+pub fn render(rows: &[TopRow], full: bool) -> String {
+    let mut out = format!(
+        "{:>8} {:>11} {:>9} {:>9}  {:<28} statement\n",
+        "calls", "total ms", "mean ms", "rows", "table.operation"
+    );
+    for row in rows {
+        let origin = row
+            .origin
+            .as_ref()
+            .map(|(table, op)| format!("{table}.{op}"))
+            .unwrap_or_else(|| "-".into());
+        let mut query: String = row.query.split_whitespace().collect::<Vec<_>>().join(" ");
+        let numbers = format!(
+            "{:>8} {:>11.1} {:>9.3} {:>9}",
+            row.calls, row.total_ms, row.mean_ms, row.rows
+        );
+        if full {
+            out.push_str(&format!("{numbers}  {origin}\n    {query}\n\n"));
+            continue;
+        }
+        if query.chars().count() > 70 {
+            query = query.chars().take(69).collect::<String>() + "…";
+        }
+        out.push_str(&format!("{numbers}  {origin:<28} {query}\n"));
+    }
+    out
+}
+
 const HOW_TO_ENABLE: &str = "pg_stat_statements is not enabled on this server: add \
      `shared_preload_libraries = 'pg_stat_statements'` to postgresql.conf, restart the server, \
      and run `CREATE EXTENSION pg_stat_statements` in the database (the embedded cluster does \
@@ -150,6 +181,32 @@ pub fn classify(sql: &str, tables: &[&TableSchema]) -> Option<(String, &'static 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn top_cuts_statements_unless_full() {
+        let long = format!(
+            "SELECT {} FROM \"messages\"\n  WHERE \"id\" = $1",
+            "\"content\", ".repeat(12)
+        );
+        let rows = [super::TopRow {
+            query: long.clone(),
+            calls: 3,
+            total_ms: 1.5,
+            mean_ms: 0.5,
+            rows: 3,
+            origin: Some(("messages".into(), "get")),
+        }];
+        let cut = super::render(&rows, false);
+        let line = cut.lines().nth(1).unwrap();
+        assert!(
+            line.contains("messages.get") && line.ends_with('…'),
+            "{cut}"
+        );
+        assert!(!cut.contains("WHERE"), "{cut}");
+        let whole = super::render(&rows, true);
+        let flat = long.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(whole.contains(&format!("\n    {flat}\n")), "{whole}");
+    }
+
     use super::*;
     use mandrake_storage::schema::ColumnDef;
 

@@ -27,32 +27,7 @@ pub(super) async fn top(
         return Ok(ExitCode::SUCCESS);
     }
     let rows = crate::stats::top(&url, tables, limit).await?;
-    println!(
-        "{:>8} {:>11} {:>9} {:>9}  {:<28} statement",
-        "calls", "total ms", "mean ms", "rows", "table.operation"
-    );
-    for row in rows {
-        let origin = row
-            .origin
-            .map(|(table, op)| format!("{table}.{op}"))
-            .unwrap_or_else(|| "-".into());
-        let mut query: String = row.query.split_whitespace().collect::<Vec<_>>().join(" ");
-        if full {
-            // The statement whole, indented under its numbers.
-            println!(
-                "{:>8} {:>11.1} {:>9.3} {:>9}  {origin}\n    {query}\n",
-                row.calls, row.total_ms, row.mean_ms, row.rows
-            );
-            continue;
-        }
-        if query.chars().count() > 70 {
-            query = query.chars().take(69).collect::<String>() + "…";
-        }
-        println!(
-            "{:>8} {:>11.1} {:>9.3} {:>9}  {origin:<28} {query}",
-            row.calls, row.total_ms, row.mean_ms, row.rows
-        );
-    }
+    print!("{}", crate::stats::render(&rows, full));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -235,7 +235,8 @@ impl WalStream {
         }
     }
 
-    /// The next message of the stream.
+    /// The next message of the stream. Cancel-safe (the hub reads it under a
+    /// timeout): bytes read stay in the buffer until a whole message is there.
     pub(crate) async fn next(&mut self) -> Result<Replicated> {
         loop {
             match self.message().await? {

@@ -93,8 +93,10 @@ impl<T: ColumnType> ColumnTypeOf for T {
     type Type = T;
 }
 
+/// The plain column types. An integer type `reads (…)` the narrower integer
+/// columns too (see [`ColumnType::decode_at`]).
 macro_rules! scalar_columns {
-    ($($ty:ty => $sql:literal),* $(,)?) => {$(
+    ($($ty:ty => $sql:literal $(reads ($($narrow:ty),+))?),* $(,)?) => {$(
         impl ColumnType for $ty {
             const SQL_TYPE: &'static str = $sql;
             type Cell = Self;
@@ -102,6 +104,13 @@ macro_rules! scalar_columns {
             fn into_cell(self) -> Option<Self> {
                 Some(self)
             }
+            $(fn decode_at(row: &PgRow, index: usize) -> Result<Self, sqlx::Error> {
+                let stored = row.try_column(index)?.type_info();
+                $(if *stored == <$narrow as Type<Postgres>>::type_info() {
+                    return row.try_get::<$narrow, _>(index).map(<$ty>::from);
+                })+
+                row.try_get(index)
+            })?
         }
     )*};
 }
@@ -110,38 +119,14 @@ scalar_columns! {
     Uuid => "UUID",
     bool => "BOOLEAN",
     i16 => "SMALLINT",
+    i32 => "INTEGER" reads (i16),
+    i64 => "BIGINT" reads (i32, i16),
     f32 => "REAL",
     f64 => "DOUBLE PRECISION",
     DateTime<Utc> => "TIMESTAMPTZ",
     NaiveDate => "DATE",
     serde_json::Value => "JSONB",
     Vec<u8> => "BYTEA",
-}
-
-/// An integer column type that also reads the narrower ones.
-macro_rules! widening_integers {
-    ($($ty:ty => $sql:literal reads $($narrow:ty),+);* $(;)?) => {$(
-        impl ColumnType for $ty {
-            const SQL_TYPE: &'static str = $sql;
-            type Cell = Self;
-            type Scalar = Self;
-            fn into_cell(self) -> Option<Self> {
-                Some(self)
-            }
-            fn decode_at(row: &PgRow, index: usize) -> Result<Self, sqlx::Error> {
-                let stored = row.try_column(index)?.type_info();
-                $(if *stored == <$narrow as Type<Postgres>>::type_info() {
-                    return row.try_get::<$narrow, _>(index).map(<$ty>::from);
-                })+
-                row.try_get(index)
-            }
-        }
-    )*};
-}
-
-widening_integers! {
-    i32 => "INTEGER" reads i16;
-    i64 => "BIGINT" reads i32, i16;
 }
 
 impl ColumnType for String {

@@ -172,15 +172,17 @@ pub fn start_pgbouncer(cluster: &Cluster) -> Result<PathBuf> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Error::Config(format!("cannot start the pgbouncer guardian: {e}")))?;
+    // Ready when it accepts: the socket file appears at bind(), a moment
+    // before listen(), and a connection in between is refused.
     let socket = dir.join(format!(".s.PGSQL.{PGBOUNCER_PORT}"));
     for _ in 0..100 {
-        if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return Ok(dir);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Err(Error::Config(format!(
-        "pgbouncer started but {} did not appear",
+        "pgbouncer started but does not accept connections on {}",
         socket.display()
     )))
 }

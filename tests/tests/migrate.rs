@@ -899,3 +899,102 @@ fn a_contract_says_so_in_its_leading_comments_only() {
         "-- contracts table\nCREATE TABLE contracts ();"
     ));
 }
+
+/// A backfill by hand, as an expand/contract change writes one: batches by
+/// primary key, each committed, each skipping rows already done.
+const BACKFILL: &str = "-- no-transaction\n-- resumable\n\
+DO $$\n\
+DECLARE done uuid := '00000000-0000-0000-0000-000000000000'; upto uuid;\n\
+BEGIN\n\
+  LOOP\n\
+    upto := (SELECT id FROM (SELECT id FROM usage WHERE id > done ORDER BY id LIMIT 500) b \
+             ORDER BY id DESC LIMIT 1);\n\
+    EXIT WHEN upto IS NULL;\n\
+    UPDATE usage SET wide = tokens WHERE id > done AND id <= upto AND wide IS DISTINCT FROM tokens;\n\
+    COMMIT;\n\
+    PERFORM pg_sleep(0.02);\n\
+    done := upto;\n\
+  END LOOP;\n\
+END $$;\n";
+
+#[tokio::test]
+async fn a_killed_resumable_backfill_resumes_on_the_next_migrate() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[
+        (
+            "1_usage.up.sql",
+            "CREATE TABLE usage (id UUID PRIMARY KEY, tokens INTEGER NOT NULL);\n\
+             INSERT INTO usage SELECT gen_random_uuid(), g FROM generate_series(1, 20000) g;\n",
+        ),
+        (
+            "2_expand.up.sql",
+            "ALTER TABLE usage ADD COLUMN wide BIGINT;\n",
+        ),
+        ("3_backfill.up.sql", BACKFILL),
+    ]);
+    let (url, m) = (t.url(), load(&dir));
+    let run = tokio::spawn(async move { migrate(&url, &m, &opts()).await });
+    // Once some batches are in, kill the migrator's session as `kill -9`
+    // of the process would end it.
+    let mut admin = connect_one(&t.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(wide) FROM usage")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap_or(0);
+        if done >= 2000 {
+            let killed: i64 = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE '%DO $$%' \
+                 AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(killed, 1);
+            break;
+        }
+        if run.is_finished() {
+            panic!("the run ended first: {:?}", run.await.unwrap());
+        }
+        assert!(std::time::Instant::now() < deadline, "no batch committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(run.await.unwrap().is_err());
+    let (done, first): (i64, String) = sqlx::query_as(
+        "SELECT count(wide), (SELECT xmin::text FROM usage WHERE wide IS NOT NULL ORDER BY id LIMIT 1) \
+         FROM usage",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(done > 0 && done < 20000, "killed midway: {done} rows done");
+
+    // No `resolve`: the file says it may run again, and status says so.
+    let m = load(&dir);
+    let rows = status(&t.url(), &m).await.unwrap();
+    assert_eq!(rows[2].state, State::Pending, "{rows:?}");
+    let report = migrate(&t.url(), &m, &opts()).await.unwrap();
+    let applied: Vec<i64> = report.applied.iter().map(|(v, _)| *v).collect();
+    assert_eq!(applied, [3]);
+    let (missing, still): (i64, String) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE wide IS DISTINCT FROM tokens), \
+         (SELECT xmin::text FROM usage WHERE wide IS NOT NULL ORDER BY id LIMIT 1) FROM usage",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(missing, 0, "every row backfilled");
+    assert_eq!(
+        still, first,
+        "a row done before the kill was not written again"
+    );
+    let states: Vec<State> = status(&t.url(), &m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, [State::Applied; 3]);
+}

@@ -261,10 +261,24 @@ impl MigrateOptions {
 /// `migrate` stops before it, and `migrate --complete` applies it once every
 /// running binary is the new one.
 pub fn is_contract(sql: &str) -> bool {
+    marked(sql, "-- contract")
+}
+
+/// Whether `sql` is a resumable `-- no-transaction` migration: it says so
+/// on a line `-- resumable` among its leading comments. Such a file may be
+/// run again from the start after it was interrupted or failed (a batched
+/// backfill that commits as it goes and skips what is done): `migrate` runs
+/// it again instead of waiting for `resolve`.
+pub fn is_resumable(sql: &str) -> bool {
+    sql.starts_with("-- no-transaction") && marked(sql, "-- resumable")
+}
+
+/// Whether one of the leading comment lines of `sql` is `marker`.
+fn marked(sql: &str, marker: &str) -> bool {
     sql.lines()
         .map(str::trim)
         .take_while(|line| line.is_empty() || line.starts_with("--"))
-        .any(|line| line == "-- contract")
+        .any(|line| line == marker)
 }
 
 impl Default for MigrateOptions {
@@ -542,7 +556,27 @@ pub async fn migrate(
         .into());
     }
     let mut locked = Locked::acquire(url, options.lock_timeout).await?;
-    let applied = locked.applied().await?;
+    let mut applied = locked.applied().await?;
+    // An unfinished resumable file runs again: its record goes first. Under
+    // the lock nothing else runs it.
+    let resumed: Vec<i64> = applied
+        .iter()
+        .filter(|a| !a.success)
+        .filter(|a| {
+            migrations
+                .ups
+                .get(&a.version)
+                .is_some_and(|m| *m.checksum == *a.checksum && is_resumable(m.sql.as_str()))
+        })
+        .map(|a| a.version)
+        .collect();
+    if !resumed.is_empty() && !options.dry_run {
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ANY($1) AND NOT success")
+            .bind(&resumed)
+            .execute(&mut locked.conn)
+            .await?;
+    }
+    applied.retain(|a| !resumed.contains(&a.version));
     check_applied(migrations, &applied)?;
     let done: BTreeSet<i64> = applied.iter().map(|a| a.version).collect();
     let newest = done.iter().next_back().copied();
@@ -880,6 +914,11 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
             let state = match (file, row) {
                 (_, Some(r)) if !r.success && r.execution_time == STARTED && running => {
                     State::Running
+                }
+                (Some(f), Some(r))
+                    if !r.success && *f.checksum == *r.checksum && is_resumable(f.sql.as_str()) =>
+                {
+                    State::Pending
                 }
                 (_, Some(r)) if !r.success && r.execution_time == STARTED => State::Unknown,
                 (_, Some(r)) if !r.success => State::Failed,

@@ -17,6 +17,8 @@ use mandrake_storage::{Change, Db, Record, Settings, Subscription};
 use mandrake_types::{Conversation, Message, MessagePatch, NewConversation, NewMessage, Role};
 use uuid::Uuid;
 
+use crate::report::percentile;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn message(conversation_id: Uuid, content: String) -> NewMessage {
@@ -96,16 +98,6 @@ async fn streamed_reply(db: &Db, conversation: Uuid) -> Result<f64, BoxError> {
         Message::repo().update(db, m.id, patch).await?;
     }
     Ok(started.elapsed().as_secs_f64())
-}
-
-/// The p50 and p99 of `delays`, in ms.
-fn percentiles(delays: &mut [Duration]) -> (f64, f64) {
-    delays.sort();
-    let at = |q: f64| {
-        let i = ((delays.len() as f64 - 1.0) * q).round() as usize;
-        delays[i].as_secs_f64() * 1e3
-    };
-    (at(0.5), at(0.99))
 }
 
 /// Commits at `rate` a second for `seconds` (8 writers, paced), with
@@ -364,8 +356,9 @@ pub async fn run(url: &str, rounds: usize) -> Result<(), BoxError> {
     println!("| commit to event | rate asked | rate reached | subscribers | p50 ms | p99 ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (rate, subscribers) in [(1000, 1), (200, 1), (200, 10), (200, 100)] {
-        let (mut d, reached) = delays(&db, rate, 5, subscribers).await?;
-        let (p50, p99) = percentiles(&mut d);
+        let (d, reached) = delays(&db, rate, 5, subscribers).await?;
+        let ms = |p| percentile(&d, p).as_secs_f64() * 1e3;
+        let (p50, p99) = (ms(0.5), ms(0.99));
         println!("| | {rate}/s | {reached:.0}/s | {subscribers} | {p50:.2} | {p99:.2} |");
     }
     Conversation::repo().delete(&db, conversation).await?;

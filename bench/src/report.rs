@@ -36,7 +36,8 @@ impl Totals {
     }
 }
 
-fn percentile(latencies: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of `latencies` (0.5: the median), nearest rank.
+pub(crate) fn percentile(latencies: &[Duration], p: f64) -> Duration {
     let mut sorted = latencies.to_vec();
     sorted.sort();
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -35,6 +35,19 @@ fn load(dir: &MigrationDir) -> Migrations {
     Migrations::from_dir(dir.path()).unwrap()
 }
 
+/// Ends the sessions of this database running a statement `LIKE pattern`,
+/// as a `kill -9` of their process would; returns how many.
+async fn terminate(admin: &mut sqlx::PgConnection, pattern: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(pattern)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
 fn expect_migration_error<T: std::fmt::Debug>(result: mandrake_storage::Result<T>, needle: &str) {
     match result {
         Err(Error::Migration(msg)) => {
@@ -491,15 +504,7 @@ async fn an_interrupted_no_transaction_file_is_unknown_until_resolved() {
     let mut admin = connect_one(&t.url()).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE '%pg_sleep(30)%' \
-             AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        if killed > 0 {
+        if terminate(&mut admin, "%pg_sleep(30)%").await > 0 {
             break;
         }
         assert!(
@@ -944,15 +949,7 @@ async fn a_killed_resumable_backfill_resumes_on_the_next_migrate() {
             .await
             .unwrap_or(0);
         if done >= 2000 {
-            let killed: i64 = sqlx::query_scalar(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND query LIKE '%DO $$%' \
-                 AND pid <> pg_backend_pid()",
-            )
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-            assert_eq!(killed, 1);
+            assert_eq!(terminate(&mut admin, "%DO $$%").await, 1);
             break;
         }
         if run.is_finished() {

@@ -273,6 +273,12 @@ pub fn is_resumable(sql: &str) -> bool {
     sql.starts_with("-- no-transaction") && marked(sql, "-- resumable")
 }
 
+/// Whether the unfinished run `row` recorded of `file` is simply run again:
+/// the file is resumable and unchanged since.
+fn runs_again(file: &Migration, row: &AppliedRow) -> bool {
+    !row.success && *file.checksum == *row.checksum && is_resumable(file.sql.as_str())
+}
+
 /// Whether one of the leading comment lines of `sql` is `marker`.
 fn marked(sql: &str, marker: &str) -> bool {
     sql.lines()
@@ -561,12 +567,11 @@ pub async fn migrate(
     // the lock nothing else runs it.
     let resumed: Vec<i64> = applied
         .iter()
-        .filter(|a| !a.success)
         .filter(|a| {
             migrations
                 .ups
                 .get(&a.version)
-                .is_some_and(|m| *m.checksum == *a.checksum && is_resumable(m.sql.as_str()))
+                .is_some_and(|m| runs_again(m, a))
         })
         .map(|a| a.version)
         .collect();
@@ -915,11 +920,7 @@ pub async fn status(url: &str, migrations: &Migrations) -> Result<Vec<StatusRow>
                 (_, Some(r)) if !r.success && r.execution_time == STARTED && running => {
                     State::Running
                 }
-                (Some(f), Some(r))
-                    if !r.success && *f.checksum == *r.checksum && is_resumable(f.sql.as_str()) =>
-                {
-                    State::Pending
-                }
+                (Some(f), Some(r)) if runs_again(f, r) => State::Pending,
                 (_, Some(r)) if !r.success && r.execution_time == STARTED => State::Unknown,
                 (_, Some(r)) if !r.success => State::Failed,
                 (None, Some(_)) => State::MissingFile,

@@ -138,3 +138,47 @@ async fn an_i64_field_reads_and_writes_an_integer_column_beside_the_i32_binary()
         4
     );
 }
+
+/// After the switch (`ALTER … TYPE bigint`), the new binary's connections
+/// still hold statements prepared against the `INTEGER` column; PostgreSQL
+/// refuses those once ("cached plan must not change result type"), and the
+/// pool prepares them again instead of failing the call.
+#[tokio::test]
+async fn statements_prepared_before_the_switch_run_after_it() {
+    let t = TestDb::with_tables(&[before::Usage::schema()])
+        .await
+        .unwrap();
+    // One connection, so every call meets the statements cached before.
+    let next = Db::connect_url(
+        &t.url(),
+        &Settings {
+            pool_size: 1,
+            ..Settings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let repo = after::Usage::repo();
+    let new = |tokens| after::NewUsage {
+        tokens,
+        retries: None,
+    };
+    let row = repo.create(&next, new(1)).await.unwrap();
+    repo.get(&next, row.id).await.unwrap();
+    repo.list(&next, Filter::all(), ListOptions::new())
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER TABLE usage ALTER COLUMN tokens TYPE bigint")
+        .execute(t.db())
+        .await
+        .unwrap();
+    let big = i64::from(i32::MAX) + 1;
+    let created = repo.create(&next, new(big)).await.unwrap();
+    assert_eq!(created.tokens, big);
+    assert_eq!(repo.get(&next, created.id).await.unwrap().tokens, big);
+    let page = repo
+        .list(&next, Filter::all(), ListOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+}

@@ -7,11 +7,11 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
-use sqlx::{AssertSqlSafe, Execute, Executor, PgConnection, Postgres, SqlStr};
+use sqlx::{AssertSqlSafe, Connection, Execute, Executor, PgConnection, Postgres, SqlStr};
 use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
 
 use super::Db;
-use super::pool::{PoolConnection, RESET_SESSION, is_broken};
+use super::pool::{PoolConnection, RESET_SESSION, is_broken, is_stale_statement};
 
 /// A statement taken apart, so that a read can run a second time.
 struct Replay {
@@ -182,7 +182,13 @@ impl Db {
                 return Box::pin(primary.run(again, call)).await;
             }
         };
-        let outcome = self.call(&mut conn, query, call).await;
+        let again = query.clone_replay();
+        let outcome = match self.call(&mut conn, query, call).await {
+            Err(err) if is_stale_statement(&err) => {
+                self.prepare_again(&mut conn, again, call).await
+            }
+            outcome => outcome,
+        };
         conn.set_in_flight(false);
         let err = match outcome {
             Err(err) => err,
@@ -192,6 +198,20 @@ impl Db {
             (Retry::Primary(primary), again) => Box::pin(primary.run(again, call)).await,
             (Retry::Fresh(mut fresh), again) => self.call(&mut fresh, again, call).await,
         }
+    }
+
+    /// Runs `query` again on `conn` with its statement cache emptied, after
+    /// PostgreSQL refused a cached statement whose result columns changed
+    /// type ([`is_stale_statement`]): nothing ran, so running it is safe,
+    /// a write too.
+    async fn prepare_again<T>(
+        &self,
+        conn: &mut PgConnection,
+        query: Replay,
+        call: Call<T>,
+    ) -> std::result::Result<T, sqlx::Error> {
+        conn.clear_cached_statements().await?;
+        self.call(conn, query, call).await
     }
 
     /// Where a statement runs: a checked-out connection (in flight, and
@@ -284,6 +304,7 @@ impl<'p> Executor<'p> for &'_ Db {
         Box::pin(TryAsyncStream::new(move |yielder| async move {
             let query = db.replay(query)?;
             let spare = query.spare();
+            let again = query.clone_replay();
             let touched = touches_session(query.sql.as_str());
             let mut conn = match db.route(&query, spare.is_some()).await? {
                 Route::Pooled(conn) => conn,
@@ -314,6 +335,15 @@ impl<'p> Executor<'p> for &'_ Db {
             .await;
             conn.set_in_flight(false);
             let Err(err) = outcome else { return Ok(()) };
+            // Refused before it ran (see `prepare_again`); only a named
+            // statement is cached, so never through PgBouncer.
+            if is_stale_statement(&err) && !yielded {
+                conn.set_in_flight(true);
+                conn.clear_cached_statements().await?;
+                forward(conn.fetch_many(again), &yielder).await?;
+                conn.set_in_flight(false);
+                return Ok(());
+            }
             // Rows already yielded cannot be taken back: no second run then.
             let spare = spare.filter(|_| !yielded);
             match db.retry_target(conn, err, spare).await? {

@@ -292,6 +292,16 @@ impl DerefMut for PoolConnection {
     }
 }
 
+/// Whether `err` is PostgreSQL refusing a statement this connection
+/// prepared because a column it returns changed type since (a contract's
+/// switch to `bigint`): refused before it ran, it runs once prepared again.
+pub(crate) fn is_stale_statement(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(|db| {
+        db.code().as_deref() == Some("0A000")
+            && db.message() == "cached plan must not change result type"
+    })
+}
+
 /// Errors after which a connection cannot be trusted again: transport
 /// failures, and a server that ended the session (a FATAL error such as
 /// `57P01`, sent by a terminated backend just before it closes the socket,

@@ -19,6 +19,7 @@
 mod cli;
 pub mod diagram;
 pub mod diff;
+pub mod expand;
 pub mod fuzz;
 pub mod lint;
 pub mod online;

@@ -15,19 +15,29 @@
 //!    that lets reads and writes go on, `SET NOT NULL` then finds the
 //!    validated check and skips its scan, and each unique constraint takes
 //!    over its ready index (`USING INDEX`); a foreign key to such a new
-//!    unique key is added here, after it.
+//!    unique key is added here, after it;
+//! 5. a column rename or a type change that rewrites the table as
+//!    expand, backfill and contract ([`crate::expand`]), the contract last.
 
 use crate::diff::{Plan, Step, rename_in_expression};
+use crate::expand::{self, ColumnMove};
+use mandrake_storage::Result;
 use mandrake_storage::schema::ddl::not_null_check;
-use mandrake_storage::schema::{Index, Object, SchemaChange};
+use mandrake_storage::schema::{DatabaseSchema, Index, Object, SchemaChange};
 
 /// One migration, before it has a version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationFile {
     /// Appended to the migration's name (`_index_1`); empty for the main file.
     pub suffix: String,
     /// Runs outside a transaction (`-- no-transaction`).
     pub no_transaction: bool,
+    /// Runs again from the start after an interruption (`-- resumable`); its
+    /// one statement runs as long as the table is long, so it has no
+    /// statement timeout.
+    pub resumable: bool,
+    /// Waits for `migrate --complete` (`-- contract`).
+    pub contract: bool,
     /// What it does, a line a step.
     pub steps: Vec<String>,
     /// The up SQL, after the timeouts.
@@ -40,27 +50,36 @@ impl MigrationFile {
     fn of(plan: Plan, suffix: &str) -> MigrationFile {
         MigrationFile {
             suffix: suffix.into(),
-            no_transaction: false,
             steps: plan.steps.iter().map(|s| s.description.clone()).collect(),
             up: plan.up_sql(),
             down: plan.down_sql(),
+            ..MigrationFile::default()
         }
     }
 }
 
-/// The files for `plan`: one as planned, or the online sequence. Every
-/// statement of every file is a [`SchemaChange`], so a step's change always
-/// describes its SQL.
-pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
+/// The files for `plan`, from `current` to `desired`: one as planned, or
+/// the online sequence, where a column rename or a rewriting type change is
+/// an expand/contract ([`crate::expand`]). Every statement of the other
+/// files is a [`SchemaChange`], so a step's change always describes its SQL.
+pub fn files(
+    plan: &Plan,
+    current: &DatabaseSchema,
+    desired: &DatabaseSchema,
+    online: bool,
+) -> Result<Vec<MigrationFile>> {
     if !online {
-        return vec![MigrationFile::of(plan.clone(), "")];
+        return Ok(vec![MigrationFile::of(plan.clone(), "")]);
     }
+    let changes: Vec<SchemaChange> = plan.steps.iter().map(|s| s.change.clone()).collect();
+    let moves = expand::moves(&changes, current, desired)?;
     let mut drops = Vec::new();
     let mut main = Plan::default();
     let mut indexes = Vec::new();
     let mut validate = Plan::default();
     for step in &plan.steps {
         match &step.change {
+            change if expand::carried(change, &moves) => {}
             SchemaChange::Add(Object::Index { table, index, .. }) => {
                 indexes.push(index_file(SchemaChange::Add(Object::Index {
                     table: table.clone(),
@@ -156,7 +175,53 @@ pub fn files(plan: &Plan, online: bool) -> Vec<MigrationFile> {
     if !validate.is_empty() {
         out.push(MigrationFile::of(validate, "_validate"));
     }
-    out
+    if !moves.is_empty() {
+        // The contract last: `migrate` stops before it and what follows it.
+        out.extend(expand_contract(&moves));
+    }
+    Ok(out)
+}
+
+/// The three files of expand/contract `moves`, in the order they run.
+fn expand_contract(moves: &[ColumnMove]) -> Vec<MigrationFile> {
+    let file =
+        |suffix: &str, steps: Vec<String>, up: Vec<String>, down: Vec<String>| MigrationFile {
+            suffix: suffix.into(),
+            steps,
+            up: up.join("\n"),
+            down: down.join("\n"),
+            ..MigrationFile::default()
+        };
+    let each = |f: fn(&ColumnMove) -> String| moves.iter().map(f).collect::<Vec<_>>();
+    let reversed = |f: fn(&ColumnMove) -> String| moves.iter().rev().map(f).collect::<Vec<_>>();
+    let steps = |verb: &str| {
+        moves
+            .iter()
+            .map(|m| format!("{verb} {}", m.describe()))
+            .collect::<Vec<_>>()
+    };
+    let expand = file(
+        "_expand",
+        steps("expand: a column and its sync trigger for"),
+        each(ColumnMove::expand_up),
+        reversed(ColumnMove::expand_down),
+    );
+    let mut backfill = file(
+        "_backfill",
+        steps("backfill, in batches:"),
+        each(ColumnMove::backfill_up),
+        vec!["-- Nothing to undo: the copies go with the expand's column.".into()],
+    );
+    backfill.no_transaction = true;
+    backfill.resumable = true;
+    let mut contract = file(
+        "_contract",
+        steps("contract: drop the old column and the trigger of"),
+        each(ColumnMove::contract_up),
+        reversed(ColumnMove::contract_down),
+    );
+    contract.contract = true;
+    vec![expand, backfill, contract]
 }
 
 /// Whether `plan` adds a unique constraint on exactly `columns` of `table`.
@@ -195,11 +260,11 @@ fn before_renames(plan: &Plan, table: &str, index: &Index) -> (String, Index) {
 fn index_file(change: SchemaChange) -> MigrationFile {
     let step = Step::from(change);
     MigrationFile {
-        suffix: String::new(),
         no_transaction: true,
         steps: vec![step.description],
         up: step.up,
         down: step.down,
+        ..MigrationFile::default()
     }
 }
 
@@ -238,7 +303,7 @@ mod tests {
         to_notes.columns[2].nullable = false;
         let to = schema(vec![folders, to_notes]);
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = files(&plan, true);
+        let files = files(&plan, &from, &to, true).unwrap();
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(suffixes, ["", "_index_1", "_validate"]);
         assert!(
@@ -276,7 +341,7 @@ mod tests {
                 .contains(r#"ALTER COLUMN "body" DROP NOT NULL"#)
         );
         // As planned, it is all one file.
-        assert_eq!(super::files(&plan, false).len(), 1);
+        assert_eq!(super::files(&plan, &from, &to, false).unwrap().len(), 1);
     }
 
     /// Found by `fuzz-diff --online` (cases 31, 57, …): the index of a
@@ -294,8 +359,9 @@ mod tests {
             Renames::default()
                 .table("notes", "cards")
                 .column("cards", "folder_id", "parent_id");
-        let plan = diff(&from, &schema(vec![cards]), &hints).unwrap();
-        let files = files(&plan, true);
+        let to = schema(vec![cards]);
+        let plan = diff(&from, &to, &hints).unwrap();
+        let files = files(&plan, &from, &to, true).unwrap();
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(suffixes, ["_drop_index_1", "_drop_index_2", ""]);
         let downs: Vec<&str> = files[..2].iter().map(|f| f.down.as_str()).collect();
@@ -320,7 +386,7 @@ mod tests {
         let from = schema(vec![notes()]);
         let to = schema(vec![notes().with_unique(&["body"])]);
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = files(&plan, true);
+        let files = files(&plan, &from, &to, true).unwrap();
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(suffixes, ["_index_1", "_validate"]);
         assert!(files[0].no_transaction);
@@ -357,7 +423,7 @@ mod tests {
                 ),
         ]);
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = files(&plan, true);
+        let files = files(&plan, &from, &to, true).unwrap();
         let validate = &files.last().unwrap().up;
         let attach = validate.find("UNIQUE USING INDEX").expect(validate);
         let key = validate.find("FOREIGN KEY").expect(validate);

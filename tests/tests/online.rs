@@ -7,6 +7,7 @@
 //! machines are shared), only that writes kept completing and that none
 //! waited for the online migration to end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -61,42 +62,104 @@ mod v2 {
     }
 }
 
+/// The next binary after v1: `rank` an `i64`, `body` renamed `content`:
+/// an expand/contract with `--online`.
+mod v3 {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub content: Option<String>,
+        pub rank: i64,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
 const ROWS: i64 = 1_000_000;
 const WRITERS: usize = 4;
 
-/// The slowest write while `migration` ran, and how long it ran.
-struct Run {
-    slowest: Duration,
-    writes: usize,
-    took: Duration,
+/// What a binary writes, in turn: an insert (`$1` id, `$2` folder, `$3`
+/// rank, the text `'live'`) and an update of one of 1,000 older rows (`$1`).
+#[derive(Clone, Copy)]
+struct Writes {
+    insert: &'static str,
+    update: &'static str,
 }
 
-/// Applies the pending `migrations` under the writes and prints what they
+/// v1's writes.
+const OLD_WRITES: Writes = Writes {
+    insert: "INSERT INTO notes (id, folder_id, body, rank) VALUES ($1, $2, 'live', $3)",
+    update: "UPDATE notes SET rank = rank + 1 WHERE id = $1",
+};
+
+/// v3's writes.
+const NEW_WRITES: Writes = Writes {
+    insert: "INSERT INTO notes (id, folder_id, content, rank) VALUES ($1, $2, 'live', $3)",
+    update: "UPDATE notes SET rank = rank + 1 WHERE id = $1",
+};
+
+/// What the writes saw while a migration ran.
+#[derive(Default)]
+struct Run {
+    /// The slowest write that overlapped the migration.
+    slowest: Duration,
+    /// Writes that overlapped it.
+    writes: usize,
+    /// How long the migration ran.
+    took: Duration,
+    /// Writes that failed (any time), and the first error.
+    failed: usize,
+    first_error: Option<String>,
+    /// Successful updates per row, and successful inserts.
+    updated: HashMap<Uuid, i64>,
+    inserted: usize,
+}
+
+impl Run {
+    fn print(&self, label: &str) {
+        println!(
+            "{label}: {} writes during a {:.2} s migration, the slowest {:.0} ms, {} failed{}",
+            self.writes,
+            self.took.as_secs_f64(),
+            self.slowest.as_secs_f64() * 1000.0,
+            self.failed,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Applies the pending `migrations` under v1's writes and prints what they
 /// saw, after `label`.
 async fn migrate_under_writes(db: &Db, url: &str, migrations: &Migrations, label: &str) -> Run {
-    let run = under_writes(db, async {
+    let run = under_writes(db, OLD_WRITES, async {
         migrate(url, migrations, &MigrateOptions::default())
             .await
             .unwrap();
     })
     .await;
-    println!(
-        "{label}: {} writes during a {:.1} s migration, the slowest {:.0} ms",
-        run.writes,
-        run.took.as_secs_f64(),
-        run.slowest.as_secs_f64() * 1000.0
-    );
+    run.print(label);
     run
 }
 
-/// Runs `migration` while `WRITERS` tasks insert and update notes, each
-/// write timed; returns the slowest write that overlapped the migration.
-async fn under_writes<F: std::future::Future<Output = ()>>(db: &Db, migration: F) -> Run {
+/// Runs `migration` while `WRITERS` tasks write `writes`, each write
+/// timed.
+async fn under_writes<F: std::future::Future<Output = ()>>(
+    db: &Db,
+    writes: Writes,
+    migration: F,
+) -> Run {
     let folder: Uuid = sqlx::query_scalar("SELECT id FROM folders LIMIT 1")
         .fetch_one(db)
         .await
         .unwrap();
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM notes LIMIT 1000")
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM notes ORDER BY rank LIMIT 1000")
         .fetch_all(db)
         .await
         .unwrap();
@@ -107,30 +170,34 @@ async fn under_writes<F: std::future::Future<Output = ()>>(db: &Db, migration: F
             let (db, ids, stop) = (db.clone(), ids.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut timings = Vec::new();
+                let mut run = Run::default();
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    if n.is_multiple_of(2) {
-                        sqlx::query(
-                            "INSERT INTO notes (id, folder_id, body, rank) VALUES ($1, $2, 'live', $3)",
-                        )
-                        .bind(Uuid::now_v7())
-                        .bind(folder)
-                        .bind((w * 1_000_000 + n) as i32)
-                        .execute(&db)
-                        .await
-                        .unwrap();
-                    } else {
-                        sqlx::query("UPDATE notes SET rank = rank + 1 WHERE id = $1")
-                            .bind(ids[(w * 7 + n) % ids.len()])
+                    let id = ids[(w * 7 + n) % ids.len()];
+                    let insert = n.is_multiple_of(2);
+                    let done = if insert {
+                        sqlx::query(writes.insert)
+                            .bind(Uuid::now_v7())
+                            .bind(folder)
+                            .bind((w * 1_000_000 + n) as i32 + 2_000_000)
                             .execute(&db)
                             .await
-                            .unwrap();
-                    }
+                    } else {
+                        sqlx::query(writes.update).bind(id).execute(&db).await
+                    };
                     timings.push((started, started.elapsed()));
+                    match done {
+                        Ok(_) if insert => run.inserted += 1,
+                        Ok(_) => *run.updated.entry(id).or_default() += 1,
+                        Err(err) => {
+                            run.failed += 1;
+                            run.first_error.get_or_insert(err.to_string());
+                        }
+                    }
                     n += 1;
                 }
-                timings
+                (timings, run)
             })
         })
         .collect();
@@ -140,38 +207,48 @@ async fn under_writes<F: std::future::Future<Output = ()>>(db: &Db, migration: F
     let took = began.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut slowest = Duration::ZERO;
-    let mut writes = 0;
+    let mut all = Run {
+        took,
+        ..Run::default()
+    };
     for writer in writers {
-        for (started, took_write) in writer.await.unwrap() {
+        let (timings, run) = writer.await.unwrap();
+        for (started, took_write) in timings {
             // A write that overlapped the migration.
             if started + took_write >= began && started <= began + took {
-                slowest = slowest.max(took_write);
-                writes += 1;
+                all.slowest = all.slowest.max(took_write);
+                all.writes += 1;
             }
         }
+        all.failed += run.failed;
+        if all.first_error.is_none() {
+            all.first_error = run.first_error;
+        }
+        all.inserted += run.inserted;
+        for (id, n) in run.updated {
+            *all.updated.entry(id).or_default() += n;
+        }
     }
-    Run {
-        slowest,
-        writes,
-        took,
-    }
+    all
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
+/// A database at v1 with `ROWS` notes (rank n, body 'note n'), its
+/// migrations folder, and a pool for the writers.
+async fn million_notes() -> (TestDb, MigrationDir, Db) {
     let t = TestDb::empty().await.unwrap();
     let url = t.url();
     let dir = MigrationDir::new(&[]);
     let v1 = [v1::Folder::schema(), v1::Note::schema()];
-    let v2 = [v1::Folder::schema(), v2::Note::schema()];
     new_migration(&url, dir.path(), &v1, &Renames::NONE, "start", false)
         .await
         .unwrap();
-    let migrations = || Migrations::from_dir(dir.path()).unwrap();
-    migrate(&url, &migrations(), &MigrateOptions::default())
-        .await
-        .unwrap();
+    migrate(
+        &url,
+        &Migrations::from_dir(dir.path()).unwrap(),
+        &MigrateOptions::default(),
+    )
+    .await
+    .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "INSERT INTO folders (id, name) VALUES (gen_random_uuid(), 'inbox');
          INSERT INTO notes (id, folder_id, body, rank)
@@ -191,6 +268,15 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
     )
     .await
     .unwrap();
+    (t, dir, writers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
+    let (t, dir, writers) = million_notes().await;
+    let url = t.url();
+    let v2 = [v1::Folder::schema(), v2::Note::schema()];
+    let migrations = || Migrations::from_dir(dir.path()).unwrap();
 
     // Online: three migrations, applied while the writers run.
     let online = NewMigrationOptions {
@@ -202,6 +288,7 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         .unwrap();
     assert_eq!(made.files.len(), 3);
     let run = migrate_under_writes(&writers, &url, &migrations(), "online").await;
+    assert_eq!(run.failed, 0, "{:?}", run.first_error);
     assert!(run.writes > 100, "writes went on: {}", run.writes);
     assert!(
         run.slowest < run.took,
@@ -228,4 +315,115 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
         .unwrap();
     assert_eq!(plain.files.len(), 1);
     migrate_under_writes(&writers, &url, &migrations(), "as planned").await;
+}
+
+/// Issue #29's measurement: `integer → bigint` and a rename in one
+/// `--online` migration (expand, backfill, then the contract), on a million
+/// rows under four writers: v1's writes through `migrate`, v3's through
+/// `migrate --complete`. Then the same change as one plain migration on a
+/// fresh million, under v1's writes. Prints the slowest write and the
+/// failed writes of each; asserts that the online one failed none and left
+/// every value right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expand_and_contract_of_a_million_rows_under_four_writers() {
+    let v3 = [v1::Folder::schema(), v3::Note::schema()];
+    let renames = Renames::default().column("notes", "body", "content");
+    let (t, dir, writers) = million_notes().await;
+    let url = t.url();
+    let migrations = || Migrations::from_dir(dir.path()).unwrap();
+    let online = NewMigrationOptions {
+        online: true,
+        ..NewMigrationOptions::default()
+    };
+    let made = new_migration_with(&url, dir.path(), &v3, &renames, "widen", &online)
+        .await
+        .unwrap();
+    assert_eq!(made.files.len(), 3);
+    let expanded = migrate_under_writes(&writers, &url, &migrations(), "expand + backfill").await;
+    let contracted = under_writes(&writers, NEW_WRITES, async {
+        migrate(&url, &migrations(), &MigrateOptions::complete())
+            .await
+            .unwrap();
+    })
+    .await;
+    contracted.print("contract (migrate --complete)");
+    for run in [&expanded, &contracted] {
+        assert_eq!(run.failed, 0, "{:?}", run.first_error);
+        assert!(run.writes > 0);
+    }
+    // Every row's value is right: the untouched rows as generated, the
+    // updated ones by their count of updates, the inserted ones all there.
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notes WHERE content <> 'live' AND content <> 'note ' || rank \
+         AND id <> ALL($1)",
+    )
+    .bind(
+        expanded
+            .updated
+            .keys()
+            .chain(contracted.updated.keys())
+            .copied()
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    for (id, n) in &expanded.updated {
+        let (rank, content): (i64, String) =
+            sqlx::query_as("SELECT rank, content FROM notes WHERE id = $1")
+                .bind(id)
+                .fetch_one(t.db())
+                .await
+                .unwrap();
+        let original: i64 = content.trim_start_matches("note ").parse().unwrap();
+        let more = contracted.updated.get(id).copied().unwrap_or(0);
+        assert_eq!(rank, original + n + more, "{id}");
+    }
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE content = 'live'")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    assert_eq!(live as usize, expanded.inserted + contracted.inserted);
+    print_file_times(t.db()).await;
+    drop(t);
+
+    // As planned: one file (RENAME COLUMN, ALTER COLUMN … TYPE bigint)
+    // under v1's writes.
+    let (t, dir, writers) = million_notes().await;
+    let url = t.url();
+    let plain = new_migration_with(
+        &url,
+        dir.path(),
+        &v3,
+        &renames,
+        "widen",
+        &NewMigrationOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.files.len(), 1);
+    migrate_under_writes(
+        &writers,
+        &url,
+        &Migrations::from_dir(dir.path()).unwrap(),
+        "as planned",
+    )
+    .await;
+    print_file_times(t.db()).await;
+}
+
+/// How long each migration of the change ran (a transactional one holds its
+/// locks that long), as the runner recorded it.
+async fn print_file_times(db: &Db) {
+    let times: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT description, execution_time FROM _sqlx_migrations \
+         WHERE description LIKE 'widen%' ORDER BY version",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for (file, nanos) in times {
+        println!("  {file}: {:.1} ms", nanos as f64 / 1e6);
+    }
 }

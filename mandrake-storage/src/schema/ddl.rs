@@ -471,6 +471,26 @@ pub fn widens(from: &str, to: &str) -> bool {
     }
 }
 
+/// Type changes PostgreSQL makes in the catalog alone, with neither a
+/// rewrite nor a scan under its lock: a longer or unbounded `varchar`, a
+/// `varchar` to `text`, a `numeric` with more digits and the same scale.
+pub fn retypes_in_place(from: &str, to: &str) -> bool {
+    let varchar = |t: &str| t == "text" || t.starts_with("character varying");
+    let numeric = |t: &str| -> Option<(u32, u32)> {
+        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
+        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    if varchar(from) && (to == "text" || to == "character varying") {
+        return true;
+    }
+    match (numeric(from), numeric(to)) {
+        (Some(_), None) => to == "numeric",
+        (Some((p1, s1)), Some((p2, s2))) => s1 == s2 && p2 >= p1,
+        _ => from.starts_with("character varying(") && widens(from, to),
+    }
+}
+
 /// A block that stops the migration when rows of `table` match `rows`
 /// (a SQL condition), with their count in `message` (its `%`) and what to do
 /// in `hint`: the data-aware guard before a step that would fail on them.
@@ -557,7 +577,13 @@ fn misfits(column: &str, from: &str, to: &str) -> Option<String> {
 /// How a value of `column` becomes `to`: a cast, except where PostgreSQL
 /// has none (boolean and the integers other than `integer`).
 fn converted(column: &str, from: &str, to: &str) -> String {
-    let c = quote_ident(column);
+    cast(&quote_ident(column), from, to)
+}
+
+/// `value` (an SQL expression of type `from`) as a `to`, as a type change
+/// converts it: `flag::integer::bigint`, `n <> 0` for a boolean.
+pub fn cast(value: &str, from: &str, to: &str) -> String {
+    let c = value;
     let number =
         |t: &str| ["smallint", "integer", "bigint"].contains(&t) || t.starts_with("numeric");
     if from == "boolean" && number(to) {

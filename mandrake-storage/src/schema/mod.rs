@@ -344,7 +344,9 @@ pub fn search_vector(column: &str) -> String {
     identifier(format!("{column}_search"))
 }
 
-pub(crate) fn identifier(name: String) -> String {
+/// `name` as an identifier PostgreSQL keeps whole: a name over its 63 bytes
+/// is cut and ends in a hash of the whole, so two long names stay apart.
+pub fn identifier(name: String) -> String {
     if name.len() <= 63 {
         return name;
     }

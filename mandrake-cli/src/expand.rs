@@ -1,0 +1,613 @@
+//! Expand/contract: how `--online` changes a column that running binaries
+//! use, with no long lock and without breaking the binary still deployed.
+//!
+//! A column rename, or a type change PostgreSQL would rewrite the table for
+//! (`integer` → `bigint`, `text` → `jsonb`), becomes three migrations:
+//!
+//! 1. *expand* (`_expand`): the new column (the rename's new name, or
+//!    `c__new` for a type change), nullable and without a default, a NOT
+//!    NULL stand-in check `NOT VALID` when it is required, and a trigger that
+//!    fills it on every write of the old column. A rename's trigger also fills
+//!    the old column from the new one, so a binary using either name reads
+//!    and writes the same values. Its down drops what it added: every write
+//!    reached the old column too, so nothing is lost.
+//! 2. *backfill* (`_backfill`, `-- no-transaction`, `-- resumable`): copies
+//!    the existing rows in primary-key order, one short transaction a batch,
+//!    with a pause between batches. Rows already copied are skipped, so a run
+//!    killed midway runs again on the next `migrate` and goes on. It leaves
+//!    `updated_at` as it was, and validates the stand-in check (a lock that
+//!    lets writes go on).
+//! 3. *contract* (`_contract`, `-- contract`: waits for `migrate
+//!    --complete`): one short transaction under `lock_timeout` sets NOT NULL
+//!    through the validated check, drops the trigger and the old column,
+//!    gives a type change's column its name and sets the default.
+//!
+//! The switch to the new type is part of the contract, not of `migrate`: an
+//! old binary's `i32` cannot read a `bigint` column, while the new binary's
+//! `i64` reads and writes the `integer` one (`ColumnType::decode_at`). So the
+//! new binary is deployed in the window after `migrate`, and `migrate
+//! --complete` follows it.
+
+use crate::diff::rename_in_expression;
+use mandrake_storage::schema::ddl::{
+    cast, not_null_check, quote_ident, quote_literal, retypes_in_place, set_not_null_checked,
+};
+use mandrake_storage::schema::{Check, ColumnDef, DatabaseSchema, SchemaChange, TableSchema};
+use mandrake_storage::{Error, MigrationError, Result};
+
+/// Rows a backfill batch copies in one transaction.
+const BATCH: u32 = 5_000;
+/// The pause after each batch, in seconds: room for the application's writes.
+const PAUSE: &str = "0.01";
+
+/// One column changed by expand/contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMove {
+    /// Its table.
+    pub table: String,
+    /// The column as it is.
+    pub old: ColumnDef,
+    /// The column as the types want it, under its final name.
+    pub new: ColumnDef,
+    /// The table's primary key column and its type: the backfill's order.
+    key: (String, String),
+    /// The table's `updated_at` trigger, which the backfill must not move.
+    timestamps: bool,
+}
+
+impl ColumnMove {
+    /// The column the expand adds: the rename's new name, or a name of its
+    /// own for a type change, which takes the old name in the contract.
+    fn added(&self) -> String {
+        if self.old.name == self.new.name {
+            format!("{}__new", self.new.name)
+        } else {
+            self.new.name.clone()
+        }
+    }
+
+    fn function(&self) -> String {
+        short(format!("{}_sync_{}", self.table, self.added()))
+    }
+
+    /// Sorts after `set_timestamp` (triggers fire in name order), so that in
+    /// a backfill it can put back the `updated_at` that one moved.
+    fn trigger(&self) -> String {
+        short(format!("sync_{}", self.added()))
+    }
+
+    fn check(&self) -> Option<Check> {
+        (!self.new.nullable).then(|| not_null_check(&self.table, &self.added()))
+    }
+
+    /// The old column's value as the new type (`NEW."rank"::bigint`).
+    fn forward(&self, row: &str) -> String {
+        let value = format!("{row}{}", quote_ident(&self.old.name));
+        cast(&value, &self.old.sql_type, &self.new.sql_type)
+    }
+
+    /// The new column's value as the old type, for a rename's way back.
+    fn backward(&self, row: &str) -> String {
+        let value = format!("{row}{}", quote_ident(&self.added()));
+        cast(&value, &self.new.sql_type, &self.old.sql_type)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        if self.old.name == self.new.name {
+            format!(
+                "{}.{} from {} to {}",
+                self.table, self.new.name, self.old.sql_type, self.new.sql_type
+            )
+        } else {
+            format!("{}.{} to {}", self.table, self.old.name, self.new.name)
+        }
+    }
+
+    /// The sync trigger's function and the trigger.
+    fn sync_sql(&self) -> String {
+        let (old, added) = (quote_ident(&self.old.name), quote_ident(&self.added()));
+        let renamed = self.old.name != self.new.name;
+        // The backfill's writes keep the row's updated_at (set_timestamp,
+        // which fired first, moved it).
+        let mut body = if self.timestamps {
+            "  IF TG_OP = 'UPDATE' AND current_setting('mandrake.backfill', true) = 'on' THEN\n    \
+             NEW.updated_at := OLD.updated_at;\n  END IF;\n"
+                .to_owned()
+        } else {
+            String::new()
+        };
+        body.push_str("  IF TG_OP = 'INSERT' THEN\n");
+        if renamed {
+            body.push_str(&format!(
+                "    IF NEW.{added} IS NULL THEN\n      NEW.{added} := {};\n    ELSE\n      NEW.{old} := {};\n    END IF;\n",
+                self.forward("NEW."),
+                self.backward("NEW.")
+            ));
+        } else {
+            body.push_str(&format!("    NEW.{added} := {};\n", self.forward("NEW.")));
+        }
+        body.push_str(&format!(
+            "  ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN\n    NEW.{added} := {};\n",
+            self.forward("NEW.")
+        ));
+        if renamed {
+            body.push_str(&format!(
+                "  ELSIF NEW.{added} IS DISTINCT FROM OLD.{added} THEN\n    NEW.{old} := {};\n",
+                self.backward("NEW.")
+            ));
+        }
+        // A row the backfill has not reached yet, written by a statement
+        // that leaves this column alone: copied now, or the stand-in NOT
+        // NULL check would refuse the write.
+        body.push_str(&format!(
+            "  ELSIF NEW.{added} IS NULL THEN\n    NEW.{added} := {};\n",
+            self.forward("NEW.")
+        ));
+        body.push_str("  END IF;\n  RETURN NEW;\n");
+        let function = quote_ident(&self.function());
+        format!(
+            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n{body}END $$;\n\
+             CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {function}();",
+            quote_ident(&self.trigger()),
+            quote_ident(&self.table),
+        )
+    }
+
+    fn drop_sync_sql(&self) -> String {
+        format!(
+            "DROP TRIGGER {} ON {};\n\
+             -- squawk-ignore ban-drop-function -- only its trigger, dropped above, called it\n\
+             DROP FUNCTION {}();",
+            quote_ident(&self.trigger()),
+            quote_ident(&self.table),
+            quote_ident(&self.function())
+        )
+    }
+
+    fn alter(&self) -> String {
+        format!("ALTER TABLE {}", quote_ident(&self.table))
+    }
+
+    pub(crate) fn expand_up(&self) -> String {
+        let added = quote_ident(&self.added());
+        let mut sql = format!(
+            "{} ADD COLUMN {added} {};\n",
+            self.alter(),
+            self.new.sql_type
+        );
+        if let Some(check) = self.check() {
+            sql.push_str(&format!(
+                "{} ADD CONSTRAINT {} CHECK ({}) NOT VALID;\n",
+                self.alter(),
+                quote_ident(&check.name),
+                check.expression
+            ));
+        }
+        sql + &self.sync_sql()
+    }
+
+    pub(crate) fn expand_down(&self) -> String {
+        format!(
+            "{}\n-- squawk-ignore ban-drop-column -- the expand's own column: every write reached {} too\n\
+             {} DROP COLUMN {};",
+            self.drop_sync_sql(),
+            self.old.name,
+            self.alter(),
+            quote_ident(&self.added())
+        )
+    }
+
+    /// Copies the rows in batches of primary-key order; a row whose copy is
+    /// right already is not written again, which makes a rerun go on where a
+    /// killed run stopped.
+    pub(crate) fn backfill_up(&self) -> String {
+        let table = quote_ident(&self.table);
+        let (key, key_type) = (quote_ident(&self.key.0), &self.key.1);
+        let added = quote_ident(&self.added());
+        let batch = |after: &str| {
+            format!(
+                "SELECT array_agg({key} ORDER BY {key}) INTO ids FROM (\n        \
+                 SELECT {key} FROM {table}{after} ORDER BY {key} LIMIT {BATCH}\n      ) AS batch;"
+            )
+        };
+        // Counts first: PostgreSQL keeps 63 bytes of an application_name.
+        let label = quote_literal(&format!("{}.{}", self.table, self.added()));
+        let mut sql = format!(
+            "DO $$\nDECLARE\n  ids {key_type}[];\n  done bigint := 0;\n  \
+             total bigint := (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = {}::regclass);\n  \
+             named text := current_setting('application_name');\n\
+             BEGIN\n  LOOP\n    IF done = 0 THEN\n      {}\n    ELSE\n      {}\n    END IF;\n    \
+             EXIT WHEN ids IS NULL;\n    \
+             PERFORM set_config('mandrake.backfill', 'on', true);\n    \
+             UPDATE {table} SET {added} = {forward} WHERE {key} = ANY(ids) AND {added} IS DISTINCT FROM {forward};\n    \
+             COMMIT;\n    \
+             done := done + cardinality(ids);\n    \
+             -- Progress, for `cargo xtask migrate` to show (pg_stat_activity).\n    \
+             PERFORM set_config('application_name', format('mandrake backfill %s/%s %s', done, total, {label}), false);\n    \
+             PERFORM pg_sleep({PAUSE});\n  END LOOP;\n  \
+             PERFORM set_config('application_name', named, false);\nEND $$;",
+            quote_literal(&quote_ident(&self.table)),
+            batch(""),
+            batch(&format!(" WHERE {key} > ids[cardinality(ids)]")),
+            forward = self.forward(""),
+        );
+        if let Some(check) = self.check() {
+            sql.push_str(
+                "\n-- squawk-ignore prefer-robust-stmts -- a rerun validates a valid check again, harmlessly\n",
+            );
+            sql.push_str(&format!(
+                "{} VALIDATE CONSTRAINT {};",
+                self.alter(),
+                quote_ident(&check.name)
+            ));
+        }
+        sql
+    }
+
+    pub(crate) fn contract_up(&self) -> String {
+        let added = self.added();
+        let mut sql = String::new();
+        if let Some(check) = self.check() {
+            sql.push_str(&format!(
+                "-- squawk-ignore adding-not-nullable-field -- the backfill validated {}: no scan\n",
+                check.name
+            ));
+            sql.push_str(&set_not_null_checked(&self.table, &added, &check));
+            sql.push('\n');
+        }
+        sql.push_str(&self.drop_sync_sql());
+        sql.push_str(&format!(
+            "\n-- squawk-ignore ban-drop-column -- {} is kept in {added} since the expand; no binary reads it now\n\
+             {} DROP COLUMN {};\n",
+            self.old.name,
+            self.alter(),
+            quote_ident(&self.old.name)
+        ));
+        if added != self.new.name {
+            sql.push_str(&format!(
+                "-- squawk-ignore renaming-column -- the expand's column takes the name of the one dropped above\n\
+                 {} RENAME COLUMN {} TO {};\n",
+                self.alter(),
+                quote_ident(&added),
+                quote_ident(&self.new.name)
+            ));
+        }
+        if let Some(default) = &self.new.default {
+            sql.push_str(&format!(
+                "{} ALTER COLUMN {} SET DEFAULT {default};\n",
+                self.alter(),
+                quote_ident(&self.new.name)
+            ));
+        }
+        sql
+    }
+
+    /// Back to the window: the old column again, filled from the new one,
+    /// and the trigger.
+    pub(crate) fn contract_down(&self) -> String {
+        let added = quote_ident(&self.added());
+        let old = quote_ident(&self.old.name);
+        let mut sql = String::new();
+        if self.new.default.is_some() {
+            sql.push_str(&format!(
+                "{} ALTER COLUMN {} DROP DEFAULT;\n",
+                self.alter(),
+                quote_ident(&self.new.name)
+            ));
+        }
+        if self.added() != self.new.name {
+            sql.push_str(&format!(
+                "-- squawk-ignore renaming-column -- the name goes back to the old column, added below\n\
+                 {} RENAME COLUMN {} TO {added};\n",
+                self.alter(),
+                quote_ident(&self.new.name)
+            ));
+        }
+        let default = self
+            .old
+            .default
+            .as_ref()
+            .map(|d| format!(" DEFAULT {d}"))
+            .unwrap_or_default();
+        sql.push_str(&format!(
+            "{} ADD COLUMN {old} {}{default};\n\
+             UPDATE {} SET {old} = {};\n",
+            self.alter(),
+            self.old.sql_type,
+            quote_ident(&self.table),
+            self.backward("")
+        ));
+        // A rollback of the contract brings the old column back whole: its
+        // NOT NULL and the check scan the table under this lock.
+        if !self.old.nullable {
+            sql.push_str(&format!(
+                "-- squawk-ignore adding-not-nullable-field -- the old column back whole\n\
+                 {} ALTER COLUMN {old} SET NOT NULL;\n",
+                self.alter()
+            ));
+        }
+        sql.push_str(&self.sync_sql());
+        if let Some(check) = self.check() {
+            sql.push_str(&format!(
+                "\n{} ALTER COLUMN {added} DROP NOT NULL;\n\
+                 -- squawk-ignore constraint-missing-not-valid -- validated, as the backfill left it\n\
+                 {} ADD CONSTRAINT {} CHECK ({});",
+                self.alter(),
+                self.alter(),
+                quote_ident(&check.name),
+                check.expression
+            ));
+        }
+        sql
+    }
+}
+
+/// `name` within PostgreSQL's 63 bytes, as the schema names its own objects.
+fn short(name: String) -> String {
+    mandrake_storage::schema::identifier(name)
+}
+
+/// The columns `plan` renames or retypes in a way that needs
+/// expand/contract, found in `current` (before) and `desired` (after).
+/// Refused, with what to do instead, where the plan or the column asks for
+/// more than a column move (an index on it, a table rename on the way).
+pub(crate) fn moves(
+    plan: &[SchemaChange],
+    current: &DatabaseSchema,
+    desired: &DatabaseSchema,
+) -> Result<Vec<ColumnMove>> {
+    // A column of a table the migration renames goes with it: the old
+    // binaries lose the table's name anyway.
+    let renamed_tables: Vec<&str> = plan
+        .iter()
+        .filter_map(|c| match c {
+            SchemaChange::RenameTable { to, .. } => Some(to.as_str()),
+            _ => None,
+        })
+        .collect();
+    // (table, old name, new name)
+    let mut found: Vec<(String, String, String)> = Vec::new();
+    for change in plan {
+        match change {
+            SchemaChange::RenameColumn { table, from, to }
+                if !renamed_tables.contains(&table.as_str()) =>
+            {
+                found.push((table.clone(), from.clone(), to.clone()))
+            }
+            SchemaChange::AlterType {
+                table,
+                column,
+                from,
+                to,
+            } if !retypes_in_place(from, to) => {
+                let renamed = found.iter().any(|(t, _, new)| t == table && new == column);
+                if !renamed {
+                    found.push((table.clone(), column.clone(), column.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut moves = Vec::new();
+    for (table, old, new) in found {
+        moves.push(column_move(plan, current, desired, &table, &old, &new)?);
+    }
+    Ok(moves)
+}
+
+fn column_move(
+    plan: &[SchemaChange],
+    current: &DatabaseSchema,
+    desired: &DatabaseSchema,
+    table: &str,
+    old: &str,
+    new: &str,
+) -> Result<ColumnMove> {
+    let what = if old == new {
+        format!("the type change of {table}.{new}")
+    } else {
+        format!("the rename of {table}.{old} to {new}")
+    };
+    let refuse = |why: String| {
+        Err(Error::Migration(MigrationError::Other(format!(
+            "--online cannot plan {what}: {why}; make that change in a migration of its own, \
+             or run without --online (one ALTER under an ACCESS EXCLUSIVE lock)"
+        ))))
+    };
+    let (Some(before), Some(after)) = (current.table(table), desired.table(table)) else {
+        return refuse(format!(
+            "table {table} is created or renamed by the same migration"
+        ));
+    };
+    let (Some(old_column), Some(new_column)) = (before.column(old), after.column(new)) else {
+        return refuse("the column is not in both schemas".into());
+    };
+    if old_column.generated.is_some() || new_column.generated.is_some() {
+        return refuse("it is a generated column".into());
+    }
+    if let [key] = before.primary_key.as_slice() {
+        if key == old {
+            return refuse("it is the primary key".into());
+        }
+    } else {
+        return refuse(format!(
+            "{table} has no one-column primary key to copy in order of"
+        ));
+    }
+    for (table, schema, name) in [(before, current, old), (after, desired, new)] {
+        if let Some(user) = used_by(table, schema, name) {
+            return refuse(format!("{user} uses it"));
+        }
+    }
+    for change in plan {
+        let touched = match change {
+            SchemaChange::SetRequired {
+                table: t, column, ..
+            } => t == table && column == new,
+            _ => false,
+        };
+        if touched {
+            return refuse(format!(
+                "the migration also changes whether {new} is required"
+            ));
+        }
+    }
+    let key = before.primary_key[0].clone();
+    let key_type = before
+        .column(&key)
+        .map(|c| c.sql_type.clone())
+        .unwrap_or_else(|| "uuid".into());
+    Ok(ColumnMove {
+        table: table.to_owned(),
+        old: old_column.clone(),
+        new: new_column.clone(),
+        key: (key, key_type),
+        timestamps: before.timestamp_trigger && before.column("updated_at").is_some(),
+    })
+}
+
+/// What in `table` (or a key of another table of `schema`) names `column`,
+/// which a column move would have to rebuild on the new column.
+fn used_by(table: &TableSchema, schema: &DatabaseSchema, column: &str) -> Option<String> {
+    let named = |columns: &[String]| columns.iter().any(|c| c == column);
+    let mentioned =
+        |expression: &str| rename_in_expression(expression, column, "\u{1}") != expression;
+    if table.tenant.as_deref() == Some(column) {
+        return Some("the tenant key".into());
+    }
+    if let Some(u) = table.uniques.iter().find(|u| named(&u.columns)) {
+        return Some(format!("unique key {}", u.name));
+    }
+    if let Some(i) = table.indexes.iter().find(|i| {
+        named(&i.columns)
+            || named(&i.include)
+            || mentioned(&i.key)
+            || i.predicate.as_deref().is_some_and(mentioned)
+    }) {
+        return Some(format!("index {}", i.name));
+    }
+    if let Some(k) = table.foreign_keys.iter().find(|k| named(&k.columns)) {
+        return Some(format!("foreign key {}", k.name));
+    }
+    if let Some(c) = table.checks.iter().find(|c| mentioned(&c.expression)) {
+        return Some(format!("check {}", c.name));
+    }
+    if let Some(p) = table
+        .policies
+        .iter()
+        .find(|p| mentioned(&p.using) || mentioned(&p.check))
+    {
+        return Some(format!("policy {}", p.name));
+    }
+    if let Some(g) = table
+        .columns
+        .iter()
+        .find(|c| c.generated.as_deref().is_some_and(mentioned))
+    {
+        return Some(format!("generated column {}", g.name));
+    }
+    schema
+        .tables
+        .iter()
+        .flat_map(|t| t.foreign_keys.iter().map(move |k| (t, k)))
+        .find(|(_, k)| k.references == table.name && named(&k.referenced))
+        .map(|(t, k)| format!("foreign key {} of {}", k.name, t.name))
+}
+
+/// Whether `change` is carried out by `moves` (and leaves the main file).
+pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
+    let moved = |table: &str, column: &str| {
+        moves
+            .iter()
+            .any(|m| m.table == table && (m.new.name == column || m.old.name == column))
+    };
+    match change {
+        SchemaChange::RenameColumn { table, to, .. } => moved(table, to),
+        SchemaChange::AlterType { table, column, .. }
+        | SchemaChange::SetDefault { table, column, .. } => moved(table, column),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::diff::diff;
+    use crate::online;
+    use mandrake_storage::schema::{ColumnDef, DatabaseSchema, Renames, TableSchema};
+
+    fn schema(table: TableSchema) -> DatabaseSchema {
+        DatabaseSchema {
+            tables: vec![table],
+            timestamp_function: true,
+            notify_function: false,
+            feed_publication: false,
+            extensions: Vec::new(),
+        }
+    }
+
+    fn notes(rank: &str, model: &str) -> TableSchema {
+        TableSchema::new("notes")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("rank", rank).default("0"))
+            .with_column(ColumnDef::new(model, "text").nullable(true))
+            .with_primary_key(&["id"])
+    }
+
+    #[test]
+    fn a_rewriting_type_change_is_expanded_and_an_in_place_one_is_not() {
+        let from = schema(notes("integer", "model"));
+        let to = schema(notes("bigint", "model"));
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
+        let files = online::files(&plan, &from, &to, true).unwrap();
+        let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
+        assert_eq!(suffixes, ["_expand", "_backfill", "_contract"]);
+        assert!(files[1].no_transaction && files[1].resumable && files[2].contract);
+        assert!(files[0].up.contains(r#"ADD COLUMN "rank__new" bigint;"#));
+        assert!(
+            files[0]
+                .up
+                .contains(r#"CHECK ("rank__new" IS NOT NULL) NOT VALID"#)
+        );
+        assert!(
+            files[2]
+                .up
+                .contains(r#"RENAME COLUMN "rank__new" TO "rank""#)
+        );
+        assert!(
+            files[2]
+                .up
+                .contains(r#"ALTER COLUMN "rank" SET DEFAULT 0;"#)
+        );
+        assert!(!files.iter().any(|f| f.up.contains("TYPE bigint")));
+
+        let from = schema(notes("numeric(10,2)", "model"));
+        let to = schema(notes("numeric(12,2)", "model"));
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
+        let files = online::files(&plan, &from, &to, true).unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(
+            files[0].up.contains("TYPE numeric(12,2)"),
+            "{}",
+            files[0].up
+        );
+    }
+
+    #[test]
+    fn a_column_with_an_index_is_refused_with_what_to_do() {
+        let from = schema(notes("integer", "model").with_index(&["model"]));
+        let to = schema(notes("integer", "model_name").with_index(&["model_name"]));
+        let renames = Renames::default().column("notes", "model", "model_name");
+        let plan = diff(&from, &to, &renames).unwrap();
+        let err = online::files(&plan, &from, &to, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--online cannot plan the rename of notes.model to model_name")
+                && err.contains("index notes_model_idx uses it")
+                && err.contains("in a migration of its own"),
+            "{err}"
+        );
+        // Without --online it is the one rename, as before.
+        assert_eq!(online::files(&plan, &from, &to, false).unwrap().len(), 1);
+    }
+}

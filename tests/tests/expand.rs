@@ -1,0 +1,389 @@
+//! Expand/contract (`new-migration --online`, issue #29): a type change
+//! (`integer` → `bigint`) and a rename planned as expand, a resumable
+//! backfill and a contract that waits for `migrate --complete`, with the old
+//! and the new binary's record types both reading and writing in between.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mandrake_cli::lint::lint_paths;
+use mandrake_cli::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
+use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
+use mandrake_storage::schema::Renames;
+use mandrake_storage::testing::TestDb;
+use mandrake_storage::{Db, Error, Filter, Record, Settings};
+use mandrake_tests::MigrationDir;
+use uuid::Uuid;
+
+/// The binary deployed now.
+mod old {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub rank: i32,
+        pub model: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+/// The next binary: `rank` is an `i64`, `model` is `model_name`.
+mod new {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Note {
+        pub id: Uuid,
+        pub rank: i64,
+        pub model_name: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+fn renames() -> Renames {
+    Renames::default().column("notes", "model", "model_name")
+}
+
+fn online() -> NewMigrationOptions {
+    NewMigrationOptions {
+        online: true,
+        ..NewMigrationOptions::default()
+    }
+}
+
+/// A pool of its own: each binary is a process with its own connections
+/// (and statement caches).
+async fn binary(url: &str) -> Db {
+    Db::connect_url(url, &Settings::default()).await.unwrap()
+}
+
+/// A database at the old schema with `rows` notes (rank = n, model = "m{n}"),
+/// and the migrations folder that built it.
+async fn at_old_schema(rows: i64) -> (TestDb, MigrationDir) {
+    let t = TestDb::empty().await.unwrap();
+    let dir = MigrationDir::new(&[]);
+    new_migration(
+        &t.url(),
+        dir.path(),
+        &[old::Note::schema()],
+        &Renames::NONE,
+        "start",
+        false,
+    )
+    .await
+    .unwrap();
+    let all = Migrations::from_dir(dir.path()).unwrap();
+    migrate(&t.url(), &all, &MigrateOptions::default())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO notes (id, rank, model, updated_at)
+         SELECT gen_random_uuid(), g, 'm' || g, '2020-01-01T00:00:00Z'
+         FROM generate_series(1, {rows}) g;
+         ANALYZE notes;"
+    )))
+    .execute(t.db())
+    .await
+    .unwrap();
+    (t, dir)
+}
+
+#[tokio::test]
+async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
+    let (t, dir) = at_old_schema(12_000).await;
+    let url = t.url();
+    let made = new_migration_with(
+        &url,
+        dir.path(),
+        &[new::Note::schema()],
+        &renames(),
+        "rank_and_model",
+        &online(),
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = made
+        .files
+        .iter()
+        .map(|(up, _)| up.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (file, suffix) in names.iter().zip(["_expand", "_backfill", "_contract"]) {
+        assert!(file.ends_with(&format!("{suffix}.up.sql")), "{names:?}");
+    }
+    let mut written: Vec<_> = made.files.iter().map(|(up, _)| up.clone()).collect();
+    written.extend(made.files.iter().map(|(_, down)| down.clone()));
+    let findings = lint_paths(&written).unwrap();
+    assert!(findings.is_empty(), "lint: {findings:?}");
+    let all = || Migrations::from_dir(dir.path()).unwrap();
+
+    // `migrate` expands and backfills, and waits before the contract.
+    let report = migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.applied.len(), 2, "{report:?}");
+    assert!(
+        report
+            .waiting
+            .as_ref()
+            .is_some_and(|(_, n)| n.ends_with("_contract")),
+        "{report:?}"
+    );
+
+    let (before, after) = (binary(&url).await, binary(&url).await);
+    let old_repo = old::Note::repo();
+    let new_repo = new::Note::repo();
+    // Every old row reads the same through both types, and the backfill left
+    // updated_at alone.
+    let first: Uuid = sqlx::query_scalar("SELECT id FROM notes WHERE rank = 7")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    let seen = new_repo.get(&after, first).await.unwrap();
+    assert_eq!((seen.rank, seen.model_name.as_str()), (7, "m7"));
+    assert_eq!(seen.updated_at.to_rfc3339(), "2020-01-01T00:00:00+00:00");
+    let differing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notes WHERE rank__new IS DISTINCT FROM rank::bigint \
+         OR model_name IS DISTINCT FROM model",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(differing, 0);
+
+    // Each binary writes; the other reads it.
+    let by_old = old_repo
+        .create(
+            &before,
+            old::NewNote {
+                rank: 1_000_001,
+                model: "written by old".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let by_new = new_repo
+        .create(
+            &after,
+            new::NewNote {
+                rank: 2_000_002,
+                model_name: "written by new".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let read = new_repo.get(&after, by_old.id).await.unwrap();
+    assert_eq!(
+        (read.rank, read.model_name.as_str()),
+        (1_000_001, "written by old")
+    );
+    let read = old_repo.get(&before, by_new.id).await.unwrap();
+    assert_eq!(
+        (read.rank, read.model.as_str()),
+        (2_000_002, "written by new")
+    );
+    let patch = old::NotePatch {
+        model: Some("renamed by old".into()),
+        rank: Some(11),
+    };
+    old_repo.update(&before, by_new.id, patch).await.unwrap();
+    let patch = new::NotePatch {
+        model_name: Some("renamed by new".into()),
+        rank: Some(22),
+    };
+    new_repo.update(&after, by_old.id, patch).await.unwrap();
+    let read = new_repo.get(&after, by_new.id).await.unwrap();
+    assert_eq!(
+        (read.rank, read.model_name.as_str()),
+        (11, "renamed by old")
+    );
+    let read = old_repo.get(&before, by_old.id).await.unwrap();
+    assert_eq!((read.rank, read.model.as_str()), (22, "renamed by new"));
+    let filtered = new_repo
+        .count(&after, new::Note::MODEL_NAME.eq("renamed by old"))
+        .await
+        .unwrap();
+    assert_eq!(filtered, 1);
+
+    // Rolling the expand back loses nothing written in the window: the old
+    // column had every write.
+    rollback(
+        &url,
+        &all(),
+        RollbackTarget::Steps(2),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let read = old_repo.get(&before, by_old.id).await.unwrap();
+    assert_eq!((read.rank, read.model.as_str()), (22, "renamed by new"));
+    let read = old_repo.get(&before, by_new.id).await.unwrap();
+    assert_eq!((read.rank, read.model.as_str()), (11, "renamed by old"));
+    assert_eq!(
+        old_repo.count(&before, Filter::all()).await.unwrap(),
+        12_002
+    );
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'sync_%') \
+              + (SELECT count(*) FROM pg_proc WHERE proname LIKE 'notes_sync_%')",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0);
+
+    // Again, then the contract once the new binary is the only one.
+    migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    let read = new_repo.get(&after, by_old.id).await.unwrap();
+    assert_eq!(read.rank, 22);
+    let report = migrate(&url, &all(), &MigrateOptions::complete())
+        .await
+        .unwrap();
+    assert_eq!(report.applied.len(), 1, "{report:?}");
+    // The new binary's connections prepared their statements against the
+    // integer column; they go on against the bigint one.
+    let read = new_repo.get(&after, by_new.id).await.unwrap();
+    assert_eq!(
+        (read.rank, read.model_name.as_str()),
+        (11, "renamed by old")
+    );
+    let big = new_repo
+        .create(
+            &after,
+            new::NewNote {
+                rank: i64::from(i32::MAX) + 1,
+                model_name: "past i32".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(big.rank, i64::from(i32::MAX) + 1);
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notes WHERE id <> ALL($1) AND rank <= 12000 \
+         AND model_name <> 'm' || rank",
+    )
+    .bind([by_old.id, by_new.id])
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name || ' ' || data_type FROM information_schema.columns \
+         WHERE table_name = 'notes' ORDER BY column_name",
+    )
+    .fetch_all(t.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        columns,
+        [
+            "created_at timestamp with time zone",
+            "id uuid",
+            "model_name text",
+            "rank bigint",
+            "updated_at timestamp with time zone"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_killed_backfill_resumes_on_the_next_migrate() {
+    let (t, dir) = at_old_schema(200_000).await;
+    let url = t.url();
+    new_migration_with(
+        &url,
+        dir.path(),
+        &[new::Note::schema()],
+        &renames(),
+        "rank_and_model",
+        &online(),
+    )
+    .await
+    .unwrap();
+    let all = || Migrations::from_dir(dir.path()).unwrap();
+    let running = tokio::spawn({
+        let (url, all) = (url.clone(), all());
+        async move { migrate(&url, &all, &MigrateOptions::default()).await }
+    });
+    // Kill it once it has copied some batches, as `kill -9` of its session would.
+    let mut admin = mandrake_storage::connect_one(&url).await.unwrap();
+    let mut killed: i64 = 0;
+    for _ in 0..600 {
+        let progress: Option<String> = sqlx::query_scalar(
+            "SELECT application_name FROM pg_stat_activity \
+             WHERE application_name LIKE 'mandrake backfill%'",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        // Past its second batch.
+        let done = progress
+            .as_deref()
+            .and_then(|p| p.strip_prefix("mandrake backfill "))
+            .and_then(|p| p.split('/').next())
+            .and_then(|n| n.parse::<i64>().ok());
+        if done.is_some_and(|n| n > 10_000) {
+            killed = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name LIKE 'mandrake backfill%'",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, 1, "the backfill was seen running");
+    let err = running.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Migration(_) | Error::Database(_)),
+        "{err}"
+    );
+    let (done, early_xmin): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM notes WHERE rank__new IS NOT NULL), \
+                (SELECT xmin::text FROM notes WHERE rank__new IS NOT NULL ORDER BY id LIMIT 1)",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        done > 0 && done < 200_000,
+        "killed midway: {done} rows done"
+    );
+
+    // The next migrate runs the backfill again; it goes on where it was.
+    let report = migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    assert!(report.waiting.is_some(), "{report:?}");
+    let (left, xmin): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM notes WHERE rank__new IS DISTINCT FROM rank::bigint \
+                 OR model_name IS DISTINCT FROM model), \
+                (SELECT xmin::text FROM notes WHERE rank__new IS NOT NULL ORDER BY id LIMIT 1)",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(
+        xmin, early_xmin,
+        "a row copied before the kill was not written again"
+    );
+    migrate(&url, &all(), &MigrateOptions::complete())
+        .await
+        .unwrap();
+    let wrong: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notes WHERE model_name <> 'm' || rank")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(wrong, 0);
+}

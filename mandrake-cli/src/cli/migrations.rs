@@ -1,6 +1,7 @@
 //! The commands on the migrations folder: migrate, rollback, status, resolve,
 //! check, new-migration, lint, fuzz-diff.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,7 +27,18 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
         allow_out_of_order: args.allow_out_of_order,
         lock_timeout: Duration::from_secs(args.lock_timeout),
     };
-    let report = migrate::migrate(&ctx.url().await?, &migrations, &options).await?;
+    let url = ctx.url().await?;
+    let report = {
+        let run = migrate::migrate(&url, &migrations, &options);
+        if std::io::stderr().is_terminal() && !args.dry_run {
+            tokio::select! {
+                report = run => report,
+                _ = show_backfills(&url) => unreachable!("shows until the run ends"),
+            }
+        } else {
+            run.await
+        }
+    }?;
     let verb = if args.dry_run {
         "would apply"
     } else {
@@ -47,6 +59,68 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
         eprintln!("warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Draws the progress of a running backfill (an expand/contract's, which
+/// reports it in its `application_name`) on the terminal, once a second,
+/// until dropped.
+async fn show_backfills(url: &str) {
+    let Ok(mut conn) = mandrake_storage::connect_one(url).await else {
+        return std::future::pending().await;
+    };
+    let mut first: Option<(std::time::Instant, i64)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let seen: Option<String> = sqlx::query_scalar(
+            "SELECT application_name FROM pg_stat_activity \
+             WHERE application_name LIKE 'mandrake backfill %' LIMIT 1",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .ok()
+        .flatten();
+        let Some((label, done, total)) = seen.as_deref().and_then(parse_progress) else {
+            continue;
+        };
+        let (since, start) = *first.get_or_insert((std::time::Instant::now(), done));
+        eprint!(
+            "\r{}",
+            progress_line(label, done, total, done - start, since.elapsed())
+        );
+    }
+}
+
+/// `mandrake backfill 5000/1000000 notes.rank__new` taken apart: the
+/// table and column, the rows done, the rows there are (an estimate).
+fn parse_progress(name: &str) -> Option<(&str, i64, i64)> {
+    let rest = name.strip_prefix("mandrake backfill ")?;
+    let (counts, label) = rest.split_once(' ')?;
+    let (done, total) = counts.split_once('/')?;
+    Some((label, done.parse().ok()?, total.parse().ok()?))
+}
+
+/// A progress bar with an estimate of the time left, from the rows done
+/// (`recent`) in `elapsed` since the bar first showed.
+fn progress_line(label: &str, done: i64, total: i64, recent: i64, elapsed: Duration) -> String {
+    const WIDTH: i64 = 30;
+    let total = total.max(done).max(1);
+    let filled = (done * WIDTH / total) as usize;
+    let bar = format!(
+        "{}{}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled)
+    );
+    let left = match elapsed.as_secs_f64() {
+        secs if recent > 0 && secs > 0.0 => {
+            let rate = recent as f64 / secs;
+            format!("about {:.0} s left", (total - done) as f64 / rate)
+        }
+        _ => "estimating".into(),
+    };
+    format!(
+        "backfill {label} [{bar}] {done} of {total} rows ({}%), {left}   ",
+        done * 100 / total
+    )
 }
 
 /// `rollback [--steps N | --to V]`.
@@ -308,4 +382,27 @@ fn stale_schema_doc(tables: &[&TableSchema]) -> Result<Option<String>> {
          block with the output of `cargo xtask schema --format mermaid`)",
         path.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backfill_shows_a_bar_and_the_time_left() {
+        let name = "mandrake backfill 250000/1000000 notes.rank__new";
+        let (label, done, total) = parse_progress(name).unwrap();
+        assert_eq!(
+            (label, done, total),
+            ("notes.rank__new", 250_000, 1_000_000)
+        );
+        let line = progress_line(label, done, total, 200_000, Duration::from_secs(10));
+        assert_eq!(
+            line.trim_end(),
+            "backfill notes.rank__new [#######.......................] \
+             250000 of 1000000 rows (25%), about 38 s left"
+        );
+        assert!(progress_line(label, 0, 0, 0, Duration::ZERO).contains("estimating"));
+        assert_eq!(parse_progress("psql"), None);
+    }
 }

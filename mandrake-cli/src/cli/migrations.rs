@@ -31,10 +31,15 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
     let report = {
         let run = migrate::migrate(&url, &migrations, &options);
         if std::io::stderr().is_terminal() && !args.dry_run {
-            tokio::select! {
+            let drawn = std::cell::Cell::new(false);
+            let report = tokio::select! {
                 report = run => report,
-                _ = show_backfills(&url) => unreachable!("shows until the run ends"),
+                _ = show_backfills(&url, &drawn) => unreachable!("shows until the run ends"),
+            };
+            if drawn.get() {
+                eprintln!();
             }
+            report
         } else {
             run.await
         }
@@ -63,8 +68,8 @@ pub(super) async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<ExitCode
 
 /// Draws the progress of a running backfill (an expand/contract's, which
 /// reports it in its `application_name`) on the terminal, once a second,
-/// until dropped.
-async fn show_backfills(url: &str) {
+/// until dropped; `drawn` says whether it drew.
+async fn show_backfills(url: &str, drawn: &std::cell::Cell<bool>) {
     let Ok(mut conn) = mandrake_storage::connect_one(url).await else {
         return std::future::pending().await;
     };
@@ -87,6 +92,7 @@ async fn show_backfills(url: &str) {
             "\r{}",
             progress_line(label, done, total, done - start, since.elapsed())
         );
+        drawn.set(true);
     }
 }
 

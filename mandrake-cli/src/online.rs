@@ -209,7 +209,11 @@ fn expand_contract(moves: &[ColumnMove]) -> Vec<MigrationFile> {
     let mut backfill = file(
         "_backfill",
         steps("backfill, in batches:"),
-        each(ColumnMove::backfill_up),
+        // Row security would hide rows from the copy: with it off, a role
+        // it applies to fails at once instead.
+        std::iter::once("SET row_security = off;".to_owned())
+            .chain(moves.iter().map(ColumnMove::backfill_up))
+            .collect(),
         vec!["-- Nothing to undo: the copies go with the expand's column.".into()],
     );
     backfill.no_transaction = true;

@@ -2,7 +2,7 @@
 //! use, with no long lock and without breaking the binary still deployed.
 //!
 //! A column rename, or a type change PostgreSQL would rewrite the table for
-//! (`integer` → `bigint`, `text` → `jsonb`), becomes three migrations:
+//! (`integer` → `bigint`, `text` → `jsonb`), becomes these migrations:
 //!
 //! 1. *expand* (`_expand`): the new column (the rename's new name, or
 //!    `c__new` for a type change), nullable and without a default, a NOT
@@ -17,10 +17,15 @@
 //!    killed midway runs again on the next `migrate` and goes on. It leaves
 //!    `updated_at` as it was, and validates the stand-in check (a lock that
 //!    lets writes go on).
-//! 3. *contract* (`_contract`, `-- contract`: waits for `migrate
+//! 3. *indexes* (`_expand_index_N`, one a file, `-- no-transaction`): each
+//!    index and unique key the types want on the column, built
+//!    `CONCURRENTLY` on the new column under a name of its own.
+//! 4. *contract* (`_contract`, `-- contract`: waits for `migrate
 //!    --complete`): one short transaction under `lock_timeout` sets NOT NULL
-//!    through the validated check, drops the trigger and the old column,
-//!    gives a type change's column its name and sets the default.
+//!    through the validated check, drops the trigger and the old column (its
+//!    indexes go with it), gives a type change's column its name, sets the
+//!    default, and gives the new indexes their names (a unique key takes
+//!    over its index).
 //!
 //! The switch to the new type is part of the contract, not of `migrate`: an
 //! old binary's `i32` cannot read a `bigint` column, while the new binary's
@@ -30,9 +35,12 @@
 
 use crate::diff::rename_in_expression;
 use mandrake_storage::schema::ddl::{
-    cast, not_null_check, quote_ident, quote_literal, retypes_in_place, set_not_null_checked,
+    cast, create_index, not_null_check, quote_ident, quote_literal, retypes_in_place,
+    set_not_null_checked,
 };
-use mandrake_storage::schema::{Check, ColumnDef, DatabaseSchema, SchemaChange, TableSchema};
+use mandrake_storage::schema::{
+    Check, ColumnDef, DatabaseSchema, Index, Object, SchemaChange, TableSchema, Unique,
+};
 use mandrake_storage::{Error, MigrationError, Result};
 
 /// Rows a backfill batch copies in one transaction.
@@ -53,6 +61,26 @@ pub struct ColumnMove {
     key: (String, String),
     /// The table's `updated_at` trigger, which the backfill must not move.
     timestamps: bool,
+    /// The indexes and unique keys the types want on the column: each built
+    /// on the added column under a name of its own after the backfill, and
+    /// given its name in the contract.
+    pub indexes: Vec<Rebuilt<Index>>,
+    /// The unique keys likewise; the contract attaches each to its index.
+    pub uniques: Vec<Rebuilt<Unique>>,
+    /// The indexes and unique keys on the old column now, which its drop
+    /// takes along and a rollback of the contract builds again.
+    old_indexes: Vec<Index>,
+    old_uniques: Vec<Unique>,
+}
+
+/// An index or unique key as the types want it, and the same on the
+/// expand's column under a name of its own, built before the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt<T> {
+    /// As the types want it.
+    pub wanted: T,
+    /// Built on the expand's column first.
+    pub built: T,
 }
 
 impl ColumnMove {
@@ -279,6 +307,24 @@ impl ColumnMove {
                 quote_ident(&self.new.name)
             ));
         }
+        // The old column's own went with it; the ones built on the new
+        // column take their names.
+        for index in &self.indexes {
+            sql.push_str(&format!(
+                "-- squawk-ignore renaming-object -- the index built on the new column takes its name\n\
+                 ALTER INDEX {} RENAME TO {};\n",
+                quote_ident(&index.built.name),
+                quote_ident(&index.wanted.name)
+            ));
+        }
+        for unique in &self.uniques {
+            sql.push_str(&format!(
+                "{} ADD CONSTRAINT {} UNIQUE USING INDEX {};\n",
+                self.alter(),
+                quote_ident(&unique.wanted.name),
+                quote_ident(&unique.built.name)
+            ));
+        }
         sql
     }
 
@@ -288,6 +334,21 @@ impl ColumnMove {
         let added = quote_ident(&self.added());
         let old = quote_ident(&self.old.name);
         let mut sql = String::new();
+        for unique in &self.uniques {
+            sql.push_str(&format!(
+                "{} DROP CONSTRAINT {};\n",
+                self.alter(),
+                quote_ident(&unique.wanted.name)
+            ));
+        }
+        for index in &self.indexes {
+            sql.push_str(&format!(
+                "-- squawk-ignore renaming-object -- back to the name it was built under\n\
+                 ALTER INDEX {} RENAME TO {};\n",
+                quote_ident(&index.wanted.name),
+                quote_ident(&index.built.name)
+            ));
+        }
         if self.new.default.is_some() {
             sql.push_str(&format!(
                 "{} ALTER COLUMN {} DROP DEFAULT;\n",
@@ -338,7 +399,70 @@ impl ColumnMove {
                 check.expression
             ));
         }
+        // The indexes as they were before the contract: on the new column
+        // under their own names, and the old column's.
+        let unique_index = |u: &Unique| Index {
+            name: u.name.clone(),
+            unique: true,
+            ..Index::on(
+                &self.table,
+                &u.columns.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        };
+        let indexes = self.uniques.iter().map(|u| unique_index(&u.built));
+        for index in indexes.chain(self.old_indexes.iter().cloned()) {
+            sql.push_str(&format!(
+                "\n-- squawk-ignore require-concurrent-index-creation -- a rollback of the contract\n{}",
+                create_index(&self.table, &index)
+            ));
+        }
+        for unique in &self.old_uniques {
+            let add = SchemaChange::Add(Object::Unique {
+                table: self.table.clone(),
+                unique: unique.clone(),
+            });
+            sql.push_str(&format!(
+                "\n-- squawk-ignore disallowed-unique-constraint, constraint-missing-not-valid -- a rollback of the contract\n{}",
+                add.up()
+            ));
+        }
         sql
+    }
+}
+
+/// Whether `expression` names `column`, as PostgreSQL prints it (`rank`)
+/// or as the builders write it (`"rank"`).
+fn mentions(expression: &str, column: &str) -> bool {
+    rename_in_expression(expression, column, "\u{1}") != expression
+        || expression.contains(&quote_ident(column))
+}
+
+/// Whether `index` is over `column` (a key column, an included one, or in
+/// its expression or condition).
+fn index_uses(index: &Index, column: &str) -> bool {
+    let mentioned = |expression: &str| mentions(expression, column);
+    index
+        .columns
+        .iter()
+        .chain(&index.include)
+        .any(|c| c == column)
+        || mentioned(&index.key)
+        || index.predicate.as_deref().is_some_and(mentioned)
+}
+
+/// `index` over `to` instead of `from`, named `name`.
+fn index_over(index: &Index, from: &str, to: &str, name: String) -> Index {
+    let swap = |c: &String| if c == from { to.to_owned() } else { c.clone() };
+    // As PostgreSQL prints it (`rank`), or as the builders write it (`"rank"`).
+    let rename =
+        |e: &str| rename_in_expression(e, from, to).replace(&quote_ident(from), &quote_ident(to));
+    Index {
+        name,
+        columns: index.columns.iter().map(swap).collect(),
+        include: index.include.iter().map(swap).collect(),
+        key: rename(&index.key),
+        predicate: index.predicate.as_deref().map(rename),
+        ..index.clone()
     }
 }
 
@@ -452,6 +576,75 @@ fn column_move(
             ));
         }
     }
+    let added = if old == new {
+        format!("{new}__new")
+    } else {
+        new.to_owned()
+    };
+    // Another column this migration moves would be in the way of an index
+    // over both.
+    let moved_too = |index_columns: &[String], this: &str| {
+        plan.iter().any(|c| match c {
+            SchemaChange::RenameColumn { table: t, to, .. }
+            | SchemaChange::AlterType {
+                table: t,
+                column: to,
+                ..
+            } => t == table && to != this && index_columns.contains(to),
+            _ => false,
+        })
+    };
+    let mut indexes = Vec::new();
+    for index in after.indexes.iter().filter(|i| index_uses(i, new)) {
+        if moved_too(&index.columns, new) {
+            return refuse(format!(
+                "index {} is over another column it moves",
+                index.name
+            ));
+        }
+        let name = short(format!("{}__new", index.name));
+        indexes.push(Rebuilt {
+            wanted: index.clone(),
+            built: index_over(index, new, &added, name),
+        });
+    }
+    let mut uniques = Vec::new();
+    for unique in after
+        .uniques
+        .iter()
+        .filter(|u| u.columns.iter().any(|c| c == new))
+    {
+        if moved_too(&unique.columns, new) {
+            return refuse(format!(
+                "unique key {} is over another column it moves",
+                unique.name
+            ));
+        }
+        let columns = unique
+            .columns
+            .iter()
+            .map(|c| if c == new { added.clone() } else { c.clone() })
+            .collect();
+        uniques.push(Rebuilt {
+            wanted: unique.clone(),
+            built: Unique {
+                name: short(format!("{}__new", unique.name)),
+                columns,
+            },
+        });
+    }
+    let old_indexes = before
+        .indexes
+        .iter()
+        .filter(|i| index_uses(i, old))
+        .cloned()
+        .collect();
+    let old_uniques = before
+        .uniques
+        .iter()
+        .filter(|u| u.columns.iter().any(|c| c == old))
+        .cloned()
+        .collect();
     let key = before.primary_key[0].clone();
     let key_type = before
         .column(&key)
@@ -463,28 +656,21 @@ fn column_move(
         new: new_column.clone(),
         key: (key, key_type),
         timestamps: before.timestamp_trigger && before.column("updated_at").is_some(),
+        indexes,
+        uniques,
+        old_indexes,
+        old_uniques,
     })
 }
 
-/// What in `table` (or a key of another table of `schema`) names `column`,
-/// which a column move would have to rebuild on the new column.
+/// What in `table` (or a key of another table of `schema`) names `column`
+/// that a column move does not carry over (it rebuilds indexes and unique
+/// keys, not constraints or expressions).
 fn used_by(table: &TableSchema, schema: &DatabaseSchema, column: &str) -> Option<String> {
     let named = |columns: &[String]| columns.iter().any(|c| c == column);
-    let mentioned =
-        |expression: &str| rename_in_expression(expression, column, "\u{1}") != expression;
+    let mentioned = |expression: &str| mentions(expression, column);
     if table.tenant.as_deref() == Some(column) {
         return Some("the tenant key".into());
-    }
-    if let Some(u) = table.uniques.iter().find(|u| named(&u.columns)) {
-        return Some(format!("unique key {}", u.name));
-    }
-    if let Some(i) = table.indexes.iter().find(|i| {
-        named(&i.columns)
-            || named(&i.include)
-            || mentioned(&i.key)
-            || i.predicate.as_deref().is_some_and(mentioned)
-    }) {
-        return Some(format!("index {}", i.name));
     }
     if let Some(k) = table.foreign_keys.iter().find(|k| named(&k.columns)) {
         return Some(format!("foreign key {}", k.name));
@@ -521,10 +707,25 @@ pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
             .iter()
             .any(|m| m.table == table && (m.new.name == column || m.old.name == column))
     };
+    // The indexes and unique keys on a moved column, before or after.
+    let index = |name: &str| {
+        moves.iter().any(|m| {
+            m.indexes.iter().any(|i| i.wanted.name == name)
+                || m.uniques.iter().any(|u| u.wanted.name == name)
+                || m.old_indexes.iter().any(|i| i.name == name)
+                || m.old_uniques.iter().any(|u| u.name == name)
+        })
+    };
     match change {
         SchemaChange::RenameColumn { table, to, .. } => moved(table, to),
         SchemaChange::AlterType { table, column, .. }
         | SchemaChange::SetDefault { table, column, .. } => moved(table, column),
+        SchemaChange::Add(Object::Index { index: i, .. })
+        | SchemaChange::Drop(Object::Index { index: i, .. }) => index(&i.name),
+        SchemaChange::Add(Object::Unique { unique: u, .. })
+        | SchemaChange::Drop(Object::Unique { unique: u, .. }) => index(&u.name),
+        SchemaChange::RenameIndex { from, to }
+        | SchemaChange::RenameConstraint { from, to, .. } => index(from) || index(to),
         _ => false,
     }
 }
@@ -593,21 +794,53 @@ mod tests {
     }
 
     #[test]
-    fn a_column_with_an_index_is_refused_with_what_to_do() {
-        let from = schema(notes("integer", "model").with_index(&["model"]));
-        let to = schema(notes("integer", "model_name").with_index(&["model_name"]));
-        let renames = Renames::default().column("notes", "model", "model_name");
-        let plan = diff(&from, &to, &renames).unwrap();
+    fn an_index_on_the_column_is_built_again_on_the_new_one() {
+        let from = schema(notes("integer", "model").with_index(&["rank"]));
+        let to = schema(notes("bigint", "model").with_index(&["rank"]));
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
+        let files = online::files(&plan, &from, &to, true).unwrap();
+        let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
+        assert_eq!(
+            suffixes,
+            ["_expand", "_backfill", "_expand_index_1", "_contract"]
+        );
+        assert!(
+            files[2].up.contains(
+                r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "notes_rank_idx__new" ON "notes" ("rank__new")"#
+            ),
+            "{}",
+            files[2].up
+        );
+        assert!(
+            files[3]
+                .up
+                .contains(r#"ALTER INDEX "notes_rank_idx__new" RENAME TO "notes_rank_idx";"#)
+        );
+        // A rollback of the contract builds the old column's index again.
+        assert!(
+            files[3]
+                .down
+                .contains(r#"CREATE INDEX "notes_rank_idx" ON "notes" ("rank");"#),
+            "{}",
+            files[3].down
+        );
+    }
+
+    #[test]
+    fn a_column_a_check_uses_is_refused_with_what_to_do() {
+        let from = schema(notes("integer", "model").with_check("rank > 0"));
+        let to = schema(notes("bigint", "model").with_check("rank > 0"));
+        let plan = diff(&from, &to, &Renames::NONE).unwrap();
         let err = online::files(&plan, &from, &to, true)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--online cannot plan the rename of notes.model to model_name")
-                && err.contains("index notes_model_idx uses it")
+            err.contains("--online cannot plan the type change of notes.rank")
+                && err.contains("uses it")
                 && err.contains("in a migration of its own"),
             "{err}"
         );
-        // Without --online it is the one rename, as before.
+        // Without --online it is the one ALTER, as before.
         assert_eq!(online::files(&plan, &from, &to, false).unwrap().len(), 1);
     }
 }

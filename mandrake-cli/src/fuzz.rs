@@ -235,8 +235,8 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
 
 /// One random edit of `table` (`before`: the table it was in the first
 /// schema). `online`: a column renamed or retyped is an expand/contract,
-/// which `--online` refuses with an index, a key or a NOT NULL change on
-/// the column (see [`crate::expand`]); such a pair of edits is left out.
+/// which `--online` refuses with a foreign key or a NOT NULL change on the
+/// column (see [`crate::expand`]); such a pair of edits is left out.
 fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, online: bool) {
     let n = table.columns.len();
     let i = rng.below(n);
@@ -245,19 +245,11 @@ fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, onlin
         .columns
         .iter()
         .find(|b| b.name == *c.renamed_from.as_ref().unwrap_or(&c.name));
-    let keyed = |name: &str| {
-        [&table.index, &table.unique, &before.index, &before.unique]
-            .iter()
-            .any(|k| k.as_deref() == Some(name))
-    };
-    let pinned = online
-        && was.is_some_and(|b| {
-            keyed(&b.name) || keyed(&c.name) || b.references.is_some() || b.nullable != c.nullable
-        });
+    let pinned = online && was.is_some_and(|b| b.references.is_some() || b.nullable != c.nullable);
     let moved = online && was.is_some_and(|b| b.name != c.name || b.ty != c.ty);
     match rng.below(9) {
         2 | 4 if pinned => {}
-        3 | 6 | 7 if moved => {}
+        3 if moved => {}
         0 => {
             *fresh += 1;
             let mut c = column(rng, format!("c{fresh}"));
@@ -594,7 +586,8 @@ mod tests {
     use super::*;
 
     /// Odd seeds run `--online`: enough of them rename or retype a column
-    /// as an expand/contract, and none asks for what it refuses.
+    /// as an expand/contract (32 of the first 100, 10 of those with an index
+    /// or unique key built again), and none asks for what it refuses.
     #[test]
     fn odd_seeds_plan_expand_and_contract() {
         let schema = |tables: Vec<TableSchema>| mandrake_storage::schema::DatabaseSchema {
@@ -604,7 +597,7 @@ mod tests {
             feed_publication: false,
             extensions: Vec::new(),
         };
-        let mut planned = 0;
+        let (mut planned, mut rebuilt) = (0, 0);
         for seed in (1..200).step_by(2) {
             let case = case(seed);
             let (from, to) = (schema(case.first), schema(case.second));
@@ -614,8 +607,12 @@ mod tests {
             if files.iter().any(|f| f.contract) {
                 planned += 1;
             }
+            if files.iter().any(|f| f.suffix.starts_with("_expand_index")) {
+                rebuilt += 1;
+            }
         }
-        assert!(planned >= 15, "{planned} of 100 odd seeds");
+        assert!(planned >= 25, "{planned} of 100 odd seeds");
+        assert!(rebuilt >= 5, "{rebuilt} of them rebuild an index");
     }
 
     #[test]

@@ -225,7 +225,32 @@ fn expand_contract(moves: &[ColumnMove]) -> Vec<MigrationFile> {
         reversed(ColumnMove::contract_down),
     );
     contract.contract = true;
-    vec![expand, backfill, contract]
+    // The indexes of the new column, built once the backfill filled it.
+    let mut indexes = Vec::new();
+    for m in moves {
+        let table = || m.table.clone();
+        let built = m.indexes.iter().map(|i| Object::Index {
+            table: table(),
+            index: i.built.clone(),
+            online: true,
+        });
+        let unique = m.uniques.iter().map(|u| Object::UniqueIndex {
+            table: table(),
+            unique: u.built.clone(),
+        });
+        indexes.extend(
+            built
+                .chain(unique)
+                .map(|o| index_file(SchemaChange::Add(o))),
+        );
+    }
+    for (n, file) in indexes.iter_mut().enumerate() {
+        file.suffix = format!("_expand_index_{}", n + 1);
+    }
+    let mut files = vec![expand, backfill];
+    files.extend(indexes);
+    files.push(contract);
+    files
 }
 
 /// Whether `plan` adds a unique constraint on exactly `columns` of `table`.

@@ -20,10 +20,11 @@ mod old {
     use super::*;
 
     #[derive(Record, Clone)]
-    #[record(table = "notes")]
+    #[record(table = "notes", index(rank))]
     pub struct Note {
         pub id: Uuid,
         pub rank: i32,
+        #[record(unique)]
         pub model: String,
         pub created_at: DateTime<Utc>,
         pub updated_at: DateTime<Utc>,
@@ -35,10 +36,11 @@ mod new {
     use super::*;
 
     #[derive(Record, Clone)]
-    #[record(table = "notes")]
+    #[record(table = "notes", index(rank))]
     pub struct Note {
         pub id: Uuid,
         pub rank: i64,
+        #[record(unique)]
         pub model_name: String,
         pub created_at: DateTime<Utc>,
         pub updated_at: DateTime<Utc>,
@@ -112,8 +114,17 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
         .iter()
         .map(|(up, _)| up.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    for (file, suffix) in names.iter().zip(["_expand", "_backfill", "_contract"]) {
+    // The index on rank and the unique key on model are built again on the
+    // new columns, between the backfill and the contract.
+    let suffixes = [
+        "_expand",
+        "_backfill",
+        "_expand_index_1",
+        "_expand_index_2",
+        "_contract",
+    ];
+    assert_eq!(names.len(), suffixes.len(), "{names:?}");
+    for (file, suffix) in names.iter().zip(suffixes) {
         assert!(file.ends_with(&format!("{suffix}.up.sql")), "{names:?}");
     }
     let mut written: Vec<_> = made.files.iter().map(|(up, _)| up.clone()).collect();
@@ -122,11 +133,12 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
     assert!(findings.is_empty(), "lint: {findings:?}");
     let all = || Migrations::from_dir(dir.path()).unwrap();
 
-    // `migrate` expands and backfills, and waits before the contract.
+    // `migrate` expands, backfills and builds the indexes, and waits before
+    // the contract.
     let report = migrate(&url, &all(), &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!(report.applied.len(), 2, "{report:?}");
+    assert_eq!(report.applied.len(), 4, "{report:?}");
     assert!(
         report
             .waiting
@@ -215,7 +227,7 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
     rollback(
         &url,
         &all(),
-        RollbackTarget::Steps(2),
+        RollbackTarget::Steps(4),
         Duration::from_secs(30),
     )
     .await
@@ -290,6 +302,35 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
             "rank bigint",
             "updated_at timestamp with time zone"
         ]
+    );
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'notes' ORDER BY indexname",
+    )
+    .fetch_all(t.db())
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "CREATE UNIQUE INDEX notes_model_name_key ON public.notes USING btree (model_name)",
+            "CREATE UNIQUE INDEX notes_pkey ON public.notes USING btree (id)",
+            "CREATE INDEX notes_rank_idx ON public.notes USING btree (rank)",
+        ]
+    );
+    // The unique key holds on the new column.
+    let twice = new_repo
+        .create(
+            &after,
+            new::NewNote {
+                rank: 1,
+                model_name: "past i32".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        twice.to_string().contains("notes_model_name_key"),
+        "{twice}"
     );
 }
 

@@ -310,11 +310,10 @@ impl ColumnMove {
         // The old column's own went with it; the ones built on the new
         // column take their names.
         for index in &self.indexes {
-            sql.push_str(&format!(
-                "-- squawk-ignore renaming-object -- the index built on the new column takes its name\n\
-                 ALTER INDEX {} RENAME TO {};\n",
-                quote_ident(&index.built.name),
-                quote_ident(&index.wanted.name)
+            sql.push_str(&rename_index(
+                &index.built.name,
+                &index.wanted.name,
+                "the index built on the new column takes its name",
             ));
         }
         for unique in &self.uniques {
@@ -342,11 +341,10 @@ impl ColumnMove {
             ));
         }
         for index in &self.indexes {
-            sql.push_str(&format!(
-                "-- squawk-ignore renaming-object -- back to the name it was built under\n\
-                 ALTER INDEX {} RENAME TO {};\n",
-                quote_ident(&index.wanted.name),
-                quote_ident(&index.built.name)
+            sql.push_str(&rename_index(
+                &index.wanted.name,
+                &index.built.name,
+                "back to the name it was built under",
             ));
         }
         if self.new.default.is_some() {
@@ -464,6 +462,16 @@ fn index_over(index: &Index, from: &str, to: &str, name: String) -> Index {
         predicate: index.predicate.as_deref().map(rename),
         ..index.clone()
     }
+}
+
+/// `ALTER INDEX … RENAME`, said to lint as meant (`why`): no client names
+/// an index.
+fn rename_index(from: &str, to: &str, why: &str) -> String {
+    format!(
+        "-- squawk-ignore renaming-object -- {why}\nALTER INDEX {} RENAME TO {};\n",
+        quote_ident(from),
+        quote_ident(to)
+    )
 }
 
 /// `name` within PostgreSQL's 63 bytes, as the schema names its own objects.

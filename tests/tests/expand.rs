@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mandrake_cli::lint::lint_paths;
-use mandrake_cli::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
+use mandrake_cli::scaffold::{
+    NewMigration, NewMigrationOptions, new_migration, new_migration_with,
+};
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use mandrake_storage::schema::Renames;
 use mandrake_storage::testing::TestDb;
@@ -47,15 +49,23 @@ mod new {
     }
 }
 
-fn renames() -> Renames {
-    Renames::default().column("notes", "model", "model_name")
-}
-
-fn online() -> NewMigrationOptions {
-    NewMigrationOptions {
+/// `new-migration --online` from the old schema to the new one, written
+/// into `dir`.
+async fn to_new_schema(url: &str, dir: &MigrationDir) -> NewMigration {
+    let options = NewMigrationOptions {
         online: true,
         ..NewMigrationOptions::default()
-    }
+    };
+    new_migration_with(
+        url,
+        dir.path(),
+        &[new::Note::schema()],
+        &Renames::default().column("notes", "model", "model_name"),
+        "rank_and_model",
+        &options,
+    )
+    .await
+    .unwrap()
 }
 
 /// A pool of its own: each binary is a process with its own connections
@@ -99,16 +109,7 @@ async fn at_old_schema(rows: i64) -> (TestDb, MigrationDir) {
 async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
     let (t, dir) = at_old_schema(12_000).await;
     let url = t.url();
-    let made = new_migration_with(
-        &url,
-        dir.path(),
-        &[new::Note::schema()],
-        &renames(),
-        "rank_and_model",
-        &online(),
-    )
-    .await
-    .unwrap();
+    let made = to_new_schema(&url, &dir).await;
     let names: Vec<String> = made
         .files
         .iter()
@@ -338,16 +339,7 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
 async fn a_killed_backfill_resumes_on_the_next_migrate() {
     let (t, dir) = at_old_schema(200_000).await;
     let url = t.url();
-    new_migration_with(
-        &url,
-        dir.path(),
-        &[new::Note::schema()],
-        &renames(),
-        "rank_and_model",
-        &online(),
-    )
-    .await
-    .unwrap();
+    to_new_schema(&url, &dir).await;
     let all = || Migrations::from_dir(dir.path()).unwrap();
     let running = tokio::spawn({
         let (url, all) = (url.clone(), all());

@@ -3,6 +3,7 @@
 //! `integer → bigint` change runs before the switch, beside the old one.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Db, Filter, ListOptions, Record, Settings};
 use uuid::Uuid;
@@ -148,16 +149,21 @@ async fn statements_prepared_before_the_switch_run_after_it() {
     let t = TestDb::with_tables(&[before::Usage::schema()])
         .await
         .unwrap();
-    // One connection, so every call meets the statements cached before.
-    let next = Db::connect_url(
-        &t.url(),
-        &Settings {
-            pool_size: 1,
-            ..Settings::default()
-        },
-    )
-    .await
-    .unwrap();
+    // One connection each, so that a call meets the statements cached
+    // before: emptying the cache once prepares every later one afresh, so
+    // each way through the pool gets a pool of its own.
+    let one = || async {
+        Db::connect_url(
+            &t.url(),
+            &Settings {
+                pool_size: 1,
+                ..Settings::default()
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let (next, streaming) = (one().await, one().await);
     let repo = after::Usage::repo();
     let new = |tokens| after::NewUsage {
         tokens,
@@ -168,10 +174,20 @@ async fn statements_prepared_before_the_switch_run_after_it() {
     repo.list(&next, Filter::all(), ListOptions::new())
         .await
         .unwrap();
+    let streamed = || async {
+        let rows: Vec<_> = sqlx::query("SELECT tokens FROM usage")
+            .fetch(&streaming)
+            .try_collect()
+            .await
+            .unwrap();
+        rows.len()
+    };
+    assert_eq!(streamed().await, 1);
     sqlx::raw_sql("ALTER TABLE usage ALTER COLUMN tokens TYPE bigint")
         .execute(t.db())
         .await
         .unwrap();
+    assert_eq!(streamed().await, 1);
     let big = i64::from(i32::MAX) + 1;
     let created = repo.create(&next, new(big)).await.unwrap();
     assert_eq!(created.tokens, big);

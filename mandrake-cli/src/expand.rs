@@ -368,11 +368,15 @@ impl ColumnMove {
             .as_ref()
             .map(|d| format!(" DEFAULT {d}"))
             .unwrap_or_default();
+        // The trigger first: in backfill mode it keeps each row's updated_at.
         sql.push_str(&format!(
-            "{} ADD COLUMN {old} {}{default};\n\
-             UPDATE {} SET {old} = {};\n",
+            "{} ADD COLUMN {old} {}{default};\n{}\n\
+             SELECT set_config('mandrake.backfill', 'on', true);\n\
+             UPDATE {} SET {old} = {};\n\
+             SELECT set_config('mandrake.backfill', '', true);\n",
             self.alter(),
             self.old.sql_type,
+            self.sync_sql(),
             quote_ident(&self.table),
             self.backward("")
         ));
@@ -381,11 +385,10 @@ impl ColumnMove {
         if !self.old.nullable {
             sql.push_str(&format!(
                 "-- squawk-ignore adding-not-nullable-field -- the old column back whole\n\
-                 {} ALTER COLUMN {old} SET NOT NULL;\n",
+                 {} ALTER COLUMN {old} SET NOT NULL;",
                 self.alter()
             ));
         }
-        sql.push_str(&self.sync_sql());
         if let Some(check) = self.check() {
             sql.push_str(&format!(
                 "\n{} ALTER COLUMN {added} DROP NOT NULL;\n\

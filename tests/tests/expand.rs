@@ -260,6 +260,24 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
         .await
         .unwrap();
     assert_eq!(report.applied.len(), 1, "{report:?}");
+    // A rollback of the contract gives the old binary its columns back,
+    // every value in them, and moves no row's updated_at; then again.
+    rollback(
+        &url,
+        &all(),
+        RollbackTarget::Steps(1),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let read = old_repo.get(&before, by_new.id).await.unwrap();
+    assert_eq!((read.rank, read.model.as_str()), (11, "renamed by old"));
+    let read = old_repo.get(&before, first).await.unwrap();
+    assert_eq!((read.rank, read.model.as_str()), (7, "m7"));
+    assert_eq!(read.updated_at.to_rfc3339(), "2020-01-01T00:00:00+00:00");
+    migrate(&url, &all(), &MigrateOptions::complete())
+        .await
+        .unwrap();
     // The new binary's connections prepared their statements against the
     // integer column; they go on against the bigint one.
     let read = new_repo.get(&after, by_new.id).await.unwrap();
@@ -278,6 +296,18 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
         .await
         .unwrap();
     assert_eq!(big.rank, i64::from(i32::MAX) + 1);
+    // Now a rollback of the contract would lose that value: it stops, and
+    // changes nothing.
+    let err = rollback(
+        &url,
+        &all(),
+        RollbackTarget::Steps(1),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("integer out of range"), "{err}");
+    assert_eq!(new_repo.get(&after, big.id).await.unwrap().rank, big.rank);
     let wrong: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notes WHERE id <> ALL($1) AND rank <= 12000 \
          AND model_name <> 'm' || rank",

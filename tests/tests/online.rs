@@ -62,10 +62,21 @@ mod v2 {
     }
 }
 
-/// The next binary after v1: `rank` an `i64`, `body` renamed `content`:
-/// an expand/contract with `--online`.
+/// The next binaries after v1: `body` renamed `content`, then `rank` an
+/// `i64`: each an expand/contract with `--online`.
 mod v3 {
     use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Renamed {
+        pub id: Uuid,
+        pub folder_id: Uuid,
+        pub content: Option<String>,
+        pub rank: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
 
     #[derive(Record, Clone)]
     #[record(table = "notes")]
@@ -317,59 +328,72 @@ async fn online_migration_of_a_million_rows_lets_the_writes_go_on() {
     migrate_under_writes(&writers, &url, &migrations(), "as planned").await;
 }
 
-/// Issue #29's measurement: `integer → bigint` and a rename in one
-/// `--online` migration (expand, backfill, then the contract), on a million
-/// rows under four writers: v1's writes through `migrate`, v3's through
-/// `migrate --complete`. Then the same change as one plain migration on a
-/// fresh million, under v1's writes. Prints the slowest write and the
-/// failed writes of each; asserts that the online one failed none and left
-/// every value right.
+/// Issue #29's measurement: a rename (`body` → `content`), then `integer →
+/// bigint` (`rank`), each its own `--online` migration (expand, backfill,
+/// then the contract), on a million rows under four writers: through each
+/// `migrate` the binary before the change writes, through each `migrate
+/// --complete` the one after it. Then the same two changes as plain
+/// migrations on a fresh million, under the same writers. Prints the
+/// slowest write, the failed writes and the file times of each; asserts
+/// that the online ones failed no write and left every value right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expand_and_contract_of_a_million_rows_under_four_writers() {
-    let v3 = [v1::Folder::schema(), v3::Note::schema()];
+    let renamed = [v1::Folder::schema(), v3::Renamed::schema()];
+    let widened = [v1::Folder::schema(), v3::Note::schema()];
     let renames = Renames::default().column("notes", "body", "content");
-    let (t, dir, writers) = million_notes().await;
-    let url = t.url();
-    let migrations = || Migrations::from_dir(dir.path()).unwrap();
     let online = NewMigrationOptions {
         online: true,
         ..NewMigrationOptions::default()
     };
-    let made = new_migration_with(&url, dir.path(), &v3, &renames, "widen", &online)
-        .await
-        .unwrap();
-    assert_eq!(made.files.len(), 3);
-    let expanded = migrate_under_writes(&writers, &url, &migrations(), "expand + backfill").await;
-    let contracted = under_writes(&writers, NEW_WRITES, async {
-        migrate(&url, &migrations(), &MigrateOptions::complete())
+    let (t, dir, writers) = million_notes().await;
+    let url = t.url();
+    let migrations = || Migrations::from_dir(dir.path()).unwrap();
+    let mut runs = Vec::new();
+    for (name, types, hints, before, after) in [
+        ("rename", &renamed, &renames, OLD_WRITES, NEW_WRITES),
+        ("widen", &widened, &Renames::NONE, NEW_WRITES, NEW_WRITES),
+    ] {
+        let made = new_migration_with(&url, dir.path(), types, hints, name, &online)
             .await
             .unwrap();
-    })
-    .await;
-    contracted.print("contract (migrate --complete)");
-    for run in [&expanded, &contracted] {
-        assert_eq!(run.failed, 0, "{:?}", run.first_error);
-        assert!(run.writes > 0);
+        assert_eq!(made.files.len(), 3);
+        let expanded = under_writes(&writers, before, async {
+            migrate(&url, &migrations(), &MigrateOptions::default())
+                .await
+                .unwrap();
+        })
+        .await;
+        expanded.print(&format!("{name}: expand + backfill (migrate)"));
+        let contracted = under_writes(&writers, after, async {
+            migrate(&url, &migrations(), &MigrateOptions::complete())
+                .await
+                .unwrap();
+        })
+        .await;
+        contracted.print(&format!("{name}: contract (migrate --complete)"));
+        print_file_times(t.db(), name).await;
+        for run in [&expanded, &contracted] {
+            assert_eq!(run.failed, 0, "{:?}", run.first_error);
+            assert!(run.writes > 0);
+        }
+        runs.extend([expanded, contracted]);
     }
     // Every row's value is right: the untouched rows as generated, the
     // updated ones by their count of updates, the inserted ones all there.
+    let mut updated: HashMap<Uuid, i64> = HashMap::new();
+    for (id, n) in runs.iter().flat_map(|r| &r.updated) {
+        *updated.entry(*id).or_default() += n;
+    }
     let wrong: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notes WHERE content <> 'live' AND content <> 'note ' || rank \
          AND id <> ALL($1)",
     )
-    .bind(
-        expanded
-            .updated
-            .keys()
-            .chain(contracted.updated.keys())
-            .copied()
-            .collect::<Vec<_>>(),
-    )
+    .bind(updated.keys().copied().collect::<Vec<_>>())
     .fetch_one(t.db())
     .await
     .unwrap();
     assert_eq!(wrong, 0);
-    for (id, n) in &expanded.updated {
+    for (id, n) in &updated {
         let (rank, content): (i64, String) =
             sqlx::query_as("SELECT rank, content FROM notes WHERE id = $1")
                 .bind(id)
@@ -377,49 +401,54 @@ async fn expand_and_contract_of_a_million_rows_under_four_writers() {
                 .await
                 .unwrap();
         let original: i64 = content.trim_start_matches("note ").parse().unwrap();
-        let more = contracted.updated.get(id).copied().unwrap_or(0);
-        assert_eq!(rank, original + n + more, "{id}");
+        assert_eq!(rank, original + n, "{id}");
     }
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE content = 'live'")
         .fetch_one(t.db())
         .await
         .unwrap();
-    assert_eq!(live as usize, expanded.inserted + contracted.inserted);
-    print_file_times(t.db()).await;
+    assert_eq!(
+        live as usize,
+        runs.iter().map(|r| r.inserted).sum::<usize>()
+    );
     drop(t);
 
-    // As planned: one file (RENAME COLUMN, ALTER COLUMN … TYPE bigint)
-    // under v1's writes.
+    // As planned: each change one file (RENAME COLUMN; ALTER COLUMN … TYPE
+    // bigint) under the same writers.
     let (t, dir, writers) = million_notes().await;
     let url = t.url();
-    let plain = new_migration_with(
-        &url,
-        dir.path(),
-        &v3,
-        &renames,
-        "widen",
-        &NewMigrationOptions::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(plain.files.len(), 1);
-    migrate_under_writes(
-        &writers,
-        &url,
-        &Migrations::from_dir(dir.path()).unwrap(),
-        "as planned",
-    )
-    .await;
-    print_file_times(t.db()).await;
+    let plain = NewMigrationOptions::default();
+    for (name, types, hints, writes) in [
+        ("rename", &renamed, &renames, OLD_WRITES),
+        ("widen", &widened, &Renames::NONE, NEW_WRITES),
+    ] {
+        let made = new_migration_with(&url, dir.path(), types, hints, name, &plain)
+            .await
+            .unwrap();
+        assert_eq!(made.files.len(), 1);
+        let run = under_writes(&writers, writes, async {
+            migrate(&url, &migrations_in(&dir), &MigrateOptions::default())
+                .await
+                .unwrap();
+        })
+        .await;
+        run.print(&format!("{name}: as planned"));
+        print_file_times(t.db(), name).await;
+    }
 }
 
-/// How long each migration of the change ran (a transactional one holds its
+fn migrations_in(dir: &MigrationDir) -> Migrations {
+    Migrations::from_dir(dir.path()).unwrap()
+}
+
+/// How long each migration named `name…` ran (a transactional one holds its
 /// locks that long), as the runner recorded it.
-async fn print_file_times(db: &Db) {
+async fn print_file_times(db: &Db, name: &str) {
     let times: Vec<(String, i64)> = sqlx::query_as(
         "SELECT description, execution_time FROM _sqlx_migrations \
-         WHERE description LIKE 'widen%' ORDER BY version",
+         WHERE description LIKE $1 ORDER BY version",
     )
+    .bind(format!("{name}%"))
     .fetch_all(db)
     .await
     .unwrap();

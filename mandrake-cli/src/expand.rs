@@ -6,7 +6,8 @@
 //!
 //! 1. *expand* (`_expand`): the new column (the rename's new name, or
 //!    `c__new` for a type change), nullable and without a default, a NOT
-//!    NULL stand-in check `NOT VALID` when it is required, and a trigger that
+//!    NULL stand-in check `NOT VALID` when it is required, its foreign keys
+//!    `NOT VALID` (validated after the backfill), and a trigger that
 //!    fills it on every write of the old column. A rename's trigger also fills
 //!    the old column from the new one, so a binary using either name reads
 //!    and writes the same values. Its down drops what it added: every write
@@ -24,8 +25,8 @@
 //!    --complete`): one short transaction under `lock_timeout` sets NOT NULL
 //!    through the validated check, drops the trigger and the old column (its
 //!    indexes go with it), gives a type change's column its name, sets the
-//!    default, and gives the new indexes their names (a unique key takes
-//!    over its index).
+//!    default, and gives the new indexes and keys their names (a unique key
+//!    takes over its index).
 //!
 //! The switch to the new type is part of the contract, not of `migrate`: an
 //! old binary's `i32` cannot read a `bigint` column, while the new binary's
@@ -39,7 +40,7 @@ use mandrake_storage::schema::ddl::{
     set_not_null_checked,
 };
 use mandrake_storage::schema::{
-    Check, ColumnDef, DatabaseSchema, Index, Object, SchemaChange, TableSchema, Unique,
+    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, Object, SchemaChange, TableSchema, Unique,
 };
 use mandrake_storage::{Error, MigrationError, Result};
 
@@ -67,10 +68,16 @@ pub struct ColumnMove {
     pub indexes: Vec<Rebuilt<Index>>,
     /// The unique keys likewise; the contract attaches each to its index.
     pub uniques: Vec<Rebuilt<Unique>>,
-    /// The indexes and unique keys on the old column now, which its drop
-    /// takes along and a rollback of the contract builds again.
+    /// The foreign keys likewise: added `NOT VALID` on the new column in the
+    /// expand (its values are copies of keys the old one's key checked),
+    /// validated after the backfill, renamed in the contract.
+    pub keys: Vec<Rebuilt<ForeignKey>>,
+    /// The indexes, unique keys and foreign keys on the old column now,
+    /// which its drop takes along and a rollback of the contract builds
+    /// again.
     old_indexes: Vec<Index>,
     old_uniques: Vec<Unique>,
+    old_keys: Vec<ForeignKey>,
 }
 
 /// An index or unique key as the types want it, and the same on the
@@ -211,6 +218,15 @@ impl ColumnMove {
                 check.expression
             ));
         }
+        for key in &self.keys {
+            let add = SchemaChange::Add(Object::ForeignKey {
+                table: self.table.clone(),
+                key: key.built.clone(),
+                not_valid: true,
+            });
+            sql.push_str(&add.up());
+            sql.push('\n');
+        }
         sql + &self.sync_sql()
     }
 
@@ -259,14 +275,16 @@ impl ColumnMove {
             batch(&format!(" WHERE {key} > ids[cardinality(ids)]")),
             forward = self.forward(""),
         );
-        if let Some(check) = self.check() {
-            sql.push_str(
-                "\n-- squawk-ignore prefer-robust-stmts -- a rerun validates a valid check again, harmlessly\n",
-            );
+        let checked = self.check().map(|c| c.name);
+        for name in checked
+            .iter()
+            .chain(self.keys.iter().map(|k| &k.built.name))
+        {
             sql.push_str(&format!(
-                "{} VALIDATE CONSTRAINT {};",
+                "\n-- squawk-ignore prefer-robust-stmts -- a rerun validates a valid constraint again, harmlessly\n\
+                 {} VALIDATE CONSTRAINT {};",
                 self.alter(),
-                quote_ident(&check.name)
+                quote_ident(name)
             ));
         }
         sql
@@ -324,7 +342,22 @@ impl ColumnMove {
                 quote_ident(&unique.built.name)
             ));
         }
+        for key in &self.keys {
+            sql.push_str(&self.rename_constraint(&key.built.name, &key.wanted.name));
+        }
         sql
+    }
+
+    /// A foreign key built on the new column takes its name, or gives it
+    /// back; no client names a constraint.
+    fn rename_constraint(&self, from: &str, to: &str) -> String {
+        format!(
+            "-- squawk-ignore renaming-object -- the key of the new column\n\
+             {} RENAME CONSTRAINT {} TO {};\n",
+            self.alter(),
+            quote_ident(from),
+            quote_ident(to)
+        )
     }
 
     /// Back to the window: the old column again, filled from the new one,
@@ -346,6 +379,9 @@ impl ColumnMove {
                 &index.built.name,
                 "back to the name it was built under",
             ));
+        }
+        for key in &self.keys {
+            sql.push_str(&self.rename_constraint(&key.wanted.name, &key.built.name));
         }
         if self.new.default.is_some() {
             sql.push_str(&format!(
@@ -424,6 +460,17 @@ impl ColumnMove {
             });
             sql.push_str(&format!(
                 "\n-- squawk-ignore disallowed-unique-constraint, constraint-missing-not-valid -- a rollback of the contract\n{}",
+                add.up()
+            ));
+        }
+        for key in &self.old_keys {
+            let add = SchemaChange::Add(Object::ForeignKey {
+                table: self.table.clone(),
+                key: key.clone(),
+                not_valid: false,
+            });
+            sql.push_str(&format!(
+                "\n-- squawk-ignore adding-foreign-key-constraint, constraint-missing-not-valid -- a rollback of the contract\n{}",
                 add.up()
             ));
         }
@@ -644,16 +691,71 @@ fn column_move(
             },
         });
     }
+    let mut keys = Vec::new();
+    for key in after
+        .foreign_keys
+        .iter()
+        .filter(|k| k.columns.iter().any(|c| c == new))
+    {
+        if moved_too(&key.columns, new) {
+            return refuse(format!(
+                "foreign key {} is over another column it moves",
+                key.name
+            ));
+        }
+        let columns = key
+            .columns
+            .iter()
+            .map(|c| if c == new { added.clone() } else { c.clone() })
+            .collect();
+        keys.push(Rebuilt {
+            wanted: key.clone(),
+            built: ForeignKey {
+                name: short(format!("{}__new", key.name)),
+                columns,
+                ..key.clone()
+            },
+        });
+    }
+    // The old column's indexes and keys that its drop takes along, and its
+    // rollback brings back. One over a column the same migration drops is
+    // left to the main file, which drops it first and brings it back after
+    // the column.
+    let over = |columns: &[String]| {
+        columns.iter().any(|c| c == old)
+            && columns
+                .iter()
+                .all(|c| c == old || (after.column(c).is_some() && before.column(c).is_some()))
+    };
+    // Brought back by the contract's down, which runs before the main
+    // file's: a referenced table the migration renames has its new name.
+    let renamed = |name: &str| {
+        plan.iter()
+            .find_map(|c| match c {
+                SchemaChange::RenameTable { from, to } if from == name => Some(to.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| name.to_owned())
+    };
+    let old_keys = before
+        .foreign_keys
+        .iter()
+        .filter(|k| over(&k.columns))
+        .map(|k| ForeignKey {
+            references: renamed(&k.references),
+            ..k.clone()
+        })
+        .collect();
     let old_indexes = before
         .indexes
         .iter()
-        .filter(|i| index_uses(i, old))
+        .filter(|i| index_uses(i, old) && (i.columns.is_empty() || over(&i.columns)))
         .cloned()
         .collect();
     let old_uniques = before
         .uniques
         .iter()
-        .filter(|u| u.columns.iter().any(|c| c == old))
+        .filter(|u| over(&u.columns))
         .cloned()
         .collect();
     let key = before.primary_key[0].clone();
@@ -669,22 +771,22 @@ fn column_move(
         timestamps: before.timestamp_trigger && before.column("updated_at").is_some(),
         indexes,
         uniques,
+        keys,
         old_indexes,
         old_uniques,
+        old_keys,
     })
 }
 
 /// What in `table` (or a key of another table of `schema`) names `column`
-/// that a column move does not carry over (it rebuilds indexes and unique
-/// keys, not constraints or expressions).
+/// that a column move does not carry over (it rebuilds indexes, unique and
+/// foreign keys, not checks, policies or expressions, nor a key of another
+/// table that points at it).
 fn used_by(table: &TableSchema, schema: &DatabaseSchema, column: &str) -> Option<String> {
     let named = |columns: &[String]| columns.iter().any(|c| c == column);
     let mentioned = |expression: &str| mentions(expression, column);
     if table.tenant.as_deref() == Some(column) {
         return Some("the tenant key".into());
-    }
-    if let Some(k) = table.foreign_keys.iter().find(|k| named(&k.columns)) {
-        return Some(format!("foreign key {}", k.name));
     }
     if let Some(c) = table.checks.iter().find(|c| mentioned(&c.expression)) {
         return Some(format!("check {}", c.name));
@@ -711,6 +813,54 @@ fn used_by(table: &TableSchema, schema: &DatabaseSchema, column: &str) -> Option
         .map(|(t, k)| format!("foreign key {} of {}", k.name, t.name))
 }
 
+/// `change`, a drop the main file makes before the expand, under the names
+/// the renamed columns still have then (the plan wrote it after its renames).
+pub(crate) fn before_moves(change: &SchemaChange, moves: &[ColumnMove]) -> Option<SchemaChange> {
+    let old_names = |table: &str, columns: &[String]| -> Vec<String> {
+        columns
+            .iter()
+            .map(|c| {
+                moves
+                    .iter()
+                    .find(|m| m.table == table && m.new.name == *c && m.old.name != *c)
+                    .map_or_else(|| c.clone(), |m| m.old.name.clone())
+            })
+            .collect()
+    };
+    match change {
+        SchemaChange::Drop(Object::ForeignKey {
+            table,
+            key,
+            not_valid,
+        }) => {
+            let columns = old_names(table, &key.columns);
+            (columns != key.columns).then(|| {
+                SchemaChange::Drop(Object::ForeignKey {
+                    table: table.clone(),
+                    key: ForeignKey {
+                        columns,
+                        ..key.clone()
+                    },
+                    not_valid: *not_valid,
+                })
+            })
+        }
+        SchemaChange::Drop(Object::Unique { table, unique }) => {
+            let columns = old_names(table, &unique.columns);
+            (columns != unique.columns).then(|| {
+                SchemaChange::Drop(Object::Unique {
+                    table: table.clone(),
+                    unique: Unique {
+                        columns,
+                        ..unique.clone()
+                    },
+                })
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Whether `change` is carried out by `moves` (and leaves the main file).
 pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
     let moved = |table: &str, column: &str| {
@@ -723,8 +873,10 @@ pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
         moves.iter().any(|m| {
             m.indexes.iter().any(|i| i.wanted.name == name)
                 || m.uniques.iter().any(|u| u.wanted.name == name)
+                || m.keys.iter().any(|k| k.wanted.name == name)
                 || m.old_indexes.iter().any(|i| i.name == name)
                 || m.old_uniques.iter().any(|u| u.name == name)
+                || m.old_keys.iter().any(|k| k.name == name)
         })
     };
     match change {
@@ -735,6 +887,8 @@ pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
         | SchemaChange::Drop(Object::Index { index: i, .. }) => index(&i.name),
         SchemaChange::Add(Object::Unique { unique: u, .. })
         | SchemaChange::Drop(Object::Unique { unique: u, .. }) => index(&u.name),
+        SchemaChange::Add(Object::ForeignKey { key, .. })
+        | SchemaChange::Drop(Object::ForeignKey { key, .. }) => index(&key.name),
         SchemaChange::RenameIndex { from, to }
         | SchemaChange::RenameConstraint { from, to, .. } => index(from) || index(to),
         _ => false,
@@ -853,5 +1007,94 @@ mod tests {
         );
         // Without --online it is the one ALTER, as before.
         assert_eq!(online::files(&plan, &from, &to, false).unwrap().len(), 1);
+    }
+
+    /// Found by `fuzz-diff` (case 71): the old column's composite key over a
+    /// column the migration drops stays in the main file, under the old
+    /// names, so its down brings it back after that column.
+    #[test]
+    fn a_key_over_a_dropped_column_is_dropped_first_under_the_old_names() {
+        use mandrake_storage::schema::OnDelete;
+        let folders = TableSchema::new("folders")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("k", "uuid").nullable(true))
+            .with_primary_key(&["id"])
+            .with_unique(&["id", "k"]);
+        let notes = |key: &str| {
+            let k = format!("{key}_k");
+            TableSchema::new("notes")
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_column(ColumnDef::new(key, "uuid"))
+                .with_column(ColumnDef::new(&k, "uuid").nullable(true))
+                .with_primary_key(&["id"])
+                .with_composite_foreign_key(&[key, &k], "folders", &["id", "k"], OnDelete::Cascade)
+        };
+        let both = |notes: TableSchema| DatabaseSchema {
+            tables: vec![folders.clone(), notes],
+            ..schema(TableSchema::new("x"))
+        };
+        let (from, to) = (both(notes("folder_id")), both(notes("parent_id")));
+        let renames = Renames::default().column("notes", "folder_id", "parent_id");
+        let plan = diff(&from, &to, &renames).unwrap();
+        let files = online::files(&plan, &from, &to, true).unwrap();
+        let main = files
+            .iter()
+            .find(|f| f.suffix.is_empty())
+            .expect("a main file");
+        assert!(
+            main.up
+                .contains(r#"DROP CONSTRAINT "notes_folder_id_folder_id_k_fkey""#),
+            "{}",
+            main.up
+        );
+        assert!(
+            main.down
+                .contains(r#"FOREIGN KEY ("folder_id", "folder_id_k")"#),
+            "{}",
+            main.down
+        );
+        let contract = files.last().unwrap();
+        assert!(contract.contract);
+        assert!(!contract.down.contains("folder_id_k"), "{}", contract.down);
+    }
+
+    /// Found by `fuzz-diff` (case 187): the contract's down brings the old
+    /// column's key back before the main file's down renames its table back,
+    /// so it names the table as the migration left it.
+    #[test]
+    fn the_old_key_comes_back_to_its_table_under_the_migrations_name() {
+        use mandrake_storage::schema::OnDelete;
+        let folders = |name: &str| {
+            TableSchema::new(name)
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_primary_key(&["id"])
+        };
+        let notes = TableSchema::new("notes")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("folder_id", "uuid"))
+            .with_primary_key(&["id"])
+            .with_foreign_key("folder_id", "folders", OnDelete::Cascade);
+        let renamed = TableSchema::new("notes")
+            .with_column(ColumnDef::new("id", "uuid"))
+            .with_column(ColumnDef::new("parent_id", "uuid"))
+            .with_primary_key(&["id"]);
+        let two = |a: TableSchema, b: TableSchema| DatabaseSchema {
+            tables: vec![a, b],
+            ..schema(TableSchema::new("x"))
+        };
+        let from = two(folders("folders"), notes);
+        let to = two(folders("boxes"), renamed);
+        let renames =
+            Renames::default()
+                .table("folders", "boxes")
+                .column("notes", "folder_id", "parent_id");
+        let plan = diff(&from, &to, &renames).unwrap();
+        let files = online::files(&plan, &from, &to, true).unwrap();
+        let contract = files.last().unwrap();
+        assert!(
+            contract.down.contains(r#"REFERENCES "boxes"("id")"#),
+            "{}",
+            contract.down
+        );
     }
 }

@@ -235,8 +235,8 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
 
 /// One random edit of `table` (`before`: the table it was in the first
 /// schema). `online`: a column renamed or retyped is an expand/contract,
-/// which `--online` refuses with a foreign key or a NOT NULL change on the
-/// column (see [`crate::expand`]); such a pair of edits is left out.
+/// which `--online` refuses with a NOT NULL change on the column (see
+/// [`crate::expand`]); such a pair of edits is left out.
 fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, online: bool) {
     let n = table.columns.len();
     let i = rng.below(n);
@@ -245,7 +245,7 @@ fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, onlin
         .columns
         .iter()
         .find(|b| b.name == *c.renamed_from.as_ref().unwrap_or(&c.name));
-    let pinned = online && was.is_some_and(|b| b.references.is_some() || b.nullable != c.nullable);
+    let pinned = online && was.is_some_and(|b| b.nullable != c.nullable);
     let moved = online && was.is_some_and(|b| b.name != c.name || b.ty != c.ty);
     match rng.below(9) {
         2 | 4 if pinned => {}
@@ -586,8 +586,9 @@ mod tests {
     use super::*;
 
     /// Odd seeds run `--online`: enough of them rename or retype a column
-    /// as an expand/contract (32 of the first 100, 10 of those with an index
-    /// or unique key built again), and none asks for what it refuses.
+    /// as an expand/contract (35 of the first 100: 10 with an index or unique
+    /// key built again, 2 with a foreign key carried), and none asks for what
+    /// it refuses.
     #[test]
     fn odd_seeds_plan_expand_and_contract() {
         let schema = |tables: Vec<TableSchema>| mandrake_storage::schema::DatabaseSchema {

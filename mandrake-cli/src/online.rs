@@ -157,7 +157,10 @@ pub fn files(
                         check,
                     }));
             }
-            _ => main.steps.push(step.clone()),
+            change => main.steps.push(match expand::before_moves(change, &moves) {
+                Some(change) => Step::from(change),
+                None => step.clone(),
+            }),
         }
     }
     let mut out = Vec::new();

@@ -381,7 +381,7 @@ async fn a_killed_backfill_resumes_on_the_next_migrate() {
     for _ in 0..600 {
         let progress: Option<String> = sqlx::query_scalar(
             "SELECT application_name FROM pg_stat_activity \
-             WHERE application_name LIKE 'mandrake backfill%'",
+             WHERE datname = current_database() AND application_name LIKE 'mandrake backfill%'",
         )
         .fetch_optional(&mut admin)
         .await
@@ -395,7 +395,7 @@ async fn a_killed_backfill_resumes_on_the_next_migrate() {
         if done.is_some_and(|n| n > 10_000) {
             killed = sqlx::query_scalar(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name LIKE 'mandrake backfill%'",
+                 WHERE datname = current_database() AND application_name LIKE 'mandrake backfill%'",
             )
             .fetch_one(&mut admin)
             .await
@@ -449,4 +449,137 @@ async fn a_killed_backfill_resumes_on_the_next_migrate() {
             .await
             .unwrap();
     assert_eq!(wrong, 0);
+}
+
+/// A foreign key column renamed online: the key comes to the new column
+/// `NOT VALID` in the expand, is validated after the backfill, and takes its
+/// name in the contract; both columns refuse a parent that is not there.
+mod keyed {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "folders")]
+    pub struct Folder {
+        pub id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct Before {
+        pub id: Uuid,
+        #[record(references = "folders", on_delete = "cascade")]
+        pub folder_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    #[derive(Record, Clone)]
+    #[record(table = "notes")]
+    pub struct After {
+        pub id: Uuid,
+        #[record(references = "folders", on_delete = "cascade")]
+        pub parent_id: Uuid,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_key_column_keeps_its_key_through_an_online_rename() {
+    let t = TestDb::empty().await.unwrap();
+    let url = t.url();
+    let dir = MigrationDir::new(&[]);
+    let all = || Migrations::from_dir(dir.path()).unwrap();
+    let before = [keyed::Folder::schema(), keyed::Before::schema()];
+    new_migration(&url, dir.path(), &before, &Renames::NONE, "start", false)
+        .await
+        .unwrap();
+    migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO folders (id) SELECT gen_random_uuid() FROM generate_series(1, 10);
+         INSERT INTO notes (id, folder_id)
+         SELECT gen_random_uuid(), (SELECT id FROM folders ORDER BY id OFFSET g % 10 LIMIT 1)
+         FROM generate_series(1, 1000) g;",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    let options = NewMigrationOptions {
+        online: true,
+        ..NewMigrationOptions::default()
+    };
+    let after = [keyed::Folder::schema(), keyed::After::schema()];
+    let renames = Renames::default().column("notes", "folder_id", "parent_id");
+    let made = new_migration_with(&url, dir.path(), &after, &renames, "reparent", &options)
+        .await
+        .unwrap();
+    let mut written: Vec<_> = made.files.iter().map(|(up, _)| up.clone()).collect();
+    written.extend(made.files.iter().map(|(_, down)| down.clone()));
+    assert_eq!(lint_paths(&written).unwrap(), []);
+    migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    let keys = || async {
+        sqlx::query_as::<_, (String, bool)>(
+            "SELECT conname::text, convalidated FROM pg_constraint \
+             WHERE conrelid = 'notes'::regclass AND contype = 'f' ORDER BY conname",
+        )
+        .fetch_all(t.db())
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        keys().await,
+        [
+            ("notes_folder_id_fkey".to_owned(), true),
+            ("notes_parent_id_fkey__new".to_owned(), true)
+        ]
+    );
+    // In the window the new binary's write of a missing parent is refused.
+    let next = binary(&url).await;
+    let orphan = keyed::After::repo()
+        .create(
+            &next,
+            keyed::NewAfter {
+                parent_id: Uuid::now_v7(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(orphan.to_string().contains("fkey"), "{orphan}");
+    migrate(&url, &all(), &MigrateOptions::complete())
+        .await
+        .unwrap();
+    assert_eq!(keys().await, [("notes_parent_id_fkey".to_owned(), true)]);
+    let orphan = keyed::After::repo()
+        .create(
+            &next,
+            keyed::NewAfter {
+                parent_id: Uuid::now_v7(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        orphan.to_string().contains("notes_parent_id_fkey"),
+        "{orphan}"
+    );
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notes n LEFT JOIN folders f ON f.id = n.parent_id WHERE f.id IS NULL",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    assert_eq!(
+        keyed::After::repo()
+            .count(&next, Filter::all())
+            .await
+            .unwrap(),
+        1000
+    );
 }

@@ -78,7 +78,7 @@ async fn show_backfills(url: &str, drawn: &std::cell::Cell<bool>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let seen: Option<String> = sqlx::query_scalar(
             "SELECT application_name FROM pg_stat_activity \
-             WHERE application_name LIKE 'mandrake backfill %' LIMIT 1",
+             WHERE datname = current_database() AND application_name LIKE 'mandrake backfill %' LIMIT 1",
         )
         .fetch_optional(&mut conn)
         .await

@@ -590,12 +590,13 @@ fn column_move(
     } else {
         format!("the rename of {table}.{old} to {new}")
     };
-    let refuse = |why: String| {
-        Err(Error::Migration(MigrationError::Other(format!(
+    let refusal = |why: String| {
+        Error::Migration(MigrationError::Other(format!(
             "--online cannot plan {what}: {why}; make that change in a migration of its own, \
              or run without --online (one ALTER under an ACCESS EXCLUSIVE lock)"
-        ))))
+        )))
     };
+    let refuse = |why: String| Err(refusal(why));
     let (Some(before), Some(after)) = (current.table(table), desired.table(table)) else {
         return refuse(format!(
             "table {table} is created or renamed by the same migration"
@@ -666,53 +667,34 @@ fn column_move(
             built: index_over(index, new, &added, name),
         });
     }
-    let mut uniques = Vec::new();
-    for unique in after
-        .uniques
-        .iter()
-        .filter(|u| u.columns.iter().any(|c| c == new))
-    {
-        if moved_too(&unique.columns, new) {
-            return refuse(format!(
-                "unique key {} is over another column it moves",
-                unique.name
-            ));
+    // A key's columns with the added column in place of the moved one.
+    let on_added = |what: &str, name: &str, columns: &[String]| {
+        if moved_too(columns, new) {
+            return Err(refusal(format!(
+                "{what} {name} is over another column it moves"
+            )));
         }
-        let columns = unique
-            .columns
-            .iter()
-            .map(|c| if c == new { added.clone() } else { c.clone() })
-            .collect();
+        let swap = |c: &String| if c == new { added.clone() } else { c.clone() };
+        Ok(columns.iter().map(swap).collect::<Vec<_>>())
+    };
+    let over_new = |columns: &[String]| columns.iter().any(|c| c == new);
+    let mut uniques = Vec::new();
+    for unique in after.uniques.iter().filter(|u| over_new(&u.columns)) {
         uniques.push(Rebuilt {
             wanted: unique.clone(),
             built: Unique {
                 name: short(format!("{}__new", unique.name)),
-                columns,
+                columns: on_added("unique key", &unique.name, &unique.columns)?,
             },
         });
     }
     let mut keys = Vec::new();
-    for key in after
-        .foreign_keys
-        .iter()
-        .filter(|k| k.columns.iter().any(|c| c == new))
-    {
-        if moved_too(&key.columns, new) {
-            return refuse(format!(
-                "foreign key {} is over another column it moves",
-                key.name
-            ));
-        }
-        let columns = key
-            .columns
-            .iter()
-            .map(|c| if c == new { added.clone() } else { c.clone() })
-            .collect();
+    for key in after.foreign_keys.iter().filter(|k| over_new(&k.columns)) {
         keys.push(Rebuilt {
             wanted: key.clone(),
             built: ForeignKey {
                 name: short(format!("{}__new", key.name)),
-                columns,
+                columns: on_added("foreign key", &key.name, &key.columns)?,
                 ..key.clone()
             },
         });

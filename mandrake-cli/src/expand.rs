@@ -203,13 +203,44 @@ impl ColumnMove {
         format!("ALTER TABLE {}", quote_ident(&self.table))
     }
 
+    /// A column of this table, nullable, without a default unless given.
+    fn column(&self, name: &str, sql_type: &str, default: Option<String>) -> Object {
+        Object::Column {
+            table: self.table.clone(),
+            column: ColumnDef {
+                default,
+                ..ColumnDef::new(name, sql_type).nullable(true)
+            },
+        }
+    }
+
+    /// The rename of column `from` to `to`, said to lint as meant (`why`).
+    fn rename_column(&self, from: &str, to: &str, why: &str) -> String {
+        let rename = SchemaChange::RenameColumn {
+            table: self.table.clone(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        format!(
+            "-- squawk-ignore renaming-column -- {why}\n{}\n",
+            rename.up()
+        )
+    }
+
+    /// `SET DEFAULT` of the new column, or `DROP DEFAULT` (`None`).
+    fn set_default(&self, to: Option<String>) -> String {
+        let change = SchemaChange::SetDefault {
+            table: self.table.clone(),
+            column: self.new.name.clone(),
+            from: None,
+            to,
+        };
+        format!("{}\n", change.up())
+    }
+
     pub(crate) fn expand_up(&self) -> String {
-        let added = quote_ident(&self.added());
-        let mut sql = format!(
-            "{} ADD COLUMN {added} {};\n",
-            self.alter(),
-            self.new.sql_type
-        );
+        let add = SchemaChange::Add(self.column(&self.added(), &self.new.sql_type, None));
+        let mut sql = format!("{}\n", add.up());
         if let Some(check) = self.check() {
             sql.push_str(&format!(
                 "{} ADD CONSTRAINT {} CHECK ({}) NOT VALID;\n",
@@ -231,13 +262,12 @@ impl ColumnMove {
     }
 
     pub(crate) fn expand_down(&self) -> String {
+        let drop = SchemaChange::Drop(self.column(&self.added(), &self.new.sql_type, None));
         format!(
-            "{}\n-- squawk-ignore ban-drop-column -- the expand's own column: every write reached {} too\n\
-             {} DROP COLUMN {};",
+            "{}\n-- squawk-ignore ban-drop-column -- the expand's own column: every write reached {} too\n{}",
             self.drop_sync_sql(),
             self.old.name,
-            self.alter(),
-            quote_ident(&self.added())
+            drop.up()
         )
     }
 
@@ -302,28 +332,21 @@ impl ColumnMove {
             sql.push('\n');
         }
         sql.push_str(&self.drop_sync_sql());
+        let drop = SchemaChange::Drop(self.column(&self.old.name, &self.old.sql_type, None));
         sql.push_str(&format!(
-            "\n-- squawk-ignore ban-drop-column -- {} is kept in {added} since the expand; no binary reads it now\n\
-             {} DROP COLUMN {};\n",
+            "\n-- squawk-ignore ban-drop-column -- {} is kept in {added} since the expand; no binary reads it now\n{}\n",
             self.old.name,
-            self.alter(),
-            quote_ident(&self.old.name)
+            drop.up()
         ));
         if added != self.new.name {
-            sql.push_str(&format!(
-                "-- squawk-ignore renaming-column -- the expand's column takes the name of the one dropped above\n\
-                 {} RENAME COLUMN {} TO {};\n",
-                self.alter(),
-                quote_ident(&added),
-                quote_ident(&self.new.name)
+            sql.push_str(&self.rename_column(
+                &added,
+                &self.new.name,
+                "the expand's column takes the name of the one dropped above",
             ));
         }
-        if let Some(default) = &self.new.default {
-            sql.push_str(&format!(
-                "{} ALTER COLUMN {} SET DEFAULT {default};\n",
-                self.alter(),
-                quote_ident(&self.new.name)
-            ));
+        if self.new.default.is_some() {
+            sql.push_str(&self.set_default(self.new.default.clone()));
         }
         // The old column's own went with it; the ones built on the new
         // column take their names.
@@ -351,12 +374,14 @@ impl ColumnMove {
     /// A foreign key built on the new column takes its name, or gives it
     /// back; no client names a constraint.
     fn rename_constraint(&self, from: &str, to: &str) -> String {
+        let rename = SchemaChange::RenameConstraint {
+            table: self.table.clone(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
         format!(
-            "-- squawk-ignore renaming-object -- the key of the new column\n\
-             {} RENAME CONSTRAINT {} TO {};\n",
-            self.alter(),
-            quote_ident(from),
-            quote_ident(to)
+            "-- squawk-ignore renaming-object -- the key of the new column\n{}\n",
+            rename.up()
         )
     }
 
@@ -367,11 +392,11 @@ impl ColumnMove {
         let old = quote_ident(&self.old.name);
         let mut sql = String::new();
         for unique in &self.uniques {
-            sql.push_str(&format!(
-                "{} DROP CONSTRAINT {};\n",
-                self.alter(),
-                quote_ident(&unique.wanted.name)
-            ));
+            let drop = SchemaChange::Drop(Object::Unique {
+                table: self.table.clone(),
+                unique: unique.wanted.clone(),
+            });
+            sql.push_str(&format!("{}\n", drop.up()));
         }
         for index in &self.indexes {
             sql.push_str(&rename_index(
@@ -384,34 +409,27 @@ impl ColumnMove {
             sql.push_str(&self.rename_constraint(&key.wanted.name, &key.built.name));
         }
         if self.new.default.is_some() {
-            sql.push_str(&format!(
-                "{} ALTER COLUMN {} DROP DEFAULT;\n",
-                self.alter(),
-                quote_ident(&self.new.name)
-            ));
+            sql.push_str(&self.set_default(None));
         }
         if self.added() != self.new.name {
-            sql.push_str(&format!(
-                "-- squawk-ignore renaming-column -- the name goes back to the old column, added below\n\
-                 {} RENAME COLUMN {} TO {added};\n",
-                self.alter(),
-                quote_ident(&self.new.name)
+            sql.push_str(&self.rename_column(
+                &self.new.name,
+                &self.added(),
+                "the name goes back to the old column, added below",
             ));
         }
-        let default = self
-            .old
-            .default
-            .as_ref()
-            .map(|d| format!(" DEFAULT {d}"))
-            .unwrap_or_default();
+        let add = SchemaChange::Add(self.column(
+            &self.old.name,
+            &self.old.sql_type,
+            self.old.default.clone(),
+        ));
         // The trigger first: in backfill mode it keeps each row's updated_at.
         sql.push_str(&format!(
-            "{} ADD COLUMN {old} {}{default};\n{}\n\
+            "{}\n{}\n\
              SELECT set_config('mandrake.backfill', 'on', true);\n\
              UPDATE {} SET {old} = {};\n\
              SELECT set_config('mandrake.backfill', '', true);\n",
-            self.alter(),
-            self.old.sql_type,
+            add.up(),
             self.sync_sql(),
             quote_ident(&self.table),
             self.backward("")
@@ -517,10 +535,13 @@ fn index_over(index: &Index, from: &str, to: &str, name: String) -> Index {
 /// `ALTER INDEX … RENAME`, said to lint as meant (`why`): no client names
 /// an index.
 fn rename_index(from: &str, to: &str, why: &str) -> String {
+    let rename = SchemaChange::RenameIndex {
+        from: from.to_owned(),
+        to: to.to_owned(),
+    };
     format!(
-        "-- squawk-ignore renaming-object -- {why}\nALTER INDEX {} RENAME TO {};\n",
-        quote_ident(from),
-        quote_ident(to)
+        "-- squawk-ignore renaming-object -- {why}\n{}\n",
+        rename.up()
     )
 }
 

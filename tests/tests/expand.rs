@@ -74,6 +74,16 @@ async fn binary(url: &str) -> Db {
     Db::connect_url(url, &Settings::default()).await.unwrap()
 }
 
+/// `rollback --steps n` on the migrations in `dir`.
+async fn roll_back(
+    url: &str,
+    dir: &MigrationDir,
+    n: usize,
+) -> mandrake_storage::Result<mandrake_storage::migrate::Report> {
+    let all = Migrations::from_dir(dir.path()).unwrap();
+    rollback(url, &all, RollbackTarget::Steps(n), Duration::from_secs(30)).await
+}
+
 /// A database at the old schema with `rows` notes (rank = n, model = "m{n}"),
 /// and the migrations folder that built it.
 async fn at_old_schema(rows: i64) -> (TestDb, MigrationDir) {
@@ -225,14 +235,7 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
 
     // Rolling the expand back loses nothing written in the window: the old
     // column had every write.
-    rollback(
-        &url,
-        &all(),
-        RollbackTarget::Steps(4),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    roll_back(&url, &dir, 4).await.unwrap();
     let read = old_repo.get(&before, by_old.id).await.unwrap();
     assert_eq!((read.rank, read.model.as_str()), (22, "renamed by new"));
     let read = old_repo.get(&before, by_new.id).await.unwrap();
@@ -262,14 +265,7 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
     assert_eq!(report.applied.len(), 1, "{report:?}");
     // A rollback of the contract gives the old binary its columns back,
     // every value in them, and moves no row's updated_at; then again.
-    rollback(
-        &url,
-        &all(),
-        RollbackTarget::Steps(1),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    roll_back(&url, &dir, 1).await.unwrap();
     let read = old_repo.get(&before, by_new.id).await.unwrap();
     assert_eq!((read.rank, read.model.as_str()), (11, "renamed by old"));
     let read = old_repo.get(&before, first).await.unwrap();
@@ -298,14 +294,7 @@ async fn old_and_new_binaries_read_and_write_between_expand_and_contract() {
     assert_eq!(big.rank, i64::from(i32::MAX) + 1);
     // Now a rollback of the contract would lose that value: it stops, and
     // changes nothing.
-    let err = rollback(
-        &url,
-        &all(),
-        RollbackTarget::Steps(1),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap_err();
+    let err = roll_back(&url, &dir, 1).await.unwrap_err();
     assert!(err.to_string().contains("integer out of range"), "{err}");
     assert_eq!(new_repo.get(&after, big.id).await.unwrap().rank, big.rank);
     let wrong: i64 = sqlx::query_scalar(

@@ -432,6 +432,14 @@ pub(crate) fn drop_constraint(table: &str, name: &str) -> String {
     )
 }
 
+/// The precision and scale of `numeric(p, s)` (`numeric(p)` has scale 0);
+/// `None` for any other type, unbounded `numeric` too.
+fn numeric_digits(t: &str) -> Option<(u32, u32)> {
+    let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
+    let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
 /// Type changes that keep every value: no `--allow-destructive` needed.
 pub fn widens(from: &str, to: &str) -> bool {
     const ORDER: &[&[&str]] = &[
@@ -449,12 +457,7 @@ pub fn widens(from: &str, to: &str) -> bool {
     }
     // numeric(p, s) keeps every value in numeric(p2, s2) with as many
     // digits before the point and as many after.
-    let numeric = |t: &str| -> Option<(u32, u32)> {
-        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
-        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
-        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
-    };
-    match (numeric(from), numeric(to), to) {
+    match (numeric_digits(from), numeric_digits(to), to) {
         (Some(_), None, "numeric") => return true,
         (Some((p1, s1)), Some((p2, s2)), _) => return s2 >= s1 && p2 - s2 >= p1 - s1,
         _ => {}
@@ -476,15 +479,10 @@ pub fn widens(from: &str, to: &str) -> bool {
 /// `varchar` to `text`, a `numeric` with more digits and the same scale.
 pub fn retypes_in_place(from: &str, to: &str) -> bool {
     let varchar = |t: &str| t == "text" || t.starts_with("character varying");
-    let numeric = |t: &str| -> Option<(u32, u32)> {
-        let inner = t.strip_prefix("numeric(")?.strip_suffix(')')?;
-        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
-        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
-    };
     if varchar(from) && (to == "text" || to == "character varying") {
         return true;
     }
-    match (numeric(from), numeric(to)) {
+    match (numeric_digits(from), numeric_digits(to)) {
         (Some(_), None) => to == "numeric",
         (Some((p1, s1)), Some((p2, s2))) => s1 == s2 && p2 >= p1,
         _ => from.starts_with("character varying(") && widens(from, to),
@@ -558,12 +556,7 @@ fn misfits(column: &str, from: &str, to: &str) -> Option<String> {
     if !number {
         return None;
     }
-    if let Some(inner) = to
-        .strip_prefix("numeric(")
-        .and_then(|s| s.strip_suffix(')'))
-    {
-        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
-        let (p, s): (u32, u32) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
+    if let Some((p, s)) = numeric_digits(to) {
         return Some(format!("abs({c}) >= 1e{}", p.saturating_sub(s)));
     }
     let (lo, hi) = match to {

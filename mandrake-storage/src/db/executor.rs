@@ -68,13 +68,19 @@ impl Replay {
         }
     }
 
-    /// A copy to run again, when running it again is safe: a `SELECT` reads.
-    fn spare(&self) -> Option<Replay> {
+    /// Whether running it again after a broken connection is safe: a
+    /// `SELECT` reads.
+    fn is_read(&self) -> bool {
         let text = self.sql.as_str().trim_start();
-        let read = text
-            .get(..6)
-            .is_some_and(|w| w.eq_ignore_ascii_case("select"));
-        read.then(|| self.clone_replay())
+        text.get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"))
+    }
+
+    /// The one copy a call keeps to run again: for a read (see
+    /// [`Db::retry_target`]), or for a statement cached by name, which a
+    /// schema change can make stale ([`is_stale_statement`]).
+    fn copy_to_run_again(&self) -> Option<Replay> {
+        (self.is_read() || self.persistent).then(|| self.clone_replay())
     }
 }
 
@@ -174,19 +180,20 @@ impl Db {
     /// cancelled call leaves it to be restored; a read that fails at the
     /// transport level runs once more (see [`Db::retry_target`]).
     async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
-        let spare = query.spare();
-        let mut conn = match self.route(&query, spare.is_some()).await? {
+        let read = query.is_read();
+        let mut again = query.copy_to_run_again();
+        let mut conn = match self.route(&query, read).await? {
             Route::Pooled(conn) => conn,
             Route::Primary(primary) => {
-                let again = spare.expect("routed to the primary only with a spare");
+                let again = again.expect("routed to the primary only for a read");
                 return Box::pin(primary.run(again, call)).await;
             }
         };
-        let again = query.clone_replay();
         let outcome = match self.call(&mut conn, query, call).await {
-            Err(err) if is_stale_statement(&err) => {
-                self.prepare_again(&mut conn, again, call).await
-            }
+            Err(err) if is_stale_statement(&err) => match again.take() {
+                Some(again) => self.prepare_again(&mut conn, again, call).await,
+                None => Err(err),
+            },
             outcome => outcome,
         };
         conn.set_in_flight(false);
@@ -194,6 +201,7 @@ impl Db {
             Err(err) => err,
             done => return done,
         };
+        let spare = again.filter(|_| read);
         match self.retry_target(conn, err, spare).await? {
             (Retry::Primary(primary), again) => Box::pin(primary.run(again, call)).await,
             (Retry::Fresh(mut fresh), again) => self.call(&mut fresh, again, call).await,
@@ -303,13 +311,13 @@ impl<'p> Executor<'p> for &'_ Db {
         let db = self.clone();
         Box::pin(TryAsyncStream::new(move |yielder| async move {
             let query = db.replay(query)?;
-            let spare = query.spare();
-            let again = query.clone_replay();
+            let read = query.is_read();
+            let mut again = query.copy_to_run_again();
             let touched = touches_session(query.sql.as_str());
-            let mut conn = match db.route(&query, spare.is_some()).await? {
+            let mut conn = match db.route(&query, read).await? {
                 Route::Pooled(conn) => conn,
                 Route::Primary(primary) => {
-                    let again = spare.expect("routed to the primary only with a spare");
+                    let again = again.expect("routed to the primary only for a read");
                     return forward((&primary).fetch_many(again), &yielder).await;
                 }
             };
@@ -337,7 +345,10 @@ impl<'p> Executor<'p> for &'_ Db {
             let Err(err) = outcome else { return Ok(()) };
             // Refused before it ran (see `prepare_again`); only a named
             // statement is cached, so never through PgBouncer.
-            if is_stale_statement(&err) && !yielded {
+            if is_stale_statement(&err)
+                && !yielded
+                && let Some(again) = again.take()
+            {
                 conn.set_in_flight(true);
                 conn.clear_cached_statements().await?;
                 forward(conn.fetch_many(again), &yielder).await?;
@@ -345,7 +356,7 @@ impl<'p> Executor<'p> for &'_ Db {
                 return Ok(());
             }
             // Rows already yielded cannot be taken back: no second run then.
-            let spare = spare.filter(|_| !yielded);
+            let spare = again.filter(|_| read && !yielded);
             match db.retry_target(conn, err, spare).await? {
                 (Retry::Primary(primary), again) => {
                     forward((&primary).fetch_many(again), &yielder).await

@@ -1100,4 +1100,74 @@ mod tests {
             contract.down
         );
     }
+
+    /// Each refusal README lists names what stands in the way.
+    #[test]
+    fn what_cannot_be_moved_is_refused_naming_why() {
+        use mandrake_storage::schema::OnDelete;
+        let plain = || notes("integer", "model");
+        let widened = || notes("bigint", "model");
+        let with = |t: TableSchema, extra: Option<TableSchema>| DatabaseSchema {
+            tables: std::iter::once(t).chain(extra).collect(),
+            ..schema(TableSchema::new("x"))
+        };
+        let pointing = |column: &str| {
+            TableSchema::new("pins")
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_column(ColumnDef::new("note_rank", "integer"))
+                .with_primary_key(&["id"])
+                .with_composite_foreign_key(&["note_rank"], "notes", &[column], OnDelete::Cascade)
+        };
+        let generated =
+            |t: TableSchema| t.with_column(ColumnDef::new("g", "bigint").generated("rank * 2"));
+        let required = |mut t: TableSchema| {
+            t.columns[2].nullable = false;
+            t
+        };
+        let renames = Renames::default().column("notes", "model", "model_name");
+        let none = Renames::NONE;
+        let cases: Vec<(DatabaseSchema, DatabaseSchema, &Renames, &str)> = vec![
+            (
+                with(plain().with_unique(&["rank"]), Some(pointing("rank"))),
+                with(widened().with_unique(&["rank"]), Some(pointing("rank"))),
+                &none,
+                "foreign key pins_note_rank_fkey of pins uses it",
+            ),
+            (
+                with(generated(plain()), None),
+                with(generated(widened()), None),
+                &none,
+                "generated column g uses it",
+            ),
+            (
+                with(plain(), None),
+                with(required(notes("integer", "model_name")), None),
+                &renames,
+                "also changes whether model_name is required",
+            ),
+            (
+                with(plain(), None),
+                with(
+                    TableSchema::new("notes")
+                        .with_column(ColumnDef::new("id", "bigint"))
+                        .with_column(ColumnDef::new("rank", "integer").default("0"))
+                        .with_column(ColumnDef::new("model", "text").nullable(true))
+                        .with_primary_key(&["id"]),
+                    None,
+                ),
+                &none,
+                "it is the primary key",
+            ),
+        ];
+        for (from, to, hints, why) in cases {
+            let plan = diff(&from, &to, hints).unwrap();
+            let err = online::files(&plan, &from, &to, true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--online cannot plan") && err.contains(why),
+                "{why}: {err}"
+            );
+        }
+    }
 }

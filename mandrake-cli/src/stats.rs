@@ -122,7 +122,7 @@ pub fn classify(sql: &str, tables: &[&TableSchema]) -> Option<(String, &'static 
         .iter()
         .map(|t| &t.name)
         .find(|name| {
-            let quoted = format!("\"{name}\"");
+            let quoted = mandrake_storage::schema::quote_table(name);
             ["FROM ", "INTO ", "UPDATE "]
                 .iter()
                 .any(|kw| sql.contains(&format!("{kw}{quoted}")))
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn top_cuts_statements_unless_full() {
         let long = format!(
-            "SELECT {} FROM \"messages\"\n  WHERE \"id\" = $1",
+            "SELECT {} FROM \"public\".\"messages\"\n  WHERE \"id\" = $1",
             "\"content\", ".repeat(12)
         );
         let rows = [super::TopRow {
@@ -216,40 +216,46 @@ mod tests {
         let tables = [&t];
         let op = |sql: &str| classify(sql, &tables).map(|(_, op)| op);
         assert_eq!(
-            op(r#"INSERT INTO "notes" ("id") VALUES ($1) RETURNING "id""#),
+            op(r#"INSERT INTO "public"."notes" ("id") VALUES ($1) RETURNING "id""#),
             Some("create")
         );
         assert_eq!(
             op(
-                r#"INSERT INTO "notes" ("id") SELECT c0::UUID FROM UNNEST($1::UUID[]) AS u(c0) RETURNING "id""#
+                r#"INSERT INTO "public"."notes" ("id") SELECT c0::UUID FROM UNNEST($1::UUID[]) AS u(c0) RETURNING "id""#
             ),
             Some("create_many")
         );
         assert_eq!(
             op(
-                r#"INSERT INTO "notes" ("id") VALUES ($1) ON CONFLICT ("id") DO NOTHING RETURNING "id""#
+                r#"INSERT INTO "public"."notes" ("id") VALUES ($1) ON CONFLICT ("id") DO NOTHING RETURNING "id""#
             ),
             Some("insert_or_ignore")
         );
         assert_eq!(
-            op(r#"SELECT "id" FROM "notes" WHERE "id" = $1"#),
+            op(r#"SELECT "id" FROM "public"."notes" WHERE "id" = $1"#),
             Some("get")
         );
         assert_eq!(
-            op(r#"SELECT "id" FROM "notes" WHERE "id" = ANY($1)"#),
+            op(r#"SELECT "id" FROM "public"."notes" WHERE "id" = ANY($1)"#),
             Some("get_many")
         );
         assert_eq!(
-            op(r#"SELECT "id" FROM "notes" WHERE "id" > $1 ORDER BY "id" ASC LIMIT $2"#),
+            op(r#"SELECT "id" FROM "public"."notes" WHERE "id" > $1 ORDER BY "id" ASC LIMIT $2"#),
             Some("list")
         );
-        assert_eq!(op(r#"SELECT count(*) FROM "notes""#), Some("count"));
-        assert_eq!(op(r#"DELETE FROM "notes" WHERE "id" = $1"#), Some("delete"));
         assert_eq!(
-            op(r#"DELETE FROM "notes" WHERE "id" IS NULL"#),
+            op(r#"SELECT count(*) FROM "public"."notes""#),
+            Some("count")
+        );
+        assert_eq!(
+            op(r#"DELETE FROM "public"."notes" WHERE "id" = $1"#),
+            Some("delete")
+        );
+        assert_eq!(
+            op(r#"DELETE FROM "public"."notes" WHERE "id" IS NULL"#),
             Some("delete_where")
         );
         assert_eq!(op("SELECT 1"), None);
-        assert_eq!(op(r#"SELECT * FROM "other""#), None);
+        assert_eq!(op(r#"SELECT * FROM "public"."other""#), None);
     }
 }

@@ -389,7 +389,8 @@ fn check_search(cx: &Ctxt, cont: &Container) {
     }
 }
 
-/// `tenant`: one field, a required `Uuid` the record stores.
+/// `tenant`: one field, a required `Uuid` the record stores; on `id`, the
+/// record is the tenant root.
 fn check_tenant(cx: &Ctxt, cont: &Container) {
     let tenants: Vec<_> = cont
         .fields
@@ -412,7 +413,8 @@ fn check_tenant(cx: &Ctxt, cont: &Container) {
         if let Some((_, other)) = conflict.iter().find(|(set, _)| *set) {
             cx.error_spanned_by(keyword, format!("the tenant key cannot also be `{other}`"));
         }
-        if [ID, CREATED_AT, UPDATED_AT].contains(&f.column.as_str()) {
+        // On `id` it marks the tenant root (its own row is the tenant).
+        if [CREATED_AT, UPDATED_AT].contains(&f.column.as_str()) {
             cx.error_spanned_by(keyword, format!("`{}` cannot be the tenant key", f.column));
         }
     }

@@ -194,6 +194,11 @@ fn record_impl(
     let decode = decode_fn(cont);
     let binds = bind_fns(data, new_ident, patch_ident);
     let renames = renames_fn(cont);
+    // `tenant` on `id`: the tenant root, whose rows are made by `create_tenant`.
+    let tenant_root = cont
+        .columns()
+        .any(|f| f.attrs.tenant.is_some() && f.column == crate::symbol::ID)
+        .then(|| quote!(impl #ms::TenantRoot for #ident {}));
     quote! {
     impl #ms::Record for #ident {
         type New = #new_ident;
@@ -235,6 +240,7 @@ fn record_impl(
     }
 
         #expect_version
+        #tenant_root
     }
 }
 
@@ -659,8 +665,24 @@ fn constants(cont: &Container) -> TokenStream {
                 #vis const #name: #ms::UniqueKey<#ident> = #ms::UniqueKey::new(#i);
             }
         });
+    let tenant_scoped = cont.columns().any(|f| f.attrs.tenant.is_some());
+    let all_tenants = (cont.attrs.notify.is_some() && tenant_scoped).then(|| {
+        quote! {
+            /// **Trusted code only.** Every tenant's changes to this table,
+            /// each with its tenant: see
+            /// [`mandrake_storage::Subscription::all_tenants`].
+            #vis async fn subscribe_all_tenants(
+                db: &#ms::Db,
+                filter: #ms::Filter<#ident>,
+            ) -> #ms::Result<#ms::Subscription<#ident, #ms::TenantChange<#ident>>> {
+                #ms::Subscription::all_tenants(db, filter).await
+            }
+        }
+    });
     let subscribe = cont.attrs.notify.as_ref().map(|_| {
         quote! {
+            #all_tenants
+
             /// The changes to this table as they commit, from the moment this
             /// returns: see [`mandrake_storage::Subscription`].
             #vis async fn subscribe(

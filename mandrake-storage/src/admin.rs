@@ -176,7 +176,8 @@ pub const APP_ROLE: &str = "mandrake_app";
 /// Makes [`APP_ROLE`] (if missing) with what an application needs in the
 /// connected database: reading and writing every table, now and, through
 /// default privileges, every table the connected role (the owner running
-/// the migrations) creates later.
+/// the migrations) creates later. The migrations' own history
+/// (`_sqlx_migrations`) it may read, never change: that is the owner's.
 pub async fn ensure_app_role(owner: &mut sqlx::PgConnection) -> Result<()> {
     use sqlx::Executor;
     // Two processes may create it at once: the loser's error is harmless.
@@ -188,7 +189,10 @@ pub async fn ensure_app_role(owner: &mut sqlx::PgConnection) -> Result<()> {
          GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}; \
          ALTER DEFAULT PRIVILEGES IN SCHEMA public \
            GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE}; \
-         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {APP_ROLE}"
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {APP_ROLE}; \
+         DO $$ BEGIN IF to_regclass('public._sqlx_migrations') IS NOT NULL THEN \
+           REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public._sqlx_migrations FROM {APP_ROLE}; \
+         END IF; END $$"
     );
     owner.execute(sqlx::AssertSqlSafe(sql)).await?;
     Ok(())

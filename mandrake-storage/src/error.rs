@@ -112,6 +112,14 @@ pub enum Error {
         /// The slot.
         slot: String,
     },
+    /// Another session is live as durable consumer `name`: one name has
+    /// one live consumer, since two would each get some of its changes.
+    ConsumerBusy {
+        /// The consumer's name.
+        name: String,
+        /// Who holds it: the backend, its application name and address.
+        holder: Option<String>,
+    },
     /// The change feed's connection failed; a [`crate::Change::Gap`]
     /// follows once it is back.
     FeedInterrupted(String),
@@ -124,6 +132,36 @@ pub enum Error {
     TenantRefused {
         /// The table.
         table: String,
+    },
+    /// A typed call met a column (or the table) its record names and the
+    /// database does not have: the binary's types and the database's schema
+    /// disagree. After `migrate --complete` the old binary's columns are
+    /// gone; before the migrations the new binary's are not there yet.
+    SchemaMoved {
+        /// The record's table.
+        table: String,
+        /// The missing column, when it was a column.
+        column: Option<String>,
+    },
+    /// [`crate::Repo::explain`] on a tenant-scoped table: the planner's
+    /// estimates count every tenant's rows, so a plan would tell one tenant
+    /// about another's data. Explain it as the owner, outside the app (the
+    /// tools' `cargo xtask db top`, or `psql`).
+    ExplainRefused {
+        /// The table.
+        table: &'static str,
+    },
+    /// Behind PgBouncer in transaction mode a tenant holds only inside a
+    /// transaction, so a tenant handle cannot check a connection out
+    /// ([`crate::Db::acquire`]): use its [`crate::Db::begin`] instead.
+    TenantNeedsTransaction,
+    /// A tenant handle on a role that bypasses row security (a superuser, or
+    /// `BYPASSRLS`), which would show it every tenant's rows. Connect the
+    /// application as a role without it, or say that trusted code means it
+    /// with [`crate::Db::bypassing_row_security`].
+    RowSecurityBypassed {
+        /// The role the handle connected as.
+        role: String,
     },
     /// The call went to a [`DryRun`](crate::DryRun), which records its
     /// statement and runs nothing.
@@ -496,6 +534,26 @@ impl fmt::Display for NotRun {
 
 impl std::error::Error for NotRun {}
 
+/// One of our errors carried through a sqlx executor, whose methods can only
+/// return `sqlx::Error`; `From<sqlx::Error>` takes it out again.
+#[derive(Debug)]
+pub(crate) struct Carried(pub(crate) Error);
+
+impl Carried {
+    /// `err` as the driver error an executor returns.
+    pub(crate) fn through_sqlx(err: Error) -> sqlx::Error {
+        sqlx::Error::AnyDriverError(Box::new(Carried(err)))
+    }
+}
+
+impl fmt::Display for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Carried {}
+
 /// Shorthand for `Result<T, mandrake_storage::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -593,6 +651,42 @@ impl fmt::Display for Error {
                 "the transaction was aborted by an earlier failed statement and rolled back: \
                  nothing was committed",
             ),
+            Error::ConsumerBusy { name, holder } => write!(
+                f,
+                "durable consumer {name} is live in another session ({}): one name has one live \
+                 consumer; stop that one, or give this one a name of its own",
+                holder
+                    .as_deref()
+                    .unwrap_or("holder not visible to this role")
+            ),
+            Error::SchemaMoved { table, column } => write!(
+                f,
+                "{table}{} is not in the database: this binary's record types and the \
+                 database's schema disagree; deploy the binary that matches the applied \
+                 migrations (an old binary after `migrate --complete`, or a new one before \
+                 `migrate`)",
+                column
+                    .as_deref()
+                    .map(|c| format!(".{c}"))
+                    .unwrap_or_default()
+            ),
+            Error::ExplainRefused { table } => write!(
+                f,
+                "EXPLAIN of {table} is refused: it is tenant-scoped, and the planner's estimates \
+                 count every tenant's rows; explain it as the owner outside the app (cargo xtask \
+                 db top, or psql)"
+            ),
+            Error::TenantNeedsTransaction => f.write_str(
+                "behind PgBouncer in transaction mode a tenant holds only inside a transaction: \
+                 use db.tenant(id).begin() instead of acquire()",
+            ),
+            Error::RowSecurityBypassed { role } => write!(
+                f,
+                "a tenant handle connected as {role}, which bypasses row security (a superuser \
+                 or BYPASSRLS) and would see every tenant's rows: connect the application as a \
+                 role without it (see the GUIDE's production setup), or call \
+                 db.bypassing_row_security() where trusted code means to"
+            ),
             Error::DryRun => f.write_str(
                 "a dry run recorded the statement and ran nothing (DryRun::statements has it)",
             ),
@@ -613,6 +707,13 @@ impl std::error::Error for Error {
 impl From<sqlx::Error> for Error {
     /// Sorts constraint failures into their own variants by SQLSTATE.
     fn from(err: sqlx::Error) -> Self {
+        let err = match err {
+            sqlx::Error::AnyDriverError(driver) => match driver.downcast::<Carried>() {
+                Ok(carried) => return carried.0,
+                Err(driver) => sqlx::Error::AnyDriverError(driver),
+            },
+            other => other,
+        };
         if let sqlx::Error::AnyDriverError(driver) = &err
             && let Some(timeout) = driver.downcast_ref::<PoolTimeout>()
         {

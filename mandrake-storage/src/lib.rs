@@ -126,7 +126,10 @@ pub use db::replica::WriteToken;
 pub use db::transaction::Transaction;
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
 pub use error::{BackupError, Error, MigrationError, Result};
-pub use feed::{Change, DurableSubscription, SlotStatus, Subscription, drop_consumer, feed_slots};
+pub use feed::{
+    Change, DurableSubscription, FeedEvent, SlotStatus, Subscription, TenantChange, drop_consumer,
+    feed_slots,
+};
 /// `#[derive(FromRow)]` on a struct of query results (named fields read the
 /// column of their name, tuple fields by position), through the re-exported
 /// `sqlx`: no sqlx dependency of your own is needed.
@@ -155,11 +158,14 @@ pub use query::aggregate::{
     Aggregate, Bucket, Bucketed, GroupKey, Having, Measure, MeasureValue, NumericColumn,
     OrderedColumn, Sort, TimestampColumn,
 };
+pub use query::filter::MAX_SEARCH_QUERY_CHARS;
 pub use query::filter::{Column, Filter, JsonColumn, Plain, Search, Searchable, TextColumn};
 pub use query::list::{Cursor, ListOptions, Order, Page};
 pub use query::search::{Hit, SearchFields, SearchOptions};
 pub use record::column::{ColumnType, RecordEnum};
-pub use record::{Record, Repo, UniqueKey, Versioned, registered_renames, registered_tables};
+pub use record::{
+    Record, Repo, TenantRoot, UniqueKey, Versioned, registered_renames, registered_tables,
+};
 pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
 /// The trait [`FromRow`](macro@FromRow) implements.
 pub use sqlx::FromRow;

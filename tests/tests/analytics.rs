@@ -292,7 +292,7 @@ async fn filters_across_relations_are_one_statement_and_compose() {
     assert_eq!(
         dry.statements(),
         [
-            r#"SELECT count(*) FROM "messages" WHERE "conversation_id" = ANY(ARRAY(SELECT "id" FROM "conversations" WHERE "title" = $1))"#
+            r#"SELECT count(*) FROM "public"."messages" WHERE "conversation_id" = ANY(ARRAY(SELECT "id" FROM "public"."conversations" WHERE "title" = $1))"#
         ]
     );
     let busy = Conversation::TITLE.eq("busy");
@@ -396,4 +396,35 @@ async fn raw_sql_reads_into_a_struct_deriving_from_row() {
         (Some("busy"), 90)
     );
     assert_eq!(rows[1].messages, 0);
+}
+
+#[tokio::test]
+async fn a_percentile_fraction_is_bound_and_one_outside_0_to_1_is_refused() {
+    let h = history().await;
+    let db = h.t.db();
+    let agg = |p: f64| {
+        ToolResult::repo()
+            .aggregate(db, Filter::all())
+            .percentile(ToolResult::DURATION_MS, p)
+    };
+    // The fraction is a parameter, never text in the statement.
+    let sql = agg(0.95).to_sql();
+    assert!(
+        sql.contains("percentile_cont($1::double precision)"),
+        "{sql}"
+    );
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.5, -0.1] {
+        match agg(bad).fetch().await {
+            Err(Error::InvalidValue { column, .. }) => assert_eq!(column, "duration_ms"),
+            other => panic!("{bad}: expected InvalidValue, got {other:?}"),
+        }
+    }
+    let median: Vec<(Option<f64>,)> = agg(0.5).fetch().await.unwrap();
+    let expected: f64 = sqlx::query_scalar(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FROM tool_results",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!(median, [(Some(expected),)]);
 }

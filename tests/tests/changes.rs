@@ -615,3 +615,201 @@ async fn a_consumer_whose_slot_the_server_gave_up_gets_an_error_then_a_gap_and_g
     assert_eq!(inserted(changes.recv().await.unwrap()).id, after.id);
     cluster.destroy().unwrap();
 }
+
+mod computed {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    /// A feed table with a generated column, which PostgreSQL does not
+    /// publish: the feed computes it.
+    #[derive(Record, Clone)]
+    #[record(table = "notes", notify)]
+    pub struct Note {
+        pub id: Uuid,
+        pub body: String,
+        #[record(generated = "length(body)")]
+        pub body_length: i32,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    /// The same table before a deploy added `extra`.
+    pub mod before {
+        use super::*;
+        #[derive(Record, Clone)]
+        #[record(table = "notes", notify)]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            #[record(generated = "length(body)")]
+            pub body_length: i32,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    /// After it: a NOT NULL column with a default.
+    pub mod after {
+        use super::*;
+        #[derive(Record, Clone)]
+        #[record(table = "notes", notify)]
+        pub struct Note {
+            pub id: Uuid,
+            pub body: String,
+            #[record(generated = "length(body)")]
+            pub body_length: i32,
+            #[record(default = "'x'")]
+            pub extra: String,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+
+    async fn next_note<T: Record + std::fmt::Debug>(changes: &mut Subscription<T>) -> Change<T> {
+        tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s")
+            .expect("the stream goes on")
+            .expect("no error")
+    }
+
+    #[tokio::test]
+    async fn a_generated_column_arrives_computed_and_can_be_filtered_on() {
+        let t = TestDb::with_tables(&[Note::schema()]).await.unwrap();
+        let db = t.db();
+        let mut all = Note::subscribe(db, Filter::all()).await.unwrap();
+        let mut long = Note::subscribe(db, Note::BODY_LENGTH.gt(3)).await.unwrap();
+        let new = |body: &str| NewNote { body: body.into() };
+        let short = Note::repo().create(db, new("hi")).await.unwrap();
+        let longer = Note::repo().create(db, new("hello")).await.unwrap();
+        Note::repo()
+            .update(
+                db,
+                short.id,
+                NotePatch {
+                    body: Some("a longer one".into()),
+                },
+            )
+            .await
+            .unwrap();
+        match next_note(&mut all).await {
+            Change::Inserted(n) => assert_eq!((n.id, n.body_length), (short.id, 2)),
+            other => panic!("{other:?}"),
+        }
+        match next_note(&mut all).await {
+            Change::Inserted(n) => assert_eq!((n.id, n.body_length), (longer.id, 5)),
+            other => panic!("{other:?}"),
+        }
+        match next_note(&mut all).await {
+            Change::Updated(n) => assert_eq!((n.id, n.body_length), (short.id, 12)),
+            other => panic!("{other:?}"),
+        }
+        match next_note(&mut long).await {
+            Change::Inserted(n) => assert_eq!(n.id, longer.id),
+            other => panic!("{other:?}"),
+        }
+        match next_note(&mut long).await {
+            Change::Updated(n) => assert_eq!((n.id, n.body_length), (short.id, 12)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_durable_consumer_reads_changes_written_before_a_column_was_added() {
+        let t = TestDb::with_tables(&[before::Note::schema()])
+            .await
+            .unwrap();
+        let db = t.db();
+        let old = before::Note::subscribe_durable(db, "deploy", Filter::all())
+            .await
+            .unwrap();
+        let written = before::Note::repo()
+            .create(db, before::NewNote { body: "old".into() })
+            .await
+            .unwrap();
+        drop(old);
+        // The deploy: the column comes, and the new binary's consumer resumes.
+        sqlx::raw_sql("ALTER TABLE notes ADD COLUMN extra text NOT NULL DEFAULT 'x'")
+            .execute(db)
+            .await
+            .unwrap();
+        let mut new = after::Note::subscribe_durable(db, "deploy", Filter::all())
+            .await
+            .unwrap();
+        match new.recv().await.unwrap() {
+            Change::Inserted(n) => {
+                assert_eq!(
+                    (n.id, n.extra.as_str(), n.body_length),
+                    (written.id, "x", 3)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        new.ack().await.unwrap();
+        let made = after::Note::repo()
+            .create(
+                db,
+                after::NewNote {
+                    body: "new".into(),
+                    extra: "given".into(),
+                },
+            )
+            .await
+            .unwrap();
+        match new.recv().await.unwrap() {
+            Change::Inserted(n) => assert_eq!((n.id, n.extra.as_str()), (made.id, "given")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_durable_name_has_one_live_consumer_which_status_shows_and_drop_refuses() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    let c = conversation(db, "single").await;
+    let mut first = Message::subscribe_durable(db, "single", Filter::all())
+        .await
+        .unwrap();
+    match Message::subscribe_durable(db, "single", Filter::all()).await {
+        Err(mandrake_storage::Error::ConsumerBusy { name, holder }) => {
+            assert_eq!(name, "single");
+            assert!(holder.unwrap().contains("backend pid"));
+        }
+        other => panic!("expected ConsumerBusy, got {other:?}"),
+    }
+    // Between its reads it shows as live, and cannot be dropped.
+    let m = post(db, c.id, "one").await;
+    assert_eq!(inserted(first.recv().await.unwrap()).id, m.id);
+    first.ack().await.unwrap();
+    let mut conn = mandrake_storage::connect_one(&t.url()).await.unwrap();
+    let slots = mandrake_storage::feed_slots(&mut conn).await.unwrap();
+    let slot = slots.iter().find(|s| s.name == "mandrake_single").unwrap();
+    assert!(slot.live, "{slot:?}");
+    assert!(matches!(
+        mandrake_storage::drop_consumer(&mut conn, "single").await,
+        Err(mandrake_storage::Error::ConsumerBusy { .. })
+    ));
+    // Once it is gone, another takes the name and goes on from its ack.
+    drop(first);
+    let second = post(db, c.id, "two").await;
+    let mut next_one = Message::subscribe_durable(db, "single", Filter::all())
+        .await
+        .unwrap();
+    assert_eq!(inserted(next_one.recv().await.unwrap()).id, second.id);
+    drop(next_one);
+    // Its backend ends once the server sees the connection closed.
+    let mut live = true;
+    for _ in 0..50 {
+        let slots = mandrake_storage::feed_slots(&mut conn).await.unwrap();
+        live = slots.iter().any(|s| s.name == "mandrake_single" && s.live);
+        if !live {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!live, "the consumer's session is gone");
+    mandrake_storage::drop_consumer(&mut conn, "single")
+        .await
+        .unwrap();
+}

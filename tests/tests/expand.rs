@@ -572,3 +572,175 @@ async fn a_foreign_key_column_keeps_its_key_through_an_online_rename() {
         1000
     );
 }
+
+/// Waits (up to 12 s) until a backfill of this database is running, and
+/// returns a connection to it.
+async fn backfill_running(url: &str) -> sqlx::PgConnection {
+    let mut admin = mandrake_storage::connect_one(url).await.unwrap();
+    for _ in 0..600 {
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'mandrake backfill%')",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if running {
+            return admin;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no backfill was seen running");
+}
+
+#[tokio::test]
+async fn a_second_migrate_during_a_backfill_waits_its_turn_and_is_refused_in_time() {
+    let (t, dir) = at_old_schema(200_000).await;
+    let url = t.url();
+    to_new_schema(&url, &dir).await;
+    let all = || Migrations::from_dir(dir.path()).unwrap();
+    let first = tokio::spawn({
+        let (url, all) = (url.clone(), all());
+        async move { migrate(&url, &all, &MigrateOptions::default()).await }
+    });
+    let _admin = backfill_running(&url).await;
+    // The second run meets the first one's lock, and says who holds it.
+    let options = MigrateOptions {
+        lock_timeout: Duration::from_millis(500),
+        ..MigrateOptions::default()
+    };
+    match migrate(&url, &all(), &options).await {
+        Err(Error::Migration(mandrake_storage::MigrationError::LockTimeout { holder, .. })) => {
+            assert!(holder.is_some())
+        }
+        other => panic!("expected LockTimeout, got {other:?}"),
+    }
+    let report = first.await.unwrap().unwrap();
+    assert!(report.waiting.is_some(), "{report:?}");
+    // After it, a second run finds nothing to do but the contract's wait.
+    let again = migrate(&url, &all(), &MigrateOptions::default())
+        .await
+        .unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notes WHERE rank__new IS DISTINCT FROM rank::bigint",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_rollback_during_the_backfill_waits_for_it_and_leaves_the_old_schema() {
+    let (t, dir) = at_old_schema(200_000).await;
+    let url = t.url();
+    to_new_schema(&url, &dir).await;
+    let all = Migrations::from_dir(dir.path()).unwrap();
+    let running = tokio::spawn({
+        let (url, all) = (url.clone(), all.clone());
+        async move { migrate(&url, &all, &MigrateOptions::default()).await }
+    });
+    let _admin = backfill_running(&url).await;
+    // The rollback takes the same lock: it runs once the backfill is done,
+    // and undoes the expand, its backfill and the index builds.
+    let rolled = roll_back(&url, &dir, 4).await.unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(rolled.reverted.len(), 4, "{rolled:?}");
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'notes'::regclass \
+         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .fetch_all(t.db())
+    .await
+    .unwrap();
+    assert_eq!(columns, ["id", "rank", "model", "created_at", "updated_at"]);
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass AND tgname LIKE 'sync_%'",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0);
+    let old = binary(&url).await;
+    assert_eq!(
+        old::Note::repo().count(&old, Filter::all()).await.unwrap(),
+        200_000
+    );
+}
+
+#[tokio::test]
+async fn the_old_binary_after_the_contract_is_told_the_schema_moved_on() {
+    let (t, dir) = at_old_schema(100).await;
+    let url = t.url();
+    to_new_schema(&url, &dir).await;
+    let all = Migrations::from_dir(dir.path()).unwrap();
+    migrate(&url, &all, &MigrateOptions::complete())
+        .await
+        .unwrap();
+    let old = binary(&url).await;
+    let write = old::Note::repo()
+        .create(
+            &old,
+            old::NewNote {
+                rank: 1,
+                model: "late".into(),
+            },
+        )
+        .await;
+    match write {
+        Err(Error::SchemaMoved { table, column }) => {
+            assert_eq!(
+                (table.as_str(), column.as_deref()),
+                ("notes", Some("model"))
+            )
+        }
+        other => panic!("expected SchemaMoved, got {other:?}"),
+    }
+    // Nothing was written; the new binary reads every row.
+    let new = binary(&url).await;
+    assert_eq!(
+        new::Note::repo().count(&new, Filter::all()).await.unwrap(),
+        100
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_by_a_role_row_security_holds_fails_loudly_and_copies_nothing() {
+    use sqlx::ConnectOptions;
+    let (t, dir) = at_old_schema(1_000).await;
+    let url = t.url();
+    // The table is tenant-scoped, its owner a role row security holds
+    // (FORCE): without a tenant it sees no row.
+    sqlx::raw_sql(
+        "ALTER TABLE notes ADD COLUMN workspace_id uuid NOT NULL DEFAULT gen_random_uuid(); \
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY notes_tenant ON notes USING (workspace_id = \
+           (SELECT NULLIF(current_setting('mandrake.tenant', true), '')::uuid)); \
+         CREATE ROLE backfill_owner LOGIN NOSUPERUSER NOBYPASSRLS; \
+         GRANT ALL ON SCHEMA public TO backfill_owner; \
+         ALTER TABLE notes OWNER TO backfill_owner; \
+         ALTER TABLE _sqlx_migrations OWNER TO backfill_owner; \
+         ALTER FUNCTION trigger_set_timestamp() OWNER TO backfill_owner",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    to_new_schema(&url, &dir).await;
+    let owner_url = t
+        .connect_options()
+        .username("backfill_owner")
+        .to_url_lossy()
+        .to_string();
+    let all = Migrations::from_dir(dir.path()).unwrap();
+    let err = migrate(&owner_url, &all, &MigrateOptions::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("row-level security"), "{text}");
+    let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE rank__new IS NOT NULL")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    assert_eq!(copied, 0);
+}

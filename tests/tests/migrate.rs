@@ -995,3 +995,30 @@ async fn a_killed_resumable_backfill_resumes_on_the_next_migrate() {
         .collect();
     assert_eq!(states, [State::Applied; 3]);
 }
+
+#[tokio::test]
+async fn the_applications_role_reads_the_migration_history_and_cannot_change_it() {
+    let t = mandrake_storage::testing::TestDb::migrated().await.unwrap();
+    let app = t.app_db().await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&app)
+        .await
+        .unwrap();
+    assert!(applied > 0);
+    for write in [
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'",
+        "DELETE FROM _sqlx_migrations",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (1, 'x', true, '\\x00', 0)",
+        "TRUNCATE _sqlx_migrations",
+    ] {
+        let refused = sqlx::query(write).execute(&app).await.unwrap_err();
+        let code = refused.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("42501"), "{write}");
+    }
+    let still: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(t.db())
+        .await
+        .unwrap();
+    assert_eq!(still, applied);
+}

@@ -31,13 +31,34 @@ async fn backend_pid(db: &Db) -> i32 {
         .unwrap()
 }
 
+/// A table with a typed repository: its calls leave the session as it was,
+/// so the pool hands their connection on without a reset (which would find
+/// a dead one first).
+#[derive(mandrake_storage::Record, Clone)]
+#[record(table = "notes")]
+pub struct Note {
+    pub id: uuid::Uuid,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The pid of the pool's one connection, read from outside it (raw SQL on
+/// it would have it reset, and so checked, at its next checkout).
+async fn pooled_pid(admin: &Db, application: &str) -> i32 {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+         ORDER BY backend_start DESC LIMIT 1",
+    )
+    .bind(application)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_read_on_a_connection_the_server_ended_runs_again_on_a_new_one() {
-    let t = TestDb::empty().await.unwrap();
-    sqlx::query("CREATE TABLE notes (n INT)")
-        .execute(t.db())
-        .await
-        .unwrap();
+    use mandrake_storage::{Filter, Record};
+    let t = TestDb::with_tables(&[Note::schema()]).await.unwrap();
     // One connection, never pinged at checkout: the read meets the dead
     // connection itself.
     let settings = Settings {
@@ -45,7 +66,9 @@ async fn a_read_on_a_connection_the_server_ended_runs_again_on_a_new_one() {
         validate_after: Duration::from_secs(3600),
         ..Settings::default()
     };
-    let db = db_with(&t, settings).await;
+    let application = "dead_connection_test";
+    let options = t.connect_options().application_name(application);
+    let db = Db::connect_options(options, &settings).await.unwrap();
     let admin = t.db().clone();
     let end = |pid: i32| {
         let admin = admin.clone();
@@ -72,27 +95,24 @@ async fn a_read_on_a_connection_the_server_ended_runs_again_on_a_new_one() {
             }
         }
     };
-    let first = backend_pid(&db).await;
+    Note::repo().count(&db, Filter::all()).await.unwrap();
+    let first = pooled_pid(&admin, application).await;
     end(first).await;
     let second = backend_pid(&db).await;
     assert_ne!(first, second, "the read ran on a new connection");
     // A write is not repeated: its failure is the caller's to see.
-    let pid = backend_pid(&db).await;
-    end(pid).await;
-    let write = sqlx::query("INSERT INTO notes VALUES (1)")
+    Note::repo().count(&db, Filter::all()).await.unwrap();
+    end(pooled_pid(&admin, application).await).await;
+    let write = sqlx::query("INSERT INTO notes (id) VALUES (gen_random_uuid())")
         .execute(&db)
         .await;
     assert!(write.is_err(), "a write on a dead connection fails");
     // The dead connection left the pool: the next call works.
-    sqlx::query("INSERT INTO notes VALUES (2)")
+    sqlx::query("INSERT INTO notes (id) VALUES (gen_random_uuid())")
         .execute(&db)
         .await
         .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(Note::repo().count(&db, Filter::all()).await.unwrap(), 1);
 }
 
 #[tokio::test]

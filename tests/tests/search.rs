@@ -312,3 +312,54 @@ async fn the_vector_is_the_databases_and_each_kind_of_search_uses_its_index() {
         assert!(!plan.contains("Seq Scan"), "{plan}");
     }
 }
+
+#[tokio::test]
+async fn a_search_query_past_the_limit_is_refused_before_the_server_sees_it() {
+    use mandrake_storage::{Error, MAX_SEARCH_QUERY_CHARS};
+    let db = posts(&[("a", None, "pool party")]).await;
+    let words = |chars: usize| {
+        let mut q = String::from("pool");
+        while q.len() < chars {
+            q.push_str(&format!(" w{}", q.len()));
+        }
+        q.truncate(chars);
+        q
+    };
+    let huge = words(1_000_000);
+    let refused = |result: mandrake_storage::Result<Vec<String>>| match result {
+        Err(Error::InvalidValue { column, .. }) => assert_eq!(column, "body"),
+        other => panic!("expected InvalidValue on body, got {other:?}"),
+    };
+    refused(
+        Post::repo()
+            .list(db.db(), Post::BODY.matches(&huge), ListOptions::new())
+            .await
+            .map(|p| bodies(p.items)),
+    );
+    refused(
+        Post::repo()
+            .search(
+                db.db(),
+                Post::BODY,
+                &huge,
+                Filter::all(),
+                SearchOptions::new(),
+            )
+            .await
+            .map(|h| h.into_iter().map(|h| h.record.body).collect()),
+    );
+    // At the limit the server answers (the words are all required: no hit).
+    let longest = words(MAX_SEARCH_QUERY_CHARS);
+    assert!(matching(&db, Post::BODY.matches(&longest)).await.is_empty());
+    let hits = Post::repo()
+        .search(
+            db.db(),
+            Post::BODY,
+            &longest,
+            Filter::all(),
+            SearchOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(hits.is_empty());
+}

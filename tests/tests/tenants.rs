@@ -13,6 +13,8 @@ use uuid::Uuid;
 #[derive(Record, Clone)]
 #[record(table = "workspaces")]
 pub struct Workspace {
+    /// The tenant root: each workspace is a tenant.
+    #[record(tenant)]
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -53,6 +55,7 @@ struct World {
     a: Db,
     b: Db,
     tenant_b: Uuid,
+    workspace_b: Workspace,
     chat_a: Chat,
     post_a: Post,
     post_b: Post,
@@ -106,6 +109,7 @@ async fn world() -> World {
         a,
         b,
         tenant_b: wb.id,
+        workspace_b: wb.clone(),
         chat_a,
         post_a,
         post_b,
@@ -211,18 +215,29 @@ async fn writes_through_another_tenant_change_nothing_and_change_their_own() {
     // The same calls on B's own rows work.
     let mine = repo.update(&w.b, w.post_b.id, patch()).await.unwrap();
     assert_eq!(mine.body, "overwritten");
-    // An upsert onto A's key cannot take A's row over.
+    // An upsert on A's key names a row of B's own: unique keys hold
+    // within a tenant, so A's row is neither taken over nor seen.
     let taking = new_post(Some(w.tenant_b), w.post_b.chat_id, &w.post_a.slug);
-    refused(repo.upsert(&w.b, taking, Post::ON_SLUG).await);
-    let taking = new_post(None, w.post_b.chat_id, &w.post_a.slug);
-    refused(repo.upsert_many(&w.b, vec![taking], Post::ON_SLUG).await);
-    let taking = new_post(None, w.post_b.chat_id, &w.post_a.slug);
+    let own = repo.upsert(&w.b, taking, Post::ON_SLUG).await.unwrap();
+    assert_eq!(
+        (own.workspace_id, own.slug.as_str()),
+        (w.tenant_b, w.post_a.slug.as_str())
+    );
+    assert_ne!(own.id, w.post_a.id);
+    let again = new_post(None, w.post_b.chat_id, &w.post_a.slug);
+    let upserted = repo
+        .upsert_many(&w.b, vec![again], Post::ON_SLUG)
+        .await
+        .unwrap();
+    assert_eq!(upserted[0].id, own.id);
+    let again = new_post(None, w.post_b.chat_id, &w.post_a.slug);
     assert!(
-        repo.insert_or_ignore(&w.b, taking, Post::ON_SLUG)
+        repo.insert_or_ignore(&w.b, again, Post::ON_SLUG)
             .await
             .unwrap()
             .is_none()
     );
+    repo.delete(&w.b, own.id).await.unwrap();
     let own = new_post(None, w.post_b.chat_id, &w.post_b.slug);
     let upserted = repo.upsert(&w.b, own, Post::ON_SLUG).await.unwrap();
     assert_eq!(upserted.id, w.post_b.id);
@@ -495,5 +510,476 @@ async fn the_superuser_sees_every_tenant_which_is_why_the_app_is_not_one() {
     match Post::repo().create(w.test.db(), untenanted).await {
         Err(Error::NotNullViolation { column }) => assert_eq!(column, "workspace_id"),
         other => panic!("expected NotNullViolation on workspace_id, got {other:?}"),
+    }
+}
+
+/// A pool of `size` direct connections as the application's role, that
+/// checks an idle connection only after an hour (so a dead one is met by a
+/// statement, not by the checkout's ping).
+async fn app_pool(w: &World, size: u32) -> Db {
+    let options = w
+        .test
+        .connect_options()
+        .username(mandrake_storage::testing::APP_ROLE);
+    let settings = mandrake_storage::Settings {
+        pool_size: size,
+        min_idle: 0,
+        validate_after: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    Db::connect_options(options, &settings).await.unwrap()
+}
+
+async fn count_posts(db: &Db) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM posts")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_committed_transaction_leaves_its_tenant_its_own_rows() {
+    let w = world().await;
+    let pool = app_pool(&w, 5).await;
+    let b = pool.tenant(w.tenant_b);
+    for round in 0..20 {
+        let mut tx = b.begin().await.unwrap();
+        Post::repo()
+            .update(&mut *tx, w.post_b.id, patch())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // The same connection, next: still B's.
+        assert_eq!(
+            Post::repo().count(&b, Filter::all()).await.unwrap(),
+            1 + round,
+            "round {round}"
+        );
+        Post::repo()
+            .create(&b, new_post(None, w.post_b.chat_id, &format!("r{round}")))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn no_spelling_of_set_config_leaves_a_tenant_behind() {
+    let w = world().await;
+    let one = app_pool(&w, 1).await;
+    let tenant_a = w.post_a.workspace_id;
+    // An SQL function that sets the tenant for the session, made by the owner.
+    sqlx::raw_sql(
+        "CREATE FUNCTION be_tenant(t text) RETURNS text LANGUAGE sql \
+         AS $$ SELECT set_config('mandrake.tenant', t, false) $$; \
+         GRANT EXECUTE ON FUNCTION be_tenant(text) TO PUBLIC",
+    )
+    .execute(w.test.db())
+    .await
+    .unwrap();
+    let sneaky = [
+        format!(r#"SELECT U&"set\005fconfig"('mandrake.tenant', '{tenant_a}', false)"#),
+        format!("SELECT be_tenant('{tenant_a}')"),
+        format!("select /* */ SET_CONFIG ('mandrake.tenant', '{tenant_a}', false)"),
+    ];
+    for sql in sneaky {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&one)
+            .await
+            .unwrap();
+        // The next caller, without a tenant or as B, on that very session.
+        assert_eq!(count_posts(&one).await, 0, "{sql}");
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&one.tenant(w.tenant_b))
+            .await
+            .unwrap();
+        assert_eq!(
+            Post::repo().count(&one, Filter::all()).await.unwrap(),
+            0,
+            "typed, after {sql}"
+        );
+        let b_sees = Post::repo()
+            .list(&one.tenant(w.tenant_b), Filter::all(), ListOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(b_sees.items.len(), 1);
+        assert_eq!(b_sees.items[0].id, w.post_b.id);
+    }
+}
+
+#[tokio::test]
+async fn an_advisory_lock_does_not_outlive_its_caller() {
+    let w = world().await;
+    let one = app_pool(&w, 1).await;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    assert!(taken);
+    // The next caller of that connection (a typed call) gets it reset.
+    Post::repo().count(&w.b, Filter::all()).await.unwrap();
+    Post::repo().count(&one, Filter::all()).await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)")
+        .fetch_one(w.test.db())
+        .await
+        .unwrap();
+    assert!(free, "the lock went with its caller");
+}
+
+#[tokio::test]
+async fn a_temporary_table_never_stands_in_for_a_records_table() {
+    let w = world().await;
+    let one = app_pool(&w, 1).await;
+    let (a, b) = (one.tenant(w.post_a.workspace_id), one.tenant(w.tenant_b));
+    // A plants a temporary `posts` on the only connection, with a row.
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE posts (LIKE public.posts INCLUDING ALL); \
+         INSERT INTO posts SELECT * FROM public.posts",
+    )
+    .execute(&a)
+    .await
+    .unwrap();
+    // B on that connection: its create goes to the real table, its list
+    // reads the real one.
+    let made = Post::repo()
+        .create(&b, new_post(None, w.post_b.chat_id, "b-real"))
+        .await
+        .unwrap();
+    let seen = Post::repo()
+        .list(&b, Filter::all(), ListOptions::new())
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = seen.items.iter().map(|p| p.id).collect();
+    ids.sort();
+    let mut want = vec![w.post_b.id, made.id];
+    want.sort();
+    assert_eq!(ids, want);
+    // Inside one transaction, where no reset comes between: typed calls
+    // still name the real table.
+    let mut tx = b.begin().await.unwrap();
+    sqlx::raw_sql("CREATE TEMP TABLE posts (LIKE public.posts INCLUDING ALL)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        Post::repo().count(&mut *tx, Filter::all()).await.unwrap(),
+        2
+    );
+    let third = Post::repo()
+        .create(&mut *tx, new_post(None, w.post_b.chat_id, "b-tx"))
+        .await
+        .unwrap();
+    assert!(
+        Post::repo()
+            .find(&mut *tx, third.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let temp: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.posts")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(temp, 0);
+    tx.commit().await.unwrap();
+    assert_eq!(Post::repo().count(&b, Filter::all()).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_read_run_again_after_the_server_ended_its_connection_keeps_its_tenant() {
+    use futures_util::TryStreamExt;
+    let w = world().await;
+    let application = "tenant_read_again";
+    let options = w
+        .test
+        .connect_options()
+        .username(mandrake_storage::testing::APP_ROLE)
+        .application_name(application);
+    let settings = mandrake_storage::Settings {
+        pool_size: 1,
+        min_idle: 0,
+        validate_after: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let b = Db::connect_options(options, &settings)
+        .await
+        .unwrap()
+        .tenant(w.tenant_b);
+    // The pooled connection's backend ends, found from outside: a typed call
+    // left it as it was, so nothing checks it before the read meets it.
+    let end_the_session = || async {
+        Post::repo().count(&b, Filter::all()).await.unwrap();
+        let pid: i32 = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             ORDER BY backend_start DESC LIMIT 1",
+        )
+        .bind(application)
+        .fetch_one(w.test.db())
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(w.test.db())
+            .await
+            .unwrap();
+        // The backend is gone before the next statement is sent.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    end_the_session().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM posts")
+        .fetch_one(&b)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    end_the_session().await;
+    let streamed: Vec<Uuid> = sqlx::query_scalar::<_, Uuid>("SELECT id FROM posts")
+        .fetch(&b)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed, [w.post_b.id]);
+}
+
+#[tokio::test]
+async fn behind_pgbouncer_a_tenant_handle_checks_out_no_connection() {
+    let w = world().await;
+    let settings = mandrake_storage::Settings {
+        pgbouncer: true,
+        pool_size: 2,
+        ..Default::default()
+    };
+    let options = w
+        .test
+        .through_pgbouncer()
+        .unwrap()
+        .username(mandrake_storage::testing::APP_ROLE);
+    let bouncer = Db::connect_options(options, &settings).await.unwrap();
+    let b = bouncer.tenant(w.tenant_b);
+    assert!(matches!(
+        b.acquire().await,
+        Err(Error::TenantNeedsTransaction)
+    ));
+    // Its transaction holds the tenant instead.
+    let mut tx = b.begin().await.unwrap();
+    assert_eq!(
+        Post::repo().count(&mut *tx, Filter::all()).await.unwrap(),
+        1
+    );
+    tx.rollback().await.unwrap();
+    // A plain checkout, after B's statements, sees no tenant's rows.
+    let mut conn = bouncer.acquire().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM posts")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_tenant_handle_on_a_role_that_bypasses_row_security_is_refused() {
+    let w = world().await;
+    // `TestDb::db()` is the cluster's superuser.
+    let superuser = w.test.db();
+    match Post::repo()
+        .count(&superuser.tenant(w.tenant_b), Filter::all())
+        .await
+    {
+        Err(Error::RowSecurityBypassed { role }) => assert!(!role.is_empty()),
+        other => panic!("expected RowSecurityBypassed, got {other:?}"),
+    }
+    assert!(matches!(
+        superuser.tenant(w.tenant_b).begin().await,
+        Err(Error::RowSecurityBypassed { .. })
+    ));
+    // Said explicitly, trusted code gets it, and sees every tenant's rows.
+    let meant = superuser.bypassing_row_security().tenant(w.tenant_b);
+    assert_eq!(Post::repo().count(&meant, Filter::all()).await.unwrap(), 2);
+    // The application's role is held to its tenant as before.
+    assert_eq!(Post::repo().count(&w.b, Filter::all()).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_tenant_reads_and_writes_only_its_own_root_row() {
+    let w = world().await;
+    let ws = Workspace::repo();
+    let (a_id, b_id) = (w.post_a.workspace_id, w.tenant_b);
+    // A sees its own workspace and nobody else's.
+    let seen = ws
+        .list(&w.a, Filter::all(), ListOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(seen.items.iter().map(|x| x.id).collect::<Vec<_>>(), [a_id]);
+    assert!(matches!(
+        ws.get(&w.a, b_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    // A can neither rename nor delete B, and B's chats and posts stay.
+    let rename = WorkspacePatch {
+        name: Some("taken".into()),
+    };
+    assert!(matches!(
+        ws.update(&w.a, b_id, rename.clone()).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(!ws.delete(&w.a, b_id).await.unwrap());
+    assert_eq!(
+        ws.delete_where(&w.a, Workspace::ID.eq(b_id)).await.unwrap(),
+        0
+    );
+    let raw = sqlx::query("DELETE FROM workspaces")
+        .execute(&w.a)
+        .await
+        .unwrap();
+    assert_eq!(raw.rows_affected(), 1, "A's own workspace only");
+    assert_eq!(ws.get(&w.b, b_id).await.unwrap().name, w.workspace_b.name);
+    assert_eq!(Post::repo().count(&w.b, Filter::all()).await.unwrap(), 1);
+    assert_eq!(Chat::repo().count(&w.b, Filter::all()).await.unwrap(), 1);
+    // B renames its own.
+    assert_eq!(ws.update(&w.b, b_id, rename).await.unwrap().name, "taken");
+    // Without a tenant: no workspace at all.
+    assert_eq!(ws.count(&w.app, Filter::all()).await.unwrap(), 0);
+    // A plain create is refused everywhere; a tenant is made explicitly.
+    let new = || NewWorkspace { name: "C".into() };
+    assert!(matches!(
+        ws.create(&w.a, new()).await,
+        Err(Error::TenantRefused { .. })
+    ));
+    assert!(matches!(
+        ws.create(&w.app, new()).await,
+        Err(Error::TenantRefused { .. })
+    ));
+    let c = ws.create_tenant(&w.app, new()).await.unwrap();
+    assert_eq!(ws.get(&w.app.tenant(c.id), c.id).await.unwrap().name, "C");
+    assert!(ws.find(&w.b, c.id).await.unwrap().is_none());
+    // Its children live in it, by the same keys.
+    let chat = Chat::repo()
+        .create(
+            &w.app.tenant(c.id),
+            NewChat {
+                workspace_id: None,
+                title: "first".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(chat.workspace_id, c.id);
+}
+
+#[tokio::test]
+async fn a_unique_key_holds_within_a_tenant_and_tells_nothing_of_another() {
+    let w = world().await;
+    let repo = Post::repo();
+    // B takes the slug A uses: no UniqueViolation, which would tell B it exists.
+    let mine = repo
+        .create(&w.b, new_post(None, w.post_b.chat_id, &w.post_a.slug))
+        .await
+        .unwrap();
+    assert_eq!(mine.slug, w.post_a.slug);
+    // Within B it is unique, by a key that leads with the tenant.
+    match repo
+        .create(&w.b, new_post(None, w.post_b.chat_id, &w.post_a.slug))
+        .await
+    {
+        Err(Error::UniqueViolation { constraint }) => {
+            assert_eq!(constraint, "posts_workspace_id_slug_key")
+        }
+        other => panic!("expected UniqueViolation, got {other:?}"),
+    }
+    let key: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conname = 'posts_workspace_id_slug_key'",
+    )
+    .fetch_one(w.test.db())
+    .await
+    .unwrap();
+    assert_eq!(key, "UNIQUE (workspace_id, slug)");
+    a_post_is_intact(&w).await;
+    // EXPLAIN's estimates count every tenant's rows: refused.
+    match repo
+        .explain(
+            &w.b,
+            Post::SLUG.eq(w.post_a.slug.clone()),
+            ListOptions::new(),
+        )
+        .await
+    {
+        Err(Error::ExplainRefused { table }) => assert_eq!(table, "posts"),
+        other => panic!("expected ExplainRefused, got {other:?}"),
+    }
+}
+
+async fn next_change(
+    feed: &mut mandrake_storage::Subscription<Post>,
+) -> mandrake_storage::Change<Post> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("a change within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_row_moved_to_another_tenant_is_deleted_for_the_one_it_left() {
+    use mandrake_storage::Change;
+    let w = world().await;
+    let mut a_feed = Post::subscribe(&w.a, Filter::all()).await.unwrap();
+    let mut b_feed = Post::subscribe(&w.b, Filter::all()).await.unwrap();
+    // An operator moves A's post into B, and writes B's text into it.
+    sqlx::query("UPDATE posts SET workspace_id = $1, chat_id = $2, body = 'B only' WHERE id = $3")
+        .bind(w.tenant_b)
+        .bind(w.post_b.chat_id)
+        .bind(w.post_a.id)
+        .execute(w.test.db())
+        .await
+        .unwrap();
+    match next_change(&mut a_feed).await {
+        Change::Deleted(id) => assert_eq!(id, w.post_a.id),
+        other => panic!("A heard B's content: {other:?}"),
+    }
+    match next_change(&mut b_feed).await {
+        Change::Updated(post) => assert_eq!((post.id, post.body.as_str()), (w.post_a.id, "B only")),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn next_tenant_change(
+    all: &mut mandrake_storage::Subscription<Post, mandrake_storage::TenantChange<Post>>,
+) -> mandrake_storage::TenantChange<Post> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), all.next())
+        .await
+        .expect("a change within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn trusted_code_hears_every_tenants_changes_each_with_its_tenant() {
+    use mandrake_storage::{Change, TenantChange};
+    let w = world().await;
+    // On the application's handle without a tenant: nothing of a
+    // tenant-scoped table through `subscribe`, everything through this.
+    let mut all = Post::subscribe_all_tenants(&w.app, Filter::all())
+        .await
+        .unwrap();
+    let tenant_a = w.post_a.workspace_id;
+    let a_new = Post::repo()
+        .create(&w.a, new_post(None, w.chat_a.id, "a-all"))
+        .await
+        .unwrap();
+    Post::repo().delete(&w.b, w.post_b.id).await.unwrap();
+    match next_tenant_change(&mut all).await {
+        TenantChange {
+            tenant,
+            change: Change::Inserted(post),
+        } => assert_eq!((tenant, post.id), (Some(tenant_a), a_new.id)),
+        other => panic!("{other:?}"),
+    }
+    match next_tenant_change(&mut all).await {
+        TenantChange {
+            tenant,
+            change: Change::Deleted(id),
+        } => assert_eq!((tenant, id), (Some(w.tenant_b), w.post_b.id)),
+        other => panic!("{other:?}"),
     }
 }

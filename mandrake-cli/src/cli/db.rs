@@ -66,7 +66,11 @@ pub(super) async fn status(ctx: &Context) -> Result<ExitCode> {
     let now = chrono::Utc::now();
     for slot in slots {
         let kind = if slot.durable { "consumer" } else { "live" };
-        let state = if slot.active { "reading" } else { "idle" };
+        let state = match (slot.active, slot.live) {
+            (true, _) => "reading",
+            (false, true) => "running",
+            (false, false) => "idle",
+        };
         let pending = match slot.oldest_pending {
             Some(at) => format!("{at} ({} s ago)", (now - at).num_seconds()),
             None => "-".to_owned(),

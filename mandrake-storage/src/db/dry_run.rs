@@ -26,7 +26,7 @@ use crate::error::NotRun;
 /// let _ = Note::repo().list(&dry, Note::STARS.ge(4), ListOptions::new().limit(10)).await;
 /// assert_eq!(
 ///     dry.statements(),
-///     [r#"SELECT "id", "stars", "created_at", "updated_at" FROM "notes" WHERE "stars" >= $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#]
+///     [r#"SELECT "id", "stars", "created_at", "updated_at" FROM "public"."notes" WHERE "stars" >= $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#]
 /// );
 /// # }
 /// ```

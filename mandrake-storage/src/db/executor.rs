@@ -11,37 +11,14 @@ use sqlx::{AssertSqlSafe, Connection, Execute, Executor, PgConnection, Postgres,
 use sqlx_core::ext::async_stream::{TryAsyncStream, Yielder};
 
 use super::Db;
-use super::pool::{PoolConnection, RESET_SESSION, is_broken, is_stale_statement};
+use super::caller::sql_is_ours;
+use super::pool::{PoolConnection, RESET_AND_COMMIT, is_broken, is_stale_statement};
 
 /// A statement taken apart, so that a read can run a second time.
 struct Replay {
     sql: SqlStr,
     args: Option<PgArguments>,
     persistent: bool,
-}
-
-/// Whether `sql` may change the session it runs in, so that its pooled
-/// connection must be checked and reset before anyone else uses it: anything
-/// but one plain query (`SET`, `BEGIN`, `LISTEN`, several statements), or a
-/// query calling `set_config` or a session advisory lock.
-fn touches_session(sql: &str) -> bool {
-    let text = sql.trim_start();
-    let first = text
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("");
-    let plain = [
-        "select", "insert", "update", "delete", "with", "values", "table",
-    ]
-    .iter()
-    .any(|k| first.eq_ignore_ascii_case(k));
-    let several = text.trim_end().trim_end_matches(';').contains(';');
-    let calls = |name: &str| {
-        text.as_bytes()
-            .windows(name.len())
-            .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
-    };
-    !plain || several || calls("set_config") || calls("pg_advisory")
 }
 
 impl Replay {
@@ -119,9 +96,47 @@ type Call<T> =
 
 impl Db {
     /// A connection of its own, outside the pool: for a read whose pooled
-    /// connection turned out to be dead (other pooled ones may be too).
+    /// connection turned out to be dead (other pooled ones may be too). It
+    /// holds this handle's tenant as a pooled one would; behind PgBouncer
+    /// the statement's own transaction sets it ([`Db::call`]).
     async fn fresh_connection(&self) -> std::result::Result<PgConnection, sqlx::Error> {
-        self.pool.manager().connect().await
+        let mut conn = self.pool.manager().connect().await?;
+        if let (false, Some(tenant)) = (self.pgbouncer, self.tenant) {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(crate::schema::TENANT_SETTING)
+                .bind(tenant.to_string())
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// Streams `query`'s items on `conn` to `yielder`; through PgBouncer
+    /// inside a transaction of its own, as in [`Db::call`]. `yielded` is
+    /// set once an item went out (it cannot be taken back).
+    async fn stream_on(
+        &self,
+        conn: &mut PgConnection,
+        query: Replay,
+        yielder: &Yielder<Item>,
+        yielded: &mut bool,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let touched = !sql_is_ours();
+        self.open_statement_transaction(conn).await?;
+        let streamed = async {
+            let mut rows = conn.fetch_many(query);
+            while let Some(item) = rows.try_next().await? {
+                *yielded = true;
+                yielder.r#yield(item).await;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        let closed = self
+            .end_statement_transaction(conn, streamed.is_ok(), touched)
+            .await;
+        streamed?;
+        closed
     }
 
     /// Runs `call` on `conn`; through PgBouncer inside a transaction of its
@@ -133,7 +148,7 @@ impl Db {
         query: Replay,
         call: Call<T>,
     ) -> std::result::Result<T, sqlx::Error> {
-        let touched = touches_session(query.sql.as_str());
+        let touched = !sql_is_ours();
         self.open_statement_transaction(conn).await?;
         let done = call(conn, query).await;
         let closed = self
@@ -168,10 +183,13 @@ impl Db {
         touched: bool,
     ) -> std::result::Result<(), sqlx::Error> {
         if self.begin.is_some() {
-            if ok && touched {
-                conn.execute(sqlx::raw_sql(RESET_SESSION)).await?;
-            }
-            conn.execute(if ok { "COMMIT" } else { "ROLLBACK" }).await?;
+            // One round trip: the reset, then the commit.
+            let end = match (ok, touched) {
+                (true, true) => RESET_AND_COMMIT,
+                (true, false) => "COMMIT",
+                (false, _) => "ROLLBACK",
+            };
+            conn.execute(sqlx::raw_sql(end)).await?;
         }
         Ok(())
     }
@@ -182,7 +200,7 @@ impl Db {
     async fn run<T>(&self, query: Replay, call: Call<T>) -> std::result::Result<T, sqlx::Error> {
         let read = query.is_read();
         let mut again = query.copy_to_run_again();
-        let mut conn = match self.route(&query, read).await? {
+        let mut conn = match self.route(read).await? {
             Route::Pooled(conn) => conn,
             Route::Primary(primary) => {
                 let again = again.expect("routed to the primary only for a read");
@@ -223,13 +241,13 @@ impl Db {
     }
 
     /// Where a statement runs: a checked-out connection (in flight, and
-    /// marked when the statement may change its session), or, when this is a
+    /// marked for a reset when the caller wrote the statement), or, when this is a
     /// replica whose pool cannot give one and the statement is a read
     /// (`read`), the primary.
-    async fn route(&self, query: &Replay, read: bool) -> std::result::Result<Route, sqlx::Error> {
+    async fn route(&self, read: bool) -> std::result::Result<Route, sqlx::Error> {
         match self.checkout().await {
             Ok(mut conn) => {
-                if touches_session(query.sql.as_str()) {
+                if !sql_is_ours() {
                     conn.mark_session_touched();
                 }
                 conn.set_in_flight(true);
@@ -313,8 +331,7 @@ impl<'p> Executor<'p> for &'_ Db {
             let query = db.replay(query)?;
             let read = query.is_read();
             let mut again = query.copy_to_run_again();
-            let touched = touches_session(query.sql.as_str());
-            let mut conn = match db.route(&query, read).await? {
+            let mut conn = match db.route(read).await? {
                 Route::Pooled(conn) => conn,
                 Route::Primary(primary) => {
                     let again = again.expect("routed to the primary only for a read");
@@ -322,25 +339,7 @@ impl<'p> Executor<'p> for &'_ Db {
                 }
             };
             let mut yielded = false;
-            let outcome = async {
-                // Through PgBouncer: in a transaction of its own, as in `call`.
-                db.open_statement_transaction(&mut conn).await?;
-                let streamed = async {
-                    let mut rows = conn.fetch_many(query);
-                    while let Some(item) = rows.try_next().await? {
-                        yielded = true;
-                        yielder.r#yield(item).await;
-                    }
-                    Ok::<_, sqlx::Error>(())
-                }
-                .await;
-                let closed = db
-                    .end_statement_transaction(&mut conn, streamed.is_ok(), touched)
-                    .await;
-                streamed?;
-                closed
-            }
-            .await;
+            let outcome = db.stream_on(&mut conn, query, &yielder, &mut yielded).await;
             conn.set_in_flight(false);
             let Err(err) = outcome else { return Ok(()) };
             // Refused before it ran (see `prepare_again`); only a named
@@ -362,7 +361,8 @@ impl<'p> Executor<'p> for &'_ Db {
                     forward((&primary).fetch_many(again), &yielder).await
                 }
                 (Retry::Fresh(mut fresh), again) => {
-                    forward(fresh.fetch_many(again), &yielder).await
+                    db.stream_on(&mut fresh, again, &yielder, &mut yielded)
+                        .await
                 }
             }
         }))
@@ -427,33 +427,5 @@ impl<'p> Executor<'p> for &'_ Db {
     {
         let db = self.clone();
         Box::pin(async move { db.checkout().await?.describe(sql).await })
-    }
-}
-
-#[cfg(test)]
-mod session {
-    use super::touches_session;
-
-    #[test]
-    fn only_one_plain_query_leaves_the_session_alone() {
-        for plain in [
-            "SELECT 1",
-            "  insert into t values ($1)",
-            "WITH x AS (SELECT 1) SELECT * FROM x;",
-            "UPDATE t SET a = 'x;y'".split(';').next().unwrap(),
-        ] {
-            assert!(!touches_session(plain), "{plain}");
-        }
-        for touching in [
-            "BEGIN",
-            "set role app",
-            "LISTEN x",
-            "SELECT 1; BEGIN",
-            "SELECT set_config('role', 'app', false)",
-            "SELECT PG_ADVISORY_LOCK(1)",
-            "RESET ALL",
-        ] {
-            assert!(touches_session(touching), "{touching}");
-        }
     }
 }

@@ -3,6 +3,7 @@
 //! goes wherever a sqlx executor goes) and its read replicas. It knows
 //! nothing of the embedded cluster: [`Settings::resolve_url`] is the one seam.
 
+pub(crate) mod caller;
 pub(crate) mod dry_run;
 pub(crate) mod executor;
 pub(crate) mod pool;
@@ -95,6 +96,31 @@ pub struct Db {
     direct: Option<Arc<PgConnectOptions>>,
     /// The change feed: where it reads slots, and its decoding stream.
     feeds: Arc<Feeds>,
+    /// Row security as the pool's role meets it.
+    row_security: RowSecurity,
+}
+
+/// Whether the pool's role bypasses row security, and whether this handle
+/// was told that is meant ([`Db::bypassing_row_security`]).
+#[derive(Debug, Clone, Default)]
+struct RowSecurity {
+    /// The role, when it is a superuser or has `BYPASSRLS` (read at connect).
+    bypassed_by: Option<Arc<str>>,
+    /// Trusted code asked for that.
+    bypass_meant: bool,
+}
+
+impl RowSecurity {
+    /// A tenant handle on a role that bypasses row security would see every
+    /// tenant's rows: refused, unless meant.
+    fn check(&self, tenant: Option<uuid::Uuid>) -> Result<()> {
+        match (&self.bypassed_by, tenant) {
+            (Some(role), Some(_)) if !self.bypass_meant => Err(Error::RowSecurityBypassed {
+                role: role.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A [`Db`]'s change feed: where it reads slots (`None`: where the handle
@@ -159,6 +185,7 @@ pub(crate) struct WeakDb {
     begin: Option<Arc<str>>,
     direct: Option<Arc<PgConnectOptions>>,
     feeds: Arc<Feeds>,
+    row_security: RowSecurity,
 }
 
 impl WeakDb {
@@ -175,32 +202,36 @@ impl WeakDb {
             primary: None,
             direct: self.direct.clone(),
             feeds: self.feeds.clone(),
+            row_security: self.row_security.clone(),
         })
     }
 }
 
-/// Warns when this connection's role bypasses row security (a superuser,
-/// or `BYPASSRLS`) while tenant-scoped tables exist: through it every
+/// The pool's role, when it bypasses row security (a superuser, or
+/// `BYPASSRLS`): tenant handles on it are refused ([`RowSecurity`]), and a
+/// warning says so when tenant-scoped tables exist, since through it every
 /// tenant sees every tenant's rows.
-async fn warn_if_row_security_is_bypassed(db: &Db) -> Result<()> {
-    let bypassing: Option<String> = sqlx::query_scalar(
-        "SELECT current_user::text FROM pg_roles r WHERE r.rolname = current_user \
-           AND (r.rolsuper OR r.rolbypassrls) \
-           AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relrowsecurity \
-                       AND c.relnamespace = 'public'::regnamespace)",
+async fn row_security_bypassed_by(db: &Db) -> Result<Option<Arc<str>>> {
+    let row = sqlx::query_as::<_, (String, bool)>(
+        "SELECT current_user::text, EXISTS (SELECT 1 FROM pg_class c WHERE c.relrowsecurity \
+           AND c.relnamespace = 'public'::regnamespace) \
+         FROM pg_roles r WHERE r.rolname = current_user AND (r.rolsuper OR r.rolbypassrls)",
     )
-    .fetch_optional(db)
-    .await?;
-    if let Some(role) = bypassing {
+    .fetch_optional(db);
+    let row = crate::db::caller::ours(row).await?;
+    let Some((role, tenant_tables)) = row else {
+        return Ok(None);
+    };
+    if tenant_tables {
         tracing::warn!(
             target: "mandrake_storage",
             role,
             "connected as {role}, which bypasses row security: tenant-scoped tables show every \
-             tenant's rows to it; connect the application as a role without BYPASSRLS (see the \
-             GUIDE's production setup)"
+             tenant's rows to it, and tenant handles on it are refused; connect the application \
+             as a role without BYPASSRLS (see the GUIDE's production setup)"
         );
     }
-    Ok(())
+    Ok(Some(Arc::from(role)))
 }
 
 /// Behind PgBouncer, what opens the transaction each statement runs in:
@@ -271,7 +302,7 @@ impl Db {
     /// down fails here, with its cause, instead of at the first query.
     pub async fn connect_options(options: PgConnectOptions, settings: &Settings) -> Result<Db> {
         let mut db = Db::build(options, settings)?;
-        warn_if_row_security_is_bypassed(&db).await?;
+        db.row_security.bypassed_by = row_security_bypassed_by(&db).await?;
         let min_idle = settings.min_idle.min(settings.pool_size) as usize;
         crate::db::pool::top_up(&db.pool, min_idle).await;
         crate::db::pool::maintain(&db.pool, settings, min_idle);
@@ -328,6 +359,7 @@ impl Db {
             primary: None,
             direct,
             feeds: Arc::new(Feeds::new(feed)),
+            row_security: RowSecurity::default(),
         })
     }
 
@@ -343,6 +375,7 @@ impl Db {
             begin: self.begin.clone(),
             direct: self.direct.clone(),
             feeds: self.feeds.clone(),
+            row_security: self.row_security.clone(),
         }
     }
 
@@ -374,13 +407,22 @@ impl Db {
     /// back when dropped.
     /// Whatever it changes in its session (`SET`, `SET ROLE`, `LISTEN`, an
     /// open `BEGIN`) is undone before the connection serves anyone else.
+    ///
+    /// Behind PgBouncer a tenant handle's connection cannot hold its tenant
+    /// between transactions: that is [`Error::TenantNeedsTransaction`].
     pub async fn acquire(&self) -> Result<PoolConnection> {
+        if self.pgbouncer && self.tenant.is_some() {
+            return Err(Error::TenantNeedsTransaction);
+        }
         let mut conn = self.checkout().await?;
         conn.mark_session_touched();
         Ok(conn)
     }
 
     async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
+        self.row_security
+            .check(self.tenant)
+            .map_err(crate::error::Carried::through_sqlx)?;
         let mut conn = self
             .pool
             .get()
@@ -504,6 +546,17 @@ impl Db {
         let mut db = self.clone();
         db.tenant = Some(id);
         db.begin = opening(self.pgbouncer, self.timeout_ms.as_deref(), Some(id));
+        db
+    }
+
+    /// This handle, allowed to act for a tenant although its role bypasses
+    /// row security (a superuser, or `BYPASSRLS`): for trusted code that
+    /// means it, such as an operator's tool. A tenant handle on such a role
+    /// is otherwise refused with [`Error::RowSecurityBypassed`], because
+    /// row security would not hold it to its tenant's rows.
+    pub fn bypassing_row_security(&self) -> Db {
+        let mut db = self.clone();
+        db.row_security.bypass_meant = true;
         db
     }
 

@@ -129,16 +129,28 @@ impl managed::Manager for Manager {
     }
 }
 
-/// What a pooled session is given back when raw SQL may have changed it:
-/// what `DISCARD ALL` does, less `DEALLOCATE ALL` (sqlx's statement cache
-/// stays valid) and the temporary tables.
-pub(crate) const RESET_SESSION: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-    UNLISTEN *; SELECT pg_advisory_unlock_all(); CLOSE ALL";
+/// What a pooled session is given back after caller-written SQL ran on it
+/// (see [`crate::db::caller`]): what `DISCARD ALL` does, less `DEALLOCATE
+/// ALL` (sqlx's statement cache stays valid), and allowed inside a
+/// transaction block. Its temporary tables go too: one named like a record's
+/// table would otherwise shadow it for the next user.
+macro_rules! reset_session {
+    () => {
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+         SELECT pg_advisory_unlock_all(); CLOSE ALL; DISCARD TEMP"
+    };
+}
+
+/// The reset ([`reset_session!`]), on its own.
+pub(crate) const RESET_SESSION: &str = reset_session!();
+
+/// The reset, then `COMMIT`, in one round trip (a statement's transaction
+/// behind PgBouncer).
+pub(crate) const RESET_AND_COMMIT: &str = concat!(reset_session!(), "; COMMIT");
 
 /// Whether the connection is outside any transaction, then the reset.
-const CHECK_AND_RESET_SESSION: &str = "SELECT now() = statement_timestamp(); \
-    SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
-    CLOSE ALL";
+const CHECK_AND_RESET_SESSION: &str =
+    concat!("SELECT now() = statement_timestamp(); ", reset_session!());
 
 impl Manager {
     pub(crate) async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
@@ -218,6 +230,16 @@ impl PoolConnection {
         if let Some(object) = &mut self.object {
             object.session_touched = true;
         }
+    }
+
+    /// Runs [`RESET_SESSION`] (inside a transaction that then commits, or
+    /// outside any). Until it is known to have taken effect, the tenant the
+    /// session holds is unknown: set again before the next use.
+    pub(crate) async fn reset_session(&mut self) -> Result<(), sqlx::Error> {
+        let object = self.object.as_mut().expect("held until dropped");
+        object.tenant = SessionTenant::Unknown;
+        object.conn.execute(sqlx::raw_sql(RESET_SESSION)).await?;
+        Ok(())
     }
 
     /// Makes the session hold `tenant` (none: no tenant) as its

@@ -8,6 +8,7 @@
 //! later check finds it back; a read that finds its replica unreachable runs
 //! on the primary instead, without an error.
 
+use super::caller::ours;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -151,19 +152,18 @@ impl Replicas {
 
 /// The primary's WAL position, in bytes: where its next record goes.
 async fn written(db: &Db) -> Result<i64> {
-    Ok(
+    Ok(ours(
         sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
-            .fetch_one(db)
-            .await?,
+            .fetch_one(db),
     )
+    .await?)
 }
 
 /// The cluster a server belongs to: `initdb` picks the system identifier, and
 /// `pg_basebackup` copies it to every streaming replica.
 async fn cluster_id(db: &Db) -> Result<i64> {
     Ok(
-        sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
-            .fetch_one(db)
+        ours(sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()").fetch_one(db))
             .await?,
     )
 }
@@ -177,11 +177,13 @@ struct ReplicaState {
 }
 
 async fn replica_state(db: &Db) -> Result<ReplicaState> {
-    let (in_recovery, cluster, replayed) = sqlx::query_as(
-        "SELECT pg_is_in_recovery(), system_identifier, \
-         COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1) FROM pg_control_system()",
+    let (in_recovery, cluster, replayed) = ours(
+        sqlx::query_as(
+            "SELECT pg_is_in_recovery(), system_identifier, \
+             COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1) FROM pg_control_system()",
+        )
+        .fetch_one(db),
     )
-    .fetch_one(db)
     .await?;
     Ok(ReplicaState {
         in_recovery,
@@ -192,11 +194,11 @@ async fn replica_state(db: &Db) -> Result<ReplicaState> {
 
 /// How far a replica has replayed the primary's WAL, in bytes.
 async fn replayed(db: &Db) -> Result<i64> {
-    Ok(
+    Ok(ours(
         sqlx::query_scalar("SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1)")
-            .fetch_one(db)
-            .await?,
+            .fetch_one(db),
     )
+    .await?)
 }
 
 impl Db {

@@ -6,13 +6,8 @@ use sqlx::postgres::PgTransactionManager;
 use sqlx::{Executor, PgConnection};
 use sqlx_core::transaction::TransactionManager;
 
-use super::pool::{PoolConnection, RESET_SESSION};
+use super::pool::PoolConnection;
 use crate::error::{Error, Result};
-
-/// Through PgBouncer: the statements sqlx named in a transaction, and the
-/// session settings, go before it ends (see [`Transaction`]).
-const DEALLOCATE_AND_RESET: &str = "DEALLOCATE ALL; SET SESSION AUTHORIZATION DEFAULT; \
-    RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); CLOSE ALL";
 
 /// A transaction on a connection of the pool: `&mut *tx` is an executor.
 /// Dropped without [`Transaction::commit`] (an early return, a cancelled
@@ -38,13 +33,18 @@ impl Transaction {
     /// next user of the connection.
     pub async fn commit(mut self) -> Result<()> {
         let mut conn = self.conn.take().expect("open until commit or rollback");
-        // Any statement fails in an aborted transaction: the reset is the probe.
-        let end = if self.pgbouncer {
-            DEALLOCATE_AND_RESET
-        } else {
-            RESET_SESSION
+        // Any statement fails in an aborted transaction: the reset is the
+        // probe. Through PgBouncer the statements sqlx named in the
+        // transaction go too (see `Transaction`).
+        let deallocated = match self.pgbouncer {
+            true => conn.execute("DEALLOCATE ALL").await.map(|_| ()),
+            false => Ok(()),
         };
-        if let Err(err) = conn.execute(sqlx::raw_sql(end)).await {
+        let reset = match deallocated {
+            Ok(()) => conn.reset_session().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = reset {
             let aborted = err
                 .as_database_error()
                 .is_some_and(|e| e.code().as_deref() == Some("25P02"));
@@ -73,6 +73,9 @@ impl Transaction {
             conn.discard();
             return Ok(());
         }
+        // A session advisory lock taken inside survives the rollback: the
+        // session is reset before the connection serves anyone else.
+        conn.mark_session_touched();
         Ok(PgTransactionManager::rollback(&mut conn).await?)
     }
 }
@@ -103,8 +106,10 @@ impl Drop for Transaction {
             // with it the transaction and the statements made in it.
             Some(conn) if self.pgbouncer => conn.discard(),
             Some(mut conn) => {
-                // Queued here, flushed by the pool before the connection is reused.
+                // Queued here, flushed by the pool before the connection is
+                // reused, and reset then (see `roll_back`).
                 PgTransactionManager::start_rollback(&mut conn);
+                conn.mark_session_touched();
                 self.conn = Some(conn);
             }
             None => {}

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgConnectOptions;
 
 use super::pgoutput::{Decoder, lsn_text};
-use super::{Change, Decode, IDLE_POLL, backoff, committed, connect, read_slot};
+use super::{Change, Decode, IDLE_POLL, Scope, backoff, committed, connect, read_slot};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::query::filter::Filter;
@@ -114,10 +114,11 @@ impl<T: Record> DurableSubscription<T> {
     /// is then the moment this returns).
     pub async fn start(db: &Db, name: &str, filter: Filter<T>) -> Result<DurableSubscription<T>> {
         let slot = slot_name(name)?;
-        let decode = Decode::new(db, filter)?;
+        let decode = Decode::new(db, filter, Scope::Handle)?;
         decode.check_published().await?;
         let options = db.feeds().options(db)?;
         let mut conn = connect(&options).await?;
+        claim(&mut conn, &slot).await?;
         create_slot(&mut conn, &slot).await?;
         Ok(DurableSubscription {
             options,
@@ -163,7 +164,8 @@ impl<T: Record> DurableSubscription<T> {
                 None => {
                     tokio::time::sleep(backoff(self.failures)).await;
                     let conn = connect(&self.options).await;
-                    let conn = self.failed_on(conn)?;
+                    let mut conn = self.failed_on(conn)?;
+                    claim(&mut conn, &self.slot).await?;
                     // Unacknowledged changes come again: the place is the slot's.
                     (self.decoder, self.delivered) = (Decoder::default(), self.acked);
                     self.conn.insert(conn)
@@ -196,7 +198,11 @@ impl<T: Record> DurableSubscription<T> {
             let refs: Vec<_> = fresh.iter().collect();
             let items = self
                 .decode
-                .changes(&refs, |end| Some(Pending::Done(end)), Pending::Change)
+                .changes(
+                    &refs,
+                    |end| Some(Pending::Done(end)),
+                    |_, c| Pending::Change(c),
+                )
                 .await?;
             self.pending.extend(items);
         }
@@ -267,6 +273,51 @@ impl<T: Record> DurableSubscription<T> {
         self.pending.clear();
         err.into()
     }
+}
+
+/// The session advisory lock a live consumer of `slot` holds for as long
+/// as its connection lives (the key as SQL, from the bound slot name).
+pub(crate) const CONSUMER_LOCK: &str = "hashtextextended('mandrake consumer ' || $1, 0)";
+
+/// Makes this connection the one live consumer of `slot`: its session holds
+/// the consumer's advisory lock until it closes (a killed process's too, once
+/// the server sees it gone). A second consumer of the name would read the
+/// slot between the first one's reads, and each would get some of the
+/// changes: it is refused with [`Error::ConsumerBusy`], naming the holder.
+pub(crate) async fn claim(conn: &mut PgConnection, slot: &str) -> Result<()> {
+    let sql = format!("SELECT pg_try_advisory_lock({CONSUMER_LOCK})");
+    // A consumer restarted after a kill may find its old backend still
+    // finishing: it is given 2 s to go.
+    for attempt in 0..=10 {
+        let got: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(slot)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        if attempt < 10 {
+            tokio::time::sleep(BUSY_PAUSE).await;
+        }
+    }
+    let holder: Option<(i32, String, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT a.pid, a.application_name, host(a.client_addr) FROM pg_locks l \
+         JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND ((l.classid::int8 << 32) | l.objid::int8) = {CONSUMER_LOCK} LIMIT 1"
+        )))
+        .bind(slot)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Err(Error::ConsumerBusy {
+        name: slot.trim_start_matches("mandrake_").to_owned(),
+        holder: holder.map(|(pid, app, addr)| {
+            let from = addr.map(|a| format!(" from {a}")).unwrap_or_default();
+            format!("backend pid {pid}, application {app:?}{from}")
+        }),
+    })
 }
 
 async fn create_slot(conn: &mut PgConnection, slot: &str) -> Result<()> {

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::pgoutput::{Committed, Decoder};
 use super::wal_stream::{Replicated, WalStream};
-use super::{Change, Decode, IDLE_POLL, backoff, committed, connect, read_slot};
+use super::{Change, Decode, FeedEvent, IDLE_POLL, backoff, committed, connect, read_slot};
 use crate::db::{Db, Feeds};
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -204,10 +204,10 @@ async fn run(feeds: Weak<Feeds>, options: PgConnectOptions, mut source: Source, 
 /// batches waiting when it turns to them are decoded together, in one
 /// statement: under steady writes a subscriber runs one query per round of
 /// work, not one per commit.
-pub(super) fn stream<T: Record>(
+pub(super) fn stream<T: Record, E: FeedEvent<T>>(
     receiver: broadcast::Receiver<Arc<Item>>,
     decode: Decode<T>,
-) -> impl Stream<Item = Result<Change<T>>> + Send + 'static {
+) -> impl Stream<Item = Result<E>> + Send + 'static {
     let state = Reader {
         receiver,
         decode,
@@ -236,7 +236,9 @@ pub(super) fn stream<T: Record>(
                     let err = Error::FeedInterrupted(err.clone());
                     state.pending.push_back(Err(err));
                 }
-                Item::Gap => state.pending.push_back(Ok(Change::Gap)),
+                Item::Gap => state
+                    .pending
+                    .push_back(Ok(E::from_change(None, Change::Gap))),
             }
         }
     })
@@ -248,19 +250,20 @@ const GATHER: Duration = Duration::from_millis(2);
 /// The most batches decoded in one statement.
 const MAX_COALESCED: usize = 64;
 
-struct Reader<T> {
+struct Reader<T, E> {
     receiver: broadcast::Receiver<Arc<Item>>,
     decode: Decode<T>,
-    pending: VecDeque<Result<Change<T>>>,
+    pending: VecDeque<Result<E>>,
     /// An item taken while gathering batches that is not one.
     held: Option<Arc<Item>>,
 }
 
-impl<T: Record> Reader<T> {
+impl<T: Record, E: FeedEvent<T>> Reader<T, E> {
     fn lagged(&mut self, missed: u64) {
         tracing::warn!(target: "mandrake_storage", missed,
             "a change feed subscriber fell behind; changes were skipped");
-        self.pending.push_back(Ok(Change::Gap));
+        self.pending
+            .push_back(Ok(E::from_change(None, Change::Gap)));
     }
 
     /// Decodes `first` with the batches that have arrived behind it.
@@ -289,12 +292,18 @@ impl<T: Record> Reader<T> {
                 _ => &[],
             })
             .collect();
-        match self.decode.changes(&committed, |_| None, Ok).await {
+        let changes = self.decode.changes(
+            &committed,
+            |_| None,
+            |tenant, change| Ok(E::from_change(tenant, change)),
+        );
+        match changes.await {
             Ok(changes) => self.pending.extend(changes),
             // These batches are lost to this subscriber: say so, and that it is a gap.
             Err(err) => {
                 self.pending.push_back(Err(err));
-                self.pending.push_back(Ok(Change::Gap));
+                self.pending
+                    .push_back(Ok(E::from_change(None, Change::Gap)));
             }
         }
         if let Some(n) = missed {

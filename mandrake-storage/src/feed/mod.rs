@@ -59,6 +59,36 @@ pub enum Change<T> {
     Gap,
 }
 
+/// A change with the tenant whose row it is: what a subscription to every
+/// tenant yields ([`Subscription::all_tenants`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantChange<T> {
+    /// The row's tenant (its tenant column); `None` for a [`Change::Gap`],
+    /// which may span every tenant.
+    pub tenant: Option<Uuid>,
+    /// The change.
+    pub change: Change<T>,
+}
+
+/// What a subscription yields for each change: the change itself, or the
+/// change with its tenant.
+pub trait FeedEvent<T>: Send + 'static {
+    /// `change`, of a row of `tenant` (when the subscription reads it).
+    fn from_change(tenant: Option<Uuid>, change: Change<T>) -> Self;
+}
+
+impl<T: Send + 'static> FeedEvent<T> for Change<T> {
+    fn from_change(_: Option<Uuid>, change: Change<T>) -> Self {
+        change
+    }
+}
+
+impl<T: Send + 'static> FeedEvent<T> for TenantChange<T> {
+    fn from_change(tenant: Option<Uuid>, change: Change<T>) -> Self {
+        TenantChange { tenant, change }
+    }
+}
+
 /// A stream of the changes to `T`'s table, in commit order, from the moment
 /// [`Subscription::start`] returned. Made by the derive's `T::subscribe`.
 ///
@@ -91,18 +121,19 @@ pub enum Change<T> {
 /// }
 /// # Ok(()) }
 /// ```
-pub struct Subscription<T> {
-    inner: BoxStream<'static, Result<Change<T>>>,
+pub struct Subscription<T, E = Change<T>> {
+    inner: BoxStream<'static, Result<E>>,
+    _record: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T> std::fmt::Debug for Subscription<T> {
+impl<T, E> std::fmt::Debug for Subscription<T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription").finish_non_exhaustive()
     }
 }
 
-impl<T> Stream for Subscription<T> {
-    type Item = Result<Change<T>>;
+impl<T, E> Stream for Subscription<T, E> {
+    type Item = Result<E>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.poll_next_unpin(cx)
@@ -113,13 +144,41 @@ impl<T: Record> Subscription<T> {
     /// Joins the process's decoding stream of `db` (starting it if needed)
     /// and returns once every change committed from now on will arrive.
     pub async fn start(db: &Db, filter: Filter<T>) -> Result<Subscription<T>> {
-        let decode = Decode::new(db, filter)?;
+        Subscription::open(Decode::new(db, filter, Scope::Handle)?).await
+    }
+
+    /// **Trusted code only.** Every tenant's changes to `T`'s
+    /// tenant-scoped table, each with its tenant: for a search indexer or
+    /// an audit log that serves all tenants, which would otherwise need a
+    /// subscription per tenant. It reads past row security, whatever
+    /// tenant `db` acts for: never hand its events to a tenant's user.
+    pub async fn all_tenants(
+        db: &Db,
+        filter: Filter<T>,
+    ) -> Result<Subscription<T, TenantChange<T>>> {
+        Subscription::open(Decode::new(db, filter, Scope::AllTenants)?).await
+    }
+}
+
+impl<T: Record, E: FeedEvent<T>> Subscription<T, E> {
+    async fn open(decode: Decode<T>) -> Result<Subscription<T, E>> {
         decode.check_published().await?;
-        let receiver = hub::subscribe(db).await?;
+        let receiver = hub::subscribe(&decode.db).await?;
         Ok(Subscription {
             inner: hub::stream(receiver, decode).boxed(),
+            _record: std::marker::PhantomData,
         })
     }
+}
+
+/// Whose rows a subscription hears of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The handle's tenant's, as row security would show them (no tenant:
+    /// none of a tenant-scoped table).
+    Handle,
+    /// Every tenant's, each change with its tenant (trusted code).
+    AllTenants,
 }
 
 /// Turns decoded row changes of `T`'s table into [`Change`]s that pass the
@@ -130,6 +189,7 @@ impl<T: Record> Subscription<T> {
 /// and passes when either passes, so a row leaving the filter is heard of.
 pub(crate) struct Decode<T> {
     db: Db,
+    scope: Scope,
     sql: std::sync::Arc<str>,
     /// The filter's values, bound once; each batch is appended.
     args: PgArguments,
@@ -137,7 +197,7 @@ pub(crate) struct Decode<T> {
 }
 
 impl<T: Record> Decode<T> {
-    fn new(db: &Db, filter: Filter<T>) -> Result<Decode<T>> {
+    pub(crate) fn new(db: &Db, filter: Filter<T>, scope: Scope) -> Result<Decode<T>> {
         let schema = T::schema();
         if !schema.feed {
             return Err(Error::Schema(format!(
@@ -146,11 +206,12 @@ impl<T: Record> Decode<T> {
             )));
         }
         let (node, values) = filter.into_parts();
-        let sql = decode_sql(schema, &node, &T::columns("e"));
+        let sql = decode_sql(schema, &node, &T::columns("e"), scope);
         let mut args = PgArguments::default();
         bind_all(values, &mut args).map_err(sqlx::Error::Encode)?;
         Ok(Decode {
             db: db.clone(),
+            scope,
             sql: sql.into(),
             args,
             _record: std::marker::PhantomData,
@@ -160,14 +221,14 @@ impl<T: Record> Decode<T> {
     /// Without its publication the stream would wait forever in silence.
     async fn check_published(&self) -> Result<()> {
         let table = &T::schema().name;
-        let published: bool = sqlx::query_scalar(
+        let published: bool = crate::db::caller::ours(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_publication_tables pt \
              JOIN pg_class c ON c.oid = to_regclass(quote_ident(pt.schemaname) || '.' || quote_ident(pt.tablename)) \
              WHERE pt.pubname = $1 AND pt.tablename = $2 AND c.relreplident = 'f')",
         )
         .bind(FEED_PUBLICATION)
         .bind(table)
-        .fetch_one(&self.db)
+        .fetch_one(&self.db))
         .await?;
         if published {
             return Ok(());
@@ -184,7 +245,7 @@ impl<T: Record> Decode<T> {
         &self,
         committed: &[impl std::ops::Deref<Target = Committed>],
         mut done: impl FnMut(u64) -> Option<P>,
-        wrap: impl Fn(Change<T>) -> P,
+        wrap: impl Fn(Option<Uuid>, Change<T>) -> P,
     ) -> Result<Vec<P>> {
         let table = T::schema().name.as_str();
         let mut batch = Vec::new();
@@ -212,9 +273,8 @@ impl<T: Record> Decode<T> {
             let mut args = self.args.clone();
             args.add(sqlx::types::Json(batch))
                 .map_err(sqlx::Error::Encode)?;
-            rows = sqlx::query_with(sqlx::AssertSqlSafe(self.sql.clone()), args)
-                .fetch_all(&self.db)
-                .await?;
+            let sql = sqlx::AssertSqlSafe(self.sql.clone());
+            rows = crate::db::caller::ours(sqlx::query_with(sql, args).fetch_all(&self.db)).await?;
         }
         let mut rows = rows.into_iter().peekable();
         for (end_seq, end_lsn) in ends {
@@ -225,7 +285,12 @@ impl<T: Record> Decode<T> {
                     "insert" => Change::Inserted(T::decode(&row, 3)?),
                     _ => Change::Updated(T::decode(&row, 3)?),
                 };
-                out.push(wrap(change));
+                // Every tenant's: the row's tenant comes after its columns.
+                let tenant = match (self.scope, &T::schema().tenant) {
+                    (Scope::AllTenants, Some(_)) => row.try_get(3 + T::statements().names.len())?,
+                    _ => None,
+                };
+                out.push(wrap(tenant, change));
             }
             out.extend(done(end_lsn));
         }
@@ -236,29 +301,66 @@ impl<T: Record> Decode<T> {
 /// The statement of [`Decode`]: the batch is `$n`, after the filter's
 /// values; the filter's SQL applies to each row unchanged. A tenant-scoped
 /// table keeps to the handle's tenant as its policy does (no tenant: no rows).
-fn decode_sql(schema: &TableSchema, node: &Node, columns: &str) -> String {
+///
+/// A row of the WAL may lack columns the table has now, and each is made
+/// here as the table would make it:
+/// - a generated column, which PostgreSQL does not publish: computed from
+///   the row's other columns by its own expression;
+/// - a column added after the change was written (an ordinary deploy):
+///   its default, as `ADD COLUMN … DEFAULT` gave the rows of that time.
+fn decode_sql(schema: &TableSchema, node: &Node, columns: &str, scope: Scope) -> String {
     let mut param = 0;
     let mut pass = match node {
         Node::All => "true".to_owned(),
         node => format!("({})", condition(schema, node, &mut param)),
     };
-    if let Some(tenant) = &schema.tenant {
-        pass = format!(
-            "{pass} AND {} = {}",
-            quote_ident(tenant),
-            current_tenant_sql()
-        );
+    // Whether the row is the subscriber's tenant's: a row an update moved
+    // to another tenant is, to the one it left, deleted; its new values
+    // are the other tenant's.
+    let tenant = schema.tenant.as_deref().map(quote_ident);
+    let (own, tenant_column) = match (&tenant, scope) {
+        (Some(t), Scope::Handle) => (format!("{t} = {}", current_tenant_sql()), String::new()),
+        (Some(t), Scope::AllTenants) => ("true".to_owned(), format!(", e.{t}")),
+        (None, _) => ("true".to_owned(), String::new()),
+    };
+    if tenant.is_some() && scope == Scope::Handle {
+        pass = format!("{pass} AND {own}");
     }
     let table = quote_ident(&schema.name);
+    let row = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let name = quote_ident(&c.name);
+            match (&c.generated, &c.default) {
+                (Some(expression), _) => format!("({expression}) AS {name}"),
+                (None, Some(default)) => format!(
+                    "CASE WHEN x.\"mandrake$change\" ? {} THEN r.{name} ELSE {default} END AS {name}",
+                    crate::sql::quote_literal(&c.name)
+                ),
+                (None, None) => format!("r.{name}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Innermost, each change as a row of the table (missing columns made);
+    // then, under the table's own name, so that the filter's SQL reads it
+    // as it reads the table, whether it passes.
     format!(
-        "SELECT e.\"mandrake$op\", e.\"mandrake$seq\", e.\"id\", {columns} \
-         FROM (SELECT {table}.*, x.j->>'$op' AS \"mandrake$op\", \
-         (x.j->>'$seq')::int8 AS \"mandrake$seq\", x.j ? '$old' AS \"mandrake$old\", \
-         bool_or({pass}) OVER (PARTITION BY x.j->>'$seq') AS \"mandrake$pass\" \
-         FROM jsonb_array_elements(${batch}::jsonb) AS x(j) \
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x.j) AS {table}) e \
+        "SELECT CASE WHEN e.\"mandrake$own\" THEN e.\"mandrake$op\" ELSE 'delete' END, \
+         e.\"mandrake$seq\", e.\"id\", {columns}{tenant_column} \
+         FROM (SELECT {table}.*, \
+         bool_or({pass}) OVER (PARTITION BY {table}.\"mandrake$seq\") AS \"mandrake$pass\", \
+         {own} AS \"mandrake$own\" \
+         FROM (SELECT {row}, x.\"mandrake$change\"->>'$op' AS \"mandrake$op\", \
+         (x.\"mandrake$change\"->>'$seq')::int8 AS \"mandrake$seq\", \
+         x.\"mandrake$change\" ? '$old' AS \"mandrake$old\" \
+         FROM jsonb_array_elements(${batch}::jsonb) AS x(\"mandrake$change\") \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::{qualified}, x.\"mandrake$change\") AS r) \
+         AS {table}) e \
          WHERE e.\"mandrake$pass\" AND NOT e.\"mandrake$old\" ORDER BY e.\"mandrake$seq\"",
         batch = param + 1,
+        qualified = crate::sql::quote_table(&schema.name),
     )
 }
 
@@ -349,13 +451,13 @@ mod tests {
     #[test]
     fn the_filter_applies_to_each_decoded_row_and_the_batch_comes_last() {
         let (node, _) = BODY.eq("x".to_owned()).into_parts();
-        let sql = decode_sql(&schema(), &node, r#""e"."id""#);
+        let sql = decode_sql(&schema(), &node, r#""e"."id""#, Scope::Handle);
         assert!(
-            sql.contains(r#"bool_or(("body" = $1)) OVER (PARTITION BY x.j->>'$seq')"#),
+            sql.contains(r#"bool_or(("body" = $1)) OVER (PARTITION BY "messages"."mandrake$seq")"#),
             "{sql}"
         );
         assert!(
-            sql.contains(r#"jsonb_array_elements($2::jsonb) AS x(j) CROSS JOIN LATERAL jsonb_populate_record(NULL::"messages", x.j) AS "messages""#),
+            sql.contains(r#"jsonb_array_elements($2::jsonb) AS x("mandrake$change") CROSS JOIN LATERAL jsonb_populate_record(NULL::"public"."messages", x."mandrake$change") AS r) AS "messages""#),
             "{sql}"
         );
     }
@@ -364,7 +466,7 @@ mod tests {
     fn a_tenant_scoped_table_keeps_to_the_current_tenant() {
         let mut schema = schema();
         schema.tenant = Some("conversation_id".into());
-        let sql = decode_sql(&schema, &Node::All, "");
+        let sql = decode_sql(&schema, &Node::All, "", Scope::Handle);
         assert!(
             sql.contains(&format!(
                 r#"true AND "conversation_id" = {}"#,

@@ -13,8 +13,11 @@ pub struct SlotStatus {
     /// The slot: `mandrake_<consumer>` for a durable consumer,
     /// `mandrake_feed_…` for a process's live subscriptions.
     pub name: String,
-    /// Whether a session holds it now.
+    /// Whether a session is reading it at this moment.
     pub active: bool,
+    /// Whether a consumer holds it, reading or waiting between its reads
+    /// (a durable consumer polls, so `active` is mostly false while it runs).
+    pub live: bool,
     /// Whether it outlives its session (a durable consumer's).
     pub durable: bool,
     /// WAL written since its place, in bytes.
@@ -27,21 +30,28 @@ pub struct SlotStatus {
     pub wal_status: String,
 }
 
-/// Name, active, durable, lag in bytes, WAL status.
-type SlotRow = (String, bool, bool, Option<i64>, Option<String>);
+/// Name, active, live, durable, lag in bytes, WAL status.
+type SlotRow = (String, bool, bool, bool, Option<i64>, Option<String>);
 
 /// The logical slots of the current database, durable consumers first.
 pub async fn feed_slots(conn: &mut PgConnection) -> Result<Vec<SlotStatus>> {
-    let rows: Vec<SlotRow> = sqlx::query_as(
-        "SELECT slot_name::text, active, NOT temporary, \
+    // A durable consumer's session holds its advisory lock while it lives.
+    let sql = format!(
+        "SELECT slot_name::text, active, active OR EXISTS (SELECT 1 FROM pg_locks l \
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND ((l.classid::int8 << 32) | l.objid::int8) = {}), \
+         NOT temporary, \
          pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, wal_status \
          FROM pg_replication_slots WHERE database = current_database() AND slot_type = 'logical' \
          ORDER BY temporary, slot_name",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+        super::durable::CONSUMER_LOCK.replace("$1", "slot_name::text")
+    );
+    let rows: Vec<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut slots = Vec::with_capacity(rows.len());
-    for (name, active, durable, lag, wal_status) in rows {
+    for (name, active, live, durable, lag, wal_status) in rows {
         let wal_status = wal_status.unwrap_or_default();
         // The first pending transaction's Begin holds its commit time; a
         // slot in use or given up cannot be peeked.
@@ -62,6 +72,7 @@ pub async fn feed_slots(conn: &mut PgConnection) -> Result<Vec<SlotStatus>> {
         slots.push(SlotStatus {
             name,
             active,
+            live,
             durable,
             lag_bytes: lag.unwrap_or(0),
             oldest_pending,
@@ -73,14 +84,30 @@ pub async fn feed_slots(conn: &mut PgConnection) -> Result<Vec<SlotStatus>> {
 
 /// Drops durable consumer `name`'s slot, and with it what it had not
 /// acknowledged: the server may recycle that WAL. A consumer that starts
-/// again under the name begins from then.
+/// again under the name begins from then. A consumer running now, even
+/// between its reads, is not dropped: [`Error::ConsumerBusy`] names it.
 pub async fn drop_consumer(conn: &mut PgConnection, name: &str) -> Result<()> {
     let slot = slot_name(name)?;
+    // Held while dropping, so no consumer starts meanwhile; released after.
+    super::durable::claim(conn, &slot).await?;
+    let dropped = drop_slot(conn, name, &slot).await;
+    let unlock = format!(
+        "SELECT pg_advisory_unlock({})",
+        super::durable::CONSUMER_LOCK
+    );
+    sqlx::query(sqlx::AssertSqlSafe(unlock))
+        .bind(&slot)
+        .execute(&mut *conn)
+        .await?;
+    dropped
+}
+
+async fn drop_slot(conn: &mut PgConnection, name: &str, slot: &str) -> Result<()> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 \
          AND database = current_database())",
     )
-    .bind(&slot)
+    .bind(slot)
     .fetch_one(&mut *conn)
     .await?;
     if !exists {
@@ -89,7 +116,7 @@ pub async fn drop_consumer(conn: &mut PgConnection, name: &str) -> Result<()> {
         )));
     }
     sqlx::query("SELECT pg_drop_replication_slot($1)")
-        .bind(&slot)
+        .bind(slot)
         .execute(&mut *conn)
         .await?;
     Ok(())

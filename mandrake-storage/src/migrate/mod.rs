@@ -386,6 +386,9 @@ struct AppliedRow {
     execution_time: i64,
 }
 
+/// How often a migrator waiting for the lock tries it again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
 /// A dedicated connection holding the migration lock. The lock is a session
 /// lock: it goes when the connection closes, so every path releases it —
 /// an error, a panic, or a cancelled future that drops this value.
@@ -401,17 +404,21 @@ impl Locked {
             .fetch_one(&mut conn)
             .await?;
         let key = lock_key(&database);
-        let ms = timeout.as_millis().max(1).to_string();
-        sqlx::query("SELECT set_config('lock_timeout', $1, false)")
-            .bind(&ms)
-            .execute(&mut conn)
-            .await?;
-        let taken = sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(key)
-            .execute(&mut conn)
-            .await;
-        if let Err(err) = taken {
-            if sqlstate(&err).as_deref() == Some("55P03") {
+        // Polled, never waited for in a statement: a session blocked in
+        // `pg_advisory_lock` sits in a transaction, which the holder's
+        // `CREATE INDEX CONCURRENTLY` must wait out while this one waits for
+        // the holder. PostgreSQL ends that deadlock by failing the index build.
+        let started = std::time::Instant::now();
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            if taken {
+                break;
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
                 let holder = lock_holder(url, key).await;
                 return Err(MigrationError::LockTimeout {
                     database,
@@ -420,9 +427,8 @@ impl Locked {
                 }
                 .into());
             }
-            return Err(err.into());
+            tokio::time::sleep((timeout - waited).min(LOCK_POLL)).await;
         }
-        sqlx::query("RESET lock_timeout").execute(&mut conn).await?;
         // PostgreSQL 14+: notice within a second when a cancelled migrator
         // drops this connection mid-statement, and free the lock then.
         let _ = sqlx::query("SET client_connection_check_interval = 1000")
@@ -464,12 +470,6 @@ async fn lock_holder(url: &str, key: i64) -> Option<i32> {
     .await
     .ok()
     .flatten()
-}
-
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned())
 }
 
 async fn applied_rows(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {

@@ -244,11 +244,14 @@ impl Expr {
             Expr::Avg(i) => format!("avg({})::double precision", col(i)),
             Expr::Min(i) => format!("min({})", col(i)),
             Expr::Max(i) => format!("max({})", col(i)),
-            // `{:?}` prints an f64 in full and always with a point.
-            Expr::Percentile(i, p) => format!(
-                "percentile_cont({p:?}::double precision) WITHIN GROUP (ORDER BY {})",
-                col(i)
-            ),
+            // The fraction is bound, as every value is.
+            Expr::Percentile(i, _) => {
+                *param += 1;
+                format!(
+                    "percentile_cont(${param}::double precision) WITHIN GROUP (ORDER BY {})",
+                    col(i)
+                )
+            }
         }
     }
 }
@@ -311,9 +314,14 @@ impl<T> Measure<T, Option<f64>> {
 
     /// `percentile_cont(fraction) WITHIN GROUP (ORDER BY column)`: the value
     /// below which `fraction` (0 to 1) of the group's values lie,
-    /// interpolated. `fraction` outside 0..=1 is an error of the server's.
+    /// interpolated. A `fraction` outside 0..=1 (NaN and infinities too)
+    /// makes the fetch fail with [`Error::InvalidValue`].
     pub fn percentile<V: NumericColumn, S>(column: Column<T, V, S>, fraction: f64) -> Self {
-        Measure::of(Expr::Percentile(column.index(), fraction))
+        Measure {
+            expr: Expr::Percentile(column.index(), fraction),
+            values: vec![Box::new(fraction)],
+            _marker: PhantomData,
+        }
     }
 }
 
@@ -680,6 +688,25 @@ impl<T: Record, E, Out, Stage> Aggregate<T, E, Out, Stage> {
         self.render().0
     }
 
+    /// Every percentile's fraction is a number from 0 to 1.
+    fn check_fractions(&self) -> Result<()> {
+        let exprs = self.measures.iter().map(|m| &m.expr);
+        let exprs = exprs
+            .chain(self.having.iter().map(|h| &h.expr))
+            .chain(self.order.iter().map(|s| &s.expr));
+        for expr in exprs {
+            if let Expr::Percentile(i, p) = expr
+                && !(0.0..=1.0).contains(p)
+            {
+                return Err(Error::InvalidValue {
+                    column: T::schema().columns[*i].name.as_str(),
+                    reason: "a percentile's fraction is a number from 0 to 1",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The SQL, and the values in the order it binds them: the measures',
     /// the filter's, `having`'s, `order_by`'s, then the limit.
     fn render(&self) -> (String, usize) {
@@ -706,7 +733,7 @@ impl<T: Record, E, Out, Stage> Aggregate<T, E, Out, Stage> {
         let mut sql = format!(
             "SELECT {} FROM {}",
             select.join(", "),
-            quote_ident(&schema.name)
+            crate::sql::quote_table(&schema.name)
         );
         let node = self.filter.node();
         if *node != Node::All {
@@ -770,6 +797,7 @@ impl<'e, T: Record, E: PgExecutor<'e>, Out, Stage> Aggregate<T, E, Out, Stage> {
     where
         R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        self.check_fractions()?;
         let (sql, _) = self.render();
         let mut args = PgArguments::default();
         let values = self
@@ -786,10 +814,10 @@ impl<'e, T: Record, E: PgExecutor<'e>, Out, Stage> Aggregate<T, E, Out, Stage> {
                 .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
         }
         let span = tracing::debug_span!(target: "mandrake_storage", "aggregate", table = T::statements().table);
-        let rows = tracing::Instrument::instrument(
+        let rows = crate::db::caller::ours(tracing::Instrument::instrument(
             sqlx::query_as_with::<_, R, _>(sqlx::AssertSqlSafe(sql), args).fetch_all(self.executor),
             span,
-        )
+        ))
         .await?;
         Ok(rows)
     }

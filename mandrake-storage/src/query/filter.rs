@@ -348,7 +348,8 @@ impl<T, V: TextColumn, S> Column<T, V, S> {
     /// `"quoted phrases"` keep their order, `or` between words, `-word`
     /// excludes. A query of only stop words or punctuation matches nothing.
     /// Served by the field's GIN index; only fields with `#[record(search)]`
-    /// have it.
+    /// have it. A query past 10,000 characters is refused
+    /// ([`crate::Error::InvalidValue`]).
     ///
     /// ```
     /// # use mandrake_storage::Record;
@@ -362,7 +363,11 @@ impl<T, V: TextColumn, S> Column<T, V, S> {
     where
         S: Searchable,
     {
-        self.compare(Op::Matches(self.config), vec![boxed(query.to_owned())])
+        let query = SearchQuery {
+            text: query.to_owned(),
+            column: self.name(),
+        };
+        self.compare(Op::Matches(self.config), vec![boxed(query)])
     }
 }
 
@@ -659,7 +664,7 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
         } => {
             let c = quote_ident(&schema.columns[*column].name);
             let o = quote_ident(&other.columns[*other_column].name);
-            let table = quote_ident(&other.name);
+            let table = crate::sql::quote_table(&other.name);
             // Unqualified names inside resolve to the other table first.
             let inner = match filter.as_ref() {
                 Node::All => None,
@@ -699,6 +704,42 @@ fn wrapped(sql: String) -> String {
         sql
     } else {
         format!("({sql})")
+    }
+}
+
+/// The longest full-text query accepted, in characters. PostgreSQL evaluates
+/// a query's words as one nested condition, and a long enough query (about
+/// 200,000 characters) exhausts its stack ("stack depth limit exceeded");
+/// 10,000 is far past any search box and far below that.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 10_000;
+
+/// A full-text query as it is bound: one longer than
+/// [`MAX_SEARCH_QUERY_CHARS`] is refused before the server sees it, as
+/// [`crate::Error::InvalidValue`] naming the field.
+#[derive(Debug, Clone)]
+pub(crate) struct SearchQuery {
+    pub(crate) text: String,
+    pub(crate) column: &'static str,
+}
+
+impl Type<Postgres> for SearchQuery {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for SearchQuery {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, BoxDynError> {
+        if self.text.chars().count() > MAX_SEARCH_QUERY_CHARS {
+            return Err(Box::new(crate::record::column::InvalidValue {
+                column: self.column,
+                reason: "a search query is at most 10,000 characters (MAX_SEARCH_QUERY_CHARS)",
+            }));
+        }
+        <String as Encode<Postgres>>::encode_by_ref(&self.text, buf)
     }
 }
 

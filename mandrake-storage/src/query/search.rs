@@ -129,7 +129,7 @@ pub(crate) struct SearchShape {
 /// a snippet, since `ts_headline` reads the whole text. Ties go newest
 /// first.
 pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShape) -> String {
-    let table = quote_ident(&schema.name);
+    let table = crate::sql::quote_table(&schema.name);
     let each = |f: &dyn Fn(usize, usize, &str) -> String| -> Vec<String> {
         shape
             .fields

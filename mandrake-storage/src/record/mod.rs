@@ -311,3 +311,9 @@ impl<T: Record> Default for Repo<T> {
         Repo::new()
     }
 }
+
+/// A tenant root: a record with `#[record(tenant)]` on its `id`, whose every
+/// row is a tenant (a workspace, an organization). A tenant handle sees and
+/// writes only its own row, so no tenant can rename or delete another, and a
+/// new one is made by [`Repo::create_tenant`]. The derive implements it.
+pub trait TenantRoot: Record {}

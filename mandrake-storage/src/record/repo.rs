@@ -18,7 +18,7 @@ use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clau
 use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
 use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
 use crate::record::column::{ColumnType, decode_column};
-use crate::sql::quote_ident;
+use crate::sql::{quote_ident, quote_table};
 
 fn bind_error(err: sqlx::error::BoxDynError) -> Error {
     match err.downcast::<crate::record::column::InvalidValue>() {
@@ -38,19 +38,30 @@ impl<T: Record> Repo<T> {
 
     /// Inserts one row (with a new UUIDv7 id) and returns it as stored.
     pub async fn create<'e, E: PgExecutor<'e>>(&self, executor: E, new: T::New) -> Result<T> {
-        traced(
-            call_span!("create", T),
-            async move {
-                let mut args = PgArguments::default();
-                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
-                let row = sqlx::query_with(T::statements().insert.as_str(), args)
-                    .fetch_one(executor)
-                    .await?;
-                Ok(T::decode(&row, 0)?)
-            },
-            |_| 1,
-        )
-        .await
+        let call = insert_one::<T, E>(executor, new, Uuid::now_v7());
+        traced::<T, _>(call_span!("create", T), call, |_| 1).await
+    }
+
+    /// Makes a new tenant: inserts a row of the tenant root `T` (a new
+    /// UUIDv7 id) through `db.tenant(id)`, the one handle its row security
+    /// lets write it, and returns it. Any handle may call it, with or
+    /// without a tenant: the new tenant starts empty.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, Record};
+    /// # async fn demo<W: mandrake_storage::TenantRoot>(db: &Db, new: W::New) -> mandrake_storage::Result<()> {
+    /// let workspace = W::repo().create_tenant(db, new).await?;
+    /// let db = db.tenant(workspace.id()); // its rows, and nobody else's
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_tenant(&self, db: &crate::Db, new: T::New) -> Result<T>
+    where
+        T: crate::record::TenantRoot,
+    {
+        let id = Uuid::now_v7();
+        let db = db.tenant(id);
+        let call = insert_one::<T, _>(&db, new, id);
+        traced::<T, _>(call_span!("create_tenant", T), call, |_| 1).await
     }
 
     /// Inserts one row like [`Repo::create`], with its `created_at` and
@@ -62,7 +73,7 @@ impl<T: Record> Repo<T> {
         new: T::New,
         created_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<T> {
-        traced(
+        traced::<T, _>(
             call_span!("import", T),
             async move {
                 let mut args = PgArguments::default();
@@ -82,7 +93,7 @@ impl<T: Record> Repo<T> {
     /// changes nothing else: "this conversation was active". A missing row
     /// is `Error::NotFound`.
     pub async fn touch<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<T> {
-        traced(
+        traced::<T, _>(
             call_span!("touch", T),
             async move {
                 let row = sqlx::query(T::statements().touch.as_str())
@@ -110,7 +121,7 @@ impl<T: Record> Repo<T> {
         executor: E,
         rows: Vec<T::New>,
     ) -> Result<Vec<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("create_many", T),
             async move {
                 let sql = T::statements().insert_many.as_str();
@@ -136,7 +147,7 @@ impl<T: Record> Repo<T> {
 
     /// The row with `id`, if there is one.
     pub async fn find<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<Option<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("find", T),
             async move {
                 let row = sqlx::query(T::statements().select_by_id.as_str())
@@ -185,7 +196,7 @@ impl<T: Record> Repo<T> {
         patch: T::Patch,
         version: Option<i64>,
     ) -> Result<T> {
-        traced(
+        traced::<T, _>(
             call_span!("update", T),
             async move {
                 let statements = T::statements();
@@ -224,7 +235,7 @@ impl<T: Record> Repo<T> {
 
     /// Deletes the row; says whether there was one.
     pub async fn delete<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<bool> {
-        traced(
+        traced::<T, _>(
             call_span!("delete", T),
             async move {
                 let done = sqlx::query(T::statements().delete.as_str())
@@ -244,7 +255,7 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<u64> {
-        traced(
+        traced::<T, _>(
             call_span!("delete_where", T),
             async move {
                 let schema = T::schema();
@@ -255,7 +266,7 @@ impl<T: Record> Repo<T> {
                     let mut param = 0;
                     format!(
                         "DELETE FROM {}{}",
-                        quote_ident(&schema.name),
+                        quote_table(&schema.name),
                         where_clause(schema, &node, &mut param)
                     )
                 });
@@ -278,7 +289,7 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
         patch: T::Patch,
     ) -> Result<u64> {
-        traced(
+        traced::<T, _>(
             call_span!("update_where", T),
             async move {
                 let statements = T::statements();
@@ -320,7 +331,7 @@ impl<T: Record> Repo<T> {
         new: T::New,
         key: UniqueKey<T>,
     ) -> Result<T> {
-        traced(
+        traced::<T, _>(
             call_span!("upsert", T),
             async move {
                 let mut args = PgArguments::default();
@@ -344,7 +355,7 @@ impl<T: Record> Repo<T> {
         rows: Vec<T::New>,
         key: UniqueKey<T>,
     ) -> Result<Vec<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("upsert_many", T),
             async move {
                 // The statement returns rows in input order itself.
@@ -363,7 +374,7 @@ impl<T: Record> Repo<T> {
         new: T::New,
         key: UniqueKey<T>,
     ) -> Result<Option<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("insert_or_ignore", T),
             async move {
                 let mut args = PgArguments::default();
@@ -384,7 +395,7 @@ impl<T: Record> Repo<T> {
         executor: E,
         ids: &[Uuid],
     ) -> Result<Vec<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("get_many", T),
             async move {
                 let statements = T::statements();
@@ -392,7 +403,7 @@ impl<T: Record> Repo<T> {
                     format!(
                         "SELECT {} FROM {} WHERE \"id\" = ANY($1)",
                         statements.columns,
-                        quote_ident(&T::schema().name)
+                        quote_table(&T::schema().name)
                     )
                 });
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -426,7 +437,7 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         V: ColumnType<Scalar = Uuid>,
     {
-        traced(
+        traced::<T, _>(
             call_span!("load_by", T),
             async move {
                 let schema = T::schema();
@@ -445,7 +456,7 @@ impl<T: Record> Repo<T> {
                 "SELECT x.*, p.parent FROM UNNEST($1::UUID[]) AS p(parent) CROSS JOIN LATERAL \
                  (SELECT {} FROM {} WHERE {} = p.parent{}{limit}) AS x",
                 statements.columns,
-                quote_ident(&schema.name),
+                quote_table(&schema.name),
                 quote_ident(column.name()),
                 order_by(schema, &keys)
             )
@@ -480,7 +491,7 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         V: ColumnType,
     {
-        traced(
+        traced::<T, _>(
             call_span!("count_by", T),
             async move {
                 let schema = T::schema();
@@ -493,7 +504,7 @@ impl<T: Record> Repo<T> {
                     let mut param = 0;
                     format!(
                         "SELECT {c}, count(*) FROM {}{} GROUP BY {c} ORDER BY count(*) DESC, {c}",
-                        quote_ident(&schema.name),
+                        quote_table(&schema.name),
                         where_clause(schema, &node, &mut param)
                     )
                 });
@@ -542,7 +553,7 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<i64> {
-        traced(
+        traced::<T, _>(
             call_span!("count", T),
             async move { self.tally(executor, filter, Tally::Count).await },
             |n| *n as u64,
@@ -556,7 +567,7 @@ impl<T: Record> Repo<T> {
         executor: E,
         filter: Filter<T>,
     ) -> Result<bool> {
-        traced(
+        traced::<T, _>(
             call_span!("exists", T),
             async move { self.tally(executor, filter, Tally::Exists).await },
             |_| 1,
@@ -577,7 +588,7 @@ impl<T: Record> Repo<T> {
             let mut param = 0;
             let rows = format!(
                 "{}{}",
-                quote_ident(&schema.name),
+                quote_table(&schema.name),
                 where_clause(schema, &node, &mut param)
             );
             match kind {
@@ -604,7 +615,7 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
         options: ListOptions<T>,
     ) -> Result<Page<T>> {
-        traced(
+        traced::<T, _>(
             call_span!("list", T),
             async move {
                 let schema = T::schema();
@@ -674,8 +685,13 @@ impl<T: Record> Repo<T> {
         options: SearchOptions,
     ) -> Result<Vec<Hit<T>>> {
         let fields = fields.fields();
-        let query = query.to_owned();
-        traced(
+        let query = crate::query::filter::SearchQuery {
+            text: query.to_owned(),
+            column: fields
+                .first()
+                .map_or("", |f| T::schema().columns[f.0].name.as_str()),
+        };
+        traced::<T, _>(
             call_span!("search", T),
             async move {
                 let schema = T::schema();
@@ -715,7 +731,9 @@ impl<T: Record> Repo<T> {
 
     /// The plan PostgreSQL chooses for [`Repo::list`] with the same
     /// arguments (`EXPLAIN`, one line per entry), planned for these values:
-    /// to see that a filter is served by an index.
+    /// to see that a filter is served by an index. A tenant-scoped record is
+    /// refused ([`Error::ExplainRefused`]): its estimates count every
+    /// tenant's rows.
     ///
     /// ```no_run
     /// # use mandrake_storage::{Db, ListOptions, Record};
@@ -736,6 +754,11 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
         options: ListOptions<T>,
     ) -> Result<Vec<String>> {
+        if T::schema().tenant.is_some() {
+            return Err(Error::ExplainRefused {
+                table: T::statements().table,
+            });
+        }
         let (sql, args, _) = list_query(filter, &options)?;
         let explain = format!("EXPLAIN {sql}");
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(explain), args)
@@ -819,17 +842,20 @@ macro_rules! call_span {
 }
 use call_span;
 
-/// Runs `call` inside `span` and records on it how many rows it returned or
+/// Runs `call` inside `span`, as a typed call (its statements leave the
+/// session alone: see [`crate::db::caller`]), and records on it how many rows it returned or
 /// changed, how long it took and, on a database error, its SQLSTATE. A call
 /// slower than `MANDRAKE_SLOW_QUERY_MS` (default 500) is logged at WARN.
-async fn traced<R>(
+async fn traced<T: Record, R>(
     span: tracing::Span,
     call: impl std::future::Future<Output = Result<R>>,
     rows: impl FnOnce(&R) -> u64,
 ) -> Result<R> {
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let outcome = call.instrument(span.clone()).await;
+    let outcome = crate::db::caller::ours(call.instrument(span.clone()))
+        .await
+        .map_err(schema_moved::<T>);
     let elapsed = started.elapsed();
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     span.record("elapsed_ms", elapsed_ms);
@@ -847,6 +873,43 @@ async fn traced<R>(
         tracing::warn!(target: "mandrake_storage", parent: &span, elapsed_ms, "slow statement");
     }
     outcome
+}
+
+/// Inserts `new` as the row `id` and returns it as stored.
+async fn insert_one<'e, T: Record, E: PgExecutor<'e>>(
+    executor: E,
+    new: T::New,
+    id: Uuid,
+) -> Result<T> {
+    let mut args = PgArguments::default();
+    T::bind_new(new, id, &mut args).map_err(bind_error)?;
+    let row = sqlx::query_with(T::statements().insert.as_str(), args)
+        .fetch_one(executor)
+        .await?;
+    Ok(T::decode(&row, 0)?)
+}
+
+/// A typed call that met a column or table its record names and the
+/// database lacks: the binary's types and the database's schema disagree
+/// (an old binary after a contract removed its column, or a binary ahead of
+/// its migrations), which [`Error::SchemaMoved`] says.
+fn schema_moved<T: Record>(err: Error) -> Error {
+    let Error::Database(sqlx::Error::Database(db)) = &err else {
+        return err;
+    };
+    // The server names the missing object in its message only.
+    let named = || db.message().split('"').nth(1).map(str::to_owned);
+    match db.code().as_deref() {
+        Some("42703") => Error::SchemaMoved {
+            table: T::statements().table.to_owned(),
+            column: named(),
+        },
+        Some("42P01") => Error::SchemaMoved {
+            table: T::statements().table.to_owned(),
+            column: None,
+        },
+        _ => err,
+    }
 }
 
 /// Binds `rows` as one array per column (new UUIDv7 ids first) and runs the
@@ -892,7 +955,7 @@ fn list_sql<T: Record>(shape: &ListShape) -> String {
     let mut sql = format!(
         "SELECT {} FROM {}",
         T::statements().columns,
-        quote_ident(&schema.name)
+        quote_table(&schema.name)
     );
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");

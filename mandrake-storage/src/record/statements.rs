@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::query::filter::Node;
 use crate::schema::{TableSchema, current_tenant_sql};
-use crate::sql::{ident_list, quote_ident};
+use crate::sql::{ident_list, quote_ident, quote_table};
 
 /// What varies between calls that take a filter: everything but the values.
 /// Each shape's SQL is built once and kept in the record's statements.
@@ -135,7 +135,7 @@ impl Statements {
     }
 
     pub fn new(schema: &'static TableSchema, layout: Layout) -> Statements {
-        let table = quote_ident(&schema.name);
+        let table = quote_table(&schema.name);
         let names: Vec<String> = schema.columns[..layout.fields]
             .iter()
             .map(|c| c.name.clone())
@@ -336,7 +336,7 @@ fn import_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> Str
     }
     format!(
         "INSERT INTO {} ({}) VALUES ({}) RETURNING {columns}",
-        quote_ident(&schema.name),
+        quote_table(&schema.name),
         ident_list(&names),
         values.join(", ")
     )
@@ -408,7 +408,7 @@ impl Statements {
         let mut param = 2 * self.layout.patch.len();
         format!(
             "UPDATE {} SET {}{}",
-            quote_ident(&schema.name),
+            quote_table(&schema.name),
             sets.join(", "),
             crate::query::filter::where_clause(schema, node, &mut param)
         )

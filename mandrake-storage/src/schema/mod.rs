@@ -7,6 +7,7 @@ pub mod introspect;
 
 pub use change::{Function, Object, SchemaChange};
 
+pub use crate::sql::{SCHEMA, quote_table};
 use serde::Serialize;
 
 /// One table: what a `#[derive(Record)]` struct describes, or what the
@@ -576,7 +577,10 @@ impl TableSchema {
     /// lets a statement see and write only rows whose `column` equals the
     /// transaction's [`TENANT_SETTING`]; without a tenant set, none. A
     /// unique key `(column, id)` lets other tenant-scoped tables point here
-    /// within the tenant. Call it after the columns and unique keys.
+    /// within the tenant, and every other unique key leads with `column`
+    /// (unique within a tenant). On `id` it makes the tenant root, whose row is the
+    /// tenant itself (see [`TableSchema::is_tenant_root`]). Call it after the
+    /// columns and unique keys.
     ///
     /// ```
     /// use mandrake_storage::{ColumnDef, TableSchema};
@@ -601,11 +605,42 @@ impl TableSchema {
         });
         self.row_security = true;
         self.tenant = Some(column.to_owned());
+        if !self.is_tenant_root() {
+            self.unique_per_tenant(column);
+        }
         let key = [column.to_owned(), "id".to_owned()];
-        if !self.uniques.iter().any(|u| u.columns == key) {
+        if !self.is_tenant_root() && !self.uniques.iter().any(|u| u.columns == key) {
             self = self.with_unique(&[column, "id"]);
         }
         self
+    }
+
+    /// Makes every unique key and unique index lead with the tenant column
+    /// `column`, so that it is unique within a tenant: another tenant's use
+    /// of a name neither blocks nor reveals it (`UniqueViolation` would),
+    /// and an upsert on it never meets another tenant's row. Citus asks the
+    /// same of a distributed table's unique keys.
+    fn unique_per_tenant(&mut self, column: &str) {
+        let table = self.name.clone();
+        for unique in &mut self.uniques {
+            if !unique.columns.iter().any(|c| c == column) {
+                unique.columns.insert(0, column.to_owned());
+                unique.name = identifier(format!("{table}_{}_key", unique.columns.join("_")));
+            }
+        }
+        for index in self.indexes.iter_mut().filter(|i| i.unique) {
+            if !index.columns.iter().any(|c| c == column) {
+                index.columns.insert(0, column.to_owned());
+                index.key = format!("{}, {}", crate::sql::quote_ident(column), index.key);
+                *index = index.clone().named_for(&table);
+            }
+        }
+    }
+
+    /// Whether this is the tenant root (`#[record(tenant)]` on `id`): each
+    /// row is a tenant, and a tenant handle sees and writes only its own.
+    pub fn is_tenant_root(&self) -> bool {
+        self.tenant.as_deref() == Some("id")
     }
 
     /// Turns on the `set_timestamp` trigger.
@@ -731,13 +766,15 @@ pub fn with_tenant_keys(tables: &[&TableSchema]) -> Vec<TableSchema> {
         .iter()
         .map(|&table| {
             let mut table = table.clone();
-            let Some(tenant) = table.tenant.clone() else {
+            let Some(tenant) = table.tenant.clone().filter(|_| !table.is_tenant_root()) else {
                 return table;
             };
             for key in &mut table.foreign_keys {
                 let single = key.columns.len() == 1 && key.referenced == ["id"];
+                // A key to the tenant root is to the tenant itself: nothing to add.
                 if let (true, Some(parent_tenant)) = (single, tenant_of(&key.references))
                     && key.columns[0] != tenant
+                    && parent_tenant != "id"
                 {
                     key.columns.insert(0, tenant.clone());
                     key.referenced.insert(0, parent_tenant);

@@ -102,10 +102,10 @@ async fn load(
 }
 
 /// What `tool_stats` sends, written out.
-const TOOL_STATS: &str = r#"SELECT "tool_name" AS "tool_name", count(*) AS "count", count(*) FILTER (WHERE "error" IS NOT NULL) AS "count_where", percentile_cont(0.5::double precision) WITHIN GROUP (ORDER BY "duration_ms") AS "p50_duration_ms", percentile_cont(0.95::double precision) WITHIN GROUP (ORDER BY "duration_ms") AS "p95_duration_ms" FROM "tool_results" WHERE "created_at" >= $1 GROUP BY 1 ORDER BY count(*) DESC NULLS LAST, "tool_name" ASC NULLS LAST"#;
+const TOOL_STATS: &str = r#"SELECT "tool_name" AS "tool_name", count(*) AS "count", count(*) FILTER (WHERE "error" IS NOT NULL) AS "count_where", percentile_cont($1::double precision) WITHIN GROUP (ORDER BY "duration_ms") AS "p50_duration_ms", percentile_cont($2::double precision) WITHIN GROUP (ORDER BY "duration_ms") AS "p95_duration_ms" FROM "public"."tool_results" WHERE "created_at" >= $3 GROUP BY 1 ORDER BY count(*) DESC NULLS LAST, "tool_name" ASC NULLS LAST"#;
 
 /// What `usage_by_model` sends, written out.
-const USAGE_BY_MODEL: &str = r#"SELECT date_trunc('day', "created_at", 'UTC') AS "created_at", "model_id" AS "model_id", count(*) AS "count", sum("tokens_in")::bigint AS "sum_tokens_in", sum("tokens_out")::bigint AS "sum_tokens_out" FROM "messages" WHERE ("created_at" >= $1 AND "model_id" IS NOT NULL) GROUP BY 1, 2 ORDER BY 1, 2"#;
+const USAGE_BY_MODEL: &str = r#"SELECT date_trunc('day', "created_at", 'UTC') AS "created_at", "model_id" AS "model_id", count(*) AS "count", sum("tokens_in")::bigint AS "sum_tokens_in", sum("tokens_out")::bigint AS "sum_tokens_out" FROM "public"."messages" WHERE ("created_at" >= $1 AND "model_id" IS NOT NULL) GROUP BY 1, 2 ORDER BY 1, 2"#;
 
 /// Runs of each side left out of its median.
 const WARM_UP: usize = 6;
@@ -195,6 +195,8 @@ pub async fn run(
         || async {
             type Row = (String, i64, i64, Option<f64>, Option<f64>);
             let rows: Vec<Row> = sqlx::query_as(TOOL_STATS)
+                .bind(0.5f64)
+                .bind(0.95f64)
                 .bind(since)
                 .fetch_all(&pool)
                 .await?;

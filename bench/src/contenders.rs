@@ -33,8 +33,9 @@ pub enum Lib {
     /// Ours through PgBouncer in transaction mode (`pgbouncer: true`): the
     /// cost of the mode.
     OursPgBouncer,
-    /// Hand-written sqlx with our SQL on our pool's connections: the line
-    /// that isolates the repository's own cost.
+    /// Hand-written sqlx with our SQL on a pool of ours (a second `Db`).
+    /// Since round 4 it also pays what SQL the caller writes pays: a reset
+    /// of its connection's session before the next use, a round trip.
     SqlxSame,
     /// Hand-written sqlx with our SQL on a default `PgPool`: what a sqlx
     /// user gets.
@@ -401,7 +402,7 @@ async fn create_one(
                 )
                 .await?;
         }
-        Lib::SqlxSame => sqlx_create_one(&env.db, conversation, content).await?,
+        Lib::SqlxSame => sqlx_create_one(&env.raw_db, conversation, content).await?,
         Lib::Sqlx => sqlx_create_one(&env.pool, conversation, content).await?,
         Lib::TokioPostgres => {
             let st = &env.pg_statements[task].insert;
@@ -496,7 +497,7 @@ async fn create_many(
             Message::repo().create_many(env.ours(lib), new).await?;
         }
         Lib::SqlxSame => {
-            sqlx_create_many(&env.db, conversation, (0..rows).map(content).collect()).await?
+            sqlx_create_many(&env.raw_db, conversation, (0..rows).map(content).collect()).await?
         }
         Lib::Sqlx => {
             sqlx_create_many(&env.pool, conversation, (0..rows).map(content).collect()).await?
@@ -589,7 +590,7 @@ async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError>
         Lib::Ours | Lib::OursPgBouncer => {
             Message::repo().get(env.ours(lib), id).await?;
         }
-        Lib::SqlxSame => sqlx_get(&env.db, id).await?,
+        Lib::SqlxSame => sqlx_get(&env.raw_db, id).await?,
         Lib::Sqlx => sqlx_get(&env.pool, id).await?,
         Lib::TokioPostgres => pg_get(&env.pg[task], &env.pg_statements[task].get, id).await?,
         Lib::TokioPgPool => {
@@ -626,14 +627,14 @@ async fn pg_get(
 
 /// The statements our repository runs for these calls, written out the way
 /// a sqlx user would (they are the text `Repo` builds, byte for byte).
-const SQLX_INSERT: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
-const SQLX_INSERT_MANY: &str = r#"INSERT INTO "messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT, c4::UUID, c5::INTEGER, c6::INTEGER FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::UUID[], $6::INTEGER[], $7::INTEGER[]) AS u(c0, c1, c2, c3, c4, c5, c6) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
-const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "id" = $1"#;
-const SQLX_UPDATE: &str = r#"UPDATE "messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END, "model_id" = CASE WHEN $8::BOOLEAN THEN $9::UUID ELSE "model_id" END, "tokens_in" = CASE WHEN $10::BOOLEAN THEN $11::INTEGER ELSE "tokens_in" END, "tokens_out" = CASE WHEN $12::BOOLEAN THEN $13::INTEGER ELSE "tokens_out" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
-const SQLX_DELETE: &str = r#"DELETE FROM "messages" WHERE "id" = $1"#;
-const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
-const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
-const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
+const SQLX_INSERT: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_INSERT_MANY: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT, c4::UUID, c5::INTEGER, c6::INTEGER FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::UUID[], $6::INTEGER[], $7::INTEGER[]) AS u(c0, c1, c2, c3, c4, c5, c6) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "id" = $1"#;
+const SQLX_UPDATE: &str = r#"UPDATE "public"."messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END, "model_id" = CASE WHEN $8::BOOLEAN THEN $9::UUID ELSE "model_id" END, "tokens_in" = CASE WHEN $10::BOOLEAN THEN $11::INTEGER ELSE "tokens_in" END, "tokens_out" = CASE WHEN $12::BOOLEAN THEN $13::INTEGER ELSE "tokens_out" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_DELETE: &str = r#"DELETE FROM "public"."messages" WHERE "id" = $1"#;
+const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
+const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
+const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
 
 /// Conversation `eq` AND role `is_in` AND `created_at` `gt`, newest 50.
 async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
@@ -653,7 +654,7 @@ async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
                 .items
                 .len()
         }
-        Lib::SqlxSame => sqlx_filtered_page(&env.db, env.paged, since).await?,
+        Lib::SqlxSame => sqlx_filtered_page(&env.raw_db, env.paged, since).await?,
         Lib::Sqlx => sqlx_filtered_page(&env.pool, env.paged, since).await?,
         _ => unreachable!("only ours and sqlx run the filtered page"),
     };
@@ -709,7 +710,7 @@ impl PageState {
                 self.ours = page.next;
             }
             Lib::SqlxSame => {
-                self.sqlx_same = sqlx_page(&env.db, env.paged, self.sqlx_same.take()).await?
+                self.sqlx_same = sqlx_page(&env.raw_db, env.paged, self.sqlx_same.take()).await?
             }
             Lib::Sqlx => self.sqlx = sqlx_page(&env.pool, env.paged, self.sqlx.take()).await?,
             Lib::TokioPostgres => {
@@ -818,7 +819,7 @@ async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<
                 )
                 .await?;
         }
-        Lib::SqlxSame => sqlx_update(&env.db, id, content).await?,
+        Lib::SqlxSame => sqlx_update(&env.raw_db, id, content).await?,
         Lib::Sqlx => sqlx_update(&env.pool, id, content).await?,
         Lib::TokioPostgres => {
             pg_update(&env.pg[task], &env.pg_statements[task].update, id, content).await?
@@ -885,7 +886,10 @@ async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxErr
             Message::repo().delete(env.ours(lib), id).await?;
         }
         Lib::SqlxSame => {
-            sqlx::query(SQLX_DELETE).bind(id).execute(&env.db).await?;
+            sqlx::query(SQLX_DELETE)
+                .bind(id)
+                .execute(&env.raw_db)
+                .await?;
         }
         Lib::Sqlx => {
             sqlx::query(SQLX_DELETE).bind(id).execute(&env.pool).await?;

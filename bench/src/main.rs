@@ -111,6 +111,10 @@ pub struct Env {
     pub pool: PgPool,
     pub pg_pool: deadpool_postgres::Pool,
     pub db: Db,
+    /// A second `Db` for hand-written sqlx ("sqlx, our pool"): SQL the
+    /// caller writes has its connection reset before the next use, a cost
+    /// that line pays and must not leave on the typed calls' connections.
+    pub raw_db: Db,
     pub sea: sea_orm::DatabaseConnection,
     pub pg: Vec<tokio_postgres::Client>,
     pub pg_statements: Vec<contenders::PgStatements>,
@@ -349,6 +353,7 @@ async fn setup(
     let options = PgConnectOptions::from_str(url)?;
     let pool = PgPoolOptions::new().connect_with(options.clone()).await?;
     let db = Db::connect_url(url, &Settings::default()).await?;
+    let raw_db = Db::connect_url(url, &Settings::default()).await?;
     let pgbouncer_db = match pgbouncer {
         Some(dir) => {
             let through = options
@@ -404,6 +409,7 @@ async fn setup(
         pool,
         pg_pool,
         db,
+        raw_db,
         sea,
         pg,
         pg_statements,

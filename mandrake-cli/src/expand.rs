@@ -910,6 +910,7 @@ mod tests {
             timestamp_function: true,
             notify_function: false,
             feed_publication: false,
+            feed_truncate: false,
             extensions: Vec::new(),
         }
     }

@@ -312,6 +312,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
+            feed_truncate: false,
             extensions: Vec::new(),
         }
     }

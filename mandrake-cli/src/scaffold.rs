@@ -590,16 +590,18 @@ fn detail(actual: &DatabaseSchema, expected: &DatabaseSchema) -> String {
             a.name
         ),
         None => format!(
-            "differs in detail: built extensions {:?}, functions {}/{}, publication {}; \
-             wanted {:?}, {}/{}, {}",
+            "differs in detail: built extensions {:?}, functions {}/{}, publication {} \
+             (truncate {}); wanted {:?}, {}/{}, {} ({})",
             actual.extensions,
             actual.timestamp_function,
             actual.notify_function,
             actual.feed_publication,
+            actual.feed_truncate,
             expected.extensions,
             expected.timestamp_function,
             expected.notify_function,
-            expected.feed_publication
+            expected.feed_publication,
+            expected.feed_truncate
         ),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::error::{Error, Result};
 use crate::sql::quote_ident;
@@ -46,7 +46,52 @@ pub(crate) async fn create_database(conn: &mut sqlx::PgConnection, name: &str) -
 /// A new connection. EAGAIN from a Unix socket means the server's accept
 /// backlog is full (a burst of connects): worth a few short retries, about a
 /// second in all. Anything else, "connection refused" included, fails at once.
+///
+/// `sslmode=allow` is libpq's: without TLS first, and with it when the server
+/// refuses a connection without (sqlx alone would never try TLS). A TLS
+/// failure is [`Error::Tls`] naming the host and the reason.
 pub(crate) async fn connect(
+    options: &PgConnectOptions,
+) -> std::result::Result<sqlx::PgConnection, sqlx::Error> {
+    let outcome = match connect_retrying(options).await {
+        Err(err)
+            if matches!(options.get_ssl_mode(), PgSslMode::Allow) && refused_without_tls(&err) =>
+        {
+            connect_retrying(&options.clone().ssl_mode(PgSslMode::Require)).await
+        }
+        other => other,
+    };
+    outcome.map_err(|err| match tls_failure(&err) {
+        Some(reason) => crate::error::Carried::through_sqlx(Error::Tls {
+            host: options.get_host().to_owned(),
+            reason,
+        }),
+        None => err,
+    })
+}
+
+/// Why TLS failed, when `err` is a TLS failure: sqlx reports a certificate
+/// that did not verify as an I/O error carrying rustls' own.
+fn tls_failure(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Tls(reason) => Some(reason.to_string()),
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|e| e.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether the server turned a connection away for want of TLS (`pg_hba.conf`
+/// has only `hostssl` lines for it).
+fn refused_without_tls(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(|e| {
+        e.code().as_deref() == Some("28000") && e.message().contains("no encryption")
+    })
+}
+
+async fn connect_retrying(
     options: &PgConnectOptions,
 ) -> std::result::Result<sqlx::PgConnection, sqlx::Error> {
     let mut pause = Duration::from_millis(2);

@@ -148,7 +148,7 @@ fn dump(
         .args(["--format=custom", "--verbose", "--file"])
         .arg(&partial)
         .args(libpq_connection(url))
-        .envs(libpq_password(url))
+        .envs(libpq_environment(url))
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io("cannot run pg_dump".into(), e))?;
@@ -378,7 +378,7 @@ async fn restore_into(
                 "--no-privileges",
             ])
             .args(libpq_connection(&url))
-            .envs(libpq_password(&url))
+            .envs(libpq_environment(&url))
             .arg(&file)
             .output()
             .map_err(|e| io("cannot run pg_restore".into(), e))?;
@@ -587,24 +587,52 @@ fn name_with(base: &str, infix: &str, stamp: &str) -> String {
     format!("{}{infix}{stamp}", &base[..end])
 }
 
-/// `--dbname=<url>` for the client tools, without the password (a command
-/// line is visible to every user in `ps`; see [`libpq_password`]) and
-/// without the one parameter sqlx adds that libpq refuses
-/// (`statement-cache-capacity`).
+/// The URL parameters libpq reads from the environment instead, with their
+/// variables (sqlx's spellings too).
+const LIBPQ_ENVIRONMENT: &[(&str, &str)] = &[
+    ("password", "PGPASSWORD"),
+    ("sslmode", "PGSSLMODE"),
+    ("ssl-mode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("ssl-root-cert", "PGSSLROOTCERT"),
+    ("ssl-ca", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("ssl-cert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("ssl-key", "PGSSLKEY"),
+];
+
+/// `--dbname=<url>` for the client tools: without the password (a command
+/// line is visible to every user in `ps`) and the TLS settings, which
+/// [`libpq_environment`] passes, and without the one parameter sqlx adds
+/// that libpq refuses (`statement-cache-capacity`).
 fn libpq_connection(url: &str) -> [String; 1] {
     let (url, _) = without_params(url, |pair| {
-        pair.starts_with("statement-cache-capacity=") || pair.starts_with("password=")
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        key == "statement-cache-capacity" || LIBPQ_ENVIRONMENT.iter().any(|(k, _)| *k == key)
     });
     [format!("--dbname={}", crate::url::without_password(&url))]
 }
 
-/// `PGPASSWORD` for the client tools, when `url` carries a password: the
-/// environment of a process is readable only by its user and root.
-fn libpq_password(url: &str) -> Vec<(&'static str, String)> {
-    crate::url::url_password(url)
+/// The environment of the client tools for `url`: `PGPASSWORD` when it
+/// carries a password (a process's environment is readable only by its user
+/// and root), and `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` as its
+/// TLS parameters say, so `pg_dump` verifies the server as the pool does.
+fn libpq_environment(url: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = crate::url::url_password(url)
         .map(|password| ("PGPASSWORD", password))
         .into_iter()
-        .collect()
+        .collect();
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    for (key, value) in query.split('&').filter_map(|p| p.split_once('=')) {
+        if let Some((_, var)) = LIBPQ_ENVIRONMENT
+            .iter()
+            .find(|(k, var)| *k == key && *var != "PGPASSWORD")
+        {
+            env.push((var, crate::url::percent_decode(value)));
+        }
+    }
+    env
 }
 
 fn io(context: String, err: std::io::Error) -> Error {
@@ -652,7 +680,7 @@ mod tests {
         );
         assert_eq!(
             libpq_connection("postgres://h/x?sslmode=prefer&statement-cache-capacity=100"),
-            ["--dbname=postgres://h/x?sslmode=prefer"]
+            ["--dbname=postgres://h/x"]
         );
         assert_eq!(
             libpq_connection("postgres://h/x?statement-cache-capacity=1"),
@@ -661,23 +689,33 @@ mod tests {
     }
 
     #[test]
-    fn the_password_goes_through_the_environment_never_the_command_line() {
-        let url = "postgres://app:S3cret%21@h:5432/x?sslmode=prefer";
+    fn the_password_and_tls_go_through_the_environment_never_the_command_line() {
+        let url = "postgres://app:S3cret%21@h:5432/x?sslmode=verify-full&sslrootcert=%2Fca.crt\
+                   &sslcert=/c.crt&sslkey=/c.key&application_name=x";
         assert_eq!(
             libpq_connection(url),
-            ["--dbname=postgres://app@h:5432/x?sslmode=prefer"]
-        );
-        assert_eq!(libpq_password(url), [("PGPASSWORD", "S3cret!".to_owned())]);
-        let in_query = "postgres://app@h/x?password=S3cret&sslmode=prefer";
-        assert_eq!(
-            libpq_connection(in_query),
-            ["--dbname=postgres://app@h/x?sslmode=prefer"]
+            ["--dbname=postgres://app@h:5432/x?application_name=x"]
         );
         assert_eq!(
-            libpq_password(in_query),
-            [("PGPASSWORD", "S3cret".to_owned())]
+            libpq_environment(url),
+            [
+                ("PGPASSWORD", "S3cret!".to_owned()),
+                ("PGSSLMODE", "verify-full".to_owned()),
+                ("PGSSLROOTCERT", "/ca.crt".to_owned()),
+                ("PGSSLCERT", "/c.crt".to_owned()),
+                ("PGSSLKEY", "/c.key".to_owned()),
+            ]
         );
-        assert!(libpq_password("postgres://app@h/x").is_empty());
+        let in_query = "postgres://app@h/x?password=S3cret&ssl-mode=require";
+        assert_eq!(libpq_connection(in_query), ["--dbname=postgres://app@h/x"]);
+        assert_eq!(
+            libpq_environment(in_query),
+            [
+                ("PGPASSWORD", "S3cret".to_owned()),
+                ("PGSSLMODE", "require".to_owned())
+            ]
+        );
+        assert!(libpq_environment("postgres://app@h/x").is_empty());
     }
 
     #[test]

@@ -93,6 +93,14 @@ pub enum Error {
         /// What needed it.
         what: &'static str,
     },
+    /// A TLS connection failed: the server's certificate did not verify
+    /// (an unknown CA, a host name it does not hold), or the handshake did.
+    Tls {
+        /// The host connected to.
+        host: String,
+        /// Why, as the TLS library says.
+        reason: String,
+    },
     /// The change feed needs `wal_level = logical`, and the server runs
     /// with `current`.
     WalLevel {
@@ -618,6 +626,11 @@ impl fmt::Display for Error {
                 "{what} needs a server session of its own, which PgBouncer in transaction mode \
                  does not keep: set MANDRAKE_DIRECT_URL (for the change feed, MANDRAKE_FEED_URL) \
                  to the server's own URL (not PgBouncer's)"
+            ),
+            Error::Tls { host, reason } => write!(
+                f,
+                "TLS with {host} failed: {reason} (sslmode and sslrootcert in the URL say what is \
+                 verified: verify-full checks the CA and the host name)"
             ),
             Error::WalLevel { current } => write!(
                 f,

@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// `url` with its password replaced by `***`, for messages and logs.
 ///
@@ -68,7 +68,10 @@ const URL_PARAMETERS: &[&str] = &[
 
 /// A PostgreSQL URL parsed, refusing what sqlx would accept and ignore: another
 /// scheme (`mysql://`), or a parameter it does not know (a typo such as
-/// `sslmod=require` would silently connect without TLS).
+/// `sslmod=require` would silently connect without TLS). `sslmode` and
+/// `sslrootcert` mean what libpq says: `sslrootcert=system` is the platform's
+/// roots with `verify-full`, and `require` with a root file verifies as
+/// `verify-ca` does.
 pub(crate) fn parse_url(url: &str) -> std::result::Result<PgConnectOptions, String> {
     let scheme = url.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("postgres" | "postgresql")) {
@@ -88,7 +91,44 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<PgConnectOptions, Stri
             }
         }
     }
-    PgConnectOptions::from_str(url).map_err(|e| e.to_string())
+    let param = |name: &str| {
+        url.split_once('?').and_then(|(_, q)| {
+            q.split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        })
+    };
+    let mode = param("sslmode").or_else(|| param("ssl-mode"));
+    let root = param("sslrootcert")
+        .or_else(|| param("ssl-root-cert"))
+        .or_else(|| param("ssl-ca"));
+    // libpq's `sslrootcert=system`: the platform's trusted roots (what sqlx
+    // loads when no root file is named), and nothing weaker than
+    // verify-full, since any public CA's certificate would otherwise do.
+    if root == Some("system") {
+        let (url, _) = without_params(url, |p| {
+            [
+                "sslrootcert=system",
+                "ssl-root-cert=system",
+                "ssl-ca=system",
+            ]
+            .contains(&p)
+        });
+        return match mode {
+            None | Some("verify-full") => PgConnectOptions::from_str(&url)
+                .map(|o| o.ssl_mode(PgSslMode::VerifyFull))
+                .map_err(|e| e.to_string()),
+            Some(weaker) => Err(format!(
+                "sslrootcert=system needs sslmode=verify-full (as libpq), not sslmode={weaker}"
+            )),
+        };
+    }
+    let options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    // libpq: with a root certificate file, `require` verifies the chain as
+    // `verify-ca` does.
+    Ok(match (options.get_ssl_mode(), root) {
+        (PgSslMode::Require, Some(_)) => options.ssl_mode(PgSslMode::VerifyCa),
+        _ => options,
+    })
 }
 
 /// `url` without a `pgbouncer=true` parameter, and whether it had one.
@@ -145,7 +185,7 @@ pub(crate) fn without_password(url: &str) -> String {
 }
 
 #[cfg(all(feature = "backup", unix))]
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

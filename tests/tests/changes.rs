@@ -813,3 +813,26 @@ async fn one_durable_name_has_one_live_consumer_which_status_shows_and_drop_refu
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_truncate_reaches_live_and_durable_consumers_as_a_gap() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    let c = conversation(db, "emptied").await;
+    let mut live = Message::subscribe(db, Filter::all()).await.unwrap();
+    let mut durable = Message::subscribe_durable(db, "emptied", Filter::all())
+        .await
+        .unwrap();
+    let before = post(db, c.id, "before").await;
+    sqlx::raw_sql("TRUNCATE messages CASCADE")
+        .execute(db)
+        .await
+        .unwrap();
+    let after = post(db, c.id, "after").await;
+    assert_eq!(inserted(next(&mut live).await).id, before.id);
+    assert!(matches!(next(&mut live).await, Change::Gap));
+    assert_eq!(inserted(next(&mut live).await).id, after.id);
+    assert_eq!(inserted(durable.recv().await.unwrap()).id, before.id);
+    assert!(matches!(durable.recv().await.unwrap(), Change::Gap));
+    assert_eq!(inserted(durable.recv().await.unwrap()).id, after.id);
+}

@@ -754,7 +754,9 @@ async fn notify_puts_the_table_in_the_publication_and_takes_it_out() {
     let v2 = [v1::Folder::schema(), notify::Note::schema()];
     let (up, down) = lab.evolve(&v1(), &v2, false).await;
     assert!(
-        up.contains("CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete');"),
+        up.contains(
+            "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete, truncate');"
+        ),
         "{up}"
     );
     assert!(

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use futures_util::stream;
+use sqlx::Connection;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::broadcast;
 
 use super::pgoutput::{Committed, Decoder};
 use super::wal_stream::{Replicated, WalStream};
-use super::{Change, Decode, FeedEvent, IDLE_POLL, backoff, committed, connect, read_slot};
+use super::{Change, Decode, FeedEvent, backoff, connect};
 use crate::db::{Db, Feeds};
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -35,9 +35,6 @@ type Sender = broadcast::Sender<Arc<Item>>;
 
 /// Batches a subscriber may fall behind before it gets a `Gap`.
 const CAPACITY: usize = 4096;
-/// The most changes one read of a polled slot returns (it stops at the end
-/// of a transaction past this).
-const MAX_CHANGES: usize = 10_000;
 /// How long a stream read waits for data before the task looks whether
 /// anyone still listens (dropping the last subscription ends it this soon).
 const QUIET: Duration = Duration::from_millis(250);
@@ -59,35 +56,22 @@ pub(crate) async fn subscribe(db: &Db) -> Result<broadcast::Receiver<Arc<Item>>>
     Ok(receiver)
 }
 
-/// Where the decoding task reads: a WAL stream, or, where the connection
-/// needs TLS (which the stream does not speak), the slot through the SQL
-/// functions, polled. Either way a temporary slot, gone with its connection.
-enum Source {
-    Stream {
-        stream: WalStream,
-        /// The end of the last transaction read, and when it was confirmed.
-        read_to: u64,
-        confirmed: Instant,
-    },
-    Polled {
-        conn: PgConnection,
-        slot: String,
-    },
+/// Where the decoding task reads: a WAL stream (over TLS where `sslmode`
+/// asks) from a temporary slot, gone with its connection.
+struct Source {
+    stream: WalStream,
+    /// The end of the last transaction read, and when it was confirmed.
+    read_to: u64,
+    confirmed: Instant,
 }
 
 impl Source {
     /// A checked connection and a temporary slot: from here on, every
     /// commit is decoded.
     async fn open(options: &PgConnectOptions) -> Result<Source> {
-        let mut conn = connect(options).await?;
+        // Checked on an ordinary connection first: what it refuses says why.
+        let conn = connect(options).await?;
         let slot = format!("mandrake_feed_{}", uuid::Uuid::new_v4().simple());
-        if !WalStream::supports(options) {
-            sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)")
-                .bind(&slot)
-                .execute(&mut conn)
-                .await?;
-            return Ok(Source::Polled { conn, slot });
-        }
         let _ = conn.close().await;
         let mut stream = WalStream::connect(options).await?;
         stream
@@ -96,64 +80,46 @@ impl Source {
             ))
             .await?;
         stream.start(&slot).await?;
-        Ok(Source::Stream {
+        Ok(Source {
             stream,
             read_to: 0,
             confirmed: Instant::now(),
         })
     }
 
-    /// The transactions that committed since the last read: on a stream,
-    /// what has arrived once the network has no more for now (empty after
-    /// `QUIET`); polled, the slot's contents (after a pause when
-    /// there were none).
+    /// The transactions that committed since the last read: what has
+    /// arrived once the network has no more for now (empty after `QUIET`).
     async fn read(&mut self, decoder: &mut Decoder) -> Result<Vec<Committed>> {
-        match self {
-            Source::Polled { conn, slot } => {
-                let messages = read_slot(conn, slot, true, MAX_CHANGES).await?;
-                let batch = committed(decoder, &messages)?;
-                if batch.is_empty() {
-                    tokio::time::sleep(IDLE_POLL).await;
+        let mut batch = Vec::new();
+        loop {
+            let next = tokio::time::timeout(QUIET, self.stream.next()).await;
+            match next {
+                Ok(Ok(Replicated::Data(message))) => {
+                    let done = decoder.read(&message).map_err(Error::FeedInterrupted)?;
+                    if let Some(tx) = done {
+                        self.read_to = tx.end_lsn;
+                        if !tx.events.is_empty() {
+                            batch.push(tx);
+                        }
+                    }
                 }
-                Ok(batch)
+                Ok(Ok(Replicated::KeepaliveReply)) => {
+                    self.stream.confirm(self.read_to).await?;
+                    self.confirmed = Instant::now();
+                }
+                Ok(Ok(Replicated::Keepalive)) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Ok(batch),
             }
-            Source::Stream {
-                stream,
-                read_to,
-                confirmed,
-            } => {
-                let mut batch = Vec::new();
-                loop {
-                    let next = tokio::time::timeout(QUIET, stream.next()).await;
-                    match next {
-                        Ok(Ok(Replicated::Data(message))) => {
-                            let done = decoder.read(&message).map_err(Error::FeedInterrupted)?;
-                            if let Some(tx) = done {
-                                *read_to = tx.end_lsn;
-                                if !tx.events.is_empty() {
-                                    batch.push(tx);
-                                }
-                            }
-                        }
-                        Ok(Ok(Replicated::KeepaliveReply)) => {
-                            stream.confirm(*read_to).await?;
-                            *confirmed = Instant::now();
-                        }
-                        Ok(Ok(Replicated::Keepalive)) => {}
-                        Ok(Err(err)) => return Err(err),
-                        Err(_) => return Ok(batch),
-                    }
-                    let whole = batch.len() >= MAX_TRANSACTIONS || !stream.has_buffered();
-                    if !batch.is_empty() && whole {
-                        // What is read is taken: the slot may move on (at
-                        // most ten times a second, one small message each).
-                        if confirmed.elapsed() > Duration::from_millis(100) {
-                            stream.confirm(*read_to).await?;
-                            *confirmed = Instant::now();
-                        }
-                        return Ok(batch);
-                    }
+            let whole = batch.len() >= MAX_TRANSACTIONS || !self.stream.has_buffered();
+            if !batch.is_empty() && whole {
+                // What is read is taken: the slot may move on (at most ten
+                // times a second, one small message each).
+                if self.confirmed.elapsed() > Duration::from_millis(100) {
+                    self.stream.confirm(self.read_to).await?;
+                    self.confirmed = Instant::now();
                 }
+                return Ok(batch);
             }
         }
     }

@@ -9,8 +9,8 @@
 //!   across restarts ([`durable`]).
 //!
 //! The live stream reads its slot over a replication connection
-//! ([`wal_stream`]), which decodes each change once; durable consumers, and
-//! the live stream where the connection needs TLS, read theirs through
+//! ([`wal_stream`], over TLS where `sslmode` asks), which decodes each
+//! change once; durable consumers read theirs through
 //! `pg_logical_slot_*_binary_changes`, polled (which decodes again from the
 //! slot's restart point on each read: see `docs/BENCHMARKS.md`).
 
@@ -27,7 +27,7 @@ use futures_core::Stream;
 use futures_util::stream::{BoxStream, StreamExt};
 use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgConnectOptions};
-use sqlx::{Arguments, ConnectOptions, Connection, PgConnection, Row};
+use sqlx::{Arguments, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 pub use durable::DurableSubscription;
@@ -251,8 +251,15 @@ impl<T: Record> Decode<T> {
         let mut batch = Vec::new();
         // Which transaction each seq belongs to, to put each `done` after its last change.
         let mut ends = Vec::with_capacity(committed.len());
+        // A transaction that emptied the table: what a subscriber shows is
+        // gone, which only a Gap (read it all again) says.
+        let mut truncated = std::collections::HashSet::new();
         for tx in committed {
             for event in tx.events.iter().filter(|e| &*e.table == table) {
+                if event.op == pgoutput::Op::Truncate {
+                    truncated.insert(tx.end_lsn);
+                    continue;
+                }
                 let seq = batch.len();
                 let mut row = event.row.clone();
                 row.insert("$seq".into(), seq.into());
@@ -291,6 +298,9 @@ impl<T: Record> Decode<T> {
                     _ => None,
                 };
                 out.push(wrap(tenant, change));
+            }
+            if truncated.contains(&end_lsn) {
+                out.push(wrap(None, Change::Gap));
             }
             out.extend(done(end_lsn));
         }
@@ -368,7 +378,7 @@ fn decode_sql(schema: &TableSchema, node: &Node, columns: &str, scope: Scope) ->
 /// the server the handle reaches), checked for what logical decoding needs,
 /// so that a server that cannot feed says why at once.
 pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
-    let mut conn = options.connect().await?;
+    let mut conn = crate::admin::connect(options).await?;
     let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
         .fetch_one(&mut conn)
         .await?;

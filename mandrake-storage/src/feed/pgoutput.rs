@@ -13,6 +13,8 @@ pub(crate) enum Op {
     Insert,
     Update,
     Delete,
+    /// The whole table emptied: the event has no row.
+    Truncate,
 }
 
 impl Op {
@@ -21,6 +23,7 @@ impl Op {
             Op::Insert => "insert",
             Op::Update => "update",
             Op::Delete => "delete",
+            Op::Truncate => "truncate",
         }
     }
 }
@@ -145,7 +148,20 @@ impl Decoder {
                     old: None,
                 });
             }
-            // Types, origins, truncates (not published), messages.
+            b'T' => {
+                let count = r.u32()?;
+                let _options = r.u8()?;
+                for _ in 0..count {
+                    let table = self.relation(r.u32()?)?.table.clone();
+                    self.open.push(Event {
+                        table,
+                        op: Op::Truncate,
+                        row: Map::new(),
+                        old: None,
+                    });
+                }
+            }
+            // Types, origins, messages.
             _ => {}
         }
         Ok(None)

@@ -9,8 +9,9 @@
 //! sqlx speaks no replication protocol, so this is the small part of it
 //! the feed needs, on `postgres-protocol`'s message codec and
 //! authentication: start-up, password/MD5/SCRAM, a simple query, and the
-//! copy-both stream with standby status updates. Plain TCP and Unix
-//! sockets only: over TLS the feed reads through the SQL functions.
+//! copy-both stream with standby status updates. Over TCP it speaks TLS as
+//! `sslmode` says (the SSLRequest, then sqlx's own rustls handshake, so the
+//! pool and the stream verify certificates alike); Unix sockets are plain.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,8 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
+
+mod tls;
 
 trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
@@ -74,17 +77,22 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl WalStream {
-    /// Whether `options` can carry a WAL stream: not when TLS is required.
-    pub(crate) fn supports(options: &PgConnectOptions) -> bool {
-        options.get_socket().is_some()
-            || matches!(
-                options.get_ssl_mode(),
-                PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer
-            )
+    /// Connects as a replication client of `options`' database and signs in.
+    /// `sslmode=allow` is libpq's: without TLS, then with it when the server
+    /// wants it.
+    pub(crate) async fn connect(options: &PgConnectOptions) -> Result<WalStream> {
+        match WalStream::connect_as(options, options.get_ssl_mode()).await {
+            Err(Error::FeedInterrupted(reason))
+                if matches!(options.get_ssl_mode(), PgSslMode::Allow)
+                    && reason.contains("no encryption") =>
+            {
+                WalStream::connect_as(options, PgSslMode::Require).await
+            }
+            other => other,
+        }
     }
 
-    /// Connects as a replication client of `options`' database and signs in.
-    pub(crate) async fn connect(options: &PgConnectOptions) -> Result<WalStream> {
+    async fn connect_as(options: &PgConnectOptions, mode: PgSslMode) -> Result<WalStream> {
         let port = options.get_port();
         let socket: Box<dyn Socket> = match options.get_socket() {
             Some(dir) => {
@@ -100,7 +108,7 @@ impl WalStream {
                     .await
                     .map_err(protocol)?;
                 stream.set_nodelay(true).map_err(protocol)?;
-                Box::new(stream)
+                tls::negotiate(stream, options, mode).await?
             }
         };
         let mut stream = WalStream {

@@ -9,13 +9,13 @@
 
 use super::ddl::{
     CREATE_PUBLICATION, DROP_NOTIFY_FUNCTION, DROP_PUBLICATION, DROP_TIMESTAMP_FUNCTION,
-    NOTIFY_FUNCTION, TIMESTAMP_FUNCTION, add_unique_using_index, check_rows, column_definition,
-    create_extension, create_index, create_index_concurrently, create_notify_triggers,
-    create_policy, create_table, create_trigger, create_unique_index_concurrently,
-    disable_row_security, drop_constraint, drop_constraint_if_exists, drop_index_concurrently,
-    drop_notify_triggers, drop_policy, drop_trigger, enable_row_security, fill_nulls,
-    foreign_key_definition, publish, retype, set_not_null_checked, unique_definition, unpublish,
-    validate_constraint, widens,
+    NOTIFY_FUNCTION, PUBLISH_TRUNCATE, PUBLISH_WITHOUT_TRUNCATE, TIMESTAMP_FUNCTION,
+    add_unique_using_index, check_rows, column_definition, create_extension, create_index,
+    create_index_concurrently, create_notify_triggers, create_policy, create_table, create_trigger,
+    create_unique_index_concurrently, disable_row_security, drop_constraint,
+    drop_constraint_if_exists, drop_index_concurrently, drop_notify_triggers, drop_policy,
+    drop_trigger, enable_row_security, fill_nulls, foreign_key_definition, publish, retype,
+    set_not_null_checked, unique_definition, unpublish, validate_constraint, widens,
 };
 use super::{Check, ColumnDef, ForeignKey, Index, Policy, TableSchema, Unique};
 use crate::sql::{ident_list, quote_ident};
@@ -143,6 +143,9 @@ pub enum Object {
     },
     /// The feed's publication (empty; [`Object::FeedTable`] fills it).
     Publication,
+    /// `TRUNCATE` among what the feed's publication publishes, so that a
+    /// consumer hears of one (as a gap) instead of missing it.
+    PublishTruncate,
     /// A table in the feed's publication, logging whole old rows.
     FeedTable {
         /// The table.
@@ -185,6 +188,7 @@ impl Object {
             Object::TimestampTrigger { table } => format!("trigger set_timestamp on {table}"),
             Object::NotifyTriggers { table, .. } => format!("notify triggers on {table}"),
             Object::Publication => "publication mandrake_feed".into(),
+            Object::PublishTruncate => "truncate in publication mandrake_feed".into(),
             Object::FeedTable { table } => format!("change feed of {table}"),
             Object::RowSecurity { table } => format!("row level security on {table}"),
             Object::Policy { table, policy } => format!("policy {} on {table}", policy.name),
@@ -293,6 +297,7 @@ impl Object {
             Object::TimestampTrigger { table } => create_trigger(table),
             Object::NotifyTriggers { table, columns } => create_notify_triggers(table, columns),
             Object::Publication => CREATE_PUBLICATION.into(),
+            Object::PublishTruncate => PUBLISH_TRUNCATE.into(),
             Object::FeedTable { table } => publish(table),
             Object::RowSecurity { table } => enable_row_security(table),
             Object::Policy { table, policy } => create_policy(table, policy),
@@ -332,6 +337,7 @@ impl Object {
             Object::TimestampTrigger { table } => drop_trigger(table),
             Object::NotifyTriggers { table, .. } => drop_notify_triggers(table),
             Object::Publication => DROP_PUBLICATION.into(),
+            Object::PublishTruncate => PUBLISH_WITHOUT_TRUNCATE.into(),
             Object::FeedTable { table } => unpublish(table),
             Object::RowSecurity { table } => disable_row_security(table),
             Object::Policy { table, policy } => drop_policy(table, &policy.name),

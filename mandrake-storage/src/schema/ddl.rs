@@ -167,10 +167,19 @@ pub fn create_notify_triggers(table: &str, columns: &[String]) -> String {
         .join("\n")
 }
 
-/// The feed's publication, made empty; [`publish`] adds each table. Only
-/// what the feed decodes: no `TRUNCATE`.
+/// The feed's publication, made empty; [`publish`] adds each table. A
+/// `TRUNCATE` is published too: a consumer hears of it as a gap.
 pub const CREATE_PUBLICATION: &str =
-    "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete');";
+    "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete, truncate');";
+
+/// The publication of a database made before it published `TRUNCATE`,
+/// brought up to date.
+pub const PUBLISH_TRUNCATE: &str =
+    "ALTER PUBLICATION mandrake_feed SET (publish = 'insert, update, delete, truncate');";
+
+/// [`PUBLISH_TRUNCATE`] undone.
+pub const PUBLISH_WITHOUT_TRUNCATE: &str =
+    "ALTER PUBLICATION mandrake_feed SET (publish = 'insert, update, delete');";
 
 /// Drops the feed's publication.
 pub const DROP_PUBLICATION: &str = "DROP PUBLICATION IF EXISTS mandrake_feed;";

@@ -46,10 +46,10 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         .fetch_one(&mut *conn)
         .await?;
 
-    let feed_publication: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+    let publication: Option<bool> =
+        sqlx::query_scalar("SELECT pubtruncate FROM pg_publication WHERE pubname = $1")
             .bind(crate::schema::FEED_PUBLICATION)
-            .fetch_one(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
 
     let extensions = sqlx::query_scalar(
@@ -62,7 +62,8 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         tables: tables.into_values().collect(),
         timestamp_function,
         notify_function,
-        feed_publication,
+        feed_publication: publication.is_some(),
+        feed_truncate: publication == Some(true),
     })
 }
 

@@ -699,6 +699,8 @@ pub struct DatabaseSchema {
     pub notify_function: bool,
     /// Whether the feed's publication ([`FEED_PUBLICATION`]) exists.
     pub feed_publication: bool,
+    /// Whether it publishes `TRUNCATE` (a consumer then hears of one).
+    pub feed_truncate: bool,
     /// The extensions the database has (`pg_trgm`, …), `plpgsql` left out.
     pub extensions: Vec<String>,
 }
@@ -711,6 +713,7 @@ impl DatabaseSchema {
             timestamp_function: !tables.is_empty(),
             notify_function: tables.iter().any(|t| t.notify_triggers.is_some()),
             feed_publication: tables.iter().any(|t| t.feed),
+            feed_truncate: tables.iter().any(|t| t.feed),
             extensions: extensions_of(tables),
         }
     }
@@ -744,6 +747,7 @@ impl DatabaseSchema {
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
             feed_publication: self.feed_publication,
+            feed_truncate: self.feed_truncate,
             extensions: self.extensions.clone(),
         }
     }

@@ -621,7 +621,8 @@ mod computed {
     use chrono::{DateTime, Utc};
 
     /// A feed table with a generated column, which PostgreSQL does not
-    /// publish: the feed computes it.
+    /// publish: the feed computes it. Also the table before a deploy added
+    /// `extra` (see `after`).
     #[derive(Record, Clone)]
     #[record(table = "notes", notify)]
     pub struct Note {
@@ -631,21 +632,6 @@ mod computed {
         pub body_length: i32,
         pub created_at: DateTime<Utc>,
         pub updated_at: DateTime<Utc>,
-    }
-
-    /// The same table before a deploy added `extra`.
-    pub mod before {
-        use super::*;
-        #[derive(Record, Clone)]
-        #[record(table = "notes", notify)]
-        pub struct Note {
-            pub id: Uuid,
-            pub body: String,
-            #[record(generated = "length(body)")]
-            pub body_length: i32,
-            pub created_at: DateTime<Utc>,
-            pub updated_at: DateTime<Utc>,
-        }
     }
 
     /// After it: a NOT NULL column with a default.
@@ -716,15 +702,13 @@ mod computed {
 
     #[tokio::test]
     async fn a_durable_consumer_reads_changes_written_before_a_column_was_added() {
-        let t = TestDb::with_tables(&[before::Note::schema()])
-            .await
-            .unwrap();
+        let t = TestDb::with_tables(&[Note::schema()]).await.unwrap();
         let db = t.db();
-        let old = before::Note::subscribe_durable(db, "deploy", Filter::all())
+        let old = Note::subscribe_durable(db, "deploy", Filter::all())
             .await
             .unwrap();
-        let written = before::Note::repo()
-            .create(db, before::NewNote { body: "old".into() })
+        let written = Note::repo()
+            .create(db, NewNote { body: "old".into() })
             .await
             .unwrap();
         drop(old);

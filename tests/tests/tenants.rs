@@ -907,9 +907,8 @@ async fn a_unique_key_holds_within_a_tenant_and_tells_nothing_of_another() {
     }
 }
 
-async fn next_change(
-    feed: &mut mandrake_storage::Subscription<Post>,
-) -> mandrake_storage::Change<Post> {
+/// The next event of a subscription to posts, or a panic after 10 s.
+async fn next_change<E>(feed: &mut mandrake_storage::Subscription<Post, E>) -> E {
     use futures_util::StreamExt;
     tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
         .await
@@ -942,17 +941,6 @@ async fn a_row_moved_to_another_tenant_is_deleted_for_the_one_it_left() {
     }
 }
 
-async fn next_tenant_change(
-    all: &mut mandrake_storage::Subscription<Post, mandrake_storage::TenantChange<Post>>,
-) -> mandrake_storage::TenantChange<Post> {
-    use futures_util::StreamExt;
-    tokio::time::timeout(std::time::Duration::from_secs(10), all.next())
-        .await
-        .expect("a change within 10 s")
-        .unwrap()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn trusted_code_hears_every_tenants_changes_each_with_its_tenant() {
     use mandrake_storage::{Change, TenantChange};
@@ -968,14 +956,14 @@ async fn trusted_code_hears_every_tenants_changes_each_with_its_tenant() {
         .await
         .unwrap();
     Post::repo().delete(&w.b, w.post_b.id).await.unwrap();
-    match next_tenant_change(&mut all).await {
+    match next_change(&mut all).await {
         TenantChange {
             tenant,
             change: Change::Inserted(post),
         } => assert_eq!((tenant, post.id), (Some(tenant_a), a_new.id)),
         other => panic!("{other:?}"),
     }
-    match next_tenant_change(&mut all).await {
+    match next_change(&mut all).await {
         TenantChange {
             tenant,
             change: Change::Deleted(id),

@@ -144,6 +144,10 @@ macro_rules! reset_session {
 /// The reset ([`reset_session!`]), on its own.
 pub(crate) const RESET_SESSION: &str = reset_session!();
 
+/// Through PgBouncer: the statements sqlx named in a transaction go before
+/// it ends (its server connection is another client's next), then the reset.
+pub(crate) const DEALLOCATE_AND_RESET: &str = concat!("DEALLOCATE ALL; ", reset_session!());
+
 /// The reset, then `COMMIT`, in one round trip (a statement's transaction
 /// behind PgBouncer).
 pub(crate) const RESET_AND_COMMIT: &str = concat!(reset_session!(), "; COMMIT");
@@ -232,13 +236,14 @@ impl PoolConnection {
         }
     }
 
-    /// Runs [`RESET_SESSION`] (inside a transaction that then commits, or
-    /// outside any). Until it is known to have taken effect, the tenant the
-    /// session holds is unknown: set again before the next use.
-    pub(crate) async fn reset_session(&mut self) -> Result<(), sqlx::Error> {
+    /// Runs `reset` ([`RESET_SESSION`] or [`DEALLOCATE_AND_RESET`]), inside
+    /// a transaction that then commits or outside any. Until it is known to
+    /// have taken effect, the tenant the session holds is unknown: set again
+    /// before the next use.
+    pub(crate) async fn reset_session(&mut self, reset: &'static str) -> Result<(), sqlx::Error> {
         let object = self.object.as_mut().expect("held until dropped");
         object.tenant = SessionTenant::Unknown;
-        object.conn.execute(sqlx::raw_sql(RESET_SESSION)).await?;
+        object.conn.execute(sqlx::raw_sql(reset)).await?;
         Ok(())
     }
 

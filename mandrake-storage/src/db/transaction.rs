@@ -6,7 +6,7 @@ use sqlx::postgres::PgTransactionManager;
 use sqlx::{Executor, PgConnection};
 use sqlx_core::transaction::TransactionManager;
 
-use super::pool::PoolConnection;
+use super::pool::{DEALLOCATE_AND_RESET, PoolConnection, RESET_SESSION};
 use crate::error::{Error, Result};
 
 /// A transaction on a connection of the pool: `&mut *tx` is an executor.
@@ -36,15 +36,12 @@ impl Transaction {
         // Any statement fails in an aborted transaction: the reset is the
         // probe. Through PgBouncer the statements sqlx named in the
         // transaction go too (see `Transaction`).
-        let deallocated = match self.pgbouncer {
-            true => conn.execute("DEALLOCATE ALL").await.map(|_| ()),
-            false => Ok(()),
+        let reset = if self.pgbouncer {
+            DEALLOCATE_AND_RESET
+        } else {
+            RESET_SESSION
         };
-        let reset = match deallocated {
-            Ok(()) => conn.reset_session().await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = reset {
+        if let Err(err) = conn.reset_session(reset).await {
             let aborted = err
                 .as_database_error()
                 .is_some_and(|e| e.code().as_deref() == Some("25P02"));

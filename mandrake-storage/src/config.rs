@@ -26,6 +26,7 @@ use crate::url::{parse_url, redact_url};
 /// | `MANDRAKE_REPLICA_MAX_LAG_MS` | skip a replica further behind than this | 1000 |
 /// | `MANDRAKE_SLOW_QUERY_MS` | log a repository call slower than this at WARN (process-wide) | 500 |
 /// | `MANDRAKE_DATA_DIR` | where the embedded cluster lives (feature `embedded`) | `.mandrake/` |
+/// | `MANDRAKE_PG_BIN` | the server binaries of the embedded and test clusters (a folder with `initdb`, `pg_ctl`) | PATH, `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin` |
 /// | `MANDRAKE_TEST_PGBOUNCER` | `1`: `TestDb::db()` goes through a PgBouncer (feature `testing`) | 0 |
 ///
 /// `Debug` shows the URLs without their passwords.

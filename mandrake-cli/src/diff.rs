@@ -218,10 +218,10 @@ pub fn changes(
             .drop_function
             .push(SchemaChange::Drop(Object::Publication)),
         // A publication made before it published TRUNCATE.
-        (true, true) if from.feed_truncate != to.feed_truncate => {
-            phases.create_function.push(match to.feed_truncate {
-                true => SchemaChange::Add(Object::PublishTruncate),
-                false => SchemaChange::Drop(Object::PublishTruncate),
+        (true, true) if from.feed_publishes_all != to.feed_publishes_all => {
+            phases.create_function.push(match to.feed_publishes_all {
+                true => SchemaChange::Add(Object::PublicationOptions),
+                false => SchemaChange::Drop(Object::PublicationOptions),
             })
         }
         _ => {}
@@ -838,7 +838,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         };
         (schema, hints)
@@ -874,7 +874,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         };
         let edit = |f: &dyn Fn(TableSchema) -> TableSchema| db(f(base()));
@@ -968,7 +968,7 @@ mod tests {
         for (what, f, expected) in cases {
             let mut to = edit(&*f);
             to.feed_publication = to.tables.iter().any(|t| t.feed);
-            to.feed_truncate = to.feed_publication;
+            to.feed_publishes_all = to.feed_publication;
             let plan = diff(&db(base()), &to, &hints).unwrap();
             assert_eq!(described(&plan), expected, "{what}");
         }
@@ -1153,7 +1153,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         };
         let to = DatabaseSchema {
@@ -1161,7 +1161,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         };
         let err = diff(&from, &to, &Renames::NONE).unwrap_err().to_string();

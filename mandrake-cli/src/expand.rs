@@ -910,7 +910,7 @@ mod tests {
             timestamp_function: true,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         }
     }

@@ -312,7 +312,7 @@ mod tests {
             timestamp_function: false,
             notify_function: false,
             feed_publication: false,
-            feed_truncate: false,
+            feed_publishes_all: false,
             extensions: Vec::new(),
         }
     }

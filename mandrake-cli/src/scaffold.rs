@@ -596,12 +596,12 @@ fn detail(actual: &DatabaseSchema, expected: &DatabaseSchema) -> String {
             actual.timestamp_function,
             actual.notify_function,
             actual.feed_publication,
-            actual.feed_truncate,
+            actual.feed_publishes_all,
             expected.extensions,
             expected.timestamp_function,
             expected.notify_function,
             expected.feed_publication,
-            expected.feed_truncate
+            expected.feed_publishes_all
         ),
     }
 }

@@ -9,7 +9,7 @@
 
 use super::ddl::{
     CREATE_PUBLICATION, DROP_NOTIFY_FUNCTION, DROP_PUBLICATION, DROP_TIMESTAMP_FUNCTION,
-    NOTIFY_FUNCTION, PUBLISH_TRUNCATE, PUBLISH_WITHOUT_TRUNCATE, TIMESTAMP_FUNCTION,
+    NOTIFY_FUNCTION, PUBLISH_OPTIONS, PUBLISH_OPTIONS_BEFORE, TIMESTAMP_FUNCTION,
     add_unique_using_index, check_rows, column_definition, create_extension, create_index,
     create_index_concurrently, create_notify_triggers, create_policy, create_table, create_trigger,
     create_unique_index_concurrently, disable_row_security, drop_constraint,
@@ -143,9 +143,10 @@ pub enum Object {
     },
     /// The feed's publication (empty; [`Object::FeedTable`] fills it).
     Publication,
-    /// `TRUNCATE` among what the feed's publication publishes, so that a
-    /// consumer hears of one (as a gap) instead of missing it.
-    PublishTruncate,
+    /// What the feed's publication publishes beyond rows: `TRUNCATE` (a
+    /// consumer hears of one as a gap) and, on PostgreSQL 18, stored
+    /// generated columns.
+    PublicationOptions,
     /// A table in the feed's publication, logging whole old rows.
     FeedTable {
         /// The table.
@@ -188,7 +189,7 @@ impl Object {
             Object::TimestampTrigger { table } => format!("trigger set_timestamp on {table}"),
             Object::NotifyTriggers { table, .. } => format!("notify triggers on {table}"),
             Object::Publication => "publication mandrake_feed".into(),
-            Object::PublishTruncate => "truncate in publication mandrake_feed".into(),
+            Object::PublicationOptions => "options of publication mandrake_feed".into(),
             Object::FeedTable { table } => format!("change feed of {table}"),
             Object::RowSecurity { table } => format!("row level security on {table}"),
             Object::Policy { table, policy } => format!("policy {} on {table}", policy.name),
@@ -297,7 +298,7 @@ impl Object {
             Object::TimestampTrigger { table } => create_trigger(table),
             Object::NotifyTriggers { table, columns } => create_notify_triggers(table, columns),
             Object::Publication => CREATE_PUBLICATION.into(),
-            Object::PublishTruncate => PUBLISH_TRUNCATE.into(),
+            Object::PublicationOptions => PUBLISH_OPTIONS.into(),
             Object::FeedTable { table } => publish(table),
             Object::RowSecurity { table } => enable_row_security(table),
             Object::Policy { table, policy } => create_policy(table, policy),
@@ -337,7 +338,7 @@ impl Object {
             Object::TimestampTrigger { table } => drop_trigger(table),
             Object::NotifyTriggers { table, .. } => drop_notify_triggers(table),
             Object::Publication => DROP_PUBLICATION.into(),
-            Object::PublishTruncate => PUBLISH_WITHOUT_TRUNCATE.into(),
+            Object::PublicationOptions => PUBLISH_OPTIONS_BEFORE.into(),
             Object::FeedTable { table } => unpublish(table),
             Object::RowSecurity { table } => disable_row_security(table),
             Object::Policy { table, policy } => drop_policy(table, &policy.name),

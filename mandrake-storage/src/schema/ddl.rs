@@ -167,18 +167,37 @@ pub fn create_notify_triggers(table: &str, columns: &[String]) -> String {
         .join("\n")
 }
 
+/// On PostgreSQL 18 and later the feed's publication publishes stored
+/// generated columns: with `REPLICA IDENTITY FULL`, 18 refuses every
+/// `UPDATE` and `DELETE` of a table whose generated column it does not
+/// publish (42P10). Earlier versions have no such option and publish none
+/// (the feed computes them).
+macro_rules! publish_generated_columns {
+    () => {
+        "DO $$ BEGIN IF current_setting('server_version_num')::int >= 180000 THEN \
+         EXECUTE 'ALTER PUBLICATION mandrake_feed SET (publish_generated_columns = stored)'; \
+         END IF; END $$;"
+    };
+}
+
 /// The feed's publication, made empty; [`publish`] adds each table. A
-/// `TRUNCATE` is published too: a consumer hears of it as a gap.
-pub const CREATE_PUBLICATION: &str =
-    "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete, truncate');";
+/// `TRUNCATE` is published too (a consumer hears of it as a gap), and on
+/// PostgreSQL 18 the stored generated columns.
+pub const CREATE_PUBLICATION: &str = concat!(
+    "CREATE PUBLICATION mandrake_feed WITH (publish = 'insert, update, delete, truncate');\n",
+    publish_generated_columns!()
+);
 
-/// The publication of a database made before it published `TRUNCATE`,
-/// brought up to date.
-pub const PUBLISH_TRUNCATE: &str =
-    "ALTER PUBLICATION mandrake_feed SET (publish = 'insert, update, delete, truncate');";
+/// The publication of a database made before it published `TRUNCATE` (and
+/// on 18 generated columns), brought up to date.
+pub const PUBLISH_OPTIONS: &str = concat!(
+    "ALTER PUBLICATION mandrake_feed SET (publish = 'insert, update, delete, truncate');\n",
+    publish_generated_columns!()
+);
 
-/// [`PUBLISH_TRUNCATE`] undone.
-pub const PUBLISH_WITHOUT_TRUNCATE: &str =
+/// [`PUBLISH_OPTIONS`] undone: generated columns stay published (taking
+/// them out would break every update on 18).
+pub const PUBLISH_OPTIONS_BEFORE: &str =
     "ALTER PUBLICATION mandrake_feed SET (publish = 'insert, update, delete');";
 
 /// Drops the feed's publication.

@@ -46,11 +46,15 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         .fetch_one(&mut *conn)
         .await?;
 
-    let publication: Option<bool> =
-        sqlx::query_scalar("SELECT pubtruncate FROM pg_publication WHERE pubname = $1")
-            .bind(crate::schema::FEED_PUBLICATION)
-            .fetch_optional(&mut *conn)
-            .await?;
+    // `pubgencols` exists from PostgreSQL 18 on: read through JSON, it is
+    // absent (NULL) before, where no generated column can be published.
+    let publication: Option<bool> = sqlx::query_scalar(
+        "SELECT p.pubtruncate AND COALESCE(to_jsonb(p) ->> 'pubgencols', 's') = 's' \
+         FROM pg_publication p WHERE p.pubname = $1",
+    )
+    .bind(crate::schema::FEED_PUBLICATION)
+    .fetch_optional(&mut *conn)
+    .await?;
 
     let extensions = sqlx::query_scalar(
         "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
@@ -63,7 +67,7 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<DatabaseSchema> {
         timestamp_function,
         notify_function,
         feed_publication: publication.is_some(),
-        feed_truncate: publication == Some(true),
+        feed_publishes_all: publication == Some(true),
     })
 }
 

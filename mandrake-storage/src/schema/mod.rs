@@ -699,8 +699,9 @@ pub struct DatabaseSchema {
     pub notify_function: bool,
     /// Whether the feed's publication ([`FEED_PUBLICATION`]) exists.
     pub feed_publication: bool,
-    /// Whether it publishes `TRUNCATE` (a consumer then hears of one).
-    pub feed_truncate: bool,
+    /// Whether it publishes all the feed needs: `TRUNCATE` (a consumer
+    /// then hears of one) and, on PostgreSQL 18, stored generated columns.
+    pub feed_publishes_all: bool,
     /// The extensions the database has (`pg_trgm`, …), `plpgsql` left out.
     pub extensions: Vec<String>,
 }
@@ -713,7 +714,7 @@ impl DatabaseSchema {
             timestamp_function: !tables.is_empty(),
             notify_function: tables.iter().any(|t| t.notify_triggers.is_some()),
             feed_publication: tables.iter().any(|t| t.feed),
-            feed_truncate: tables.iter().any(|t| t.feed),
+            feed_publishes_all: tables.iter().any(|t| t.feed),
             extensions: extensions_of(tables),
         }
     }
@@ -747,7 +748,7 @@ impl DatabaseSchema {
             timestamp_function: self.timestamp_function,
             notify_function: self.notify_function,
             feed_publication: self.feed_publication,
-            feed_truncate: self.feed_truncate,
+            feed_publishes_all: self.feed_publishes_all,
             extensions: self.extensions.clone(),
         }
     }

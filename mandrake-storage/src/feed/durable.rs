@@ -279,6 +279,17 @@ impl<T: Record> DurableSubscription<T> {
 /// as its connection lives (the key as SQL, from the bound slot name).
 pub(crate) const CONSUMER_LOCK: &str = "hashtextextended('mandrake consumer ' || $1, 0)";
 
+/// The condition on `pg_locks l` that it is granted in this database:
+/// `slot` is the SQL of the slot's name.
+pub(crate) fn consumer_lock_held(slot: &str) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((l.classid::int8 << 32) | l.objid::int8) = {}",
+        CONSUMER_LOCK.replace("$1", slot)
+    )
+}
+
 /// Makes this connection the one live consumer of `slot`: its session holds
 /// the consumer's advisory lock until it closes (a killed process's too, once
 /// the server sees it gone). A second consumer of the name would read the
@@ -303,10 +314,8 @@ pub(crate) async fn claim(conn: &mut PgConnection, slot: &str) -> Result<()> {
     let holder: Option<(i32, String, Option<String>)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT a.pid, a.application_name, host(a.client_addr) FROM pg_locks l \
-         JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND ((l.classid::int8 << 32) | l.objid::int8) = {CONSUMER_LOCK} LIMIT 1"
+             JOIN pg_stat_activity a ON a.pid = l.pid WHERE {} LIMIT 1",
+            consumer_lock_held("$1")
         )))
         .bind(slot)
         .fetch_optional(&mut *conn)

@@ -37,15 +37,12 @@ type SlotRow = (String, bool, bool, bool, Option<i64>, Option<String>);
 pub async fn feed_slots(conn: &mut PgConnection) -> Result<Vec<SlotStatus>> {
     // A durable consumer's session holds its advisory lock while it lives.
     let sql = format!(
-        "SELECT slot_name::text, active, active OR EXISTS (SELECT 1 FROM pg_locks l \
-           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND ((l.classid::int8 << 32) | l.objid::int8) = {}), \
+        "SELECT slot_name::text, active, active OR EXISTS (SELECT 1 FROM pg_locks l WHERE {}), \
          NOT temporary, \
          pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, wal_status \
          FROM pg_replication_slots WHERE database = current_database() AND slot_type = 'logical' \
          ORDER BY temporary, slot_name",
-        super::durable::CONSUMER_LOCK.replace("$1", "slot_name::text")
+        super::durable::consumer_lock_held("slot_name::text")
     );
     let rows: Vec<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)

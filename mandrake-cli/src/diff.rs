@@ -787,7 +787,8 @@ fn diff_keys_and_triggers(old: &TableSchema, new: &TableSchema, phases: &mut Pha
     diff_row_security(old, new, phases);
 }
 
-/// Row security and the policies: a changed policy is a drop and a create.
+/// Row security, the policies and the lookups: a changed policy or lookup
+/// is a drop and a create.
 fn diff_row_security(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
     let table = || new.name.clone();
     for policy in &old.policies {
@@ -815,6 +816,33 @@ fn diff_row_security(old: &TableSchema, new: &TableSchema, phases: &mut Phases) 
         (false, true) => phases.add_constraints.push(SchemaChange::Add(secured())),
         (true, false) => phases.drop_constraints.push(SchemaChange::Drop(secured())),
         _ => {}
+    }
+    if old.row_security_forced && !new.row_security_forced {
+        phases
+            .drop_constraints
+            .push(SchemaChange::Drop(Object::ForcedRowSecurity {
+                table: table(),
+            }));
+    }
+    for lookup in &old.lookups {
+        if !new.lookups.contains(lookup) {
+            phases
+                .drop_constraints
+                .push(SchemaChange::Drop(Object::Lookup {
+                    table: table(),
+                    lookup: lookup.clone(),
+                }));
+        }
+    }
+    for lookup in &new.lookups {
+        if !old.lookups.contains(lookup) {
+            phases
+                .add_constraints
+                .push(SchemaChange::Add(Object::Lookup {
+                    table: table(),
+                    lookup: lookup.clone(),
+                }));
+        }
     }
 }
 

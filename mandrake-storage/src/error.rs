@@ -163,10 +163,11 @@ pub enum Error {
     /// transaction, so a tenant handle cannot check a connection out
     /// ([`crate::Db::acquire`]): use its [`crate::Db::begin`] instead.
     TenantNeedsTransaction,
-    /// A tenant handle on a role that bypasses row security (a superuser, or
-    /// `BYPASSRLS`), which would show it every tenant's rows. Connect the
-    /// application as a role without it, or say that trusted code means it
-    /// with [`crate::Db::bypassing_row_security`].
+    /// A tenant handle on a role that bypasses row security (a superuser,
+    /// `BYPASSRLS`, or the owner of the tenant-scoped tables), which would
+    /// show it every tenant's rows. Connect the application as a role of its
+    /// own, or say that trusted code means it with
+    /// [`crate::Db::bypassing_row_security`].
     RowSecurityBypassed {
         /// The role the handle connected as.
         role: String,
@@ -695,10 +696,11 @@ impl fmt::Display for Error {
             ),
             Error::RowSecurityBypassed { role } => write!(
                 f,
-                "a tenant handle connected as {role}, which bypasses row security (a superuser \
-                 or BYPASSRLS) and would see every tenant's rows: connect the application as a \
-                 role without it (see the GUIDE's production setup), or call \
-                 db.bypassing_row_security() where trusted code means to"
+                "a tenant handle connected as {role}, which bypasses row security (a superuser, \
+                 BYPASSRLS, or the owner of the tenant-scoped tables) and would see every \
+                 tenant's rows: connect the application as a role of its own (see the GUIDE's \
+                 production setup), or call db.bypassing_row_security() where trusted code \
+                 means to"
             ),
             Error::DryRun => f.write_str(
                 "a dry run recorded the statement and ran nothing (DryRun::statements has it)",

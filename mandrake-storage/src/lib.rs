@@ -166,7 +166,7 @@ pub use record::column::{ColumnType, RecordEnum};
 pub use record::{
     Record, Repo, TenantRoot, UniqueKey, Versioned, registered_renames, registered_tables,
 };
-pub use schema::{ColumnDef, DatabaseSchema, OnDelete, TableSchema};
+pub use schema::{ColumnDef, DatabaseSchema, Lookup, LookupKind, OnDelete, TableSchema};
 /// The trait [`FromRow`](macro@FromRow) implements.
 pub use sqlx::FromRow;
 pub use url::redact_url;

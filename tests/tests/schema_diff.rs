@@ -2081,7 +2081,6 @@ async fn tenant_policies_are_migrated_proven_and_checked() {
     let (up, down) = lab.evolve(&v1, &v2, false).await;
     for part in [
         r#"ALTER TABLE "chats" ENABLE ROW LEVEL SECURITY;"#,
-        r#"ALTER TABLE "chats" FORCE ROW LEVEL SECURITY;"#,
         r#"CREATE POLICY "lines_tenant" ON "lines""#,
         // The key to a tenant-scoped parent carries the tenant.
         r#"FOREIGN KEY ("workspace_id", "chat_id") REFERENCES "chats"("workspace_id","id")"#,
@@ -2091,6 +2090,8 @@ async fn tenant_policies_are_migrated_proven_and_checked() {
         assert!(up.contains(part), "{part} in\n{up}");
     }
     assert!(down.contains("DISABLE ROW LEVEL SECURITY"), "{down}");
+    // The owner is left out of row security (it runs the lookups).
+    assert!(!up.contains("FORCE"), "{up}");
     lab.exec(
         "INSERT INTO workspaces (id) VALUES ('00000000-0000-0000-0000-00000000000a'); \
          INSERT INTO chats (id, workspace_id, user_id) VALUES \
@@ -2125,6 +2126,88 @@ async fn tenant_policies_are_migrated_proven_and_checked() {
         "{said:?}"
     );
     assert!(!said.iter().any(|s| s.contains("audit_reads")), "{said:?}");
+}
+
+mod lookups {
+    use super::*;
+
+    #[derive(Record, Clone)]
+    #[record(table = "memos")]
+    pub struct Memo {
+        pub id: Uuid,
+        #[record(tenant)]
+        pub workspace_id: Uuid,
+        pub body: String,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+    }
+
+    pub mod searched {
+        use super::*;
+
+        #[derive(Record, Clone)]
+        #[record(
+            table = "memos",
+            extension = "pg_trgm",
+            index(body, using = "gin", ops = "gin_trgm_ops")
+        )]
+        pub struct Memo {
+            pub id: Uuid,
+            #[record(tenant)]
+            pub workspace_id: Uuid,
+            #[record(search = "english")]
+            pub body: String,
+            pub created_at: DateTime<Utc>,
+            pub updated_at: DateTime<Utc>,
+        }
+    }
+}
+
+/// A tenant-scoped table given a search field and a trigram index gets
+/// their lookups, proven up and down; `check` reads them back (no drift),
+/// names one edited by hand, and lifts the `FORCE` of tables made before.
+#[tokio::test]
+async fn tenant_lookups_are_migrated_proven_and_checked() {
+    let v1 = [lookups::Memo::schema()];
+    let v2 = [lookups::searched::Memo::schema()];
+    let lab = Lab::new(&v1).await;
+    let (up, down) = lab.evolve(&v1, &v2, false).await;
+    for part in [
+        r#"CREATE FUNCTION "public"."memos_body_matches"(query tsquery) RETURNS SETOF uuid"#,
+        r#"CREATE FUNCTION "public"."memos_body_like"(pattern text, ignore_case boolean)"#,
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+    ] {
+        assert!(up.contains(part), "{part} in\n{up}");
+    }
+    for part in [
+        r#"DROP FUNCTION "public"."memos_body_matches"(tsquery);"#,
+        r#"DROP FUNCTION "public"."memos_body_like"(text, boolean);"#,
+    ] {
+        assert!(down.contains(part), "{part} in\n{down}");
+    }
+    let steps = |plan: mandrake_cli::diff::Plan| -> Vec<String> {
+        plan.steps.into_iter().map(|s| s.description).collect()
+    };
+    let plan = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE)
+        .await
+        .unwrap();
+    assert!(plan.steps.is_empty(), "{:?}", steps(plan));
+    // A lookup dropped by hand, and the table forced as before: both named.
+    lab.dir.write(
+        &format!("{}_by_hand.up.sql", lab.next_version()),
+        "DROP FUNCTION memos_body_like(text, boolean);\n\
+         ALTER TABLE memos FORCE ROW LEVEL SECURITY;\n",
+    );
+    let plan = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE)
+        .await
+        .unwrap();
+    let said = steps(plan);
+    for step in [
+        "tenant lookup memos_body_like on memos.body",
+        "row level security forced on the owner of memos",
+    ] {
+        assert!(said.iter().any(|s| s.contains(step)), "{step} in {said:?}");
+    }
 }
 
 #[tokio::test]

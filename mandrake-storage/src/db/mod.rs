@@ -212,10 +212,15 @@ impl WeakDb {
 /// warning says so when tenant-scoped tables exist, since through it every
 /// tenant sees every tenant's rows.
 async fn row_security_bypassed_by(db: &Db) -> Result<Option<Arc<str>>> {
+    // The owner of a tenant-scoped table is left out of its row security
+    // (it runs the migrations and the lookups), as a superuser is.
     let row = sqlx::query_as::<_, (String, bool)>(
         "SELECT current_user::text, EXISTS (SELECT 1 FROM pg_class c WHERE c.relrowsecurity \
            AND c.relnamespace = 'public'::regnamespace) \
-         FROM pg_roles r WHERE r.rolname = current_user AND (r.rolsuper OR r.rolbypassrls)",
+         FROM pg_roles r WHERE r.rolname = current_user AND (r.rolsuper OR r.rolbypassrls \
+           OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relrowsecurity \
+             AND NOT c.relforcerowsecurity AND c.relnamespace = 'public'::regnamespace \
+             AND pg_has_role(current_user, c.relowner, 'USAGE')))",
     )
     .fetch_optional(db);
     let row = crate::db::caller::ours(row).await?;
@@ -226,9 +231,10 @@ async fn row_security_bypassed_by(db: &Db) -> Result<Option<Arc<str>>> {
         tracing::warn!(
             target: "mandrake_storage",
             role,
-            "connected as {role}, which bypasses row security: tenant-scoped tables show every \
-             tenant's rows to it, and tenant handles on it are refused; connect the application \
-             as a role without BYPASSRLS (see the GUIDE's production setup)"
+            "connected as {role}, which bypasses row security (a superuser, BYPASSRLS, or the \
+             tables' owner): tenant-scoped tables show every tenant's rows to it, and tenant \
+             handles on it are refused; connect the application as a role of its own (see the \
+             GUIDE's production setup)"
         );
     }
     Ok(Some(Arc::from(role)))

@@ -15,7 +15,7 @@ use sqlx::{Arguments, Encode, Postgres, Type};
 use crate::query::list::Order;
 use crate::record::Record;
 use crate::record::column::ColumnType;
-use crate::schema::TableSchema;
+use crate::schema::{Lookup, LookupKind, TableSchema};
 use crate::sql::quote_ident;
 
 /// A column of record `T` holding values of type `V` (`Option<X>` for a
@@ -609,6 +609,12 @@ pub(crate) fn where_clause(schema: &TableSchema, node: &Node, param: &mut usize)
 
 /// The SQL of one condition, identifiers from the schema, values as `$n`.
 pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) -> String {
+    condition_in(schema, node, param, true)
+}
+
+/// [`condition`]; `narrow`: whether a search or pattern with a lookup is
+/// narrowed by it ([`narrowed`]): not under `NOT`, where no index helps.
+fn condition_in(schema: &TableSchema, node: &Node, param: &mut usize, narrow: bool) -> String {
     let mut next = || {
         *param += 1;
         format!("${param}")
@@ -635,14 +641,25 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
                 Op::NotIn => format!("{c} <> ALL({})", next()),
                 Op::IsNull => format!("{c} IS NULL"),
                 Op::IsNotNull => format!("{c} IS NOT NULL"),
-                Op::Like => format!("{c} LIKE {}", next()),
-                Op::ILike => format!("{c} ILIKE {}", next()),
+                Op::Like | Op::ILike => {
+                    let pattern = next();
+                    let (operator, ignore_case) = match op {
+                        Op::ILike => ("ILIKE", true),
+                        _ => ("LIKE", false),
+                    };
+                    let found = format!("{c} {operator} {pattern}");
+                    let lookup = schema.lookup(&def.name, LookupKind::Like);
+                    let arguments = format!("{pattern}, {ignore_case}");
+                    narrowed(lookup.filter(|_| narrow), &arguments, found)
+                }
                 Op::JsonContains => format!("{c} @> {}", next()),
-                Op::Matches(config) => format!(
-                    "{} @@ {}",
-                    quote_ident(&crate::schema::search_vector(&def.name)),
-                    tsquery(config, &next())
-                ),
+                Op::Matches(config) => {
+                    let query = tsquery(config, &next());
+                    let vector = quote_ident(&crate::schema::search_vector(&def.name));
+                    let found = format!("{vector} @@ {query}");
+                    let lookup = schema.lookup(&def.name, LookupKind::Matches);
+                    narrowed(lookup.filter(|_| narrow), &query, found)
+                }
             }
         }
         Node::And(parts) | Node::Or(parts) => {
@@ -651,10 +668,13 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
             } else {
                 " OR "
             };
-            let parts: Vec<String> = parts.iter().map(|p| condition(schema, p, param)).collect();
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|p| condition_in(schema, p, param, narrow))
+                .collect();
             format!("({})", parts.join(joiner))
         }
-        Node::Not(inner) => format!("NOT {}", wrapped(condition(schema, inner, param))),
+        Node::Not(inner) => format!("NOT {}", wrapped(condition_in(schema, inner, param, false))),
         Node::Related {
             column,
             kind,
@@ -668,7 +688,7 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
             // Unqualified names inside resolve to the other table first.
             let inner = match filter.as_ref() {
                 Node::All => None,
-                node => Some(condition(other, node, param)),
+                node => Some(condition_in(other, node, param, narrow)),
             };
             match kind {
                 // The other table's values, gathered once (an InitPlan), are
@@ -687,6 +707,20 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
                 ),
             }
         }
+    }
+}
+
+/// `found`, first narrowed to the rows `lookup` finds with `arguments`
+/// when there is one: the ids come from the column's index, computed once
+/// (an InitPlan), and the primary key fetches their rows. `found` is still
+/// checked, so the lookup only ever narrows (see [`crate::schema::Lookup`]).
+pub(crate) fn narrowed(lookup: Option<&Lookup>, arguments: &str, found: String) -> String {
+    match lookup {
+        Some(lookup) => format!(
+            "(\"id\" = ANY(ARRAY(SELECT {}({arguments}))) AND {found})",
+            crate::schema::ddl::lookup_function(lookup)
+        ),
+        None => found,
     }
 }
 

@@ -2,8 +2,8 @@
 //! search ranks by, its options, and the SQL of a ranked search with
 //! snippets (built once per shape, like every other statement).
 
-use crate::query::filter::{Column, Node, Search, condition, tsquery};
-use crate::schema::{TableSchema, search_vector};
+use crate::query::filter::{Column, Node, Search, condition, narrowed, tsquery};
+use crate::schema::{LookupKind, TableSchema, search_vector};
 use crate::sql::{quote_ident, quote_literal};
 
 /// The weight of each field of a search, in the order given: the first
@@ -140,7 +140,14 @@ pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShap
     };
     let vector = |column: usize| quote_ident(&search_vector(&schema.columns[column].name));
     let queries = each(&|i, _, config| format!("{} AS __q{i}", tsquery(config, "$1")));
-    let found = each(&|i, column, _| format!("{} @@ __q{i}", vector(column)));
+    let matched = each(&|i, column, _| format!("{} @@ __q{i}", vector(column)));
+    // On a tenant-scoped table each field's lookup narrows first; its query
+    // is parsed again for it, since the lookup must not depend on the row
+    // (then it runs once, not once per row).
+    let found = each(&|i, column, config| {
+        let lookup = schema.lookup(&schema.columns[column].name, LookupKind::Matches);
+        narrowed(lookup, &tsquery(config, "$1"), matched[i].clone())
+    });
     let rank =
         each(&|i, column, _| format!("ts_rank({}, __q{i}) * {}", vector(column), WEIGHTS[i]));
     let carried = each(&|i, _, _| format!("__q{i}"));
@@ -148,7 +155,7 @@ pub(crate) fn search_sql(schema: &TableSchema, columns: &str, shape: &SearchShap
         1 => "0".to_owned(),
         _ => format!(
             "CASE {} END",
-            each(&|i, _, _| format!("WHEN {} THEN {i}", found[i])).join(" ")
+            each(&|i, _, _| format!("WHEN {} THEN {i}", matched[i])).join(" ")
         ),
     };
     let mut conditions = vec![format!("({})", found.join(" OR "))];

@@ -11,13 +11,14 @@ use super::ddl::{
     CREATE_PUBLICATION, DROP_NOTIFY_FUNCTION, DROP_PUBLICATION, DROP_TIMESTAMP_FUNCTION,
     NOTIFY_FUNCTION, PUBLISH_OPTIONS, PUBLISH_OPTIONS_BEFORE, TIMESTAMP_FUNCTION,
     add_unique_using_index, check_rows, column_definition, create_extension, create_index,
-    create_index_concurrently, create_notify_triggers, create_policy, create_table, create_trigger,
-    create_unique_index_concurrently, disable_row_security, drop_constraint,
-    drop_constraint_if_exists, drop_index_concurrently, drop_notify_triggers, drop_policy,
-    drop_trigger, enable_row_security, fill_nulls, foreign_key_definition, publish, retype,
-    set_not_null_checked, unique_definition, unpublish, validate_constraint, widens,
+    create_index_concurrently, create_lookup, create_notify_triggers, create_policy, create_table,
+    create_trigger, create_unique_index_concurrently, disable_row_security, drop_constraint,
+    drop_constraint_if_exists, drop_index_concurrently, drop_lookup, drop_notify_triggers,
+    drop_policy, drop_trigger, enable_row_security, fill_nulls, force_row_security,
+    foreign_key_definition, publish, retype, set_not_null_checked, unforce_row_security,
+    unique_definition, unpublish, validate_constraint, widens,
 };
-use super::{Check, ColumnDef, ForeignKey, Index, Policy, TableSchema, Unique};
+use super::{Check, ColumnDef, ForeignKey, Index, Lookup, Policy, TableSchema, Unique};
 use crate::sql::{ident_list, quote_ident};
 
 /// A shared trigger function.
@@ -136,10 +137,23 @@ pub enum Object {
         /// The payload's columns.
         columns: Vec<String>,
     },
-    /// Row-level security, enabled and forced.
+    /// Row-level security, enabled for every role but the owner.
     RowSecurity {
         /// Its table.
         table: String,
+    },
+    /// Row-level security forced on the owner too, as tenant-scoped tables
+    /// were made before [`Lookup`]s; only ever dropped.
+    ForcedRowSecurity {
+        /// Its table.
+        table: String,
+    },
+    /// A tenant's lookup function on a column.
+    Lookup {
+        /// Its table.
+        table: String,
+        /// The lookup.
+        lookup: Lookup,
     },
     /// The feed's publication (empty; [`Object::FeedTable`] fills it).
     Publication,
@@ -192,6 +206,12 @@ impl Object {
             Object::PublicationOptions => "options of publication mandrake_feed".into(),
             Object::FeedTable { table } => format!("change feed of {table}"),
             Object::RowSecurity { table } => format!("row level security on {table}"),
+            Object::ForcedRowSecurity { table } => {
+                format!("row level security forced on the owner of {table}")
+            }
+            Object::Lookup { table, lookup } => {
+                format!("tenant lookup {} on {table}.{}", lookup.name, lookup.column)
+            }
             Object::Policy { table, policy } => format!("policy {} on {table}", policy.name),
         }
     }
@@ -205,8 +225,9 @@ impl Object {
             | Object::TimestampTrigger { .. }
             | Object::NotifyTriggers { .. }
             | Object::Publication
-            | Object::Policy { .. } => "create",
-            Object::RowSecurity { .. } => "enable",
+            | Object::Policy { .. }
+            | Object::Lookup { .. } => "create",
+            Object::RowSecurity { .. } | Object::ForcedRowSecurity { .. } => "enable",
             _ => "add",
         }
     }
@@ -301,7 +322,9 @@ impl Object {
             Object::PublicationOptions => PUBLISH_OPTIONS.into(),
             Object::FeedTable { table } => publish(table),
             Object::RowSecurity { table } => enable_row_security(table),
+            Object::ForcedRowSecurity { table } => force_row_security(table),
             Object::Policy { table, policy } => create_policy(table, policy),
+            Object::Lookup { table, lookup } => create_lookup(table, lookup),
         }
     }
 
@@ -315,7 +338,10 @@ impl Object {
                 "-- squawk-ignore ban-drop-function -- the NOTIFY feed's trigger function: \
                  only its triggers called it, and they are dropped\n{DROP_NOTIFY_FUNCTION}"
             ),
-            Object::Table(t) => format!("DROP TABLE {};", quote_ident(&t.name)),
+            Object::Table(t) => std::iter::once(format!("DROP TABLE {};", quote_ident(&t.name)))
+                .chain(t.lookups.iter().map(drop_lookup))
+                .collect::<Vec<_>>()
+                .join("\n"),
             Object::Column { table, column } => format!(
                 "ALTER TABLE {} DROP COLUMN {};",
                 quote_ident(table),
@@ -341,7 +367,9 @@ impl Object {
             Object::PublicationOptions => PUBLISH_OPTIONS_BEFORE.into(),
             Object::FeedTable { table } => unpublish(table),
             Object::RowSecurity { table } => disable_row_security(table),
+            Object::ForcedRowSecurity { table } => unforce_row_security(table),
             Object::Policy { table, policy } => drop_policy(table, &policy.name),
+            Object::Lookup { lookup, .. } => drop_lookup(lookup),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Renders SQL from the schema model: the one place DDL text is made.
 
-use crate::schema::{Check, ColumnDef, ForeignKey, Index, OnDelete, TableSchema, Unique};
+use crate::schema::{
+    Check, ColumnDef, ForeignKey, Index, Lookup, LookupKind, OnDelete, TableSchema, Unique,
+};
 
 /// The shared trigger function that every table's `set_timestamp` trigger calls.
 pub const TIMESTAMP_FUNCTION: &str = "CREATE OR REPLACE FUNCTION trigger_set_timestamp()
@@ -282,21 +284,118 @@ pub fn create_table(table: &TableSchema) -> String {
         sql.push('\n');
         sql.push_str(&create_policy(&table.name, policy));
     }
+    for lookup in &table.lookups {
+        sql.push('\n');
+        sql.push_str(&create_lookup(&table.name, lookup));
+    }
     sql
 }
 
-/// Row security on, for the owner too (`FORCE`): without it the tables'
-/// owner, who runs the migrations, would see every tenant's rows.
+/// Row security on for every role but the tables' owner, which runs the
+/// migrations and the lookups ([`crate::schema::Lookup`]) and is trusted
+/// as a superuser is: a tenant handle on it is refused
+/// ([`crate::Error::RowSecurityBypassed`]).
 pub fn enable_row_security(table: &str) -> String {
-    let t = quote_ident(table);
-    format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;\nALTER TABLE {t} FORCE ROW LEVEL SECURITY;")
+    format!(
+        "ALTER TABLE {} ENABLE ROW LEVEL SECURITY;",
+        quote_ident(table)
+    )
 }
 
 /// Row security off.
 pub fn disable_row_security(table: &str) -> String {
-    let t = quote_ident(table);
     format!(
-        "ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY;\nALTER TABLE {t} DISABLE ROW LEVEL SECURITY;"
+        "ALTER TABLE {} DISABLE ROW LEVEL SECURITY;",
+        quote_ident(table)
+    )
+}
+
+/// Row security held to the owner too (`FORCE`), as tenant-scoped tables
+/// were made before the lookups.
+pub fn force_row_security(table: &str) -> String {
+    format!(
+        "ALTER TABLE {} FORCE ROW LEVEL SECURITY;",
+        quote_ident(table)
+    )
+}
+
+/// The owner left out of row security again.
+pub fn unforce_row_security(table: &str) -> String {
+    format!(
+        "ALTER TABLE {} NO FORCE ROW LEVEL SECURITY;",
+        quote_ident(table)
+    )
+}
+
+/// The function of a [`Lookup`]: the ids of the current tenant's rows of
+/// `table` that match, found through the column's index. It runs as the
+/// owner, whom row security leaves out, so it keeps to the tenant itself;
+/// the matches are found first (`MATERIALIZED`) so that the planner never
+/// prefers the tenant column's index, which holds a tenant's every row.
+/// Without a tenant, only a session whose role reads every row anyway
+/// gets every match. `search_path` is pinned, as a `SECURITY DEFINER`
+/// function's must be. Its comment says what it is, for introspection.
+pub fn create_lookup(table: &str, lookup: &Lookup) -> String {
+    let t = crate::sql::quote_table(table);
+    let column = quote_ident(&lookup.column);
+    let matching = |condition: String| {
+        format!(
+            "RETURN QUERY WITH hits AS MATERIALIZED (SELECT \"id\", {tenant} AS tenant FROM {t} \
+             WHERE {condition}) SELECT hits.\"id\" FROM hits \
+             WHERE current_tenant IS NULL OR hits.tenant = current_tenant;",
+            tenant = quote_ident(&lookup.tenant),
+        )
+    };
+    let (arguments, body) = match lookup.kind {
+        LookupKind::Matches => (
+            "query tsquery",
+            matching(format!(
+                "{} @@ query",
+                quote_ident(&crate::schema::search_vector(&lookup.column))
+            )),
+        ),
+        LookupKind::Like => (
+            "pattern text, ignore_case boolean",
+            format!(
+                "IF ignore_case THEN\n    {}\n  ELSE\n    {}\n  END IF;",
+                matching(format!("{column} ILIKE pattern")),
+                matching(format!("{column} LIKE pattern"))
+            ),
+        ),
+    };
+    let comment = serde_json::json!({ "mandrake_lookup": { "table": table, "lookup": lookup } });
+    format!(
+        "CREATE FUNCTION {name}({arguments}) RETURNS SETOF uuid\n\
+         LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$\n\
+         DECLARE\n  current_tenant uuid := NULLIF(current_setting({setting}, true), '')::uuid;\n\
+         BEGIN\n  \
+         IF current_tenant IS NULL AND NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = \
+         session_user AND (r.rolsuper OR r.rolbypassrls OR pg_has_role(session_user, \
+         (SELECT c.relowner FROM pg_class c WHERE c.oid = {table_oid}::regclass), 'USAGE'))) THEN\n    \
+         RETURN;\n  END IF;\n  {body}\nEND\n$$;\n\
+         COMMENT ON FUNCTION {name}({arguments}) IS {comment};",
+        name = lookup_function(lookup),
+        setting = quote_literal(crate::schema::TENANT_SETTING),
+        table_oid = quote_literal(&t),
+        comment = quote_literal(&comment.to_string()),
+    )
+}
+
+/// Drops a [`Lookup`]'s function.
+pub fn drop_lookup(lookup: &Lookup) -> String {
+    let arguments = match lookup.kind {
+        LookupKind::Matches => "tsquery",
+        LookupKind::Like => "text, boolean",
+    };
+    format!("DROP FUNCTION {}({arguments});", lookup_function(lookup))
+}
+
+/// A [`Lookup`]'s function, schema-qualified.
+pub fn lookup_function(lookup: &Lookup) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(crate::sql::SCHEMA),
+        quote_ident(&lookup.name)
     )
 }
 

@@ -10,7 +10,8 @@ use sqlx::{PgConnection, Row};
 
 use crate::error::Result;
 use crate::schema::{
-    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, OnDelete, Policy, TableSchema, Unique,
+    Check, ColumnDef, DatabaseSchema, ForeignKey, Index, Lookup, OnDelete, Policy, TableSchema,
+    Unique,
 };
 
 /// The `public` schema of the database at `url`, read on a connection of its
@@ -351,24 +352,26 @@ async fn read_triggers(
     Ok(())
 }
 
-/// Row security (on when enabled and forced) and the policies, their
-/// conditions as PostgreSQL prints them.
+/// Row security (enabled, and whether forced on the owner), the policies,
+/// their conditions as PostgreSQL prints them, and the lookups.
 async fn read_row_security(
     conn: &mut PgConnection,
     tables: &mut BTreeMap<String, TableSchema>,
 ) -> Result<()> {
-    let secured: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'public' AND c.relkind = 'r' \
-           AND c.relrowsecurity AND c.relforcerowsecurity",
+    let secured: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relforcerowsecurity FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relrowsecurity",
     )
     .fetch_all(&mut *conn)
     .await?;
-    for table in secured {
+    for (table, forced) in secured {
         if let Some(t) = tables.get_mut(&table) {
             t.row_security = true;
+            t.row_security_forced = forced;
         }
     }
+    read_lookups(conn, tables).await?;
     let policies = sqlx::query(
         "SELECT c.relname::text, p.polname::text, \
                 COALESCE(pg_get_expr(p.polqual, p.polrelid), ''), \
@@ -387,6 +390,43 @@ async fn read_row_security(
                 using: row.try_get(2)?,
                 check: row.try_get(3)?,
             });
+        }
+    }
+    Ok(())
+}
+
+/// The lookup functions, known by the comment [`super::ddl::create_lookup`]
+/// gives them, which says what each is.
+async fn read_lookups(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, TableSchema>,
+) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Comment {
+        mandrake_lookup: Described,
+    }
+    #[derive(serde::Deserialize)]
+    struct Described {
+        table: String,
+        lookup: Lookup,
+    }
+    let comments: Vec<String> = sqlx::query_scalar(
+        "SELECT d.description FROM pg_proc p JOIN pg_description d \
+           ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass \
+         WHERE p.pronamespace = 'public'::regnamespace AND p.prosecdef \
+           AND d.description LIKE '{\"mandrake_lookup\":%' ORDER BY p.proname",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for comment in comments {
+        let Ok(Comment {
+            mandrake_lookup: Described { table, lookup },
+        }) = serde_json::from_str(&comment)
+        else {
+            continue;
+        };
+        if let Some(t) = tables.get_mut(&table) {
+            t.lookups.push(lookup);
         }
     }
     Ok(())

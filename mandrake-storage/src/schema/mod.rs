@@ -46,14 +46,78 @@ pub struct TableSchema {
     /// which, so a table read back has none; the database's are in
     /// [`DatabaseSchema::extensions`].
     pub extensions: Vec<String>,
-    /// Row-level security, `ENABLE`d and `FORCE`d (the tables' owner is
-    /// held to the policies too).
+    /// Row-level security, `ENABLE`d for every role but the tables' owner,
+    /// which runs the migrations and the [`Lookup`]s (see
+    /// [`TableSchema::with_tenant`]).
     pub row_security: bool,
+    /// Row security `FORCE`d on the owner too: how tenant-scoped tables were
+    /// made before the [`Lookup`]s. Only introspection finds it, so
+    /// `new-migration` lifts it.
+    pub row_security_forced: bool,
     /// Its row-level security policies.
     pub policies: Vec<Policy>,
+    /// The functions through which a tenant's search and pattern filters
+    /// reach the column's index ([`Lookup`]).
+    pub lookups: Vec<Lookup>,
     /// With `#[record(tenant)]`: the tenant key column. A declaration: a
     /// table read back from the catalog has its policy, not this.
     pub tenant: Option<String>,
+}
+
+/// A function that finds the current tenant's rows matching a full-text
+/// query or a `LIKE` pattern through the column's own index, for the typed
+/// filters of a tenant-scoped table: `"id" = ANY(ARRAY(SELECT lookup(…)))`
+/// beside the filter itself.
+///
+/// Why: under row security PostgreSQL evaluates no operator that is not
+/// leakproof (`@@`, `LIKE`, the trigram operators) before the policy, so it
+/// cannot use them as index conditions; a tenant's search read every row of
+/// the tenant (182 ms against 0.1 ms as the owner, on 1,000,000 rows in 10
+/// tenants). A lookup runs as the tables' owner (`SECURITY DEFINER`), whom
+/// row security leaves out, and keeps to the tenant itself. It only
+/// narrows: the statement around it still goes through the policy and
+/// still checks the filter, so a lookup can never add a row. Without a
+/// tenant it returns every match only to a session whose role reads every
+/// row anyway (a superuser, `BYPASSRLS`, or the owner), and nothing to
+/// anyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Lookup {
+    /// The function's name, in [`SCHEMA`].
+    pub name: String,
+    /// The column it searches.
+    pub column: String,
+    /// The tenant column it keeps to.
+    pub tenant: String,
+    /// What it matches.
+    pub kind: LookupKind,
+}
+
+/// What a [`Lookup`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupKind {
+    /// A full-text query on a `#[record(search)]` field's vector
+    /// (`lookup(tsquery)`).
+    Matches,
+    /// A `LIKE` or `ILIKE` pattern on a column with a trigram index
+    /// (`lookup(pattern text, ignore_case boolean)`).
+    Like,
+}
+
+impl Lookup {
+    /// The lookup of `kind` on `table.column`, keeping to `tenant`.
+    pub fn new(table: &str, column: &str, tenant: &str, kind: LookupKind) -> Lookup {
+        let suffix = match kind {
+            LookupKind::Matches => "matches",
+            LookupKind::Like => "like",
+        };
+        Lookup {
+            name: identifier(format!("{table}_{column}_{suffix}")),
+            column: column.to_owned(),
+            tenant: tenant.to_owned(),
+            kind,
+        }
+    }
 }
 
 /// A row-level security policy for every command and role: the rows a
@@ -376,7 +440,9 @@ impl TableSchema {
             notify_triggers: None,
             extensions: Vec::new(),
             row_security: false,
+            row_security_forced: false,
             policies: Vec::new(),
+            lookups: Vec::new(),
             tenant: None,
         }
     }
@@ -573,9 +639,11 @@ impl TableSchema {
     }
 
     /// Scopes the table to tenants by `column` (`#[record(tenant)]`): row
-    /// security enabled and forced, and one policy, `<table>_tenant`, that
-    /// lets a statement see and write only rows whose `column` equals the
-    /// transaction's [`TENANT_SETTING`]; without a tenant set, none. A
+    /// security enabled (the owner, trusted, is left out), and one policy,
+    /// `<table>_tenant`, that lets a statement see and write only rows whose
+    /// `column` equals the transaction's [`TENANT_SETTING`]; without a
+    /// tenant set, none. A [`Lookup`] for each search field and each column
+    /// with a trigram index lets a tenant's filters on them use the index. A
     /// unique key `(column, id)` lets other tenant-scoped tables point here
     /// within the tenant, and every other unique key leads with `column`
     /// (unique within a tenant). On `id` it makes the tenant root, whose row is the
@@ -605,6 +673,7 @@ impl TableSchema {
         });
         self.row_security = true;
         self.tenant = Some(column.to_owned());
+        self.lookups = self.lookups_for(column);
         if !self.is_tenant_root() {
             self.unique_per_tenant(column);
         }
@@ -613,6 +682,37 @@ impl TableSchema {
             self = self.with_unique(&[column, "id"]);
         }
         self
+    }
+
+    /// The [`Lookup`]s a table scoped by `tenant` needs: one per search
+    /// field (a column with a generated `<column>_search` vector) and one
+    /// per column with a trigram index of its own (`gin_trgm_ops` or
+    /// `gist_trgm_ops`).
+    fn lookups_for(&self, tenant: &str) -> Vec<Lookup> {
+        let searched = self.columns.iter().filter(|c| {
+            self.column(&search_vector(&c.name))
+                .is_some_and(|v| v.sql_type == "tsvector" && v.generated.is_some())
+        });
+        let patterned = self
+            .indexes
+            .iter()
+            .filter_map(|i| match i.columns.as_slice() {
+                [column] if i.key.contains("_trgm_ops") && i.predicate.is_none() => Some(column),
+                _ => None,
+            });
+        let mut lookups: Vec<Lookup> = searched
+            .map(|c| Lookup::new(&self.name, &c.name, tenant, LookupKind::Matches))
+            .chain(patterned.map(|c| Lookup::new(&self.name, c, tenant, LookupKind::Like)))
+            .collect();
+        lookups.dedup();
+        lookups
+    }
+
+    /// The [`Lookup`] of `kind` on `column`, if the table has one.
+    pub fn lookup(&self, column: &str, kind: LookupKind) -> Option<&Lookup> {
+        self.lookups
+            .iter()
+            .find(|l| l.column == column && l.kind == kind)
     }
 
     /// Makes every unique key and unique index lead with the tenant column
@@ -739,6 +839,7 @@ impl DatabaseSchema {
                 t.foreign_keys.sort_by(|a, b| a.name.cmp(&b.name));
                 t.checks.sort_by(|a, b| a.name.cmp(&b.name));
                 t.policies.sort_by(|a, b| a.name.cmp(&b.name));
+                t.lookups.sort_by(|a, b| a.name.cmp(&b.name));
                 t
             })
             .collect();

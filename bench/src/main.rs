@@ -10,6 +10,7 @@ mod contenders;
 mod feed;
 mod report;
 mod search;
+mod tenant_search;
 mod tenants;
 
 use std::str::FromStr;

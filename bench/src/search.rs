@@ -18,7 +18,7 @@ const VOCABULARY: usize = 4_000;
 const WORDS: usize = 12;
 
 /// A deterministic generator (xorshift64*).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -64,7 +64,7 @@ fn vocabulary() -> Vec<String> {
     words
 }
 
-fn message_text(rng: &mut Rng, words: &[String]) -> String {
+pub(crate) fn message_text(rng: &mut Rng, words: &[String]) -> String {
     (0..WORDS)
         .map(|_| words[rng.zipf(words.len())].as_str())
         .collect::<Vec<_>>()
@@ -138,18 +138,18 @@ const HAND_CONTAINS: &str = "SELECT id, conversation_id, role, content, created_
      FROM messages WHERE content ILIKE $1 ORDER BY created_at, id LIMIT $2";
 
 /// One measured pair: ours and the hand-written SQL, interleaved.
-struct Pair {
+pub(crate) struct Pair {
     label: String,
     ours: Vec<Duration>,
     hand: Vec<Duration>,
     hits: usize,
 }
 
-type Outcome = Result<usize, Box<dyn std::error::Error>>;
+pub(crate) type Outcome = Result<usize, Box<dyn std::error::Error>>;
 
 /// `runs` times ours then the hand-written SQL, each timed; the hits are
 /// ours of the last run.
-async fn pair(
+pub(crate) async fn pair(
     label: String,
     runs: usize,
     ours: impl AsyncFn() -> Outcome,
@@ -437,6 +437,7 @@ pub async fn run(url: &str, rows: usize, runs: usize) -> Result<(), Box<dyn std:
         .await?,
     ];
     pairs.push(contains_unindexed(&pool, rare, runs.min(10)).await?);
+    pairs.extend(crate::tenant_search::pairs(url, &pool, rows, &words, rare, runs).await?);
     let matching: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM messages WHERE content_search @@ websearch_to_tsquery('english'::regconfig, $1)",
     )

@@ -180,6 +180,7 @@ fn without(schema: &DatabaseSchema, unmanaged: &[(String, String)]) -> DatabaseS
         table.policies.retain(|p| keep(&p.name));
         if !keep(&ROW_SECURITY.to_owned()) {
             table.row_security = false;
+            table.row_security_forced = false;
         }
     }
     schema.extensions.retain(|e| {

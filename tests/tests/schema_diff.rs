@@ -2168,8 +2168,11 @@ mod lookups {
 /// names one edited by hand, and lifts the `FORCE` of tables made before.
 #[tokio::test]
 async fn tenant_lookups_are_migrated_proven_and_checked() {
-    let v1 = [lookups::Memo::schema()];
-    let v2 = [lookups::searched::Memo::schema()];
+    let v1 = [tenants::Workspace::schema(), lookups::Memo::schema()];
+    let v2 = [
+        tenants::Workspace::schema(),
+        lookups::searched::Memo::schema(),
+    ];
     let lab = Lab::new(&v1).await;
     let (up, down) = lab.evolve(&v1, &v2, false).await;
     for part in [
@@ -2193,10 +2196,13 @@ async fn tenant_lookups_are_migrated_proven_and_checked() {
         .unwrap();
     assert!(plan.steps.is_empty(), "{:?}", steps(plan));
     // A lookup dropped by hand, and the table forced as before: both named.
+    // Row security of the user's own on another table is left alone.
     lab.dir.write(
         &format!("{}_by_hand.up.sql", lab.next_version()),
         "DROP FUNCTION memos_body_like(text, boolean);\n\
-         ALTER TABLE memos FORCE ROW LEVEL SECURITY;\n",
+         ALTER TABLE memos FORCE ROW LEVEL SECURITY;\n\
+         ALTER TABLE workspaces ENABLE ROW LEVEL SECURITY;\n\
+         ALTER TABLE workspaces FORCE ROW LEVEL SECURITY;\n",
     );
     let plan = check(&lab.db.url(), &lab.migrations(), &v2, &Renames::NONE)
         .await
@@ -2208,6 +2214,7 @@ async fn tenant_lookups_are_migrated_proven_and_checked() {
     ] {
         assert!(said.iter().any(|s| s.contains(step)), "{step} in {said:?}");
     }
+    assert!(!said.iter().any(|s| s.contains("workspaces")), "{said:?}");
 }
 
 #[tokio::test]

@@ -901,8 +901,26 @@ mod tests {
             ),
             (
                 Object::RowSecurity { table: t() },
-                r#"ALTER TABLE "notes" FORCE ROW LEVEL SECURITY;"#,
+                r#"ALTER TABLE "notes" ENABLE ROW LEVEL SECURITY;"#,
                 r#"ALTER TABLE "notes" DISABLE ROW LEVEL SECURITY;"#,
+            ),
+            (
+                Object::ForcedRowSecurity { table: t() },
+                r#"ALTER TABLE "notes" FORCE ROW LEVEL SECURITY;"#,
+                r#"ALTER TABLE "notes" NO FORCE ROW LEVEL SECURITY;"#,
+            ),
+            (
+                Object::Lookup {
+                    table: t(),
+                    lookup: crate::schema::Lookup::new(
+                        "notes",
+                        "body",
+                        "w",
+                        crate::schema::LookupKind::Like,
+                    ),
+                },
+                r#"CREATE FUNCTION "public"."notes_body_like"(pattern text, ignore_case boolean)"#,
+                r#"DROP FUNCTION "public"."notes_body_like"(text, boolean);"#,
             ),
             (
                 Object::Policy {

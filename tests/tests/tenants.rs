@@ -1066,6 +1066,24 @@ async fn a_tenants_search_and_substring_filters_are_served_by_their_indexes() {
     .unwrap();
     assert_eq!(scans.len(), 2, "{scans:?}");
     assert!(scans.iter().all(|(_, n)| *n >= 1), "{scans:?}");
+    // EXPLAIN through the handle, of the statement the typed call sends:
+    // the lookup's ids are computed once (an InitPlan) and narrow the rows.
+    let dry = mandrake_storage::DryRun::new();
+    let filter = Memo::BODY.contains_text("ebrafis");
+    let _ = Memo::repo().list(&dry, filter, ListOptions::new()).await;
+    let explain = format!("EXPLAIN (VERBOSE) {}", dry.statements()[0]);
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .bind("%ebrafis%")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("InitPlan 1 (returns $0)"), "{plan}");
+    assert!(
+        plan.contains("memos_body_like('%ebrafis%'::text, true)"),
+        "{plan}"
+    );
+    assert!(plan.contains("(memos.id = ANY ($0))"), "{plan}");
     tx.rollback().await.unwrap();
     // Without a tenant the application's role finds nothing, through the
     // typed call and through the lookup called by hand; the superuser, who

@@ -510,15 +510,31 @@ pub fn case(seed: u64) -> Case {
     }
 }
 
+/// How a case that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// Both migrations were written and proven, and a third run found nothing.
+    Passed,
+    /// The case needs an extension the server does not have (PyPI's
+    /// PostgreSQL 18 has no `citext`): nothing was run.
+    Skipped {
+        /// The extension.
+        extension: String,
+    },
+}
+
 /// Runs case `seed` on the server at `url`: a migration for the first
 /// schema, one for the change (proven before it is written), and a third
 /// run that must write nothing.
-pub async fn run_case(url: &str, seed: u64) -> Result<()> {
+pub async fn run_case(url: &str, seed: u64) -> Result<Ran> {
     let Case {
         first,
         second,
         renames,
     } = case(seed);
+    if let Some(extension) = missing_extension(url, first.iter().chain(&second)).await? {
+        return Ok(Ran::Skipped { extension });
+    }
     let dir = std::env::temp_dir().join(format!("mandrake-fuzz-{}-{seed}", std::process::id()));
     let outcome = async {
         let first: Vec<&TableSchema> = first.iter().collect();
@@ -547,23 +563,42 @@ pub async fn run_case(url: &str, seed: u64) -> Result<()> {
                 "a change was found but nothing written".into(),
             )));
         }
-        Ok::<_, Error>(())
+        Ok::<_, Error>(Ran::Passed)
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
-/// Runs `cases` cases from `first_seed` on; returns the failures with their
-/// seeds (rerun one with `--seed`).
-pub async fn fuzz(url: &str, first_seed: u64, cases: u64) -> Vec<(u64, Error)> {
-    let mut failures = Vec::new();
+/// The first extension `tables` need that the server at `url` cannot make.
+async fn missing_extension(
+    url: &str,
+    mut tables: impl Iterator<Item = &TableSchema>,
+) -> Result<Option<String>> {
+    let mut conn = mandrake_storage::connect_one(url).await?;
+    let available: Vec<String> =
+        sqlx::query_scalar("SELECT name::text FROM pg_available_extensions")
+            .fetch_all(&mut conn)
+            .await?;
+    Ok(tables.find_map(|t| {
+        t.extensions
+            .iter()
+            .find(|e| !available.contains(e))
+            .cloned()
+    }))
+}
+
+/// Runs `cases` cases from `first_seed` on; returns each case that did not
+/// pass with its seed (rerun one with `--seed`): failed, or skipped.
+pub async fn fuzz(url: &str, first_seed: u64, cases: u64) -> Vec<(u64, Result<Ran>)> {
+    let mut others = Vec::new();
     for seed in first_seed..first_seed + cases {
-        if let Err(err) = run_case(url, seed).await {
-            failures.push((seed, err));
+        match run_case(url, seed).await {
+            Ok(Ran::Passed) => {}
+            outcome => others.push((seed, outcome)),
         }
     }
-    failures
+    others
 }
 
 /// The DDL of case `seed`'s two schemas, to look at a failure.

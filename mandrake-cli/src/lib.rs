@@ -28,5 +28,5 @@ pub mod stats;
 
 pub use cli::{
     ArchivingAction, BackupArgs, Cli, Command, DbCommand, MigrateArgs, RestoreArgs, RollbackArgs,
-    SchemaFormat, main, run, run_blocking,
+    SchemaFormat, ScratchServer, main, run, run_blocking,
 };

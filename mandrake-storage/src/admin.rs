@@ -109,6 +109,22 @@ async fn connect_retrying(
     }
 }
 
+/// The server's version as it reports it (`SHOW server_version`: `15.18
+/// (Debian 15.18-0+deb12u1)`, `18.3`), which `status` and `db status` print.
+pub async fn server_version(conn: &mut sqlx::PgConnection) -> Result<String> {
+    Ok(sqlx::query_scalar("SHOW server_version")
+        .fetch_one(conn)
+        .await?)
+}
+
+/// The major version of the server (`15`, `18`), from `server_version_num`.
+pub async fn server_major(conn: &mut sqlx::PgConnection) -> Result<u32> {
+    let number: String = sqlx::query_scalar("SHOW server_version_num")
+        .fetch_one(conn)
+        .await?;
+    Ok(number.parse::<u32>().unwrap_or(0) / 10_000)
+}
+
 /// A connection to the `postgres` database of `url`'s server, for CREATE,
 /// DROP and ALTER DATABASE.
 pub async fn server_connection(url: &str) -> Result<sqlx::PgConnection> {

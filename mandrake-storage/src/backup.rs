@@ -38,17 +38,18 @@ impl ClientTools {
     /// `pg_config --bindir`, or in `/usr/lib/postgresql/<major>/bin`.
     pub async fn for_server(url: &str) -> Result<ClientTools> {
         let mut conn = connect_one(url).await?;
-        let version: String = sqlx::query_scalar("SHOW server_version_num")
-            .fetch_one(&mut conn)
-            .await?;
+        let major = crate::admin::server_major(&mut conn).await?;
         let _ = conn.close().await;
-        let major = version.parse::<u32>().unwrap_or(0) / 10_000;
         ClientTools::find(major)
     }
 
     /// The tools of PostgreSQL `major`, or an error naming what was found.
     pub fn find(major: u32) -> Result<ClientTools> {
         let mut candidates: Vec<PathBuf> = Vec::new();
+        // The binaries of the embedded and test clusters come with theirs.
+        if let Some(dir) = std::env::var_os("MANDRAKE_PG_BIN") {
+            candidates.push(PathBuf::from(dir));
+        }
         if let Some(path) = std::env::var_os("PATH") {
             candidates.extend(std::env::split_paths(&path));
         }

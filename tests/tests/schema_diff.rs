@@ -1192,8 +1192,13 @@ async fn online_writes_a_lint_clean_sequence_that_applies_and_rolls_back() {
 async fn random_schema_pairs_migrate_both_ways() {
     let t = TestDb::empty().await.unwrap();
     for seed in 1000..1008 {
-        if let Err(err) = mandrake_cli::fuzz::run_case(&t.url(), seed).await {
-            panic!("case {seed}: {err}\n{}", mandrake_cli::fuzz::describe(seed));
+        match mandrake_cli::fuzz::run_case(&t.url(), seed).await {
+            Ok(mandrake_cli::fuzz::Ran::Passed) => {}
+            // PyPI's PostgreSQL 18 has no citext.
+            Ok(mandrake_cli::fuzz::Ran::Skipped { extension }) => {
+                eprintln!("case {seed} skipped: this server has no extension {extension}")
+            }
+            Err(err) => panic!("case {seed}: {err}\n{}", mandrake_cli::fuzz::describe(seed)),
         }
     }
 }
@@ -1860,7 +1865,12 @@ mod wide {
 /// `pg_dump --schema-only` of `url`, without the migrations table, the
 /// comments and the `\restrict` lines, whose key is random per dump.
 fn dump_schema(url: &str) -> String {
-    let out = std::process::Command::new("pg_dump")
+    // The server's own pg_dump when MANDRAKE_PG_BIN names its binaries: an
+    // older pg_dump refuses a newer server.
+    let pg_dump = std::env::var_os("MANDRAKE_PG_BIN")
+        .map(|dir| std::path::PathBuf::from(dir).join("pg_dump"))
+        .unwrap_or_else(|| "pg_dump".into());
+    let out = std::process::Command::new(pg_dump)
         .args([
             "--schema-only",
             "--no-owner",

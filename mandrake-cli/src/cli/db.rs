@@ -53,6 +53,8 @@ pub(super) async fn status(ctx: &Context) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut conn = mandrake_storage::connect_one(&ctx.url().await?).await?;
+    let version = mandrake_storage::admin::server_version(&mut conn).await?;
+    println!("server: PostgreSQL {version}");
     let slots = mandrake_storage::feed_slots(&mut conn).await?;
     if slots.is_empty() {
         println!("change feed: no replication slots");

@@ -151,7 +151,12 @@ pub(super) async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<ExitCo
 /// while one is pending, failed, unknown or running.
 pub(super) async fn status(ctx: &Context, exit_code: bool) -> Result<ExitCode> {
     let migrations = Migrations::from_dir(&ctx.dir)?;
-    let rows = migrate::status(&ctx.url().await?, &migrations).await?;
+    let url = ctx.url().await?;
+    let mut conn = mandrake_storage::connect_one(&url).await?;
+    let version = mandrake_storage::admin::server_version(&mut conn).await?;
+    drop(conn);
+    println!("server: PostgreSQL {version}");
+    let rows = migrate::status(&url, &migrations).await?;
     let unfinished = rows.iter().any(|r| {
         matches!(
             r.state,
@@ -229,16 +234,26 @@ pub(super) async fn resolve(ctx: &Context, version: i64) -> Result<ExitCode> {
 
 /// `fuzz-diff --cases N --seed S`.
 pub(super) async fn fuzz_diff(ctx: &Context, cases: u64, seed: u64) -> Result<ExitCode> {
-    let url = ctx.url().await?;
-    let failures = crate::fuzz::fuzz(&url, seed, cases).await;
-    for (seed, err) in &failures {
-        println!(
-            "case {seed} failed: {err}\n{}",
-            crate::fuzz::describe(*seed)
-        );
+    let url = ctx.scratch_url().await?;
+    let (mut failed, mut skipped) = (0, 0);
+    for (seed, outcome) in crate::fuzz::fuzz(&url, seed, cases).await {
+        match outcome {
+            Err(err) => {
+                failed += 1;
+                println!("case {seed} failed: {err}\n{}", crate::fuzz::describe(seed));
+            }
+            Ok(crate::fuzz::Ran::Skipped { extension }) => {
+                skipped += 1;
+                println!("case {seed} skipped: the server has no extension {extension}");
+            }
+            Ok(crate::fuzz::Ran::Passed) => {}
+        }
     }
-    println!("{} of {cases} cases passed", cases - failures.len() as u64);
-    if !failures.is_empty() {
+    println!(
+        "{} of {cases} cases passed, {skipped} skipped",
+        cases - failed - skipped
+    );
+    if failed > 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -295,7 +310,8 @@ pub(super) async fn check(ctx: &Context, tables: &[&TableSchema]) -> Result<Exit
         println!("warning: {finding}");
     }
     let renames = mandrake_storage::registered_renames();
-    let comparison = scaffold::compare(&url, &migrations, tables, &renames).await?;
+    let scratch = ctx.scratch_url().await?;
+    let comparison = scaffold::compare(&scratch, &migrations, tables, &renames).await?;
     for (table, name) in &comparison.unmanaged {
         println!("not managed by the types (left alone): {name} on {table}");
     }
@@ -327,7 +343,7 @@ pub(super) async fn new_migration(
     name: String,
     options: scaffold::NewMigrationOptions,
 ) -> Result<ExitCode> {
-    let url = ctx.url().await?;
+    let url = ctx.scratch_url().await?;
     let renames = mandrake_storage::registered_renames();
     let made =
         scaffold::new_migration_with(&url, &ctx.dir, tables, &renames, &name, &options).await?;

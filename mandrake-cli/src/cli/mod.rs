@@ -4,6 +4,7 @@
 mod args;
 mod db;
 mod migrations;
+mod scratch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use clap::Parser;
 use mandrake_storage::schema::TableSchema;
 use mandrake_storage::schema::ddl::create_schema;
 use mandrake_storage::{Error, Result, Settings};
+
+pub use scratch::ScratchServer;
 
 pub use args::{
     ArchivingAction, BackupArgs, Cli, Command, DbCommand, MigrateArgs, RestoreArgs, RollbackArgs,
@@ -66,6 +69,33 @@ impl Context {
             settings.database_url = Some(url.clone());
         }
         settings.resolve_url().await
+    }
+
+    /// The server `check`, `new-migration` and `fuzz-diff` make their
+    /// scratch databases on ([`ScratchServer`]); says which on stdout.
+    async fn scratch_url(&self) -> Result<String> {
+        let dev = std::env::var("MANDRAKE_DEV_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let embedded = mandrake_storage::cluster::find_bin_dir().is_ok();
+        let server = ScratchServer::choose(self.url.is_some(), dev.is_some(), embedded);
+        let url = match server {
+            ScratchServer::Flag => self.url.clone().unwrap_or_default(),
+            ScratchServer::DevUrl => dev.unwrap_or_default(),
+            ScratchServer::Embedded => {
+                let settings = Settings {
+                    database_url: None,
+                    ..Settings::from_env()?
+                };
+                settings.resolve_url().await?
+            }
+            ScratchServer::DatabaseUrl => self.url().await?,
+        };
+        println!(
+            "scratch databases on {} ({server})",
+            mandrake_storage::redact_url(&url)
+        );
+        Ok(url)
     }
 }
 

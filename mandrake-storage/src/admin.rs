@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Right};
 use crate::sql::quote_ident;
 use crate::url::parse_url;
 
@@ -125,6 +125,28 @@ pub async fn server_major(conn: &mut sqlx::PgConnection) -> Result<u32> {
     Ok(number.parse::<u32>().unwrap_or(0) / 10_000)
 }
 
+/// Refuses with [`Error::MissingRight`] unless the connected role has
+/// `right` (or is a superuser), as the catalog says: checked before the
+/// statement that needs it, so a managed service's owner learns which right
+/// and where its service grants it, not the server's bare `42501`.
+pub async fn require(conn: &mut sqlx::PgConnection, right: Right) -> Result<()> {
+    let attribute = match right {
+        Right::CreateDb => "rolcreatedb",
+        Right::CreateRole => "rolcreaterole",
+    };
+    let (role, has): (String, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT current_user::text, rolsuper OR {attribute} FROM pg_roles \
+         WHERE rolname = current_user"
+    )))
+    .fetch_one(conn)
+    .await?;
+    if has {
+        Ok(())
+    } else {
+        Err(Error::MissingRight { role, right })
+    }
+}
+
 /// A connection to the `postgres` database of `url`'s server, for CREATE,
 /// DROP and ALTER DATABASE.
 pub async fn server_connection(url: &str) -> Result<sqlx::PgConnection> {
@@ -205,10 +227,12 @@ impl Scratch {
         name
     }
 
-    /// A new empty database; returns its URL.
+    /// A new empty database; returns its URL. A role without `CREATEDB`
+    /// is refused first ([`Right::CreateDb`]).
     pub async fn create(&mut self, label: &str) -> Result<String> {
         let name = self.name(label);
         let mut admin = server_connection(&self.server).await?;
+        require(&mut admin, Right::CreateDb).await?;
         create_database_from(&mut admin, &name, None).await?;
         Ok(self.url(&name))
     }
@@ -241,6 +265,14 @@ pub const APP_ROLE: &str = "mandrake_app";
 /// (`_sqlx_migrations`) it may read, never change: that is the owner's.
 pub async fn ensure_app_role(owner: &mut sqlx::PgConnection) -> Result<()> {
     use sqlx::Executor;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(APP_ROLE)
+            .fetch_one(&mut *owner)
+            .await?;
+    if !exists {
+        require(owner, Right::CreateRole).await?;
+    }
     // Two processes may create it at once: the loser's error is harmless.
     let sql = format!(
         "DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \

@@ -107,8 +107,17 @@ pub enum Error {
         /// The server's `wal_level`.
         current: String,
     },
+    /// The connected role lacks a right what was asked needs; checked in
+    /// the catalog before trying, so nothing was done. The message names
+    /// the managed services' name for the right.
+    MissingRight {
+        /// The role connected.
+        role: String,
+        /// The right it lacks.
+        right: Right,
+    },
     /// The change feed's role may not read replication slots: it needs
-    /// `REPLICATION` (or to be a superuser).
+    /// `REPLICATION`, RDS's `rds_replication`, or to be a superuser.
     FeedRole {
         /// The role the feed connected as.
         role: String,
@@ -593,6 +602,33 @@ impl Error {
     }
 }
 
+/// A right a role may lack ([`Error::MissingRight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// `CREATEDB`: the tools make scratch databases.
+    CreateDb,
+    /// `CREATEROLE`: making the application's role.
+    CreateRole,
+}
+
+impl fmt::Display for Right {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Right::CreateDb => {
+                "may not create databases (CREATEDB), which the tools' scratch databases need: \
+                 set MANDRAKE_DEV_URL to a development server whose role may, or grant CREATEDB \
+                 (the owner role of RDS, Supabase and Azure has it; on Neon, the project owner)"
+            }
+            Right::CreateRole => {
+                "may not create roles (CREATEROLE), which making the application's role needs: \
+                 run as the service's owner role (RDS's master user, Neon's project owner, \
+                 Supabase's postgres, Azure's admin user all have it), or create the role \
+                 yourself (see the GUIDE's two roles)"
+            }
+        })
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -643,11 +679,14 @@ impl fmt::Display for Error {
                  logical (the embedded cluster has it: restart it with `cargo xtask db stop` and \
                  `cargo xtask db start`)"
             ),
+            Error::MissingRight { role, right } => write!(f, "role {role} {right}"),
             Error::FeedRole { role } => write!(
                 f,
                 "the change feed reads replication slots, which role {role} may not: connect it \
                  as a role WITH REPLICATION through MANDRAKE_FEED_URL (not the application's \
-                 role, which row security holds)"
+                 role, which row security holds); on RDS and Aurora GRANT rds_replication TO \
+                 the role, on Supabase and Azure ALTER ROLE … WITH REPLICATION, on Neon use \
+                 the project owner with logical replication on"
             ),
             Error::SlotLost { slot } => write!(
                 f,

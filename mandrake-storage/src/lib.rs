@@ -125,7 +125,7 @@ pub use db::pool::{PoolConnection, PoolStatus};
 pub use db::replica::WriteToken;
 pub use db::transaction::Transaction;
 pub use db::{BoxFuture, Db, Isolation, MAX_ATTEMPTS};
-pub use error::{BackupError, Error, MigrationError, Result};
+pub use error::{BackupError, Error, MigrationError, Result, Right};
 pub use feed::{
     Change, DurableSubscription, FeedEvent, SlotStatus, Subscription, TenantChange, drop_consumer,
     feed_slots,

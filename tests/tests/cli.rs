@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mandrake_cli::{Cli, run_blocking};
+use mandrake_storage::sqlx::ConnectOptions;
 use mandrake_storage::testing::TestDb;
 use mandrake_storage::{Record, TableSchema};
 use mandrake_tests::MigrationDir;
@@ -142,4 +143,57 @@ fn migrate_complete_applies_the_contract_that_migrate_left_waiting() {
     );
     assert_eq!(call(&["migrate", "--complete"]), ExitCode::SUCCESS);
     assert_eq!(call(&["status", "--exit-code"]), ExitCode::SUCCESS);
+}
+
+/// A role without the rights the tools need is refused before anything is
+/// done, with the right named: scratch databases need `CREATEDB`, making
+/// the application's role `CREATEROLE`. `new-migration` on such a role
+/// exits 2 and writes nothing.
+#[tokio::test]
+async fn a_role_without_createdb_or_createrole_is_refused_naming_the_right() {
+    use mandrake_storage::{Error, Right};
+    let t = TestDb::empty().await.unwrap();
+    sqlx::raw_sql(
+        "DO $$ BEGIN CREATE ROLE tools_without_rights LOGIN; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    let options = t.connect_options().username("tools_without_rights");
+    let url = options.to_url_lossy().to_string();
+    let mut scratch = mandrake_storage::admin::Scratch::new(&url);
+    match scratch.create("refused").await {
+        Err(Error::MissingRight { role, right }) => {
+            assert_eq!(
+                (role.as_str(), right),
+                ("tools_without_rights", Right::CreateDb)
+            );
+        }
+        other => panic!("expected MissingRight CREATEDB, got {other:?}"),
+    }
+    let mut conn = mandrake_storage::connect_one(&url).await.unwrap();
+    match mandrake_storage::admin::require(&mut conn, Right::CreateRole).await {
+        Err(Error::MissingRight { right, .. }) => assert_eq!(right, Right::CreateRole),
+        other => panic!("expected MissingRight CREATEROLE, got {other:?}"),
+    }
+    let message = Error::MissingRight {
+        role: "r".into(),
+        right: Right::CreateDb,
+    }
+    .to_string();
+    assert!(message.contains("MANDRAKE_DEV_URL"), "{message}");
+    let dir = MigrationDir::new(&[]);
+    let path = dir.path().to_str().unwrap().to_owned();
+    let code = tokio::task::spawn_blocking(move || {
+        let args = ["--database-url", &url, "--migrations", &path];
+        run(
+            &[&args[..], &["new-migration", "widgets"]].concat(),
+            &[Widget::schema()],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, ExitCode::from(2));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -1078,12 +1078,13 @@ async fn a_tenants_search_and_substring_filters_are_served_by_their_indexes() {
         .await
         .unwrap();
     let plan = plan.join("\n");
-    assert!(plan.contains("InitPlan 1 (returns $0)"), "{plan}");
+    // 15 prints `(memos.id = ANY ($0))`, 17 and later `(InitPlan 1).col1`.
+    assert!(plan.contains("InitPlan 1"), "{plan}");
     assert!(
         plan.contains("memos_body_like('%ebrafis%'::text, true)"),
         "{plan}"
     );
-    assert!(plan.contains("(memos.id = ANY ($0))"), "{plan}");
+    assert!(plan.contains("(memos.id = ANY ("), "{plan}");
     tx.rollback().await.unwrap();
     // Without a tenant the application's role finds nothing, through the
     // typed call and through the lookup called by hand; the superuser, who

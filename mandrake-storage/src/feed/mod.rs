@@ -386,9 +386,12 @@ pub(crate) async fn connect(options: &PgConnectOptions) -> Result<PgConnection> 
         let _ = conn.close().await;
         return Err(Error::WalLevel { current: wal_level });
     }
+    // RDS and Aurora grant replication as membership in rds_replication.
     let (role, allowed): (String, bool) = sqlx::query_as(
-        "SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles \
-         WHERE rolname = current_user",
+        "SELECT current_user::text, rolsuper OR rolreplication \
+           OR EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication' \
+             AND pg_has_role(current_user, g.oid, 'MEMBER')) \
+         FROM pg_roles WHERE rolname = current_user",
     )
     .fetch_one(&mut conn)
     .await?;

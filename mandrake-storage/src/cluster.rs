@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// The database the embedded cluster serves by default.
 pub const DEFAULT_DATABASE: &str = "mandrake";
 /// Names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
-const PORT: u16 = 5432;
+pub(crate) const PORT: u16 = 5432;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 const SOCKET_FILE: &str = ".s.PGSQL.5432";

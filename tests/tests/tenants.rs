@@ -1107,20 +1107,27 @@ async fn a_tenants_search_and_substring_filters_are_served_by_their_indexes() {
 
 /// The tables' owner is left out of row security (it runs the migrations
 /// and the lookups), so a tenant handle on it is refused as one on a
-/// superuser is, unless trusted code says it means it.
+/// superuser is, unless trusted code says it means it; also when the role
+/// came to own the table after its pool connected.
 #[tokio::test]
 async fn a_tenant_handle_on_the_tables_owner_is_refused() {
     let (test, _app, _a, b) = memos().await;
     sqlx::raw_sql(
         "DO $$ BEGIN CREATE ROLE memo_owner LOGIN; \
          EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-         ALTER TABLE memos OWNER TO memo_owner",
+         GRANT memo_owner TO CURRENT_USER; GRANT CREATE ON SCHEMA public TO memo_owner",
     )
     .execute(test.db())
     .await
     .unwrap();
+    // The pool connects while the role owns nothing, as an application
+    // that runs its migrations after connecting would.
     let options = test.connect_options().username("memo_owner");
     let owner = Db::connect_options(options, &Default::default())
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER TABLE memos OWNER TO memo_owner")
+        .execute(test.db())
         .await
         .unwrap();
     let tenant = b.current_tenant().unwrap();

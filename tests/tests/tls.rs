@@ -22,90 +22,6 @@ struct Server {
 
 const OWNER_PASSWORD: &str = "owner-secret";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (Debian: openssl) makes the test certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, another CA, a server certificate for `localhost` only, and a
-/// client certificate for the role `certuser`.
-fn make_certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for ca in ["ca", "other-ca"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={ca}"),
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.crt"),
-            ],
-        );
-    }
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\n").unwrap();
-    for (name, subject, ext) in [
-        ("server", "/CN=localhost", Some("server.ext")),
-        ("client", "/CN=certuser", Some("client.ext")),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                subject,
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &format!("{name}.crt"),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        if let Some(ext) = ext {
-            args.extend(["-extfile".to_owned(), ext.to_owned()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        openssl(dir, &args);
-    }
-}
-
 /// Files the server reads belong to the user it runs as (`postgres` when
 /// the tests run as root), and its key is readable by it alone.
 fn hand_to_server(path: &Path) {
@@ -158,7 +74,7 @@ fn server() -> Option<&'static Server> {
             return None;
         }
         let certs = root.join("certs");
-        make_certificates(&certs);
+        mandrake_storage::testing::tls::make_certificates(&certs).unwrap();
         let data = cluster.root().join("data");
         for file in ["server.key", "server.crt", "ca.crt"] {
             std::fs::copy(certs.join(file), data.join(file)).unwrap();
@@ -448,4 +364,64 @@ async fn a_backup_and_its_restore_go_over_tls_verified_as_the_pool_is() {
             .is_err()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `MANDRAKE_TEST_TLS=1` (the CI's TLS pass of the repository,
+/// Mandrake, change-feed and tenant suites), every test database is reached
+/// over TLS, verified, as an owner that is not a superuser; the pool's
+/// connections and the feed's own say so to the server.
+#[tokio::test]
+async fn under_mandrake_test_tls_test_databases_are_reached_over_tls_by_an_owner_without_superuser()
+{
+    if std::env::var("MANDRAKE_TEST_TLS").as_deref() != Ok("1") {
+        return; // the plain pass: the test databases are on a Unix socket
+    }
+    let t = mandrake_storage::testing::TestDb::migrated().await.unwrap();
+    let (ssl, superuser, role): (bool, bool, String) = sqlx::query_as(
+        "SELECT s.ssl, r.rolsuper, current_user::text FROM pg_stat_ssl s, pg_roles r \
+         WHERE s.pid = pg_backend_pid() AND r.rolname = current_user",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert!(ssl);
+    assert!(!superuser);
+    assert_eq!(role, mandrake_storage::testing::tls::TLS_OWNER);
+    assert!(t.url().contains("sslmode=verify-full"), "{}", t.url());
+    // The feed's session (its slot and WAL stream) too.
+    let c = Conversation::repo()
+        .create(
+            t.db(),
+            mandrake_types::NewConversation {
+                title: None,
+                metadata: sqlx::types::Json(serde_json::json!({})),
+            },
+        )
+        .await
+        .unwrap();
+    let mut changes = Message::subscribe(t.db(), Filter::all()).await.unwrap();
+    let new = NewMessage {
+        conversation_id: c.id,
+        role: Role::User,
+        content: "over tls".into(),
+        model_id: None,
+        tokens_in: 0,
+        tokens_out: 0,
+    };
+    Message::repo().create(t.db(), new).await.unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(30), changes.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(change, Change::Inserted(m) if m.content == "over tls"));
+    let unencrypted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+         WHERE a.backend_type IN ('client backend', 'walsender') AND a.client_port IS NOT NULL \
+           AND NOT s.ssl",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert_eq!(unencrypted, 0);
 }

@@ -104,21 +104,31 @@ pub struct Db {
 /// was told that is meant ([`Db::bypassing_row_security`]).
 #[derive(Debug, Clone, Default)]
 struct RowSecurity {
-    /// The role, when it is a superuser or has `BYPASSRLS` (read at connect).
-    bypassed_by: Option<Arc<str>>,
+    /// The role, when it is a superuser, has `BYPASSRLS`, or owns a
+    /// tenant-scoped table. Read at connect when it does; otherwise again
+    /// at a tenant handle's first call, since the migrations that make the
+    /// tables often run after the pool connects (on the same role).
+    bypassed_by: Arc<tokio::sync::OnceCell<Option<Arc<str>>>>,
     /// Trusted code asked for that.
     bypass_meant: bool,
 }
 
 impl RowSecurity {
     /// A tenant handle on a role that bypasses row security would see every
-    /// tenant's rows: refused, unless meant.
-    fn check(&self, tenant: Option<uuid::Uuid>) -> Result<()> {
-        match (&self.bypassed_by, tenant) {
-            (Some(role), Some(_)) if !self.bypass_meant => Err(Error::RowSecurityBypassed {
+    /// tenant's rows: refused, unless meant. `db` asks, without a tenant.
+    async fn check(&self, db: &Db, tenant: Option<uuid::Uuid>) -> Result<()> {
+        if tenant.is_none() || self.bypass_meant {
+            return Ok(());
+        }
+        let role = self
+            .bypassed_by
+            .get_or_try_init(|| row_security_bypassed_by(db))
+            .await?;
+        match role {
+            Some(role) => Err(Error::RowSecurityBypassed {
                 role: role.to_string(),
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }
@@ -308,7 +318,10 @@ impl Db {
     /// down fails here, with its cause, instead of at the first query.
     pub async fn connect_options(options: PgConnectOptions, settings: &Settings) -> Result<Db> {
         let mut db = Db::build(options, settings)?;
-        db.row_security.bypassed_by = row_security_bypassed_by(&db).await?;
+        if let Some(role) = row_security_bypassed_by(&db).await? {
+            db.row_security.bypassed_by =
+                Arc::new(tokio::sync::OnceCell::new_with(Some(Some(role))));
+        }
         let min_idle = settings.min_idle.min(settings.pool_size) as usize;
         crate::db::pool::top_up(&db.pool, min_idle).await;
         crate::db::pool::maintain(&db.pool, settings, min_idle);
@@ -426,9 +439,14 @@ impl Db {
     }
 
     async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
-        self.row_security
-            .check(self.tenant)
-            .map_err(crate::error::Carried::through_sqlx)?;
+        if self.tenant.is_some() {
+            let mut untenanted = self.clone();
+            untenanted.tenant = None;
+            self.row_security
+                .check(&untenanted, self.tenant)
+                .await
+                .map_err(crate::error::Carried::through_sqlx)?;
+        }
         let mut conn = self
             .pool
             .get()

@@ -18,6 +18,11 @@
 //! PATH or `/usr/sbin`) is started on a Unix socket in front of that cluster,
 //! and every [`TestDb::db`] connects through it in PgBouncer mode; setup,
 //! migrations and the change feed's session still go straight to the server.
+//!
+//! With `MANDRAKE_TEST_TLS=1`, that cluster takes TCP only over TLS and the
+//! test databases belong to an owner that is not a superuser ([`tls`]).
+
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -84,8 +89,12 @@ fn start_server() -> Result<Server> {
     }
     let cluster = throwaway_cluster()?;
     cluster.start()?;
-    let admin = PgConnectOptions::from_str(&cluster.url("postgres"))
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let admin = if std::env::var("MANDRAKE_TEST_TLS").is_ok_and(|v| v == "1") {
+        tls::secure(&cluster)?
+    } else {
+        PgConnectOptions::from_str(&cluster.url("postgres"))
+            .map_err(|e| Error::Config(e.to_string()))?
+    };
     Ok(Server {
         admin,
         cluster: Some(cluster),
@@ -94,7 +103,12 @@ fn start_server() -> Result<Server> {
 
 /// `options` sent through the test PgBouncer instead of straight to the server.
 fn via_pgbouncer(options: &PgConnectOptions) -> Result<PgConnectOptions> {
-    Ok(options.clone().socket(pgbouncer()?).port(PGBOUNCER_PORT))
+    // A Unix socket has no TLS (libpq ignores sslmode there too).
+    Ok(options
+        .clone()
+        .socket(pgbouncer()?)
+        .port(PGBOUNCER_PORT)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable))
 }
 
 fn through_pgbouncer() -> bool {
@@ -135,7 +149,10 @@ pub fn start_pgbouncer(cluster: &Cluster) -> Result<PathBuf> {
     };
     let users = file(
         "users.txt",
-        format!("\"postgres\" \"\"\n\"{APP_ROLE}\" \"\"\n"),
+        format!(
+            "\"postgres\" \"\"\n\"{APP_ROLE}\" \"\"\n\"{}\" \"\"\n",
+            tls::TLS_OWNER
+        ),
     )?;
     let config = file(
         "pgbouncer.ini",
@@ -273,10 +290,7 @@ impl TestDb {
                 let build = async {
                     let name = format!("mandrake_template_{}", std::process::id());
                     let options = ensure_template(&name).await?;
-                    let url = {
-                        use sqlx::ConnectOptions;
-                        options.to_url_lossy().to_string()
-                    };
+                    let url = url_of(&options);
                     migrate_workspace(&url).await?;
                     Ok::<_, Error>(name)
                 };
@@ -316,8 +330,7 @@ impl TestDb {
 
     /// A connection string for this database.
     pub fn url(&self) -> String {
-        use sqlx::ConnectOptions;
-        self.options.to_url_lossy().to_string()
+        url_of(&self.options)
     }
 
     /// Connection options for this database (for extra pools or connections).
@@ -354,22 +367,37 @@ impl TestDb {
 /// the tests run through it; the change feed reads its slots on `feed`
 /// (the owner, straight to the server), as `MANDRAKE_FEED_URL` would say.
 async fn test_pool(options: PgConnectOptions, feed: &PgConnectOptions) -> Result<Db> {
-    use sqlx::ConnectOptions;
     let mut settings = Settings {
         pool_size: 5,
-        feed_url: Some(feed.to_url_lossy().to_string()),
+        feed_url: Some(url_of(feed)),
         ..Settings::default()
     };
     let options = if through_pgbouncer() {
         settings.pgbouncer = true;
         // What needs a session of its own (the change feed) goes straight
         // to the server, as MANDRAKE_DIRECT_URL would send it.
-        settings.direct_url = Some(options.to_url_lossy().to_string());
+        settings.direct_url = Some(url_of(&options));
         via_pgbouncer(&options)?
     } else {
         options
     };
     Db::connect_options(options, &settings).await
+}
+
+/// `options` as a URL. sqlx 0.9 writes a root certificate file as
+/// `sslrootcert=file: <path>`, which it cannot read back: the path alone.
+fn url_of(options: &PgConnectOptions) -> String {
+    use sqlx::ConnectOptions;
+    let mut url = options.to_url_lossy();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = v.strip_prefix("file: ").unwrap_or(&v).to_owned();
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url.to_string()
 }
 
 impl Server {

@@ -791,26 +791,12 @@ fn diff_keys_and_triggers(old: &TableSchema, new: &TableSchema, phases: &mut Pha
 /// is a drop and a create.
 fn diff_row_security(old: &TableSchema, new: &TableSchema, phases: &mut Phases) {
     let table = || new.name.clone();
-    for policy in &old.policies {
-        if !new.policies.contains(policy) {
-            phases
-                .drop_constraints
-                .push(SchemaChange::Drop(Object::Policy {
-                    table: table(),
-                    policy: policy.clone(),
-                }));
+    diff_parts(&old.policies, &new.policies, phases, |policy| {
+        Object::Policy {
+            table: table(),
+            policy,
         }
-    }
-    for policy in &new.policies {
-        if !old.policies.contains(policy) {
-            phases
-                .add_constraints
-                .push(SchemaChange::Add(Object::Policy {
-                    table: table(),
-                    policy: policy.clone(),
-                }));
-        }
-    }
+    });
     let secured = || Object::RowSecurity { table: table() };
     match (old.row_security, new.row_security) {
         (false, true) => phases.add_constraints.push(SchemaChange::Add(secured())),
@@ -824,25 +810,31 @@ fn diff_row_security(old: &TableSchema, new: &TableSchema, phases: &mut Phases) 
                 table: table(),
             }));
     }
-    for lookup in &old.lookups {
-        if !new.lookups.contains(lookup) {
-            phases
-                .drop_constraints
-                .push(SchemaChange::Drop(Object::Lookup {
-                    table: table(),
-                    lookup: lookup.clone(),
-                }));
+    diff_parts(&old.lookups, &new.lookups, phases, |lookup| {
+        Object::Lookup {
+            table: table(),
+            lookup,
         }
+    });
+}
+
+/// Drops each of `old` that `new` lacks and adds each of `new` that `old`
+/// lacks, as the `object` each is.
+fn diff_parts<P: PartialEq + Clone>(
+    old: &[P],
+    new: &[P],
+    phases: &mut Phases,
+    object: impl Fn(P) -> Object,
+) {
+    for part in old.iter().filter(|p| !new.contains(p)) {
+        phases
+            .drop_constraints
+            .push(SchemaChange::Drop(object(part.clone())));
     }
-    for lookup in &new.lookups {
-        if !old.lookups.contains(lookup) {
-            phases
-                .add_constraints
-                .push(SchemaChange::Add(Object::Lookup {
-                    table: table(),
-                    lookup: lookup.clone(),
-                }));
-        }
+    for part in new.iter().filter(|p| !old.contains(p)) {
+        phases
+            .add_constraints
+            .push(SchemaChange::Add(object(part.clone())));
     }
 }
 

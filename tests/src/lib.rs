@@ -95,3 +95,22 @@ pub async fn conversation(db: &Db, title: &str) -> Conversation {
         .await
         .unwrap()
 }
+
+/// Whether this role can use `pg_stat_statements` on this server: PyPI's
+/// PostgreSQL 18 ships without it, and an owner that is not a superuser
+/// (`MANDRAKE_TEST_TLS`) may not create it where it is not yet installed.
+/// A test that needs it says it is skipped when not.
+pub async fn pg_stat_statements_usable(db: &Db) -> bool {
+    let usable: bool = mandrake_storage::sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extension_versions v \
+         WHERE v.name = 'pg_stat_statements' AND (v.installed OR v.trusted \
+           OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)))",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    if !usable {
+        eprintln!("skipped: this role cannot use pg_stat_statements on this server");
+    }
+    usable
+}

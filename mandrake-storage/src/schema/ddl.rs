@@ -390,13 +390,9 @@ pub fn drop_lookup(lookup: &Lookup) -> String {
     format!("DROP FUNCTION {}({arguments});", lookup_function(lookup))
 }
 
-/// A [`Lookup`]'s function, schema-qualified.
+/// A [`Lookup`]'s function, schema-qualified as the tables are.
 pub fn lookup_function(lookup: &Lookup) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(crate::sql::SCHEMA),
-        quote_ident(&lookup.name)
-    )
+    crate::sql::quote_table(&lookup.name)
 }
 
 /// `CREATE POLICY` for every command and role.

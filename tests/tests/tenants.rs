@@ -1143,3 +1143,64 @@ async fn a_tenant_handle_on_the_tables_owner_is_refused() {
     let n = Memo::repo().count(&meant, Filter::all()).await.unwrap();
     assert_eq!(n, 82);
 }
+
+/// A tenant-scoped record in the change feed, with a search field and a
+/// trigram index: lookups, which the feed must not use.
+#[derive(Record, Clone)]
+#[record(
+    table = "jots",
+    notify,
+    extension = "pg_trgm",
+    index(body, using = "gin", ops = "gin_trgm_ops")
+)]
+pub struct Jot {
+    pub id: Uuid,
+    #[record(tenant)]
+    pub workspace_id: Uuid,
+    #[record(search = "english")]
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A tenant's feed filters each change by the row as the change wrote it,
+/// never through a lookup, which finds the table as it is now: an insert
+/// whose text the same transaction then changed still arrives.
+#[tokio::test]
+async fn a_tenants_feed_filters_each_change_as_written_not_through_a_lookup() {
+    use futures_util::StreamExt;
+    use mandrake_storage::Change;
+    let test = TestDb::with_tables(&[Workspace::schema(), Jot::schema()])
+        .await
+        .unwrap();
+    let workspace = Workspace::repo()
+        .create(test.db(), NewWorkspace { name: "B".into() })
+        .await
+        .unwrap();
+    let b = test.app_db().await.unwrap().tenant(workspace.id);
+    let filter = Jot::BODY
+        .contains_text("zebra")
+        .or(Jot::BODY.matches("zebra"));
+    let mut feed = Jot::subscribe(&b, filter).await.unwrap();
+    let mut tx = b.begin().await.unwrap();
+    let new = NewJot {
+        workspace_id: None,
+        body: "a zebra passed".into(),
+    };
+    let jot = Jot::repo().create(&mut *tx, new).await.unwrap();
+    let patch = JotPatch {
+        body: Some("nothing to see".into()),
+        ..Default::default()
+    };
+    Jot::repo().update(&mut *tx, jot.id, patch).await.unwrap();
+    tx.commit().await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("the insert arrives")
+        .unwrap()
+        .unwrap();
+    match first {
+        Change::Inserted(j) => assert_eq!(j.body, "a zebra passed"),
+        other => panic!("expected the insert as written, got {other:?}"),
+    }
+}

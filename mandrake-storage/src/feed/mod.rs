@@ -35,7 +35,7 @@ pub use slots::{SlotStatus, drop_consumer, feed_slots};
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::query::filter::{Filter, Node, bind_all, condition};
+use crate::query::filter::{Filter, Node, bind_all, row_condition};
 use crate::record::Record;
 use crate::schema::{FEED_PUBLICATION, TableSchema, current_tenant_sql};
 use crate::sql::quote_ident;
@@ -322,7 +322,7 @@ fn decode_sql(schema: &TableSchema, node: &Node, columns: &str, scope: Scope) ->
     let mut param = 0;
     let mut pass = match node {
         Node::All => "true".to_owned(),
-        node => format!("({})", condition(schema, node, &mut param)),
+        node => format!("({})", row_condition(schema, node, &mut param)),
     };
     // Whether the row is the subscriber's tenant's: a row an update moved
     // to another tenant is, to the one it left, deleted; its new values

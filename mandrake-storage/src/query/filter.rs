@@ -612,8 +612,16 @@ pub(crate) fn condition(schema: &TableSchema, node: &Node, param: &mut usize) ->
     condition_in(schema, node, param, true)
 }
 
+/// [`condition`] on a row that is not read from the table (the change
+/// feed's rows, decoded from the WAL): no lookup narrows it, since a lookup
+/// finds the table's rows as they are now, not as the change wrote them.
+pub(crate) fn row_condition(schema: &TableSchema, node: &Node, param: &mut usize) -> String {
+    condition_in(schema, node, param, false)
+}
+
 /// [`condition`]; `narrow`: whether a search or pattern with a lookup is
-/// narrowed by it ([`narrowed`]): not under `NOT`, where no index helps.
+/// narrowed by it ([`narrowed`]): not under `NOT`, where no index helps,
+/// nor on rows that are not the table's ([`row_condition`]).
 fn condition_in(schema: &TableSchema, node: &Node, param: &mut usize, narrow: bool) -> String {
     let mut next = || {
         *param += 1;

@@ -82,31 +82,43 @@ async fn load(
         sqlx::query_scalar("INSERT INTO conversations (title) VALUES ('search') RETURNING id")
             .fetch_one(pool)
             .await?;
-    let mut conn = pool.acquire().await?;
     let started = Instant::now();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let lines = (0..rows).map(|_| {
+        let text = message_text(&mut rng, words);
+        format!("{}\t{conversation}\tuser\t{text}\n", Uuid::now_v7())
+    });
+    copy_in(pool, "messages (id, conversation_id, role, content)", lines).await?;
+    Ok(started.elapsed())
+}
+
+/// `COPY <target> FROM STDIN` of `lines` (text format, each ending in a
+/// newline), sent a megabyte at a time; then `VACUUM ANALYZE` as autovacuum
+/// would before anyone searches: GIN indexes take new rows into a pending
+/// list that every search would otherwise scan.
+pub(crate) async fn copy_in(
+    pool: &PgPool,
+    target: &str,
+    lines: impl Iterator<Item = String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut conn = pool.acquire().await?;
     let mut copy = conn
-        .copy_in_raw("COPY messages (id, conversation_id, role, content) FROM STDIN")
+        .copy_in_raw(&format!("COPY {target} FROM STDIN"))
         .await?;
     let mut chunk = String::new();
-    for _ in 0..rows {
-        let text = message_text(&mut rng, words);
-        chunk.push_str(&format!(
-            "{}\t{conversation}\tuser\t{text}\n",
-            Uuid::now_v7()
-        ));
+    for line in lines {
+        chunk.push_str(&line);
         if chunk.len() > 1 << 20 {
             copy.send(std::mem::take(&mut chunk).into_bytes()).await?;
         }
     }
     copy.send(chunk.into_bytes()).await?;
     copy.finish().await?;
-    // As autovacuum would, before anyone searches: GIN indexes take new
-    // rows into a pending list that every search would otherwise scan.
-    sqlx::raw_sql("VACUUM ANALYZE messages")
+    let table = target.split(' ').next().unwrap_or(target);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
         .execute(&mut *conn)
         .await?;
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// p50 and p99 of `samples`.

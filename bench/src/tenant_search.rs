@@ -42,26 +42,14 @@ async fn load(
     let sql = mandrake_storage::schema::ddl::create_schema(&[TenantMessage::schema()]);
     pool.execute(sqlx::AssertSqlSafe(sql)).await?;
     let tenants: Vec<Uuid> = (0..TENANTS).map(|_| Uuid::now_v7()).collect();
-    let mut conn = pool.acquire().await?;
-    let mut copy = conn
-        .copy_in_raw("COPY bench_tenant_messages (id, workspace_id, content) FROM STDIN")
-        .await?;
     // Another seed than the shared table's: the same words, other messages.
     let mut rng = crate::search::Rng(0x5851_F42D_4C95_7F2D);
-    let mut chunk = String::new();
-    for n in 0..rows {
+    let lines = (0..rows).map(|n| {
         let text = message_text(&mut rng, words);
-        let tenant = tenants[n % TENANTS];
-        chunk.push_str(&format!("{}\t{tenant}\t{text}\n", Uuid::now_v7()));
-        if chunk.len() > 1 << 20 {
-            copy.send(std::mem::take(&mut chunk).into_bytes()).await?;
-        }
-    }
-    copy.send(chunk.into_bytes()).await?;
-    copy.finish().await?;
-    sqlx::raw_sql("VACUUM ANALYZE bench_tenant_messages")
-        .execute(&mut *conn)
-        .await?;
+        format!("{}\t{}\t{text}\n", Uuid::now_v7(), tenants[n % TENANTS])
+    });
+    let target = "bench_tenant_messages (id, workspace_id, content)";
+    crate::search::copy_in(pool, target, lines).await?;
     Ok(tenants)
 }
 

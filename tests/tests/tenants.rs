@@ -972,10 +972,12 @@ async fn trusted_code_hears_every_tenants_changes_each_with_its_tenant() {
     }
 }
 
-/// A tenant-scoped record with a search field and a trigram index.
+/// A tenant-scoped record in the change feed, with a search field and a
+/// trigram index: lookups, which the feed must not use.
 #[derive(Record, Clone)]
 #[record(
     table = "memos",
+    notify,
     extension = "pg_trgm",
     index(body, using = "gin", ops = "gin_trgm_ops")
 )]
@@ -1144,25 +1146,6 @@ async fn a_tenant_handle_on_the_tables_owner_is_refused() {
     assert_eq!(n, 82);
 }
 
-/// A tenant-scoped record in the change feed, with a search field and a
-/// trigram index: lookups, which the feed must not use.
-#[derive(Record, Clone)]
-#[record(
-    table = "jots",
-    notify,
-    extension = "pg_trgm",
-    index(body, using = "gin", ops = "gin_trgm_ops")
-)]
-pub struct Jot {
-    pub id: Uuid,
-    #[record(tenant)]
-    pub workspace_id: Uuid,
-    #[record(search = "english")]
-    pub body: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
 /// A tenant's feed filters each change by the row as the change wrote it,
 /// never through a lookup, which finds the table as it is now: an insert
 /// whose text the same transaction then changed still arrives.
@@ -1170,29 +1153,22 @@ pub struct Jot {
 async fn a_tenants_feed_filters_each_change_as_written_not_through_a_lookup() {
     use futures_util::StreamExt;
     use mandrake_storage::Change;
-    let test = TestDb::with_tables(&[Workspace::schema(), Jot::schema()])
-        .await
-        .unwrap();
-    let workspace = Workspace::repo()
-        .create(test.db(), NewWorkspace { name: "B".into() })
-        .await
-        .unwrap();
-    let b = test.app_db().await.unwrap().tenant(workspace.id);
-    let filter = Jot::BODY
+    let (_test, _app, _a, b) = memos().await;
+    let filter = Memo::BODY
         .contains_text("zebra")
-        .or(Jot::BODY.matches("zebra"));
-    let mut feed = Jot::subscribe(&b, filter).await.unwrap();
+        .or(Memo::BODY.matches("zebra"));
+    let mut feed = Memo::subscribe(&b, filter).await.unwrap();
     let mut tx = b.begin().await.unwrap();
-    let new = NewJot {
+    let new = NewMemo {
         workspace_id: None,
         body: "a zebra passed".into(),
     };
-    let jot = Jot::repo().create(&mut *tx, new).await.unwrap();
-    let patch = JotPatch {
+    let memo = Memo::repo().create(&mut *tx, new).await.unwrap();
+    let patch = MemoPatch {
         body: Some("nothing to see".into()),
         ..Default::default()
     };
-    Jot::repo().update(&mut *tx, jot.id, patch).await.unwrap();
+    Memo::repo().update(&mut *tx, memo.id, patch).await.unwrap();
     tx.commit().await.unwrap();
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
         .await
@@ -1200,7 +1176,7 @@ async fn a_tenants_feed_filters_each_change_as_written_not_through_a_lookup() {
         .unwrap()
         .unwrap();
     match first {
-        Change::Inserted(j) => assert_eq!(j.body, "a zebra passed"),
+        Change::Inserted(m) => assert_eq!(m.body, "a zebra passed"),
         other => panic!("expected the insert as written, got {other:?}"),
     }
 }

@@ -340,10 +340,13 @@ impl Db {
             .statement_timeout
             .map(|t| t.as_millis().to_string());
         if settings.pgbouncer {
-            // PgBouncer refuses startup options, and its server connections
-            // keep no prepared statement from one transaction to the next:
-            // none is cached (see `Transaction` for those made inside one).
-            options = options.statement_cache_capacity(0);
+            // PgBouncer refuses startup options, sqlx's `extra_float_digits`
+            // among them (a stock PgBouncer ends the connection; since
+            // PostgreSQL 12 its default prints floats exactly anyway), and
+            // its server connections keep no prepared statement from one
+            // transaction to the next: none is cached (see `Transaction` for
+            // those made inside one).
+            options = options.statement_cache_capacity(0).extra_float_digits(None);
         } else if let Some(ms) = &timeout_ms {
             options = options.options([("statement_timeout", ms.as_str())]);
         }

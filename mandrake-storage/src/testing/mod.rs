@@ -161,7 +161,7 @@ pub fn start_pgbouncer(cluster: &Cluster) -> Result<PathBuf> {
              listen_addr =\nlisten_port = {PGBOUNCER_PORT}\nunix_socket_dir = {dir}\n\
              auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
              default_pool_size = 20\nmax_client_conn = 1000\n\
-             ignore_startup_parameters = extra_float_digits\nadmin_users = postgres\n\
+             admin_users = postgres\n\
              logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
             server = cluster.socket_dir().display(),
             dir = dir.display(),
@@ -359,7 +359,11 @@ impl TestDb {
     /// Connection options for the admin console of that PgBouncer
     /// (`SHOW POOLS`, `SHOW STATS`: simple queries only).
     pub fn pgbouncer_console(&self) -> Result<PgConnectOptions> {
-        Ok(self.through_pgbouncer()?.database("pgbouncer"))
+        // As a `Db` in PgBouncer mode, without the startup option it refuses.
+        Ok(self
+            .through_pgbouncer()?
+            .database("pgbouncer")
+            .extra_float_digits(None))
     }
 }
 

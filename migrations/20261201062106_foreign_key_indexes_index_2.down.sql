@@ -3,7 +3,4 @@
 -- Reverts:
 --   add index (tool_config_id) on tool_results
 
-SET lock_timeout = '5s';
-SET statement_timeout = '10min';
-
 DROP INDEX CONCURRENTLY IF EXISTS "tool_results_tool_config_id_idx";

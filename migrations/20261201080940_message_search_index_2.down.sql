@@ -3,7 +3,4 @@
 -- Reverts:
 --   add index (content_search) on messages
 
-SET lock_timeout = '5s';
-SET statement_timeout = '10min';
-
 DROP INDEX CONCURRENTLY IF EXISTS "messages_content_search_dbbffcce_idx";

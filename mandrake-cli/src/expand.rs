@@ -271,53 +271,48 @@ impl ColumnMove {
         )
     }
 
-    /// Copies the rows in batches of primary-key order; a row whose copy is
-    /// right already is not written again, which makes a rerun go on where a
-    /// killed run stopped.
-    pub(crate) fn backfill_up(&self) -> String {
+    /// A block of the backfill's statement that copies the rows in batches
+    /// of primary-key order; a row whose copy is right already is not
+    /// written again, which makes a rerun go on where a killed run stopped.
+    fn backfill_block(&self, settings: &str) -> String {
         let table = quote_ident(&self.table);
         let (key, key_type) = (quote_ident(&self.key.0), &self.key.1);
         let added = quote_ident(&self.added());
         let batch = |after: &str| {
             format!(
-                "SELECT array_agg({key} ORDER BY {key}) INTO ids FROM (\n        \
-                 SELECT {key} FROM {table}{after} ORDER BY {key} LIMIT {BATCH}\n      ) AS batch;"
+                "SELECT array_agg({key} ORDER BY {key}) INTO ids FROM (\n          \
+                 SELECT {key} FROM {table}{after} ORDER BY {key} LIMIT {BATCH}\n        ) AS batch;"
             )
         };
         // Counts first: PostgreSQL keeps 63 bytes of an application_name.
         let label = quote_literal(&format!("{}.{}", self.table, self.added()));
-        let mut sql = format!(
-            "DO $$\nDECLARE\n  ids {key_type}[];\n  done bigint := 0;\n  \
+        format!(
+            "  DECLARE\n    ids {key_type}[];\n    done bigint := 0;\n    \
              total bigint := (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = {}::regclass);\n  \
-             named text := current_setting('application_name');\n\
-             BEGIN\n  LOOP\n    IF done = 0 THEN\n      {}\n    ELSE\n      {}\n    END IF;\n    \
-             EXIT WHEN ids IS NULL;\n    \
-             PERFORM set_config('mandrake.backfill', 'on', true);\n    \
-             UPDATE {table} SET {added} = {forward} WHERE {key} = ANY(ids) AND {added} IS DISTINCT FROM {forward};\n    \
-             COMMIT;\n    \
-             done := done + cardinality(ids);\n    \
-             -- Progress, for `cargo xtask migrate` to show (pg_stat_activity).\n    \
-             PERFORM set_config('application_name', format('mandrake backfill %s/%s %s', done, total, {label}), false);\n    \
-             PERFORM pg_sleep({PAUSE});\n  END LOOP;\n  \
-             PERFORM set_config('application_name', named, false);\nEND $$;",
+             BEGIN\n    LOOP\n{settings}      IF done = 0 THEN\n        {}\n      ELSE\n        {}\n      END IF;\n      \
+             EXIT WHEN ids IS NULL;\n      \
+             PERFORM set_config('mandrake.backfill', 'on', true);\n      \
+             UPDATE {table} SET {added} = {forward} WHERE {key} = ANY(ids) AND {added} IS DISTINCT FROM {forward};\n      \
+             COMMIT;\n      \
+             done := done + cardinality(ids);\n      \
+             -- Progress, for `cargo xtask migrate` to show (pg_stat_activity).\n      \
+             PERFORM set_config('application_name', format('mandrake backfill %s/%s %s', done, total, {label}), false);\n      \
+             PERFORM pg_sleep({PAUSE});\n    END LOOP;\n  END;\n",
             quote_literal(&quote_ident(&self.table)),
             batch(""),
             batch(&format!(" WHERE {key} > ids[cardinality(ids)]")),
             forward = self.forward(""),
-        );
+        )
+    }
+
+    /// The constraints the backfill validates once the rows are copied.
+    fn validations(&self) -> Vec<String> {
         let checked = self.check().map(|c| c.name);
-        for name in checked
+        checked
             .iter()
             .chain(self.keys.iter().map(|k| &k.built.name))
-        {
-            sql.push_str(&format!(
-                "\n-- squawk-ignore prefer-robust-stmts -- a rerun validates a valid constraint again, harmlessly\n\
-                 {} VALIDATE CONSTRAINT {};",
-                self.alter(),
-                quote_ident(name)
-            ));
-        }
-        sql
+            .map(|name| format!("{} VALIDATE CONSTRAINT {}", self.alter(), quote_ident(name)))
+            .collect()
     }
 
     pub(crate) fn contract_up(&self) -> String {
@@ -781,6 +776,36 @@ fn column_move(
     })
 }
 
+/// The backfill of `moves`: one `DO` statement, since sqlx's migrator runs a
+/// `-- no-transaction` file as one query. It commits a batch at a time, so
+/// each batch sets its own limits (`set_config(.., true)` ends with its
+/// transaction, and never reaches the session): `lock_timeout` for a row an
+/// app's transaction holds, and `row_security` off, since row security would
+/// hide rows from the copy (with it off, a role it applies to fails at once).
+/// Then it validates the stand-in checks and keys, a lock that lets writes
+/// go on; a rerun validates a valid constraint again, harmlessly.
+pub(crate) fn backfill_up(moves: &[ColumnMove], lock_timeout: &str) -> String {
+    let settings = format!(
+        "      PERFORM set_config('lock_timeout', {}, true);\n      \
+         PERFORM set_config('row_security', 'off', true);\n",
+        quote_literal(lock_timeout)
+    );
+    let mut sql =
+        "DO $$\nDECLARE\n  named text := current_setting('application_name');\nBEGIN\n".to_owned();
+    for m in moves {
+        sql.push_str(&m.backfill_block(&settings));
+    }
+    let validations: Vec<String> = moves.iter().flat_map(ColumnMove::validations).collect();
+    if !validations.is_empty() {
+        sql.push_str(&settings.replace("      ", "  "));
+        for validation in validations {
+            sql.push_str(&format!("  EXECUTE {};\n", quote_literal(&validation)));
+        }
+    }
+    sql.push_str("  PERFORM set_config('application_name', named, false);\nEND $$;");
+    sql
+}
+
 /// What in `table` (or a key of another table of `schema`) names `column`
 /// that a column move does not carry over (it rebuilds indexes, unique and
 /// foreign keys, not checks, policies or expressions, nor a key of another
@@ -928,7 +953,7 @@ mod tests {
         let from = schema(notes("integer", "model"));
         let to = schema(notes("bigint", "model"));
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = online::files(&plan, &from, &to, true).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(suffixes, ["_expand", "_backfill", "_contract"]);
         assert!(files[1].no_transaction && files[1].resumable && files[2].contract);
@@ -953,7 +978,7 @@ mod tests {
         let from = schema(notes("numeric(10,2)", "model"));
         let to = schema(notes("numeric(12,2)", "model"));
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = online::files(&plan, &from, &to, true).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
         assert_eq!(files.len(), 1);
         assert!(
             files[0].up.contains("TYPE numeric(12,2)"),
@@ -967,7 +992,7 @@ mod tests {
         let from = schema(notes("integer", "model").with_index(&["rank"]));
         let to = schema(notes("bigint", "model").with_index(&["rank"]));
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let files = online::files(&plan, &from, &to, true).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
         let suffixes: Vec<&str> = files.iter().map(|f| f.suffix.as_str()).collect();
         assert_eq!(
             suffixes,
@@ -975,7 +1000,7 @@ mod tests {
         );
         assert!(
             files[2].up.contains(
-                r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "notes_rank_idx__new" ON "notes" ("rank__new")"#
+                r#"CREATE INDEX CONCURRENTLY "notes_rank_idx__new" ON "notes" ("rank__new")"#
             ),
             "{}",
             files[2].up
@@ -1000,7 +1025,7 @@ mod tests {
         let from = schema(notes("integer", "model").with_check("rank > 0"));
         let to = schema(notes("bigint", "model").with_check("rank > 0"));
         let plan = diff(&from, &to, &Renames::NONE).unwrap();
-        let err = online::files(&plan, &from, &to, true)
+        let err = online::files(&plan, &from, &to, online::ONLINE)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1010,7 +1035,12 @@ mod tests {
             "{err}"
         );
         // Without --online it is the one ALTER, as before.
-        assert_eq!(online::files(&plan, &from, &to, false).unwrap().len(), 1);
+        assert_eq!(
+            online::files(&plan, &from, &to, online::Layout::Planned)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     /// Found by `fuzz-diff` (case 71): the old column's composite key over a
@@ -1040,7 +1070,7 @@ mod tests {
         let (from, to) = (both(notes("folder_id")), both(notes("parent_id")));
         let renames = Renames::default().column("notes", "folder_id", "parent_id");
         let plan = diff(&from, &to, &renames).unwrap();
-        let files = online::files(&plan, &from, &to, true).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
         let main = files
             .iter()
             .find(|f| f.suffix.is_empty())
@@ -1093,7 +1123,7 @@ mod tests {
                 .table("folders", "boxes")
                 .column("notes", "folder_id", "parent_id");
         let plan = diff(&from, &to, &renames).unwrap();
-        let files = online::files(&plan, &from, &to, true).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
         let contract = files.last().unwrap();
         assert!(
             contract.down.contains(r#"REFERENCES "boxes"("id")"#),
@@ -1162,7 +1192,7 @@ mod tests {
         ];
         for (from, to, hints, why) in cases {
             let plan = diff(&from, &to, hints).unwrap();
-            let err = online::files(&plan, &from, &to, true)
+            let err = online::files(&plan, &from, &to, online::ONLINE)
                 .unwrap_err()
                 .to_string();
             assert!(

@@ -563,11 +563,48 @@ pub async fn run_case(url: &str, seed: u64) -> Result<Ran> {
                 "a change was found but nothing written".into(),
             )));
         }
+        same_under_sqlx(url, &dir).await?;
         Ok::<_, Error>(Ran::Passed)
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome
+}
+
+/// Proves that sqlx's own migrator (what `sqlx migrate run` and
+/// `sqlx::migrate!` run) applies the folder `dir` and builds the schema
+/// ours builds: it sends a `-- no-transaction` file as one query.
+async fn same_under_sqlx(url: &str, dir: &std::path::Path) -> Result<()> {
+    use mandrake_storage::migrate::{MigrateOptions, Migrations, migrate};
+    use mandrake_storage::schema::introspect::inspect_url;
+    let failed = |e: sqlx::migrate::MigrateError| {
+        Error::Migration(MigrationError::Other(format!(
+            "sqlx's migrator failed: {e}"
+        )))
+    };
+    let mut scratch = mandrake_storage::admin::Scratch::new(url);
+    let proof = async {
+        let (ours, theirs) = (scratch.create("ours").await?, scratch.create("sqlx").await?);
+        migrate(
+            &ours,
+            &Migrations::from_dir(dir)?,
+            &MigrateOptions::complete(),
+        )
+        .await?;
+        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(failed)?;
+        let mut conn = mandrake_storage::connect_one(&theirs).await?;
+        migrator.run(&mut conn).await.map_err(failed)?;
+        drop(conn);
+        if inspect_url(&ours).await? != inspect_url(&theirs).await? {
+            return Err(Error::Migration(MigrationError::Other(
+                "sqlx's migrator built another schema than ours".into(),
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    scratch.drop_all().await;
+    proof
 }
 
 /// The first extension `tables` need that the server at `url` cannot make.
@@ -639,13 +676,25 @@ mod tests {
             let case = case(seed);
             let (from, to) = (schema(case.first), schema(case.second));
             let plan = crate::diff::diff(&from, &to, &case.renames).unwrap();
-            let files = crate::online::files(&plan, &from, &to, true)
+            let files = crate::online::files(&plan, &from, &to, crate::online::ONLINE)
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             if files.iter().any(|f| f.contract) {
                 planned += 1;
             }
             if files.iter().any(|f| f.suffix.starts_with("_expand_index")) {
                 rebuilt += 1;
+            }
+            // What sqlx's migrator can run: one statement outside a transaction.
+            for file in files.iter().filter(|f| f.no_transaction) {
+                for sql in [&file.up, &file.down] {
+                    let text = format!("-- no-transaction\n{sql}");
+                    let found = crate::lint::lint_sql(std::path::Path::new("x.up.sql"), &text);
+                    assert!(
+                        found.iter().all(|f| f.rule != crate::lint::ONE_STATEMENT),
+                        "seed {seed}, {}: {found:?}",
+                        file.suffix
+                    );
+                }
             }
         }
         assert!(planned >= 25, "{planned} of 100 odd seeds");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sqlx::{Connection, Executor};
 
 use crate::diff::{Plan, diff};
+use crate::online::Layout;
 use mandrake_storage::admin::Scratch;
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
 use mandrake_storage::schema::ddl::create_schema;
@@ -297,20 +298,19 @@ impl Timeouts {
         Ok(())
     }
 
-    /// The lines a generated file starts with: for its own transaction, or
-    /// for its session when it runs outside one; a resumable file's one
-    /// statement (a backfill) runs as long as its table is long, in short
-    /// transactions, so it has no statement timeout.
-    fn sql(&self, no_transaction: bool, resumable: bool) -> String {
-        let scope = if no_transaction { "" } else { "LOCAL " };
-        let statement = if resumable {
-            "0"
-        } else {
-            self.statement.as_str()
-        };
+    /// The lines a generated file starts with, for its own transaction.
+    /// A `-- no-transaction` file has none: it holds one statement, as
+    /// sqlx's migrator needs (see [`crate::online`]), and that statement
+    /// either takes no lock that the app's reads and writes wait behind (a
+    /// `CONCURRENTLY` index build or drop) or sets its limits itself, a
+    /// transaction at a time (a backfill).
+    fn sql(&self, no_transaction: bool) -> String {
+        if no_transaction {
+            return String::new();
+        }
         format!(
-            "SET {scope}lock_timeout = '{}';\nSET {scope}statement_timeout = '{statement}';\n\n",
-            self.lock
+            "SET LOCAL lock_timeout = '{}';\nSET LOCAL statement_timeout = '{}';\n\n",
+            self.lock, self.statement
         )
     }
 }
@@ -400,7 +400,14 @@ fn render(
     options: &NewMigrationOptions,
 ) -> Result<Vec<Rendered>> {
     let version = next_version(migrations);
-    let files = crate::online::files(plan, current, desired, options.online)?;
+    let layout = if options.online {
+        Layout::Online {
+            lock_timeout: &options.timeouts.lock,
+        }
+    } else {
+        Layout::Planned
+    };
+    let files = crate::online::files(plan, current, desired, layout)?;
     Ok(files
         .into_iter()
         .enumerate()
@@ -424,7 +431,7 @@ fn render(
                     text.push_str(&format!("--   {step}\n"));
                 }
                 text.push('\n');
-                text.push_str(&options.timeouts.sql(file.no_transaction, file.resumable));
+                text.push_str(&options.timeouts.sql(file.no_transaction));
                 text
             };
             let body = |sql: &str| format!("{}\n", sql.trim_end());

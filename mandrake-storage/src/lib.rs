@@ -167,7 +167,9 @@ pub use record::{
     Record, Repo, TenantRoot, UniqueKey, Versioned, registered_renames, registered_tables,
 };
 pub use schema::{ColumnDef, DatabaseSchema, Lookup, LookupKind, OnDelete, TableSchema};
-/// The trait [`FromRow`](macro@FromRow) implements.
-pub use sqlx::FromRow;
+/// The trait [`FromRow`](macro@FromRow) implements. From sqlx-core: the
+/// same name at sqlx's root is its derive too when an app turns on sqlx's
+/// `macros`, and would clash with ours.
+pub use sqlx_core::from_row::FromRow;
 pub use url::redact_url;
 pub use {chrono, serde_json, sqlx, uuid};

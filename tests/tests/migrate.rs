@@ -1022,3 +1022,34 @@ async fn the_applications_role_reads_the_migration_history_and_cannot_change_it(
         .unwrap();
     assert_eq!(still, applied);
 }
+
+/// The workspace's `migrations/` as most sqlx apps apply migrations, with
+/// `sqlx::migrate!()` at startup: sqlx sends a `-- no-transaction` file as
+/// one query, so each holds one statement. It builds what our runner
+/// builds, and sqlx's own revert takes it all back.
+#[tokio::test]
+async fn sqlx_migrate_applies_and_reverts_the_whole_folder() {
+    let migrator = sqlx::migrate!("../migrations");
+    assert!(
+        migrator.iter().any(|m| m.no_tx),
+        "the folder has no-transaction files"
+    );
+    let theirs = TestDb::empty().await.unwrap();
+    let mut conn = theirs.db().acquire().await.unwrap();
+    migrator.run(&mut *conn).await.unwrap();
+    let ours = TestDb::empty().await.unwrap();
+    let folder =
+        Migrations::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations")).unwrap();
+    migrate(&ours.url(), &folder, &MigrateOptions::complete())
+        .await
+        .unwrap();
+    let inspect = mandrake_storage::schema::introspect::inspect_url;
+    assert_eq!(
+        inspect(&theirs.url()).await.unwrap(),
+        inspect(&ours.url()).await.unwrap()
+    );
+    let rows = status(&theirs.url(), &folder).await.unwrap();
+    assert!(rows.iter().all(|r| r.state == State::Applied), "{rows:?}");
+    migrator.undo(&mut *conn, 0).await.unwrap();
+    assert!(catalog(theirs.db()).await.is_empty());
+}

@@ -65,7 +65,7 @@ pub enum Object {
         unique: Unique,
     },
     /// An index; `online`: built and dropped `CONCURRENTLY`, outside a
-    /// transaction (after dropping an INVALID copy a failed run left).
+    /// transaction, one statement a file.
     Index {
         /// Its table.
         table: String,

@@ -456,3 +456,63 @@ async fn print_file_times(db: &Db, name: &str) {
         println!("  {file}: {:.1} ms", nanos as f64 / 1e6);
     }
 }
+
+/// Why a generated `-- no-transaction` index file may run without a
+/// `lock_timeout` (it is one statement, with no room for a `SET`): while
+/// `CREATE INDEX CONCURRENTLY` waits behind a long transaction, the app's
+/// reads and writes of the table go on; what queues behind it is only
+/// other schema changes.
+#[tokio::test]
+async fn a_waiting_concurrent_index_build_holds_up_no_read_or_write() {
+    let t = TestDb::empty().await.unwrap();
+    let url = t.url();
+    let connect = || mandrake_storage::connect_one(&url);
+    sqlx::raw_sql("CREATE TABLE notes (id uuid PRIMARY KEY, body text)")
+        .execute(t.db())
+        .await
+        .unwrap();
+    let mut long = connect().await.unwrap();
+    // An app's transaction that wrote and has not committed yet.
+    sqlx::raw_sql("BEGIN; INSERT INTO notes VALUES ('00000000-0000-7000-8000-0000000000ff', 'x');")
+        .execute(&mut long)
+        .await
+        .unwrap();
+    let mut builder = connect().await.unwrap();
+    let build = tokio::spawn(async move {
+        sqlx::raw_sql("CREATE INDEX CONCURRENTLY notes_body_idx ON notes (body)")
+            .execute(&mut builder)
+            .await
+            .map(|_| ())
+    });
+    let mut app = connect().await.unwrap();
+    let waiting = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
+        )
+        .fetch_one(t.db())
+        .await
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !waiting().await {
+        assert!(Instant::now() < deadline, "the build never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The app, with a lock timeout that would fail any wait.
+    sqlx::raw_sql(
+        "SET lock_timeout = '200ms'; \
+         INSERT INTO notes VALUES ('00000000-0000-7000-8000-000000000001', 'a'); \
+         UPDATE notes SET body = 'b'; SELECT * FROM notes; DELETE FROM notes;",
+    )
+    .execute(&mut app)
+    .await
+    .expect("reads and writes go on while the build waits");
+    assert!(waiting().await, "the build still waits");
+    let blocked = sqlx::raw_sql("SET lock_timeout = '200ms'; ALTER TABLE notes ADD COLUMN c int")
+        .execute(&mut app)
+        .await;
+    assert!(blocked.is_err(), "a schema change does wait behind it");
+    sqlx::raw_sql("COMMIT").execute(&mut long).await.unwrap();
+    build.await.unwrap().unwrap();
+}

@@ -129,12 +129,33 @@ impl Phases {
 /// Plans the way from `from` (what the migrations build) to `to` (what the
 /// types describe), each change rendered with its SQL: see [`changes`].
 pub fn diff(from: &DatabaseSchema, to: &DatabaseSchema, hints: &Renames) -> Result<Plan> {
-    Ok(Plan {
-        steps: changes(from, to, hints)?
-            .into_iter()
-            .map(Step::from)
-            .collect(),
-    })
+    let changes = changes(from, to, hints)?;
+    let steps = changes
+        .iter()
+        .map(|change| {
+            let mut step = Step::from(change.clone());
+            if comes_back_computed(change, &changes) {
+                step.destructive = false;
+            }
+            step
+        })
+        .collect();
+    Ok(Plan { steps })
+}
+
+/// Whether `change` drops a generated column that `changes` add again under
+/// its name (a new expression): nothing is lost, its values are computed
+/// anew. Dropping one for good is destructive, as for any column: what
+/// reads it breaks.
+fn comes_back_computed(change: &SchemaChange, changes: &[SchemaChange]) -> bool {
+    let SchemaChange::Drop(Object::Column { table, column }) = change else {
+        return false;
+    };
+    column.generated.is_some()
+        && changes.iter().any(|c| {
+            matches!(c, SchemaChange::Add(Object::Column { table: t, column: added })
+                if t == table && added.name == column.name)
+        })
 }
 
 /// The typed changes from `from` to `to`, in an order where dependencies

@@ -1611,6 +1611,17 @@ async fn generated_columns_are_computed_read_back_and_never_written() {
     lab.migrate().await;
     let lengths: Vec<String> = lab.text("SELECT body_length::text FROM notes").await;
     assert_eq!(lengths, ["4"]);
+    // Gone for good: what reads it breaks, as for any column.
+    let refused = lab.generate(&v1, false).await;
+    match refused {
+        Err(err) => assert!(
+            err.to_string().contains("--allow-destructive")
+                && err.to_string().contains("body_length"),
+            "{err}"
+        ),
+        Ok(made) => panic!("dropped without --allow-destructive: {:?}", made.files),
+    }
+    assert_eq!(lab.generate(&v1, true).await.unwrap().files.len(), 1);
 }
 
 mod keyed {
@@ -2056,8 +2067,14 @@ async fn search_columns_are_added_reconfigured_and_dropped_with_their_indexes() 
         .await
         .unwrap();
     assert_eq!(found, 1, "english stems: run finds Running");
-    // Removing `search` drops both (the vector is derived: not destructive).
-    let (up, down) = lab.evolve(&english, &v1, false).await;
+    // Removing `search` drops both. The vector is derived, but an old
+    // binary's search reads it: like any dropped column, it asks first.
+    let refused = lab.generate(&v1, false).await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("--allow-destructive")),
+        "dropped without asking"
+    );
+    let (up, down) = lab.evolve(&english, &v1, true).await;
     assert!(up.contains(r#"DROP COLUMN "body_search""#), "{up}");
     assert!(down.contains("USING gin (body_search)"), "{down}");
 }

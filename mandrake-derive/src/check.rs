@@ -16,6 +16,7 @@ pub fn check(cx: &Ctxt, input: &DeriveInput, cont: &Container) {
     check_field_attrs(cx, cont);
     check_duplicate_columns(cx, cont);
     check_column_lists(cx, cont);
+    check_duplicate_indexes(cx, cont);
     for f in &cont.fields {
         if let Some(off) = &f.attrs.no_index
             && f.attrs.references.is_none()
@@ -323,6 +324,53 @@ fn check_column_lists(cx: &Ctxt, cont: &Container) {
             && predicate.value().trim().is_empty()
         {
             cx.error_spanned_by(predicate, "an empty `where` condition");
+        }
+    }
+}
+
+/// The same index declared twice would be made twice under one name, and
+/// fail only when a migration runs: the second declaration is the error.
+fn check_duplicate_indexes(cx: &Ctxt, cont: &Container) {
+    let columns = |idents: &[syn::Ident]| -> Vec<String> {
+        idents
+            .iter()
+            .map(|i| resolve_column(cont, &i.to_string()).unwrap_or_else(|| i.to_string()))
+            .collect()
+    };
+    let text = |s: &Option<syn::LitStr>| s.as_ref().map(|s| s.value().trim().to_owned());
+    // What makes two indexes the same: a plain field's index is `index(field)`.
+    let signature = |keyword: &str, cols: Vec<String>, rest: [Option<String>; 4], include| {
+        format!("{keyword} {cols:?} {rest:?} {include:?}")
+    };
+    let plain = || [Some("btree".to_owned()), None, None, None];
+    let mut seen: HashMap<String, &'static str> = HashMap::new();
+    for f in cont.columns().filter(|f| f.attrs.index.is_some()) {
+        let key = signature("index", vec![f.column.clone()], plain(), Vec::new());
+        seen.insert(key, "`#[record(index)]` on its field");
+    }
+    for index in cont.attrs.indexes.iter().chain(&cont.attrs.uniques) {
+        let method = text(&index.using).or_else(|| Some("btree".into()));
+        let rest = [
+            method,
+            text(&index.ops),
+            text(&index.predicate),
+            text(&index.expr),
+        ];
+        let key = signature(
+            &index.keyword.to_string(),
+            columns(&index.columns),
+            rest,
+            columns(&index.include),
+        );
+        if let Some(first) = seen.insert(key, "an earlier declaration") {
+            cx.error_spanned_by(
+                &index.keyword,
+                format!(
+                    "this {} is declared twice (see {first}): it would be made twice under one \
+                     name; remove one",
+                    index.keyword
+                ),
+            );
         }
     }
 }

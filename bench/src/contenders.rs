@@ -30,6 +30,8 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lib {
     Ours,
+    /// Ours, `import_many`: the bulk insert that keeps given times.
+    OursImport,
     /// Ours through PgBouncer in transaction mode (`pgbouncer: true`): the
     /// cost of the mode.
     OursPgBouncer,
@@ -52,6 +54,7 @@ impl Lib {
     pub fn label(self) -> &'static str {
         match self {
             Lib::Ours => "ours",
+            Lib::OursImport => "ours import_many",
             Lib::OursPgBouncer => "ours via PgBouncer",
             Lib::SqlxSame => "sqlx, our pool",
             Lib::Sqlx => "sqlx PgPool",
@@ -86,7 +89,15 @@ impl Op {
         match self {
             // The typed-query target: ours against the same SQL by hand.
             Op::FilteredPage => vec![Ours, SqlxSame, Sqlx],
-            op if op.is_bulk() => vec![Ours, SqlxSame, Sqlx, TokioPostgres, SeaOrm, Copy],
+            op if op.is_bulk() => vec![
+                Ours,
+                OursImport,
+                SqlxSame,
+                Sqlx,
+                TokioPostgres,
+                SeaOrm,
+                Copy,
+            ],
             _ => vec![
                 Ours,
                 OursPgBouncer,
@@ -424,7 +435,7 @@ async fn create_one(
             .insert(&env.sea)
             .await?;
         }
-        Lib::Copy => unreachable!("COPY only loads in bulk"),
+        Lib::Copy | Lib::OursImport => unreachable!("a bulk load only"),
     }
     Ok(())
 }
@@ -495,6 +506,24 @@ async fn create_many(
                 })
                 .collect();
             Message::repo().create_many(env.ours(lib), new).await?;
+        }
+        Lib::OursImport => {
+            // History: a row a second, ending now.
+            let now = chrono::Utc::now();
+            let new = (0..rows)
+                .map(|n| {
+                    let new = NewMessage {
+                        conversation_id: conversation,
+                        role: Role::User,
+                        content: content(n),
+                        model_id: None,
+                        tokens_in: 0,
+                        tokens_out: 0,
+                    };
+                    (new, now - chrono::Duration::seconds((rows - n) as i64))
+                })
+                .collect();
+            Message::repo().import_many(&env.db, new).await?;
         }
         Lib::SqlxSame => {
             sqlx_create_many(&env.raw_db, conversation, (0..rows).map(content).collect()).await?
@@ -604,7 +633,7 @@ async fn get(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxError>
                 .await?
                 .ok_or("missing")?;
         }
-        Lib::Copy => unreachable!(),
+        Lib::Copy | Lib::OursImport => unreachable!(),
     }
     Ok(())
 }
@@ -743,7 +772,7 @@ impl PageState {
                     self.sea = Some((items[49].created_at, items[49].id));
                 }
             }
-            Lib::Copy => unreachable!(),
+            Lib::Copy | Lib::OursImport => unreachable!(),
         }
         Ok(())
     }
@@ -838,7 +867,7 @@ async fn update(env: &Env, lib: Lib, task: usize, id: Uuid, i: usize) -> Result<
             .update(&env.sea)
             .await?;
         }
-        Lib::Copy => unreachable!(),
+        Lib::Copy | Lib::OursImport => unreachable!(),
     }
     Ok(())
 }
@@ -907,7 +936,7 @@ async fn delete(env: &Env, lib: Lib, task: usize, id: Uuid) -> Result<(), BoxErr
         Lib::SeaOrm => {
             entity::Entity::delete_by_id(id).exec(&env.sea).await?;
         }
-        Lib::Copy => unreachable!(),
+        Lib::Copy | Lib::OursImport => unreachable!(),
     }
     Ok(())
 }
@@ -932,6 +961,7 @@ fn rss() -> (u64, u64) {
 pub async fn peak_memory_here(url: &str, lib: &str, rows: usize) -> Result<u64, BoxError> {
     let lib = match lib {
         "ours" => Lib::Ours,
+        "ours-import" => Lib::OursImport,
         "sqlx" => Lib::Sqlx,
         "sqlx-our-pool" => Lib::SqlxSame,
         "tokio-postgres" => Lib::TokioPostgres,

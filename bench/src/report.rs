@@ -112,6 +112,7 @@ impl Table {
             if quick { "--quick" } else { "full" }
         );
         let others = [
+            Lib::OursImport,
             Lib::OursPgBouncer,
             Lib::SqlxSame,
             Lib::Sqlx,

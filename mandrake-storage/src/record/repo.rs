@@ -66,7 +66,9 @@ impl<T: Record> Repo<T> {
 
     /// Inserts one row like [`Repo::create`], with its `created_at` and
     /// `updated_at` given: for history imported from elsewhere, which keeps
-    /// its times. (`create` leaves both to the database's `now()`.)
+    /// its times. (`create` leaves both to the database's `now()`.) Its id
+    /// is a UUIDv7 of that time, as [`Repo::import_many`] makes; for many
+    /// rows, that is the fast way.
     pub async fn import<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
@@ -77,7 +79,7 @@ impl<T: Record> Repo<T> {
             call_span!("import", T),
             async move {
                 let mut args = PgArguments::default();
-                T::bind_new(new, Uuid::now_v7(), &mut args).map_err(bind_error)?;
+                T::bind_new(new, id_at(&created_at)?, &mut args).map_err(bind_error)?;
                 args.add(created_at).map_err(bind_error)?;
                 let row = sqlx::query_with(T::statements().import.as_str(), args)
                     .fetch_one(executor)
@@ -85,6 +87,54 @@ impl<T: Record> Repo<T> {
                 Ok(T::decode(&row, 0)?)
             },
             |_| 1,
+        )
+        .await
+    }
+
+    /// Inserts any number of rows with their `created_at` (and `updated_at`)
+    /// given, in one statement like [`Repo::create_many`]: history imported
+    /// from elsewhere, at bulk speed. Each id is a UUIDv7 made from its
+    /// row's time (to a 4,096th of a millisecond), so ids sort as the times
+    /// do, and a keyset page by id reads history in order. Returns the rows
+    /// in input order.
+    ///
+    /// A time before 1970, which a UUIDv7 cannot carry, is
+    /// `Error::InvalidValue` for `created_at`, before anything is sent.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Db, Record};
+    /// # async fn demo<T: Record>(db: &Db, old: Vec<(T::New, chrono::DateTime<chrono::Utc>)>) -> mandrake_storage::Result<()> {
+    /// let imported: Vec<T> = T::repo().import_many(db, old).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn import_many<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        rows: Vec<(T::New, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<Vec<T>> {
+        traced::<T, _>(
+            call_span!("import_many", T),
+            async move {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let (rows, times): (Vec<T::New>, Vec<_>) = rows.into_iter().unzip();
+                let ids = times.iter().map(id_at).collect::<Result<Vec<Uuid>>>()?;
+                let order: HashMap<Uuid, usize> =
+                    ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+                let mut args = PgArguments::default();
+                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+                args.add(times).map_err(bind_error)?;
+                let sql = T::statements().import_many.as_str();
+                let mut stored = Vec::with_capacity(order.len());
+                let mut stream = sqlx::query_with(sql, args).fetch(executor);
+                while let Some(row) = stream.try_next().await? {
+                    stored.push(T::decode(&row, 0)?);
+                }
+                stored.sort_unstable_by_key(|r| order.get(&r.id()).copied());
+                Ok(stored)
+            },
+            |rows| rows.len() as u64,
         )
         .await
     }
@@ -933,6 +983,22 @@ async fn insert_batch<'e, T: Record, E: PgExecutor<'e>>(
         stored.push(T::decode(&row, 0)?);
     }
     Ok(stored)
+}
+
+/// A UUIDv7 carrying `at`: its milliseconds, then (RFC 9562's third
+/// method) the rest of the millisecond in the 12 bits after the version,
+/// then random bits.
+fn id_at(at: &chrono::DateTime<chrono::Utc>) -> Result<Uuid> {
+    let millis = u64::try_from(at.timestamp_millis()).map_err(|_| Error::InvalidValue {
+        column: "created_at",
+        reason: "before 1970, which a UUIDv7 id cannot carry",
+    })?;
+    let within = u64::from(at.timestamp_subsec_nanos() % 1_000_000) * 4096 / 1_000_000;
+    let mut tail = [0u8; 10];
+    tail.copy_from_slice(&Uuid::new_v4().as_bytes()[6..]);
+    tail[0] = (within >> 8) as u8;
+    tail[1] = within as u8;
+    Ok(uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid())
 }
 
 /// The upsert statements of `key`.

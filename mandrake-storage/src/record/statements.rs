@@ -96,6 +96,8 @@ pub struct Statements {
     /// `import`: the insert with `created_at` and `updated_at` given (the
     /// last parameter), where the table has them.
     pub import: String,
+    /// `import_many`: `insert_many` with one more array, the times.
+    pub import_many: String,
     pub delete: String,
     /// Per unique constraint, in schema order (see [`UniqueKey`]).
     pub upserts: Vec<UpsertStatements>,
@@ -178,6 +180,7 @@ impl Statements {
                 }
             ),
             import: import_statement(schema, &insert, &columns),
+            import_many: import_many_statement(schema, &insert, &columns),
             delete: format!("DELETE FROM {table} WHERE \"id\" = $1"),
             select_by_id,
             select_unchanged,
@@ -339,6 +342,28 @@ fn import_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> Str
         quote_table(&schema.name),
         ident_list(&names),
         values.join(", ")
+    )
+}
+
+/// `insert_many` with the times as one more array (`$N::timestamptz[]`),
+/// given to `created_at` and `updated_at` where the table has them.
+fn import_many_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> String {
+    let mut names = insert.columns.clone();
+    let mut values = insert.casts.clone();
+    for stamp in ["created_at", "updated_at"] {
+        if schema.column(stamp).is_some() {
+            names.push(stamp.to_owned());
+            values.push("at".to_owned());
+        }
+    }
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}, ${}::timestamptz[]) AS u({}, at) RETURNING {columns}",
+        quote_table(&schema.name),
+        ident_list(&names),
+        values.join(", "),
+        insert.unnest_args.join(", "),
+        insert.unnest_args.len() + 1,
+        insert.aliases.join(", ")
     )
 }
 

@@ -443,7 +443,7 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
 }
 
 /// `expression` (as PostgreSQL prints it) with the identifier `old` renamed
-/// to `new`; string literals are left alone.
+/// to `new`; string literals and type names after `::` are left alone.
 pub(crate) fn rename_in_expression(expression: &str, old: &str, new: &str) -> String {
     let simple = |name: &str| {
         name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -495,7 +495,9 @@ pub(crate) fn rename_in_expression(expression: &str, old: &str, new: &str) -> St
             continue;
         }
         let word = &rest[..word_len];
-        out.push_str(if word == old_printed {
+        // After `::` a word names a type (`'mandrake.tenant'::text`), never a column.
+        let type_name = out.trim_end().ends_with("::");
+        out.push_str(if word == old_printed && !type_name {
             &new_printed
         } else {
             word

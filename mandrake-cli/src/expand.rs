@@ -987,6 +987,33 @@ mod tests {
         );
     }
 
+    /// The tenant policy reads `current_setting('mandrake.tenant'::text)`:
+    /// `text` there is a type, not a column, so a column may be renamed to it.
+    #[test]
+    fn a_rename_to_a_type_name_the_tenant_policy_casts_to_is_planned() {
+        let scoped = |model: &str| {
+            let mut t = notes("integer", model)
+                .with_column(ColumnDef::new("workspace_id", "uuid"))
+                .with_tenant("workspace_id");
+            // As the catalog prints it, which the migrations' side is read from.
+            let printed = "(workspace_id = (current_setting('mandrake.tenant'::text, true))::uuid)";
+            t.policies[0].using = printed.into();
+            t.policies[0].check = printed.into();
+            t
+        };
+        let (from, to) = (schema(scoped("model")), schema(scoped("text")));
+        let renames = Renames::default().column("notes", "model", "text");
+        let plan = diff(&from, &to, &renames).unwrap();
+        let files = online::files(&plan, &from, &to, online::ONLINE).unwrap();
+        assert!(files.iter().any(|f| f.contract), "expand/contract");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.up.contains(r#"ADD COLUMN "text" text"#)),
+            "{files:?}"
+        );
+    }
+
     #[test]
     fn an_index_on_the_column_is_built_again_on_the_new_one() {
         let from = schema(notes("integer", "model").with_index(&["rank"]));

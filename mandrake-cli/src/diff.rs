@@ -898,6 +898,28 @@ mod tests {
         plan.steps.iter().map(|s| s.description.as_str()).collect()
     }
 
+    /// A type change takes the old default off and puts the new one on:
+    /// `check` lists them as two different lines.
+    #[test]
+    fn a_retyped_column_with_a_default_is_listed_without_a_repeated_line() {
+        let reactions = |ty: &str| {
+            let mut schema = schema(&[]).0;
+            schema.tables[0] = TableSchema::new("reactions")
+                .with_column(ColumnDef::new("id", "uuid"))
+                .with_column(ColumnDef::new("count", ty).default("0"));
+            schema
+        };
+        let plan = diff(&reactions("integer"), &reactions("bigint"), &Renames::NONE).unwrap();
+        assert_eq!(
+            described(&plan),
+            [
+                "drop default of reactions.count",
+                "change type of reactions.count from integer to bigint",
+                "set default of reactions.count"
+            ]
+        );
+    }
+
     /// One table, `notes`, before and after an edit: the changes the diff
     /// finds, in order.
     #[test]
@@ -957,7 +979,7 @@ mod tests {
                     t.columns[i].default = Some("'x'".into());
                     t
                 }),
-                vec!["change default of notes.title"],
+                vec!["set default of notes.title"],
             ),
             (
                 "add an index",

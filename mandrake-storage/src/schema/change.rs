@@ -686,7 +686,18 @@ impl SchemaChange {
                 from,
                 to,
             } => format!("change type of {table}.{column} from {from} to {to}"),
-            SetDefault { table, column, .. } => format!("change default of {table}.{column}"),
+            // A type change drops the old default and sets the new one: two
+            // lines that must not read the same.
+            SetDefault {
+                table,
+                column,
+                from,
+                to,
+            } => match (from, to) {
+                (_, None) => format!("drop default of {table}.{column}"),
+                (None, Some(_)) => format!("set default of {table}.{column}"),
+                (Some(_), Some(_)) => format!("change default of {table}.{column}"),
+            },
             SetRequired {
                 table,
                 column,

@@ -154,6 +154,35 @@ impl<'a> Container<'a> {
         );
         keys
     }
+
+    /// The partial unique indexes on plain b-tree columns
+    /// (`unique(a, b, where = "..")`), each as its fields: upsert keys after
+    /// [`Container::unique_keys`], as the runtime numbers them.
+    pub fn partial_unique_keys(&self) -> Vec<Vec<&Field<'a>>> {
+        self.attrs
+            .uniques
+            .iter()
+            .filter(|u| {
+                u.predicate.is_some()
+                    && u.using.as_ref().is_none_or(|m| m.value() == "btree")
+                    && u.ops.is_none()
+                    && u.expr.is_none()
+                    && u.include.is_empty()
+                    && !u.columns.is_empty()
+            })
+            .map(|u| {
+                u.columns
+                    .iter()
+                    .filter_map(|name| {
+                        let name = name.to_string();
+                        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+                        self.columns()
+                            .find(|f| f.column == name || *f.ident == name)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 impl Field<'_> {

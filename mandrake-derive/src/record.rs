@@ -649,15 +649,22 @@ fn constants(cont: &Container) -> TokenStream {
             }
         }
     });
+    let partial = cont.partial_unique_keys();
     let uniques = cont
         .unique_keys()
         .into_iter()
+        .map(|fields| (fields, ""))
+        .chain(
+            partial
+                .into_iter()
+                .map(|fields| (fields, " (partial: among the rows its condition holds for)")),
+        )
         .enumerate()
-        .map(|(i, fields)| {
+        .map(|(i, (fields, partial))| {
             let names: Vec<String> = fields.iter().map(|f| upper(f.ident)).collect();
             let name = format_ident!("ON_{}", names.join("_"));
             let doc = format!(
-                "The unique key on `{}`: an upsert's conflict target.",
+                "The unique key on `{}`{partial}: an upsert's conflict target.",
                 names.join(", ").to_lowercase()
             );
             quote! {

@@ -654,3 +654,65 @@ async fn cursors_are_checked_whole() {
         "not a cursor",
     );
 }
+
+/// A name unique among the live rows only: a partial unique index.
+#[derive(Record, Clone)]
+#[record(table = "labels", unique(name, where = "deleted_at IS NULL"))]
+pub struct Label {
+    pub id: Uuid,
+    pub name: String,
+    pub uses: i32,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A partial unique key is an upsert key like any other (`ON_NAME`), among
+/// the rows its condition holds for: a deleted row never takes the name.
+#[tokio::test]
+async fn a_partial_unique_key_is_an_upsert_key_among_its_rows() {
+    let t = TestDb::with_tables(&[Label::schema()]).await.unwrap();
+    let db = t.db();
+    let new = |name: &str, uses| NewLabel {
+        name: name.into(),
+        uses,
+        deleted_at: None,
+    };
+    let first = Label::repo()
+        .upsert(db, new("rust", 1), Label::ON_NAME)
+        .await
+        .unwrap();
+    let again = Label::repo()
+        .upsert(db, new("rust", 2), Label::ON_NAME)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.id, again.uses),
+        (first.id, 2),
+        "the live row updated"
+    );
+    sqlx::query("UPDATE labels SET deleted_at = now()")
+        .execute(db)
+        .await
+        .unwrap();
+    let fresh = Label::repo()
+        .upsert(db, new("rust", 3), Label::ON_NAME)
+        .await
+        .unwrap();
+    assert_ne!(fresh.id, first.id, "the deleted row does not take the name");
+    let ignored = Label::repo()
+        .insert_or_ignore(db, new("rust", 4), Label::ON_NAME)
+        .await
+        .unwrap();
+    assert!(ignored.is_none());
+    let many = Label::repo()
+        .upsert_many(db, vec![new("rust", 5), new("go", 1)], Label::ON_NAME)
+        .await
+        .unwrap();
+    assert_eq!(many[0].id, fresh.id);
+    assert_eq!(
+        Label::repo().count(db, Filter::all()).await.unwrap(),
+        3,
+        "the deleted rust, the live rust, go"
+    );
+}

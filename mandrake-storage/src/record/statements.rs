@@ -152,10 +152,14 @@ impl Statements {
             ),
             None => select_by_id.clone(),
         };
+        // The unique constraints, then the partial unique indexes on plain
+        // columns: `UniqueKey`'s order (the derive numbers them alike).
         let upserts = schema
             .uniques
             .iter()
-            .map(|u| insert.upserts(schema, &table, &columns, layout, &u.columns))
+            .map(|u| (u.columns.as_slice(), None))
+            .chain(schema.partial_upsert_keys())
+            .map(|(key, only)| insert.upserts(schema, &table, &columns, layout, key, only))
             .collect();
         Statements {
             table: &schema.name,
@@ -230,7 +234,9 @@ impl Insert {
         }
     }
 
-    /// The upserts on the unique key `key`.
+    /// The upserts on the unique key `key`; for a partial unique index,
+    /// among the rows where `only` holds (its condition, which PostgreSQL
+    /// needs in the conflict target to infer that index).
     fn upserts(
         &self,
         schema: &TableSchema,
@@ -238,6 +244,7 @@ impl Insert {
         columns: &str,
         layout: Layout,
         key: &[String],
+        only: Option<&str>,
     ) -> UpsertStatements {
         let mut updates: Vec<String> = layout
             .insert
@@ -258,7 +265,10 @@ impl Insert {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
         let head = &self.head;
-        let target = format!("ON CONFLICT ({})", ident_list(key));
+        let target = match only {
+            Some(condition) => format!("ON CONFLICT ({}) WHERE {condition}", ident_list(key)),
+            None => format!("ON CONFLICT ({})", ident_list(key)),
+        };
         let values = format!("VALUES ({})", self.placeholders.join(", "));
         UpsertStatements {
             one: format!("{head} {values} {target} {action} RETURNING {columns}"),

@@ -737,6 +737,23 @@ impl TableSchema {
         }
     }
 
+    /// The partial unique indexes on plain b-tree columns, each as its
+    /// columns and condition, in index order: upsert keys among the rows
+    /// where the condition holds (`unique(name, where = "deleted_at IS
+    /// NULL")`).
+    pub fn partial_upsert_keys(&self) -> impl Iterator<Item = (&[String], Option<&str>)> {
+        self.indexes
+            .iter()
+            .filter(|i| {
+                i.unique
+                    && i.method == "btree"
+                    && i.include.is_empty()
+                    && !i.columns.is_empty()
+                    && i.key == crate::sql::ident_list(&i.columns)
+            })
+            .filter_map(|i| Some((i.columns.as_slice(), Some(i.predicate.as_deref()?))))
+    }
+
     /// Whether this is the tenant root (`#[record(tenant)]` on `id`): each
     /// row is a tenant, and a tenant handle sees and writes only its own.
     pub fn is_tenant_root(&self) -> bool {

@@ -18,6 +18,11 @@ use crate::schema::{Renames, TableSchema};
 /// A struct stored as one table row. Implemented by `#[derive(Record)]`;
 /// the repository ([`Record::repo`]) is generic code over this trait.
 ///
+/// The derive implements `Debug` too, printing `secret` fields as
+/// `"<redacted>"`, so that a logged record never shows an API key: do not
+/// also derive `Debug` (`#[derive(Record, Debug)]` is error E0119,
+/// conflicting implementations of `Debug`).
+///
 /// ```
 /// use mandrake_storage::{Record, RecordEnum};
 /// use chrono::{DateTime, Utc};

@@ -417,7 +417,21 @@ impl<T: Record> Repo<T> {
     }
 
     /// Inserts `new` unless a row with the same values in `key` exists
-    /// (`ON CONFLICT DO NOTHING`): the new row, or `None`.
+    /// (`ON CONFLICT DO NOTHING`): the new row, or `None`. One row a call;
+    /// for many, [`Repo::upsert_many`].
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Tag { pub id: uuid::Uuid, #[record(unique)] pub name: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// let new = || NewTag { name: "rust".into() };
+    /// let made = Tag::repo().insert_or_ignore(db, new(), Tag::ON_NAME).await?;
+    /// let again = Tag::repo().insert_or_ignore(db, new(), Tag::ON_NAME).await?;
+    /// assert!(made.is_some() && again.is_none(), "the name was taken");
+    /// # Ok(()) }
+    /// ```
     pub async fn insert_or_ignore<'e, E: PgExecutor<'e>>(
         &self,
         executor: E,
@@ -531,6 +545,19 @@ impl<T: Record> Repo<T> {
 
     /// How many rows matching `filter` have each value of `column`, most
     /// frequent first (ties by value).
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::{Filter, Record};
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Call { pub id: uuid::Uuid, pub tool: String, pub failed: bool,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// // The tools that failed most: [("search", 12), ("read_file", 3)]
+    /// let failing: Vec<(String, i64)> = Call::repo()
+    ///     .count_by(db, Call::FAILED.eq(true), Call::TOOL)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn count_by<'e, E, V>(
         &self,
         executor: E,

@@ -11,7 +11,10 @@
 //! second schema, down restores the first and up applies again; then a
 //! second run must find nothing left to do.
 
-use crate::scaffold::{NewMigrationOptions, new_migration, new_migration_with};
+use crate::cache::Cache;
+use crate::scaffold::{
+    NewMigrationOptions, compare, compare_cached, new_migration, new_migration_with,
+};
 use mandrake_storage::schema::ddl::quote_ident;
 use mandrake_storage::schema::{ColumnDef, Index, OnDelete, Renames, TableSchema};
 use mandrake_storage::{Error, MigrationError, Result};
@@ -536,13 +539,17 @@ pub async fn run_case(url: &str, seed: u64) -> Result<Ran> {
         return Ok(Ran::Skipped { extension });
     }
     let dir = std::env::temp_dir().join(format!("mandrake-fuzz-{}-{seed}", std::process::id()));
+    let cache = Cache::at(dir.with_extension("cache"));
     let outcome = async {
         let first: Vec<&TableSchema> = first.iter().collect();
         let second: Vec<&TableSchema> = second.iter().collect();
         new_migration(url, &dir, &first, &Renames::NONE, "first", true).await?;
+        // The change is planned and proven through the cache (the proof on
+        // a copy of the replayed folder), which must answer as a cold run.
         let options = NewMigrationOptions {
             allow_destructive: true,
             online: seed % 2 == 1,
+            cache: cache.clone(),
             ..NewMigrationOptions::default()
         };
         let made = new_migration_with(url, &dir, &second, &renames, "change", &options).await?;
@@ -564,11 +571,38 @@ pub async fn run_case(url: &str, seed: u64) -> Result<Ran> {
             )));
         }
         same_under_sqlx(url, &dir).await?;
+        same_from_cache(url, &dir, &second, &renames, &cache).await?;
         Ok::<_, Error>(Ran::Passed)
     }
     .await;
+    cache.drop_template(url).await;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.with_extension("cache"));
     outcome
+}
+
+/// Proves that the cache, hit for both schemas, answers as a cold run.
+async fn same_from_cache(
+    url: &str,
+    dir: &std::path::Path,
+    tables: &[&TableSchema],
+    renames: &Renames,
+    cache: &Cache,
+) -> Result<()> {
+    let migrations = mandrake_storage::migrate::Migrations::from_dir(dir)?;
+    let cold = compare(url, &migrations, tables, renames).await?;
+    if !cache.holds(url, &migrations, tables).await? {
+        return Err(Error::Migration(MigrationError::Other(
+            "the cache does not hold the folder and the types it just proved".into(),
+        )));
+    }
+    let hit = compare_cached(url, &migrations, tables, renames, cache).await?;
+    if hit != cold {
+        return Err(Error::Migration(MigrationError::Other(format!(
+            "a cache hit answered otherwise than a cold run:\n{hit:?}\n{cold:?}"
+        ))));
+    }
+    Ok(())
 }
 
 /// Proves that sqlx's own migrator (what `sqlx migrate run` and

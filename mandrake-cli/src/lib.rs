@@ -16,6 +16,7 @@
 //!
 //! It depends on the runtime (`mandrake-storage`), never the other way round.
 
+pub mod cache;
 mod cli;
 pub mod diagram;
 pub mod diff;

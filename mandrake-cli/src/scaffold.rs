@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use sqlx::{Connection, Executor};
 
+use crate::cache::{Cache, Key, Kind};
 use crate::diff::{Plan, diff};
 use crate::online::Layout;
 use mandrake_storage::admin::Scratch;
 use mandrake_storage::migrate::{MigrateOptions, Migrations, RollbackTarget, migrate, rollback};
-use mandrake_storage::schema::ddl::create_schema;
+use mandrake_storage::schema::ddl::{create_schema, quote_ident, quote_literal};
+use mandrake_storage::schema::introspect::inspect_url;
 use mandrake_storage::schema::{DatabaseSchema, Renames, TableSchema};
 use mandrake_storage::{Error, MigrationError, Result};
 
@@ -64,7 +66,7 @@ fn missing_extension(err: Error, tables: &[&TableSchema]) -> Error {
 }
 
 /// The two schemas a migration goes between, each read back from a real database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comparison {
     /// What replaying the migrations folder builds, less the user's objects.
     pub current: DatabaseSchema,
@@ -85,27 +87,193 @@ impl Comparison {
     }
 }
 
+/// What the cache knows of a replay: the server's version, and the key
+/// of the folder's replay (its template database holds the folder).
+struct Replay {
+    version: String,
+    key: Key,
+}
+
+/// The comparison, and the replay when the cache is on.
 async fn compare_on(
     scratch: &mut Scratch,
     migrations: &Migrations,
     tables: &[&TableSchema],
     renames: &Renames,
-) -> Result<Comparison> {
-    let replayed = scratch.create("replay").await?;
-    migrate(&replayed, migrations, &MigrateOptions::complete()).await?;
-    let current = mandrake_storage::schema::introspect::inspect_url(&replayed).await?;
-    let typed = scratch.create("types").await?;
-    run_script(&typed, &create_schema(tables))
-        .await
-        .map_err(|err| missing_extension(err, tables))?;
-    let desired = mandrake_storage::schema::introspect::inspect_url(&typed).await?;
+    cache: &Cache,
+) -> Result<(Comparison, Option<Replay>)> {
+    let version = match cache.is_on() {
+        true => Some(server_version_of(scratch).await?),
+        false => None,
+    };
+    let (current, key) = replayed(scratch, migrations, cache, version.as_deref()).await?;
+    let desired = typed(scratch, tables, cache, version.as_deref()).await?;
+    let replay = version
+        .zip(key)
+        .map(|(version, key)| Replay { version, key });
     let unmanaged = user_objects(&current, &desired, migrations);
-    Ok(Comparison {
+    let comparison = Comparison {
         current: without(&current, &unmanaged),
         desired,
         renames: renames.clone(),
         unmanaged,
-    })
+    };
+    Ok((comparison, replay))
+}
+
+/// The version of the scratch server, part of every cache key: another
+/// server may read the same SQL back otherwise.
+async fn server_version_of(scratch: &Scratch) -> Result<String> {
+    use sqlx::Connection;
+    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres")).await?;
+    let version = mandrake_storage::admin::server_version(&mut admin).await;
+    let _ = admin.close().await;
+    version
+}
+
+/// What the migrations build: from the cache, else replayed, into the
+/// cache's template database when the cache is on.
+async fn replayed(
+    scratch: &mut Scratch,
+    migrations: &Migrations,
+    cache: &Cache,
+    version: Option<&str>,
+) -> Result<(DatabaseSchema, Option<Key>)> {
+    let Some(version) = version else {
+        let url = scratch.create("replay").await?;
+        migrate(&url, migrations, &MigrateOptions::complete()).await?;
+        return Ok((inspect_url(&url).await?, None));
+    };
+    let key = Key::replay(version, migrations);
+    if let Some(schema) = cache.schema(Kind::Replay, &key) {
+        return Ok((schema, Some(key)));
+    }
+    let url = replay_template(scratch, migrations, cache, &key).await?;
+    let schema = inspect_url(&url).await?;
+    cache.keep(Kind::Replay, &key, &schema);
+    Ok((schema, Some(key)))
+}
+
+/// Replays `migrations` into the template database of `key`, made anew
+/// (the one this cache made before is dropped), and marks it complete with
+/// the key as its comment; returns its URL.
+async fn replay_template(
+    scratch: &Scratch,
+    migrations: &Migrations,
+    cache: &Cache,
+    key: &Key,
+) -> Result<String> {
+    use mandrake_storage::Right;
+    use mandrake_storage::admin::{create_database_from, drop_database, require};
+    let name = cache.database(key);
+    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres")).await?;
+    require(&mut admin, Right::CreateDb).await?;
+    if let Some(old) = cache.template() {
+        drop_database(&mut admin, &old).await;
+    }
+    drop_database(&mut admin, &name).await;
+    create_database_from(&mut admin, &name, None).await?;
+    cache.set_template(&name);
+    let url = scratch.url(&name);
+    migrate(&url, migrations, &MigrateOptions::complete()).await?;
+    let comment = format!(
+        "COMMENT ON DATABASE {} IS {}",
+        quote_ident(&name),
+        quote_literal(key.as_str())
+    );
+    admin.execute(sqlx::AssertSqlSafe(comment)).await?;
+    let _ = admin.close().await;
+    Ok(url)
+}
+
+/// A copy of the template database of `key`, when it is there and its
+/// comment says it is complete for `key`; `None` sends the proof to a
+/// replay of its own.
+async fn copy_of_template(scratch: &mut Scratch, cache: &Cache, key: &Key) -> Option<String> {
+    let name = cache.database(key);
+    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres"))
+        .await
+        .ok()?;
+    let comment: Option<String> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    )
+    .bind(&name)
+    .fetch_optional(&mut admin)
+    .await
+    .ok()
+    .flatten();
+    let _ = admin.close().await;
+    if comment.as_deref() != Some(key.as_str()) {
+        return None;
+    }
+    scratch.create_from("verify", &name).await.ok()
+}
+
+/// Keeps the proving database at `url`, which holds the folder as it is
+/// about to be written (its files applied, rolled back and applied again),
+/// as the cache's template for the folder's new `key`, with its schema: the
+/// next run need not replay. Best effort: a failure leaves the cache as it
+/// was, which only costs time.
+async fn promote(cache: &Cache, url: &str, key: &Key) {
+    use mandrake_storage::admin::{connect_options, drop_database, server_connection};
+    let Ok(schema) = inspect_url(url).await else {
+        return;
+    };
+    let Ok(options) = connect_options(url) else {
+        return;
+    };
+    let Some(proving) = options.get_database().map(str::to_owned) else {
+        return;
+    };
+    let Ok(mut admin) = server_connection(url).await else {
+        return;
+    };
+    if let Some(old) = cache.template() {
+        drop_database(&mut admin, &old).await;
+    }
+    let name = cache.database(key);
+    drop_database(&mut admin, &name).await;
+    let renamed = format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(&proving),
+        quote_ident(&name)
+    );
+    let comment = format!(
+        "COMMENT ON DATABASE {} IS {}",
+        quote_ident(&name),
+        quote_literal(key.as_str())
+    );
+    if admin.execute(sqlx::AssertSqlSafe(renamed)).await.is_ok() {
+        cache.set_template(&name);
+        if admin.execute(sqlx::AssertSqlSafe(comment)).await.is_ok() {
+            cache.keep(Kind::Replay, key, &schema);
+        }
+    }
+    let _ = admin.close().await;
+}
+
+/// What the types' DDL builds: from the cache, else applied to a scratch
+/// database and read back.
+async fn typed(
+    scratch: &mut Scratch,
+    tables: &[&TableSchema],
+    cache: &Cache,
+    version: Option<&str>,
+) -> Result<DatabaseSchema> {
+    let ddl = create_schema(tables);
+    let key = version.map(|v| Key::types(v, &ddl));
+    if let Some(schema) = key.as_ref().and_then(|k| cache.schema(Kind::Types, k)) {
+        return Ok(schema);
+    }
+    let url = scratch.create("types").await?;
+    run_script(&url, &ddl)
+        .await
+        .map_err(|err| missing_extension(err, tables))?;
+    let schema = inspect_url(&url).await?;
+    if let Some(key) = &key {
+        cache.keep(Kind::Types, key, &schema);
+    }
+    Ok(schema)
 }
 
 /// The indexes, constraints and policies of `current` that `desired` does
@@ -199,11 +367,23 @@ pub async fn compare(
     tables: &[&TableSchema],
     renames: &Renames,
 ) -> Result<Comparison> {
+    compare_cached(server_url, migrations, tables, renames, &Cache::off()).await
+}
+
+/// [`compare`] through `cache`: a folder and types seen before are read
+/// from it, not built again; the answer is the same.
+pub async fn compare_cached(
+    server_url: &str,
+    migrations: &Migrations,
+    tables: &[&TableSchema],
+    renames: &Renames,
+    cache: &Cache,
+) -> Result<Comparison> {
     check_references(tables)?;
     let mut scratch = Scratch::new(server_url);
-    let result = compare_on(&mut scratch, migrations, tables, renames).await;
+    let result = compare_on(&mut scratch, migrations, tables, renames, cache).await;
     scratch.drop_all().await;
-    result
+    result.map(|(comparison, _)| comparison)
 }
 
 /// Every `references = "…"` names a registered table, and the columns a
@@ -324,6 +504,9 @@ pub struct NewMigrationOptions {
     pub timeouts: Timeouts,
     /// Files that never hold a long lock on a busy table (see [`crate::online`]).
     pub online: bool,
+    /// Where the schemas read back are kept ([`Cache::off`] by default;
+    /// the CLI uses the workspace's unless `--no-cache`).
+    pub cache: Cache,
 }
 
 /// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir` for the
@@ -458,7 +641,8 @@ async fn plan_and_verify(
     name: &str,
     options: &NewMigrationOptions,
 ) -> Result<(Plan, Vec<Rendered>)> {
-    let comparison = compare_on(scratch, migrations, tables, renames).await?;
+    let (comparison, replay) =
+        compare_on(scratch, migrations, tables, renames, &options.cache).await?;
     let plan = comparison.plan()?;
     if plan.is_empty() {
         return Ok((plan, Vec::new()));
@@ -480,7 +664,16 @@ async fn plan_and_verify(
     let proven = async {
         write_copy(dir, &copy, &files)?;
         let all = Migrations::from_dir(&copy)?;
-        let proving = scratch.create("verify").await?;
+        // A copy of the folder as replayed, when the cache has it: then
+        // only the new files run here, and the proof is the same.
+        let copied = match &replay {
+            Some(replay) => copy_of_template(scratch, &options.cache, &replay.key).await,
+            None => None,
+        };
+        let proving = match copied {
+            Some(url) => url,
+            None => scratch.create("verify").await?,
+        };
         let step = |what: &'static str, e: Error| {
             Error::Migration(MigrationError::Other(format!(
                 "verification failed: {what}: {e}"
@@ -516,6 +709,10 @@ async fn plan_and_verify(
         migrate(&proving, &all, &MigrateOptions::complete())
             .await
             .map_err(|e| step("up did not apply a second time", e))?;
+        if let Some(replay) = &replay {
+            let key = Key::replay(&replay.version, &all);
+            promote(&options.cache, &proving, &key).await;
+        }
         Ok::<_, Error>(())
     }
     .await;

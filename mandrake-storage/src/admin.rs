@@ -237,6 +237,16 @@ impl Scratch {
         Ok(self.url(&name))
     }
 
+    /// A new database copied from `template` (`CREATE DATABASE … TEMPLATE`:
+    /// a file copy, no replay); returns its URL. Nobody may be connected to
+    /// the template meanwhile.
+    pub async fn create_from(&mut self, label: &str, template: &str) -> Result<String> {
+        let name = self.name(label);
+        let mut admin = server_connection(&self.server).await?;
+        create_database_from(&mut admin, &name, Some(template)).await?;
+        Ok(self.url(&name))
+    }
+
     /// The URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         crate::url::with_database(&self.server, name)

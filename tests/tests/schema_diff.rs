@@ -2320,3 +2320,80 @@ async fn an_operator_class_without_its_extension_says_which_to_declare() {
     let err = checked.expect_err("check refuses it too");
     assert!(err.to_string().contains("pg_trgm"), "{err}");
 }
+
+/// The tools' cache is rebuilt, never trusted, when it fails a check: a
+/// replay file edited by hand, and a template database whose comment no
+/// longer names the folder (here with a table dropped inside it, which a
+/// proof on it would notice).
+#[tokio::test]
+async fn a_corrupt_or_stale_cache_is_rebuilt_never_trusted() {
+    use mandrake_cli::cache::Cache;
+    use mandrake_cli::scaffold::{compare, compare_cached};
+    let lab = Lab::new(&v1()).await;
+    let url = lab.db.url();
+    let cache_dir = MigrationDir::new(&[]);
+    let cache = Cache::at(cache_dir.path().join("cache"));
+    let migrations = lab.migrations();
+    let cold = compare(&url, &migrations, &v1(), &Renames::NONE)
+        .await
+        .unwrap();
+    let filled = compare_cached(&url, &migrations, &v1(), &Renames::NONE, &cache)
+        .await
+        .unwrap();
+    assert_eq!(filled, cold);
+    assert!(cache.holds(&url, &migrations, &v1()).await.unwrap());
+
+    let replay_file = std::fs::read_dir(cache_dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("replay-")
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(&replay_file).unwrap();
+    std::fs::write(&replay_file, text.replace("\"notes\"", "\"xotes\"")).unwrap();
+    assert!(
+        !cache.holds(&url, &migrations, &v1()).await.unwrap(),
+        "not trusted"
+    );
+    let again = compare_cached(&url, &migrations, &v1(), &Renames::NONE, &cache)
+        .await
+        .unwrap();
+    assert_eq!(again, cold, "replayed again");
+    assert!(
+        cache.holds(&url, &migrations, &v1()).await.unwrap(),
+        "rebuilt"
+    );
+
+    let template = std::fs::read_to_string(cache_dir.path().join("cache/template")).unwrap();
+    let inside = mandrake_storage::url::with_database(&url, &template);
+    let mut conn = connect_one(&inside).await.unwrap();
+    sqlx::raw_sql("DROP TABLE notes")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    lab.exec(&format!("COMMENT ON DATABASE {template} IS 'stale'"))
+        .await;
+    let options = NewMigrationOptions {
+        cache: cache.clone(),
+        ..NewMigrationOptions::default()
+    };
+    let v2 = [v1::Folder::schema(), online::Note::schema()];
+    let made = new_migration_with(
+        &url,
+        lab.dir.path(),
+        &v2,
+        &Renames::NONE,
+        "harden",
+        &options,
+    )
+    .await
+    .expect("proven on a replay of its own, not on the stale copy");
+    assert!(!made.files.is_empty());
+    cache.drop_template(&url).await;
+}

@@ -65,11 +65,20 @@ pub enum Command {
         /// NULL through a validated CHECK.
         #[arg(long)]
         online: bool,
+        /// Replay the folder and apply the types' DDL afresh, without the
+        /// cache under `.mandrake/cache/` (which is never trusted stale).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Exit 1, listing the differences, when the migrations do not build
     /// exactly the types' schema; pending migrations are linted too (their
     /// findings are warnings here: `lint` is the gate).
-    Check,
+    Check {
+        /// Replay the folder and apply the types' DDL afresh, without the
+        /// cache under `.mandrake/cache/`.
+        #[arg(long)]
+        no_cache: bool,
+    },
     /// Random pairs of schemas: for each, `new-migration` must write a
     /// migration it proves (up, down, up again; `--online` for odd seeds),
     /// and a second run nothing.

@@ -296,7 +296,11 @@ pub(super) fn lint(
 
 /// `check`: exit 1 when the migrations do not build the types' schema, or
 /// docs/SCHEMA.md is stale; pending migrations are linted as warnings.
-pub(super) async fn check(ctx: &Context, tables: &[&TableSchema]) -> Result<ExitCode> {
+pub(super) async fn check(
+    ctx: &Context,
+    tables: &[&TableSchema],
+    cache: &crate::cache::Cache,
+) -> Result<ExitCode> {
     let migrations = Migrations::from_dir(&ctx.dir)?;
     let url = ctx.url().await?;
     let pending: Vec<PathBuf> = migrate::status(&url, &migrations)
@@ -311,7 +315,8 @@ pub(super) async fn check(ctx: &Context, tables: &[&TableSchema]) -> Result<Exit
     }
     let renames = mandrake_storage::registered_renames();
     let scratch = ctx.scratch_url().await?;
-    let comparison = scaffold::compare(&scratch, &migrations, tables, &renames).await?;
+    let comparison =
+        scaffold::compare_cached(&scratch, &migrations, tables, &renames, cache).await?;
     for (table, name) in &comparison.unmanaged {
         println!("not managed by the types (left alone): {name} on {table}");
     }

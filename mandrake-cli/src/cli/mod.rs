@@ -149,13 +149,16 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<ExitCode> {
             files,
             accept_before,
         } => migrations::lint(&ctx, files, accept_before),
-        Command::Check => migrations::check(&ctx, tables).await,
+        Command::Check { no_cache } => {
+            migrations::check(&ctx, tables, &cache(&ctx, no_cache)?).await
+        }
         Command::NewMigration {
             name,
             allow_destructive,
             lock_timeout,
             statement_timeout,
             online,
+            no_cache,
         } => {
             let options = crate::scaffold::NewMigrationOptions {
                 allow_destructive,
@@ -164,9 +167,18 @@ pub async fn run(cli: Cli, tables: &[&TableSchema]) -> Result<ExitCode> {
                     statement: statement_timeout,
                 },
                 online,
+                cache: cache(&ctx, no_cache)?,
             };
             migrations::new_migration(&ctx, tables, name, options).await
         }
+    }
+}
+
+/// The cache of the migrations folder, or none with `--no-cache`.
+fn cache(ctx: &Context, no_cache: bool) -> Result<crate::cache::Cache> {
+    match no_cache {
+        true => Ok(crate::cache::Cache::off()),
+        false => crate::cache::Cache::for_folder(&ctx.dir),
     }
 }
 

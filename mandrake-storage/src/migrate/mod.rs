@@ -138,6 +138,12 @@ impl Migrations {
         self.ups.keys().copied()
     }
 
+    /// Each up file's version and checksum (SHA-384 of its text), oldest
+    /// first: what a replay of the folder depends on.
+    pub fn checksums(&self) -> impl Iterator<Item = (i64, &[u8])> + '_ {
+        self.ups.values().map(|m| (m.version, &*m.checksum))
+    }
+
     /// `<version>_<name>` of a version.
     pub fn name(&self, version: i64) -> String {
         self.names

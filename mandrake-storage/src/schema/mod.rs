@@ -8,11 +8,11 @@ pub mod introspect;
 pub use change::{Function, Object, SchemaChange};
 
 pub use crate::sql::{SCHEMA, quote_table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One table: what a `#[derive(Record)]` struct describes, or what the
 /// catalog holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     /// The table name.
     pub name: String,
@@ -80,7 +80,7 @@ pub struct TableSchema {
 /// tenant it returns every match only to a session whose role reads every
 /// row anyway (a superuser, `BYPASSRLS`, or the owner), and nothing to
 /// anyone else.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
     /// The function's name, in [`SCHEMA`].
     pub name: String,
@@ -93,7 +93,7 @@ pub struct Lookup {
 }
 
 /// What a [`Lookup`] matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupKind {
     /// A full-text query on a `#[record(search)]` field's vector
@@ -122,7 +122,7 @@ impl Lookup {
 
 /// A row-level security policy for every command and role: the rows a
 /// statement may see (`USING`) and write (`WITH CHECK`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// The policy name.
     pub name: String,
@@ -151,7 +151,7 @@ pub const TENANT_SETTING: &str = "mandrake.tenant";
 pub const FEED_PUBLICATION: &str = "mandrake_feed";
 
 /// A column; `sql_type` is valid DDL (`TEXT`, `TIMESTAMPTZ`, `VARCHAR(20)`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnDef {
     /// The column name.
     pub name: String,
@@ -167,7 +167,7 @@ pub struct ColumnDef {
 }
 
 /// A unique constraint over one or more columns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unique {
     /// The constraint name.
     pub name: String,
@@ -183,7 +183,7 @@ pub struct Unique {
 /// Read back from the catalog, `key` and `predicate` are PostgreSQL's own
 /// printed form (`pg_get_indexdef`), so comparing two read-back schemas is
 /// exact and a down rebuilds the index as it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
     /// The index name.
     pub name: String,
@@ -320,7 +320,7 @@ impl Index {
 }
 
 /// A single-column foreign key to another table's `id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForeignKey {
     /// The constraint name.
     pub name: String,
@@ -352,7 +352,7 @@ impl ForeignKey {
 }
 
 /// What happens to a row when the row it references is deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OnDelete {
     /// Refuse the delete while rows reference it (checked at the end of the statement).
     NoAction,
@@ -383,7 +383,7 @@ impl OnDelete {
 }
 
 /// A CHECK constraint; `expression` is the part inside `CHECK ( … )`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// The constraint name.
     pub name: String,
@@ -805,7 +805,7 @@ impl ColumnDef {
 }
 
 /// A whole schema: the tables plus the shared trigger function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DatabaseSchema {
     /// The tables.
     pub tables: Vec<TableSchema>,

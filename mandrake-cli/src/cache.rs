@@ -118,9 +118,9 @@ impl Cache {
         let root = mandrake_storage::cluster::workspace_root()?;
         let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_owned());
         let id = hex(&Sha256::digest(folder.to_string_lossy().as_bytes()));
-        Ok(Cache::at(
-            root.join(".mandrake").join("cache").join(&id[..16]),
-        ))
+        let caches = root.join(".mandrake").join("cache");
+        forget_unused(&caches);
+        Ok(Cache::at(caches.join(&id[..16])))
     }
 
     /// The template database a replay under `key` is kept in: named for
@@ -229,6 +229,25 @@ impl Cache {
             && std::fs::create_dir_all(dir).is_ok()
         {
             let _ = std::fs::write(dir.join("template"), name);
+        }
+    }
+}
+
+/// Removes the caches in `caches` unused for a week: those of migrations
+/// folders long gone (a test's temporary one, an old checkout).
+fn forget_unused(caches: &Path) {
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let Ok(entries) = std::fs::read_dir(caches) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok());
+        if idle.is_some_and(|idle| idle > week) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -155,8 +155,8 @@ pub use mandrake_derive::FromRow;
 pub use mandrake_derive::embed_migrations;
 pub use mandrake_derive::{Record, RecordEnum};
 pub use query::aggregate::{
-    Aggregate, Bucket, Bucketed, GroupKey, Having, Measure, MeasureValue, NumericColumn,
-    OrderedColumn, Sort, TimestampColumn,
+    Aggregate, Bucket, Bucketed, GroupKey, Having, Measure, MeasureValue, Numeric, NumericColumn,
+    Operand, OrderedColumn, Sort, TimestampColumn,
 };
 pub use query::filter::MAX_SEARCH_QUERY_CHARS;
 pub use query::filter::{Column, Filter, JsonColumn, Plain, Search, Searchable, TextColumn};

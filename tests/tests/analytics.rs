@@ -428,3 +428,68 @@ async fn a_percentile_fraction_is_bound_and_one_outside_0_to_1_is_refused() {
     .unwrap();
     assert_eq!(median, [(Some(expected),)]);
 }
+
+/// A model, then the p95, sum, min, max and mean of the expressions.
+type Shape = (
+    Uuid,
+    Option<f64>,
+    Option<i64>,
+    Option<i32>,
+    Option<i32>,
+    Option<f64>,
+);
+
+/// Measures of a computed number, not only of a column: the 95th
+/// percentile of a message's length, its tokens in and out together, the
+/// shortest and longest, against the same SQL by hand; the row names
+/// follow the expression.
+#[tokio::test]
+async fn measures_take_expressions_over_columns() {
+    use mandrake_storage::Measure;
+    let h = history().await;
+    let db = h.t.db();
+    let length = Message::CONTENT.char_length();
+    let tokens = Message::TOKENS_IN.plus(Message::TOKENS_OUT);
+    let got: Vec<Shape> = Message::repo()
+        .aggregate(db, Message::MODEL_ID.is_not_null())
+        .group_by(Message::MODEL_ID)
+        .percentile(length.clone(), 0.95)
+        .sum(tokens.clone())
+        .min(length.clone())
+        .max(length.clone())
+        .avg(
+            Message::TOKENS_OUT
+                .times(Message::TOKENS_OUT)
+                .minus(Message::TOKENS_IN),
+        )
+        .order_by(Message::MODEL_ID.asc())
+        .fetch()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(model, p95, sum, min, max, avg)| (model.unwrap(), p95, sum, min, max, avg))
+        .collect();
+    let expected: Vec<Shape> = sqlx::query_as(
+        "SELECT model_id, percentile_cont(0.95) WITHIN GROUP (ORDER BY char_length(content)), \
+                    sum(tokens_in + tokens_out)::bigint, min(char_length(content)), \
+                    max(char_length(content)), \
+                    avg(tokens_out * tokens_out - tokens_in)::double precision \
+             FROM messages WHERE model_id IS NOT NULL GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 2);
+    // Names a row reads them under (`fetch_as`): p95_length_content, ….
+    let sql = Message::repo()
+        .aggregate(db, mandrake_storage::Filter::all())
+        .measure(Measure::percentile(length, 0.95))
+        .measure(Measure::sum(tokens))
+        .to_sql();
+    assert!(sql.contains(r#"AS "p95_length_content""#), "{sql}");
+    assert!(
+        sql.contains(r#"AS "sum_tokens_in_plus_tokens_out""#),
+        "{sql}"
+    );
+}

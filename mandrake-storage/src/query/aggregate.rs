@@ -184,6 +184,160 @@ impl<T, V> GroupKey<T> for Bucketed<T, V> {
     }
 }
 
+/// What a measure reads: a column, or a [`Numeric`] expression over
+/// columns. `Value` is what it holds, which decides the measures it takes
+/// (`sum`, `avg` and `percentile` a number; `min` and `max` an order).
+pub trait Operand<T> {
+    /// Its value type.
+    type Value;
+    #[doc(hidden)]
+    fn term(&self) -> Term;
+}
+
+impl<T, V, S> Operand<T> for Column<T, V, S> {
+    type Value = V;
+    fn term(&self) -> Term {
+        Term::Column(self.index())
+    }
+}
+
+impl<T, V> Operand<T> for Numeric<T, V> {
+    type Value = V;
+    fn term(&self) -> Term {
+        self.term.clone()
+    }
+}
+
+/// An operand's SQL, opaque outside this crate.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Column(usize),
+    Length(usize),
+    Binary(Box<Term>, &'static str, Box<Term>),
+}
+
+impl Term {
+    /// The name a measure of it is read under: the column's, `length_body`,
+    /// `tokens_in_plus_tokens_out`.
+    fn name(&self, schema: &TableSchema) -> String {
+        match self {
+            Term::Column(i) => schema.columns[*i].name.clone(),
+            Term::Length(i) => format!("length_{}", schema.columns[*i].name),
+            Term::Binary(a, op, b) => {
+                let word = match *op {
+                    "+" => "plus",
+                    "-" => "minus",
+                    _ => "times",
+                };
+                format!("{}_{word}_{}", a.name(schema), b.name(schema))
+            }
+        }
+    }
+
+    fn sql(&self, schema: &TableSchema) -> String {
+        let col = |i: &usize| quote_ident(&schema.columns[*i].name);
+        match self {
+            Term::Column(i) => col(i),
+            Term::Length(i) => format!("char_length({})", col(i)),
+            Term::Binary(a, op, b) => format!("({} {op} {})", a.sql(schema), b.sql(schema)),
+        }
+    }
+
+    /// A column it reads, for errors that name one.
+    fn column(&self) -> usize {
+        match self {
+            Term::Column(i) | Term::Length(i) => *i,
+            Term::Binary(a, ..) => a.column(),
+        }
+    }
+}
+
+/// A number computed from a row's columns, for the measures: the length of
+/// a text column, and sums, differences and products of numbers of one
+/// type. Built from the columns, so it names no column the record lacks.
+///
+/// ```
+/// # use mandrake_storage::{Measure, Record};
+/// # #[derive(Record, Clone)]
+/// # pub struct Message { pub id: uuid::Uuid, pub content: String, pub tokens_in: i32, pub tokens_out: i32,
+/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+/// // The 95th percentile of a message's length, and its tokens in all.
+/// let long = Measure::percentile(Message::CONTENT.char_length(), 0.95);
+/// let tokens = Measure::sum(Message::TOKENS_IN.plus(Message::TOKENS_OUT));
+/// ```
+pub struct Numeric<T, V> {
+    term: Term,
+    _marker: PhantomData<fn() -> (T, V)>,
+}
+
+impl<T, V> Clone for Numeric<T, V> {
+    fn clone(&self) -> Self {
+        Numeric::of(self.term.clone())
+    }
+}
+
+impl<T, V> Numeric<T, V> {
+    fn of(term: Term) -> Self {
+        Numeric {
+            term,
+            _marker: PhantomData,
+        }
+    }
+
+    fn binary(self, op: &'static str, other: impl Operand<T, Value = V>) -> Self {
+        Numeric::of(Term::Binary(
+            Box::new(self.term),
+            op,
+            Box::new(other.term()),
+        ))
+    }
+
+    /// `self + other`.
+    pub fn plus(self, other: impl Operand<T, Value = V>) -> Self {
+        self.binary("+", other)
+    }
+
+    /// `self - other`.
+    pub fn minus(self, other: impl Operand<T, Value = V>) -> Self {
+        self.binary("-", other)
+    }
+
+    /// `self * other`.
+    pub fn times(self, other: impl Operand<T, Value = V>) -> Self {
+        self.binary("*", other)
+    }
+}
+
+impl<T, V: NumericColumn, S> Column<T, V, S> {
+    /// This column as a [`Numeric`], to compute with.
+    pub fn numeric(self) -> Numeric<T, V> {
+        Numeric::of(Term::Column(self.index()))
+    }
+
+    /// `self + other` ([`Numeric::plus`]).
+    pub fn plus(self, other: impl Operand<T, Value = V>) -> Numeric<T, V> {
+        self.numeric().plus(other)
+    }
+
+    /// `self - other` ([`Numeric::minus`]).
+    pub fn minus(self, other: impl Operand<T, Value = V>) -> Numeric<T, V> {
+        self.numeric().minus(other)
+    }
+
+    /// `self * other` ([`Numeric::times`]).
+    pub fn times(self, other: impl Operand<T, Value = V>) -> Numeric<T, V> {
+        self.numeric().times(other)
+    }
+}
+
+impl<T, V: crate::query::filter::TextColumn, S> Column<T, V, S> {
+    /// `char_length(column)`: its length in characters (NULL for NULL).
+    pub fn char_length(self) -> Numeric<T, Option<i32>> {
+        Numeric::of(Term::Length(self.index()))
+    }
+}
+
 /// One SELECT-list expression of an aggregate; values (a `count_where`
 /// filter's) are bound in the order they appear.
 #[derive(Debug, Clone)]
@@ -193,11 +347,11 @@ enum Expr {
     Count,
     CountWhere(Node),
     CountDistinct(usize),
-    Sum(usize, &'static str),
-    Avg(usize),
-    Min(usize),
-    Max(usize),
-    Percentile(usize, f64),
+    Sum(Term, &'static str),
+    Avg(Term),
+    Min(Term),
+    Max(Term),
+    Percentile(Term, f64),
 }
 
 impl Expr {
@@ -212,15 +366,15 @@ impl Expr {
             Expr::Count => "count".into(),
             Expr::CountWhere(_) => "count_where".into(),
             Expr::CountDistinct(i) => format!("count_distinct_{}", col(i)),
-            Expr::Sum(i, _) => format!("sum_{}", col(i)),
-            Expr::Avg(i) => format!("avg_{}", col(i)),
-            Expr::Min(i) => format!("min_{}", col(i)),
-            Expr::Max(i) => format!("max_{}", col(i)),
-            Expr::Percentile(i, p) => {
+            Expr::Sum(t, _) => format!("sum_{}", t.name(schema)),
+            Expr::Avg(t) => format!("avg_{}", t.name(schema)),
+            Expr::Min(t) => format!("min_{}", t.name(schema)),
+            Expr::Max(t) => format!("max_{}", t.name(schema)),
+            Expr::Percentile(t, p) => {
                 // Rounded: 0.07 * 100.0 is 7.000000000000001.
                 let percent = ((p * 100_000.0).round() / 1000.0).to_string();
                 let percent = percent.replace(['.', '-'], "_");
-                format!("p{percent}_{}", col(i))
+                format!("p{percent}_{}", t.name(schema))
             }
         }
     }
@@ -240,16 +394,16 @@ impl Expr {
                 format!("count(*) FILTER (WHERE {})", condition(schema, node, param))
             }
             Expr::CountDistinct(i) => format!("count(DISTINCT {})", col(i)),
-            Expr::Sum(i, sql_type) => format!("sum({})::{sql_type}", col(i)),
-            Expr::Avg(i) => format!("avg({})::double precision", col(i)),
-            Expr::Min(i) => format!("min({})", col(i)),
-            Expr::Max(i) => format!("max({})", col(i)),
+            Expr::Sum(t, sql_type) => format!("sum({})::{sql_type}", t.sql(schema)),
+            Expr::Avg(t) => format!("avg({})::double precision", t.sql(schema)),
+            Expr::Min(t) => format!("min({})", t.sql(schema)),
+            Expr::Max(t) => format!("max({})", t.sql(schema)),
             // The fraction is bound, as every value is.
-            Expr::Percentile(i, _) => {
+            Expr::Percentile(t, _) => {
                 *param += 1;
                 format!(
                     "percentile_cont(${param}::double precision) WITHIN GROUP (ORDER BY {})",
-                    col(i)
+                    t.sql(schema)
                 )
             }
         }
@@ -307,48 +461,58 @@ impl<T> Measure<T, i64> {
 }
 
 impl<T> Measure<T, Option<f64>> {
-    /// `avg(column)`, as `f64`.
-    pub fn avg<V: NumericColumn, S>(column: Column<T, V, S>) -> Self {
-        Measure::of(Expr::Avg(column.index()))
+    /// `avg(operand)` of a numeric column or [`Numeric`], as `f64`.
+    pub fn avg<X: Operand<T>>(operand: X) -> Self
+    where
+        X::Value: NumericColumn,
+    {
+        Measure::of(Expr::Avg(operand.term()))
     }
 
-    /// `percentile_cont(fraction) WITHIN GROUP (ORDER BY column)`: the value
-    /// below which `fraction` (0 to 1) of the group's values lie,
-    /// interpolated. A `fraction` outside 0..=1 (NaN and infinities too)
-    /// makes the fetch fail with [`Error::InvalidValue`].
-    pub fn percentile<V: NumericColumn, S>(column: Column<T, V, S>, fraction: f64) -> Self {
+    /// `percentile_cont(fraction) WITHIN GROUP (ORDER BY operand)`, of a
+    /// numeric column or [`Numeric`]: the value below which `fraction` (0
+    /// to 1) of the group's values lie, interpolated. A `fraction` outside
+    /// 0..=1 (NaN and infinities too) makes the fetch fail with
+    /// [`Error::InvalidValue`].
+    pub fn percentile<X: Operand<T>>(operand: X, fraction: f64) -> Self
+    where
+        X::Value: NumericColumn,
+    {
         Measure {
-            expr: Expr::Percentile(column.index(), fraction),
+            expr: Expr::Percentile(operand.term(), fraction),
             values: vec![Box::new(fraction)],
             _marker: PhantomData,
         }
     }
 }
 
-impl<T, X> Measure<T, Option<X>> {
-    /// `sum(column)`: `i64` for integer columns (a sum past it is an error,
-    /// never a wrap), `f64` for floats.
-    pub fn sum<V, S>(column: Column<T, V, S>) -> Self
+impl<T, Y> Measure<T, Option<Y>> {
+    /// `sum(operand)` of a numeric column or [`Numeric`]: `i64` for
+    /// integers (a sum past it is an error, never a wrap), `f64` for floats.
+    pub fn sum<X: Operand<T>>(operand: X) -> Self
     where
-        V: NumericColumn<Sum = X>,
+        X::Value: NumericColumn<Sum = Y>,
     {
-        Measure::of(Expr::Sum(column.index(), V::SUM_TYPE))
+        Measure::of(Expr::Sum(
+            operand.term(),
+            <X::Value as NumericColumn>::SUM_TYPE,
+        ))
     }
 
-    /// `min(column)`, as the column's type.
-    pub fn min<V, S>(column: Column<T, V, S>) -> Self
+    /// `min(operand)`, as its type.
+    pub fn min<X: Operand<T>>(operand: X) -> Self
     where
-        V: OrderedColumn + ColumnType<Scalar = X>,
+        X::Value: OrderedColumn + ColumnType<Scalar = Y>,
     {
-        Measure::of(Expr::Min(column.index()))
+        Measure::of(Expr::Min(operand.term()))
     }
 
-    /// `max(column)`, as the column's type.
-    pub fn max<V, S>(column: Column<T, V, S>) -> Self
+    /// `max(operand)`, as its type.
+    pub fn max<X: Operand<T>>(operand: X) -> Self
     where
-        V: OrderedColumn + ColumnType<Scalar = X>,
+        X::Value: OrderedColumn + ColumnType<Scalar = Y>,
     {
-        Measure::of(Expr::Max(column.index()))
+        Measure::of(Expr::Max(operand.term()))
     }
 }
 
@@ -606,59 +770,52 @@ impl<T, E, Out, Stage> Aggregate<T, E, Out, Stage> {
     }
 
     /// [`Measure::sum`]: `Option<i64>` for integers, `Option<f64>` for floats.
-    pub fn sum<V: NumericColumn, S>(
-        self,
-        column: Column<T, V, S>,
-    ) -> Aggregate<T, E, Out::Output, Measures>
+    pub fn sum<X: Operand<T>>(self, operand: X) -> Aggregate<T, E, Out::Output, Measures>
     where
-        Out: Push<Option<V::Sum>>,
+        X::Value: NumericColumn,
+        Out: Push<Option<<X::Value as NumericColumn>::Sum>>,
     {
-        self.measure(Measure::sum(column))
+        self.measure(Measure::sum(operand))
     }
 
     /// [`Measure::avg`]: `Option<f64>`.
-    pub fn avg<V: NumericColumn, S>(
-        self,
-        column: Column<T, V, S>,
-    ) -> Aggregate<T, E, Out::Output, Measures>
+    pub fn avg<X: Operand<T>>(self, operand: X) -> Aggregate<T, E, Out::Output, Measures>
     where
+        X::Value: NumericColumn,
         Out: Push<Option<f64>>,
     {
-        self.measure(Measure::avg(column))
+        self.measure(Measure::avg(operand))
     }
 
-    /// [`Measure::min`]: the column's type, as an `Option`.
-    pub fn min<V: OrderedColumn + ColumnType, S>(
-        self,
-        column: Column<T, V, S>,
-    ) -> Aggregate<T, E, Out::Output, Measures>
+    /// [`Measure::min`]: the operand's type, as an `Option`.
+    pub fn min<X: Operand<T>>(self, operand: X) -> Aggregate<T, E, Out::Output, Measures>
     where
-        Out: Push<Option<V::Scalar>>,
+        X::Value: OrderedColumn + ColumnType,
+        Out: Push<Option<<X::Value as ColumnType>::Scalar>>,
     {
-        self.measure(Measure::min(column))
+        self.measure(Measure::min(operand))
     }
 
-    /// [`Measure::max`]: the column's type, as an `Option`.
-    pub fn max<V: OrderedColumn + ColumnType, S>(
-        self,
-        column: Column<T, V, S>,
-    ) -> Aggregate<T, E, Out::Output, Measures>
+    /// [`Measure::max`]: the operand's type, as an `Option`.
+    pub fn max<X: Operand<T>>(self, operand: X) -> Aggregate<T, E, Out::Output, Measures>
     where
-        Out: Push<Option<V::Scalar>>,
+        X::Value: OrderedColumn + ColumnType,
+        Out: Push<Option<<X::Value as ColumnType>::Scalar>>,
     {
-        self.measure(Measure::max(column))
+        self.measure(Measure::max(operand))
     }
 
     /// [`Measure::percentile`]: `Option<f64>`.
-    pub fn percentile<V: NumericColumn, S>(
+    pub fn percentile<X: Operand<T>>(
         self,
-        column: Column<T, V, S>,
+        operand: X,
         fraction: f64,
     ) -> Aggregate<T, E, Out::Output, Measures>
     where
+        X::Value: NumericColumn,
         Out: Push<Option<f64>>,
     {
-        self.measure(Measure::percentile(column, fraction))
+        self.measure(Measure::percentile(operand, fraction))
     }
 
     /// Keeps the groups where `condition` holds (`HAVING`); several are ANDed.
@@ -695,11 +852,11 @@ impl<T: Record, E, Out, Stage> Aggregate<T, E, Out, Stage> {
             .chain(self.having.iter().map(|h| &h.expr))
             .chain(self.order.iter().map(|s| &s.expr));
         for expr in exprs {
-            if let Expr::Percentile(i, p) = expr
+            if let Expr::Percentile(term, p) = expr
                 && !(0.0..=1.0).contains(p)
             {
                 return Err(Error::InvalidValue {
-                    column: T::schema().columns[*i].name.as_str(),
+                    column: T::schema().columns[term.column()].name.as_str(),
                     reason: "a percentile's fraction is a number from 0 to 1",
                 });
             }

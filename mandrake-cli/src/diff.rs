@@ -418,6 +418,11 @@ fn rename_column(table: &mut TableSchema, old: &str, new: &str) {
     };
     for c in &mut table.columns {
         rename(&mut c.name);
+        // As in CHECKs below: the catalog rewrites a generation expression.
+        c.generated = c
+            .generated
+            .as_ref()
+            .map(|g| rename_in_expression(g, old, new));
     }
     table.primary_key.iter_mut().for_each(rename);
     for u in &mut table.uniques {

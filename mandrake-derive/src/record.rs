@@ -413,6 +413,12 @@ fn renames_fn(cont: &Container) -> TokenStream {
         if let Some(old) = &f.attrs.renamed_from {
             let col = &f.column;
             hints.push(quote!(.column(#table, #old, #col)));
+            // Its search vector follows it: PostgreSQL has rewritten the
+            // vector's expression on the rename, so nothing is rebuilt.
+            if f.attrs.search.is_some() {
+                let vector = quote!(::mandrake_storage::schema::search_vector);
+                hints.push(quote!(.column(#table, &#vector(#old), &#vector(#col))));
+            }
         }
     }
     let secret: Vec<&String> = cont

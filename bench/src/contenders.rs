@@ -493,36 +493,24 @@ async fn create_many(
     call: usize,
 ) -> Result<(), BoxError> {
     let content = |n: usize| format!("task {task} call {call} row {n}");
+    let message = |n: usize| NewMessage {
+        conversation_id: conversation,
+        role: Role::User,
+        content: content(n),
+        model_id: None,
+        tokens_in: 0,
+        tokens_out: 0,
+    };
     match lib {
         Lib::Ours | Lib::OursPgBouncer => {
-            let new = (0..rows)
-                .map(|n| NewMessage {
-                    conversation_id: conversation,
-                    role: Role::User,
-                    content: content(n),
-                    model_id: None,
-                    tokens_in: 0,
-                    tokens_out: 0,
-                })
-                .collect();
+            let new = (0..rows).map(message).collect();
             Message::repo().create_many(env.ours(lib), new).await?;
         }
         Lib::OursImport => {
             // History: a row a second, ending now.
             let now = chrono::Utc::now();
-            let new = (0..rows)
-                .map(|n| {
-                    let new = NewMessage {
-                        conversation_id: conversation,
-                        role: Role::User,
-                        content: content(n),
-                        model_id: None,
-                        tokens_in: 0,
-                        tokens_out: 0,
-                    };
-                    (new, now - chrono::Duration::seconds((rows - n) as i64))
-                })
-                .collect();
+            let at = |n: usize| now - chrono::Duration::seconds((rows - n) as i64);
+            let new = (0..rows).map(|n| (message(n), at(n))).collect();
             Message::repo().import_many(&env.db, new).await?;
         }
         Lib::SqlxSame => {

@@ -181,6 +181,15 @@ impl Cache {
         prune(dir, kind);
     }
 
+    /// The advisory lock this cache takes on the scratch server while it
+    /// remakes or replaces its template database, so that two runs take
+    /// turns: a number from its folder.
+    pub(crate) fn lock_id(&self) -> i64 {
+        let dir = self.dir.as_deref().unwrap_or(Path::new(""));
+        let hash = Sha256::digest(dir.to_string_lossy().as_bytes());
+        i64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+    }
+
     /// The template database this cache last replayed into, by its file
     /// (`template`), so that the next replay drops it: each cache
     /// keeps one, and never touches another cache's.

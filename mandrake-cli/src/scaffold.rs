@@ -148,16 +148,35 @@ async fn replayed(
     if let Some(schema) = cache.schema(Kind::Replay, &key) {
         return Ok((schema, Some(key)));
     }
-    let url = replay_template(scratch, migrations, cache, &key).await?;
+    let mut admin = locked(scratch, cache).await?;
+    // Another run may have replayed it while this one waited.
+    if let Some(schema) = cache.schema(Kind::Replay, &key) {
+        return Ok((schema, Some(key)));
+    }
+    let url = replay_template(&mut admin, scratch, migrations, cache, &key).await?;
     let schema = inspect_url(&url).await?;
     cache.keep(Kind::Replay, &key, &schema);
+    let _ = admin.close().await;
     Ok((schema, Some(key)))
+}
+
+/// A connection to the scratch server holding `cache`'s advisory lock
+/// (released when it closes): two runs that remake or replace the cache's
+/// template database at once take turns instead of dropping each other's.
+async fn locked(scratch: &Scratch, cache: &Cache) -> Result<sqlx::PgConnection> {
+    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres")).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(cache.lock_id())
+        .execute(&mut admin)
+        .await?;
+    Ok(admin)
 }
 
 /// Replays `migrations` into the template database of `key`, made anew
 /// (the one this cache made before is dropped), and marks it complete with
-/// the key as its comment; returns its URL.
+/// the key as its comment; returns its URL. `admin` holds the cache's lock.
 async fn replay_template(
+    admin: &mut sqlx::PgConnection,
     scratch: &Scratch,
     migrations: &Migrations,
     cache: &Cache,
@@ -166,13 +185,12 @@ async fn replay_template(
     use mandrake_storage::Right;
     use mandrake_storage::admin::{create_database_from, drop_database, require};
     let name = cache.database(key);
-    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres")).await?;
-    require(&mut admin, Right::CreateDb).await?;
+    require(admin, Right::CreateDb).await?;
     if let Some(old) = cache.template() {
-        drop_database(&mut admin, &old).await;
+        drop_database(admin, &old).await;
     }
-    drop_database(&mut admin, &name).await;
-    create_database_from(&mut admin, &name, None).await?;
+    drop_database(admin, &name).await;
+    create_database_from(admin, &name, None).await?;
     cache.set_template(&name);
     let url = scratch.url(&name);
     migrate(&url, migrations, &MigrateOptions::complete()).await?;
@@ -182,7 +200,6 @@ async fn replay_template(
         quote_literal(key.as_str())
     );
     admin.execute(sqlx::AssertSqlSafe(comment)).await?;
-    let _ = admin.close().await;
     Ok(url)
 }
 
@@ -214,8 +231,8 @@ async fn copy_of_template(scratch: &mut Scratch, cache: &Cache, key: &Key) -> Op
 /// as the cache's template for the folder's new `key`, with its schema: the
 /// next run need not replay. Best effort: a failure leaves the cache as it
 /// was, which only costs time.
-async fn promote(cache: &Cache, url: &str, key: &Key) {
-    use mandrake_storage::admin::{connect_options, drop_database, server_connection};
+async fn promote(scratch: &Scratch, cache: &Cache, url: &str, key: &Key) {
+    use mandrake_storage::admin::{connect_options, drop_database};
     let Ok(schema) = inspect_url(url).await else {
         return;
     };
@@ -225,7 +242,7 @@ async fn promote(cache: &Cache, url: &str, key: &Key) {
     let Some(proving) = options.get_database().map(str::to_owned) else {
         return;
     };
-    let Ok(mut admin) = server_connection(url).await else {
+    let Ok(mut admin) = locked(scratch, cache).await else {
         return;
     };
     if let Some(old) = cache.template() {
@@ -711,7 +728,7 @@ async fn plan_and_verify(
             .map_err(|e| step("up did not apply a second time", e))?;
         if let Some(replay) = &replay {
             let key = Key::replay(&replay.version, &all);
-            promote(&options.cache, &proving, &key).await;
+            promote(scratch, &options.cache, &proving, &key).await;
         }
         Ok::<_, Error>(())
     }

@@ -2461,3 +2461,27 @@ async fn a_corrupt_or_stale_cache_is_rebuilt_never_trusted() {
     assert!(!made.files.is_empty());
     cache.drop_template(&url).await;
 }
+
+/// Two runs that miss the cache at once (an editor's check on save, and
+/// one in a terminal) take turns on its template database: both answer as
+/// a cold run.
+#[tokio::test]
+async fn two_runs_missing_the_cache_at_once_both_answer() {
+    use mandrake_cli::cache::Cache;
+    use mandrake_cli::scaffold::{compare, compare_cached};
+    let lab = Lab::new(&v1()).await;
+    let url = lab.db.url();
+    let cache_dir = MigrationDir::new(&[]);
+    let cache = Cache::at(cache_dir.path().join("cache"));
+    let migrations = lab.migrations();
+    let (tables, none) = (v1(), Renames::NONE);
+    let run = || compare_cached(&url, &migrations, &tables, &none, &cache);
+    let (a, b, c) = tokio::join!(run(), run(), run());
+    let cold = compare(&url, &migrations, &v1(), &Renames::NONE)
+        .await
+        .unwrap();
+    for answer in [a, b, c] {
+        assert_eq!(answer.unwrap(), cold);
+    }
+    cache.drop_template(&url).await;
+}

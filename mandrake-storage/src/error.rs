@@ -181,6 +181,15 @@ pub enum Error {
         /// The role the handle connected as.
         role: String,
     },
+    /// A tree walk ([`Repo::ancestors`](crate::Repo::ancestors),
+    /// [`Repo::descendants`](crate::Repo::descendants)) along a column that
+    /// is no key to its own table's `id`.
+    NotATree {
+        /// The table.
+        table: &'static str,
+        /// The column given as the parent.
+        column: &'static str,
+    },
     /// The call went to a [`DryRun`](crate::DryRun), which records its
     /// statement and runs nothing.
     DryRun,
@@ -740,6 +749,11 @@ impl fmt::Display for Error {
                  tenant's rows: connect the application as a role of its own (see the GUIDE's \
                  production setup), or call db.bypassing_row_security() where trusted code \
                  means to"
+            ),
+            Error::NotATree { table, column } => write!(
+                f,
+                "{table}.{column} is no key to {table}'s own id: a tree walks a nullable \
+                 self-reference (#[record(references = \"{table}\")] on an Option<Uuid>)"
             ),
             Error::DryRun => f.write_str(
                 "a dry run recorded the statement and ran nothing (DryRun::statements has it)",

@@ -4,6 +4,7 @@
 pub(crate) mod column;
 pub(crate) mod repo;
 pub(crate) mod statements;
+mod tree;
 
 pub use statements::{Layout, Statements, UpsertStatements};
 

@@ -917,13 +917,13 @@ macro_rules! call_span {
         )
     };
 }
-use call_span;
+pub(crate) use call_span;
 
 /// Runs `call` inside `span`, as a typed call (its statements leave the
 /// session alone: see [`crate::db::caller`]), and records on it how many rows it returned or
 /// changed, how long it took and, on a database error, its SQLSTATE. A call
 /// slower than `MANDRAKE_SLOW_QUERY_MS` (default 500) is logged at WARN.
-async fn traced<T: Record, R>(
+pub(crate) async fn traced<T: Record, R>(
     span: tracing::Span,
     call: impl std::future::Future<Output = Result<R>>,
     rows: impl FnOnce(&R) -> u64,

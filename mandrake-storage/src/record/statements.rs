@@ -26,6 +26,9 @@ pub(crate) enum Shape {
     },
     GetMany,
     Search(crate::query::search::SearchShape),
+    /// A tree walk along the parent column.
+    Ancestors(usize),
+    Descendants(usize),
 }
 
 #[doc(hidden)]

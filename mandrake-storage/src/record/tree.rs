@@ -1,0 +1,135 @@
+//! Trees: records whose rows point at a parent row of their own table (a
+//! nullable self-reference such as `parent_id`), walked in one statement
+//! each (`WITH RECURSIVE`) instead of a round trip per level: the path up
+//! from a row, and the subtree under it. A cycle in the data ends the walk
+//! where a row would come round again; it never loops.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use super::repo::{call_span, traced};
+use super::statements::Shape;
+use super::{Record, Repo};
+use crate::error::{Error, Result};
+use crate::query::filter::Column;
+use crate::sql::{quote_ident, quote_table};
+
+impl<T: Record> Repo<T> {
+    /// The path from the root down to the row `id` along `parent`: root
+    /// first, the row last; empty when there is no row `id`. One statement.
+    /// A `parent` that is no key to this table's own `id` is
+    /// [`Error::NotATree`].
+    /// A chat's context window is the path to its current message.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Message { pub id: uuid::Uuid,
+    /// #   #[record(references = "messages", on_delete = "cascade")] pub parent_id: Option<uuid::Uuid>,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db, leaf: uuid::Uuid) -> mandrake_storage::Result<()> {
+    /// let context: Vec<Message> = Message::repo().ancestors(db, Message::PARENT_ID, leaf).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ancestors<'e, E: PgExecutor<'e>, S>(
+        &self,
+        executor: E,
+        parent: Column<T, Option<Uuid>, S>,
+        id: Uuid,
+    ) -> Result<Vec<T>> {
+        self_reference(&parent)?;
+        let shape = Shape::Ancestors(parent.index());
+        let sql = T::statements().sql_for(shape, || walk_sql::<T>(parent.name(), Walk::Up));
+        traced::<T, _>(
+            call_span!("ancestors", T),
+            fetch::<T, E>(executor, sql, id),
+            |rows| rows.len() as u64,
+        )
+        .await
+    }
+
+    /// The subtree under the row `id` along `parent`, without the row:
+    /// depth first, each row before its children, siblings oldest first
+    /// (`created_at`, then `id`). One statement.
+    pub async fn descendants<'e, E: PgExecutor<'e>, S>(
+        &self,
+        executor: E,
+        parent: Column<T, Option<Uuid>, S>,
+        id: Uuid,
+    ) -> Result<Vec<T>> {
+        self_reference(&parent)?;
+        let shape = Shape::Descendants(parent.index());
+        let sql = T::statements().sql_for(shape, || walk_sql::<T>(parent.name(), Walk::Down));
+        traced::<T, _>(
+            call_span!("descendants", T),
+            fetch::<T, E>(executor, sql, id),
+            |rows| rows.len() as u64,
+        )
+        .await
+    }
+}
+
+/// Refuses a parent column that is no key to `T`'s own `id`: the walk
+/// would follow ids of another table.
+fn self_reference<T: Record, S>(parent: &Column<T, Option<Uuid>, S>) -> Result<()> {
+    let schema = T::schema();
+    let keyed = schema.foreign_keys.iter().any(|k| {
+        k.references == schema.name && k.columns == [parent.name()] && k.referenced == ["id"]
+    });
+    match keyed {
+        true => Ok(()),
+        false => Err(Error::NotATree {
+            table: T::statements().table,
+            column: parent.name(),
+        }),
+    }
+}
+
+/// Which way a walk goes.
+#[derive(Clone, Copy)]
+enum Walk {
+    Up,
+    Down,
+}
+
+async fn fetch<'e, T: Record, E: PgExecutor<'e>>(
+    executor: E,
+    sql: std::sync::Arc<str>,
+    id: Uuid,
+) -> Result<Vec<T>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(|row| Ok(T::decode(row, 0)?)).collect()
+}
+
+/// The walk's statement. Each step carries the ids it has been through
+/// (`seen`), and never steps onto one of them again: that ends a cycle.
+/// Going up, it orders by depth, root first. Going down, it carries the
+/// path of `(created_at, id)` from the start and orders by it: each row
+/// right after its parent's, siblings oldest first.
+fn walk_sql<T: Record>(parent: &str, walk: Walk) -> String {
+    let table = quote_table(&T::schema().name);
+    let parent = quote_ident(parent);
+    let columns = &T::statements().columns;
+    match walk {
+        Walk::Up => format!(
+            "WITH RECURSIVE walk AS (\
+             SELECT t.*, 0 AS depth, ARRAY[t.\"id\"] AS seen FROM {table} t WHERE t.\"id\" = $1 \
+             UNION ALL \
+             SELECT p.*, w.depth + 1, w.seen || p.\"id\" FROM walk w \
+             JOIN {table} p ON p.\"id\" = w.{parent} WHERE p.\"id\" <> ALL(w.seen)) \
+             SELECT {columns} FROM walk ORDER BY depth DESC"
+        ),
+        Walk::Down => format!(
+            "WITH RECURSIVE walk AS (\
+             SELECT c.*, ARRAY[ROW(c.\"created_at\", c.\"id\")] AS path, ARRAY[$1, c.\"id\"] AS seen \
+             FROM {table} c WHERE c.{parent} = $1 AND c.\"id\" <> $1 \
+             UNION ALL \
+             SELECT c.*, w.path || ROW(c.\"created_at\", c.\"id\"), w.seen || c.\"id\" FROM walk w \
+             JOIN {table} c ON c.{parent} = w.\"id\" WHERE c.\"id\" <> ALL(w.seen)) \
+             SELECT {columns} FROM walk ORDER BY path"
+        ),
+    }
+}

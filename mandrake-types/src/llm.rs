@@ -1,7 +1,5 @@
 //! Model providers and their models.
 
-use std::sync::OnceLock;
-
 use mandrake_storage::chrono::{DateTime, Utc};
 use mandrake_storage::sqlx::PgExecutor;
 use mandrake_storage::uuid::Uuid;
@@ -73,25 +71,16 @@ pub struct Model {
 
 impl Model {
     /// Every enabled model with its provider, by provider name then model
-    /// id, in one query.
+    /// id, in one query (a typed join).
     pub async fn enabled_with_provider<'e, E: PgExecutor<'e>>(
         executor: E,
     ) -> Result<Vec<(Model, Provider)>> {
-        static SQL: OnceLock<String> = OnceLock::new();
-        let sql = SQL.get_or_init(|| {
-            format!(
-                "SELECT {}, {} FROM models m JOIN providers p ON p.id = m.provider_id \
-                 WHERE m.enabled ORDER BY p.name, m.model_id",
-                Model::columns("m"),
-                Provider::columns("p"),
-            )
-        });
-        let width = Model::WIDTH;
-        let rows = mandrake_storage::sqlx::query(sql.as_str())
-            .fetch_all(executor)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((Model::decode(row, 0)?, Provider::decode(row, width)?)))
-            .collect()
+        Model::repo()
+            .join(executor, Model::PROVIDER_ID, Provider::ID)
+            .filter(Model::ENABLED.eq(true))
+            .order_by_joined(Provider::NAME.asc())
+            .order_by(Model::MODEL_ID.asc())
+            .fetch()
+            .await
     }
 }

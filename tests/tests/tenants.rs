@@ -1180,3 +1180,31 @@ async fn a_tenants_feed_filters_each_change_as_written_not_through_a_lookup() {
         other => panic!("expected the insert as written, got {other:?}"),
     }
 }
+
+/// A join through a tenant handle reads both sides as that tenant: B's
+/// posts with their chats, never A's, and no tenant at all reads nothing.
+#[tokio::test]
+async fn a_join_through_a_tenant_handle_holds_on_both_sides() {
+    let w = world().await;
+    let pairs = Post::repo()
+        .join(&w.b, Post::CHAT_ID, Chat::ID)
+        .fetch()
+        .await
+        .unwrap();
+    let seen: Vec<(Uuid, Uuid)> = pairs.iter().map(|(p, c)| (p.id, c.id)).collect();
+    assert_eq!(seen, [(w.post_b.id, w.post_b.chat_id)]);
+    // A's chat, seen from B's side of a left join: not there.
+    let left = Chat::repo()
+        .left_join(&w.b, Chat::ID, Post::CHAT_ID)
+        .fetch()
+        .await
+        .unwrap();
+    assert!(left.iter().all(|(c, _)| c.workspace_id == w.tenant_b));
+    assert!(left.iter().all(|(c, _)| c.id != w.chat_a.id));
+    let none = Post::repo()
+        .join(&w.app, Post::CHAT_ID, Chat::ID)
+        .fetch()
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "without a tenant: nothing (fail closed)");
+}

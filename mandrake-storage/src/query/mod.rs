@@ -4,5 +4,6 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod filter;
+pub(crate) mod join;
 pub(crate) mod list;
 pub(crate) mod search;

@@ -26,6 +26,7 @@ pub(crate) enum Shape {
     },
     GetMany,
     Search(crate::query::search::SearchShape),
+    Join(crate::query::join::JoinShape),
     /// A tree walk along the parent column.
     Ancestors(usize),
     Descendants(usize),

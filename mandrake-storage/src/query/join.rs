@@ -1,0 +1,253 @@
+//! Typed joins ([`Repo::join`](crate::Repo::join),
+//! [`Repo::left_join`](crate::Repo::left_join)): rows of two records in one
+//! statement, read back as pairs, `(L, R)` or `(L, Option<R>)`.
+//!
+//! Each side is read from its own filtered subquery, `(SELECT * FROM t
+//! WHERE …)`, so each record's filter names its own columns unqualified, as
+//! everywhere else; PostgreSQL pulls such subqueries up into the join, so
+//! the plan is the one of the same join written by hand. Under a tenant
+//! handle, row security applies to both sides.
+
+use std::marker::PhantomData;
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, PgExecutor, Row};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::query::filter::{Filter, Node, bind_all, where_clause};
+use crate::query::list::Order;
+use crate::record::Record;
+use crate::record::repo::{bind_error, call_span, traced};
+use crate::record::statements::Shape;
+use crate::sql::{quote_ident, quote_table};
+
+/// Which record a join's column belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Left,
+    Right,
+}
+
+/// What a join's SQL depends on: built once per shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct JoinShape {
+    right: &'static str,
+    on: (usize, usize),
+    outer: bool,
+    left_filter: Node,
+    right_filter: Node,
+    order: Vec<(Side, usize, bool)>,
+    limit: bool,
+}
+
+/// What the right side of a joined row reads as: the record (inner join),
+/// or `None` where a left join found no row.
+#[doc(hidden)]
+pub trait JoinedSide<R>: Sized {
+    /// Whether the join keeps left rows without a match (`LEFT JOIN`).
+    const OUTER: bool;
+    /// Reads it from `row`, its columns from `offset` on.
+    fn read(row: &PgRow, offset: usize) -> Result<Self>;
+}
+
+impl<R: Record> JoinedSide<R> for R {
+    const OUTER: bool = false;
+    fn read(row: &PgRow, offset: usize) -> Result<Self> {
+        Ok(R::decode(row, offset)?)
+    }
+}
+
+impl<R: Record> JoinedSide<R> for Option<R> {
+    const OUTER: bool = true;
+    fn read(row: &PgRow, offset: usize) -> Result<Self> {
+        let id = R::statements()
+            .names
+            .iter()
+            .position(|n| n == "id")
+            .expect("every record has an id");
+        let found: Option<Uuid> = row.try_get(offset + id)?;
+        match found {
+            Some(_) => Ok(Some(R::decode(row, offset)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A join of `L`'s rows with `R`'s, read as `(L, Out)`: built by
+/// [`Repo::join`](crate::Repo::join) (`Out` = `R`) and
+/// [`Repo::left_join`](crate::Repo::left_join) (`Out` = `Option<R>`).
+///
+/// ```no_run
+/// # use mandrake_storage::Record;
+/// # #[derive(Record, Clone)]
+/// # pub struct Provider { pub id: uuid::Uuid, pub name: String,
+/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+/// # #[derive(Record, Clone)]
+/// # pub struct Model { pub id: uuid::Uuid, #[record(references = "providers")] pub provider_id: uuid::Uuid,
+/// #   pub model_id: String, pub enabled: bool,
+/// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+/// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+/// let rows: Vec<(Model, Provider)> = Model::repo()
+///     .join(db, Model::PROVIDER_ID, Provider::ID)
+///     .filter(Model::ENABLED.eq(true))
+///     .filter_joined(Provider::NAME.ne("local"))
+///     .order_by_joined(Provider::NAME.asc())
+///     .order_by(Model::MODEL_ID.asc())
+///     .limit(100)
+///     .fetch()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Join<L, R, E, Out = R> {
+    executor: E,
+    on: (usize, usize),
+    left_filter: Filter<L>,
+    right_filter: Filter<R>,
+    order: Vec<(Side, usize, bool)>,
+    limit: Option<u32>,
+    _marker: PhantomData<fn() -> Out>,
+}
+
+impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R, E, Out> {
+    pub(crate) fn new(executor: E, left_key: usize, right_key: usize) -> Self {
+        Join {
+            executor,
+            on: (left_key, right_key),
+            left_filter: Filter::all(),
+            right_filter: Filter::all(),
+            order: Vec::new(),
+            limit: None,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Keeps the pairs whose left row matches `filter`; several are ANDed.
+    pub fn filter(mut self, filter: Filter<L>) -> Self {
+        self.left_filter = std::mem::take(&mut self.left_filter).and(filter);
+        self
+    }
+
+    /// Joins only the right rows that match `filter`; several are ANDed.
+    /// On a left join, a left row whose matches all fail it pairs with
+    /// `None`.
+    pub fn filter_joined(mut self, filter: Filter<R>) -> Self {
+        self.right_filter = std::mem::take(&mut self.right_filter).and(filter);
+        self
+    }
+
+    /// Orders by a left column; orders apply in call order, and the two
+    /// ids break the last ties.
+    pub fn order_by(mut self, order: Order<L>) -> Self {
+        self.order
+            .push((Side::Left, order.column(), order.is_descending()));
+        self
+    }
+
+    /// Orders by a right column (NULLs last).
+    pub fn order_by_joined(mut self, order: Order<R>) -> Self {
+        self.order
+            .push((Side::Right, order.column(), order.is_descending()));
+        self
+    }
+
+    /// At most `n` pairs.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Runs the join: one statement.
+    pub async fn fetch(self) -> Result<Vec<(L, Out)>> {
+        let (left, left_values) = self.left_filter.into_parts();
+        let (right, right_values) = self.right_filter.into_parts();
+        let shape = JoinShape {
+            right: R::statements().table,
+            on: self.on,
+            outer: Out::OUTER,
+            left_filter: left,
+            right_filter: right,
+            order: self.order,
+            limit: self.limit.is_some(),
+        };
+        let sql = L::statements().sql_for(Shape::Join(shape.clone()), || join_sql::<L, R>(&shape));
+        let mut args = PgArguments::default();
+        bind_all(left_values, &mut args).map_err(bind_error)?;
+        bind_all(right_values, &mut args).map_err(bind_error)?;
+        if let Some(n) = self.limit {
+            args.add(i64::from(n)).map_err(bind_error)?;
+        }
+        let executor = self.executor;
+        traced::<L, _>(
+            call_span!("join", L),
+            async move {
+                let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_all(executor)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok((L::decode(row, 0)?, Out::read(row, L::WIDTH)?)))
+                    .collect::<Result<Vec<(L, Out)>>>()
+            },
+            |rows: &Vec<(L, Out)>| rows.len() as u64,
+        )
+        .await
+    }
+}
+
+/// `SELECT l.…, r.… FROM (SELECT * FROM L WHERE …) AS l [LEFT] JOIN
+/// (SELECT * FROM R WHERE …) AS r ON l.key = r.key ORDER BY … LIMIT $n`;
+/// parameters: the left filter's, the right filter's, the limit.
+fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
+    let (left, right) = (L::schema(), R::schema());
+    let mut param = 0;
+    let left_rows = format!(
+        "(SELECT * FROM {}{}) AS \"l\"",
+        quote_table(&left.name),
+        where_clause(left, &shape.left_filter, &mut param)
+    );
+    let right_rows = format!(
+        "(SELECT * FROM {}{}) AS \"r\"",
+        quote_table(&right.name),
+        where_clause(right, &shape.right_filter, &mut param)
+    );
+    let column = |side: Side, index: usize| {
+        let (alias, schema) = match side {
+            Side::Left => ("l", left),
+            Side::Right => ("r", right),
+        };
+        (
+            format!("\"{alias}\".{}", quote_ident(&schema.columns[index].name)),
+            schema.columns[index].nullable || (side == Side::Right && shape.outer),
+        )
+    };
+    let mut order: Vec<String> = shape
+        .order
+        .iter()
+        .map(|&(side, index, descending)| {
+            let (name, nullable) = column(side, index);
+            let dir = if descending { "DESC" } else { "ASC" };
+            let nulls = if nullable { " NULLS LAST" } else { "" };
+            format!("{name} {dir}{nulls}")
+        })
+        .collect();
+    // The ids break the last ties, so a limit cuts a stable list.
+    order.push("\"l\".\"id\"".into());
+    order.push(format!(
+        "\"r\".\"id\"{}",
+        if shape.outer { " NULLS LAST" } else { "" }
+    ));
+    let mut sql = format!(
+        "SELECT {}, {} FROM {left_rows} {} {right_rows} ON {} = {} ORDER BY {}",
+        L::statements().qualified_columns("l"),
+        R::statements().qualified_columns("r"),
+        if shape.outer { "LEFT JOIN" } else { "JOIN" },
+        column(Side::Left, shape.on.0).0,
+        column(Side::Right, shape.on.1).0,
+        order.join(", ")
+    );
+    if shape.limit {
+        param += 1;
+        sql.push_str(&format!(" LIMIT ${param}"));
+    }
+    sql
+}

@@ -8,6 +8,7 @@
 mod analytics;
 mod contenders;
 mod feed;
+mod relations;
 mod report;
 mod search;
 mod tenant_search;
@@ -57,6 +58,10 @@ struct Args {
     /// handle against the same calls without row security.
     #[arg(long)]
     tenants: bool,
+    /// Run the relations benchmark instead: a typed join page and a tree
+    /// walk beside the same statements by hand.
+    #[arg(long)]
+    relations: bool,
     /// Run the analytics benchmark instead: the typed aggregates beside
     /// hand-written sqlx, and a relation-filter page beside two calls.
     #[arg(long)]
@@ -212,6 +217,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         feed_bench(&url, args.feed_rounds).await
     } else if args.tenants {
         tenants::run(&url).await.map(|()| None)
+    } else if args.relations {
+        relations::run(&url).await.map(|()| None)
     } else {
         bench(&url, &scale, args.only.as_deref()).await
     };

@@ -184,5 +184,8 @@ async fn a_join_is_one_statement() {
         sql.contains(r#"FROM (SELECT * FROM "public"."players" WHERE "rank" > $1) AS "l" JOIN (SELECT * FROM "public"."teams" WHERE "name" <> $2) AS "r" ON "l"."team_id" = "r"."id""#),
         "{sql}"
     );
-    assert!(sql.ends_with("LIMIT $3"), "{sql}");
+    assert!(
+        sql.ends_with("LIMIT 10"),
+        "a literal, so a generic plan serves it: {sql}"
+    );
 }

@@ -11,7 +11,7 @@
 use std::marker::PhantomData;
 
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Arguments, PgExecutor, Row};
+use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -38,7 +38,10 @@ pub(crate) struct JoinShape {
     left_filter: Node,
     right_filter: Node,
     order: Vec<(Side, usize, bool)>,
-    limit: bool,
+    /// In the SQL text: with `LIMIT $n` PostgreSQL never settles on a
+    /// generic plan (it takes an unknown limit for a tenth of the rows) and
+    /// plans the statement again at every call.
+    limit: Option<u32>,
 }
 
 /// What the right side of a joined row reads as: the record (inner join),
@@ -168,15 +171,12 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
             left_filter: left,
             right_filter: right,
             order: self.order,
-            limit: self.limit.is_some(),
+            limit: self.limit,
         };
         let sql = L::statements().sql_for(Shape::Join(shape.clone()), || join_sql::<L, R>(&shape));
         let mut args = PgArguments::default();
         bind_all(left_values, &mut args).map_err(bind_error)?;
         bind_all(right_values, &mut args).map_err(bind_error)?;
-        if let Some(n) = self.limit {
-            args.add(i64::from(n)).map_err(bind_error)?;
-        }
         let executor = self.executor;
         traced::<L, _>(
             call_span!("join", L),
@@ -195,8 +195,8 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
 }
 
 /// `SELECT l.…, r.… FROM (SELECT * FROM L WHERE …) AS l [LEFT] JOIN
-/// (SELECT * FROM R WHERE …) AS r ON l.key = r.key ORDER BY … LIMIT $n`;
-/// parameters: the left filter's, the right filter's, the limit.
+/// (SELECT * FROM R WHERE …) AS r ON l.key = r.key ORDER BY … LIMIT n`;
+/// parameters: the left filter's, then the right filter's.
 fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
     let (left, right) = (L::schema(), R::schema());
     let mut param = 0;
@@ -245,9 +245,8 @@ fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
         column(Side::Right, shape.on.1).0,
         order.join(", ")
     );
-    if shape.limit {
-        param += 1;
-        sql.push_str(&format!(" LIMIT ${param}"));
+    if let Some(n) = shape.limit {
+        sql.push_str(&format!(" LIMIT {n}"));
     }
     sql
 }

@@ -15,33 +15,53 @@ use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::query::filter::{Filter, Node, bind_all, where_clause};
+use crate::query::filter::Column;
+use crate::query::filter::{Filter, bind_all, where_clause};
 use crate::query::list::Order;
 use crate::record::Record;
+use crate::record::Repo;
+use crate::record::column::ColumnType;
 use crate::record::repo::{bind_error, call_span, traced};
-use crate::record::statements::Shape;
+use crate::record::statements::{JoinShape, Shape, Side};
 use crate::sql::{quote_ident, quote_table};
 
-/// Which record a join's column belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Side {
-    Left,
-    Right,
-}
+impl<T: Record> Repo<T> {
+    /// `T`'s rows joined with `R`'s where `left_key` equals `right_key`,
+    /// read as `(T, R)` pairs: a builder ([`Join`]) of filters and orders
+    /// on either side and a limit, run by `fetch`, in one statement. The
+    /// two keys hold the same type (a nullable one counts as its inner
+    /// type): the compiler checks it.
+    pub fn join<'e, E, R, VL, SL, VR, SR>(
+        &self,
+        executor: E,
+        left_key: Column<T, VL, SL>,
+        right_key: Column<R, VR, SR>,
+    ) -> Join<T, R, E, R>
+    where
+        E: PgExecutor<'e>,
+        R: Record,
+        VL: ColumnType,
+        VR: ColumnType<Scalar = VL::Scalar>,
+    {
+        Join::new(executor, left_key.index(), right_key.index())
+    }
 
-/// What a join's SQL depends on: built once per shape.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct JoinShape {
-    right: &'static str,
-    on: (usize, usize),
-    outer: bool,
-    left_filter: Node,
-    right_filter: Node,
-    order: Vec<(Side, usize, bool)>,
-    /// In the SQL text: with `LIMIT $n` PostgreSQL never settles on a
-    /// generic plan (it takes an unknown limit for a tenth of the rows) and
-    /// plans the statement again at every call.
-    limit: Option<u32>,
+    /// [`Repo::join`] that keeps every row of `T` matching its filters
+    /// (`LEFT JOIN`): `(T, None)` where no row of `R` matches.
+    pub fn left_join<'e, E, R, VL, SL, VR, SR>(
+        &self,
+        executor: E,
+        left_key: Column<T, VL, SL>,
+        right_key: Column<R, VR, SR>,
+    ) -> Join<T, R, E, Option<R>>
+    where
+        E: PgExecutor<'e>,
+        R: Record,
+        VL: ColumnType,
+        VR: ColumnType<Scalar = VL::Scalar>,
+    {
+        Join::new(executor, left_key.index(), right_key.index())
+    }
 }
 
 /// What the right side of a joined row reads as: the record (inner join),

@@ -15,7 +15,6 @@ use super::{Record, Repo, UniqueKey};
 use crate::error::{Error, Result};
 use crate::query::aggregate::Aggregate;
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
-use crate::query::join::Join;
 use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
 use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
 use crate::record::column::{ColumnType, decode_column};
@@ -623,43 +622,6 @@ impl<T: Record> Repo<T> {
         filter: Filter<T>,
     ) -> Aggregate<T, E> {
         Aggregate::new(executor, filter)
-    }
-
-    /// `T`'s rows joined with `R`'s where `left_key` equals `right_key`,
-    /// read as `(T, R)` pairs: a builder ([`Join`]) of filters and orders
-    /// on either side and a limit, run by `fetch`, in one statement. The
-    /// two keys hold the same type (a nullable one counts as its inner
-    /// type): the compiler checks it.
-    pub fn join<'e, E, R, VL, SL, VR, SR>(
-        &self,
-        executor: E,
-        left_key: Column<T, VL, SL>,
-        right_key: Column<R, VR, SR>,
-    ) -> Join<T, R, E, R>
-    where
-        E: PgExecutor<'e>,
-        R: Record,
-        VL: ColumnType,
-        VR: ColumnType<Scalar = VL::Scalar>,
-    {
-        Join::new(executor, left_key.index(), right_key.index())
-    }
-
-    /// [`Repo::join`] that keeps every row of `T` matching its filters
-    /// (`LEFT JOIN`): `(T, None)` where no row of `R` matches.
-    pub fn left_join<'e, E, R, VL, SL, VR, SR>(
-        &self,
-        executor: E,
-        left_key: Column<T, VL, SL>,
-        right_key: Column<R, VR, SR>,
-    ) -> Join<T, R, E, Option<R>>
-    where
-        E: PgExecutor<'e>,
-        R: Record,
-        VL: ColumnType,
-        VR: ColumnType<Scalar = VL::Scalar>,
-    {
-        Join::new(executor, left_key.index(), right_key.index())
     }
 
     /// How many rows match `filter`.

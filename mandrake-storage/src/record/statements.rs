@@ -26,10 +26,32 @@ pub(crate) enum Shape {
     },
     GetMany,
     Search(crate::query::search::SearchShape),
-    Join(crate::query::join::JoinShape),
+    Join(JoinShape),
     /// A tree walk along the parent column.
     Ancestors(usize),
     Descendants(usize),
+}
+
+/// Which record a join's column belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Left,
+    Right,
+}
+
+/// What a join's SQL depends on: built once per shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct JoinShape {
+    pub(crate) right: &'static str,
+    pub(crate) on: (usize, usize),
+    pub(crate) outer: bool,
+    pub(crate) left_filter: Node,
+    pub(crate) right_filter: Node,
+    pub(crate) order: Vec<(Side, usize, bool)>,
+    /// In the SQL text: with `LIMIT $n` PostgreSQL never settles on a
+    /// generic plan (it takes an unknown limit for a tenth of the rows) and
+    /// plans the statement again at every call.
+    pub(crate) limit: Option<u32>,
 }
 
 #[doc(hidden)]

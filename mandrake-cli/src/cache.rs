@@ -209,10 +209,7 @@ impl Cache {
         migrations: &Migrations,
         tables: &[&mandrake_storage::TableSchema],
     ) -> mandrake_storage::Result<bool> {
-        use sqlx::Connection;
-        let mut admin = mandrake_storage::admin::server_connection(url).await?;
-        let version = mandrake_storage::admin::server_version(&mut admin).await?;
-        let _ = admin.close().await;
+        let version = mandrake_storage::admin::server_version_at(url).await?;
         let ddl = mandrake_storage::schema::ddl::create_schema(tables);
         Ok(self
             .schema(Kind::Replay, &Key::replay(&version, migrations))

@@ -102,8 +102,10 @@ async fn compare_on(
     renames: &Renames,
     cache: &Cache,
 ) -> Result<(Comparison, Option<Replay>)> {
+    // The scratch server's version is part of every cache key: another
+    // server may read the same SQL back otherwise.
     let version = match cache.is_on() {
-        true => Some(server_version_of(scratch).await?),
+        true => Some(mandrake_storage::admin::server_version_at(&scratch.url("postgres")).await?),
         false => None,
     };
     let (current, key) = replayed(scratch, migrations, cache, version.as_deref()).await?;
@@ -119,16 +121,6 @@ async fn compare_on(
         unmanaged,
     };
     Ok((comparison, replay))
-}
-
-/// The version of the scratch server, part of every cache key: another
-/// server may read the same SQL back otherwise.
-async fn server_version_of(scratch: &Scratch) -> Result<String> {
-    use sqlx::Connection;
-    let mut admin = mandrake_storage::admin::server_connection(&scratch.url("postgres")).await?;
-    let version = mandrake_storage::admin::server_version(&mut admin).await;
-    let _ = admin.close().await;
-    version
 }
 
 /// What the migrations build: from the cache, else replayed, into the
@@ -194,13 +186,20 @@ async fn replay_template(
     cache.set_template(&name);
     let url = scratch.url(&name);
     migrate(&url, migrations, &MigrateOptions::complete()).await?;
+    mark_complete(admin, &name, key).await?;
+    Ok(url)
+}
+
+/// Marks the template database `name` complete for `key` (its comment),
+/// which [`copy_of_template`] checks before it copies it.
+async fn mark_complete(admin: &mut sqlx::PgConnection, name: &str, key: &Key) -> Result<()> {
     let comment = format!(
         "COMMENT ON DATABASE {} IS {}",
-        quote_ident(&name),
+        quote_ident(name),
         quote_literal(key.as_str())
     );
     admin.execute(sqlx::AssertSqlSafe(comment)).await?;
-    Ok(url)
+    Ok(())
 }
 
 /// A copy of the template database of `key`, when it is there and its
@@ -255,14 +254,9 @@ async fn promote(scratch: &Scratch, cache: &Cache, url: &str, key: &Key) {
         quote_ident(&proving),
         quote_ident(&name)
     );
-    let comment = format!(
-        "COMMENT ON DATABASE {} IS {}",
-        quote_ident(&name),
-        quote_literal(key.as_str())
-    );
     if admin.execute(sqlx::AssertSqlSafe(renamed)).await.is_ok() {
         cache.set_template(&name);
-        if admin.execute(sqlx::AssertSqlSafe(comment)).await.is_ok() {
+        if mark_complete(&mut admin, &name, key).await.is_ok() {
             cache.keep(Kind::Replay, key, &schema);
         }
     }

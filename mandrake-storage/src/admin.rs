@@ -117,6 +117,15 @@ pub async fn server_version(conn: &mut sqlx::PgConnection) -> Result<String> {
         .await?)
 }
 
+/// The version of the server at `url`, on a connection of its own.
+pub async fn server_version_at(url: &str) -> Result<String> {
+    use sqlx::Connection;
+    let mut admin = server_connection(url).await?;
+    let version = server_version(&mut admin).await;
+    let _ = admin.close().await;
+    version
+}
+
 /// The major version of the server (`15`, `18`), from `server_version_num`.
 pub async fn server_major(conn: &mut sqlx::PgConnection) -> Result<u32> {
     let number: String = sqlx::query_scalar("SHOW server_version_num")

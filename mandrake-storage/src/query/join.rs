@@ -84,12 +84,8 @@ impl<R: Record> JoinedSide<R> for R {
 impl<R: Record> JoinedSide<R> for Option<R> {
     const OUTER: bool = true;
     fn read(row: &PgRow, offset: usize) -> Result<Self> {
-        let id = R::statements()
-            .names
-            .iter()
-            .position(|n| n == "id")
-            .expect("every record has an id");
-        let found: Option<Uuid> = row.try_get(offset + id)?;
+        // The id is never NULL in a row that is there.
+        let found: Option<Uuid> = row.try_get(offset + R::statements().id_column)?;
         match found {
             Some(_) => Ok(Some(R::decode(row, offset)?)),
             None => Ok(None),
@@ -250,12 +246,20 @@ fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
             format!("{name} {dir}{nulls}")
         })
         .collect();
-    // The ids break the last ties, so a limit cuts a stable list.
-    order.push("\"l\".\"id\"".into());
-    order.push(format!(
-        "\"r\".\"id\"{}",
-        if shape.outer { " NULLS LAST" } else { "" }
-    ));
+    // The ids break the last ties, so a limit cuts a stable list; an id
+    // ordered on already needs no second mention.
+    for (side, schema) in [(Side::Left, left), (Side::Right, right)] {
+        let id = schema.columns.iter().position(|c| c.name == "id");
+        if let Some(id) = id
+            && !shape.order.iter().any(|&(s, c, _)| s == side && c == id)
+        {
+            let (name, nullable) = column(side, id);
+            order.push(format!(
+                "{name}{}",
+                if nullable { " NULLS LAST" } else { "" }
+            ));
+        }
+    }
     let mut sql = format!(
         "SELECT {}, {} FROM {left_rows} {} {right_rows} ON {} = {} ORDER BY {}",
         L::statements().qualified_columns("l"),

@@ -122,15 +122,9 @@ impl<T: Record> Repo<T> {
                 let ids = times.iter().map(id_at).collect::<Result<Vec<Uuid>>>()?;
                 let order: HashMap<Uuid, usize> =
                     ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
-                let mut args = PgArguments::default();
-                T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
-                args.add(times).map_err(bind_error)?;
                 let sql = T::statements().import_many.as_str();
-                let mut stored = Vec::with_capacity(order.len());
-                let mut stream = sqlx::query_with(sql, args).fetch(executor);
-                while let Some(row) = stream.try_next().await? {
-                    stored.push(T::decode(&row, 0)?);
-                }
+                let mut stored =
+                    insert_batch::<T, E>(executor, rows, ids, Some(times), sql).await?;
                 stored.sort_unstable_by_key(|r| order.get(&r.id()).copied());
                 Ok(stored)
             },
@@ -175,7 +169,8 @@ impl<T: Record> Repo<T> {
             call_span!("create_many", T),
             async move {
                 let sql = T::statements().insert_many.as_str();
-                let mut stored = insert_batch::<T, E>(executor, rows, sql).await?;
+                let ids = rows.iter().map(|_| Uuid::now_v7()).collect();
+                let mut stored = insert_batch::<T, E>(executor, rows, ids, None, sql).await?;
                 // RETURNING order is not promised by PostgreSQL, but UUIDv7 ids made
                 // in one process are ordered by creation: sorting by id restores the
                 // input order (and costs one pass when it is already in order).
@@ -409,7 +404,9 @@ impl<T: Record> Repo<T> {
             call_span!("upsert_many", T),
             async move {
                 // The statement returns rows in input order itself.
-                insert_batch::<T, E>(executor, rows, upserts::<T>(key).many.as_str()).await
+                let ids = rows.iter().map(|_| Uuid::now_v7()).collect();
+                let sql = upserts::<T>(key).many.as_str();
+                insert_batch::<T, E>(executor, rows, ids, None, sql).await
             },
             |rows| rows.len() as u64,
         )
@@ -989,21 +986,26 @@ fn schema_moved<T: Record>(err: Error) -> Error {
     }
 }
 
-/// Binds `rows` as one array per column (new UUIDv7 ids first) and runs the
-/// batch statement `sql` over them, decoding rows as they stream in rather
-/// than holding them all twice.
+/// Binds `rows` as one array per column (`ids` first, then their `times`
+/// last when the statement takes them) and runs the batch statement `sql`
+/// over them, decoding rows as they stream in rather than holding them all
+/// twice.
 async fn insert_batch<'e, T: Record, E: PgExecutor<'e>>(
     executor: E,
     rows: Vec<T::New>,
+    ids: Vec<Uuid>,
+    times: Option<Vec<chrono::DateTime<chrono::Utc>>>,
     sql: &'static str,
 ) -> Result<Vec<T>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     let count = rows.len();
-    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
     let mut args = PgArguments::default();
     T::bind_new_batch(rows, ids, &mut args).map_err(bind_error)?;
+    if let Some(times) = times {
+        args.add(times).map_err(bind_error)?;
+    }
     let mut stored = Vec::with_capacity(count);
     let mut stream = sqlx::query_with(sql, args).fetch(executor);
     while let Some(row) = stream.try_next().await? {

@@ -109,6 +109,8 @@ pub struct Statements {
     pub columns: String,
     /// The column names, in field order.
     pub names: Vec<String>,
+    /// Where `id` is among them.
+    pub id_column: usize,
     pub insert: String,
     pub insert_many: String,
     pub select_by_id: String,
@@ -219,6 +221,10 @@ impl Statements {
             shapes: RwLock::default(),
             layout,
             columns,
+            id_column: names
+                .iter()
+                .position(|n| n == "id")
+                .expect("every record has an id"),
             names,
         }
     }
@@ -361,18 +367,8 @@ impl Insert {
 /// is both `created_at` and `updated_at` (a table without them imports as
 /// it creates).
 fn import_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> String {
-    let stamped = ["created_at", "updated_at"];
-    let stamps: Vec<&str> = stamped
-        .into_iter()
-        .filter(|c| schema.column(c).is_some())
-        .collect();
     let at = format!("${}", insert.placeholders.len() + 1);
-    let mut names = insert.columns.clone();
-    let mut values = insert.placeholders.clone();
-    for stamp in stamps {
-        names.push(stamp.to_owned());
-        values.push(at.clone());
-    }
+    let (names, values) = with_times(schema, insert, insert.placeholders.clone(), &at);
     format!(
         "INSERT INTO {} ({}) VALUES ({}) RETURNING {columns}",
         quote_table(&schema.name),
@@ -381,17 +377,28 @@ fn import_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> Str
     )
 }
 
-/// `insert_many` with the times as one more array (`$N::timestamptz[]`),
-/// given to `created_at` and `updated_at` where the table has them.
-fn import_many_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> String {
+/// The inserted columns and `values`, then `created_at` and `updated_at`
+/// (where the table has them) given `at`.
+fn with_times(
+    schema: &TableSchema,
+    insert: &Insert,
+    mut values: Vec<String>,
+    at: &str,
+) -> (Vec<String>, Vec<String>) {
     let mut names = insert.columns.clone();
-    let mut values = insert.casts.clone();
     for stamp in ["created_at", "updated_at"] {
         if schema.column(stamp).is_some() {
             names.push(stamp.to_owned());
-            values.push("at".to_owned());
+            values.push(at.to_owned());
         }
     }
+    (names, values)
+}
+
+/// `insert_many` with the times as one more array (`$N::timestamptz[]`),
+/// given to `created_at` and `updated_at` where the table has them.
+fn import_many_statement(schema: &TableSchema, insert: &Insert, columns: &str) -> String {
+    let (names, values) = with_times(schema, insert, insert.casts.clone(), "at");
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}, ${}::timestamptz[]) AS u({}, at) RETURNING {columns}",
         quote_table(&schema.name),

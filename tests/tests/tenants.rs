@@ -1208,3 +1208,141 @@ async fn a_join_through_a_tenant_handle_holds_on_both_sides() {
         .unwrap();
     assert!(none.is_empty(), "without a tenant: nothing (fail closed)");
 }
+
+/// Where features meet on a tenant-scoped table with the feed, a search
+/// column and a trigram index: a join filtered by a full-text match, and
+/// history imported in bulk, through tenant handles.
+#[tokio::test]
+async fn joins_and_bulk_imports_through_a_tenant_handle_on_a_searched_table_in_the_feed() {
+    let (test, _app, a, b) = memos().await;
+    let found = Memo::repo()
+        .join(&b, Memo::WORKSPACE_ID, Workspace::ID)
+        .filter(Memo::BODY.matches("zebrafish"))
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "B's match only, not A's");
+    let (memo, workspace) = &found[0];
+    assert_eq!(memo.workspace_id, workspace.id);
+    assert_eq!(workspace.name, "B");
+
+    let old = DateTime::parse_from_rfc3339("2024-05-06T07:08:09Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let rows = vec![
+        (
+            NewMemo {
+                workspace_id: None,
+                body: "an imported okapi".into(),
+            },
+            old,
+        ),
+        (
+            NewMemo {
+                workspace_id: None,
+                body: "another okapi".into(),
+            },
+            old + chrono::Duration::seconds(1),
+        ),
+    ];
+    let imported = Memo::repo().import_many(&b, rows).await.unwrap();
+    assert!(imported.iter().all(|m| m.workspace_id == workspace.id));
+    assert_eq!(imported[0].created_at, old);
+    let search = |db: &Db| {
+        let db = db.clone();
+        async move {
+            Memo::repo()
+                .count(&db, Memo::BODY.matches("okapi"))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(search(&b).await, 2, "the tenant's search finds them");
+    assert_eq!(search(&a).await, 0, "the other tenant's does not");
+    drop(test);
+}
+
+/// A tenant-scoped tree.
+#[derive(Record, Clone)]
+#[record(table = "folders")]
+pub struct Folder {
+    pub id: Uuid,
+    #[record(tenant)]
+    pub workspace_id: Uuid,
+    #[record(references = "folders", on_delete = "cascade")]
+    pub parent_id: Option<Uuid>,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A tenant-scoped tree: its parent key is `(tenant, parent)`, so no row
+/// hangs under another tenant's (even the owner's raw SQL is refused), and a
+/// walk through a tenant handle reads that tenant's rows only.
+#[tokio::test]
+async fn a_tree_walk_through_a_tenant_handle_stays_in_the_tenant() {
+    let test = TestDb::with_tables(&[Workspace::schema(), Folder::schema()])
+        .await
+        .unwrap();
+    let app = test.app_db().await.unwrap();
+    let mut tenants = Vec::new();
+    for name in ["A", "B"] {
+        let w = Workspace::repo()
+            .create(test.db(), NewWorkspace { name: name.into() })
+            .await
+            .unwrap();
+        tenants.push(app.tenant(w.id));
+    }
+    let folder = |db: &Db, parent: Option<Uuid>, name: &str| {
+        let (db, name) = (db.clone(), name.to_owned());
+        async move {
+            Folder::repo()
+                .create(
+                    &db,
+                    NewFolder {
+                        workspace_id: None,
+                        parent_id: parent,
+                        name,
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (&tenants[0], &tenants[1]);
+    let a_root = folder(a, None, "a-root").await;
+    let b_root = folder(b, None, "b-root").await;
+    let b_child = folder(b, Some(b_root.id), "b-child").await;
+    let crossed = sqlx::query("UPDATE folders SET parent_id = $1 WHERE id = $2")
+        .bind(a_root.id)
+        .bind(b_root.id)
+        .execute(test.db())
+        .await
+        .map_err(mandrake_storage::Error::from);
+    assert!(
+        matches!(crossed, Err(Error::ForeignKeyViolation { .. })),
+        "{crossed:?}"
+    );
+    let path = Folder::repo()
+        .ancestors(b, Folder::PARENT_ID, b_child.id)
+        .await
+        .unwrap();
+    let names: Vec<&str> = path.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["b-root", "b-child"]);
+    let seen_by_a = Folder::repo()
+        .ancestors(a, Folder::PARENT_ID, b_child.id)
+        .await
+        .unwrap();
+    assert!(seen_by_a.is_empty(), "B's folders are not A's to see");
+    let under = Folder::repo()
+        .descendants(a, Folder::PARENT_ID, b_root.id)
+        .await
+        .unwrap();
+    assert!(under.is_empty());
+    let own = Folder::repo()
+        .descendants(b, Folder::PARENT_ID, b_root.id)
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(a_root.parent_id, None);
+}

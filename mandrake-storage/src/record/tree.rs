@@ -37,15 +37,8 @@ impl<T: Record> Repo<T> {
         parent: Column<T, Option<Uuid>, S>,
         id: Uuid,
     ) -> Result<Vec<T>> {
-        self_reference(&parent)?;
-        let shape = Shape::Ancestors(parent.index());
-        let sql = T::statements().sql_for(shape, || walk_sql::<T>(parent.name(), Walk::Up));
-        traced::<T, _>(
-            call_span!("ancestors", T),
-            fetch::<T, E>(executor, sql, id),
-            |rows| rows.len() as u64,
-        )
-        .await
+        let span = call_span!("ancestors", T);
+        self.walk(executor, parent, id, Walk::Up, span).await
     }
 
     /// The subtree under the row `id` along `parent`, without the row:
@@ -57,15 +50,32 @@ impl<T: Record> Repo<T> {
         parent: Column<T, Option<Uuid>, S>,
         id: Uuid,
     ) -> Result<Vec<T>> {
+        let span = call_span!("descendants", T);
+        self.walk(executor, parent, id, Walk::Down, span).await
+    }
+
+    async fn walk<'e, E: PgExecutor<'e>, S>(
+        &self,
+        executor: E,
+        parent: Column<T, Option<Uuid>, S>,
+        id: Uuid,
+        walk: Walk,
+        span: tracing::Span,
+    ) -> Result<Vec<T>> {
         self_reference(&parent)?;
-        let shape = Shape::Descendants(parent.index());
-        let sql = T::statements().sql_for(shape, || walk_sql::<T>(parent.name(), Walk::Down));
-        traced::<T, _>(
-            call_span!("descendants", T),
-            fetch::<T, E>(executor, sql, id),
-            |rows| rows.len() as u64,
-        )
-        .await
+        let shape = match walk {
+            Walk::Up => Shape::Ancestors(parent.index()),
+            Walk::Down => Shape::Descendants(parent.index()),
+        };
+        let sql = T::statements().sql_for(shape, || walk_sql::<T>(parent.name(), walk));
+        let call = async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(executor)
+                .await?;
+            rows.iter().map(|row| Ok(T::decode(row, 0)?)).collect()
+        };
+        traced::<T, _>(span, call, |rows: &Vec<T>| rows.len() as u64).await
     }
 }
 
@@ -73,8 +83,14 @@ impl<T: Record> Repo<T> {
 /// would follow ids of another table.
 fn self_reference<T: Record, S>(parent: &Column<T, Option<Uuid>, S>) -> Result<()> {
     let schema = T::schema();
+    // On a tenant-scoped table the key is `(tenant, parent)` to
+    // `(tenant, id)`: the parent pairs with `id` either way.
     let keyed = schema.foreign_keys.iter().any(|k| {
-        k.references == schema.name && k.columns == [parent.name()] && k.referenced == ["id"]
+        k.references == schema.name
+            && k.columns
+                .iter()
+                .zip(&k.referenced)
+                .any(|(c, r)| c == parent.name() && r == "id")
     });
     match keyed {
         true => Ok(()),
@@ -90,18 +106,6 @@ fn self_reference<T: Record, S>(parent: &Column<T, Option<Uuid>, S>) -> Result<(
 enum Walk {
     Up,
     Down,
-}
-
-async fn fetch<'e, T: Record, E: PgExecutor<'e>>(
-    executor: E,
-    sql: std::sync::Arc<str>,
-    id: Uuid,
-) -> Result<Vec<T>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_all(executor)
-        .await?;
-    rows.iter().map(|row| Ok(T::decode(row, 0)?)).collect()
 }
 
 /// The walk's statement. Each step carries the ids it has been through

@@ -189,3 +189,131 @@ async fn a_join_is_one_statement() {
         "a literal, so a generic plan serves it: {sql}"
     );
 }
+
+/// Every pair of a join read page by page, `size` at a time.
+async fn all_pages<'a, Out: mandrake_storage::JoinedSide<Team>>(
+    size: u32,
+    join: impl Fn() -> mandrake_storage::Join<Player, Team, &'a mandrake_storage::Db, Out>,
+) -> Vec<(Player, Out)> {
+    let (mut all, mut next, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = join().limit(size).after_opt(next).page().await.unwrap();
+        assert!(page.items.len() <= size as usize);
+        pages += 1;
+        all.extend(page.items);
+        next = page.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert!(pages < 20, "the pages end");
+    all
+}
+
+#[tokio::test]
+async fn keyset_pages_of_a_join_resume_exactly_across_equal_sort_values() {
+    let (t, teams) = league().await;
+    // More ties: three players of rank 2 in blue, in the order the ids give.
+    Player::repo()
+        .create(
+            t.db(),
+            NewPlayer {
+                team_id: Some(teams[1].id),
+                name: "fay".into(),
+                rank: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let inner = || {
+        Player::repo()
+            .join(t.db(), Player::TEAM_ID, Team::ID)
+            .order_by_joined(Team::NAME.asc())
+            .order_by(Player::RANK.desc())
+    };
+    let inner_ids: Vec<Uuid> = inner()
+        .fetch()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.id)
+        .collect();
+    assert_eq!(inner_ids.len(), 5);
+    for size in [1, 2, 3, 5, 6] {
+        let paged: Vec<Uuid> = all_pages(size, inner)
+            .await
+            .iter()
+            .map(|(p, _)| p.id)
+            .collect();
+        assert_eq!(paged, inner_ids, "pages of {size}");
+    }
+    // A left join ordered by the joined side: eve's team is NULL and sorts
+    // last; a descending order on a nullable column mixes with the ids.
+    let left = || {
+        Player::repo()
+            .left_join(t.db(), Player::TEAM_ID, Team::ID)
+            .order_by_joined(Team::NAME.desc())
+            .order_by(Player::RANK.asc())
+    };
+    let whole: Vec<Uuid> = left()
+        .fetch()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.id)
+        .collect();
+    assert_eq!(whole.len(), 6);
+    for size in [1, 2, 4] {
+        let paged = all_pages(size, left).await;
+        let ids: Vec<Uuid> = paged.iter().map(|(p, _)| p.id).collect();
+        assert_eq!(ids, whole, "left pages of {size}");
+        assert!(paged.last().unwrap().1.is_none(), "no team sorts last");
+    }
+    // A player added before the cursor's position (rank 9 leads blue, the
+    // first team) does not shift the next page: it resumes after the pair it
+    // stopped at.
+    let first = inner().limit(2).page().await.unwrap();
+    Player::repo()
+        .create(
+            t.db(),
+            NewPlayer {
+                team_id: Some(teams[1].id),
+                name: "gil".into(),
+                rank: 9,
+            },
+        )
+        .await
+        .unwrap();
+    let second = inner()
+        .limit(2)
+        .after(first.next.clone().unwrap())
+        .page()
+        .await
+        .unwrap();
+    let second: Vec<Uuid> = second.items.iter().map(|(p, _)| p.id).collect();
+    assert_eq!(second, inner_ids[2..4]);
+    // A cursor of another order, or of a list, is refused by name.
+    let other = Player::repo()
+        .join(t.db(), Player::TEAM_ID, Team::ID)
+        .order_by(Player::NAME.asc())
+        .after(first.next.unwrap())
+        .page()
+        .await;
+    assert!(
+        matches!(other, Err(mandrake_storage::Error::InvalidCursor(_))),
+        "{other:?}"
+    );
+    let listed = Player::repo()
+        .list(
+            t.db(),
+            mandrake_storage::Filter::all(),
+            mandrake_storage::ListOptions::new().limit(1),
+        )
+        .await
+        .unwrap();
+    let foreign = inner().after(listed.next.unwrap()).page().await;
+    assert!(matches!(
+        foreign,
+        Err(mandrake_storage::Error::InvalidCursor(_))
+    ));
+}

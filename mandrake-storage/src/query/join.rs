@@ -11,13 +11,13 @@
 use std::marker::PhantomData;
 
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{PgExecutor, Row};
+use sqlx::{Arguments, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::Result;
 use crate::query::filter::Column;
 use crate::query::filter::{Filter, bind_all, where_clause};
-use crate::query::list::Order;
+use crate::query::list::{Cursor, Order, Page, SortKey, after_condition, cursor_misfit, order_by};
 use crate::record::Record;
 use crate::record::Repo;
 use crate::record::column::ColumnType;
@@ -125,6 +125,7 @@ pub struct Join<L, R, E, Out = R> {
     right_filter: Filter<R>,
     order: Vec<(Side, usize, bool)>,
     limit: Option<u32>,
+    after: Option<Cursor>,
     _marker: PhantomData<fn() -> Out>,
 }
 
@@ -137,6 +138,7 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
             right_filter: Filter::all(),
             order: Vec::new(),
             limit: None,
+            after: None,
             _marker: PhantomData,
         }
     }
@@ -170,14 +172,66 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
         self
     }
 
-    /// At most `n` pairs.
+    /// At most `n` pairs (a page of `n` for [`Join::page`]).
     pub fn limit(mut self, n: u32) -> Self {
         self.limit = Some(n);
         self
     }
 
+    /// Continues after the page that returned `cursor` (`page.next`).
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Continues after `cursor` when there is one.
+    pub fn after_opt(mut self, cursor: Option<Cursor>) -> Self {
+        self.after = cursor;
+        self
+    }
+
     /// Runs the join: one statement.
     pub async fn fetch(self) -> Result<Vec<(L, Out)>> {
+        Ok(self.run(call_span!("join", L), false).await?.items)
+    }
+
+    /// Runs the join for one keyset page of `limit` pairs, as
+    /// [`Repo::list`](crate::Repo::list) pages: `Page::next` continues
+    /// after its last pair, in the same order, and pairs added meanwhile
+    /// never shift the pages. One statement.
+    ///
+    /// ```no_run
+    /// # use mandrake_storage::Record;
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Provider { pub id: uuid::Uuid, pub name: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # #[derive(Record, Clone)]
+    /// # pub struct Model { pub id: uuid::Uuid, #[record(references = "providers")] pub provider_id: uuid::Uuid,
+    /// #   pub model_id: String,
+    /// #   pub created_at: chrono::DateTime<chrono::Utc>, pub updated_at: chrono::DateTime<chrono::Utc> }
+    /// # async fn demo(db: &mandrake_storage::Db) -> mandrake_storage::Result<()> {
+    /// let mut next = None;
+    /// loop {
+    ///     let page = Model::repo()
+    ///         .join(db, Model::PROVIDER_ID, Provider::ID)
+    ///         .order_by_joined(Provider::NAME.asc())
+    ///         .limit(50)
+    ///         .after_opt(next)
+    ///         .page()
+    ///         .await?;
+    ///     for (model, provider) in &page.items {
+    ///         println!("{} / {}", provider.name, model.model_id);
+    ///     }
+    ///     next = page.next;
+    ///     if next.is_none() { break; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn page(self) -> Result<Page<(L, Out)>> {
+        self.run(call_span!("join page", L), true).await
+    }
+
+    async fn run(self, span: tracing::Span, paged: bool) -> Result<Page<(L, Out)>> {
         let (left, left_values) = self.left_filter.into_parts();
         let (right, right_values) = self.right_filter.into_parts();
         let shape = JoinShape {
@@ -187,33 +241,92 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
             left_filter: left,
             right_filter: right,
             order: self.order,
-            limit: self.limit,
+            after: self.after.is_some(),
+            // One pair more than asked tells whether another page follows.
+            limit: self.limit.map(|n| n.saturating_add(u32::from(paged))),
         };
-        let sql = L::statements().sql_for(Shape::Join(shape.clone()), || join_sql::<L, R>(&shape));
+        let keys = join_keys::<L, R>(&shape);
+        let sql = L::statements().sql_for(Shape::Join(shape.clone()), || {
+            join_sql::<L, R>(&shape, &keys)
+        });
         let mut args = PgArguments::default();
         bind_all(left_values, &mut args).map_err(bind_error)?;
         bind_all(right_values, &mut args).map_err(bind_error)?;
+        if let Some(cursor) = &self.after {
+            for value in cursor.values(&keys)? {
+                args.add(value).map_err(bind_error)?;
+            }
+        }
         let executor = self.executor;
+        let limit = self.limit.filter(|_| paged).map(|n| n as usize);
         traced::<L, _>(
-            call_span!("join", L),
+            span,
             async move {
                 let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                     .fetch_all(executor)
-                    .await?;
-                rows.iter()
+                    .await
+                    .map_err(|err| match shape.after {
+                        true => cursor_misfit(err.into()),
+                        false => err.into(),
+                    })?;
+                let shown = limit.map_or(rows.len(), |n| rows.len().min(n));
+                let items = rows[..shown]
+                    .iter()
                     .map(|row| Ok((L::decode(row, 0)?, Out::read(row, L::WIDTH)?)))
-                    .collect::<Result<Vec<(L, Out)>>>()
+                    .collect::<Result<Vec<(L, Out)>>>()?;
+                let next = match (rows.len() > shown, shown.checked_sub(1)) {
+                    (true, Some(last)) => Some(Cursor::at_row(&keys, &rows[last])?),
+                    _ => None,
+                };
+                Ok(Page { items, next })
             },
-            |rows: &Vec<(L, Out)>| rows.len() as u64,
+            |page: &Page<(L, Out)>| page.items.len() as u64,
         )
         .await
     }
 }
 
+/// The join's full order: the orders asked for, in call order, then each
+/// side's `id` not ordered on already (ascending), so every pair has one
+/// place and a cursor resumes exactly. The right side of a left join may
+/// be NULL throughout.
+fn join_keys<L: Record, R: Record>(shape: &JoinShape) -> Vec<SortKey> {
+    let key = |side: Side, index: usize, descending: bool| {
+        let (alias, schema, offset) = match side {
+            Side::Left => ("l", L::schema(), 0),
+            Side::Right => ("r", R::schema(), L::WIDTH),
+        };
+        let def = &schema.columns[index];
+        SortKey {
+            label: format!("{alias}.{}", def.name),
+            sql: format!("\"{alias}\".{}", quote_ident(&def.name)),
+            sql_type: def.sql_type.clone(),
+            nullable: def.nullable || (side == Side::Right && shape.outer),
+            descending,
+            at: offset + index,
+        }
+    };
+    let mut keys: Vec<SortKey> = shape
+        .order
+        .iter()
+        .map(|&(side, index, descending)| key(side, index, descending))
+        .collect();
+    for (side, schema) in [(Side::Left, L::schema()), (Side::Right, R::schema())] {
+        let id = schema.columns.iter().position(|c| c.name == "id");
+        if let Some(id) = id
+            && !shape.order.iter().any(|&(s, c, _)| s == side && c == id)
+        {
+            keys.push(key(side, id, false));
+        }
+    }
+    keys
+}
+
 /// `SELECT l.…, r.… FROM (SELECT * FROM L WHERE …) AS l [LEFT] JOIN
-/// (SELECT * FROM R WHERE …) AS r ON l.key = r.key ORDER BY … LIMIT n`;
-/// parameters: the left filter's, then the right filter's.
-fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
+/// (SELECT * FROM R WHERE …) AS r ON l.key = r.key [WHERE <after cursor>]
+/// ORDER BY … LIMIT n`; parameters: the left filter's, the right filter's,
+/// then the cursor's.
+fn join_sql<L: Record, R: Record>(shape: &JoinShape, keys: &[SortKey]) -> String {
     let (left, right) = (L::schema(), R::schema());
     let mut param = 0;
     let left_rows = format!(
@@ -226,49 +339,19 @@ fn join_sql<L: Record, R: Record>(shape: &JoinShape) -> String {
         quote_table(&right.name),
         where_clause(right, &shape.right_filter, &mut param)
     );
-    let column = |side: Side, index: usize| {
-        let (alias, schema) = match side {
-            Side::Left => ("l", left),
-            Side::Right => ("r", right),
-        };
-        (
-            format!("\"{alias}\".{}", quote_ident(&schema.columns[index].name)),
-            schema.columns[index].nullable || (side == Side::Right && shape.outer),
-        )
-    };
-    let mut order: Vec<String> = shape
-        .order
-        .iter()
-        .map(|&(side, index, descending)| {
-            let (name, nullable) = column(side, index);
-            let dir = if descending { "DESC" } else { "ASC" };
-            let nulls = if nullable { " NULLS LAST" } else { "" };
-            format!("{name} {dir}{nulls}")
-        })
-        .collect();
-    // The ids break the last ties, so a limit cuts a stable list; an id
-    // ordered on already needs no second mention.
-    for (side, schema) in [(Side::Left, left), (Side::Right, right)] {
-        let id = schema.columns.iter().position(|c| c.name == "id");
-        if let Some(id) = id
-            && !shape.order.iter().any(|&(s, c, _)| s == side && c == id)
-        {
-            let (name, nullable) = column(side, id);
-            order.push(format!(
-                "{name}{}",
-                if nullable { " NULLS LAST" } else { "" }
-            ));
-        }
-    }
     let mut sql = format!(
-        "SELECT {}, {} FROM {left_rows} {} {right_rows} ON {} = {} ORDER BY {}",
+        "SELECT {}, {} FROM {left_rows} {} {right_rows} ON \"l\".{} = \"r\".{}",
         L::statements().qualified_columns("l"),
         R::statements().qualified_columns("r"),
         if shape.outer { "LEFT JOIN" } else { "JOIN" },
-        column(Side::Left, shape.on.0).0,
-        column(Side::Right, shape.on.1).0,
-        order.join(", ")
+        quote_ident(&left.columns[shape.on.0].name),
+        quote_ident(&right.columns[shape.on.1].name),
     );
+    if shape.after {
+        sql.push_str(" WHERE ");
+        sql.push_str(&after_condition(keys, &mut param));
+    }
+    sql.push_str(&order_by(keys));
     if let Some(n) = shape.limit {
         sql.push_str(&format!(" LIMIT {n}"));
     }

@@ -204,16 +204,54 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
+/// One key of an ordering as the SQL and the cursor see it: a column of a
+/// table, or of one side of a join.
+#[derive(Debug, Clone)]
+pub(crate) struct SortKey {
+    /// Its name in a cursor: `name`, or `alias.name` in a join.
+    pub(crate) label: String,
+    /// The quoted column, qualified in a join.
+    pub(crate) sql: String,
+    pub(crate) sql_type: String,
+    /// Whether it can be NULL (NULLs sort last either way).
+    pub(crate) nullable: bool,
+    pub(crate) descending: bool,
+    /// Its place among the columns a row is read back with.
+    pub(crate) at: usize,
+}
+
+impl SortKey {
+    /// The keys of a listing of one table, its columns read in order.
+    pub(crate) fn of(schema: &TableSchema, keys: &[(usize, bool)]) -> Vec<SortKey> {
+        keys.iter()
+            .map(|&(c, descending)| {
+                let def = &schema.columns[c];
+                SortKey {
+                    label: def.name.clone(),
+                    sql: quote_ident(&def.name),
+                    sql_type: def.sql_type.clone(),
+                    nullable: def.nullable,
+                    descending,
+                    at: c,
+                }
+            })
+            .collect()
+    }
+
+    fn name(&self) -> String {
+        format!("{}{}", if self.descending { "-" } else { "" }, self.label)
+    }
+}
+
 /// ` ORDER BY …` for `keys`.
-pub(crate) fn order_by(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
+pub(crate) fn order_by(keys: &[SortKey]) -> String {
     let parts: Vec<String> = keys
         .iter()
-        .map(|(c, descending)| {
-            let def = &schema.columns[*c];
-            let dir = if *descending { "DESC" } else { "ASC" };
+        .map(|key| {
+            let dir = if key.descending { "DESC" } else { "ASC" };
             // NOT NULL columns keep the plain form, which an index serves.
-            let nulls = if def.nullable { " NULLS LAST" } else { "" };
-            format!("{} {dir}{nulls}", quote_ident(&def.name))
+            let nulls = if key.nullable { " NULLS LAST" } else { "" };
+            format!("{} {dir}{nulls}", key.sql)
         })
         .collect();
     format!(" ORDER BY {}", parts.join(", "))
@@ -221,26 +259,21 @@ pub(crate) fn order_by(schema: &TableSchema, keys: &[(usize, bool)]) -> String {
 
 /// The rows after a cursor's position, its values bound as `$n::type` from
 /// `*param + 1` on.
-pub(crate) fn after_condition(
-    schema: &TableSchema,
-    keys: &[(usize, bool)],
-    param: &mut usize,
-) -> String {
+pub(crate) fn after_condition(keys: &[SortKey], param: &mut usize) -> String {
     let bound: Vec<String> = keys
         .iter()
-        .map(|(c, _)| {
+        .map(|key| {
             *param += 1;
-            format!("${param}::{}", schema.columns[*c].sql_type)
+            format!("${param}::{}", key.sql_type)
         })
         .collect();
-    let column = |c: usize| quote_ident(&schema.columns[c].name);
     let uniform = keys
         .iter()
-        .all(|(c, d)| !schema.columns[*c].nullable && *d == keys[0].1);
+        .all(|k| !k.nullable && k.descending == keys[0].descending);
     if uniform {
         // One row comparison, which an index on these columns serves.
-        let cmp = if keys[0].1 { "<" } else { ">" };
-        let cols: Vec<String> = keys.iter().map(|(c, _)| column(*c)).collect();
+        let cmp = if keys[0].descending { "<" } else { ">" };
+        let cols: Vec<&str> = keys.iter().map(|k| k.sql.as_str()).collect();
         return format!("({}) {cmp} ({})", cols.join(", "), bound.join(", "));
     }
     // Mixed directions or nullable columns: after in the first key, or equal
@@ -249,18 +282,18 @@ pub(crate) fn after_condition(
         .map(|j| {
             let mut parts: Vec<String> = (0..j)
                 .map(|i| {
-                    let (c, _) = keys[i];
-                    if schema.columns[c].nullable {
-                        format!("{} IS NOT DISTINCT FROM {}", column(c), bound[i])
+                    let key = &keys[i];
+                    if key.nullable {
+                        format!("{} IS NOT DISTINCT FROM {}", key.sql, bound[i])
                     } else {
-                        format!("{} = {}", column(c), bound[i])
+                        format!("{} = {}", key.sql, bound[i])
                     }
                 })
                 .collect();
-            let (c, descending) = keys[j];
-            let cmp = if descending { "<" } else { ">" };
-            let (col, value) = (column(c), &bound[j]);
-            parts.push(if schema.columns[c].nullable {
+            let key = &keys[j];
+            let cmp = if key.descending { "<" } else { ">" };
+            let (col, value) = (&key.sql, &bound[j]);
+            parts.push(if key.nullable {
                 format!("({value} IS NOT NULL AND ({col} {cmp} {value} OR {col} IS NULL))")
             } else {
                 format!("{col} {cmp} {value}")
@@ -269,6 +302,18 @@ pub(crate) fn after_condition(
         })
         .collect();
     format!("({})", terms.join(" OR "))
+}
+
+/// The error of a statement that bound a cursor's values: those are the
+/// only ones not encoded by us, so a data exception means the cursor is
+/// bad, not the table.
+pub(crate) fn cursor_misfit(error: Error) -> Error {
+    match error.sqlstate() {
+        Some(code) if code.starts_with("22") || code == "08P01" => {
+            Error::InvalidCursor(format!("its position does not fit the columns ({error})"))
+        }
+        _ => error,
+    }
 }
 
 /// An opaque position in a listing: pass it to [`ListOptions::after`]. It
@@ -292,23 +337,17 @@ fn checksum(text: &str) -> u32 {
     CRC.checksum(text.as_bytes())
 }
 
-fn order_names(schema: &TableSchema, keys: &[(usize, bool)]) -> Vec<String> {
-    keys.iter()
-        .map(|(c, d)| format!("{}{}", if *d { "-" } else { "" }, schema.columns[*c].name))
-        .collect()
+fn order_names(keys: &[SortKey]) -> Vec<String> {
+    keys.iter().map(SortKey::name).collect()
 }
 
 impl Cursor {
-    /// The position of `row`, whose columns are the table's in order.
-    pub(crate) fn at_row(
-        schema: &TableSchema,
-        keys: &[(usize, bool)],
-        row: &PgRow,
-    ) -> Result<Cursor> {
+    /// The position of `row` in an ordering by `keys`.
+    pub(crate) fn at_row(keys: &[SortKey], row: &PgRow) -> Result<Cursor> {
         let values = keys
             .iter()
-            .map(|(c, _)| {
-                let value = row.try_get_raw(*c)?;
+            .map(|key| {
+                let value = row.try_get_raw(key.at)?;
                 let oid = value.type_info().oid().map_or(0, |o| o.0);
                 let bytes = (!value.is_null())
                     .then(|| value.as_bytes().map(|b| URL_SAFE_NO_PAD.encode(b)))
@@ -318,7 +357,7 @@ impl Cursor {
             })
             .collect::<Result<Vec<_>>>()?;
         let position = Position {
-            order: order_names(schema, keys),
+            order: order_names(keys),
             values,
         };
         let json = serde_json::to_string(&position).expect("strings serialize");
@@ -339,11 +378,7 @@ impl Cursor {
 
     /// The key values of the position, ready to bind, once the whole cursor
     /// checks out against the listing's order.
-    pub(crate) fn values(
-        &self,
-        schema: &TableSchema,
-        keys: &[(usize, bool)],
-    ) -> Result<Vec<RawValue>> {
+    pub(crate) fn values(&self, keys: &[SortKey]) -> Result<Vec<RawValue>> {
         let foreign = || Error::InvalidCursor("not a cursor of this library".into());
         let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| foreign())?;
         let text = String::from_utf8(bytes).map_err(|_| foreign())?;
@@ -354,7 +389,7 @@ impl Cursor {
             ));
         }
         let position: Position = serde_json::from_str(json).map_err(|_| foreign())?;
-        let expected = order_names(schema, keys);
+        let expected = order_names(keys);
         if position.order != expected || position.values.len() != keys.len() {
             return Err(Error::InvalidCursor(format!(
                 "it belongs to a listing ordered by ({}), not ({})",
@@ -433,29 +468,27 @@ mod tests {
         let s = schema();
         let keys = ListOptions::<()>::new().keys(&s);
         assert_eq!(keys, vec![(3, false), (0, false)]);
+        let keys = SortKey::of(&s, &keys);
         let mut p = 0;
         assert_eq!(
-            after_condition(&s, &keys, &mut p),
+            after_condition(&keys, &mut p),
             r#"("created_at", "id") > ($1::TIMESTAMPTZ, $2::UUID)"#
         );
-        assert_eq!(
-            order_by(&s, &keys),
-            r#" ORDER BY "created_at" ASC, "id" ASC"#
-        );
+        assert_eq!(order_by(&keys), r#" ORDER BY "created_at" ASC, "id" ASC"#);
     }
 
     #[test]
     fn mixed_and_nullable_orders_expand_with_nulls_last() {
         let s = schema();
-        let keys = vec![(1, true), (2, false), (0, false)];
+        let keys = SortKey::of(&s, &[(1, true), (2, false), (0, false)]);
         let mut p = 0;
         assert_eq!(
-            after_condition(&s, &keys, &mut p),
+            after_condition(&keys, &mut p),
             "((\"a\" < $1::INTEGER) OR (\"a\" = $1::INTEGER AND ($2::TEXT IS NOT NULL AND (\"b\" > $2::TEXT OR \"b\" IS NULL))) \
              OR (\"a\" = $1::INTEGER AND \"b\" IS NOT DISTINCT FROM $2::TEXT AND \"id\" > $3::UUID))"
         );
         assert_eq!(
-            order_by(&s, &keys),
+            order_by(&keys),
             r#" ORDER BY "a" DESC, "b" ASC NULLS LAST, "id" ASC"#
         );
     }
@@ -463,9 +496,9 @@ mod tests {
     #[test]
     fn cursors_refuse_other_orders_and_foreign_text() {
         let s = schema();
-        let keys = vec![(1, true), (0, true)];
+        let keys = SortKey::of(&s, &[(1, true), (0, true)]);
         let position = Position {
-            order: order_names(&s, &keys),
+            order: order_names(&keys),
             values: vec![
                 (23, Some(URL_SAFE_NO_PAD.encode([0, 0, 0, 3]))),
                 (2950, None),
@@ -473,16 +506,16 @@ mod tests {
         };
         let json = serde_json::to_string(&position).unwrap();
         let cursor = Cursor(URL_SAFE_NO_PAD.encode(format!("{:08x}{json}", checksum(&json))));
-        let values = cursor.values(&s, &keys).unwrap();
+        let values = cursor.values(&keys).unwrap();
         assert_eq!(values[0].oid, 23);
         assert_eq!(values[0].bytes.as_deref(), Some(&[0u8, 0, 0, 3][..]));
         assert!(values[1].bytes.is_none());
-        let other = vec![(1, false), (0, false)];
+        let other = SortKey::of(&s, &[(1, false), (0, false)]);
         assert!(matches!(
-            cursor.values(&s, &other),
+            cursor.values(&other),
             Err(Error::InvalidCursor(_))
         ));
-        let foreign = Cursor::from_string("%%").values(&s, &keys);
+        let foreign = Cursor::from_string("%%").values(&keys);
         assert!(matches!(foreign, Err(Error::InvalidCursor(_))));
     }
 }

@@ -15,7 +15,9 @@ use super::{Record, Repo, UniqueKey};
 use crate::error::{Error, Result};
 use crate::query::aggregate::Aggregate;
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
-use crate::query::list::{Cursor, ListOptions, Page, after_condition, order_by};
+use crate::query::list::{
+    Cursor, ListOptions, Page, SortKey, after_condition, cursor_misfit, order_by,
+};
 use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
 use crate::record::column::{ColumnType, decode_column};
 use crate::sql::{quote_ident, quote_table};
@@ -519,7 +521,7 @@ impl<T: Record> Repo<T> {
                 statements.columns,
                 quote_table(&schema.name),
                 quote_ident(column.name()),
-                order_by(schema, &keys)
+                order_by(&SortKey::of(schema, &keys))
             )
         });
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(parents);
@@ -698,18 +700,9 @@ impl<T: Record> Repo<T> {
                 let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                     .fetch_all(executor)
                     .await
-                    .map_err(|err| match Error::from(err) {
-                        // The cursor's values are the only ones not encoded by us: a
-                        // data exception here means the cursor is bad, not the table.
-                        e if shape.after
-                            && e.sqlstate()
-                                .is_some_and(|c| c.starts_with("22") || c == "08P01") =>
-                        {
-                            Error::InvalidCursor(format!(
-                                "its position does not fit the columns ({e})"
-                            ))
-                        }
-                        e => e,
+                    .map_err(|err| match shape.after {
+                        true => cursor_misfit(err.into()),
+                        false => err.into(),
                     })?;
                 let more = limit.is_some_and(|l| rows.len() as i64 > l);
                 let shown = if more { rows.len() - 1 } else { rows.len() };
@@ -718,7 +711,10 @@ impl<T: Record> Repo<T> {
                     .map(|r| T::decode(r, 0))
                     .collect::<Result<Vec<T>, _>>()?;
                 let next = match (more, shown.checked_sub(1)) {
-                    (true, Some(last)) => Some(Cursor::at_row(schema, &shape.keys, &rows[last])?),
+                    (true, Some(last)) => Some(Cursor::at_row(
+                        &SortKey::of(schema, &shape.keys),
+                        &rows[last],
+                    )?),
                     _ => None,
                 };
                 Ok(Page { items, next })
@@ -875,7 +871,7 @@ fn list_query<T: Record>(
     let mut args = PgArguments::default();
     bind_all(values, &mut args).map_err(bind_error)?;
     if let Some(cursor) = options.cursor() {
-        for value in cursor.values(schema, &keys)? {
+        for value in cursor.values(&SortKey::of(schema, &keys))? {
             args.add(value).map_err(bind_error)?;
         }
     }
@@ -1045,7 +1041,10 @@ fn list_sql<T: Record>(shape: &ListShape) -> String {
         conditions.push(condition(schema, &shape.filter, &mut param));
     }
     if shape.after {
-        conditions.push(after_condition(schema, &shape.keys, &mut param));
+        conditions.push(after_condition(
+            &SortKey::of(schema, &shape.keys),
+            &mut param,
+        ));
     }
     let mut sql = format!(
         "SELECT {} FROM {}",
@@ -1056,7 +1055,7 @@ fn list_sql<T: Record>(shape: &ListShape) -> String {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    sql.push_str(&order_by(schema, &shape.keys));
+    sql.push_str(&order_by(&SortKey::of(schema, &shape.keys)));
     if shape.limit {
         param += 1;
         sql.push_str(&format!(" LIMIT ${param}"));

@@ -48,6 +48,8 @@ pub(crate) struct JoinShape {
     pub(crate) left_filter: Node,
     pub(crate) right_filter: Node,
     pub(crate) order: Vec<(Side, usize, bool)>,
+    /// Whether a cursor's position is bound after the filters.
+    pub(crate) after: bool,
     /// In the SQL text: with `LIMIT $n` PostgreSQL never settles on a
     /// generic plan (it takes an unknown limit for a tenth of the rows) and
     /// plans the statement again at every call.

@@ -64,6 +64,7 @@ async fn main() {
             model_id: None,
             tokens_in: 0,
             tokens_out: 0,
+            parent_id: None,
         })
         .collect();
     Message::repo().create_many(&db, rows).await.unwrap();

@@ -122,19 +122,19 @@ pub struct PgStatements {
     delete: tokio_postgres::Statement,
 }
 
-const PG_INSERT: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
-const PG_INSERT_MANY: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out) \
-     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int4[], $7::int4[]) \
-     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
-const PG_GET: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at FROM messages WHERE id = $1";
-const PG_FIRST_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at \
+const PG_INSERT: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at";
+const PG_INSERT_MANY: &str = "INSERT INTO messages (id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id) \
+     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int4[], $7::int4[], $8::uuid[]) \
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at";
+const PG_GET: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at FROM messages WHERE id = $1";
+const PG_FIRST_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at \
      FROM messages WHERE conversation_id = $1 ORDER BY created_at, id LIMIT 51";
-const PG_NEXT_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at \
+const PG_NEXT_PAGE: &str = "SELECT id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at \
      FROM messages WHERE conversation_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT 51";
 const PG_UPDATE: &str = "UPDATE messages SET content = $2 WHERE id = $1 \
-     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, created_at, updated_at";
+     RETURNING id, conversation_id, role, content, model_id, tokens_in, tokens_out, parent_id, created_at, updated_at";
 const PG_DELETE: &str = "DELETE FROM messages WHERE id = $1";
 
 impl PgStatements {
@@ -161,6 +161,7 @@ struct Plain {
     model_id: Option<Uuid>,
     tokens_in: i32,
     tokens_out: i32,
+    parent_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -175,8 +176,9 @@ impl Plain {
             model_id: row.try_get(4)?,
             tokens_in: row.try_get(5)?,
             tokens_out: row.try_get(6)?,
-            created_at: row.try_get(7)?,
-            updated_at: row.try_get(8)?,
+            parent_id: row.try_get(7)?,
+            created_at: row.try_get(8)?,
+            updated_at: row.try_get(9)?,
         })
     }
 
@@ -189,8 +191,9 @@ impl Plain {
             model_id: row.try_get(4)?,
             tokens_in: row.try_get(5)?,
             tokens_out: row.try_get(6)?,
-            created_at: row.try_get(7)?,
-            updated_at: row.try_get(8)?,
+            parent_id: row.try_get(7)?,
+            created_at: row.try_get(8)?,
+            updated_at: row.try_get(9)?,
         })
     }
 }
@@ -210,6 +213,7 @@ pub mod entity {
         pub model_id: Option<Uuid>,
         pub tokens_in: i32,
         pub tokens_out: i32,
+        pub parent_id: Option<Uuid>,
         pub created_at: DateTimeWithTimeZone,
         pub updated_at: DateTimeWithTimeZone,
     }
@@ -301,6 +305,7 @@ pub async fn prepare(
                     model_id: None,
                     tokens_in: 0,
                     tokens_out: 0,
+                    parent_id: None,
                 })
                 .collect();
             let ids: Vec<Uuid> = Message::repo()
@@ -409,6 +414,7 @@ async fn create_one(
                         model_id: None,
                         tokens_in: 0,
                         tokens_out: 0,
+                        parent_id: None,
                     },
                 )
                 .await?;
@@ -453,6 +459,7 @@ async fn sqlx_create_one<'e>(
         .bind(None::<Uuid>)
         .bind(0i32)
         .bind(0i32)
+        .bind(None::<Uuid>)
         .fetch_one(executor)
         .await?;
     Plain::from_sqlx(&row)?;
@@ -477,6 +484,7 @@ async fn pg_create_one(
                 &None::<Uuid>,
                 &0i32,
                 &0i32,
+                &None::<Uuid>,
             ],
         )
         .await?;
@@ -500,6 +508,7 @@ async fn create_many(
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     };
     match lib {
         Lib::Ours | Lib::OursPgBouncer => {
@@ -536,6 +545,7 @@ async fn create_many(
                         &models,
                         &zeros,
                         &zeros,
+                        &models,
                     ],
                 )
                 .await?;
@@ -594,6 +604,7 @@ async fn sqlx_create_many<'e>(
         .bind(vec![None::<Uuid>; rows])
         .bind(vec![0i32; rows])
         .bind(vec![0i32; rows])
+        .bind(vec![None::<Uuid>; rows])
         .fetch_all(executor)
         .await?;
     for row in &stored {
@@ -644,14 +655,14 @@ async fn pg_get(
 
 /// The statements our repository runs for these calls, written out the way
 /// a sqlx user would (they are the text `Repo` builds, byte for byte).
-const SQLX_INSERT: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
-const SQLX_INSERT_MANY: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT, c4::UUID, c5::INTEGER, c6::INTEGER FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::UUID[], $6::INTEGER[], $7::INTEGER[]) AS u(c0, c1, c2, c3, c4, c5, c6) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
-const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "id" = $1"#;
-const SQLX_UPDATE: &str = r#"UPDATE "public"."messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END, "model_id" = CASE WHEN $8::BOOLEAN THEN $9::UUID ELSE "model_id" END, "tokens_in" = CASE WHEN $10::BOOLEAN THEN $11::INTEGER ELSE "tokens_in" END, "tokens_out" = CASE WHEN $12::BOOLEAN THEN $13::INTEGER ELSE "tokens_out" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at""#;
+const SQLX_INSERT: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at""#;
+const SQLX_INSERT_MANY: &str = r#"INSERT INTO "public"."messages" ("id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id") SELECT c0::UUID, c1::UUID, c2::TEXT, c3::TEXT, c4::UUID, c5::INTEGER, c6::INTEGER, c7::UUID FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TEXT[], $5::UUID[], $6::INTEGER[], $7::INTEGER[], $8::UUID[]) AS u(c0, c1, c2, c3, c4, c5, c6, c7) RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at""#;
+const SQLX_GET: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at" FROM "public"."messages" WHERE "id" = $1"#;
+const SQLX_UPDATE: &str = r#"UPDATE "public"."messages" SET "conversation_id" = CASE WHEN $2::BOOLEAN THEN $3::UUID ELSE "conversation_id" END, "role" = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE "role" END, "content" = CASE WHEN $6::BOOLEAN THEN $7::TEXT ELSE "content" END, "model_id" = CASE WHEN $8::BOOLEAN THEN $9::UUID ELSE "model_id" END, "tokens_in" = CASE WHEN $10::BOOLEAN THEN $11::INTEGER ELSE "tokens_in" END, "tokens_out" = CASE WHEN $12::BOOLEAN THEN $13::INTEGER ELSE "tokens_out" END, "parent_id" = CASE WHEN $14::BOOLEAN THEN $15::UUID ELSE "parent_id" END WHERE "id" = $1 RETURNING "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at""#;
 const SQLX_DELETE: &str = r#"DELETE FROM "public"."messages" WHERE "id" = $1"#;
-const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
-const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
-const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "created_at", "updated_at" FROM "public"."messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
+const SQLX_FIRST_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 ORDER BY "created_at" ASC, "id" ASC LIMIT $2"#;
+const SQLX_NEXT_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at" FROM "public"."messages" WHERE "conversation_id" = $1 AND ("created_at", "id") > ($2::TIMESTAMPTZ, $3::UUID) ORDER BY "created_at" ASC, "id" ASC LIMIT $4"#;
+const SQLX_FILTERED_PAGE: &str = r#"SELECT "id", "conversation_id", "role", "content", "model_id", "tokens_in", "tokens_out", "parent_id", "created_at", "updated_at" FROM "public"."messages" WHERE ("conversation_id" = $1 AND "role" = ANY($2) AND "created_at" > $3) ORDER BY "created_at" DESC, "id" DESC LIMIT $4"#;
 
 /// Conversation `eq` AND role `is_in` AND `created_at` `gt`, newest 50.
 async fn filtered_page(env: &Env, lib: Lib) -> Result<(), BoxError> {
@@ -880,6 +891,8 @@ async fn sqlx_update<'e>(
         .bind(None::<i32>)
         .bind(false)
         .bind(None::<i32>)
+        .bind(false)
+        .bind(None::<Uuid>)
         .fetch_one(executor)
         .await?;
     Plain::from_sqlx(&row)?;
@@ -980,6 +993,7 @@ pub async fn check_same_sql(env: &Env) -> Result<(), BoxError> {
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     };
     let _ = Message::repo().create(&dry, new()).await;
     let _ = Message::repo().create_many(&dry, vec![new()]).await;

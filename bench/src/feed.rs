@@ -29,6 +29,7 @@ fn message(conversation_id: Uuid, content: String) -> NewMessage {
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     }
 }
 

@@ -404,6 +404,7 @@ async fn setup(
             model_id: None,
             tokens_in: 0,
             tokens_out: 0,
+            parent_id: None,
         })
         .collect();
     let ids = Message::repo()
@@ -497,6 +498,7 @@ async fn loop_baseline(env: &Env, rows: usize) -> Result<f64, Box<dyn std::error
                     model_id: None,
                     tokens_in: 0,
                     tokens_out: 0,
+                    parent_id: None,
                 },
             )
             .await?;
@@ -541,6 +543,7 @@ async fn feed_delays(env: &Env, rows: usize) -> Result<Vec<Duration>, Box<dyn st
                     model_id: None,
                     tokens_in: 0,
                     tokens_out: 0,
+                    parent_id: None,
                 },
             )
             .await?;

@@ -77,38 +77,31 @@ async fn main() -> mandrake_storage::Result<()> {
         Err(err) => return Err(err),
     };
 
+    // Each message follows the one before it (`parent_id`), so edits can
+    // branch off later.
     let mut tx = db.begin().await?;
-    let messages = Message::repo()
-        .create_many(
-            &mut *tx,
-            vec![
+    let mut messages: Vec<Message> = Vec::new();
+    for (role, content) in [
+        (Role::System, "You are helpful."),
+        (Role::User, "List my files."),
+        (Role::Assistant, "Calling the files tool."),
+    ] {
+        let message = Message::repo()
+            .create(
+                &mut *tx,
                 NewMessage {
                     conversation_id: conversation.id,
-                    role: Role::System,
-                    content: "You are helpful.".into(),
+                    role,
+                    content: content.into(),
                     model_id: None,
                     tokens_in: 0,
                     tokens_out: 0,
+                    parent_id: messages.last().map(|m| m.id),
                 },
-                NewMessage {
-                    conversation_id: conversation.id,
-                    role: Role::User,
-                    content: "List my files.".into(),
-                    model_id: None,
-                    tokens_in: 0,
-                    tokens_out: 0,
-                },
-                NewMessage {
-                    conversation_id: conversation.id,
-                    role: Role::Assistant,
-                    content: "Calling the files tool.".into(),
-                    model_id: None,
-                    tokens_in: 0,
-                    tokens_out: 0,
-                },
-            ],
-        )
-        .await?;
+            )
+            .await?;
+        messages.push(message);
+    }
     tx.commit().await?;
     println!(
         "conversation {} with {} messages",
@@ -128,6 +121,38 @@ async fn main() -> mandrake_storage::Result<()> {
     for hit in search_messages(&db, "file tool", Some(conversation.id), 5).await? {
         println!("search \"file tool\": {:.3} {}", hit.rank, hit.snippet);
     }
+
+    // Editing the second message starts a branch beside the first: the
+    // edit follows the same parent, and the reply follows the edit. Each
+    // branch's context is its path from the first message, one statement.
+    let mut tip = messages[0].id;
+    for (role, content) in [
+        (Role::User, "List my files, newest first."),
+        (Role::Assistant, "Calling the files tool, sorted by date."),
+    ] {
+        let new = NewMessage {
+            conversation_id: conversation.id,
+            role,
+            content: content.into(),
+            model_id: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            parent_id: Some(tip),
+        };
+        tip = Message::repo().create(&db, new).await?.id;
+    }
+    for (branch, leaf) in [("first", messages[2].id), ("edited", tip)] {
+        let context = Conversation::context(&db, leaf).await?;
+        let path: Vec<&str> = context.iter().map(|m| m.content.as_str()).collect();
+        println!("{branch} branch: {}", path.join(" → "));
+    }
+    let branches = Message::repo()
+        .descendants(&db, Message::PARENT_ID, messages[0].id)
+        .await?;
+    println!(
+        "{} messages under the first, in both branches",
+        branches.len()
+    );
 
     // An MCP server and one logged tool call.
     let files = ToolConfig::repo()
@@ -164,8 +189,8 @@ async fn main() -> mandrake_storage::Result<()> {
         call.tool_name, call.server, call.duration_ms
     );
 
-    // What the model would see next.
-    for message in Message::context_window(&db, conversation.id, 10).await? {
+    // What the model would see next: the edited branch.
+    for message in Conversation::context(&db, tip).await? {
         println!("  {:<9} {}", message.role.as_str(), message.content);
     }
     let models = Model::enabled_with_provider(&db).await?;

@@ -41,12 +41,13 @@ pub enum Role {
 
 /// One message of a conversation.
 #[derive(Record, Clone)]
-/// Indexed for keyset pages in `(created_at, id)` order within a conversation;
-/// every change is announced, for `Message::subscribe`. Its text is
-/// searchable two ways: ranked full-text search ([`search_messages`]) and
+/// Indexed for keyset pages in `(created_at, id)` order within a conversation
+/// and for the branches under a message; every change is announced, for
+/// `Message::subscribe`. Its text is searchable two ways: ranked full-text search ([`search_messages`]) and
 /// substring search served by a trigram index ([`Message::search`]).
 #[record(
     index(conversation_id, created_at, id),
+    index(parent_id),
     notify,
     extension = "pg_trgm",
     index(content, using = "gin", ops = "gin_trgm_ops"),
@@ -74,6 +75,12 @@ pub struct Message {
     /// Tokens the model wrote.
     #[record(default = "0")]
     pub tokens_out: i32,
+    /// The message it follows in its branch (`None` for a conversation's
+    /// first): editing a message or regenerating a reply starts a new
+    /// branch from the same parent. Deleting a message deletes the
+    /// branches under it.
+    #[record(references = "messages", on_delete = "cascade")]
+    pub parent_id: Option<Uuid>,
     /// When the row was stored.
     pub created_at: DateTime<Utc>,
     /// When the row last changed (kept by the database).
@@ -94,6 +101,26 @@ impl Conversation {
             .after_opt(after);
         Conversation::repo()
             .list(executor, Filter::all(), options)
+            .await
+    }
+
+    /// The branch that ends at the message `leaf`: each message from the
+    /// conversation's first down to `leaf`, along `parent_id` (one
+    /// statement). Editing a message or regenerating a reply starts a
+    /// sibling branch; this is the context a model is sent for `leaf`.
+    /// Empty when there is no message `leaf`.
+    ///
+    /// ```no_run
+    /// # use mandrake_types::Conversation;
+    /// # async fn demo(db: &mandrake_storage::Db, leaf: mandrake_storage::uuid::Uuid) -> mandrake_storage::Result<()> {
+    /// for message in Conversation::context(db, leaf).await? {
+    ///     println!("{:?}: {}", message.role, message.content);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn context<'e, E: PgExecutor<'e>>(executor: E, leaf: Uuid) -> Result<Vec<Message>> {
+        Message::repo()
+            .ancestors(executor, Message::PARENT_ID, leaf)
             .await
     }
 

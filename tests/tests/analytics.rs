@@ -75,6 +75,7 @@ async fn history() -> History {
                 model_id,
                 tokens_in: if k == 0 { 0 } else { 100 * k + n as i32 },
                 tokens_out: if k == 0 { 0 } else { 7 * k + n as i32 },
+                parent_id: None,
             };
             let at = day(n) + Duration::hours(i64::from(k) * 5);
             Message::repo().import(db, new, at).await.unwrap();

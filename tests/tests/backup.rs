@@ -35,6 +35,7 @@ async fn write_messages(db: &Db, conversation_id: Uuid, n: usize, label: &str) {
             model_id: None,
             tokens_in: 0,
             tokens_out: 0,
+            parent_id: None,
         })
         .collect();
     Message::repo().create_many(db, rows).await.unwrap();

@@ -20,6 +20,7 @@ fn message(conversation_id: Uuid, content: &str) -> NewMessage {
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     }
 }
 

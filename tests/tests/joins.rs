@@ -317,3 +317,178 @@ async fn keyset_pages_of_a_join_resume_exactly_across_equal_sort_values() {
         Err(mandrake_storage::Error::InvalidCursor(_))
     ));
 }
+
+#[derive(Record, Clone)]
+#[record(table = "posts")]
+pub struct Post {
+    pub id: Uuid,
+    pub title: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Record, Clone)]
+#[record(table = "labels")]
+pub struct Label {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The link table of a many-to-many: one row per (post, label), with an
+/// attribute of its own.
+#[derive(Record, Clone)]
+#[record(table = "post_labels", unique(post_id, label_id), index(label_id))]
+pub struct PostLabel {
+    pub id: Uuid,
+    #[record(references = "posts", on_delete = "cascade")]
+    pub post_id: Uuid,
+    #[record(references = "labels", on_delete = "cascade")]
+    pub label_id: Uuid,
+    pub added_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[tokio::test]
+async fn many_to_many_reads_both_ways_in_one_statement_each() {
+    use mandrake_storage::{Filter, ListOptions};
+    let t = TestDb::with_tables(&[Post::schema(), Label::schema(), PostLabel::schema()])
+        .await
+        .unwrap();
+    let mut posts = Vec::new();
+    for title in ["p0", "p1", "p2"] {
+        let new = NewPost {
+            title: title.into(),
+        };
+        posts.push(Post::repo().create(t.db(), new).await.unwrap());
+    }
+    let mut labels = Vec::new();
+    for name in ["bug", "docs", "easy", "ui"] {
+        let new = NewLabel { name: name.into() };
+        labels.push(Label::repo().create(t.db(), new).await.unwrap());
+    }
+    // p0: ui, bug, easy (in that order); p1: bug; p2: none.
+    for (post, label, by) in [(0, 3, "ann"), (0, 0, "bob"), (0, 2, "ann"), (1, 0, "cat")] {
+        let link = NewPostLabel {
+            post_id: posts[post].id,
+            label_id: labels[label].id,
+            added_by: by.into(),
+        };
+        PostLabel::repo().create(t.db(), link).await.unwrap();
+    }
+    let names = |page: &[Label]| page.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    let titles = |page: &[Post]| page.iter().map(|p| p.title.clone()).collect::<Vec<_>>();
+
+    // The labels of a post, filtered, ordered, a page at a time.
+    let labels_of =
+        |post: Uuid| Label::ID.is_in_query(PostLabel::LABEL_ID, PostLabel::POST_ID.eq(post));
+    let by_name = ListOptions::new().order_by(Label::NAME.asc());
+    let first = Label::repo()
+        .list(t.db(), labels_of(posts[0].id), by_name.clone().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(names(&first.items), ["bug", "easy"]);
+    let rest = Label::repo()
+        .list(
+            t.db(),
+            labels_of(posts[0].id),
+            by_name.clone().limit(2).after(first.next.unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&rest.items), ["ui"]);
+    assert!(rest.next.is_none());
+    let filtered = Label::repo()
+        .list(
+            t.db(),
+            labels_of(posts[0].id).and(Label::NAME.ne("bug")),
+            by_name.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&filtered.items), ["easy", "ui"]);
+    assert_eq!(
+        Label::repo()
+            .count(t.db(), labels_of(posts[2].id))
+            .await
+            .unwrap(),
+        0
+    );
+    let by_hand: Vec<(String,)> = sqlx::query_as(
+        "SELECT l.name FROM labels l JOIN post_labels pl ON pl.label_id = l.id \
+         WHERE pl.post_id = $1 ORDER BY l.name",
+    )
+    .bind(posts[0].id)
+    .fetch_all(t.db())
+    .await
+    .unwrap();
+    let by_hand: Vec<String> = by_hand.into_iter().map(|(n,)| n).collect();
+    assert_eq!(
+        names(&first.items)
+            .into_iter()
+            .chain(names(&rest.items))
+            .collect::<Vec<_>>(),
+        by_hand
+    );
+
+    // The other way: the posts with a label, and with two labels at once.
+    let with = |label: usize| {
+        Post::ID.is_in_query(PostLabel::POST_ID, PostLabel::LABEL_ID.eq(labels[label].id))
+    };
+    let by_title = ListOptions::new().order_by(Post::TITLE.asc());
+    let bugs = Post::repo()
+        .list(t.db(), with(0), by_title.clone())
+        .await
+        .unwrap();
+    assert_eq!(titles(&bugs.items), ["p0", "p1"]);
+    let easy_bugs = Post::repo()
+        .list(t.db(), with(0).and(with(2)), by_title.clone())
+        .await
+        .unwrap();
+    assert_eq!(titles(&easy_bugs.items), ["p0"]);
+    let one = Post::repo()
+        .list(t.db(), with(0), by_title.clone().limit(1))
+        .await
+        .unwrap();
+    assert_eq!(titles(&one.items), ["p0"]);
+    let unlabeled = Post::repo()
+        .list(
+            t.db(),
+            Filter::not(Post::ID.referenced_by(PostLabel::POST_ID, Filter::all())),
+            by_title,
+        )
+        .await
+        .unwrap();
+    assert_eq!(titles(&unlabeled.items), ["p2"]);
+
+    // With the link's own columns: the labels of a post in the order they
+    // were added, each with its link row.
+    let added: Vec<(PostLabel, Label)> = PostLabel::repo()
+        .join(t.db(), PostLabel::LABEL_ID, Label::ID)
+        .filter(PostLabel::POST_ID.eq(posts[0].id))
+        .order_by(PostLabel::CREATED_AT.asc())
+        .fetch()
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str)> = added
+        .iter()
+        .map(|(link, label)| (link.added_by.as_str(), label.name.as_str()))
+        .collect();
+    assert_eq!(seen, [("ann", "ui"), ("bob", "bug"), ("ann", "easy")]);
+
+    // Each read is one statement.
+    let dry = DryRun::new();
+    let _ = Label::repo()
+        .list(&dry, labels_of(posts[0].id), by_name)
+        .await;
+    assert_eq!(dry.statements().len(), 1);
+    assert!(
+        dry.statements()[0].contains(
+            r#"= ANY(ARRAY(SELECT "label_id" FROM "public"."post_labels" WHERE "post_id" = $1))"#
+        ),
+        "{}",
+        dry.statements()[0]
+    );
+}

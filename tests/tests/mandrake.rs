@@ -62,6 +62,7 @@ fn message(conversation_id: Uuid, n: usize) -> NewMessage {
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     }
 }
 
@@ -168,6 +169,76 @@ async fn deleting_a_conversation_removes_messages_and_unlinks_tool_results() {
     assert_eq!(kept.tool_name, "read", "the log entry itself stays");
 }
 
+/// The conversation's first message, then `n` more, each following the
+/// one before.
+async fn chain(db: &Db, conversation_id: Uuid, from: Option<Uuid>, n: usize) -> Vec<Message> {
+    let mut chain: Vec<Message> = Vec::new();
+    for i in 0..n {
+        let new = NewMessage {
+            parent_id: chain.last().map(|m| m.id).or(from),
+            ..message(conversation_id, i)
+        };
+        chain.push(Message::repo().create(db, new).await.unwrap());
+    }
+    chain
+}
+
+#[tokio::test]
+async fn an_edit_starts_a_branch_and_each_branch_is_its_own_context() {
+    let t = TestDb::migrated().await.unwrap();
+    let db = t.db();
+    let conv = conversation(db).await;
+    let first = chain(db, conv.id, None, 4).await;
+    // Edit the second message: a sibling of it, and a reply under the edit.
+    let edited = chain(db, conv.id, Some(first[0].id), 2).await;
+    let ids = |messages: &[Message]| messages.iter().map(|m| m.id).collect::<Vec<_>>();
+
+    let context = Conversation::context(db, first[3].id).await.unwrap();
+    assert_eq!(ids(&context), ids(&first), "root first, the leaf last");
+    let context = Conversation::context(db, edited[1].id).await.unwrap();
+    let mut branch = vec![first[0].id];
+    branch.extend(ids(&edited));
+    assert_eq!(ids(&context), branch);
+    assert!(
+        Conversation::context(db, Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Both branches hang under the first message, each right after its
+    // parent, the older branch first.
+    let under = Message::repo()
+        .descendants(db, Message::PARENT_ID, first[0].id)
+        .await
+        .unwrap();
+    let mut expected = ids(&first[1..]);
+    expected.extend(ids(&edited));
+    assert_eq!(ids(&under), expected);
+
+    // Deleting the edit deletes its branch (the key cascades), nothing else.
+    assert!(Message::repo().delete(db, edited[0].id).await.unwrap());
+    assert!(
+        Message::repo()
+            .find(db, edited[1].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let context = Conversation::context(db, first[3].id).await.unwrap();
+    assert_eq!(context.len(), 4);
+    // A parent in another table's ids is refused by the key.
+    let stray = NewMessage {
+        parent_id: Some(conv.id),
+        ..message(conv.id, 9)
+    };
+    let err = Message::repo().create(db, stray).await.unwrap_err();
+    assert!(
+        matches!(&err, mandrake_storage::Error::ForeignKeyViolation { constraint } if constraint == "messages_parent_id_fkey"),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_duplicate_model_names_its_constraint() {
     let t = TestDb::migrated().await.unwrap();
@@ -252,6 +323,7 @@ async fn conflicting_serializable_transactions_both_commit_through_retry() {
                                 model_id: None,
                                 tokens_in: 0,
                                 tokens_out: 0,
+                                parent_id: None,
                             },
                         )
                         .await?;

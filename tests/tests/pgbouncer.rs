@@ -79,6 +79,7 @@ async fn the_repository_works_through_pgbouncer_in_transaction_mode() {
                                 model_id: None,
                                 tokens_in: 0,
                                 tokens_out: 0,
+                                parent_id: None,
                             },
                         )
                         .await?;
@@ -180,6 +181,7 @@ async fn create_from_other_clients(t: &TestDb, conversation: uuid::Uuid, n: usiz
                                 model_id: None,
                                 tokens_in: 0,
                                 tokens_out: 0,
+                                parent_id: None,
                             },
                         )
                         .await

@@ -35,6 +35,7 @@ async fn top_names_the_table_and_operation_of_each_statement() {
             model_id: None,
             tokens_in: 0,
             tokens_out: 0,
+            parent_id: None,
         };
         let m = Message::repo().create(db, new).await.unwrap();
         Message::repo().get(db, m.id).await.unwrap();

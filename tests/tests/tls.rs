@@ -325,6 +325,7 @@ async fn migrations_the_repository_and_the_feed_run_over_tls_as_an_owner_that_is
                 model_id: None,
                 tokens_in: 0,
                 tokens_out: 0,
+                parent_id: None,
             },
         )
         .await
@@ -407,6 +408,7 @@ async fn under_mandrake_test_tls_test_databases_are_reached_over_tls_by_an_owner
         model_id: None,
         tokens_in: 0,
         tokens_out: 0,
+        parent_id: None,
     };
     Message::repo().create(t.db(), new).await.unwrap();
     let change = tokio::time::timeout(std::time::Duration::from_secs(30), changes.next())

@@ -212,3 +212,38 @@ async fn a_walk_along_another_column_is_refused() {
         .await;
     assert!(matches!(refused, Err(Error::NotATree { .. })));
 }
+
+/// Every shape a cycle can take above a row: a tail of `tail` rows leading
+/// into a loop of `cycle` rows. The path up stops right before the first
+/// row that would come round again, whatever the sizes.
+#[tokio::test]
+async fn ancestors_end_every_cycle_shape_where_it_comes_round() {
+    let t = TestDb::with_tables(&[Node::schema()]).await.unwrap();
+    for tail in 0..6usize {
+        for cycle in 1..10usize {
+            let ids: Vec<Uuid> = (0..tail + cycle).map(|_| Uuid::now_v7()).collect();
+            // ids[0] is the start; each row's parent is the next, and the
+            // last row's parent is the first of the loop.
+            let rows: Vec<(Uuid, Option<Uuid>, String)> = (0..ids.len())
+                .map(|i| (ids[i], None, format!("{tail}/{cycle}/{i}")))
+                .collect();
+            insert(&t, &rows).await;
+            for i in 0..ids.len() {
+                let parent = ids.get(i + 1).copied().unwrap_or(ids[tail]);
+                sqlx::query("UPDATE nodes SET parent_id = $1 WHERE id = $2")
+                    .bind(parent)
+                    .bind(ids[i])
+                    .execute(t.db())
+                    .await
+                    .unwrap();
+            }
+            let up = Node::repo()
+                .ancestors(t.db(), Node::PARENT_ID, ids[0])
+                .await
+                .unwrap();
+            let expected: Vec<Uuid> = ids.iter().rev().copied().collect();
+            let got: Vec<Uuid> = up.iter().map(|n| n.id).collect();
+            assert_eq!(got, expected, "a tail of {tail} into a loop of {cycle}");
+        }
+    }
+}

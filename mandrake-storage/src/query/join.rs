@@ -245,9 +245,14 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
             // One pair more than asked tells whether another page follows.
             limit: self.limit.map(|n| n.saturating_add(u32::from(paged))),
         };
-        let keys = join_keys::<L, R>(&shape);
+        // Only a cursor reads the keys after the SQL is built: a plain fetch
+        // skips them.
+        let keys = match paged || self.after.is_some() {
+            true => join_keys::<L, R>(&shape),
+            false => Vec::new(),
+        };
         let sql = L::statements().sql_for(Shape::Join(shape.clone()), || {
-            join_sql::<L, R>(&shape, &keys)
+            join_sql::<L, R>(&shape, &join_keys::<L, R>(&shape))
         });
         let mut args = PgArguments::default();
         bind_all(left_values, &mut args).map_err(bind_error)?;

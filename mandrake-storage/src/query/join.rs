@@ -20,7 +20,7 @@ use crate::query::filter::{Filter, bind_all, where_clause};
 use crate::query::list::{Cursor, Order, Page, SortKey, after_condition, cursor_misfit, order_by};
 use crate::record::Record;
 use crate::record::Repo;
-use crate::record::column::ColumnType;
+use crate::record::column::{ColumnType, SameValues};
 use crate::record::repo::{bind_error, call_span, traced};
 use crate::record::statements::{JoinShape, Shape, Side};
 use crate::sql::{quote_ident, quote_table};
@@ -41,7 +41,7 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         R: Record,
         VL: ColumnType,
-        VR: ColumnType<Scalar = VL::Scalar>,
+        VR: ColumnType<Scalar: SameValues<VL::Scalar>>,
     {
         Join::new(executor, left_key.index(), right_key.index())
     }
@@ -58,7 +58,7 @@ impl<T: Record> Repo<T> {
         E: PgExecutor<'e>,
         R: Record,
         VL: ColumnType,
-        VR: ColumnType<Scalar = VL::Scalar>,
+        VR: ColumnType<Scalar: SameValues<VL::Scalar>>,
     {
         Join::new(executor, left_key.index(), right_key.index())
     }

@@ -82,6 +82,18 @@ fn check<T: ColumnType>(value: &T, column: &'static str) -> Result<(), BoxDynErr
     }
 }
 
+/// Two columns' values (their inner type, for a nullable one) are of one
+/// type: a join's keys must be, and the compiler says so in these words.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a join's keys hold different types: the left one `{Other}`, the right one `{Self}`",
+    label = "this key holds `{Self}`, the left key `{Other}`",
+    note = "join a column of the left record with a column of the right that holds the same type (a nullable column counts as its inner type)"
+)]
+pub trait SameValues<Other> {}
+
+impl<T> SameValues<T> for T {}
+
 /// `T` itself, when `T` is a [`ColumnType`]. The derive names every field
 /// type through this, so an unsupported type is reported once, at its field.
 #[doc(hidden)]

@@ -24,7 +24,7 @@ use mandrake_storage::schema::DatabaseSchema;
 
 /// Changed whenever what a cached schema means changes (what introspection
 /// reads, how the key is made): files of another format are never read.
-const FORMAT: &str = "mandrake-cache-1";
+const FORMAT: &str = "mandrake-cache-2";
 
 /// How many files of each kind stay: enough to switch branches and back.
 const KEEP: usize = 8;

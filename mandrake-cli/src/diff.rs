@@ -110,12 +110,15 @@ impl Phases {
             self.create_function,
             self.renames,
             self.drop_foreign_keys,
+            // A dropped table may hold the only key to a unique constraint
+            // that goes too: the table first (and in a down, the
+            // constraint back before the table that points at it).
+            self.drop_tables,
             self.drop_constraints,
             self.create_tables,
             self.add_columns,
             self.alter_columns,
             self.drop_columns,
-            self.drop_tables,
             self.add_constraints,
             self.add_foreign_keys,
             self.drop_function,
@@ -602,6 +605,21 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
             to: None,
         });
     }
+    // A type change resets the compression to the server's default: the old
+    // one is reset first (so a down puts it back after the type), and the
+    // new one is set after.
+    let set_compression =
+        |from: &Option<String>, to: &Option<String>| SchemaChange::SetCompression {
+            table: table.clone(),
+            column: column.clone(),
+            from: from.clone(),
+            to: to.clone(),
+        };
+    if retyped && before.compression.is_some() {
+        phases
+            .alter_columns
+            .push(set_compression(&before.compression, &None));
+    }
     if retyped {
         phases.alter_columns.push(SchemaChange::AlterType {
             table: table.clone(),
@@ -622,6 +640,16 @@ fn alter_column(table: &str, before: &ColumnDef, after: &ColumnDef, phases: &mut
             from: before_default,
             to: after.default.clone(),
         });
+    }
+    let before_compression = if retyped {
+        None
+    } else {
+        before.compression.clone()
+    };
+    if before_compression != after.compression {
+        phases
+            .alter_columns
+            .push(set_compression(&before_compression, &after.compression));
     }
     if before.nullable && !after.nullable {
         phases

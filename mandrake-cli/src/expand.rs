@@ -203,13 +203,15 @@ impl ColumnMove {
         format!("ALTER TABLE {}", quote_ident(&self.table))
     }
 
-    /// A column of this table, nullable, without a default unless given.
-    fn column(&self, name: &str, sql_type: &str, default: Option<String>) -> Object {
+    /// A column of this table, nullable, without a default unless given,
+    /// compressed as `like` is.
+    fn column(&self, name: &str, like: &ColumnDef, default: Option<String>) -> Object {
         Object::Column {
             table: self.table.clone(),
             column: ColumnDef {
                 default,
-                ..ColumnDef::new(name, sql_type).nullable(true)
+                compression: like.compression.clone(),
+                ..ColumnDef::new(name, &like.sql_type).nullable(true)
             },
         }
     }
@@ -239,7 +241,7 @@ impl ColumnMove {
     }
 
     pub(crate) fn expand_up(&self) -> String {
-        let add = SchemaChange::Add(self.column(&self.added(), &self.new.sql_type, None));
+        let add = SchemaChange::Add(self.column(&self.added(), &self.new, None));
         let mut sql = format!("{}\n", add.up());
         if let Some(check) = self.check() {
             sql.push_str(&format!(
@@ -262,7 +264,7 @@ impl ColumnMove {
     }
 
     pub(crate) fn expand_down(&self) -> String {
-        let drop = SchemaChange::Drop(self.column(&self.added(), &self.new.sql_type, None));
+        let drop = SchemaChange::Drop(self.column(&self.added(), &self.new, None));
         format!(
             "{}\n-- squawk-ignore ban-drop-column -- the expand's own column: every write reached {} too\n{}",
             self.drop_sync_sql(),
@@ -327,7 +329,7 @@ impl ColumnMove {
             sql.push('\n');
         }
         sql.push_str(&self.drop_sync_sql());
-        let drop = SchemaChange::Drop(self.column(&self.old.name, &self.old.sql_type, None));
+        let drop = SchemaChange::Drop(self.column(&self.old.name, &self.old, None));
         sql.push_str(&format!(
             "\n-- squawk-ignore ban-drop-column -- {} is kept in {added} since the expand; no binary reads it now\n{}\n",
             self.old.name,
@@ -413,11 +415,8 @@ impl ColumnMove {
                 "the name goes back to the old column, added below",
             ));
         }
-        let add = SchemaChange::Add(self.column(
-            &self.old.name,
-            &self.old.sql_type,
-            self.old.default.clone(),
-        ));
+        let add =
+            SchemaChange::Add(self.column(&self.old.name, &self.old, self.old.default.clone()));
         // The trigger first: in backfill mode it keeps each row's updated_at.
         sql.push_str(&format!(
             "{}\n{}\n\
@@ -910,7 +909,8 @@ pub(crate) fn carried(change: &SchemaChange, moves: &[ColumnMove]) -> bool {
     match change {
         SchemaChange::RenameColumn { table, to, .. } => moved(table, to),
         SchemaChange::AlterType { table, column, .. }
-        | SchemaChange::SetDefault { table, column, .. } => moved(table, column),
+        | SchemaChange::SetDefault { table, column, .. }
+        | SchemaChange::SetCompression { table, column, .. } => moved(table, column),
         SchemaChange::Add(Object::Index { index: i, .. })
         | SchemaChange::Drop(Object::Index { index: i, .. }) => index(&i.name),
         SchemaChange::Add(Object::Unique { unique: u, .. })

@@ -74,6 +74,8 @@ struct Column {
     ty: String,
     nullable: bool,
     default: Option<String>,
+    /// `lz4` or `pglz` on a type stored out of line.
+    compression: Option<&'static str>,
     references: Option<(String, OnDelete)>,
     renamed_from: Option<String>,
 }
@@ -195,6 +197,13 @@ fn defaults(ty: &str) -> &'static [&'static str] {
         .map_or(&[], |(_, d)| *d)
 }
 
+/// A compression method for a column of type `ty`, now and then, where it
+/// has one.
+fn compression(rng: &mut Rng, ty: &str) -> Option<&'static str> {
+    let stored_out_of_line = matches!(ty, "text" | "jsonb");
+    (stored_out_of_line && rng.chance(30)).then(|| *rng.pick(&["lz4", "pglz"]))
+}
+
 fn column(rng: &mut Rng, name: String) -> Column {
     let (ty, defaults) = rng.pick(TYPES);
     let default = rng.chance(40).then(|| rng.pick(defaults).to_string());
@@ -203,6 +212,7 @@ fn column(rng: &mut Rng, name: String) -> Column {
         ty: ty.to_string(),
         nullable: rng.chance(50),
         default,
+        compression: compression(rng, ty),
         references: None,
         renamed_from: None,
     }
@@ -222,6 +232,7 @@ fn first_schema(rng: &mut Rng) -> Vec<Table> {
                 ty: "uuid".into(),
                 nullable: rng.chance(50),
                 default: None,
+                compression: None,
                 references: Some((target, on_delete)),
                 renamed_from: None,
             });
@@ -290,6 +301,7 @@ fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, onlin
             let c = &mut table.columns[i];
             if let Some((_, to)) = RETYPES.iter().find(|(from, _)| *from == c.ty) {
                 c.ty = to.to_string();
+                c.compression = c.compression.filter(|_| matches!(*to, "text" | "jsonb"));
                 c.default = c
                     .default
                     .as_ref()
@@ -303,6 +315,12 @@ fn edit(rng: &mut Rng, table: &mut Table, before: &Table, fresh: &mut u32, onlin
                     Some(_) => None,
                     None => defaults(&c.ty).first().map(|d| d.to_string()),
                 };
+            }
+            // The compression changes with it now and then: on, off, or
+            // another method.
+            let drawn = compression(rng, &c.ty);
+            if drawn.is_some() || rng.chance(30) {
+                c.compression = drawn;
             }
         }
         6 => {
@@ -405,6 +423,9 @@ fn build(tables: &[Table]) -> Vec<TableSchema> {
                 let mut def = ColumnDef::new(&c.name, &c.ty).nullable(c.nullable);
                 if let Some(d) = &c.default {
                     def = def.default(d);
+                }
+                if let Some(method) = c.compression {
+                    def = def.compression(method);
                 }
                 schema = schema.with_column(def);
             }

@@ -142,6 +142,8 @@ pub struct FieldAttrs {
     pub search: Option<SearchAttr>,
     /// `tenant`: the tenant key of a tenant-scoped record.
     pub tenant: Option<Ident>,
+    /// `compression = "lz4"`: how PostgreSQL compresses its large values.
+    pub compression: Option<LitStr>,
 }
 
 /// A field's `search`: the keyword (for errors) and its configuration.
@@ -364,11 +366,21 @@ impl FieldAttrs {
                     set_once(&mut out.search, &meta, search)?;
                 } else if path.is_ident(TENANT) {
                     set_once(&mut out.tenant, &meta, path_ident(&meta))?;
+                } else if path.is_ident(COMPRESSION) {
+                    let lit = string(&meta)?;
+                    if !["lz4", "pglz"].contains(&lit.value().as_str()) {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`compression` is \"lz4\" or \"pglz\" (PostgreSQL's TOAST methods)",
+                        ));
+                    }
+                    set_once(&mut out.compression, &meta, lit)?;
                 } else {
                     return Err(unknown(
                         &meta,
                         "rename, unique, index, references, on_delete, default, sql_type, \
-                         renamed_from, skip, secret, version, generated, search, tenant",
+                         renamed_from, skip, secret, version, generated, search, tenant, \
+                         compression",
                     ));
                 }
                 Ok(())

@@ -477,8 +477,17 @@ fn schema_expr(cont: &Container) -> TokenStream {
             .or(implied_default.map(str::to_owned))
             .map(|d| quote!(.default(#d)));
         let generated = f.attrs.generated.as_ref().map(|g| quote!(.generated(#g)));
+        // Only a type stored out of line can be compressed: the compiler
+        // says so at the field, unless its SQL type is given by hand.
+        let compression = f.attrs.compression.as_ref().map(|method| {
+            let check = f.attrs.sql_type.is_none().then(|| {
+                let alias = column_alias(f);
+                quote_spanned!(ty.span()=> ::mandrake_storage::__private::compressible::<#alias>();)
+            });
+            quote!(.compression({ #check #method }))
+        });
         chain = quote! {
-            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default #generated)
+            #chain.with_column(#ms::ColumnDef::new(#col, #sql_type).nullable(#nullable) #default #generated #compression)
         };
         if f.attrs.sql_type.is_none() {
             let alias = column_alias(f);

@@ -24,6 +24,7 @@ pub const VERSION: &str = "version";
 pub const GENERATED: &str = "generated";
 pub const SEARCH: &str = "search";
 pub const TENANT: &str = "tenant";
+pub const COMPRESSION: &str = "compression";
 
 // required fields
 pub const ID: &str = "id";

@@ -111,8 +111,8 @@ pub mod url;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::record::column::{
-        ColumnTypeOf, bind_column, cells, column_nullable, column_sql_type, column_values,
-        decode_column, enum_support, push_cell,
+        ColumnTypeOf, Compressible, bind_column, cells, column_nullable, column_sql_type,
+        column_values, compressible, decode_column, enum_support, push_cell,
     };
     pub use crate::record::{Layout, Registration, Statements, UpsertStatements};
     pub use inventory;

@@ -211,6 +211,26 @@ pub fn column_sql_type<T: ColumnType>() -> &'static str {
     T::SQL_TYPE
 }
 
+/// A column type whose large values PostgreSQL stores out of line and can
+/// compress (TOAST): text, bytes, JSON and arrays.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is never compressed: PostgreSQL stores it inline",
+    label = "`compression` is for a field of text, bytes, JSON or an array",
+    note = "remove `compression` from this field"
+)]
+pub trait Compressible {}
+impl Compressible for String {}
+impl Compressible for Vec<u8> {}
+impl<J> Compressible for sqlx::types::Json<J> {}
+impl Compressible for serde_json::Value {}
+impl<T: Compressible> Compressible for Option<T> {}
+impl Compressible for Vec<String> {}
+
+/// Checks at compile time that `T` can be compressed (see [`Compressible`]).
+#[doc(hidden)]
+pub const fn compressible<T: Compressible>() {}
+
 #[doc(hidden)]
 pub fn column_nullable<T: ColumnType>() -> bool {
     T::NULLABLE

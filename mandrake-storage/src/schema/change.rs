@@ -467,6 +467,19 @@ pub enum SchemaChange {
         /// The default it gets.
         to: Option<String>,
     },
+    /// Sets how a column's large values are compressed (`None`: the
+    /// server's default). Values stored before keep theirs; only new ones
+    /// use it, so nothing is rewritten.
+    SetCompression {
+        /// Its table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The method it has.
+        from: Option<String>,
+        /// The method it gets.
+        to: Option<String>,
+    },
     /// Makes a column required (NULLs take `fill` first, or the migration
     /// stops on them) or optional.
     SetRequired {
@@ -563,6 +576,17 @@ impl SchemaChange {
                 from: to.clone(),
                 to: from.clone(),
             },
+            SetCompression {
+                table,
+                column,
+                from,
+                to,
+            } => SetCompression {
+                table: t(table),
+                column: c(column),
+                from: to.clone(),
+                to: from.clone(),
+            },
             SetRequired {
                 table,
                 column,
@@ -632,6 +656,14 @@ impl SchemaChange {
                     None => format!("{alter} DROP DEFAULT;"),
                 }
             }
+            SetCompression {
+                table, column, to, ..
+            } => format!(
+                "{} ALTER COLUMN {} SET COMPRESSION {};",
+                alter(table),
+                quote_ident(column),
+                to.as_deref().unwrap_or("default")
+            ),
             SetRequired {
                 table,
                 column,
@@ -698,6 +730,12 @@ impl SchemaChange {
                 (None, Some(_)) => format!("set default of {table}.{column}"),
                 (Some(_), Some(_)) => format!("change default of {table}.{column}"),
             },
+            SetCompression {
+                table, column, to, ..
+            } => format!(
+                "set compression of {table}.{column} to {}",
+                to.as_deref().unwrap_or("the server's default")
+            ),
             SetRequired {
                 table,
                 column,
@@ -966,6 +1004,15 @@ mod tests {
             assert!(dropped.description().starts_with("drop "));
         }
         let others: Vec<(SchemaChange, &str)> = vec![
+            (
+                SchemaChange::SetCompression {
+                    table: t(),
+                    column: "c".into(),
+                    from: None,
+                    to: Some("lz4".into()),
+                },
+                r#"ALTER COLUMN "c" SET COMPRESSION lz4;"#,
+            ),
             (
                 SchemaChange::RenameTable {
                     from: "a".into(),

@@ -59,6 +59,10 @@ pub use crate::sql::{ident_list, quote_ident, quote_literal};
 /// The column as it stands in `CREATE TABLE` or `ADD COLUMN`.
 pub fn column_definition(column: &ColumnDef) -> String {
     let mut sql = format!("{} {}", quote_ident(&column.name), column.sql_type);
+    if let Some(method) = &column.compression {
+        sql.push_str(" COMPRESSION ");
+        sql.push_str(method);
+    }
     if !column.nullable {
         sql.push_str(" NOT NULL");
     }

@@ -79,7 +79,8 @@ async fn read_columns(
 ) -> Result<()> {
     let columns = sqlx::query(
         "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                pg_get_expr(d.adbin, d.adrelid), a.attgenerated = 's' \
+                pg_get_expr(d.adbin, d.adrelid), a.attgenerated = 's', \
+                CASE a.attcompression WHEN 'l' THEN 'lz4' WHEN 'p' THEN 'pglz' END \
          FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -103,6 +104,7 @@ async fn read_columns(
             // A generated column's expression is stored where a default is.
             default: if generated { None } else { expression.clone() },
             generated: if generated { expression } else { None },
+            compression: row.try_get(6)?,
         });
     }
     Ok(())

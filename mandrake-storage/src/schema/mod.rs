@@ -164,6 +164,10 @@ pub struct ColumnDef {
     /// For a generated column (`GENERATED ALWAYS AS (…) STORED`): the
     /// expression its value is computed from; never written by the app.
     pub generated: Option<String>,
+    /// How PostgreSQL compresses its large values (`lz4` or `pglz`);
+    /// `None` is the server's `default_toast_compression`.
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 /// A unique constraint over one or more columns.
@@ -782,6 +786,7 @@ impl ColumnDef {
             nullable: false,
             default: None,
             generated: None,
+            compression: None,
         }
     }
 
@@ -800,6 +805,13 @@ impl ColumnDef {
     /// Generated from `expression` (`GENERATED ALWAYS AS (…) STORED`).
     pub fn generated(mut self, expression: &str) -> Self {
         self.generated = Some(expression.to_owned());
+        self
+    }
+
+    /// Large values compressed with `method` (`lz4` or `pglz`), from
+    /// `#[record(compression = "…")]`.
+    pub fn compression(mut self, method: &str) -> Self {
+        self.compression = Some(method.to_owned());
         self
     }
 }

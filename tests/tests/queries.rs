@@ -528,3 +528,68 @@ async fn raw_sql_decodes_records_and_joins_use_the_public_column_lists() {
     assert_eq!(unique.len(), 2);
     let _: Order<Item> = Item::RANK.asc();
 }
+
+/// A tool call log whose output a GIN `jsonb_path_ops` index serves.
+#[derive(Record, Clone)]
+#[record(table = "calls", index(output, using = "gin", ops = "jsonb_path_ops"))]
+pub struct Call {
+    pub id: Uuid,
+    pub output: Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `json_contains` (`@>`) finds its rows through a GIN `jsonb_path_ops`
+/// index declared on the record: the index is in the catalog, the plan
+/// uses it, and the rows are those hand-written SQL finds.
+#[tokio::test]
+async fn json_contains_is_served_by_a_jsonb_path_ops_index() {
+    let t = TestDb::with_tables(&[Call::schema()]).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO calls (id, output) \
+         SELECT gen_random_uuid(), jsonb_build_object('status', CASE WHEN i % 1000 = 0 THEN 'failed' ELSE 'ok' END, \
+                'exit_code', i % 7, 'files', jsonb_build_array('a' || i)) \
+         FROM generate_series(1, 20000) AS i",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    // VACUUM moves the GIN index's pending entries into the index proper,
+    // which the planner's estimate counts on (alone: not in a transaction).
+    sqlx::raw_sql("VACUUM ANALYZE calls")
+        .execute(t.db())
+        .await
+        .unwrap();
+    let definition: String = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'calls'::regclass AND NOT indisprimary",
+    )
+    .fetch_one(t.db())
+    .await
+    .unwrap();
+    assert!(
+        definition.contains("USING gin (output jsonb_path_ops)"),
+        "{definition}"
+    );
+    let failed = || Call::OUTPUT.json_contains(json!({ "status": "failed" }));
+    let plan = Call::repo()
+        .explain(t.db(), failed(), ListOptions::new().limit(50))
+        .await
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Bitmap Index Scan on calls_output_")),
+        "{plan:#?}"
+    );
+    let page = Call::repo()
+        .list(t.db(), failed(), ListOptions::new())
+        .await
+        .unwrap();
+    let by_hand: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM calls WHERE output @> '{\"status\": \"failed\"}'")
+            .fetch_one(t.db())
+            .await
+            .unwrap();
+    assert_eq!(page.items.len() as i64, by_hand);
+    assert_eq!(by_hand, 20);
+    assert!(page.items.iter().all(|c| c.output.0["status"] == "failed"));
+}

@@ -678,6 +678,18 @@ async fn a_list_is_never_ordered_by_a_secret_column() {
         matches!(&err, Error::Schema(m) if m.contains("providers.api_key is secret")),
         "{err}"
     );
+    // Nor a join's pages, on either side.
+    let err = Model::repo()
+        .join(db, Model::PROVIDER_ID, Provider::ID)
+        .order_by_joined(Provider::API_KEY.desc())
+        .limit(1)
+        .page()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Schema(m) if m.contains("providers.api_key is secret")),
+        "{err}"
+    );
     // Any other order pages as before.
     let by_name = ListOptions::new().order_by(Provider::NAME.asc()).limit(1);
     let page = Provider::repo()

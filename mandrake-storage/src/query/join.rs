@@ -21,7 +21,7 @@ use crate::query::list::{Cursor, Order, Page, SortKey, after_condition, cursor_m
 use crate::record::Record;
 use crate::record::Repo;
 use crate::record::column::{ColumnType, SameValues};
-use crate::record::repo::{bind_error, call_span, traced};
+use crate::record::repo::{bind_error, call_span, refuse_secret_order, traced};
 use crate::record::statements::{JoinShape, Shape, Side};
 use crate::sql::{quote_ident, quote_table};
 
@@ -232,6 +232,18 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
     }
 
     async fn run(self, span: tracing::Span, paged: bool) -> Result<Page<(L, Out)>> {
+        if paged || self.after.is_some() {
+            // A page's cursor carries the values it is ordered by.
+            let on = |side: Side| -> Vec<(usize, bool)> {
+                self.order
+                    .iter()
+                    .filter(|&&(s, _, _)| s == side)
+                    .map(|&(_, column, descending)| (column, descending))
+                    .collect()
+            };
+            refuse_secret_order::<L>(&on(Side::Left))?;
+            refuse_secret_order::<R>(&on(Side::Right))?;
+        }
         let (left, left_values) = self.left_filter.into_parts();
         let (right, right_values) = self.right_filter.into_parts();
         let shape = JoinShape {

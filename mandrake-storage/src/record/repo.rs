@@ -842,7 +842,7 @@ impl<T: Record> Repo<T> {
 
 /// A list ordered by a secret column is refused: a page cursor would carry
 /// its values.
-fn refuse_secret_order<T: Record>(keys: &[(usize, bool)]) -> Result<()> {
+pub(crate) fn refuse_secret_order<T: Record>(keys: &[(usize, bool)]) -> Result<()> {
     let schema = T::schema();
     match keys
         .iter()
@@ -850,7 +850,7 @@ fn refuse_secret_order<T: Record>(keys: &[(usize, bool)]) -> Result<()> {
         .find(|name| T::SECRET_COLUMNS.contains(name))
     {
         Some(secret) => Err(Error::Schema(format!(
-            "{}.{secret} is secret: a page cursor would carry its values, so a list cannot be \
+            "{}.{secret} is secret: a page cursor would carry its values, so no page can be \
              ordered by it",
             schema.name
         ))),

@@ -161,6 +161,7 @@ pub use query::aggregate::{
 pub use query::filter::MAX_SEARCH_QUERY_CHARS;
 pub use query::filter::{Column, Filter, JsonColumn, Plain, Search, Searchable, TextColumn};
 pub use query::join::{Join, JoinedSide};
+pub use query::json::{JsonPath, PathValue};
 pub use query::list::{Cursor, ListOptions, Order, Page};
 pub use query::search::{Hit, SearchFields, SearchOptions};
 pub use record::column::{ColumnType, RecordEnum};

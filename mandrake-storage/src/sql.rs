@@ -30,3 +30,37 @@ pub fn ident_list(names: &[impl AsRef<str>]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The SQL of the value at `keys` in `column` (already quoted):
+/// `(column -> 'a' ->> 'b')`, cast if asked. Each key is a string literal,
+/// its quotes doubled.
+pub(crate) fn path_sql(column: &str, keys: &[String], cast: Option<&str>) -> String {
+    let mut sql = format!("({column}");
+    for (n, key) in keys.iter().enumerate() {
+        let arrow = if n + 1 == keys.len() { "->>" } else { "->" };
+        sql.push_str(&format!(" {arrow} {}", quote_literal(key)));
+    }
+    sql.push(')');
+    match cast {
+        Some(cast) => format!("{sql}::{cast}"),
+        None => sql,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_sql;
+
+    #[test]
+    fn path_keys_are_literals_with_their_quotes_doubled() {
+        let keys = ["args".to_owned(), "it's".to_owned()];
+        assert_eq!(
+            path_sql("\"input\"", &keys, Some("bigint")),
+            "(\"input\" -> 'args' ->> 'it''s')::bigint"
+        );
+        assert_eq!(
+            path_sql("\"o\"", &["s".to_owned()], None),
+            "(\"o\" ->> 's')"
+        );
+    }
+}

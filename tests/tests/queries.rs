@@ -593,3 +593,145 @@ async fn json_contains_is_served_by_a_jsonb_path_ops_index() {
     assert_eq!(by_hand, 20);
     assert!(page.items.iter().all(|c| c.output.0["status"] == "failed"));
 }
+
+/// Filters on values inside a JSON column, by a path of keys, find what
+/// hand-written `->>` SQL finds; a path's expression index serves them.
+#[tokio::test]
+async fn json_path_filters_match_hand_written_sql_and_use_a_path_index() {
+    let t = TestDb::with_tables(&[Call::schema()]).await.unwrap();
+    let outputs = [
+        json!({ "status": "ok", "exit_code": 0, "args": { "path": "README.md" }, "ms": 1.5, "cached": true }),
+        json!({ "status": "failed", "exit_code": 2, "args": { "path": "src/readme.MD" }, "ms": 30.0 }),
+        json!({ "status": "failed", "exit_code": 0, "args": { "path": "Cargo.toml" }, "cached": false }),
+        json!({ "status": "ok", "args": { "path": "it's 100%" } }),
+        json!({ "status": null, "exit_code": 127 }),
+    ];
+    for output in &outputs {
+        let new = NewCall {
+            output: Json(output.clone()),
+        };
+        Call::repo().create(t.db(), new).await.unwrap();
+    }
+    let ours = |filter: Filter<Call>| {
+        let db = t.db();
+        async move {
+            let page = Call::repo()
+                .list(db, filter, ListOptions::new())
+                .await
+                .unwrap();
+            let mut found: Vec<String> =
+                page.items.iter().map(|c| c.output.0.to_string()).collect();
+            found.sort();
+            found
+        }
+    };
+    let by_hand = |condition: &'static str| {
+        let db = t.db();
+        async move {
+            let rows: Vec<(Json<serde_json::Value>,)> = sqlx::query_as(sqlx::AssertSqlSafe(
+                format!("SELECT output FROM calls WHERE {condition}"),
+            ))
+            .fetch_all(db)
+            .await
+            .unwrap();
+            let mut found: Vec<String> = rows.iter().map(|(o,)| o.0.to_string()).collect();
+            found.sort();
+            found
+        }
+    };
+    let cases: Vec<(Filter<Call>, &'static str, usize)> = vec![
+        (
+            Call::OUTPUT.at("status").eq("failed"),
+            "output->>'status' = 'failed'",
+            2,
+        ),
+        (
+            Call::OUTPUT.at("status").ne("failed"),
+            "output->>'status' IS DISTINCT FROM 'failed'",
+            3,
+        ),
+        (
+            Call::OUTPUT.at("status").is_null(),
+            "output->>'status' IS NULL",
+            1,
+        ),
+        (
+            Call::OUTPUT.at_i64("exit_code").ne(0),
+            "(output->>'exit_code')::bigint IS DISTINCT FROM 0",
+            3,
+        ),
+        (
+            Call::OUTPUT.at_i64("exit_code").ge(2),
+            "(output->>'exit_code')::bigint >= 2",
+            2,
+        ),
+        (
+            Call::OUTPUT.at_i64("exit_code").is_in([0, 127]),
+            "(output->>'exit_code')::bigint IN (0, 127)",
+            3,
+        ),
+        (
+            Call::OUTPUT.at_f64("ms").gt(2.0),
+            "(output->>'ms')::float8 > 2",
+            1,
+        ),
+        (
+            Call::OUTPUT.at_bool("cached").eq(true),
+            "(output->>'cached')::boolean",
+            1,
+        ),
+        (
+            Call::OUTPUT
+                .at("args")
+                .at("path")
+                .ends_with_text("readme.md"),
+            "output->'args'->>'path' ILIKE '%readme.md'",
+            2,
+        ),
+        (
+            Call::OUTPUT.at("args").at("path").contains_text("100%"),
+            "output->'args'->>'path' LIKE '%100\\%%'",
+            1,
+        ),
+        (
+            Call::OUTPUT.at("args").at("path").is_not_null(),
+            "output->'args'->>'path' IS NOT NULL",
+            4,
+        ),
+        (
+            Call::OUTPUT
+                .at("status")
+                .eq("failed")
+                .and(Call::OUTPUT.at_i64("exit_code").eq(0)),
+            "output->>'status' = 'failed' AND (output->>'exit_code')::bigint = 0",
+            1,
+        ),
+    ];
+    for (filter, condition, n) in cases {
+        let found = ours(filter).await;
+        assert_eq!(found, by_hand(condition).await, "{condition}");
+        assert_eq!(found.len(), n, "{condition}");
+    }
+    // A key holding a quote is a literal, never SQL.
+    let odd = Call::OUTPUT.at("it's").eq("x' OR true --");
+    assert!(ours(odd).await.is_empty());
+
+    // An expression index on the path serves the filter.
+    sqlx::raw_sql(
+        "CREATE INDEX calls_status ON calls ((output ->> 'status')); \
+         INSERT INTO calls (id, output) SELECT gen_random_uuid(), jsonb_build_object('status', 'ok') \
+         FROM generate_series(1, 20000); ANALYZE calls",
+    )
+    .execute(t.db())
+    .await
+    .unwrap();
+    let plan = Call::repo()
+        .explain(
+            t.db(),
+            Call::OUTPUT.at("status").eq("failed"),
+            ListOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(plan.iter().any(|l| l.contains("calls_status")), "{plan:#?}");
+}

@@ -16,7 +16,7 @@ use crate::query::list::Order;
 use crate::record::Record;
 use crate::record::column::ColumnType;
 use crate::schema::{Lookup, LookupKind, TableSchema};
-use crate::sql::quote_ident;
+use crate::sql::{path_sql, quote_ident};
 
 /// A column of record `T` holding values of type `V` (`Option<X>` for a
 /// nullable column). Emitted by the derive as `T::FIELD`; `Copy`.
@@ -379,7 +379,7 @@ impl<T, V: JsonColumn, S> Column<T, V, S> {
 }
 
 /// `%`, `_` and the escape character `\` made literal for LIKE.
-fn escape_like(text: &str) -> String {
+pub(crate) fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -491,6 +491,14 @@ impl<T> Filter<T> {
     pub(crate) fn into_parts(self) -> (Node, Vec<Box<dyn Value>>) {
         (self.node, self.values)
     }
+
+    pub(crate) fn from_parts(node: Node, values: Vec<Box<dyn Value>>) -> Filter<T> {
+        Filter {
+            node,
+            values,
+            _marker: PhantomData,
+        }
+    }
 }
 
 impl<T> std::ops::Not for Filter<T> {
@@ -512,6 +520,14 @@ pub(crate) enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
+    /// A comparison of the value at a path of keys in a JSON column
+    /// (see [`crate::JsonPath`]), cast as the path reads it.
+    Path {
+        column: usize,
+        keys: Vec<String>,
+        cast: Option<&'static str>,
+        op: Op,
+    },
     /// A condition on another table's rows (see [`Relation`]).
     Related {
         column: usize,
@@ -619,6 +635,34 @@ pub(crate) fn row_condition(schema: &TableSchema, node: &Node, param: &mut usize
     condition_in(schema, node, param, false)
 }
 
+/// `c <op> $n` for the operators that read the same on a column and on an
+/// expression (`nullable`: whether it can be NULL, which `ne` and `not_in`
+/// count as a value unlike theirs).
+fn compare_sql(c: &str, nullable: bool, op: &Op, next: &mut impl FnMut() -> String) -> String {
+    match op {
+        Op::Eq => format!("{c} = {}", next()),
+        Op::Ne if nullable => format!("{c} IS DISTINCT FROM {}", next()),
+        Op::Ne => format!("{c} <> {}", next()),
+        Op::Lt => format!("{c} < {}", next()),
+        Op::Le => format!("{c} <= {}", next()),
+        Op::Gt => format!("{c} > {}", next()),
+        Op::Ge => format!("{c} >= {}", next()),
+        Op::Between => {
+            let lo = next();
+            format!("{c} BETWEEN {lo} AND {}", next())
+        }
+        Op::In => format!("{c} = ANY({})", next()),
+        Op::NotIn if nullable => format!("({c} IS NULL OR {c} <> ALL({}))", next()),
+        Op::NotIn => format!("{c} <> ALL({})", next()),
+        Op::IsNull => format!("{c} IS NULL"),
+        Op::IsNotNull => format!("{c} IS NOT NULL"),
+        Op::Like => format!("{c} LIKE {}", next()),
+        Op::ILike => format!("{c} ILIKE {}", next()),
+        Op::JsonContains => format!("{c} @> {}", next()),
+        Op::Matches(_) => unreachable!("a search names its field, never an expression"),
+    }
+}
+
 /// [`condition`]; `narrow`: whether a search or pattern with a lookup is
 /// narrowed by it ([`narrowed`]): not under `NOT`, where no index helps,
 /// nor on rows that are not the table's ([`row_condition`]).
@@ -629,26 +673,19 @@ fn condition_in(schema: &TableSchema, node: &Node, param: &mut usize, narrow: bo
     };
     match node {
         Node::All => "TRUE".into(),
+        Node::Path {
+            column,
+            keys,
+            cast,
+            op,
+        } => {
+            let c = path_sql(&quote_ident(&schema.columns[*column].name), keys, *cast);
+            compare_sql(&c, true, op, &mut next)
+        }
         Node::Compare { column, op } => {
             let def = &schema.columns[*column];
             let c = quote_ident(&def.name);
             match op {
-                Op::Eq => format!("{c} = {}", next()),
-                Op::Ne if def.nullable => format!("{c} IS DISTINCT FROM {}", next()),
-                Op::Ne => format!("{c} <> {}", next()),
-                Op::Lt => format!("{c} < {}", next()),
-                Op::Le => format!("{c} <= {}", next()),
-                Op::Gt => format!("{c} > {}", next()),
-                Op::Ge => format!("{c} >= {}", next()),
-                Op::Between => {
-                    let lo = next();
-                    format!("{c} BETWEEN {lo} AND {}", next())
-                }
-                Op::In => format!("{c} = ANY({})", next()),
-                Op::NotIn if def.nullable => format!("({c} IS NULL OR {c} <> ALL({}))", next()),
-                Op::NotIn => format!("{c} <> ALL({})", next()),
-                Op::IsNull => format!("{c} IS NULL"),
-                Op::IsNotNull => format!("{c} IS NOT NULL"),
                 Op::Like | Op::ILike => {
                     let pattern = next();
                     let (operator, ignore_case) = match op {
@@ -660,7 +697,6 @@ fn condition_in(schema: &TableSchema, node: &Node, param: &mut usize, narrow: bo
                     let arguments = format!("{pattern}, {ignore_case}");
                     narrowed(lookup.filter(|_| narrow), &arguments, found)
                 }
-                Op::JsonContains => format!("{c} @> {}", next()),
                 Op::Matches(config) => {
                     let query = tsquery(config, &next());
                     let vector = quote_ident(&crate::schema::search_vector(&def.name));
@@ -668,6 +704,7 @@ fn condition_in(schema: &TableSchema, node: &Node, param: &mut usize, narrow: bo
                     let lookup = schema.lookup(&def.name, LookupKind::Matches);
                     narrowed(lookup.filter(|_| narrow), &query, found)
                 }
+                op => compare_sql(&c, def.nullable, op, &mut next),
             }
         }
         Node::And(parts) | Node::Or(parts) => {

@@ -5,5 +5,6 @@
 pub(crate) mod aggregate;
 pub(crate) mod filter;
 pub(crate) mod join;
+pub(crate) mod json;
 pub(crate) mod list;
 pub(crate) mod search;

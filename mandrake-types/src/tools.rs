@@ -80,9 +80,7 @@ pub struct ToolResult {
     pub tool_name: String,
     /// The arguments it got.
     pub input: Json<serde_json::Value>,
-    /// What it returned (large outputs are compressed with lz4, quicker
-    /// to write and read than PostgreSQL's default pglz).
-    #[record(compression = "lz4")]
+    /// What it returned.
     pub output: Option<Json<serde_json::Value>>,
     /// What went wrong, if anything.
     pub error: Option<String>,

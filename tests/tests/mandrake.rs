@@ -239,27 +239,6 @@ async fn an_edit_starts_a_branch_and_each_branch_is_its_own_context() {
     );
 }
 
-/// A large tool output is stored compressed with lz4, as its field says.
-#[tokio::test]
-async fn a_large_tool_output_is_compressed_with_lz4() {
-    let t = TestDb::migrated().await.unwrap();
-    let db = t.db();
-    let conv = conversation(db).await;
-    let mut call = tool_call(Some(conv.id), None, None);
-    let listing: Vec<String> = (0..20_000).map(|n| format!("src/file_{n}.rs")).collect();
-    call.output = Some(Json(serde_json::json!({ "files": listing })));
-    let logged = ToolResult::log(db, call).await.unwrap();
-    let method: Option<String> =
-        sqlx::query_scalar("SELECT pg_column_compression(output) FROM tool_results WHERE id = $1")
-            .bind(logged.id)
-            .fetch_one(db)
-            .await
-            .unwrap();
-    assert_eq!(method.as_deref(), Some("lz4"));
-    let back = ToolResult::repo().get(db, logged.id).await.unwrap();
-    assert_eq!(back.output.unwrap().0["files"][19_999], "src/file_19999.rs");
-}
-
 #[tokio::test]
 async fn a_duplicate_model_names_its_constraint() {
     let t = TestDb::migrated().await.unwrap();

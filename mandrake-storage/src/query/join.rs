@@ -17,7 +17,9 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::query::filter::Column;
 use crate::query::filter::{Filter, bind_all, where_clause};
-use crate::query::list::{Cursor, Order, Page, SortKey, after_condition, cursor_misfit, order_by};
+use crate::query::list::{
+    Cursor, Order, Page, SortKey, after_condition, order_by, page_error, page_of,
+};
 use crate::record::Record;
 use crate::record::Repo;
 use crate::record::column::{ColumnType, SameValues};
@@ -282,20 +284,13 @@ impl<'e, L: Record, R: Record, E: PgExecutor<'e>, Out: JoinedSide<R>> Join<L, R,
                 let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                     .fetch_all(executor)
                     .await
-                    .map_err(|err| match shape.after {
-                        true => cursor_misfit(err.into()),
-                        false => err.into(),
-                    })?;
-                let shown = limit.map_or(rows.len(), |n| rows.len().min(n));
-                let items = rows[..shown]
-                    .iter()
-                    .map(|row| Ok((L::decode(row, 0)?, Out::read(row, L::WIDTH)?)))
-                    .collect::<Result<Vec<(L, Out)>>>()?;
-                let next = match (rows.len() > shown, shown.checked_sub(1)) {
-                    (true, Some(last)) => Some(Cursor::at_row(&keys, &rows[last])?),
-                    _ => None,
-                };
-                Ok(Page { items, next })
+                    .map_err(|err| page_error(shape.after, err))?;
+                page_of(
+                    &rows,
+                    limit,
+                    || keys,
+                    |row| Ok((L::decode(row, 0)?, Out::read(row, L::WIDTH)?)),
+                )
             },
             |page: &Page<(L, Out)>| page.items.len() as u64,
         )

@@ -304,16 +304,39 @@ pub(crate) fn after_condition(keys: &[SortKey], param: &mut usize) -> String {
     format!("({})", terms.join(" OR "))
 }
 
-/// The error of a statement that bound a cursor's values: those are the
-/// only ones not encoded by us, so a data exception means the cursor is
-/// bad, not the table.
-pub(crate) fn cursor_misfit(error: Error) -> Error {
+/// The error of a page's statement. After a cursor (`after`), its values
+/// are the only ones not encoded by us, so a data exception means the
+/// cursor is bad, not the table.
+pub(crate) fn page_error(after: bool, error: sqlx::Error) -> Error {
+    let error = Error::from(error);
     match error.sqlstate() {
-        Some(code) if code.starts_with("22") || code == "08P01" => {
+        Some(code) if after && (code.starts_with("22") || code == "08P01") => {
             Error::InvalidCursor(format!("its position does not fit the columns ({error})"))
         }
         _ => error,
     }
+}
+
+/// The page of `rows`, read by `decode`: a statement that asks for one row
+/// more than `limit` learns from it that another page follows, and then
+/// the cursor is the position of the last row shown, in the order `keys`
+/// gives (made only then).
+pub(crate) fn page_of<I>(
+    rows: &[PgRow],
+    limit: Option<usize>,
+    keys: impl FnOnce() -> Vec<SortKey>,
+    decode: impl Fn(&PgRow) -> Result<I>,
+) -> Result<Page<I>> {
+    let shown = limit.map_or(rows.len(), |n| rows.len().min(n));
+    let items = rows[..shown]
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<I>>>()?;
+    let next = match (rows.len() > shown, shown.checked_sub(1)) {
+        (true, Some(last)) => Some(Cursor::at_row(&keys(), &rows[last])?),
+        _ => None,
+    };
+    Ok(Page { items, next })
 }
 
 /// An opaque position in a listing: pass it to [`ListOptions::after`]. It

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::query::aggregate::Aggregate;
 use crate::query::filter::{Column, Filter, Node, bind_all, condition, where_clause};
 use crate::query::list::{
-    Cursor, ListOptions, Page, SortKey, after_condition, cursor_misfit, order_by,
+    ListOptions, Page, SortKey, after_condition, order_by, page_error, page_of,
 };
 use crate::query::search::{Hit, SearchFields, SearchOptions, SearchShape, search_sql};
 use crate::record::column::{ColumnType, decode_column};
@@ -694,30 +694,18 @@ impl<T: Record> Repo<T> {
         traced::<T, _>(
             call_span!("list", T),
             async move {
-                let schema = T::schema();
                 let (sql, args, shape) = list_query(filter, &options)?;
-                let limit = options.limit_value().map(i64::from);
                 let rows: Vec<PgRow> = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                     .fetch_all(executor)
                     .await
-                    .map_err(|err| match shape.after {
-                        true => cursor_misfit(err.into()),
-                        false => err.into(),
-                    })?;
-                let more = limit.is_some_and(|l| rows.len() as i64 > l);
-                let shown = if more { rows.len() - 1 } else { rows.len() };
-                let items = rows[..shown]
-                    .iter()
-                    .map(|r| T::decode(r, 0))
-                    .collect::<Result<Vec<T>, _>>()?;
-                let next = match (more, shown.checked_sub(1)) {
-                    (true, Some(last)) => Some(Cursor::at_row(
-                        &SortKey::of(schema, &shape.keys),
-                        &rows[last],
-                    )?),
-                    _ => None,
-                };
-                Ok(Page { items, next })
+                    .map_err(|err| page_error(shape.after, err))?;
+                let limit = options.limit_value().map(|n| n as usize);
+                page_of(
+                    &rows,
+                    limit,
+                    || SortKey::of(T::schema(), &shape.keys),
+                    |row| Ok(T::decode(row, 0)?),
+                )
             },
             |page| page.items.len() as u64,
         )
